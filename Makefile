@@ -1,0 +1,27 @@
+# Two commands on a fresh machine: `make demo` (the embedded service end to end) and `make test`.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+TORCH ?= torch==2.13.0
+
+.PHONY: venv demo test lint bench-tiny bench-quality openapi
+
+# Creates or refreshes the virtualenv. torch goes first so pip takes the CPU wheel where
+# there is no GPU instead of resolving a multi-GB CUDA build through the project's range.
+venv:
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "$(TORCH)"
+	$(PY) -m pip install -q -e '.[dev]'
+
+demo: venv
+	$(VENV)/bin/leap demo
+
+test: venv
+	$(VENV)/bin/pytest
+
+lint: venv
+	$(VENV)/bin/ruff check app workers models tests
+	$(VENV)/bin/mypy
+
+openapi: venv
+	$(PY) -m app.openapi_export > openapi.yaml

@@ -1,0 +1,127 @@
+"""The trainer's typed configuration and result (torch-free, so the API can validate with it)."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from models.trainer.errors import InvalidConfigError
+
+Mode = Literal["textual_inversion", "lora", "pivotal"]
+Init = Literal["booster", "token", "random"]
+Concept = Literal["object", "style"]
+Precision = Literal["no", "fp16", "bf16"]
+
+MODES: tuple[str, ...] = ("textual_inversion", "lora", "pivotal")
+INITS: tuple[str, ...] = ("booster", "token", "random")
+TOKEN_PATTERN = re.compile(r"^<[A-Za-z0-9_\-]{1,32}>$")
+
+
+@dataclass
+class TrainConfig:
+    """Everything that decides a training run; None means "the base model's default"."""
+
+    base_model: str
+    """Diffusers folder or hub id of an SD 1.x/2.x pipeline."""
+    token: str = "<leap>"
+    """Placeholder token added to the tokenizer, e.g. "<leap>"."""
+    mode: Mode = "pivotal"
+    init: Init = "booster"
+    """booster: the booster registered for base_model (falls back to token); token: copy
+    initializer_token's embedding (diffusers' default); random: small random vectors."""
+    initializer_token: str | None = None
+    """Word whose embedding starts the new token; default "object" or "style" by concept."""
+    concept: Concept = "object"
+    """Selects the caption templates."""
+    num_vectors: int = 1
+    steps: int | None = None
+    """Total optimisation steps (pivotal: both phases together)."""
+    pivot_fraction: float = 0.5
+    """pivotal: the share of steps spent on the embedding alone before LoRA joins."""
+    embedding_lr: float | None = None
+    lora_lr: float | None = None
+    pivot_embedding_lr: float | None = None
+    """pivotal phase 2: the embedding's (lower) learning rate while LoRA trains."""
+    lora_rank: int = 4
+    lora_alpha: float | None = None
+    """Default: equal to lora_rank (scale 1)."""
+    train_text_encoder_lora: bool = False
+    batch_size: int | None = None
+    resolution: int | None = None
+    """Default: the UNet's sample size times the VAE scale factor."""
+    flip: bool = True
+    seed: int = 0
+    mixed_precision: Precision = "no"
+    gradient_checkpointing: bool = False
+    device: str | None = None
+    """cuda / mps / cpu; None picks the best available."""
+    progress_every: int = 1
+
+    def validate(self) -> None:
+        """Raise InvalidConfigError naming the first bad field."""
+        if self.mode not in MODES:
+            raise InvalidConfigError("mode", f"must be one of {', '.join(MODES)}, got {self.mode!r}")
+        if self.init not in INITS:
+            raise InvalidConfigError("init", f"must be one of {', '.join(INITS)}, got {self.init!r}")
+        if not TOKEN_PATTERN.match(self.token):
+            raise InvalidConfigError("token", "must look like <name>: 1-32 letters, digits, _ or - in <>")
+        if not 1 <= self.num_vectors <= 16:
+            raise InvalidConfigError("num_vectors", "must be between 1 and 16")
+        if self.steps is not None and not 1 <= self.steps <= 20_000:
+            raise InvalidConfigError("steps", "must be between 1 and 20000")
+        if not 0.0 < self.pivot_fraction < 1.0:
+            raise InvalidConfigError("pivot_fraction", "must be between 0 and 1 (exclusive)")
+        for name in ("embedding_lr", "lora_lr", "pivot_embedding_lr"):
+            value = getattr(self, name)
+            if value is not None and not 0.0 < value <= 1.0:
+                raise InvalidConfigError(name, "must be in (0, 1]")
+        if not 1 <= self.lora_rank <= 128:
+            raise InvalidConfigError("lora_rank", "must be between 1 and 128")
+        if self.batch_size is not None and not 1 <= self.batch_size <= 64:
+            raise InvalidConfigError("batch_size", "must be between 1 and 64")
+        if self.resolution is not None and (self.resolution % 8 or not 16 <= self.resolution <= 2048):
+            raise InvalidConfigError("resolution", "must be a multiple of 8 between 16 and 2048")
+        if self.progress_every < 1:
+            raise InvalidConfigError("progress_every", "must be at least 1")
+        if self.mixed_precision not in ("no", "fp16", "bf16"):
+            raise InvalidConfigError("mixed_precision", "must be no, fp16 or bf16")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Progress:
+    """What the callback receives every `progress_every` steps."""
+
+    step: int
+    total: int
+    loss: float
+    eta_s: float
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """One output file of a run."""
+
+    name: str
+    kind: str  # "embedding" | "lora" | "webui" | "manifest"
+    path: Path
+    bytes: int
+    sha256: str
+
+
+@dataclass
+class TrainResult:
+    """What a finished run produced."""
+
+    out_dir: Path
+    artifacts: list[Artifact]
+    manifest: dict[str, Any]
+    steps: int
+    init_used: str
+    device: str
+    compute_seconds: float
+    losses: list[float] = field(default_factory=list)

@@ -1,0 +1,51 @@
+"""Typed failures of the training core; the service maps them to error codes."""
+
+from __future__ import annotations
+
+
+class TrainerError(Exception):
+    """Base class; `code` is the stable machine-readable error code."""
+
+    code = "internal"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class InvalidConfigError(TrainerError):
+    """A config field is out of range or inconsistent; `field` names it."""
+
+    code = "invalid_config"
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+
+
+class InvalidImagesError(TrainerError):
+    """An input image cannot be used; `file` names it (None when about the set)."""
+
+    code = "invalid_images"
+
+    def __init__(self, message: str, file: str | None = None) -> None:
+        super().__init__(f"{file}: {message}" if file else message)
+        self.file = file
+
+
+class BaseModelError(TrainerError):
+    """The base model (or its booster) cannot be loaded or does not fit."""
+
+    code = "invalid_base_model"
+
+
+class TrainingCanceled(TrainerError):
+    """`should_stop` returned True; raised between steps."""
+
+    code = "canceled"
+
+
+class OutOfMemory(TrainerError):
+    """The device ran out of memory."""
+
+    code = "out_of_memory"

@@ -1,0 +1,96 @@
+"""Loading and normalising user images (Pillow only, no torch: the API uses it to validate)."""
+
+from __future__ import annotations
+
+import io
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from models.trainer.errors import InvalidImagesError
+
+MIN_IMAGES = 2
+MAX_IMAGES = 50
+DEFAULT_MAX_PIXELS = 40_000_000
+MIN_SIDE = 8
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+
+
+@dataclass(frozen=True)
+class ImageSource:
+    """An image's bytes and the name used in error messages."""
+
+    name: str
+    data: bytes
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    """Convert any Pillow mode (RGBA, P, CMYK, L, I;16, F, ...) to 8-bit RGB."""
+    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        # 16/32-bit greyscale: rescale the real range to 0..255 instead of clipping.
+        array = np.asarray(image, dtype=np.float64)
+        low, high = float(array.min()), float(array.max())
+        scaled = (array - low) / (high - low) * 255.0 if high > low else np.zeros_like(array)
+        image = Image.fromarray(scaled.round().astype(np.uint8), mode="L")
+    if image.mode == "P":
+        image = image.convert("RGBA")
+    if image.mode in ("RGBA", "LA", "PA"):
+        background = Image.new("RGBA", image.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, image.convert("RGBA")).convert("RGB")
+    return image.convert("RGB")
+
+
+def decode_image(source: ImageSource, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """Fully decode one image, apply EXIF orientation and return RGB; raise InvalidImagesError."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(source.data))
+            width, height = image.size
+            if width * height > max_pixels:
+                raise InvalidImagesError(
+                    f"{width}x{height} pixels is over the limit of {max_pixels} pixels", source.name
+                )
+            image.load()  # decodes every byte: truncated files fail here
+            if getattr(image, "n_frames", 1) > 1:
+                image.seek(0)
+            image = ImageOps.exif_transpose(image) or image
+    except InvalidImagesError:
+        raise
+    except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+        raise InvalidImagesError(f"not a decodable image ({error})", source.name) from error
+    except (OSError, SyntaxError, ValueError) as error:
+        raise InvalidImagesError(f"image data is corrupt or truncated ({error})", source.name) from error
+    if min(image.size) < MIN_SIDE:
+        raise InvalidImagesError(f"image is {image.size[0]}x{image.size[1]}, below {MIN_SIDE} px", source.name)
+    return _to_rgb(image)
+
+
+def decode_images(
+    sources: Sequence[ImageSource], *, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> list[Image.Image]:
+    """Decode a training set, checking its size (2-50 images)."""
+    if not MIN_IMAGES <= len(sources) <= MAX_IMAGES:
+        raise InvalidImagesError(f"need {MIN_IMAGES}-{MAX_IMAGES} images, got {len(sources)}")
+    return [decode_image(source, max_pixels=max_pixels) for source in sources]
+
+
+def read_image_dir(directory: Path) -> list[ImageSource]:
+    """Read every image file of a folder (sorted by name) as sources."""
+    if not directory.is_dir():
+        raise InvalidImagesError(f"{directory} is not a folder")
+    paths = sorted(p for p in directory.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    return [ImageSource(name=path.name, data=path.read_bytes()) for path in paths]
+
+
+def center_crop_resize(image: Image.Image, resolution: int) -> Image.Image:
+    """Centre-crop to a square and resize to `resolution` (the model's native size)."""
+    side = min(image.size)
+    left = (image.size[0] - side) // 2
+    top = (image.size[1] - side) // 2
+    square = image.crop((left, top, left + side, top + side))
+    return square.resize((resolution, resolution), Image.Resampling.BICUBIC)
