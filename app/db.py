@@ -1,0 +1,99 @@
+"""Engine, session factory, the unit of work (one owner per transaction) and the request dependency."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi import Request
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.orm import Session, sessionmaker
+
+from app.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+_AFTER_COMMIT = "leap_after_commit"
+_AFTER_ROLLBACK = "leap_after_rollback"
+
+
+@dataclass(frozen=True)
+class Database:
+    engine: Engine
+    session_factory: sessionmaker[Session]
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+
+def create_database(settings: Settings) -> Database:
+    """Build the engine for LEAP_DATABASE_URL (SQLite in the data folder by default)."""
+    url = settings.resolved_database_url
+    kwargs: dict[str, Any] = {}
+    if url.startswith("sqlite"):
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
+    else:
+        kwargs.update(pool_size=settings.database_pool_size, max_overflow=settings.database_pool_size,
+                      pool_pre_ping=True, pool_recycle=1800)
+    engine = create_engine(url, **kwargs)
+    if url.startswith("sqlite"):
+        event.listen(engine, "connect", _sqlite_pragmas)
+    return Database(engine=engine, session_factory=sessionmaker(engine, expire_on_commit=False))
+
+
+def _sqlite_pragmas(connection: Any, _record: Any) -> None:
+    # The API, the workers and beat share one file: WAL lets readers run beside the writer.
+    cursor = connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.close()
+
+
+def on_commit(session: Session, callback: Callable[[], None]) -> None:
+    """Run `callback` once the unit of work owning `session` has committed (dropped on rollback)."""
+    session.info.setdefault(_AFTER_COMMIT, []).append(callback)
+
+
+def on_rollback(session: Session, callback: Callable[[], None]) -> None:
+    """Run `callback` if the unit of work owning `session` rolls back (e.g. delete uploaded files)."""
+    session.info.setdefault(_AFTER_ROLLBACK, []).append(callback)
+
+
+def _run_hooks(session: Session, key: str) -> None:
+    callbacks = session.info.pop(key, [])
+    for callback in callbacks:
+        try:
+            callback()
+        except Exception:
+            logger.exception("%s hook failed", key)
+
+
+@contextmanager
+def unit_of_work(session_factory: sessionmaker[Session]) -> Iterator[Session]:
+    """A session whose transaction commits on success and rolls back on error; then its hooks run."""
+    session = session_factory()
+    try:
+        try:
+            yield session
+            session.commit()
+        except BaseException:
+            session.rollback()
+            session.info.pop(_AFTER_COMMIT, None)
+            _run_hooks(session, _AFTER_ROLLBACK)
+            raise
+        session.info.pop(_AFTER_ROLLBACK, None)
+        _run_hooks(session, _AFTER_COMMIT)
+    finally:
+        session.close()
+
+
+def get_session(request: Request) -> Iterator[Session]:
+    """The request's session; use with Depends(..., scope="function") so it commits before the response."""
+    with unit_of_work(request.app.state.database.session_factory) as session:
+        yield session

@@ -1,0 +1,72 @@
+"""A fine-tuning job: the row is the source of truth for its state, lease and results."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import CheckConstraint, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint, Uuid
+from sqlalchemy.orm import Mapped, mapped_column
+
+from app.orm.base import Base, JSONType, UTCDateTime, new_id, utcnow
+
+STATUSES = ("queued", "running", "succeeded", "failed", "canceled")
+FINISHED_STATUSES = ("succeeded", "failed", "canceled")
+
+
+class Training(Base):
+    __tablename__ = "trainings"
+    __table_args__ = (
+        CheckConstraint(f"status IN ({', '.join(repr(s) for s in STATUSES)})", name="status"),
+        UniqueConstraint("tenant_id", "idempotency_key"),
+        Index("ix_trainings_tenant_created", "tenant_id", "created_at", "id"),
+        Index("ix_trainings_status_lease", "status", "lease_expires_at"),
+        Index("ix_trainings_finished_at", "finished_at"),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=new_id)
+    tenant_id: Mapped[uuid.UUID] = mapped_column(Uuid, ForeignKey("tenants.id", ondelete="CASCADE"))
+    status: Mapped[str] = mapped_column(String(16), default="queued")
+    idempotency_key: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    request_fingerprint: Mapped[str] = mapped_column(String(64))
+    """SHA-256 of the parameters and image bytes; a reused Idempotency-Key must match it."""
+
+    base_model: Mapped[str] = mapped_column(String(100))
+    mode: Mapped[str] = mapped_column(String(32))
+    init: Mapped[str] = mapped_column(String(16))
+    init_used: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    token: Mapped[str] = mapped_column(String(40))
+    parameters: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
+    """Hyperparameters the caller set (steps, learning rates, ...); the rest are the model's defaults."""
+    webhook_url: Mapped[str | None] = mapped_column(Text, nullable=True)
+    metadata_: Mapped[dict[str, Any]] = mapped_column("metadata", JSONType, default=dict)
+    inputs: Mapped[list[dict[str, Any]]] = mapped_column(JSONType, default=list)
+    """[{name, key, bytes, sha256}] of the stored input images, in upload order."""
+    image_count: Mapped[int] = mapped_column(Integer)
+
+    progress_step: Mapped[int] = mapped_column(Integer, default=0)
+    progress_total: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    progress_loss: Mapped[float | None] = mapped_column(Float, nullable=True)
+    progress_eta_s: Mapped[float | None] = mapped_column(Float, nullable=True)
+    progress_updated_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    """Claims so far; counted here, not in the broker."""
+    worker_id: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    cancel_requested_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+    error_code: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    error_message: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+    usage_steps: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    usage_compute_seconds: Mapped[float | None] = mapped_column(Float, nullable=True)
+    usage_device: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    queue_seconds: Mapped[float | None] = mapped_column(Float, nullable=True)
+    """Wait from creation to the first claim."""
+
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    artifacts_expired_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)

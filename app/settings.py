@@ -1,0 +1,127 @@
+"""The service's one settings object (environment variables prefixed LEAP_)."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEV_ADMIN_TOKEN = "dev-admin-token"
+DEV_SIGNING_SECRET = "dev-signing-secret"
+
+
+class Settings(BaseSettings):
+    """Every knob of the API and the workers; unset values give the embedded default."""
+
+    model_config = SettingsConfigDict(env_prefix="LEAP_", env_file=None, extra="ignore")
+
+    environment: Literal["development", "production"] = "development"
+    """production refuses the built-in development secrets."""
+    data_dir: Path = Path(".leap")
+    """Embedded default: holds the SQLite database, the local artifacts and the broker folder."""
+
+    database_url: str | None = None
+    """SQLAlchemy URL, e.g. postgresql+psycopg://user@host/leap. Default: SQLite in data_dir."""
+    database_pool_size: int = 10
+    broker_url: str | None = None
+    """Celery broker, e.g. redis://host:6379/0. Default: kombu's filesystem transport in data_dir."""
+    storage_url: str | None = None
+    """s3://bucket/prefix for S3-compatible storage, or file:///path. Default: file storage in data_dir."""
+    s3_endpoint_url: str | None = None
+    """S3 endpoint (MinIO, moto); unset means AWS."""
+    s3_region: str = "us-east-1"
+    public_url: str | None = None
+    """Base URL clients reach the API at; used in links to local files. Default: the request's own."""
+
+    admin_token: SecretStr = SecretStr(DEV_ADMIN_TOKEN)
+    """Authorises admin operations (issue 6 adds the admin API)."""
+    signing_secret: SecretStr = SecretStr(DEV_SIGNING_SECRET)
+    """Signs the expiring download URLs of local-disk storage."""
+
+    model_registry: Path | None = None
+    """Base-model registry YAML; default: the bundled models/registry.yaml."""
+
+    # Upload limits: everything is checked before anything is stored.
+    max_upload_bytes: int = 200 * 1024 * 1024
+    """Whole multipart request."""
+    max_image_bytes: int = 25 * 1024 * 1024
+    """One image file (or one zip entry)."""
+    max_image_pixels: int = 40_000_000
+    """width x height of one image; larger is refused before decoding (decompression bombs)."""
+    max_zip_entries: int = 200
+    max_zip_ratio: int = 200
+    """Largest uncompressed/compressed ratio of one zip entry."""
+    max_metadata_bytes: int = 16 * 1024
+    max_steps: int = 20_000
+
+    artifact_url_ttl: timedelta = timedelta(minutes=15)
+    """How long a presigned artifact URL stays valid."""
+    artifact_retention: timedelta = timedelta(days=7)
+    """Artifacts and inputs of finished trainings are deleted after this."""
+
+    # Workers.
+    queue: str = "gpu"
+    maintenance_queue: str = "maintenance"
+    lease_duration: timedelta = timedelta(seconds=60)
+    """A running training's lease; the worker renews it with every progress write."""
+    progress_interval: timedelta = timedelta(seconds=2)
+    """At most one progress write (and lease renewal, cancel check) per interval."""
+    max_attempts: int = 3
+    """Claims of one training before an expired lease fails it for good."""
+    retry_backoff: timedelta = timedelta(seconds=10)
+    retry_backoff_max: timedelta = timedelta(minutes=10)
+    sweeper_interval: timedelta = timedelta(seconds=15)
+    outbox_grace: timedelta = timedelta(seconds=5)
+    """Undispatched outbox messages older than this are sent by the sweeper (the API died in between)."""
+    work_dir: Path | None = None
+    """Scratch space of the worker; default data_dir/work."""
+    trainer: str = "models.trainer.train:train"
+    """Import path of the training function (module:function)."""
+    preload_models: bool = False
+    """Workers load the registered base models at start instead of on first use."""
+
+    @model_validator(mode="after")
+    def _refuse_default_secrets(self) -> Settings:
+        if self.environment == "production":
+            if self.admin_token.get_secret_value() == DEV_ADMIN_TOKEN:
+                raise ValueError("LEAP_ADMIN_TOKEN must be set outside development")
+            if self.signing_secret.get_secret_value() == DEV_SIGNING_SECRET:
+                raise ValueError("LEAP_SIGNING_SECRET must be set outside development")
+        return self
+
+    @property
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'leap.db').resolve()}"
+
+    @property
+    def resolved_broker_url(self) -> str:
+        return self.broker_url or "filesystem://"
+
+    @property
+    def broker_folder(self) -> Path:
+        """Message folder of the embedded filesystem broker."""
+        return (self.data_dir / "broker").resolve()
+
+    @property
+    def resolved_storage_url(self) -> str:
+        return self.storage_url or f"file://{(self.data_dir / 'files').resolve()}"
+
+    @property
+    def resolved_work_dir(self) -> Path:
+        return (self.work_dir or self.data_dir / "work").resolve()
+
+    @property
+    def is_embedded(self) -> bool:
+        return self.database_url is None or self.database_url.startswith("sqlite")
+
+
+@lru_cache
+def get_settings() -> Settings:
+    """The process-wide settings, read once from the environment."""
+    return Settings()
