@@ -35,7 +35,7 @@ def _to_rgb(image: Image.Image) -> Image.Image:
         array = np.asarray(image, dtype=np.float64)
         low, high = float(array.min()), float(array.max())
         scaled = (array - low) / (high - low) * 255.0 if high > low else np.zeros_like(array)
-        image = Image.fromarray(scaled.round().astype(np.uint8), mode="L")
+        image = Image.fromarray(scaled.round().astype(np.uint8))
     if image.mode == "P":
         image = image.convert("RGBA")
     if image.mode in ("RGBA", "LA", "PA"):

@@ -1,0 +1,3 @@
+from models.trainer.cli import main
+
+main()

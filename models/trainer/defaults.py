@@ -1,0 +1,54 @@
+"""Hyperparameter defaults: per registered base model, else public SD 1.x/2.x recipes.
+
+SD recipe sources: diffusers examples/textual_inversion (lr 5e-4 scaled by an effective
+batch of 4 -> ~2e-3 for few-image sets, a few thousand steps), cloneofsimo/lora PTI
+(embedding 5e-4 for ~1000 steps, then LoRA rank 4 at 1e-4 with the embedding at 1e-5
+for ~1000 steps) and diffusers' advanced_diffusion_training (LoRA lr 1e-4, rank 4-32).
+A registry entry's `defaults` (models/registry.yaml) overrides these per base model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from models.registry import Registry, load_registry
+from models.trainer.config import TrainConfig
+
+SD_RECIPE: dict[str, dict[str, Any]] = {
+    "textual_inversion": {"steps": 2000, "embedding_lr": 2e-3, "batch_size": 4},
+    "lora": {"steps": 1000, "lora_lr": 1e-4, "batch_size": 4},
+    "pivotal": {"steps": 2000, "embedding_lr": 5e-4, "pivot_embedding_lr": 1e-5, "lora_lr": 1e-4,
+                "batch_size": 4},
+}
+FIELDS = ("steps", "embedding_lr", "lora_lr", "pivot_embedding_lr", "batch_size")
+
+
+def registered_defaults(base_model: str, registry: Registry | None = None) -> dict[str, dict[str, Any]]:
+    """The registry's per-mode defaults for a model given by id or by its folder path."""
+    registry = registry or load_registry()
+    entry = registry.get(base_model)
+    if entry is None:
+        resolved = str(Path(base_model).resolve()) if Path(base_model).exists() else base_model
+        entry = next((m for m in registry.models.values() if m.path == resolved), None)
+    return entry.defaults if entry else {}
+
+
+def resolve_base_model(base_model: str, registry: Registry | None = None) -> str:
+    """A registry id becomes its path; anything else (folder or hub id) passes through."""
+    registry = registry or load_registry()
+    entry = registry.get(base_model)
+    return entry.path if entry else base_model
+
+
+def with_defaults(config: TrainConfig, registry: Registry | None = None) -> TrainConfig:
+    """Fill every None hyperparameter from the model's registered defaults, then the SD recipe."""
+    per_mode = {**SD_RECIPE[config.mode], **registered_defaults(config.base_model, registry).get(config.mode, {})}
+    values = {name: per_mode.get(name) for name in FIELDS if getattr(config, name) is None}
+    filled = replace(config, **{k: v for k, v in values.items() if v is not None})
+    if filled.initializer_token is None:
+        filled = replace(filled, initializer_token="style" if config.concept == "style" else "object")
+    if filled.lora_alpha is None:
+        filled = replace(filled, lora_alpha=float(filled.lora_rank))
+    return filled

@@ -1,0 +1,246 @@
+"""The pivotal-tuning loop: textual inversion, LoRA, or both in two phases.
+
+    result = train(TrainConfig(base_model="leap-tiny"), images, out_dir, on_progress=print)
+
+Phase 1 of `pivotal` trains only the token's vectors at a high learning rate; phase 2 adds
+the LoRA and keeps moving the vectors at a lower rate (cloneofsimo/lora PTI, diffusers'
+advanced_diffusion_training). The base pipeline is loaded once per process and shared.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from models.trainer.base import BaseComponents, load_base, pick_device, weight_dtype_for
+from models.trainer.concept import ConceptModel, InitialState
+from models.trainer.config import Progress, TrainConfig, TrainResult
+from models.trainer.data import LatentSet, caption_templates, encode_images
+from models.trainer.defaults import resolve_base_model, with_defaults
+from models.trainer.errors import InvalidImagesError, OutOfMemory, TrainingCanceled
+from models.trainer.export import save_concept, write_manifest
+from models.trainer.images import MAX_IMAGES, MIN_IMAGES
+
+# A booster resolver maps (base components, images, config) to an initial state, or None
+# when no booster is registered for the base model. models.booster provides the real one.
+BoosterResolver = Callable[[BaseComponents, Sequence[Image.Image], TrainConfig], InitialState | None]
+EvalHook = Callable[[int, "Job"], None]
+
+
+@dataclass
+class Job:
+    """What a running job exposes to evaluation hooks."""
+
+    base: BaseComponents
+    concept: ConceptModel
+    config: TrainConfig
+
+
+def _default_booster(base: BaseComponents, images: Sequence[Image.Image], config: TrainConfig):
+    try:
+        from models.booster.registry import booster_initial_state
+    except ImportError:  # the booster package is optional in a trainer-only install
+        return None
+    return booster_initial_state(base, images, config)
+
+
+def denoising_loss(base: BaseComponents, concept: ConceptModel, latents: torch.Tensor, prompts: list[str],
+                   noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+    """The diffusion training loss (epsilon or v-prediction, per the scheduler's config)."""
+    scheduler = base.noise_scheduler
+    noisy = scheduler.add_noise(latents, noise, timesteps)
+    hidden = concept.encode_prompts(prompts)
+    prediction = base.unet(noisy.to(base.weight_dtype), timesteps, hidden.to(base.weight_dtype)).sample
+    if scheduler.config.prediction_type == "v_prediction":
+        target = scheduler.get_velocity(latents, noise, timesteps)
+    else:
+        target = noise
+    return F.mse_loss(prediction.float(), target.float())
+
+
+@contextlib.contextmanager
+def _attached(base: BaseComponents, config: TrainConfig) -> Iterator[ConceptModel]:
+    concept = ConceptModel(base, token=config.token, num_vectors=config.num_vectors)
+    try:
+        if config.gradient_checkpointing:
+            base.unet.enable_gradient_checkpointing()
+            base.text_encoder.gradient_checkpointing_enable()
+        yield concept
+    finally:
+        concept.close()
+        if config.gradient_checkpointing:
+            base.unet.disable_gradient_checkpointing()
+            base.text_encoder.gradient_checkpointing_disable()
+
+
+def prepare(config: TrainConfig) -> tuple[TrainConfig, BaseComponents]:
+    """Validate, fill defaults and load (or reuse) the base model."""
+    config.validate()
+    config = with_defaults(config)
+    config.validate()
+    device = pick_device(config.device)
+    base = load_base(resolve_base_model(config.base_model), device,
+                     weight_dtype_for(config.mixed_precision, device))
+    return config, base
+
+
+def train(
+    config: TrainConfig,
+    images: Sequence[Image.Image],
+    out_dir: Path,
+    *,
+    on_progress: Callable[[Progress], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    initial_state: InitialState | None = None,
+    booster: BoosterResolver | None = _default_booster,
+    eval_hook: EvalHook | None = None,
+    eval_every: int = 0,
+) -> TrainResult:
+    """Train one concept and write its artifacts to out_dir."""
+    started = time.perf_counter()
+    if not MIN_IMAGES <= len(images) <= MAX_IMAGES:
+        raise InvalidImagesError(f"need {MIN_IMAGES}-{MAX_IMAGES} images, got {len(images)}")
+    config, base = prepare(config)
+    resolution = config.resolution or base.resolution
+    assert config.steps is not None and config.batch_size is not None
+    try:
+        with _attached(base, config) as concept:
+            return _run(config, base, concept, images, out_dir, resolution, started, on_progress=on_progress,
+                        should_stop=should_stop, initial_state=initial_state, booster=booster,
+                        eval_hook=eval_hook, eval_every=eval_every)
+    except torch.cuda.OutOfMemoryError as error:
+        raise OutOfMemory(f"out of GPU memory at batch size {config.batch_size}, resolution {resolution}; "
+                          "try mixed precision or gradient checkpointing") from error
+
+
+def _initialise(config: TrainConfig, base: BaseComponents, concept: ConceptModel, images: Sequence[Image.Image],
+                initial_state: InitialState | None, booster: BoosterResolver | None,
+                generator: torch.Generator) -> str:
+    """Set the starting point; returns what was actually used (the manifest records it)."""
+    if initial_state is not None:
+        concept.init_from_state(initial_state)
+        return "state"
+    if config.init == "random":
+        concept.init_random(generator)
+        return "random"
+    assert config.initializer_token is not None
+    concept.init_from_token(config.initializer_token)
+    if config.init == "booster":
+        state = booster(base, images, config) if booster else None
+        if state is None:
+            return "token (no booster registered for this base model)"
+        concept.init_from_state(state)
+        return "booster"
+    return "token"
+
+
+def _run(config: TrainConfig, base: BaseComponents, concept: ConceptModel, images: Sequence[Image.Image],
+         out_dir: Path, resolution: int, started: float, *, on_progress, should_stop, initial_state, booster,
+         eval_hook, eval_every) -> TrainResult:
+    assert config.steps is not None and config.batch_size is not None
+    torch.manual_seed(config.seed)
+    generator = torch.Generator().manual_seed(config.seed)
+    trains_lora = config.mode in ("lora", "pivotal")
+    if trains_lora:
+        concept.add_lora(rank=config.lora_rank, alpha=float(config.lora_alpha or config.lora_rank),
+                         text_encoder=config.train_text_encoder_lora)
+    init_used = _initialise(config, base, concept, images, initial_state, booster, generator)
+    latents = encode_images(base, images, resolution=resolution, flip=config.flip)
+
+    pivot_step = int(config.steps * config.pivot_fraction) if config.mode == "pivotal" else 0
+    lora_parameters = concept.lora_parameters()
+    groups = [{"params": [concept.embedding], "lr": config.embedding_lr or 0.0, "weight_decay": 0.0}]
+    if trains_lora:
+        groups.append({"params": lora_parameters, "lr": config.lora_lr or 0.0, "weight_decay": 1e-4})
+    optimizer = torch.optim.AdamW(groups)
+    concept.embedding.requires_grad_(config.mode != "lora")
+    templates = caption_templates(config.concept)
+    autocast = (torch.autocast(base.device.type, dtype=base.weight_dtype)
+                if base.weight_dtype != torch.float32 else contextlib.nullcontext())
+
+    losses: list[float] = []
+    step_started = time.perf_counter()
+    for step in range(config.steps):
+        if should_stop is not None and should_stop():
+            raise TrainingCanceled(f"canceled at step {step} of {config.steps}")
+        in_pivot_phase = config.mode == "pivotal" and step < pivot_step
+        for parameter in lora_parameters:
+            parameter.requires_grad_(trains_lora and not in_pivot_phase)
+        if config.mode == "pivotal":
+            groups_lr = config.embedding_lr if in_pivot_phase else config.pivot_embedding_lr
+            optimizer.param_groups[0]["lr"] = groups_lr or 0.0
+        loss = _step(base, concept, latents, templates, config, generator, autocast)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        losses.append(loss)
+        done = step + 1
+        if on_progress is not None and (done % config.progress_every == 0 or done == config.steps):
+            elapsed = time.perf_counter() - step_started
+            on_progress(Progress(step=done, total=config.steps, loss=loss,
+                                 eta_s=elapsed / done * (config.steps - done)))
+        if eval_hook is not None and eval_every and done % eval_every == 0:
+            eval_hook(done, Job(base, concept, config))
+    train_seconds = time.perf_counter() - step_started
+
+    unet_lora, te_lora = concept.lora_state()
+    artifacts = save_concept(out_dir, token=config.token, embedding=concept.embedding, unet_lora=unet_lora,
+                             text_encoder_lora=te_lora, lora_alpha=config.lora_alpha, rank=config.lora_rank)
+    compute_seconds = time.perf_counter() - started
+    manifest = {
+        "base_model": config.base_model,
+        "token": config.token,
+        "tokens": concept.tokens,
+        "mode": config.mode,
+        "init": config.init,
+        "init_used": init_used,
+        "steps": config.steps,
+        "pivot_step": pivot_step,
+        "seed": config.seed,
+        "learning_rates": {"embedding": config.embedding_lr, "pivot_embedding": config.pivot_embedding_lr,
+                           "lora": config.lora_lr},
+        "lora_rank": config.lora_rank if trains_lora else None,
+        "resolution": resolution,
+        "num_images": len(images),
+        "device": str(base.device),
+        "config": config.to_dict(),
+        "timings": {"total_seconds": round(compute_seconds, 3), "train_seconds": round(train_seconds, 3),
+                    "steps_per_second": round(config.steps / max(train_seconds, 1e-9), 3)},
+        "loss": _loss_summary(losses),
+    }
+    artifacts.append(write_manifest(out_dir, manifest, artifacts))
+    return TrainResult(out_dir=out_dir, artifacts=artifacts, manifest=manifest, steps=config.steps,
+                       init_used=init_used, device=str(base.device), compute_seconds=compute_seconds,
+                       losses=losses)
+
+
+def _step(base: BaseComponents, concept: ConceptModel, latents: LatentSet, templates: tuple[str, ...],
+          config: TrainConfig, generator: torch.Generator, autocast) -> float:
+    assert config.batch_size is not None
+    index = torch.randint(0, len(latents), (config.batch_size,), generator=generator)
+    flip = torch.rand(config.batch_size, generator=generator) < 0.5
+    prompts = [concept.prompt(templates[int(i)])
+               for i in torch.randint(0, len(templates), (config.batch_size,), generator=generator)]
+    sample = latents.sample(index, flip, generator).to(base.device)
+    noise = torch.randn(sample.shape, generator=generator).to(base.device)
+    timesteps = torch.randint(0, base.noise_scheduler.config.num_train_timesteps, (config.batch_size,),
+                              generator=generator).to(base.device)
+    with autocast:
+        loss = denoising_loss(base, concept, sample, prompts, noise, timesteps)
+    loss.backward()
+    return float(loss.detach())
+
+
+def _loss_summary(losses: list[float]) -> dict[str, float | int]:
+    if not losses:
+        return {}
+    window = max(1, len(losses) // 10)
+    return {"first": round(sum(losses[:window]) / window, 6), "last": round(sum(losses[-window:]) / window, 6),
+            "min": round(min(losses), 6), "count": len(losses)}
+
