@@ -6,6 +6,7 @@ import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from fastapi import Request
@@ -37,8 +38,12 @@ def create_database(settings: Settings) -> Database:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
     else:
-        kwargs.update(pool_size=settings.database_pool_size, max_overflow=settings.database_pool_size,
-                      pool_pre_ping=True, pool_recycle=1800)
+        kwargs.update(
+            pool_size=settings.database_pool_size,
+            max_overflow=settings.database_pool_size,
+            pool_pre_ping=True,
+            pool_recycle=1800,
+        )
     engine = create_engine(url, **kwargs)
     if url.startswith("sqlite"):
         event.listen(engine, "connect", _sqlite_pragmas)
@@ -97,3 +102,18 @@ def get_session(request: Request) -> Iterator[Session]:
     """The request's session; use with Depends(..., scope="function") so it commits before the response."""
     with unit_of_work(request.app.state.database.session_factory) as session:
         yield session
+
+
+def upgrade_database(settings: Settings, revision: str = "head") -> None:
+    """Run Alembic migrations (the only source of the schema) on LEAP_DATABASE_URL."""
+    from alembic import command
+    from alembic.config import Config
+
+    root = Path(__file__).resolve().parent.parent
+    config = Config(str(root / "alembic.ini"))
+    config.set_main_option("script_location", str(root / "migrations"))
+    config.set_main_option("sqlalchemy.url", settings.resolved_database_url.replace("%", "%%"))
+    config.attributes["configure_logger"] = False
+    if settings.database_url is None:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+    command.upgrade(config, revision)

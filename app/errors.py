@@ -20,7 +20,9 @@ class LeapError(Exception):
     status_code = 400
     code = "bad_request"
 
-    def __init__(self, message: str, *, details: dict[str, Any] | None = None, headers: dict[str, str] | None = None):
+    def __init__(
+        self, message: str, *, details: dict[str, Any] | None = None, headers: dict[str, str] | None = None
+    ):
         super().__init__(message)
         self.message = message
         self.details = details or {}
@@ -87,6 +89,7 @@ class ErrorResponse(BaseModel):
 
 
 _DESCRIPTIONS = {
+    400: "Malformed request (e.g. a broken multipart body)",
     401: "Missing, malformed, unknown or revoked API key",
     404: "No such resource for this tenant",
     409: "Conflicts with the current state",
@@ -102,14 +105,25 @@ def error_responses(*status_codes: int) -> dict[int | str, dict[str, Any]]:
     return {code: {"model": ErrorResponse, "description": _DESCRIPTIONS[code]} for code in status_codes}
 
 
-def render_error(status_code: int, code: str, message: str, details: dict[str, Any] | None = None,
-                 headers: dict[str, str] | None = None) -> JSONResponse:
+def render_error(
+    status_code: int,
+    code: str,
+    message: str,
+    details: dict[str, Any] | None = None,
+    headers: dict[str, str] | None = None,
+) -> JSONResponse:
     body = {"error": {"code": code, "message": message, "details": details or {}}}
     return JSONResponse(body, status_code=status_code, headers=headers)
 
 
-_HTTP_CODES = {400: "bad_request", 401: "unauthorized", 404: "not_found", 405: "method_not_allowed",
-               413: "payload_too_large", 415: "unsupported_media_type"}
+_HTTP_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+}
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -122,8 +136,10 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, error: RequestValidationError) -> JSONResponse:
         problems = [
-            {"field": ".".join(str(part) for part in item.get("loc", ()) if part not in ("body", "query")),
-             "message": item.get("msg", "")}
+            {
+                "field": ".".join(str(part) for part in item.get("loc", ()) if part not in ("body", "query")),
+                "message": item.get("msg", ""),
+            }
             for item in error.errors()
         ]
         first = problems[0] if problems else {"field": "", "message": "invalid request"}

@@ -34,6 +34,11 @@ class Settings(BaseSettings):
     s3_endpoint_url: str | None = None
     """S3 endpoint (MinIO, moto); unset means AWS."""
     s3_region: str = "us-east-1"
+    s3_access_key_id: str | None = None
+    """Unset: boto3's usual credential chain (AWS_* variables, instance role, ...)."""
+    s3_secret_access_key: SecretStr | None = None
+    s3_public_endpoint_url: str | None = None
+    """Endpoint written into presigned URLs when clients reach storage by another name (compose)."""
     public_url: str | None = None
     """Base URL clients reach the API at; used in links to local files. Default: the request's own."""
 

@@ -16,8 +16,9 @@ class OutboxMessage(Base):
     __table_args__ = (Index("ix_outbox_messages_pending", "dispatched_at", "available_at"),)
 
     # SQLite only auto-increments an INTEGER PRIMARY KEY.
-    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer(), "sqlite"), primary_key=True,
-                                    autoincrement=True)
+    id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer(), "sqlite"), primary_key=True, autoincrement=True
+    )
     task: Mapped[str] = mapped_column(String(200))
     queue: Mapped[str] = mapped_column(String(100))
     args: Mapped[list[Any]] = mapped_column(JSONType, default=list)

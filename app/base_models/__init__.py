@@ -1,0 +1,1 @@
+"""The base models this server trains (from the model registry)."""

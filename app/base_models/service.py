@@ -1,0 +1,22 @@
+"""Listing the registry's models."""
+
+from __future__ import annotations
+
+from app.base_models.schemas import BaseModelInfo
+from models.registry import Registry
+
+
+def list_base_models(registry: Registry) -> list[BaseModelInfo]:
+    """Every registered model, the default first."""
+    models = sorted(registry.models.values(), key=lambda model: (model.id != registry.default_id, model.id))
+    return [
+        BaseModelInfo(
+            id=model.id,
+            description=model.description,
+            resolution=model.resolution,
+            has_booster=model.has_booster,
+            default=model.id == registry.default_id,
+            defaults=dict(model.defaults),
+        )
+        for model in models
+    ]

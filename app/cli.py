@@ -1,0 +1,287 @@
+"""The `leap` command: serve, api, worker, migrate, demo, and admin tenants/keys."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from app.settings import Settings, get_settings
+
+cli = typer.Typer(
+    help="LEAP: fine-tune Stable Diffusion on a few images, as a service.", no_args_is_help=True
+)
+tenants_cli = typer.Typer(help="Create and list tenants (admin).", no_args_is_help=True)
+keys_cli = typer.Typer(help="Create, list and revoke API keys (admin).", no_args_is_help=True)
+cli.add_typer(tenants_cli, name="tenants")
+cli.add_typer(keys_cli, name="keys")
+
+LOCAL_KEY_FILE = "api-key"
+
+
+def _settings() -> Settings:
+    return get_settings()
+
+
+@cli.command()
+def migrate() -> None:
+    """Apply the database migrations (alembic upgrade head)."""
+    from app.db import upgrade_database
+
+    upgrade_database(_settings())
+    typer.echo("database is up to date")
+
+
+@cli.command()
+def api(
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+    workers: Annotated[int, typer.Option(help="Uvicorn worker processes.")] = 1,
+) -> None:
+    """Run the HTTP API only (needs a migrated database)."""
+    import uvicorn
+
+    uvicorn.run(
+        "app.main:create_app",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        log_level="warning",
+        access_log=False,
+    )
+
+
+def worker_argv(queues: str, *, concurrency: int, pool: str, beat: bool, loglevel: str) -> list[str]:
+    argv = [
+        "worker",
+        "-Q",
+        queues,
+        "-c",
+        str(concurrency),
+        "-P",
+        pool,
+        "--loglevel",
+        loglevel,
+        "--without-mingle",
+        "--without-gossip",
+        "-n",
+        f"leap-{queues.replace(',', '-')}@%h",
+    ]
+    if beat:
+        argv.append("-B")
+    return argv
+
+
+@cli.command()
+def worker(
+    queues: Annotated[
+        str, typer.Option(help="Comma-separated queues: gpu (trainings), maintenance (sweeper).")
+    ] = "gpu",
+    concurrency: Annotated[int, typer.Option(help="Parallel tasks; keep 1 per GPU.")] = 1,
+    pool: Annotated[str, typer.Option(help="Celery pool: prefork, solo or threads.")] = "prefork",
+    beat: Annotated[bool, typer.Option(help="Also run the periodic scheduler (one per deployment).")] = False,
+    loglevel: str = "info",
+) -> None:
+    """Run a Celery worker (trainings on the gpu queue; the sweeper on the maintenance queue)."""
+    from workers.celery_app import create_celery
+
+    app = create_celery(_settings())
+    app.worker_main(worker_argv(queues, concurrency=concurrency, pool=pool, beat=beat, loglevel=loglevel))
+
+
+def ensure_local_key(settings: Settings) -> str:
+    """Embedded default: a tenant "local" and a key kept in the data folder, created on first run."""
+    from app.db import create_database, unit_of_work
+    from app.tenants import service
+
+    key_file = settings.data_dir / LOCAL_KEY_FILE
+    if key_file.is_file():
+        return key_file.read_text().strip()
+    database = create_database(settings)
+    try:
+        with unit_of_work(database.session_factory) as session:
+            tenant = service.create_tenant(session, name="local")
+            _, plaintext = service.create_api_key(session, tenant_id=tenant.id, name="local")
+    finally:
+        database.dispose()
+    key_file.write_text(plaintext + "\n")
+    key_file.chmod(0o600)
+    return plaintext
+
+
+@cli.command()
+def serve(
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+) -> None:
+    """API + workers on this machine. With no configuration: SQLite, local files, a filesystem broker."""
+    import uvicorn
+
+    from app.db import upgrade_database
+    from app.main import create_app
+
+    settings = _settings()
+    upgrade_database(settings)
+    if settings.is_embedded:
+        key = ensure_local_key(settings)
+        typer.echo(f"API key (tenant 'local'): {key}  (also in {settings.data_dir / LOCAL_KEY_FILE})")
+    children = [
+        subprocess.Popen(
+            [sys.executable, "-m", "app.cli", "worker", "--queues", settings.queue, "--loglevel", "warning"]
+        ),
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "app.cli",
+                "worker",
+                "--queues",
+                settings.maintenance_queue,
+                "--pool",
+                "solo",
+                "--beat",
+                "--loglevel",
+                "warning",
+            ]
+        ),
+    ]
+    typer.echo(f"LEAP listening on http://{host}:{port}")
+    try:
+        uvicorn.run(create_app(settings), host=host, port=port, log_level="warning", access_log=False)
+    finally:
+        for child in children:
+            child.send_signal(signal.SIGTERM)
+        for child in children:
+            try:
+                child.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                child.kill()
+
+
+@cli.command()
+def demo(
+    steps: Annotated[int | None, typer.Option(help="Training steps (default: the model's).")] = None,
+    out: Annotated[Path, typer.Option(help="Where artifacts and the grid go.")] = Path("out/demo"),
+    port: Annotated[int, typer.Option(help="Port for the embedded server.")] = 8765,
+) -> None:
+    """Start the embedded service, train on the bundled samples over HTTP, and write a before/after grid."""
+    from app.demo import run_demo
+
+    raise typer.Exit(run_demo(steps=steps, out=out, port=port))
+
+
+def _uuid(value: str, what: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(value)
+    except ValueError:
+        typer.echo(f"error: {value!r} is not a {what} id", err=True)
+        raise typer.Exit(2) from None
+
+
+@tenants_cli.command("create")
+def tenants_create(name: str) -> None:
+    """Create a tenant and print its id."""
+    from app.db import create_database, unit_of_work
+    from app.tenants import service
+
+    database = create_database(_settings())
+    with unit_of_work(database.session_factory) as session:
+        tenant = service.create_tenant(session, name=name)
+        typer.echo(str(tenant.id))
+
+
+@tenants_cli.command("list")
+def tenants_list() -> None:
+    """List tenants: id, created_at, name."""
+    from app.db import create_database, unit_of_work
+    from app.tenants import service
+
+    database = create_database(_settings())
+    with unit_of_work(database.session_factory) as session:
+        for tenant in service.list_tenants(session):
+            typer.echo(f"{tenant.id}\t{tenant.created_at.isoformat()}\t{tenant.name}")
+
+
+@keys_cli.command("create")
+def keys_create(tenant_id: str, name: Annotated[str, typer.Option(help="A label for the key.")] = "") -> None:
+    """Create an API key for a tenant; the key is printed once and never stored."""
+    from app.db import create_database, unit_of_work
+    from app.errors import LeapError
+    from app.tenants import service
+
+    database = create_database(_settings())
+    try:
+        with unit_of_work(database.session_factory) as session:
+            _, plaintext = service.create_api_key(session, tenant_id=_uuid(tenant_id, "tenant"), name=name)
+    except LeapError as error:
+        typer.echo(f"error: {error.message}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(plaintext)
+
+
+@keys_cli.command("list")
+def keys_list(tenant_id: str) -> None:
+    """List a tenant's keys: id, prefix, created_at, revoked_at, name."""
+    from app.db import create_database, unit_of_work
+    from app.errors import LeapError
+    from app.tenants import service
+
+    database = create_database(_settings())
+    try:
+        with unit_of_work(database.session_factory) as session:
+            for key in service.list_api_keys(session, tenant_id=_uuid(tenant_id, "tenant")):
+                revoked = key.revoked_at.isoformat() if key.revoked_at else "-"
+                typer.echo(
+                    f"{key.id}\tleap_live_{key.prefix}_…\t{key.created_at.isoformat()}\t{revoked}\t{key.name}"
+                )
+    except LeapError as error:
+        typer.echo(f"error: {error.message}", err=True)
+        raise typer.Exit(1) from None
+
+
+@keys_cli.command("revoke")
+def keys_revoke(key_id: str) -> None:
+    """Revoke an API key; requests with it fail at once."""
+    from app.db import create_database, unit_of_work
+    from app.errors import LeapError
+    from app.tenants import service
+
+    database = create_database(_settings())
+    try:
+        with unit_of_work(database.session_factory) as session:
+            service.revoke_api_key(session, key_id=_uuid(key_id, "key"))
+    except LeapError as error:
+        typer.echo(f"error: {error.message}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo("revoked")
+
+
+def _register_train_command() -> None:
+    # `leap train` lives in the ML core; imported here only for its signature (no torch at import).
+    try:
+        from models.trainer.cli import train_command
+    except ImportError as error:  # a slim API install without the trainer
+        if error.name and not error.name.startswith("models"):
+            raise
+        return
+    cli.command("train")(train_command)
+
+
+_register_train_command()
+
+
+def main() -> None:
+    """Entry point of the `leap` script."""
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    cli()
+
+
+if __name__ == "__main__":
+    main()

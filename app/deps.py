@@ -1,0 +1,38 @@
+"""Request dependencies for the objects create_app builds once (settings, storage, registry)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from app.settings import Settings
+from app.storage import Storage
+from app.trainings.service import ArtifactLinks
+from models.registry import Registry
+
+
+def get_app_settings(request: Request) -> Settings:
+    return request.app.state.settings  # type: ignore[no-any-return]
+
+
+def get_storage(request: Request) -> Storage:
+    return request.app.state.storage  # type: ignore[no-any-return]
+
+
+def get_registry(request: Request) -> Registry:
+    return request.app.state.registry  # type: ignore[no-any-return]
+
+
+SettingsDep = Annotated[Settings, Depends(get_app_settings)]
+StorageDep = Annotated[Storage, Depends(get_storage)]
+RegistryDep = Annotated[Registry, Depends(get_registry)]
+
+
+def get_artifact_links(request: Request, settings: SettingsDep, storage: StorageDep) -> ArtifactLinks:
+    """Presigns artifact URLs; local files are served by this API, so links use its public URL."""
+    base_url = settings.public_url or str(request.base_url)
+    return ArtifactLinks(storage=storage, ttl=settings.artifact_url_ttl, base_url=base_url)
+
+
+ArtifactLinksDep = Annotated[ArtifactLinks, Depends(get_artifact_links)]

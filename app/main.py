@@ -1,0 +1,68 @@
+"""create_app(): settings, database, storage, registry, Celery sender, routers, middleware, errors.
+
+The API process never imports torch or diffusers: only torch-free modules of the ML core.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from prometheus_client import CollectorRegistry
+
+from app.base_models.routes import router as base_models_router
+from app.db import create_database
+from app.errors import install_error_handlers
+from app.health.metrics import HttpMetricsMiddleware, TrainingCollector
+from app.health.routes import router as health_router
+from app.outbox.service import bind_sender
+from app.settings import Settings, get_settings
+from app.storage import make_storage
+from app.storage.routes import router as files_router
+from app.trainings.routes import router as trainings_router
+from models.registry import load_registry
+from workers.celery_app import create_celery, make_sender, queue_depth
+
+API_VERSION = "1.0.0"
+DESCRIPTION = (
+    "LEAP fine-tunes Stable Diffusion on a few images: booster-initialised pivotal tuning "
+    "(textual inversion + LoRA). Submit images, poll the training, download the artifacts. "
+    'Errors are `{"error": {"code", "message", "details"}}`.'
+)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the API for `settings` (default: from the environment)."""
+    settings = settings or get_settings()
+    database = create_database(settings)
+    storage = make_storage(settings)
+    registry = load_registry(settings.model_registry)
+    celery = create_celery(settings)
+    bind_sender(database.session_factory, make_sender(celery))
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        yield
+        database.dispose()
+
+    app = FastAPI(title="LEAP", version=API_VERSION, description=DESCRIPTION, lifespan=lifespan)
+    app.state.settings = settings
+    app.state.database = database
+    app.state.storage = storage
+    app.state.registry = registry
+    app.state.celery = celery
+
+    metrics_registry = CollectorRegistry()
+    metrics_registry.register(
+        TrainingCollector(database.session_factory, lambda: queue_depth(celery, settings.queue))
+    )
+    app.state.metrics_registry = metrics_registry
+    app.add_middleware(HttpMetricsMiddleware, registry=metrics_registry)
+
+    install_error_handlers(app)
+    app.include_router(trainings_router)
+    app.include_router(base_models_router)
+    app.include_router(files_router)
+    app.include_router(health_router)
+    return app

@@ -1,0 +1,88 @@
+"""Enqueue after commit: messages are written in the caller's transaction and sent once it commits.
+
+A message whose immediate send was lost (the process died between commit and send, or the
+broker was down) is sent later by `relay_pending`, which the sweeper runs. Tasks are
+idempotent, so the rare double send (sent, then died before marking) is harmless.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from app.db import on_commit
+from app.orm.base import utcnow
+from app.outbox import repository
+
+logger = logging.getLogger(__name__)
+
+Sender = Callable[[str, list[Any], str], None]
+"""send(task_name, args, queue): hands one message to the broker."""
+
+_SENDER_KEY = "leap_outbox_sender"
+
+
+def bind_sender(session_factory: sessionmaker[Session], send: Sender) -> None:
+    """Make sessions from this factory send their outbox messages right after commit."""
+    info = dict(session_factory.kw.get("info") or {})
+    info[_SENDER_KEY] = (send, session_factory)
+    session_factory.configure(info=info)
+
+
+def enqueue(
+    session: Session, *, task: str, args: list[Any], queue: str, delay: timedelta | None = None
+) -> int:
+    """Write a task message in the current transaction; it is sent only if the transaction commits."""
+    now = utcnow()
+    message = repository.add(
+        session, task=task, args=args, queue=queue, now=now, available_at=now + delay if delay else now
+    )
+    bound = session.info.get(_SENDER_KEY)
+    if bound is not None and not delay:
+        send, session_factory = bound
+        message_id = message.id
+        on_commit(session, lambda: _send_now(session_factory, send, message_id, task, args, queue))
+    return message.id
+
+
+def _send_now(
+    session_factory: sessionmaker[Session],
+    send: Sender,
+    message_id: int,
+    task: str,
+    args: list[Any],
+    queue: str,
+) -> None:
+    try:
+        send(task, args, queue)
+    except Exception:
+        # Left undispatched: the sweeper's relay sends it.
+        logger.warning("could not send %s %s now; the relay will retry", task, args, exc_info=True)
+        return
+    with session_factory.begin() as session:
+        repository.mark_dispatched(session, [message_id], now=utcnow())
+
+
+def relay_pending(session: Session, *, send: Sender, grace: timedelta, limit: int = 500) -> int:
+    """Send messages that are due and were not sent after their commit (older than `grace`)."""
+    now = utcnow()
+    sent = 0
+    for message in repository.lock_pending(session, due_before=now - grace, limit=limit):
+        try:
+            send(message.task, list(message.args), message.queue)
+        except Exception:
+            logger.warning("relay could not send outbox message %s", message.id, exc_info=True)
+            repository.record_failed_attempt(session, message.id)
+            continue
+        repository.mark_dispatched(session, [message.id], now=now)
+        sent += 1
+    return sent
+
+
+def purge(session: Session, *, older_than: timedelta) -> int:
+    """Delete dispatched messages older than `older_than`."""
+    return repository.purge_dispatched(session, before=utcnow() - older_than)

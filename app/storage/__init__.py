@@ -1,0 +1,5 @@
+"""Object storage for inputs and artifacts: S3-compatible (boto3) or a local folder."""
+
+from app.storage.base import Storage, StorageError, make_storage
+
+__all__ = ["Storage", "StorageError", "make_storage"]

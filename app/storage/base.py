@@ -1,0 +1,59 @@
+"""The storage interface and the factory that picks an implementation from LEAP_STORAGE_URL."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+from typing import Protocol
+from urllib.parse import urlparse
+
+from app.settings import Settings
+
+
+class StorageError(Exception):
+    """Storage is unreachable or refused an operation."""
+
+
+class Storage(Protocol):
+    """Keys are relative paths such as trainings/<id>/artifacts/<name>."""
+
+    def put_bytes(self, key: str, data: bytes, *, content_type: str = "application/octet-stream") -> None: ...
+
+    def put_file(self, key: str, path: Path, *, content_type: str = "application/octet-stream") -> None: ...
+
+    def get_bytes(self, key: str) -> bytes: ...
+
+    def delete_keys(self, keys: list[str]) -> None: ...
+
+    def delete_prefix(self, prefix: str) -> int: ...
+
+    def presign_get(self, key: str, *, filename: str, expires_in: timedelta, base_url: str) -> str:
+        """A URL that downloads `key` as an attachment named `filename` until it expires."""
+        ...
+
+    def check(self) -> None:
+        """Raise StorageError when storage cannot be reached."""
+        ...
+
+
+def validate_key(key: str) -> str:
+    parts = key.split("/")
+    if not key or key.startswith("/") or any(part in ("", ".", "..") for part in parts):
+        raise StorageError(f"invalid storage key {key!r}")
+    return key
+
+
+def make_storage(settings: Settings) -> Storage:
+    """S3Storage for s3://bucket/prefix, LocalStorage for file:///path (the embedded default)."""
+    url = urlparse(settings.resolved_storage_url)
+    if url.scheme == "s3":
+        from app.storage.s3 import S3Storage
+
+        return S3Storage(settings, bucket=url.netloc, prefix=url.path.strip("/"))
+    if url.scheme == "file":
+        from app.storage.local import LocalStorage
+
+        return LocalStorage(Path(url.path), secret=settings.signing_secret.get_secret_value())
+    raise ValueError(
+        f"LEAP_STORAGE_URL must be s3://bucket[/prefix] or file:///path, got {settings.storage_url!r}"
+    )

@@ -1,0 +1,1 @@
+"""Tenants and their API keys; `auth` turns a Bearer key into the calling tenant."""

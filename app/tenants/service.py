@@ -1,0 +1,84 @@
+"""Tenant and API key rules: creation, revocation and authentication of a Bearer key."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+
+from sqlalchemy.orm import Session
+
+from app.errors import NotFound, Unauthorized, ValidationFailed
+from app.orm import ApiKey, Tenant
+from app.orm.base import utcnow
+from app.tenants import keys, repository
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is calling: the tenant and the key it used."""
+
+    tenant_id: uuid.UUID
+    api_key_id: uuid.UUID
+
+
+def create_tenant(session: Session, *, name: str) -> Tenant:
+    """Create a tenant."""
+    name = name.strip()
+    if not 1 <= len(name) <= 200:
+        raise ValidationFailed("name: must be 1-200 characters", details={"field": "name"})
+    return repository.add_tenant(session, name=name)
+
+
+def list_tenants(session: Session) -> list[Tenant]:
+    """All tenants, oldest first."""
+    return repository.list_tenants(session)
+
+
+def get_tenant(session: Session, tenant_id: uuid.UUID) -> Tenant:
+    """One tenant or NotFound."""
+    tenant = repository.get_tenant(session, tenant_id)
+    if tenant is None:
+        raise NotFound(f"tenant {tenant_id} not found")
+    return tenant
+
+
+def create_api_key(session: Session, *, tenant_id: uuid.UUID, name: str = "") -> tuple[ApiKey, str]:
+    """Create a key for a tenant; the plaintext is returned once and never stored."""
+    get_tenant(session, tenant_id)
+    generated = keys.generate_key()
+    api_key = repository.add_api_key(
+        session, tenant_id=tenant_id, name=name, prefix=generated.prefix, secret_hash=generated.secret_hash
+    )
+    return api_key, generated.plaintext
+
+
+def list_api_keys(session: Session, *, tenant_id: uuid.UUID) -> list[ApiKey]:
+    """A tenant's keys (revoked ones included)."""
+    get_tenant(session, tenant_id)
+    return repository.list_api_keys(session, tenant_id)
+
+
+def revoke_api_key(session: Session, *, key_id: uuid.UUID) -> ApiKey:
+    """Revoke a key; idempotent. Requests with it fail at once."""
+    api_key = repository.revoke_api_key(session, key_id, now=utcnow())
+    if api_key is None:
+        raise NotFound(f"API key {key_id} not found")
+    return api_key
+
+
+def authenticate(session: Session, *, authorization: str | None) -> Principal:
+    """Resolve an `Authorization: Bearer <key>` header to its tenant, or raise Unauthorized."""
+    if not authorization:
+        raise Unauthorized("missing Authorization header; send 'Authorization: Bearer <api key>'")
+    scheme, _, value = authorization.partition(" ")
+    if scheme.lower() != "bearer" or not value.strip():
+        raise Unauthorized("Authorization header must be 'Bearer <api key>'")
+    parsed = keys.parse_key(value.strip())
+    if parsed is None:
+        raise Unauthorized("malformed API key; expected leap_live_<prefix>_<secret>")
+    api_key = repository.find_api_key_by_prefix(session, parsed.prefix)
+    if not keys.secret_matches(parsed.secret, api_key.secret_hash if api_key else None) or api_key is None:
+        raise Unauthorized("invalid API key")
+    if api_key.revoked_at is not None:
+        raise Unauthorized("API key has been revoked")
+    return Principal(tenant_id=api_key.tenant_id, api_key_id=api_key.id)

@@ -1,0 +1,1 @@
+"""Trainings: submission, status, listing and cancellation; the worker-side state transitions."""

@@ -1,0 +1,295 @@
+"""Worker-side state transitions of a training, and the sweeper. Takes a session, never commits.
+
+Every transition is a guarded UPDATE on the row: a worker acts only while it holds the lease
+(status running, worker_id its own), so a duplicate or redelivered message can never run a
+finished or running training twice, and a worker that lost its lease cannot overwrite the result.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import uuid
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from app.orm import Artifact
+from app.orm.base import utcnow
+from app.outbox import service as outbox
+from app.settings import Settings
+from app.storage import Storage
+from app.trainings import repository
+from app.trainings.service import RUN_TASK, training_prefix
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ClaimedTraining:
+    """What a worker needs to run a training, detached from the session."""
+
+    id: uuid.UUID
+    attempts: int
+    base_model: str
+    token: str
+    mode: str
+    init: str
+    parameters: dict[str, Any]
+    inputs: list[dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class LeaseState:
+    held: bool
+    cancel_requested: bool
+
+
+@dataclass(frozen=True)
+class StoredArtifact:
+    name: str
+    kind: str
+    key: str
+    bytes: int
+    sha256: str
+
+
+@dataclass(frozen=True)
+class UsageRecord:
+    steps: int
+    compute_seconds: float
+    device: str
+
+
+def parse_training_id(training_id: str) -> uuid.UUID | None:
+    try:
+        return uuid.UUID(str(training_id))
+    except ValueError:
+        return None
+
+
+def claim(
+    session: Session, *, training_id: uuid.UUID, worker_id: str, settings: Settings
+) -> ClaimedTraining | None:
+    """queued -> running with a fresh lease; None when finished, canceled or held by another worker."""
+    now = utcnow()
+    training = repository.claim(
+        session, training_id=training_id, worker_id=worker_id, now=now, lease=settings.lease_duration
+    )
+    if training is None:
+        return None
+    if training.queue_seconds is None:
+        training.queue_seconds = max((now - training.created_at).total_seconds(), 0.0)
+    return ClaimedTraining(
+        id=training.id,
+        attempts=training.attempts,
+        base_model=training.base_model,
+        token=training.token,
+        mode=training.mode,
+        init=training.init,
+        parameters=dict(training.parameters),
+        inputs=list(training.inputs),
+    )
+
+
+def renew_lease(
+    session: Session,
+    *,
+    training_id: uuid.UUID,
+    worker_id: str,
+    settings: Settings,
+    progress: dict[str, Any] | None,
+) -> LeaseState:
+    """Extend the lease, write progress if given, and report whether a cancel was requested."""
+    result = repository.heartbeat(
+        session,
+        training_id=training_id,
+        worker_id=worker_id,
+        now=utcnow(),
+        lease=settings.lease_duration,
+        progress=progress,
+    )
+    if result is None:
+        return LeaseState(held=False, cancel_requested=False)
+    return LeaseState(held=True, cancel_requested=result[1] is not None)
+
+
+def _usage_values(usage: UsageRecord | None) -> dict[str, Any]:
+    if usage is None:
+        return {}
+    return {
+        "usage_steps": usage.steps,
+        "usage_compute_seconds": usage.compute_seconds,
+        "usage_device": usage.device,
+    }
+
+
+def complete(
+    session: Session,
+    *,
+    training_id: uuid.UUID,
+    worker_id: str,
+    artifacts: list[StoredArtifact],
+    usage: UsageRecord,
+    init_used: str,
+) -> bool:
+    """running -> succeeded with its artifacts and usage, in the caller's one transaction."""
+    now = utcnow()
+    finished = repository.finish(
+        session,
+        training_id=training_id,
+        worker_id=worker_id,
+        values={
+            "status": "succeeded",
+            "finished_at": now,
+            "init_used": init_used,
+            "progress_step": usage.steps,
+            "progress_total": usage.steps,
+            "progress_eta_s": 0.0,
+            "progress_updated_at": now,
+            "error_code": None,
+            "error_message": None,
+            **_usage_values(usage),
+        },
+    )
+    if finished:
+        repository.add_artifacts(
+            session,
+            [
+                Artifact(
+                    training_id=training_id,
+                    name=item.name,
+                    kind=item.kind,
+                    key=item.key,
+                    bytes=item.bytes,
+                    sha256=item.sha256,
+                    created_at=now,
+                )
+                for item in artifacts
+            ],
+        )
+    return finished
+
+
+def fail(
+    session: Session,
+    *,
+    training_id: uuid.UUID,
+    worker_id: str,
+    code: str,
+    message: str,
+    usage: UsageRecord | None = None,
+) -> bool:
+    """running -> failed with an error code; no artifacts are listed."""
+    return repository.finish(
+        session,
+        training_id=training_id,
+        worker_id=worker_id,
+        values={
+            "status": "failed",
+            "finished_at": utcnow(),
+            "error_code": code,
+            "error_message": message[:2000],
+            **_usage_values(usage),
+        },
+    )
+
+
+def cancel(
+    session: Session, *, training_id: uuid.UUID, worker_id: str, usage: UsageRecord | None = None
+) -> bool:
+    """running -> canceled, once the worker has stopped."""
+    return repository.finish(
+        session,
+        training_id=training_id,
+        worker_id=worker_id,
+        values={
+            "status": "canceled",
+            "finished_at": utcnow(),
+            "error_code": "canceled",
+            "error_message": "canceled while running",
+            **_usage_values(usage),
+        },
+    )
+
+
+def retry_delay(attempts: int, settings: Settings) -> timedelta:
+    """Exponential backoff with a cap and up to 25% jitter."""
+    base = settings.retry_backoff.total_seconds() * 2 ** max(attempts - 1, 0)
+    capped = min(base, settings.retry_backoff_max.total_seconds())
+    return timedelta(seconds=capped * (1 + random.random() * 0.25))
+
+
+def retry_or_fail(
+    session: Session,
+    *,
+    training_id: uuid.UUID,
+    worker_id: str,
+    attempts: int,
+    settings: Settings,
+    message: str,
+) -> str:
+    """After a transient failure: requeue with backoff, or fail once the attempts are used up."""
+    if attempts >= settings.max_attempts:
+        fail(
+            session,
+            training_id=training_id,
+            worker_id=worker_id,
+            code="internal",
+            message=f"failed after {attempts} attempts: {message}",
+        )
+        return "failed"
+    if not repository.requeue(
+        session, training_id=training_id, worker_id=worker_id, values={"error_message": message[:2000]}
+    ):
+        return "lost"
+    outbox.enqueue(
+        session,
+        task=RUN_TASK,
+        args=[str(training_id)],
+        queue=settings.queue,
+        delay=retry_delay(attempts, settings),
+    )
+    return "requeued"
+
+
+@dataclass
+class SweepReport:
+    canceled: list[uuid.UUID] = field(default_factory=list)
+    requeued: list[uuid.UUID] = field(default_factory=list)
+    failed: list[uuid.UUID] = field(default_factory=list)
+    expired: int = 0
+    relayed: int = 0
+    purged: int = 0
+
+
+def sweep(session: Session, *, settings: Settings, storage: Storage, send: outbox.Sender) -> SweepReport:
+    """Requeue trainings whose worker died (lease expired), fail them after max_attempts, delete
+    artifacts past retention and send outbox messages that were not sent after their commit."""
+    now = utcnow()
+    report = SweepReport()
+    report.canceled = repository.cancel_expired(session, now=now)
+    report.requeued = repository.requeue_expired(session, now=now, max_attempts=settings.max_attempts)
+    for training_id in report.requeued:
+        outbox.enqueue(session, task=RUN_TASK, args=[str(training_id)], queue=settings.queue)
+    report.failed = repository.fail_expired(
+        session,
+        now=now,
+        max_attempts=settings.max_attempts,
+        message=f"the worker running it stopped renewing its lease {settings.max_attempts} times "
+        "(crashed or lost its connection)",
+    )
+    for training in repository.lock_past_retention(
+        session, finished_before=now - settings.artifact_retention, limit=100
+    ):
+        storage.delete_prefix(training_prefix(training.id))
+        repository.delete_artifacts(session, training_id=training.id)
+        repository.mark_artifacts_expired(session, training_id=training.id, now=now)
+        report.expired += 1
+    report.relayed = outbox.relay_pending(session, send=send, grace=settings.outbox_grace)
+    report.purged = outbox.purge(session, older_than=timedelta(days=1))
+    if report.requeued or report.failed or report.canceled or report.expired or report.relayed:
+        logger.info("sweep: %s", report)
+    return report

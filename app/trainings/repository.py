@@ -1,0 +1,263 @@
+"""Every query on trainings and their artifacts."""
+
+from __future__ import annotations
+
+import uuid
+from collections import defaultdict
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Select, case, delete, func, select, tuple_, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from app.orm import Artifact, Training
+
+
+def insert_training(session: Session, values: dict[str, Any]) -> bool:
+    """Insert a training; False when the tenant already used its Idempotency-Key (no row written)."""
+    insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
+    statement = (
+        insert(Training)
+        .values(**values)
+        .on_conflict_do_nothing(index_elements=["tenant_id", "idempotency_key"])
+        .returning(Training.id)
+    )
+    return session.execute(statement).first() is not None
+
+
+def get(session: Session, training_id: uuid.UUID) -> Training | None:
+    return session.get(Training, training_id, populate_existing=True)
+
+
+def get_for_tenant(session: Session, *, tenant_id: uuid.UUID, training_id: uuid.UUID) -> Training | None:
+    query = select(Training).where(Training.id == training_id, Training.tenant_id == tenant_id)
+    return session.scalars(query.execution_options(populate_existing=True)).one_or_none()
+
+
+def find_by_idempotency_key(session: Session, *, tenant_id: uuid.UUID, key: str) -> Training | None:
+    query = select(Training).where(Training.tenant_id == tenant_id, Training.idempotency_key == key)
+    return session.scalars(query).one_or_none()
+
+
+def list_for_tenant(
+    session: Session,
+    *,
+    tenant_id: uuid.UUID,
+    status: str | None,
+    before: tuple[datetime, uuid.UUID] | None,
+    limit: int,
+) -> list[Training]:
+    """Newest first; `before` is the (created_at, id) of the last row of the previous page."""
+    query: Select[tuple[Training]] = select(Training).where(Training.tenant_id == tenant_id)
+    if status is not None:
+        query = query.where(Training.status == status)
+    if before is not None:
+        query = query.where(tuple_(Training.created_at, Training.id) < tuple_(*before))
+    query = query.order_by(Training.created_at.desc(), Training.id.desc()).limit(limit)
+    return list(session.scalars(query))
+
+
+def artifacts_for(session: Session, training_ids: list[uuid.UUID]) -> dict[uuid.UUID, list[Artifact]]:
+    if not training_ids:
+        return {}
+    query = select(Artifact).where(Artifact.training_id.in_(training_ids)).order_by(Artifact.name)
+    grouped: dict[uuid.UUID, list[Artifact]] = defaultdict(list)
+    for artifact in session.scalars(query):
+        grouped[artifact.training_id].append(artifact)
+    return grouped
+
+
+def cancel_if_queued(session: Session, *, training_id: uuid.UUID, now: datetime) -> bool:
+    statement = (
+        update(Training)
+        .where(Training.id == training_id, Training.status == "queued")
+        .values(
+            status="canceled",
+            cancel_requested_at=now,
+            finished_at=now,
+            error_code="canceled",
+            error_message="canceled before it started",
+        )
+        .returning(Training.id)
+    )
+    return session.execute(statement).first() is not None
+
+
+def request_cancel_if_running(session: Session, *, training_id: uuid.UUID, now: datetime) -> bool:
+    statement = (
+        update(Training)
+        .where(
+            Training.id == training_id, Training.status == "running", Training.cancel_requested_at.is_(None)
+        )
+        .values(cancel_requested_at=now)
+        .returning(Training.id)
+    )
+    return session.execute(statement).first() is not None
+
+
+def claim(
+    session: Session, *, training_id: uuid.UUID, worker_id: str, now: datetime, lease: timedelta
+) -> Training | None:
+    """queued -> running for this worker, atomically; None if it is not queued any more."""
+    statement = (
+        update(Training)
+        .where(Training.id == training_id, Training.status == "queued")
+        .values(
+            status="running",
+            worker_id=worker_id,
+            lease_expires_at=now + lease,
+            attempts=Training.attempts + 1,
+            started_at=func.coalesce(Training.started_at, now),
+            progress_step=0,
+            progress_updated_at=now,
+        )
+        .returning(Training.id)
+    )
+    if session.execute(statement).first() is None:
+        return None
+    return get(session, training_id)
+
+
+def heartbeat(
+    session: Session,
+    *,
+    training_id: uuid.UUID,
+    worker_id: str,
+    now: datetime,
+    lease: timedelta,
+    progress: dict[str, Any] | None,
+) -> tuple[bool, datetime | None] | None:
+    """Renew the lease (and write progress); None when this worker no longer holds the training."""
+    values: dict[str, Any] = {"lease_expires_at": now + lease}
+    if progress is not None:
+        values.update(
+            progress_updated_at=now, **{f"progress_{key}": value for key, value in progress.items()}
+        )
+    statement = (
+        update(Training)
+        .where(Training.id == training_id, Training.worker_id == worker_id, Training.status == "running")
+        .values(**values)
+        .returning(Training.cancel_requested_at)
+    )
+    row = session.execute(statement).first()
+    return None if row is None else (True, row[0])
+
+
+def finish(session: Session, *, training_id: uuid.UUID, worker_id: str, values: dict[str, Any]) -> bool:
+    """running -> a final state, only if this worker still holds the lease."""
+    statement = (
+        update(Training)
+        .where(Training.id == training_id, Training.worker_id == worker_id, Training.status == "running")
+        .values(lease_expires_at=None, **values)
+        .returning(Training.id)
+    )
+    return session.execute(statement).first() is not None
+
+
+def requeue(session: Session, *, training_id: uuid.UUID, worker_id: str, values: dict[str, Any]) -> bool:
+    """running -> queued (a retry), only if this worker still holds the lease."""
+    statement = (
+        update(Training)
+        .where(Training.id == training_id, Training.worker_id == worker_id, Training.status == "running")
+        .values(status="queued", worker_id=None, lease_expires_at=None, **values)
+        .returning(Training.id)
+    )
+    return session.execute(statement).first() is not None
+
+
+def add_artifacts(session: Session, artifacts: list[Artifact]) -> None:
+    session.add_all(artifacts)
+    session.flush()
+
+
+def _expired(now: datetime) -> Any:
+    return (Training.status == "running") & (Training.lease_expires_at < now)
+
+
+def cancel_expired(session: Session, *, now: datetime) -> list[uuid.UUID]:
+    """Expired leases of trainings whose cancel was requested: canceled (no point running them again)."""
+    statement = (
+        update(Training)
+        .where(_expired(now), Training.cancel_requested_at.is_not(None))
+        .values(
+            status="canceled",
+            finished_at=now,
+            lease_expires_at=None,
+            error_code="canceled",
+            error_message="canceled",
+        )
+        .returning(Training.id)
+    )
+    return [row[0] for row in session.execute(statement)]
+
+
+def requeue_expired(session: Session, *, now: datetime, max_attempts: int) -> list[uuid.UUID]:
+    statement = (
+        update(Training)
+        .where(_expired(now), Training.attempts < max_attempts)
+        .values(status="queued", worker_id=None, lease_expires_at=None)
+        .returning(Training.id)
+    )
+    return [row[0] for row in session.execute(statement)]
+
+
+def fail_expired(session: Session, *, now: datetime, max_attempts: int, message: str) -> list[uuid.UUID]:
+    statement = (
+        update(Training)
+        .where(_expired(now), Training.attempts >= max_attempts)
+        .values(
+            status="failed",
+            finished_at=now,
+            lease_expires_at=None,
+            error_code="worker_lost",
+            error_message=message,
+        )
+        .returning(Training.id)
+    )
+    return [row[0] for row in session.execute(statement)]
+
+
+def lock_past_retention(session: Session, *, finished_before: datetime, limit: int) -> list[Training]:
+    query = (
+        select(Training)
+        .where(Training.finished_at < finished_before, Training.artifacts_expired_at.is_(None))
+        .order_by(Training.finished_at)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    )
+    return list(session.scalars(query))
+
+
+def delete_artifacts(session: Session, *, training_id: uuid.UUID) -> None:
+    session.execute(delete(Artifact).where(Artifact.training_id == training_id))
+
+
+def mark_artifacts_expired(session: Session, *, training_id: uuid.UUID, now: datetime) -> None:
+    session.execute(update(Training).where(Training.id == training_id).values(artifacts_expired_at=now))
+
+
+def count_by_status(session: Session) -> dict[str, int]:
+    rows = session.execute(select(Training.status, func.count()).group_by(Training.status))
+    return {status: count for status, count in rows}
+
+
+def histogram(session: Session, column: Any, buckets: tuple[float, ...]) -> tuple[list[int], int, float]:
+    """Cumulative bucket counts, count and sum of a numeric column over all rows where it is set."""
+    columns = [func.coalesce(func.sum(case((column <= bound, 1), else_=0)), 0) for bound in buckets]
+    query = select(*columns, func.count(column), func.coalesce(func.sum(column), 0.0)).where(
+        column.is_not(None)
+    )
+    row = session.execute(query).one()
+    return [int(value) for value in row[: len(buckets)]], int(row[-2]), float(row[-1])
+
+
+def usage_totals(session: Session) -> tuple[int, float]:
+    """Steps and compute seconds of every training that recorded usage."""
+    row = session.execute(
+        select(
+            func.coalesce(func.sum(Training.usage_steps), 0),
+            func.coalesce(func.sum(Training.usage_compute_seconds), 0.0),
+        )
+    ).one()
+    return int(row[0]), float(row[1])

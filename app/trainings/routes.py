@@ -1,0 +1,122 @@
+"""Trainings endpoints: thin wrappers over app.trainings.service."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Header, Query, Request, Response
+
+from app.deps import ArtifactLinksDep, RegistryDep, SettingsDep, StorageDep
+from app.errors import error_responses
+from app.tenants.auth import PrincipalDep, SessionDep
+from app.trainings import schemas, service, uploads
+
+router = APIRouter(prefix="/v1/trainings", tags=["trainings"])
+
+
+async def read_submission(request: Request, settings: SettingsDep) -> uploads.Submission:
+    return await uploads.read_submission(request, settings)
+
+
+_request_body = {
+    "requestBody": {
+        "required": True,
+        "content": {"multipart/form-data": {"schema": schemas.TrainingRequest.model_json_schema()}},
+    }
+}
+
+
+@router.post(
+    "",
+    status_code=202,
+    response_model=schemas.Training,
+    summary="Submit a training",
+    openapi_extra=_request_body,
+    responses={
+        202: {
+            "description": "Accepted and queued; Location points at the training.",
+            "headers": {"Location": {"description": "URL of the training", "schema": {"type": "string"}}},
+        },
+        **error_responses(400, 401, 409, 413, 415, 422, 503),
+    },
+)
+def create_training(
+    response: Response,
+    principal: PrincipalDep,
+    session: SessionDep,
+    submission: Annotated[uploads.Submission, Depends(read_submission)],
+    settings: SettingsDep,
+    storage: StorageDep,
+    registry: RegistryDep,
+    links: ArtifactLinksDep,
+    idempotency_key: Annotated[
+        str | None,
+        Header(
+            alias="Idempotency-Key",
+            description=(
+                "Retries with the same key (per tenant) return the same training instead of creating another."
+            ),
+        ),
+    ] = None,
+) -> schemas.Training:
+    training, created = service.create_training(
+        session,
+        principal=principal,
+        submission=submission,
+        idempotency_key=idempotency_key,
+        settings=settings,
+        storage=storage,
+        registry=registry,
+    )
+    response.headers["Location"] = f"/v1/trainings/{training.id}"
+    if not created:
+        response.headers["Idempotent-Replayed"] = "true"
+    return service.present(session, [training], links=links)[0]
+
+
+@router.get(
+    "",
+    response_model=schemas.TrainingList,
+    summary="List your trainings, newest first",
+    responses=error_responses(401, 422),
+)
+def list_trainings(
+    principal: PrincipalDep,
+    session: SessionDep,
+    links: ArtifactLinksDep,
+    status: Annotated[schemas.Status | None, Query(description="Only trainings in this state")] = None,
+    cursor: Annotated[str | None, Query(description="next_cursor of the previous page")] = None,
+    limit: Annotated[int, Query(ge=1, le=service.MAX_PAGE_SIZE)] = 20,
+) -> schemas.TrainingList:
+    trainings, next_cursor = service.list_trainings(
+        session, principal=principal, status=status, cursor=cursor, limit=limit
+    )
+    return schemas.TrainingList(
+        data=service.present(session, trainings, links=links), next_cursor=next_cursor
+    )
+
+
+@router.get(
+    "/{training_id}",
+    response_model=schemas.Training,
+    summary="Get a training",
+    responses=error_responses(401, 404),
+)
+def get_training(
+    training_id: str, principal: PrincipalDep, session: SessionDep, links: ArtifactLinksDep
+) -> schemas.Training:
+    training = service.get_training(session, principal=principal, training_id=training_id)
+    return service.present(session, [training], links=links)[0]
+
+
+@router.post(
+    "/{training_id}/cancel",
+    response_model=schemas.Training,
+    summary="Cancel a training (idempotent)",
+    responses=error_responses(401, 404),
+)
+def cancel_training(
+    training_id: str, principal: PrincipalDep, session: SessionDep, links: ArtifactLinksDep
+) -> schemas.Training:
+    training = service.cancel_training(session, principal=principal, training_id=training_id)
+    return service.present(session, [training], links=links)[0]

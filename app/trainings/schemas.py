@@ -1,0 +1,137 @@
+"""Request and response models of the trainings API (they make openapi.yaml)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+from urllib.parse import urlparse
+
+from pydantic import BaseModel, ConfigDict, Field, Json, field_validator
+
+from models.trainer.config import TOKEN_PATTERN
+
+Status = Literal["queued", "running", "succeeded", "failed", "canceled"]
+
+
+class TrainingForm(BaseModel):
+    """The optional form fields of POST /v1/trainings (sent as multipart text parts)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    token: str = Field(
+        "<leap>",
+        description="Placeholder token the concept is bound to, e.g. <leap>.",
+        pattern=TOKEN_PATTERN.pattern,
+    )
+    mode: Literal["pivotal", "textual_inversion", "lora"] = Field(
+        "pivotal", description="pivotal: embedding then embedding + LoRA; or one of the two alone."
+    )
+    init: Literal["booster", "token", "random"] = Field(
+        "booster",
+        description="How the embedding starts: the base model's booster (falls back to token), "
+        "the initializer word's embedding, or random.",
+    )
+    steps: int | None = Field(
+        None, ge=1, le=20_000, description="Total optimisation steps; default per model."
+    )
+    embedding_lr: float | None = Field(None, gt=0, le=1)
+    lora_lr: float | None = Field(None, gt=0, le=1)
+    pivot_embedding_lr: float | None = Field(
+        None, gt=0, le=1, description="pivotal: the embedding's rate while LoRA trains."
+    )
+    lora_rank: int | None = Field(None, ge=1, le=128)
+    num_vectors: int | None = Field(None, ge=1, le=16, description="Embedding vectors behind the token.")
+    seed: int | None = Field(None, ge=0, le=2**32 - 1)
+    base_model: str | None = Field(
+        None, max_length=100, description="A model id from GET /v1/models; default: the server's default."
+    )
+    webhook_url: str | None = Field(
+        None, max_length=2048, description="http(s) URL told about state changes (delivery: tenancy issue)."
+    )
+    metadata: Json[dict[str, Any]] | None = Field(None, description="A JSON object stored with the training.")
+
+    @field_validator("webhook_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        parsed = urlparse(value)
+        if parsed.scheme not in ("http", "https") or not parsed.hostname:
+            raise ValueError("must be an http(s) URL with a host")
+        return value
+
+    def hyperparameters(self) -> dict[str, Any]:
+        """The training knobs the caller set (None: the base model's default)."""
+        names = ("steps", "embedding_lr", "lora_lr", "pivot_embedding_lr", "lora_rank", "num_vectors", "seed")
+        return {name: getattr(self, name) for name in names if getattr(self, name) is not None}
+
+
+class TrainingRequest(TrainingForm):
+    """multipart/form-data body of POST /v1/trainings (documentation only; parsed by uploads.py)."""
+
+    images: list[bytes] = Field(
+        description="2-50 image files (PNG, JPEG, WebP, ...), or one .zip of images.",
+        json_schema_extra={"items": {"type": "string", "format": "binary"}},
+    )
+    metadata: str | None = Field(None, description="A JSON object, as text.")  # type: ignore[assignment]
+
+
+class Progress(BaseModel):
+    step: int
+    total: int | None
+    loss: float | None
+    eta_s: float | None
+
+
+class TrainingError(BaseModel):
+    code: str = Field(
+        description="invalid_images, invalid_config, invalid_base_model, out_of_memory, "
+        "worker_lost, internal, ..."
+    )
+    message: str
+
+
+class Usage(BaseModel):
+    steps: int
+    compute_seconds: float
+    device: str
+
+
+class Artifact(BaseModel):
+    name: str
+    kind: str = Field(description="embedding, lora, webui or manifest")
+    bytes: int
+    sha256: str
+    url: str = Field(description="Presigned download URL (attachment); expires at expires_at.")
+    expires_at: datetime
+
+
+class Training(BaseModel):
+    id: str
+    status: Status
+    base_model: str
+    mode: str
+    init: str = Field(description="The requested initialisation.")
+    init_used: str | None = Field(description="The initialisation actually used (set once it ran).")
+    token: str
+    parameters: dict[str, Any] = Field(description="Hyperparameters given at submission.")
+    image_count: int
+    progress: Progress
+    error: TrainingError | None
+    usage: Usage | None
+    artifacts: list[Artifact]
+    attempts: int
+    webhook_url: str | None
+    metadata: dict[str, Any]
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    cancel_requested_at: datetime | None
+    artifacts_expired_at: datetime | None
+
+
+class TrainingList(BaseModel):
+    data: list[Training]
+    next_cursor: str | None = Field(
+        description="Pass as `cursor` for the next (older) page; null at the end."
+    )

@@ -1,0 +1,74 @@
+"""What tasks share within one worker process: settings, database, storage, registry, broker sender."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from celery import current_app
+from celery.signals import worker_process_init
+from sqlalchemy.orm import Session
+
+from app.db import Database, create_database, unit_of_work
+from app.outbox.service import Sender, bind_sender
+from app.settings import Settings, get_settings
+from app.storage import Storage, make_storage
+from models.registry import Registry, load_registry
+from workers.celery_app import make_sender
+
+
+@dataclass
+class WorkerRuntime:
+    settings: Settings
+    database: Database
+    storage: Storage
+    registry: Registry
+    send: Sender
+    worker_id: str
+
+    @contextmanager
+    def unit_of_work(self) -> Iterator[Session]:
+        """A task transaction: commits on success, rolls back on error, then sends its outbox messages."""
+        with unit_of_work(self.database.session_factory) as session:
+            yield session
+
+
+_runtime: WorkerRuntime | None = None
+
+
+def _settings() -> Settings:
+    settings = getattr(current_app.conf, "leap_settings", None)
+    return settings if isinstance(settings, Settings) else get_settings()
+
+
+def get_runtime() -> WorkerRuntime:
+    """The process's runtime, built on first use (after the fork, in prefork pools)."""
+    global _runtime
+    if _runtime is None:
+        settings = _settings()
+        database = create_database(settings)
+        send = make_sender(current_app)
+        bind_sender(database.session_factory, send)
+        registry_path: Path | None = settings.model_registry
+        _runtime = WorkerRuntime(
+            settings=settings,
+            database=database,
+            storage=make_storage(settings),
+            registry=load_registry(registry_path),
+            send=send,
+            worker_id=f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}",
+        )
+    return _runtime
+
+
+@worker_process_init.connect
+def _reset_after_fork(**_: Any) -> None:
+    # A forked child must not reuse the parent's connections.
+    global _runtime
+    _runtime = None

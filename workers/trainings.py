@@ -1,0 +1,297 @@
+"""The training task: claim the row, train with a renewed lease, store artifacts, record the result.
+
+torch and the trainer are imported only inside the task, never when this module is imported.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import shutil
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+from celery import shared_task
+from sqlalchemy.exc import InterfaceError, OperationalError
+
+from app.storage import StorageError
+from app.trainings import lifecycle
+from app.trainings.service import artifacts_prefix, build_config
+from models.trainer.config import Progress, TrainResult
+from models.trainer.errors import TrainerError, TrainingCanceled
+from models.trainer.images import ImageSource, decode_images
+from workers.celery_app import RUN_TRAINING
+from workers.runtime import WorkerRuntime, get_runtime
+
+logger = logging.getLogger(__name__)
+
+TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (StorageError, OperationalError, InterfaceError)
+
+_trainers: dict[str, Callable[..., TrainResult]] = {}
+
+
+@shared_task(name=RUN_TRAINING, acks_late=True, ignore_result=True)
+def run_training(training_id: str) -> None:
+    """Run one training by id; a duplicate or late message finds nothing to claim and returns."""
+    _run_training(get_runtime(), training_id)
+
+
+def load_trainer(path: str) -> Callable[..., TrainResult]:
+    """Import the training function named by LEAP_TRAINER (module:function), once per process."""
+    if path not in _trainers:
+        module_name, _, function_name = path.partition(":")
+        _trainers[path] = getattr(importlib.import_module(module_name), function_name or "train")
+    return _trainers[path]
+
+
+class Heartbeat:
+    """Renews the lease and writes the latest progress every progress_interval, from a thread,
+    so the training loop only stores numbers; reports cancel requests and a lost lease."""
+
+    def __init__(self, runtime: WorkerRuntime, training_id: uuid.UUID) -> None:
+        self.runtime = runtime
+        self.training_id = training_id
+        self.cancel_requested = threading.Event()
+        self.lost = threading.Event()
+        self._stop = threading.Event()
+        self._latest: Progress | None = None
+        self._written: Progress | None = None
+        self._thread = threading.Thread(target=self._loop, name=f"lease-{training_id}", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=10)
+
+    def report(self, progress: Progress) -> None:
+        """The trainer's on_progress callback."""
+        self._latest = progress
+
+    def should_stop(self) -> bool:
+        """The trainer's should_stop callback (checked every step)."""
+        return self.cancel_requested.is_set() or self.lost.is_set()
+
+    @property
+    def last_step(self) -> int:
+        return self._latest.step if self._latest else 0
+
+    def beat(self) -> None:
+        latest = self._latest
+        progress = None
+        if latest is not None and latest is not self._written:
+            progress = {
+                "step": latest.step,
+                "total": latest.total,
+                "loss": _finite(latest.loss),
+                "eta_s": _finite(latest.eta_s),
+            }
+        with self.runtime.unit_of_work() as session:
+            state = lifecycle.renew_lease(
+                session,
+                training_id=self.training_id,
+                worker_id=self.runtime.worker_id,
+                settings=self.runtime.settings,
+                progress=progress,
+            )
+        self._written = latest
+        if not state.held:
+            logger.warning("training %s: lease lost, stopping", self.training_id)
+            self.lost.set()
+        elif state.cancel_requested:
+            self.cancel_requested.set()
+
+    def _loop(self) -> None:
+        interval = self.runtime.settings.progress_interval.total_seconds()
+        while not self._stop.wait(interval):
+            try:
+                self.beat()
+            except Exception:
+                # The lease outlives a few missed renewals; the sweeper handles a long outage.
+                logger.warning("training %s: lease renewal failed", self.training_id, exc_info=True)
+
+
+def _finite(value: float | None) -> float | None:
+    return value if value is not None and value == value and abs(value) != float("inf") else None
+
+
+def _device_name() -> str:
+    torch = sys.modules.get("torch")
+    if torch is None:
+        return "unknown"
+    if torch.cuda.is_available():
+        return f"cuda:{torch.cuda.get_device_name(0)}"
+    return "cpu"
+
+
+def _run_training(runtime: WorkerRuntime, training_id: str) -> None:
+    parsed = lifecycle.parse_training_id(training_id)
+    if parsed is None:
+        logger.error("trainings.run got a malformed id %r; dropped", training_id)
+        return
+    with runtime.unit_of_work() as session:
+        claimed = lifecycle.claim(
+            session, training_id=parsed, worker_id=runtime.worker_id, settings=runtime.settings
+        )
+    if claimed is None:
+        logger.info("training %s: nothing to claim (finished, canceled or running elsewhere)", training_id)
+        return
+    logger.info("training %s: claimed (attempt %d)", training_id, claimed.attempts)
+    work_dir = runtime.settings.resolved_work_dir / f"{claimed.id}-{claimed.attempts}"
+    heartbeat = Heartbeat(runtime, claimed.id)
+    heartbeat.start()
+    try:
+        _execute(runtime, claimed, work_dir, heartbeat)
+    finally:
+        heartbeat.stop()
+        shutil.rmtree(work_dir, ignore_errors=True)
+
+
+def _execute(
+    runtime: WorkerRuntime, claimed: lifecycle.ClaimedTraining, work_dir: Path, heartbeat: Heartbeat
+) -> None:
+    settings = runtime.settings
+    worker_id = runtime.worker_id
+    started = time.monotonic()
+
+    def usage_so_far() -> lifecycle.UsageRecord:
+        return lifecycle.UsageRecord(
+            steps=heartbeat.last_step, compute_seconds=time.monotonic() - started, device=_device_name()
+        )
+
+    try:
+        config = build_config(
+            base_model=claimed.base_model,
+            token=claimed.token,
+            mode=claimed.mode,
+            init=claimed.init,
+            parameters=claimed.parameters,
+            registry=runtime.registry,
+        )
+        sources = [
+            ImageSource(name=item["name"], data=runtime.storage.get_bytes(item["key"]))
+            for item in claimed.inputs
+        ]
+        images = decode_images(sources, max_pixels=settings.max_image_pixels)
+        train = load_trainer(settings.trainer)
+        work_dir.mkdir(parents=True, exist_ok=True)
+        started = time.monotonic()
+        result = train(
+            config, images, work_dir / "out", on_progress=heartbeat.report, should_stop=heartbeat.should_stop
+        )
+    except TrainingCanceled:
+        if heartbeat.lost.is_set():
+            return
+        with runtime.unit_of_work() as session:
+            lifecycle.cancel(session, training_id=claimed.id, worker_id=worker_id, usage=usage_so_far())
+        logger.info("training %s: canceled", claimed.id)
+        return
+    except TrainerError as error:
+        with runtime.unit_of_work() as session:
+            lifecycle.fail(
+                session,
+                training_id=claimed.id,
+                worker_id=worker_id,
+                code=error.code,
+                message=error.message,
+                usage=usage_so_far() if heartbeat.last_step else None,
+            )
+        logger.info("training %s: failed with %s: %s", claimed.id, error.code, error.message)
+        return
+    except TRANSIENT_ERRORS as error:
+        _retry(runtime, claimed, f"{type(error).__name__}: {error}")
+        return
+    except Exception as error:
+        logger.exception("training %s: unexpected error", claimed.id)
+        with runtime.unit_of_work() as session:
+            lifecycle.fail(
+                session,
+                training_id=claimed.id,
+                worker_id=worker_id,
+                code="internal",
+                message=f"internal error ({type(error).__name__})",
+                usage=usage_so_far(),
+            )
+        return
+    _store_result(runtime, claimed, result, heartbeat)
+
+
+def _retry(runtime: WorkerRuntime, claimed: lifecycle.ClaimedTraining, message: str) -> None:
+    logger.warning("training %s: transient failure, retrying: %s", claimed.id, message)
+    with runtime.unit_of_work() as session:
+        outcome = lifecycle.retry_or_fail(
+            session,
+            training_id=claimed.id,
+            worker_id=runtime.worker_id,
+            attempts=claimed.attempts,
+            settings=runtime.settings,
+            message=message,
+        )
+    logger.info("training %s: %s", claimed.id, outcome)
+
+
+def _content_type(name: str) -> str:
+    return "application/json" if name.endswith(".json") else "application/octet-stream"
+
+
+def _store_result(
+    runtime: WorkerRuntime, claimed: lifecycle.ClaimedTraining, result: TrainResult, heartbeat: Heartbeat
+) -> None:
+    """Upload the artifacts, then record them with the usage in one transaction (or clean up)."""
+    storage = runtime.storage
+    prefix = artifacts_prefix(claimed.id)
+    stored: list[lifecycle.StoredArtifact] = []
+    try:
+        for artifact in result.artifacts:
+            key = f"{prefix}/{artifact.name}"
+            storage.put_file(key, Path(artifact.path), content_type=_content_type(artifact.name))
+            stored.append(
+                lifecycle.StoredArtifact(
+                    name=artifact.name,
+                    kind=artifact.kind,
+                    key=key,
+                    bytes=artifact.bytes,
+                    sha256=artifact.sha256,
+                )
+            )
+    except StorageError as error:
+        storage.delete_keys([item.key for item in stored])
+        _retry(runtime, claimed, f"storing artifacts: {error}")
+        return
+    usage = lifecycle.UsageRecord(
+        steps=result.steps, compute_seconds=result.compute_seconds, device=result.device
+    )
+    with runtime.unit_of_work() as session:
+        state = lifecycle.renew_lease(
+            session,
+            training_id=claimed.id,
+            worker_id=runtime.worker_id,
+            settings=runtime.settings,
+            progress=None,
+        )
+        if state.held and state.cancel_requested:
+            lifecycle.cancel(session, training_id=claimed.id, worker_id=runtime.worker_id, usage=usage)
+            recorded = False
+        elif state.held:
+            recorded = lifecycle.complete(
+                session,
+                training_id=claimed.id,
+                worker_id=runtime.worker_id,
+                artifacts=stored,
+                usage=usage,
+                init_used=result.init_used,
+            )
+        else:
+            recorded = False
+    if not recorded:
+        # Canceled at the last moment or the lease was lost: list nothing, keep nothing.
+        storage.delete_keys([item.key for item in stored])
+        logger.info("training %s: result discarded (canceled or lease lost)", claimed.id)
+        return
+    logger.info("training %s: succeeded with %d artifacts", claimed.id, len(stored))
