@@ -7,7 +7,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import SecretStr, model_validator
+from pydantic import SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEV_ADMIN_TOKEN = "dev-admin-token"
@@ -89,6 +89,27 @@ class Settings(BaseSettings):
     preload_models: bool = False
     """Workers load the registered base models at start instead of on first use."""
 
+    @field_validator(
+        "artifact_url_ttl",
+        "artifact_retention",
+        "lease_duration",
+        "progress_interval",
+        "retry_backoff",
+        "retry_backoff_max",
+        "sweeper_interval",
+        "outbox_grace",
+        mode="before",
+    )
+    @classmethod
+    def _seconds(cls, value: object) -> object:
+        # Durations may be given as plain seconds ("60", "0.5") as well as ISO 8601 ("PT1M").
+        if isinstance(value, str):
+            try:
+                return timedelta(seconds=float(value))
+            except ValueError:
+                return value
+        return value
+
     @model_validator(mode="after")
     def _refuse_default_secrets(self) -> Settings:
         if self.environment == "production":
@@ -106,7 +127,7 @@ class Settings(BaseSettings):
 
     @property
     def resolved_broker_url(self) -> str:
-        return self.broker_url or "filesystem://"
+        return self.broker_url or "filesystem://localhost/"
 
     @property
     def broker_folder(self) -> Path:

@@ -45,7 +45,7 @@ class Training(Base):
     base_model: Mapped[str] = mapped_column(String(100))
     mode: Mapped[str] = mapped_column(String(32))
     init: Mapped[str] = mapped_column(String(16))
-    init_used: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    init_used: Mapped[str | None] = mapped_column(String(200), nullable=True)
     token: Mapped[str] = mapped_column(String(40))
     parameters: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
     """Hyperparameters the caller set (steps, learning rates, ...); the rest are the model's defaults."""

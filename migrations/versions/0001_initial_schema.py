@@ -57,7 +57,7 @@ def upgrade() -> None:
     sa.Column('base_model', sa.String(length=100), nullable=False),
     sa.Column('mode', sa.String(length=32), nullable=False),
     sa.Column('init', sa.String(length=16), nullable=False),
-    sa.Column('init_used', sa.String(length=16), nullable=True),
+    sa.Column('init_used', sa.String(length=200), nullable=True),
     sa.Column('token', sa.String(length=40), nullable=False),
     sa.Column('parameters', sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), 'postgresql'), nullable=False),
     sa.Column('webhook_url', sa.Text(), nullable=True),
