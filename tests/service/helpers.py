@@ -9,6 +9,7 @@ from sqlalchemy import func, select
 from app.db import Database
 from app.orm import OutboxMessage, Training
 from app.settings import Settings
+
 from .conftest import BUCKET
 
 

@@ -1,4 +1,4 @@
-"""Alembic is the only source of the schema: upgrade on an empty database matches the models, and downgrades."""
+"""Alembic is the only schema source: upgrade on an empty database matches the models; downgrade works."""
 
 from __future__ import annotations
 

@@ -8,6 +8,7 @@ import pytest
 from sqlalchemy import select
 
 from app.orm import OutboxMessage, Training
+
 from .factories import (
     image_files,
     make_tenant,
