@@ -270,6 +270,8 @@ def sweep(session: Session, *, settings: Settings, storage: Storage, send: outbo
     artifacts past retention and send outbox messages that were not sent after their commit."""
     now = utcnow()
     report = SweepReport()
+    # Relay first: messages written below are sent after this transaction commits, never before.
+    report.relayed = outbox.relay_pending(session, send=send, grace=settings.outbox_grace)
     report.canceled = repository.cancel_expired(session, now=now)
     report.requeued = repository.requeue_expired(session, now=now, max_attempts=settings.max_attempts)
     for training_id in report.requeued:
@@ -288,7 +290,6 @@ def sweep(session: Session, *, settings: Settings, storage: Storage, send: outbo
         repository.delete_artifacts(session, training_id=training.id)
         repository.mark_artifacts_expired(session, training_id=training.id, now=now)
         report.expired += 1
-    report.relayed = outbox.relay_pending(session, send=send, grace=settings.outbox_grace)
     report.purged = outbox.purge(session, older_than=timedelta(days=1))
     if report.requeued or report.failed or report.canceled or report.expired or report.relayed:
         logger.info("sweep: %s", report)

@@ -1,0 +1,166 @@
+"""The training task in a real Celery worker process (Redis broker, Postgres, S3): claim, lease,
+progress, cancel, typed failures, duplicates and crashed workers. The trainer is the fast,
+deterministic stand-in in fake_trainer.py; test_end_to_end.py runs the real one."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from sqlalchemy.orm import sessionmaker
+
+from app.db import unit_of_work
+from app.outbox.service import bind_sender
+from app.storage import make_storage
+from app.trainings import lifecycle
+from workers.celery_app import create_celery, make_sender
+
+from .conftest import WorkerProcess, wait_for
+from .factories import make_tenant, submit
+from .helpers import assert_error, stored_keys
+
+
+@pytest.fixture(scope="module")
+def gpu_worker(settings):
+    worker = WorkerProcess(settings, queues=settings.queue)
+    yield worker
+    worker.stop()
+
+
+def wait_status(client, tenant, training_id, statuses, timeout=30.0):  # type: ignore[no-untyped-def]
+    def current():
+        body = client.get(f"/v1/trainings/{training_id}", headers=tenant.headers).json()
+        return body if body["status"] in statuses else None
+
+    return wait_for(
+        current, timeout=timeout, interval=0.1, message=f"training {training_id} to reach {statuses}"
+    )
+
+
+def test_training_succeeds_with_artifacts_usage_and_presigned_downloads(
+    client, database, settings, gpu_worker
+):
+    tenant = make_tenant(database)
+    training_id = submit(client, tenant, data={"steps": "20", "mode": "pivotal"}).json()["id"]
+    body = wait_status(client, tenant, training_id, {"succeeded", "failed"})
+    assert body["status"] == "succeeded", body
+    assert body["attempts"] == 1
+    assert body["init_used"] == "token"
+    assert body["progress"]["step"] == body["progress"]["total"] == 20
+    assert body["usage"]["steps"] == 20 and body["usage"]["device"] == "cpu"
+    assert body["usage"]["compute_seconds"] > 0
+    assert body["error"] is None
+    names = {artifact["name"]: artifact for artifact in body["artifacts"]}
+    assert set(names) == {"learned_embeds.safetensors", "pytorch_lora_weights.safetensors", "manifest.json"}
+    for artifact in body["artifacts"]:
+        response = httpx.get(artifact["url"])
+        assert response.status_code == 200
+        assert hashlib.sha256(response.content).hexdigest() == artifact["sha256"]
+        assert len(response.content) == artifact["bytes"]
+        assert response.headers["content-disposition"].startswith("attachment;")
+        assert artifact["name"] in response.headers["content-disposition"]
+    artifact_keys = [key for key in stored_keys(settings) if "/artifacts/" in key]
+    assert sorted(artifact_keys) == sorted(f"leap/trainings/{training_id}/artifacts/{name}" for name in names)
+
+
+def test_duplicate_messages_run_a_training_once(client, database, settings, gpu_worker):
+    tenant = make_tenant(database)
+    training_id = submit(client, tenant, data={"steps": "30"}).json()["id"]
+    send = make_sender(create_celery(settings))
+    for _ in range(3):
+        send("trainings.run", [training_id], settings.queue)
+    body = wait_status(client, tenant, training_id, {"succeeded", "failed"})
+    assert body["status"] == "succeeded" and body["attempts"] == 1
+    wait_for(
+        lambda: gpu_worker.log().count(f"training {training_id}: nothing to claim") == 3,
+        timeout=15,
+        message="the duplicates to be dropped",
+    )
+
+
+def test_cancel_running_training_stops_within_seconds(client, database, settings, gpu_worker):
+    tenant = make_tenant(database)
+    training_id = submit(client, tenant, data={"steps": "600", "token": "<slow>"}).json()["id"]
+
+    def progressing():
+        body = client.get(f"/v1/trainings/{training_id}", headers=tenant.headers).json()
+        return body if body["status"] == "running" and body["progress"]["step"] > 0 else None
+
+    running = wait_for(progressing, timeout=30, message="progress to be written")
+    assert running["progress"]["total"] == 600 and running["progress"]["loss"] is not None
+    assert running["progress"]["eta_s"] > 0
+
+    asked = time.monotonic()
+    response = client.post(f"/v1/trainings/{training_id}/cancel", headers=tenant.headers)
+    assert response.status_code == 200 and response.json()["cancel_requested_at"] is not None
+    body = wait_status(client, tenant, training_id, {"canceled", "failed", "succeeded"}, timeout=10)
+    assert time.monotonic() - asked < 5
+    assert body["status"] == "canceled" and body["error"]["code"] == "canceled"
+    assert body["artifacts"] == []
+    assert 0 < body["usage"]["steps"] < 600
+    assert not [key for key in stored_keys(settings) if "/artifacts/" in key]
+
+
+@pytest.mark.parametrize(
+    ("token", "code", "mention"),
+    [("<oom>", "out_of_memory", "out of GPU memory"), ("<crash>", "internal", "RuntimeError")],
+)
+def test_failures_get_a_typed_error_code_and_no_artifacts(
+    client, database, settings, gpu_worker, token, code, mention
+):
+    tenant = make_tenant(database)
+    training_id = submit(client, tenant, data={"steps": "5", "token": token}).json()["id"]
+    body = wait_status(client, tenant, training_id, {"succeeded", "failed"})
+    assert body["status"] == "failed"
+    assert body["error"]["code"] == code and mention in body["error"]["message"]
+    assert body["artifacts"] == []
+    assert not [key for key in stored_keys(settings) if "/artifacts/" in key]
+
+
+def _pool_children(pid: int) -> list[int]:
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    return [int(child) for child in children]
+
+
+def test_training_of_a_killed_worker_is_requeued_by_the_sweeper_and_finishes(
+    client, database, settings, gpu_worker
+):
+    tenant = make_tenant(database)
+    training_id = submit(client, tenant, data={"steps": "30", "token": "<slow>"}).json()["id"]
+    wait_status(client, tenant, training_id, {"running"})
+    for child in _pool_children(gpu_worker.process.pid):
+        os.kill(child, signal.SIGKILL)  # the process running the training dies without a word
+
+    sweep_send = make_sender(create_celery(settings))
+    storage = make_storage(settings)
+    sessions = sessionmaker(database.engine, expire_on_commit=False)
+    bind_sender(sessions, sweep_send)  # as in a worker: the requeue message is sent after commit
+
+    def requeued():
+        with unit_of_work(sessions) as session:
+            report = lifecycle.sweep(session, settings=settings, storage=storage, send=sweep_send)
+        return [str(item) for item in report.requeued] == [training_id]
+
+    wait_for(
+        requeued,
+        timeout=settings.lease_duration.total_seconds() + 10,
+        interval=0.5,
+        message="the sweeper to requeue the expired lease",
+    )
+    body = wait_status(client, tenant, training_id, {"succeeded", "failed"}, timeout=40)
+    assert body["status"] == "succeeded" and body["attempts"] == 2
+
+
+def test_unknown_and_malformed_ids_are_dropped(client, database, settings, gpu_worker):
+    send = make_sender(create_celery(settings))
+    send("trainings.run", ["not-an-id"], settings.queue)
+    wait_for(
+        lambda: "malformed id 'not-an-id'" in gpu_worker.log(), timeout=15, message="malformed id dropped"
+    )
+    tenant = make_tenant(database)
+    assert_error(client.get("/v1/trainings/not-an-id", headers=tenant.headers), 404, "not_found")
