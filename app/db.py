@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,6 +12,7 @@ from typing import Any
 from fastapi import Request
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
+from starlette.concurrency import run_in_threadpool
 
 from app.settings import Settings
 
@@ -79,29 +80,49 @@ def _run_hooks(session: Session, key: str) -> None:
             logger.exception("%s hook failed", key)
 
 
+def _commit(session: Session) -> None:
+    try:
+        session.commit()
+    except BaseException:
+        _rollback(session)
+        raise
+    session.info.pop(_AFTER_ROLLBACK, None)
+    _run_hooks(session, _AFTER_COMMIT)
+    session.close()
+
+
+def _rollback(session: Session) -> None:
+    try:
+        session.rollback()
+        session.info.pop(_AFTER_COMMIT, None)
+        _run_hooks(session, _AFTER_ROLLBACK)
+    finally:
+        session.close()
+
+
 @contextmanager
 def unit_of_work(session_factory: sessionmaker[Session]) -> Iterator[Session]:
     """A session whose transaction commits on success and rolls back on error; then its hooks run."""
     session = session_factory()
     try:
-        try:
-            yield session
-            session.commit()
-        except BaseException:
-            session.rollback()
-            session.info.pop(_AFTER_COMMIT, None)
-            _run_hooks(session, _AFTER_ROLLBACK)
-            raise
-        session.info.pop(_AFTER_ROLLBACK, None)
-        _run_hooks(session, _AFTER_COMMIT)
-    finally:
-        session.close()
-
-
-def get_session(request: Request) -> Iterator[Session]:
-    """The request's session; use with Depends(..., scope="function") so it commits before the response."""
-    with unit_of_work(request.app.state.database.session_factory) as session:
         yield session
+    except BaseException:
+        _rollback(session)
+        raise
+    _commit(session)
+
+
+async def get_session(request: Request) -> AsyncIterator[Session]:
+    """The request's unit of work; use with Depends(..., scope="function") so it commits before the
+    response is sent. Async so that opening it costs no thread hop; the blocking commit or
+    rollback runs in the thread pool."""
+    session = request.app.state.database.session_factory()
+    try:
+        yield session
+    except BaseException:
+        await run_in_threadpool(_rollback, session)
+        raise
+    await run_in_threadpool(_commit, session)
 
 
 def upgrade_database(settings: Settings, revision: str = "head") -> None:

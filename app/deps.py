@@ -1,4 +1,8 @@
-"""Request dependencies for the objects create_app builds once (settings, storage, registry)."""
+"""Request dependencies for the objects create_app builds once (settings, storage, registry).
+
+They are `async def` only because they do no I/O: FastAPI then runs them on the event loop
+instead of paying a thread-pool hop for each.
+"""
 
 from __future__ import annotations
 
@@ -12,15 +16,15 @@ from app.trainings.service import ArtifactLinks
 from models.registry import Registry
 
 
-def get_app_settings(request: Request) -> Settings:
+async def get_app_settings(request: Request) -> Settings:
     return request.app.state.settings  # type: ignore[no-any-return]
 
 
-def get_storage(request: Request) -> Storage:
+async def get_storage(request: Request) -> Storage:
     return request.app.state.storage  # type: ignore[no-any-return]
 
 
-def get_registry(request: Request) -> Registry:
+async def get_registry(request: Request) -> Registry:
     return request.app.state.registry  # type: ignore[no-any-return]
 
 
@@ -29,7 +33,7 @@ StorageDep = Annotated[Storage, Depends(get_storage)]
 RegistryDep = Annotated[Registry, Depends(get_registry)]
 
 
-def get_artifact_links(request: Request, settings: SettingsDep, storage: StorageDep) -> ArtifactLinks:
+async def get_artifact_links(request: Request, settings: SettingsDep, storage: StorageDep) -> ArtifactLinks:
     """Presigns artifact URLs; local files are served by this API, so links use its public URL."""
     base_url = settings.public_url or str(request.base_url)
     return ArtifactLinks(storage=storage, ttl=settings.artifact_url_ttl, base_url=base_url)

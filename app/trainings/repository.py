@@ -59,6 +59,7 @@ def list_for_tenant(
 
 
 def artifacts_for(session: Session, training_ids: list[uuid.UUID]) -> dict[uuid.UUID, list[Artifact]]:
+    """Artifacts of the given trainings, by training id."""
     if not training_ids:
         return {}
     query = select(Artifact).where(Artifact.training_id.in_(training_ids)).order_by(Artifact.name)

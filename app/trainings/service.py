@@ -281,7 +281,10 @@ def cancel_training(session: Session, *, principal: Principal, training_id: str)
 
 def present(session: Session, trainings: list[Training], *, links: ArtifactLinks) -> list[schemas.Training]:
     """API views of trainings, with presigned artifact URLs."""
-    artifacts = repository.artifacts_for(session, [training.id for training in trainings])
+    # Only succeeded trainings have artifacts: polls of queued or running ones skip the query.
+    artifacts = repository.artifacts_for(
+        session, [item.id for item in trainings if item.status == "succeeded"]
+    )
     return [_view(training, artifacts.get(training.id, []), links) for training in trainings]
 
 
