@@ -31,7 +31,14 @@ def test_readyz_is_unavailable_when_a_dependency_is_down(settings):
     assert checks["broker"].startswith("error") and checks["storage"].startswith("error")
 
 
+def _sample(text: str, name: str) -> float:
+    line = next((line for line in text.splitlines() if line.startswith(name + " ")), None)
+    return float(line.split()[-1]) if line else 0.0
+
+
 def test_metrics_report_trainings_queue_and_latency(client, database):
+    posts = 'leap_http_request_duration_seconds_count{method="POST",route="/v1/trainings",status="202"}'
+    before = _sample(client.get("/metrics").text, posts)
     tenant = make_tenant(database)
     submit(client, tenant)
     submit(client, tenant)
