@@ -49,7 +49,7 @@ def list_for_tenant(
     limit: int,
 ) -> list[Training]:
     """Newest first; `before` is the (created_at, id) of the last row of the previous page."""
-    query: Select[tuple[Training]] = select(Training).where(Training.tenant_id == tenant_id)
+    query: Select[Training] = select(Training).where(Training.tenant_id == tenant_id)
     if status is not None:
         query = query.where(Training.status == status)
     if before is not None:
@@ -261,4 +261,4 @@ def usage_totals(session: Session) -> tuple[int, float]:
             func.coalesce(func.sum(Training.usage_compute_seconds), 0.0),
         )
     ).one()
-    return int(row[0]), float(row[1])
+    return int(row[0] or 0), float(row[1] or 0.0)

@@ -167,8 +167,12 @@ def create_training(
     uploads.validate_images(sources, settings)
 
     training_id = uuid.uuid4()
+
     # Registered before the first write so a failure part-way through leaves nothing behind.
-    on_rollback(session, lambda: storage.delete_prefix(inputs_prefix(training_id)))
+    def delete_inputs() -> None:
+        storage.delete_prefix(inputs_prefix(training_id))
+
+    on_rollback(session, delete_inputs)
     inputs = []
     for index, source in enumerate(sources):
         key = f"{inputs_prefix(training_id)}/{uploads.storage_name(index, source.name)}"
@@ -314,8 +318,8 @@ def _view(training: Training, artifacts: list[Artifact], links: ArtifactLinks) -
         )
     return schemas.Training(
         id=str(training.id),
-        status=training.status,
-        base_model=training.base_model,  # type: ignore[arg-type]
+        status=training.status,  # type: ignore[arg-type]
+        base_model=training.base_model,
         mode=training.mode,
         init=training.init,
         init_used=training.init_used,
