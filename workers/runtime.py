@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import secrets
 import socket
@@ -72,3 +73,20 @@ def _reset_after_fork(**_: Any) -> None:
     # A forked child must not reuse the parent's connections.
     global _runtime
     _runtime = None
+
+
+@worker_process_init.connect
+def _preload_models(**_: Any) -> None:
+    # LEAP_PRELOAD_MODELS: load every registered base model when the process starts, so the
+    # first training does not pay for it. The trainer caches loaded models per process.
+    runtime = get_runtime()
+    if not runtime.settings.preload_models:
+        return
+    from models.trainer.base import load_base, pick_device
+
+    device = pick_device()
+    for entry in runtime.registry.models.values():
+        try:
+            load_base(entry.path, device)
+        except Exception:
+            logging.getLogger(__name__).exception("could not preload %s", entry.id)

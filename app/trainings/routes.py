@@ -35,7 +35,13 @@ _request_body = {
     responses={
         202: {
             "description": "Accepted and queued; Location points at the training.",
-            "headers": {"Location": {"description": "URL of the training", "schema": {"type": "string"}}},
+            "headers": {
+                "Location": {"description": "URL of the training", "schema": {"type": "string"}},
+                "Idempotent-Replayed": {
+                    "description": "`true` when an Idempotency-Key returned an earlier training",
+                    "schema": {"type": "string"},
+                },
+            },
         },
         **error_responses(400, 401, 409, 413, 415, 422, 503),
     },
