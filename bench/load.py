@@ -8,6 +8,12 @@ GET /v1/trainings/{id} polls, and POST /v1/trainings with 4 small PNGs each. Pri
 and writes JSON (latency p50/p99, throughput, errors, peak RSS of the API processes).
 Targets (issue 5, 2 cores): >= 500 polls/s with p99 < 100 ms, >= 50 submissions/s, zero
 errors, API RSS <= 300 MB. No worker runs: submissions stay queued.
+
+Then (unless --overhead 0) it measures the overhead around training on the embedded default
+(`leap serve`, SQLite, filesystem broker, local files; real trainer, leap-tiny, a few steps):
+upload -> 202 (POST latency), queued -> claimed (started_at - created_at) and the worker's time
+outside the training function, an upper bound of finished -> artifacts listed (finished_at -
+started_at - compute_seconds: fetching inputs, uploading artifacts, recording). Target < 1 s each.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ import json
 import os
 import random
 import secrets
+import signal
 import socket
 import statistics
 import subprocess
@@ -27,6 +34,7 @@ import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 
 import httpx
@@ -76,21 +84,22 @@ def png(seed: int) -> bytes:
     return buffer.getvalue()
 
 
-def process_tree_rss_mb(pid: int) -> float:
-    """Resident memory of a process and its children (the uvicorn workers)."""
-    total = 0
+def process_tree_rss_mb(pid: int) -> tuple[float, float]:
+    """Resident memory of a process and its children (the uvicorn workers): total and largest, in MB."""
+    total = largest = 0
     pending = [pid]
     while pending:
         current = pending.pop()
         try:
             status = Path(f"/proc/{current}/status").read_text()
-            total += int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmRSS")))
+            rss = int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmRSS")))
+            total, largest = total + rss, max(largest, rss)
             pending += [
                 int(child) for child in Path(f"/proc/{current}/task/{current}/children").read_text().split()
             ]
         except (OSError, StopIteration):
             continue
-    return total / 1024
+    return total / 1024, largest / 1024
 
 
 async def run_phase(name: str, make_request, duration: float, concurrency: int) -> Phase:  # type: ignore[no-untyped-def]
@@ -145,6 +154,68 @@ async def benchmark(base_url: str, key: str, args: argparse.Namespace) -> list[P
     return [polls, submissions]
 
 
+def measure_overhead(runs: int, steps: int) -> dict[str, object]:
+    """Train `runs` times on the embedded default; the first (cold: imports, model load) is reported apart."""
+    samples = sorted((ROOT / "models" / "reference" / "samples").glob("*.png"))[:4]
+    files = [("images", (path.name, path.read_bytes(), "image/png")) for path in samples]
+    data_dir = Path(tempfile.mkdtemp(prefix="leap-overhead-"))
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LEAP_")} | {
+        "LEAP_DATA_DIR": str(data_dir)
+    }
+    server = subprocess.Popen(
+        [sys.executable, "-m", "app.cli", "serve", "--port", str(port)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    base_url = f"http://127.0.0.1:{port}"
+    rows: list[dict[str, float]] = []
+    try:
+        for _ in range(300):
+            try:
+                if httpx.get(f"{base_url}/readyz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        headers = {"Authorization": f"Bearer {(data_dir / 'api-key').read_text().strip()}"}
+        with httpx.Client(base_url=base_url, headers=headers, timeout=60) as client:
+            for _ in range(runs):
+                started = time.perf_counter()
+                response = client.post("/v1/trainings", files=files, data={"steps": str(steps)})
+                upload = time.perf_counter() - started
+                response.raise_for_status()
+                training_id = response.json()["id"]
+                deadline = time.monotonic() + 600
+                while time.monotonic() < deadline:
+                    body = client.get(f"/v1/trainings/{training_id}").json()
+                    if body["status"] in ("succeeded", "failed", "canceled"):
+                        break
+                    time.sleep(0.05)
+                if body["status"] != "succeeded":
+                    raise RuntimeError(f"training {body['status']}: {body['error']}")
+                created, claimed, finished = (
+                    datetime.fromisoformat(body[name]) for name in ("created_at", "started_at", "finished_at")
+                )
+                rows.append(
+                    {
+                        "upload_to_202_s": round(upload, 3),
+                        "queued_to_claimed_s": round((claimed - created).total_seconds(), 3),
+                        "worker_outside_training_s": round(
+                            (finished - claimed).total_seconds() - body["usage"]["compute_seconds"], 3
+                        ),
+                        "compute_s": round(body["usage"]["compute_seconds"], 3),
+                    }
+                )
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=60)
+    return {"steps": steps, "cold": rows[0], "warm": rows[1:]}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -155,6 +226,8 @@ def main() -> int:
     parser.add_argument("--images", type=int, default=4, help="images per submission")
     parser.add_argument("--pg-admin", default="postgresql://postgres@127.0.0.1:5432/postgres")
     parser.add_argument("--redis", default="redis://127.0.0.1:6379/14")
+    parser.add_argument("--overhead", type=int, default=4, help="embedded-default training runs (0: skip)")
+    parser.add_argument("--overhead-steps", type=int, default=2, help="steps per overhead run")
     parser.add_argument("--json", type=Path, default=ROOT / "bench" / "results" / "load.json")
     args = parser.parse_args()
 
@@ -182,13 +255,14 @@ def main() -> int:
         env=env,
     )
     base_url = f"http://127.0.0.1:{port}"
-    peak_rss = 0.0
+    peak_rss = peak_process_rss = 0.0
     stop = threading.Event()
 
     def sample_rss() -> None:
-        nonlocal peak_rss
+        nonlocal peak_rss, peak_process_rss
         while not stop.wait(0.2):
-            peak_rss = max(peak_rss, process_tree_rss_mb(api.pid))
+            total, largest = process_tree_rss_mb(api.pid)
+            peak_rss, peak_process_rss = max(peak_rss, total), max(peak_process_rss, largest)
 
     try:
         for _ in range(100):

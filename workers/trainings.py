@@ -244,6 +244,7 @@ def _store_result(
     runtime: WorkerRuntime, claimed: lifecycle.ClaimedTraining, result: TrainResult, heartbeat: Heartbeat
 ) -> None:
     """Upload the artifacts, then record them with the usage in one transaction (or clean up)."""
+    started = time.monotonic()
     storage = runtime.storage
     prefix = artifacts_prefix(claimed.id)
     stored: list[lifecycle.StoredArtifact] = []
@@ -294,4 +295,9 @@ def _store_result(
         storage.delete_keys([item.key for item in stored])
         logger.info("training %s: result discarded (canceled or lease lost)", claimed.id)
         return
-    logger.info("training %s: succeeded with %d artifacts", claimed.id, len(stored))
+    logger.info(
+        "training %s: succeeded with %d artifacts, listed %.3fs after training ended",
+        claimed.id,
+        len(stored),
+        time.monotonic() - started,
+    )
