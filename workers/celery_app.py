@@ -27,7 +27,9 @@ def broker_options(settings: Settings) -> dict[str, Any]:
             "polling_interval": 0.1,
         }
     # A training can outlast the default hour; the lease, not redelivery, recovers lost work.
-    return {"visibility_timeout": 6 * 3600}
+    # Bounded socket timeouts: a request that sends after commit must not hang on a dead broker
+    # (the outbox relay sends the message later).
+    return {"visibility_timeout": 6 * 3600, "socket_connect_timeout": 2, "socket_timeout": 10}
 
 
 def create_celery(settings: Settings) -> Celery:
@@ -38,6 +40,13 @@ def create_celery(settings: Settings) -> Celery:
     app.conf.update(
         broker_transport_options=broker_options(settings),
         broker_connection_retry_on_startup=True,
+        broker_connection_timeout=2,
+        task_publish_retry_policy={
+            "max_retries": 2,
+            "interval_start": 0,
+            "interval_step": 0.2,
+            "interval_max": 0.5,
+        },
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
