@@ -141,9 +141,8 @@ def create_training(
     idempotency_key = _check_idempotency_key(idempotency_key)
     form = _parse_form(submission.fields, registry, settings)
     sources = uploads.collect_images(submission.files, settings)
-    fingerprint = _fingerprint(
-        submission.fields, [hashlib.sha256(source.data).hexdigest() for source in sources]
-    )
+    hashes = [hashlib.sha256(source.data).hexdigest() for source in sources]
+    fingerprint = _fingerprint(submission.fields, hashes)
     if idempotency_key is not None:
         existing = repository.find_by_idempotency_key(
             session, tenant_id=principal.tenant_id, key=idempotency_key
@@ -174,7 +173,7 @@ def create_training(
 
     on_rollback(session, delete_inputs)
     inputs = []
-    for index, source in enumerate(sources):
+    for index, (source, digest) in enumerate(zip(sources, hashes, strict=True)):
         key = f"{inputs_prefix(training_id)}/{uploads.storage_name(index, source.name)}"
         try:
             storage.put_bytes(key, source.data)
@@ -185,7 +184,7 @@ def create_training(
                 "name": source.name,
                 "key": key,
                 "bytes": len(source.data),
-                "sha256": hashlib.sha256(source.data).hexdigest(),
+                "sha256": digest,
             }
         )
 
