@@ -36,6 +36,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import httpx
 import psycopg
@@ -154,7 +155,7 @@ async def benchmark(base_url: str, key: str, args: argparse.Namespace) -> list[P
     return [polls, submissions]
 
 
-def measure_overhead(runs: int, steps: int) -> dict[str, object]:
+def measure_overhead(runs: int, steps: int) -> dict[str, Any]:
     """Train `runs` times on the embedded default; the first (cold: imports, model load) is reported apart."""
     samples = sorted((ROOT / "models" / "reference" / "samples").glob("*.png"))[:4]
     files = [("images", (path.name, path.read_bytes(), "image/png")) for path in samples]
@@ -221,7 +222,7 @@ def main() -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--duration", type=float, default=15.0, help="seconds per phase")
-    parser.add_argument("--concurrency", type=int, default=32, help="concurrent clients")
+    parser.add_argument("--concurrency", type=int, default=16, help="concurrent clients")
     parser.add_argument("--api-workers", type=int, default=2, help="uvicorn worker processes")
     parser.add_argument("--images", type=int, default=4, help="images per submission")
     parser.add_argument("--pg-admin", default="postgresql://postgres@127.0.0.1:5432/postgres")
@@ -294,10 +295,24 @@ def main() -> int:
             f"{row['phase']:<24} {row['requests']:>9} {row['errors']:>7} {row['per_second']:>8} "
             f"{row['p50_ms']:>8} {row['p99_ms']:>8} {row['max_ms']:>8}"
         )
-    print(f"peak API RSS (all {args.api_workers} workers + parent): {peak_rss:.0f} MB")
+    print(
+        f"peak API RSS: {peak_process_rss:.0f} MB per process, {peak_rss:.0f} MB for all "
+        f"{args.api_workers} workers and their supervisor"
+    )
+    overhead = None
+    if args.overhead:
+        overhead = measure_overhead(args.overhead, args.overhead_steps)
+        print(f"\noverhead on the embedded default ({args.overhead_steps} training steps per run)")
+        names = ("upload_to_202_s", "queued_to_claimed_s", "worker_outside_training_s", "compute_s")
+        print(f"{'run':<6}" + "".join(f"{name:>28}" for name in names))
+        runs = [("cold", overhead["cold"])] + [(f"warm{i}", row) for i, row in enumerate(overhead["warm"])]
+        for label, row in runs:
+            print(f"{label:<6}" + "".join(f"{row[name]:>28}" for name in names))
     result = {
         "phases": rows,
         "api_peak_rss_mb": round(peak_rss, 1),
+        "api_peak_rss_per_process_mb": round(peak_process_rss, 1),
+        "overhead": overhead,
         "config": {
             "duration_s": args.duration,
             "concurrency": args.concurrency,
