@@ -17,10 +17,11 @@ from pathlib import Path
 from models.reference.world import COLOURS, PATTERNS, SHAPES
 
 TEMPLATE_WORDS = (
-    "a an the of in on with and photo picture rendering painting artwork image drawing cropped clean "
-    "close up bright dark good nice small large big style object thing shape coloured colored "
-    "this that one my weird cool"
-).split()
+    "a", "an", "the", "of", "in", "on", "with", "and", "photo", "picture", "rendering", "painting", "artwork",
+    "image", "drawing", "cropped", "clean", "close", "up", "bright", "dark", "good", "nice", "small", "large",
+    "big", "style", "object", "thing", "shape", "coloured", "colored", "this", "that", "one", "my", "weird",
+    "cool",
+)
 MODEL_MAX_LENGTH = 32
 BOS, EOS = "<|startoftext|>", "<|endoftext|>"
 

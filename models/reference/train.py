@@ -49,10 +49,10 @@ class ReferenceTrainConfig:
     """Hyperparameters of the from-scratch run (the defaults made the committed weights)."""
 
     seed: int = 0
-    vae_steps: int = 700
+    vae_steps: int = 1500
     vae_batch: int = 32
-    vae_lr: float = 1e-3
-    vae_kl_weight: float = 1e-5
+    vae_lr: float = 3e-3
+    vae_kl_weight: float = 1e-6
     dataset_size: int = 40_000
     random_colour_share: float = 0.15
     partial_caption_share: float = 0.15
@@ -123,7 +123,7 @@ class Checkpoints:
 
 def train_vae(config: ReferenceTrainConfig, checkpoints: Checkpoints) -> torch.nn.Module:
     vae = make_vae()
-    optimizer = torch.optim.AdamW(vae.parameters(), lr=config.vae_lr, weight_decay=0.0)
+    optimizer = torch.optim.Adam(vae.parameters(), lr=config.vae_lr)
     state = checkpoints.load("vae")
     start = 0
     if state:
@@ -137,8 +137,9 @@ def train_vae(config: ReferenceTrainConfig, checkpoints: Checkpoints) -> torch.n
         images = to_tensor([render(c, int(rng.integers(0, 2**31))) for c in concepts])
         posterior = vae.encode(images).latent_dist
         reconstruction = vae.decode(posterior.sample()).sample
-        loss = F.l1_loss(reconstruction, images) + F.mse_loss(reconstruction, images)
-        loss = loss + config.vae_kl_weight * posterior.kl().mean()
+        loss = F.mse_loss(reconstruction, images) + config.vae_kl_weight * posterior.kl().mean()
+        for group in optimizer.param_groups:
+            group["lr"] = config.vae_lr * cosine_factor(step, config.vae_steps, warmup=50)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -177,10 +178,11 @@ def build_dataset(config: ReferenceTrainConfig, vae: torch.nn.Module, checkpoint
     return dataset
 
 
-def lr_factor(step: int, config: ReferenceTrainConfig) -> float:
-    if step < config.warmup_steps:
-        return (step + 1) / config.warmup_steps
-    progress = (step - config.warmup_steps) / max(1, config.unet_steps - config.warmup_steps)
+def cosine_factor(step: int, total: int, warmup: int) -> float:
+    """Linear warm-up, then cosine decay to 5% of the peak learning rate."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
     return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress))
 
 
@@ -227,7 +229,7 @@ def train_denoiser(config: ReferenceTrainConfig, tokenizer, dataset: dict, check
         weight = torch.clamp(snr[timesteps], max=config.min_snr_gamma) / snr[timesteps]
         loss = (F.mse_loss(prediction, noise, reduction="none").mean(dim=(1, 2, 3)) * weight).mean()
         for group in optimizer.param_groups:
-            group["lr"] = config.unet_lr * lr_factor(step, config)
+            group["lr"] = config.unet_lr * cosine_factor(step, config.unet_steps, config.warmup_steps)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(parameters, 1.0)

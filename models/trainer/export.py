@@ -75,8 +75,10 @@ def save_concept(
         for key in [k for k in kohya if k.endswith(".lora_down.weight")]:
             kohya.setdefault(key.replace(".lora_down.weight", ".alpha"), alpha)
         webui.update({k: v.detach().float().cpu().contiguous() for k, v in kohya.items()})
-    save_file(webui, str(out_dir / WEBUI_FILE), metadata={"ss_network_dim": str(rank),
-                                                          "leap_token": token})
+    # One metadata key: safetensors writes several in a per-process random order, which would
+    # make identical trainings hash differently.
+    details = {"token": token, "network_dim": rank, "network_alpha": lora_alpha if lora_alpha else rank}
+    save_file(webui, str(out_dir / WEBUI_FILE), metadata={"leap": json.dumps(details, sort_keys=True)})
     artifacts.append(artifact(out_dir / WEBUI_FILE, "webui"))
     return artifacts
 
