@@ -106,9 +106,7 @@ def s3_endpoint() -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
-def settings(
-    postgres_url: str, redis_url: str, s3_endpoint: str, tmp_path_factory: pytest.TempPathFactory
-) -> Settings:
+def settings(postgres_url: str, redis_url: str, s3_endpoint: str, tmp_path_factory: pytest.TempPathFactory) -> Settings:
     """Production-shaped settings (Postgres, Redis, S3) with small limits and fast timings for tests."""
     settings = Settings(
         database_url=postgres_url,

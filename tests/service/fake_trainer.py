@@ -21,9 +21,7 @@ from models.trainer.errors import OutOfMemory, TrainingCanceled
 
 def _write(path: Path, data: bytes, kind: str) -> Artifact:
     path.write_bytes(data)
-    return Artifact(
-        name=path.name, kind=kind, path=path, bytes=len(data), sha256=hashlib.sha256(data).hexdigest()
-    )
+    return Artifact(name=path.name, kind=kind, path=path, bytes=len(data), sha256=hashlib.sha256(data).hexdigest())
 
 
 def train(

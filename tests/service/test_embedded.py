@@ -14,8 +14,11 @@ from datetime import datetime, timedelta
 import httpx
 import pytest
 
+from app.db import create_database, unit_of_work
 from app.settings import Settings
+from app.storage import make_storage
 from app.storage.local import LocalStorage
+from app.trainings import lifecycle
 
 from .conftest import REPO_ROOT, free_port, wait_for
 from .factories import image_files
@@ -67,9 +70,7 @@ def test_embedded_default_trains_and_serves_artifacts_by_signed_url(embedded):
     base_url, headers, data_dir = embedded
     assert (data_dir / "leap.db").is_file()
     submitted = time.monotonic()
-    response = httpx.post(
-        f"{base_url}/v1/trainings", files=image_files(3), data={"steps": "10"}, headers=headers
-    )
+    response = httpx.post(f"{base_url}/v1/trainings", files=image_files(3), data={"steps": "10"}, headers=headers)
     assert response.status_code == 202, response.text
     training_id = response.json()["id"]
 
@@ -103,9 +104,7 @@ def test_embedded_default_trains_and_serves_artifacts_by_signed_url(embedded):
 
 def test_embedded_claim_happens_within_a_second(embedded):
     base_url, headers, _ = embedded
-    response = httpx.post(
-        f"{base_url}/v1/trainings", files=image_files(2), data={"steps": "3"}, headers=headers
-    )
+    response = httpx.post(f"{base_url}/v1/trainings", files=image_files(2), data={"steps": "3"}, headers=headers)
     training_id = response.json()["id"]
 
     def claimed():
@@ -115,3 +114,24 @@ def test_embedded_claim_happens_within_a_second(embedded):
     body = wait_for(claimed, timeout=10, interval=0.05, message="claim")
     wait = datetime.fromisoformat(body["started_at"]) - datetime.fromisoformat(body["created_at"])
     assert wait.total_seconds() < 1.0, wait
+
+
+def test_embedded_metrics_read_sqlite_and_the_filesystem_queue(embedded):
+    base_url, _, _ = embedded
+    text = httpx.get(f"{base_url}/metrics").text
+    assert 'leap_trainings{status="succeeded"}' in text
+    assert "leap_queue_depth 0.0" in text
+
+
+def test_sweeper_runs_on_sqlite(embedded):
+    _, _, data_dir = embedded
+    settings = Settings(data_dir=data_dir)
+    database = create_database(settings)
+    try:
+        with unit_of_work(database.session_factory) as session:
+            report = lifecycle.sweep(
+                session, settings=settings, storage=make_storage(settings), send=lambda task, args, queue: None
+            )
+        assert report.failed == [] and report.requeued == []
+    finally:
+        database.dispose()

@@ -18,9 +18,7 @@ SAMPLES = sorted((REPO_ROOT / "models" / "reference" / "samples").glob("*.png"))
 
 @pytest.fixture(scope="module")
 def real_worker(settings):  # type: ignore[no-untyped-def]
-    worker = WorkerProcess(
-        settings.model_copy(update={"trainer": "models.trainer.train:train"}), queues=settings.queue
-    )
+    worker = WorkerProcess(settings.model_copy(update={"trainer": "models.trainer.train:train"}), queues=settings.queue)
     yield worker
     worker.stop()
 
@@ -30,21 +28,15 @@ def _peak_rss_mb(pid: int) -> float:
     peaks = []
     for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
         status = Path(f"/proc/{child}/status").read_text()
-        peaks.append(
-            int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM"))) / 1024
-        )
+        peaks.append(int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM"))) / 1024)
     return max(peaks)
 
 
-def test_submitted_images_train_leap_tiny_and_the_artifacts_load_in_diffusers(
-    client, database, real_worker, tmp_path
-):
+def test_submitted_images_train_leap_tiny_and_the_artifacts_load_in_diffusers(client, database, real_worker, tmp_path):
     assert len(SAMPLES) >= 2, "bundled samples are missing"
     tenant = make_tenant(database)
     files = [("images", (path.name, path.read_bytes(), "image/png")) for path in SAMPLES]
-    response = client.post(
-        "/v1/trainings", files=files, data={"steps": "4", "token": "<leap>"}, headers=tenant.headers
-    )
+    response = client.post("/v1/trainings", files=files, data={"steps": "4", "token": "<leap>"}, headers=tenant.headers)
     assert response.status_code == 202, response.text
     training_id = response.json()["id"]
     body = wait_status(client, tenant, training_id, {"succeeded", "failed"}, timeout=240)

@@ -20,9 +20,7 @@ def test_readyz_checks_database_broker_and_storage(client):
 
 
 def test_readyz_is_unavailable_when_a_dependency_is_down(settings):
-    broken = settings.model_copy(
-        update={"broker_url": "redis://127.0.0.1:1/0", "storage_url": "s3://no-such-bucket"}
-    )
+    broken = settings.model_copy(update={"broker_url": "redis://127.0.0.1:1/0", "storage_url": "s3://no-such-bucket"})
     with TestClient(create_app(broken)) as down:
         response = down.get("/readyz")
     assert response.status_code == 503

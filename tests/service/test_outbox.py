@@ -69,7 +69,5 @@ def test_submission_survives_a_broker_outage(database, settings):
         assert time.monotonic() - started < 10
     assert queued_messages(settings) == 0
     with unit_of_work(database.session_factory) as session:
-        sent = outbox.relay_pending(
-            session, send=make_sender(create_celery(settings)), grace=settings.outbox_grace
-        )
+        sent = outbox.relay_pending(session, send=make_sender(create_celery(settings)), grace=settings.outbox_grace)
     assert sent == 1 and queued_messages(settings) == 1

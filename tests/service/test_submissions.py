@@ -147,18 +147,14 @@ BAD_INPUTS = {
         "compression ratio",
     ),
     "zip with too many entries": (
-        lambda: [
-            ("images", ("set.zip", zip_bytes({f"{i}.png": b"x" for i in range(61)}), "application/zip"))
-        ],
+        lambda: [("images", ("set.zip", zip_bytes({f"{i}.png": b"x" for i in range(61)}), "application/zip"))],
         {},
         422,
         "invalid_images",
         "zip entries",
     ),
     "zip with a non-image": (
-        lambda: [
-            ("images", ("set.zip", zip_bytes({"a.png": png_bytes(), "b.txt": b"text"}), "application/zip"))
-        ],
+        lambda: [("images", ("set.zip", zip_bytes({"a.png": png_bytes(), "b.txt": b"text"}), "application/zip"))],
         {},
         422,
         "invalid_images",
@@ -172,9 +168,7 @@ BAD_INPUTS = {
         "set.zip",
     ),
     "zip among images": (
-        lambda: (
-            image_files(2) + [("images", ("set.zip", zip_bytes({"a.png": png_bytes()}), "application/zip"))]
-        ),
+        lambda: image_files(2) + [("images", ("set.zip", zip_bytes({"a.png": png_bytes()}), "application/zip"))],
         {},
         422,
         "invalid_images",
@@ -247,9 +241,7 @@ def test_json_body_is_refused_as_unsupported_media_type(client, database, settin
 
 def test_encrypted_zip_entries_are_refused(client, database, settings):
     tenant = make_tenant(database)
-    archive = bytearray(
-        zip_bytes({"a.png": png_bytes(), "b.png": png_bytes()}, compression=zipfile.ZIP_STORED)
-    )
+    archive = bytearray(zip_bytes({"a.png": png_bytes(), "b.png": png_bytes()}, compression=zipfile.ZIP_STORED))
     # Set the "encrypted" flag bit in both the local and the central headers of the first entry.
     archive[6] |= 0x1
     central = archive.find(b"PK\x01\x02")

@@ -105,9 +105,7 @@ def test_artifacts_past_retention_are_deleted(client, database, settings):
         session.execute(
             update(Training)
             .where(Training.id == uuid.UUID(training_id))
-            .values(
-                status="running", worker_id="w", attempts=1, lease_expires_at=utcnow() + timedelta(seconds=30)
-            )
+            .values(status="running", worker_id="w", attempts=1, lease_expires_at=utcnow() + timedelta(seconds=30))
         )
     with unit_of_work(database.session_factory) as session:
         lifecycle.complete(

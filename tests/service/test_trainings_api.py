@@ -85,9 +85,7 @@ def test_other_tenants_trainings_are_not_found(client, database):
 @pytest.mark.parametrize("training_id", [str(uuid.uuid4()), "not-a-uuid"])
 def test_unknown_training_is_not_found(client, database, training_id):
     tenant = make_tenant(database)
-    assert_error(
-        client.get(f"/v1/trainings/{training_id}", headers=tenant.headers), 404, "not_found", training_id
-    )
+    assert_error(client.get(f"/v1/trainings/{training_id}", headers=tenant.headers), 404, "not_found", training_id)
 
 
 @pytest.mark.parametrize(

@@ -37,14 +37,10 @@ def wait_status(client, tenant, training_id, statuses, timeout=30.0):  # type: i
         body = client.get(f"/v1/trainings/{training_id}", headers=tenant.headers).json()
         return body if body["status"] in statuses else None
 
-    return wait_for(
-        current, timeout=timeout, interval=0.1, message=f"training {training_id} to reach {statuses}"
-    )
+    return wait_for(current, timeout=timeout, interval=0.1, message=f"training {training_id} to reach {statuses}")
 
 
-def test_training_succeeds_with_artifacts_usage_and_presigned_downloads(
-    client, database, settings, gpu_worker
-):
+def test_training_succeeds_with_artifacts_usage_and_presigned_downloads(client, database, settings, gpu_worker):
     tenant = make_tenant(database)
     training_id = submit(client, tenant, data={"steps": "20", "mode": "pivotal"}).json()["id"]
     body = wait_status(client, tenant, training_id, {"succeeded", "failed"})
@@ -110,9 +106,7 @@ def test_cancel_running_training_stops_within_seconds(client, database, settings
     ("token", "code", "mention"),
     [("<oom>", "out_of_memory", "out of GPU memory"), ("<crash>", "internal", "RuntimeError")],
 )
-def test_failures_get_a_typed_error_code_and_no_artifacts(
-    client, database, settings, gpu_worker, token, code, mention
-):
+def test_failures_get_a_typed_error_code_and_no_artifacts(client, database, settings, gpu_worker, token, code, mention):
     tenant = make_tenant(database)
     training_id = submit(client, tenant, data={"steps": "5", "token": token}).json()["id"]
     body = wait_status(client, tenant, training_id, {"succeeded", "failed"})
@@ -127,9 +121,7 @@ def _pool_children(pid: int) -> list[int]:
     return [int(child) for child in children]
 
 
-def test_training_of_a_killed_worker_is_requeued_by_the_sweeper_and_finishes(
-    client, database, settings, gpu_worker
-):
+def test_training_of_a_killed_worker_is_requeued_by_the_sweeper_and_finishes(client, database, settings, gpu_worker):
     tenant = make_tenant(database)
     training_id = submit(client, tenant, data={"steps": "30", "token": "<slow>"}).json()["id"]
     wait_status(client, tenant, training_id, {"running"})
@@ -159,8 +151,6 @@ def test_training_of_a_killed_worker_is_requeued_by_the_sweeper_and_finishes(
 def test_unknown_and_malformed_ids_are_dropped(client, database, settings, gpu_worker):
     send = make_sender(create_celery(settings))
     send("trainings.run", ["not-an-id"], settings.queue)
-    wait_for(
-        lambda: "malformed id 'not-an-id'" in gpu_worker.log(), timeout=15, message="malformed id dropped"
-    )
+    wait_for(lambda: "malformed id 'not-an-id'" in gpu_worker.log(), timeout=15, message="malformed id dropped")
     tenant = make_tenant(database)
     assert_error(client.get("/v1/trainings/not-an-id", headers=tenant.headers), 404, "not_found")
