@@ -6,6 +6,7 @@ leap-tiny, and `LEAP_MODEL_REGISTRY` (read by the service) points at another.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -52,8 +53,8 @@ def _resolve(base: Path, value: str) -> str:
 
 
 def load_registry(path: Path | None = None) -> Registry:
-    """Read a registry YAML file (the bundled one by default)."""
-    path = path or DEFAULT_REGISTRY_PATH
+    """Read a registry YAML file: `path`, else $LEAP_MODEL_REGISTRY, else the bundled one."""
+    path = path or Path(os.environ.get("LEAP_MODEL_REGISTRY") or DEFAULT_REGISTRY_PATH)
     raw = yaml.safe_load(path.read_text()) or {}
     base = path.resolve().parent
     models: dict[str, BaseModel] = {}

@@ -30,6 +30,8 @@ class InitialState:
     embedding: torch.Tensor
     unet_lora: dict[str, torch.Tensor] | None = None
     text_encoder_lora: dict[str, torch.Tensor] | None = None
+    note: str = ""
+    """Recorded in the manifest next to the init, e.g. what part of a booster's prediction was used."""
 
 
 def placeholder_tokens(token: str, num_vectors: int) -> list[str]:

@@ -44,10 +44,8 @@ class Job:
 
 
 def _default_booster(base: BaseComponents, images: Sequence[Image.Image], config: TrainConfig):
-    try:
-        from models.booster.registry import booster_initial_state
-    except ImportError:  # the booster package is optional in a trainer-only install
-        return None
+    from models.booster.registry import booster_initial_state  # imported late: it imports this package
+
     return booster_initial_state(base, images, config)
 
 
@@ -137,7 +135,7 @@ def _initialise(config: TrainConfig, base: BaseComponents, concept: ConceptModel
         if state is None:
             return "token (no booster registered for this base model)"
         concept.init_from_state(state)
-        return "booster"
+        return f"booster ({state.note})" if state.note else "booster"
     return "token"
 
 

@@ -1,0 +1,85 @@
+"""Attaching many predicted concepts to one frozen base at once (for booster training).
+
+Each batch row belongs to one concept set; hooks write that set's token vectors into the
+text encoder's embedding output and add that set's LoRA delta (x A^T B^T, the same math as
+peft's LoRA at scale 1) to each targeted projection, so one forward pass serves them all.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import torch
+
+from models.trainer.base import BaseComponents
+from models.trainer.concept import ConceptModel
+
+
+def base_fingerprint(base: BaseComponents) -> str:
+    """Identifies a base model's weights independent of dtype (a few rounded embedding rows)."""
+    rows = base.text_encoder.get_input_embeddings().weight[:8].detach().float().cpu()
+    return hashlib.sha256(str(torch.round(rows, decimals=2).tolist()).encode()).hexdigest()[:16]
+
+
+def lora_layout(base: BaseComponents, rank: int) -> dict[str, list[int]]:
+    """The exact peft keys and shapes the trainer's UNet LoRA has for this base and rank."""
+    concept = ConceptModel(base, token="<layout-probe>", num_vectors=1)
+    try:
+        concept.add_lora(rank=rank, alpha=float(rank), text_encoder=False)
+        unet_state, _ = concept.lora_state()
+        assert unet_state is not None
+        return {key: list(value.shape) for key, value in unet_state.items()}
+    finally:
+        concept.close()
+
+
+class BatchedConcepts:
+    """Hooks that apply per-set embeddings and LoRA tensors to a batch grouped by set."""
+
+    def __init__(self, base: BaseComponents, token_id: int, layout: dict[str, list[int]]) -> None:
+        self.base = base
+        self.token_id = token_id
+        self.rows_per_set = 1
+        self.embedding: torch.Tensor | None = None
+        self.lora: dict[str, torch.Tensor] = {}
+        modules = dict(base.unet.named_modules())
+        self.targets = sorted({key.rsplit(".lora_", 1)[0] for key in layout})
+        self.hooks = [base.text_encoder.get_input_embeddings().register_forward_pre_hook(self._clamp),
+                      base.text_encoder.get_input_embeddings().register_forward_hook(self._embed)]
+        for name in self.targets:
+            self.hooks.append(modules[name].register_forward_hook(self._lora_hook(name)))
+
+    def set(self, embedding: torch.Tensor, lora: dict[str, torch.Tensor], rows_per_set: int) -> None:
+        """embedding [sets, vectors, width]; lora key -> [sets, *shape]; rows grouped per set."""
+        self.embedding, self.lora, self.rows_per_set = embedding, lora, rows_per_set
+
+    def _clamp(self, module, args):
+        (ids,) = args
+        self._ids = ids
+        return (torch.where(ids == self.token_id, torch.zeros_like(ids), ids),)
+
+    def _embed(self, module, args, output):
+        assert self.embedding is not None
+        mask = self._ids == self.token_id
+        per_row = self.embedding[:, 0].repeat_interleave(self.rows_per_set, dim=0)  # [rows, width]
+        if per_row.shape[0] != output.shape[0]:  # text encoded once per set (e.g. unconditional batches)
+            per_row = self.embedding[:, 0]
+        return torch.where(mask[..., None], per_row[:, None, :].to(output.dtype), output)
+
+    def _lora_hook(self, name: str):
+        def hook(module, args, output):
+            if not self.lora:
+                return output
+            (x,) = args[:1]
+            a = self.lora[f"{name}.lora_A.weight"]  # [sets, r, in]
+            b = self.lora[f"{name}.lora_B.weight"]  # [sets, out, r]
+            sets = a.shape[0]
+            grouped = x.reshape(sets, -1, x.shape[-1])
+            delta = torch.bmm(torch.bmm(grouped, a.transpose(1, 2)), b.transpose(1, 2))
+            return output + delta.reshape(output.shape).to(output.dtype)
+        return hook
+
+    def close(self) -> None:
+        for hook in self.hooks:
+            hook.remove()
+        self.hooks = []

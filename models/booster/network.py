@@ -1,0 +1,110 @@
+"""The LEAP booster: a set of images -> a starting embedding and LoRA for one base model.
+
+Per-image CNN features are pooled order-invariantly (mean and max over the set), then two
+heads predict the token's vectors and coefficients over a learned basis of LoRA weights
+in the base model's own LoRA layout (the peft keys and shapes the trainer uses).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+CONFIG_FILE = "booster.json"
+WEIGHTS_FILE = "booster.safetensors"
+
+
+@dataclass
+class BoosterConfig:
+    """Stored beside the weights; loading checks it against the base model."""
+
+    base_model: str
+    base_fingerprint: str
+    embedding_width: int
+    lora_rank: int
+    lora_layout: dict[str, list[int]]
+    """peft state-dict key of each LoRA tensor -> its shape, in the trainer's order."""
+    image_size: int = 32
+    num_vectors: int = 1
+    feature_width: int = 128
+    hidden_width: int = 256
+    basis_size: int = 16
+    training: dict = field(default_factory=dict)
+
+    @property
+    def lora_numel(self) -> int:
+        return sum(int(torch.Size(shape).numel()) for shape in self.lora_layout.values())
+
+
+class ImageEncoder(nn.Module):
+    """Small CNN: one image -> one feature vector."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        channels = (32, 64, width)
+        layers: list[nn.Module] = []
+        previous = 3
+        for out in channels:
+            layers += [nn.Conv2d(previous, out, 3, padding=1), nn.GroupNorm(8, out), nn.SiLU(),
+                       nn.Conv2d(out, out, 3, padding=1, stride=2), nn.GroupNorm(8, out), nn.SiLU()]
+            previous = out
+        self.layers = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten())
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.layers(images)
+
+
+class Booster(nn.Module):
+    def __init__(self, config: BoosterConfig, initial_embedding: torch.Tensor | None = None) -> None:
+        super().__init__()
+        self.config = config
+        self.encoder = ImageEncoder(config.feature_width)
+        self.mlp = nn.Sequential(nn.Linear(2 * config.feature_width, config.hidden_width), nn.SiLU(),
+                                 nn.Linear(config.hidden_width, config.hidden_width), nn.SiLU())
+        self.embedding_head = nn.Linear(config.hidden_width, config.num_vectors * config.embedding_width)
+        self.coefficient_head = nn.Linear(config.hidden_width, config.basis_size)
+        self.lora_basis = nn.Parameter(torch.randn(config.basis_size, config.lora_numel) * 1e-3)
+        self.lora_mean = nn.Parameter(torch.zeros(config.lora_numel))
+        with torch.no_grad():
+            # Start exactly at the trainer's token init, so training can only improve on it.
+            self.embedding_head.weight.mul_(0.01)
+            if initial_embedding is not None:
+                self.embedding_head.bias.copy_(initial_embedding.reshape(-1).repeat(config.num_vectors))
+            self.coefficient_head.weight.mul_(0.01)
+            self.coefficient_head.bias.zero_()
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """images [sets, views, 3, H, W] in [-1, 1] -> (embedding [sets, vectors, width], lora [sets, numel])."""
+        sets, views = images.shape[:2]
+        features = self.encoder(images.flatten(0, 1)).view(sets, views, -1)
+        pooled = torch.cat([features.mean(1), features.amax(1)], dim=-1)
+        hidden = self.mlp(pooled)
+        embedding = self.embedding_head(hidden).view(sets, self.config.num_vectors, self.config.embedding_width)
+        lora = self.lora_mean + self.coefficient_head(hidden) @ self.lora_basis
+        return embedding, lora
+
+    def unflatten_lora(self, flat: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Flat LoRA vectors [..., numel] -> peft-keyed tensors [..., *shape]."""
+        tensors, offset = {}, 0
+        for key, shape in self.config.lora_layout.items():
+            count = int(torch.Size(shape).numel())
+            tensors[key] = flat[..., offset : offset + count].reshape(*flat.shape[:-1], *shape)
+            offset += count
+        return tensors
+
+    def save(self, directory: Path) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / CONFIG_FILE).write_text(json.dumps(asdict(self.config), indent=2))
+        save_file({k: v.detach().contiguous() for k, v in self.state_dict().items()}, str(directory / WEIGHTS_FILE))
+
+
+def load_booster(directory: Path) -> Booster:
+    config = BoosterConfig(**json.loads((directory / CONFIG_FILE).read_text()))
+    booster = Booster(config)
+    booster.load_state_dict(load_file(str(directory / WEIGHTS_FILE)))
+    return booster.eval()
