@@ -164,6 +164,8 @@ def _run(config: TrainConfig, base: BaseComponents, concept: ConceptModel, image
                 if base.weight_dtype != torch.float32 else contextlib.nullcontext())
 
     losses: list[float] = []
+    if eval_hook is not None and eval_every:
+        eval_hook(0, Job(base, concept, config))  # the starting point's quality, before any step
     step_started = time.perf_counter()
     for step in range(config.steps):
         if should_stop is not None and should_stop():

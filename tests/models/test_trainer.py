@@ -47,6 +47,7 @@ def test_each_mode_trains_and_its_outputs_load_into_a_fresh_pipeline(leap_tiny, 
     result = train(config, concept_images, tmp_path, eval_every=6,
                    eval_hook=lambda step, job: seen.append(job_prediction(job)))
 
+    assert len(seen) == 2  # at step 0 and after step 6
     kinds = {a.kind for a in result.artifacts}
     assert kinds == ({"embedding", "webui", "manifest"} | ({"lora"} if mode != "textual_inversion" else set()))
     for artifact in result.artifacts:
