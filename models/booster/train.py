@@ -7,6 +7,11 @@ to the booster and scores its predicted embedding + LoRA with the base model's d
 loss on other views of the same concept: the loss textual inversion and pivotal tuning
 minimise, so the prediction lands near where fine-tuning would go. Resumable from --work-dir.
 
+Sets come from two sources: the world renderer (leap-tiny's own domain) and, LEAP-style,
+a dataset built by models.booster.dataset from the base model's own words (the images it
+draws of a word, paired with that word's embedding, which adds a regression target for the
+predicted vectors). For SD 1.5 use only the second (--world-share 0).
+
 Why end to end rather than regressing onto fitted per-concept LoRAs: fitting a target LoRA
 per concept costs a full pivotal run each (thousands of runs), and LoRA factors have no
 unique optimum (A, B can rotate), so regression targets are noisy; the denoising loss needs
@@ -27,6 +32,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from models.booster.apply import BatchedConcepts, base_fingerprint, lora_layout
+from models.booster.dataset import load_sets
 from models.booster.network import Booster, BoosterConfig
 from models.reference.concepts import benchmark_concepts
 from models.reference.world import COLOURS, PATTERNS, SHAPES, Concept, render
@@ -84,6 +90,11 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--checkpoint-every", type=int, default=250)
+    parser.add_argument("--data", type=Path, help="a dataset from models.booster.dataset (word sets)")
+    parser.add_argument("--world-share", type=float, default=1.0,
+                        help="share of sets drawn from the world renderer when --data is given (else 1)")
+    parser.add_argument("--embedding-weight", type=float, default=0.5,
+                        help="weight of the word-embedding regression loss on word sets")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
@@ -107,15 +118,30 @@ def main() -> None:
     token_id = tokenizer.convert_tokens_to_ids(TOKEN)
     batched = BatchedConcepts(base, token_id, booster.config.lora_layout)
     excluded = [item.concept for item in benchmark_concepts()]
+    views = args.input_views + args.target_views
+    word_sets = load_sets(args.data) if args.data else []
+    if len(word_sets) and min(len(images) for _, images in word_sets) < views:
+        parser.error(f"every word set needs at least {views} images (--input-views + --target-views)")
+    table = base.text_encoder.get_input_embeddings().weight.detach().float()
+    word_embeddings = {word: table[base.tokenizer(word, add_special_tokens=False).input_ids[0]].cpu()
+                       for word, _ in word_sets}
     rng = np.random.default_rng([args.seed, start])
     generator = torch.Generator().manual_seed(args.seed * 7919 + start)
     scheduler = base.noise_scheduler
     resolution = base.resolution
-    views = args.input_views + args.target_views
     progress = tqdm(range(start, args.steps), initial=start, total=args.steps, desc="booster")
     for step in progress:
-        concepts = [draw_concept(rng, excluded) for _ in range(args.sets)]
-        rendered = [[render(c, int(rng.integers(2**31)), resolution) for _ in range(views)] for c in concepts]
+        rendered, targets_embedding = [], []
+        for _ in range(args.sets):
+            if word_sets and rng.random() >= args.world_share:
+                word, images = word_sets[int(rng.integers(len(word_sets)))]
+                order = rng.permutation(len(images))[:views]
+                rendered.append([images[int(i)] for i in order])
+                targets_embedding.append(word_embeddings[word])
+            else:
+                concept = draw_concept(rng, excluded)
+                rendered.append([render(concept, int(rng.integers(2**31)), resolution) for _ in range(views)])
+                targets_embedding.append(None)
         inputs = torch.stack([images_to_tensor(r[: args.input_views], args.image_size) for r in rendered])
         targets = images_to_tensor([img for r in rendered for img in r[args.input_views :]], resolution)
         with torch.no_grad():
@@ -135,6 +161,12 @@ def main() -> None:
         target = scheduler.get_velocity(latents, noise, timesteps) \
             if scheduler.config.prediction_type == "v_prediction" else noise
         loss = F.mse_loss(prediction, target)
+        with_target = [i for i, t in enumerate(targets_embedding) if t is not None]
+        if with_target:
+            wanted = torch.stack([targets_embedding[i] for i in with_target]).to(device)
+            # Normalised so the weight means the same for any base model's embedding scale.
+            regression = F.mse_loss(embedding[with_target, 0], wanted) / wanted.pow(2).mean()
+            loss = loss + args.embedding_weight * regression
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(booster.parameters(), 1.0)
