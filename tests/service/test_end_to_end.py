@@ -32,7 +32,9 @@ def _peak_rss_mb(pid: int) -> float:
     return max(peaks)
 
 
-def test_submitted_images_train_leap_tiny_and_the_artifacts_load_in_diffusers(client, database, real_worker, tmp_path):
+def test_submitted_images_train_leap_tiny_and_the_artifacts_load_in_diffusers(
+    client, database, settings, real_worker, tmp_path
+):
     assert len(SAMPLES) >= 2, "bundled samples are missing"
     tenant = make_tenant(database)
     files = [("images", (path.name, path.read_bytes(), "image/png")) for path in SAMPLES]
@@ -57,7 +59,7 @@ def test_submitted_images_train_leap_tiny_and_the_artifacts_load_in_diffusers(cl
     from models.trainer.base import load_base
     from models.trainer.evaluate import pipeline_for
 
-    entry = load_registry().get("leap-tiny")
+    entry = load_registry(settings.model_registry).get("leap-tiny")
     assert entry is not None
     pipeline = pipeline_for(load_base(entry.path, torch.device("cpu")))
     pipeline.load_textual_inversion(str(tmp_path / "learned_embeds.safetensors"), token="<leap>")
