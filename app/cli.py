@@ -14,9 +14,7 @@ import typer
 
 from app.settings import Settings, get_settings
 
-cli = typer.Typer(
-    help="LEAP: fine-tune Stable Diffusion on a few images, as a service.", no_args_is_help=True
-)
+cli = typer.Typer(help="LEAP: fine-tune Stable Diffusion on a few images, as a service.", no_args_is_help=True)
 tenants_cli = typer.Typer(help="Create and list tenants (admin).", no_args_is_help=True)
 keys_cli = typer.Typer(help="Create, list and revoke API keys (admin).", no_args_is_help=True)
 cli.add_typer(tenants_cli, name="tenants")
@@ -238,9 +236,7 @@ def keys_list(tenant_id: str) -> None:
         with unit_of_work(database.session_factory) as session:
             for key in service.list_api_keys(session, tenant_id=_uuid(tenant_id, "tenant")):
                 revoked = key.revoked_at.isoformat() if key.revoked_at else "-"
-                typer.echo(
-                    f"{key.id}\tleap_live_{key.prefix}_…\t{key.created_at.isoformat()}\t{revoked}\t{key.name}"
-                )
+                typer.echo(f"{key.id}\tleap_live_{key.prefix}_…\t{key.created_at.isoformat()}\t{revoked}\t{key.name}")
     except LeapError as error:
         typer.echo(f"error: {error.message}", err=True)
         raise typer.Exit(1) from None

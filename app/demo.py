@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+import textwrap
 import time
 from datetime import datetime
 from pathlib import Path
@@ -113,13 +114,14 @@ def _grid(base_model: str, artifacts: Path, token: str, out: Path) -> None:
         )
     after = sample_images(pipeline, prompts, SEEDS)
 
-    cell, label = 128, 110
+    cell, label = 128, 200
     grid = Image.new("RGB", (label + cell * len(SEEDS), cell * 2 * len(prompts)), "white")
     draw = ImageDraw.Draw(grid)
     for row_index, prompt in enumerate(prompts):
         for half, (name, images) in enumerate((("base", before), ("fine-tuned", after))):
             top = (row_index * 2 + half) * cell
-            draw.text((4, top + cell // 2 - 12), f"{name}\n{prompt[:16]}", fill="black")
+            wrapped = textwrap.fill(prompt, width=30)
+            draw.text((6, top + cell // 2 - 16), f"{name}:\n{wrapped}", fill="black")
             for column, image in enumerate(images[row_index * len(SEEDS) : (row_index + 1) * len(SEEDS)]):
                 grid.paste(image.resize((cell, cell), Image.Resampling.NEAREST), (label + column * cell, top))
     grid.save(out)
@@ -142,9 +144,7 @@ def run_demo(*, steps: int | None, out: Path, port: int) -> int:
     server = _start_server(port)
     try:
         _wait_ready(base_url, server)
-        with httpx.Client(
-            base_url=base_url, headers={"Authorization": f"Bearer {key}"}, timeout=60
-        ) as client:
+        with httpx.Client(base_url=base_url, headers={"Authorization": f"Bearer {key}"}, timeout=60) as client:
             files = [("images", (path.name, path.read_bytes(), "image/png")) for path in samples]
             data = {"steps": str(steps)} if steps else {}
             response = client.post("/v1/trainings", files=files, data=data)

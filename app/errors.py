@@ -20,9 +20,7 @@ class LeapError(Exception):
     status_code = 400
     code = "bad_request"
 
-    def __init__(
-        self, message: str, *, details: dict[str, Any] | None = None, headers: dict[str, str] | None = None
-    ):
+    def __init__(self, message: str, *, details: dict[str, Any] | None = None, headers: dict[str, str] | None = None):
         super().__init__(message)
         self.message = message
         self.details = details or {}

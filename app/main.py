@@ -54,9 +54,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.celery = celery
 
     metrics_registry = CollectorRegistry()
-    metrics_registry.register(
-        TrainingCollector(database.session_factory, lambda: queue_depth(celery, settings.queue))
-    )
+    metrics_registry.register(TrainingCollector(database.session_factory, lambda: queue_depth(celery, settings.queue)))
     app.state.metrics_registry = metrics_registry
     app.add_middleware(HttpMetricsMiddleware, registry=metrics_registry)
 

@@ -48,18 +48,10 @@ class TrainingCollector(Collector):
             logger.warning("queue depth unavailable", exc_info=True)
             depth = float("nan")
         yield GaugeMetricFamily("leap_queue_depth", "Messages waiting in the training queue", value=depth)
-        yield GaugeMetricFamily(
-            "leap_outbox_pending", "Outbox messages not yet sent to the broker", value=pending
-        )
-        yield _histogram(
-            "leap_training_compute_seconds", "Training compute time (usage)", DURATION_BUCKETS, compute
-        )
-        yield _histogram(
-            "leap_training_queue_wait_seconds", "Wait from submission to first claim", WAIT_BUCKETS, waits
-        )
-        yield CounterMetricFamily(
-            "leap_training_steps", "Optimisation steps of recorded trainings", value=steps
-        )
+        yield GaugeMetricFamily("leap_outbox_pending", "Outbox messages not yet sent to the broker", value=pending)
+        yield _histogram("leap_training_compute_seconds", "Training compute time (usage)", DURATION_BUCKETS, compute)
+        yield _histogram("leap_training_queue_wait_seconds", "Wait from submission to first claim", WAIT_BUCKETS, waits)
+        yield CounterMetricFamily("leap_training_steps", "Optimisation steps of recorded trainings", value=steps)
         yield GaugeMetricFamily(
             "leap_training_steps_per_second",
             "Steps per compute second over recorded trainings",
@@ -71,9 +63,7 @@ def _histogram(
     name: str, documentation: str, buckets: tuple[float, ...], data: tuple[list[int], int, float]
 ) -> HistogramMetricFamily:
     cumulative, count, total = data
-    points = [(str(bound), value) for bound, value in zip(buckets, cumulative, strict=True)] + [
-        ("+Inf", count)
-    ]
+    points = [(str(bound), value) for bound, value in zip(buckets, cumulative, strict=True)] + [("+Inf", count)]
     return HistogramMetricFamily(name, documentation, buckets=points, sum_value=total)
 
 

@@ -16,9 +16,7 @@ class Artifact(Base):
     __table_args__ = (UniqueConstraint("training_id", "name"),)
 
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=new_id)
-    training_id: Mapped[uuid.UUID] = mapped_column(
-        Uuid, ForeignKey("trainings.id", ondelete="CASCADE"), index=True
-    )
+    training_id: Mapped[uuid.UUID] = mapped_column(Uuid, ForeignKey("trainings.id", ondelete="CASCADE"), index=True)
     name: Mapped[str] = mapped_column(String(255))
     kind: Mapped[str] = mapped_column(String(32))
     key: Mapped[str] = mapped_column(String(1024))

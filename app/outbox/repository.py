@@ -31,9 +31,7 @@ def mark_dispatched(session: Session, message_ids: list[int], *, now: datetime) 
 
 def record_failed_attempt(session: Session, message_id: int) -> None:
     session.execute(
-        update(OutboxMessage)
-        .where(OutboxMessage.id == message_id)
-        .values(attempts=OutboxMessage.attempts + 1)
+        update(OutboxMessage).where(OutboxMessage.id == message_id).values(attempts=OutboxMessage.attempts + 1)
     )
 
 
@@ -55,8 +53,6 @@ def count_pending(session: Session) -> int:
 
 def purge_dispatched(session: Session, *, before: datetime) -> int:
     result = session.execute(
-        delete(OutboxMessage).where(
-            OutboxMessage.dispatched_at.is_not(None), OutboxMessage.dispatched_at < before
-        )
+        delete(OutboxMessage).where(OutboxMessage.dispatched_at.is_not(None), OutboxMessage.dispatched_at < before)
     )
     return result.rowcount or 0  # type: ignore[attr-defined]

@@ -33,9 +33,7 @@ def bind_sender(session_factory: sessionmaker[Session], send: Sender) -> None:
     session_factory.configure(info=info)
 
 
-def enqueue(
-    session: Session, *, task: str, args: list[Any], queue: str, delay: timedelta | None = None
-) -> int:
+def enqueue(session: Session, *, task: str, args: list[Any], queue: str, delay: timedelta | None = None) -> int:
     """Write a task message in the current transaction; it is sent only if the transaction commits."""
     now = utcnow()
     message = repository.add(

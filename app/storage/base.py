@@ -54,6 +54,4 @@ def make_storage(settings: Settings) -> Storage:
         from app.storage.local import LocalStorage
 
         return LocalStorage(Path(url.path), secret=settings.signing_secret.get_secret_value())
-    raise ValueError(
-        f"LEAP_STORAGE_URL must be s3://bucket[/prefix] or file:///path, got {settings.storage_url!r}"
-    )
+    raise ValueError(f"LEAP_STORAGE_URL must be s3://bucket[/prefix] or file:///path, got {settings.storage_url!r}")

@@ -61,17 +61,13 @@ class S3Storage:
 
     def put_bytes(self, key: str, data: bytes, *, content_type: str = "application/octet-stream") -> None:
         try:
-            self.client.put_object(
-                Bucket=self.bucket, Key=self._key(key), Body=data, ContentType=content_type
-            )
+            self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data, ContentType=content_type)
         except (BotoCoreError, ClientError) as error:
             raise StorageError(f"cannot store {key}: {error}") from error
 
     def put_file(self, key: str, path: Path, *, content_type: str = "application/octet-stream") -> None:
         try:
-            self.client.upload_file(
-                str(path), self.bucket, self._key(key), ExtraArgs={"ContentType": content_type}
-            )
+            self.client.upload_file(str(path), self.bucket, self._key(key), ExtraArgs={"ContentType": content_type})
         except (BotoCoreError, ClientError) as error:
             raise StorageError(f"cannot store {key}: {error}") from error
 

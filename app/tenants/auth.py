@@ -15,9 +15,7 @@ SessionDep = Annotated[Session, Depends(get_session, scope="function")]
 
 # Declares the Bearer scheme in openapi.yaml; the header itself is parsed by `authenticate`
 # so that every failure gets a message naming the problem.
-_bearer = HTTPBearer(
-    auto_error=False, description="An API key: `Authorization: Bearer leap_live_<prefix>_<secret>`"
-)
+_bearer = HTTPBearer(auto_error=False, description="An API key: `Authorization: Bearer leap_live_<prefix>_<secret>`")
 
 
 def current_principal(

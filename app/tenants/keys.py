@@ -40,9 +40,7 @@ def hash_secret(secret: str) -> str:
 def generate_key() -> GeneratedKey:
     prefix = "".join(secrets.choice(_PREFIX_ALPHABET) for _ in range(PREFIX_LENGTH))
     secret = "".join(secrets.choice(_ALPHABET) for _ in range(SECRET_LENGTH))
-    return GeneratedKey(
-        plaintext=f"{KEY_PREFIX}{prefix}_{secret}", prefix=prefix, secret_hash=hash_secret(secret)
-    )
+    return GeneratedKey(plaintext=f"{KEY_PREFIX}{prefix}_{secret}", prefix=prefix, secret_hash=hash_secret(secret))
 
 
 def parse_key(value: str) -> ParsedKey | None:

@@ -26,9 +26,7 @@ def list_tenants(session: Session) -> list[Tenant]:
     return list(session.scalars(select(Tenant).order_by(Tenant.created_at, Tenant.id)))
 
 
-def add_api_key(
-    session: Session, *, tenant_id: uuid.UUID, name: str, prefix: str, secret_hash: str
-) -> ApiKey:
+def add_api_key(session: Session, *, tenant_id: uuid.UUID, name: str, prefix: str, secret_hash: str) -> ApiKey:
     api_key = ApiKey(tenant_id=tenant_id, name=name, prefix=prefix, secret_hash=secret_hash)
     session.add(api_key)
     session.flush()

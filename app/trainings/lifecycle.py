@@ -70,9 +70,7 @@ def parse_training_id(training_id: str) -> uuid.UUID | None:
         return None
 
 
-def claim(
-    session: Session, *, training_id: uuid.UUID, worker_id: str, settings: Settings
-) -> ClaimedTraining | None:
+def claim(session: Session, *, training_id: uuid.UUID, worker_id: str, settings: Settings) -> ClaimedTraining | None:
     """queued -> running with a fresh lease; None when finished, canceled or held by another worker."""
     now = utcnow()
     training = repository.claim(
@@ -197,9 +195,7 @@ def fail(
     )
 
 
-def cancel(
-    session: Session, *, training_id: uuid.UUID, worker_id: str, usage: UsageRecord | None = None
-) -> bool:
+def cancel(session: Session, *, training_id: uuid.UUID, worker_id: str, usage: UsageRecord | None = None) -> bool:
     """running -> canceled, once the worker has stopped."""
     return repository.finish(
         session,

@@ -88,9 +88,7 @@ def cancel_if_queued(session: Session, *, training_id: uuid.UUID, now: datetime)
 def request_cancel_if_running(session: Session, *, training_id: uuid.UUID, now: datetime) -> bool:
     statement = (
         update(Training)
-        .where(
-            Training.id == training_id, Training.status == "running", Training.cancel_requested_at.is_(None)
-        )
+        .where(Training.id == training_id, Training.status == "running", Training.cancel_requested_at.is_(None))
         .values(cancel_requested_at=now)
         .returning(Training.id)
     )
@@ -132,9 +130,7 @@ def heartbeat(
     """Renew the lease (and write progress); None when this worker no longer holds the training."""
     values: dict[str, Any] = {"lease_expires_at": now + lease}
     if progress is not None:
-        values.update(
-            progress_updated_at=now, **{f"progress_{key}": value for key, value in progress.items()}
-        )
+        values.update(progress_updated_at=now, **{f"progress_{key}": value for key, value in progress.items()})
     statement = (
         update(Training)
         .where(Training.id == training_id, Training.worker_id == worker_id, Training.status == "running")
@@ -246,9 +242,7 @@ def count_by_status(session: Session) -> dict[str, int]:
 def histogram(session: Session, column: Any, buckets: tuple[float, ...]) -> tuple[list[int], int, float]:
     """Cumulative bucket counts, count and sum of a numeric column over all rows where it is set."""
     columns = [func.coalesce(func.sum(case((column <= bound, 1), else_=0)), 0) for bound in buckets]
-    query = select(*columns, func.count(column), func.coalesce(func.sum(column), 0.0)).where(
-        column.is_not(None)
-    )
+    query = select(*columns, func.count(column), func.coalesce(func.sum(column), 0.0)).where(column.is_not(None))
     row = session.execute(query).one()
     return [int(value) for value in row[: len(buckets)]], int(row[-2]), float(row[-1])
 

@@ -97,9 +97,7 @@ def list_trainings(
     trainings, next_cursor = service.list_trainings(
         session, principal=principal, status=status, cursor=cursor, limit=limit
     )
-    return schemas.TrainingList(
-        data=service.present(session, trainings, links=links), next_cursor=next_cursor
-    )
+    return schemas.TrainingList(data=service.present(session, trainings, links=links), next_cursor=next_cursor)
 
 
 @router.get(

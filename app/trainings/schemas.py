@@ -31,9 +31,7 @@ class TrainingForm(BaseModel):
         description="How the embedding starts: the base model's booster (falls back to token), "
         "the initializer word's embedding, or random.",
     )
-    steps: int | None = Field(
-        None, ge=1, le=20_000, description="Total optimisation steps; default per model."
-    )
+    steps: int | None = Field(None, ge=1, le=20_000, description="Total optimisation steps; default per model.")
     embedding_lr: float | None = Field(None, gt=0, le=1)
     lora_lr: float | None = Field(None, gt=0, le=1)
     pivot_embedding_lr: float | None = Field(
@@ -85,8 +83,7 @@ class Progress(BaseModel):
 
 class TrainingError(BaseModel):
     code: str = Field(
-        description="invalid_images, invalid_config, invalid_base_model, out_of_memory, "
-        "worker_lost, internal, ..."
+        description="invalid_images, invalid_config, invalid_base_model, out_of_memory, worker_lost, internal, ..."
     )
     message: str
 
@@ -132,6 +129,4 @@ class Training(BaseModel):
 
 class TrainingList(BaseModel):
     data: list[Training]
-    next_cursor: str | None = Field(
-        description="Pass as `cursor` for the next (older) page; null at the end."
-    )
+    next_cursor: str | None = Field(description="Pass as `cursor` for the next (older) page; null at the end.")

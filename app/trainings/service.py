@@ -67,9 +67,7 @@ def _parse_form(fields: dict[str, str], registry: Registry, settings: Settings) 
             for item in error.errors()
         ]
         first = problems[0]
-        raise ValidationFailed(
-            f"{first['field']}: {first['message']}", details={"errors": problems}
-        ) from error
+        raise ValidationFailed(f"{first['field']}: {first['message']}", details={"errors": problems}) from error
     if form.base_model is not None and registry.get(form.base_model) is None:
         known = ", ".join(sorted(registry.models))
         raise ValidationFailed(
@@ -77,13 +75,9 @@ def _parse_form(fields: dict[str, str], registry: Registry, settings: Settings) 
             details={"field": "base_model"},
         )
     if form.steps is not None and form.steps > settings.max_steps:
-        raise ValidationFailed(
-            f"steps: at most {settings.max_steps} on this server", details={"field": "steps"}
-        )
+        raise ValidationFailed(f"steps: at most {settings.max_steps} on this server", details={"field": "steps"})
     if form.metadata is not None and len(json.dumps(form.metadata)) > settings.max_metadata_bytes:
-        raise ValidationFailed(
-            f"metadata: over {settings.max_metadata_bytes} bytes", details={"field": "metadata"}
-        )
+        raise ValidationFailed(f"metadata: over {settings.max_metadata_bytes} bytes", details={"field": "metadata"})
     return form
 
 
@@ -144,9 +138,7 @@ def create_training(
     hashes = [hashlib.sha256(source.data).hexdigest() for source in sources]
     fingerprint = _fingerprint(submission.fields, hashes)
     if idempotency_key is not None:
-        existing = repository.find_by_idempotency_key(
-            session, tenant_id=principal.tenant_id, key=idempotency_key
-        )
+        existing = repository.find_by_idempotency_key(session, tenant_id=principal.tenant_id, key=idempotency_key)
         if existing is not None:
             return _replay(existing, fingerprint), False
 
@@ -214,9 +206,7 @@ def create_training(
     if not created:
         # A concurrent request with the same Idempotency-Key won the race.
         storage.delete_prefix(inputs_prefix(training_id))
-        existing = repository.find_by_idempotency_key(
-            session, tenant_id=principal.tenant_id, key=idempotency_key or ""
-        )
+        existing = repository.find_by_idempotency_key(session, tenant_id=principal.tenant_id, key=idempotency_key or "")
         if existing is None:  # pragma: no cover - the conflicting row always exists
             raise RuntimeError("idempotency conflict without a row")
         return _replay(existing, fingerprint), False
@@ -235,9 +225,7 @@ def _parse_id(training_id: str) -> uuid.UUID:
 
 def get_training(session: Session, *, principal: Principal, training_id: str) -> Training:
     """One of the caller's trainings; another tenant's id is simply not found."""
-    training = repository.get_for_tenant(
-        session, tenant_id=principal.tenant_id, training_id=_parse_id(training_id)
-    )
+    training = repository.get_for_tenant(session, tenant_id=principal.tenant_id, training_id=_parse_id(training_id))
     if training is None:
         raise NotFound(f"training {training_id} not found")
     return training
@@ -254,9 +242,7 @@ def _decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
         created_at, training_id = json.loads(raw)
         return datetime.fromisoformat(created_at), uuid.UUID(training_id)
     except (ValueError, TypeError) as error:
-        raise ValidationFailed(
-            "cursor: not a cursor returned by this API", details={"field": "cursor"}
-        ) from error
+        raise ValidationFailed("cursor: not a cursor returned by this API", details={"field": "cursor"}) from error
 
 
 def list_trainings(
@@ -285,9 +271,7 @@ def cancel_training(session: Session, *, principal: Principal, training_id: str)
 def present(session: Session, trainings: list[Training], *, links: ArtifactLinks) -> list[schemas.Training]:
     """API views of trainings, with presigned artifact URLs."""
     # Only succeeded trainings have artifacts: polls of queued or running ones skip the query.
-    artifacts = repository.artifacts_for(
-        session, [item.id for item in trainings if item.status == "succeeded"]
-    )
+    artifacts = repository.artifacts_for(session, [item.id for item in trainings if item.status == "succeeded"])
     return [_view(training, artifacts.get(training.id, []), links) for training in trainings]
 
 

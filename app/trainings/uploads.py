@@ -50,9 +50,7 @@ async def _limited(stream: AsyncIterator[bytes], limit: int) -> AsyncGenerator[b
     async for chunk in stream:
         total += len(chunk)
         if total > limit:
-            raise PayloadTooLarge(
-                f"request body is over the limit of {limit} bytes", details={"limit": limit}
-            )
+            raise PayloadTooLarge(f"request body is over the limit of {limit} bytes", details={"limit": limit})
         yield chunk
 
 
@@ -143,22 +141,18 @@ def _read_zip(upload: UploadedFile, settings: Settings) -> list[ImageSource]:
         for entry in entries:
             name = entry.filename
             if entry.flag_bits & 0x1:
-                raise InvalidImages(
-                    f"{name}: encrypted zip entries are not supported", details={"file": name}
-                )
+                raise InvalidImages(f"{name}: encrypted zip entries are not supported", details={"file": name})
             _check_file_size(name, entry.file_size, settings)
             ratio = entry.file_size / max(entry.compress_size, 1)
             if ratio > settings.max_zip_ratio:
                 raise InvalidImages(
-                    f"{name}: compression ratio {ratio:.0f} is over the limit of {settings.max_zip_ratio} "
-                    "(zip bomb?)",
+                    f"{name}: compression ratio {ratio:.0f} is over the limit of {settings.max_zip_ratio} (zip bomb?)",
                     details={"file": name},
                 )
             declared_total += entry.file_size
         if declared_total > settings.max_upload_bytes:
             raise PayloadTooLarge(
-                f"{upload.filename}: unpacks to {declared_total} bytes, over the limit of "
-                f"{settings.max_upload_bytes}",
+                f"{upload.filename}: unpacks to {declared_total} bytes, over the limit of {settings.max_upload_bytes}",
                 details={"file": upload.filename},
             )
         sources = []
