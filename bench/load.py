@@ -95,9 +95,7 @@ def process_tree_rss_mb(pid: int) -> tuple[float, float]:
             status = Path(f"/proc/{current}/status").read_text()
             rss = int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmRSS")))
             total, largest = total + rss, max(largest, rss)
-            pending += [
-                int(child) for child in Path(f"/proc/{current}/task/{current}/children").read_text().split()
-            ]
+            pending += [int(child) for child in Path(f"/proc/{current}/task/{current}/children").read_text().split()]
         except (OSError, StopIteration):
             continue
     return total / 1024, largest / 1024
@@ -137,9 +135,7 @@ async def benchmark(base_url: str, key: str, args: argparse.Namespace) -> list[P
             response.raise_for_status()
             ids.append(response.json()["id"])
         # Warm up connections and caches.
-        await run_phase(
-            "warmup", lambda: client.get(f"/v1/trainings/{random.choice(ids)}"), 2, args.concurrency
-        )
+        await run_phase("warmup", lambda: client.get(f"/v1/trainings/{random.choice(ids)}"), 2, args.concurrency)
         polls = await run_phase(
             "status polls",
             lambda: client.get(f"/v1/trainings/{random.choice(ids)}"),
@@ -161,9 +157,10 @@ def measure_overhead(runs: int, steps: int) -> dict[str, Any]:
     files = [("images", (path.name, path.read_bytes(), "image/png")) for path in samples]
     data_dir = Path(tempfile.mkdtemp(prefix="leap-overhead-"))
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LEAP_")} | {
-        "LEAP_DATA_DIR": str(data_dir)
-    }
+    # The embedded default: no database, broker or storage settings (a model registry may be given).
+    kept = ("LEAP_MODEL_REGISTRY", "LEAP_TRAINER")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LEAP_") or k in kept}
+    env["LEAP_DATA_DIR"] = str(data_dir)
     server = subprocess.Popen(
         [sys.executable, "-m", "app.cli", "serve", "--port", str(port)],
         cwd=ROOT,
@@ -218,9 +215,7 @@ def measure_overhead(runs: int, steps: int) -> dict[str, Any]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--duration", type=float, default=15.0, help="seconds per phase")
     parser.add_argument("--concurrency", type=int, default=16, help="concurrent clients")
     parser.add_argument("--api-workers", type=int, default=2, help="uvicorn worker processes")
@@ -235,9 +230,7 @@ def main() -> int:
     name = f"leap_bench_{secrets.token_hex(4)}"
     with psycopg.connect(args.pg_admin, autocommit=True) as connection:
         connection.execute(f'CREATE DATABASE "{name}"')
-    database_url = (
-        args.pg_admin.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://", 1) + f"/{name}"
-    )
+    database_url = args.pg_admin.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://", 1) + f"/{name}"
     redis.Redis.from_url(args.redis).flushdb()
     workdir = Path(tempfile.mkdtemp(prefix="leap-bench-"))
     env = {k: v for k, v in os.environ.items() if not k.startswith("LEAP_")} | {
@@ -285,9 +278,7 @@ def main() -> int:
         redis.Redis.from_url(args.redis).flushdb()
 
     rows = [phase.summary() for phase in phases]
-    header = (
-        f"{'phase':<24} {'requests':>9} {'errors':>7} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8}"
-    )
+    header = f"{'phase':<24} {'requests':>9} {'errors':>7} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8}"
     print(header)
     print("-" * len(header))
     for row in rows:
