@@ -6,8 +6,10 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
+from typing import BinaryIO
 from urllib.parse import quote, urlencode
 
 from app.storage import signing
@@ -24,14 +26,14 @@ class LocalStorage:
     def path_for(self, key: str) -> Path:
         return self.root / validate_key(key)
 
-    def _write(self, key: str, write: object) -> None:
+    def _write(self, key: str, write: Callable[[BinaryIO], object]) -> None:
         target = self.path_for(key)
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
             # Write then rename, so a reader never sees half a file.
             handle, temporary = tempfile.mkstemp(dir=target.parent, prefix=".tmp-")
             with os.fdopen(handle, "wb") as file:
-                write(file)  # type: ignore[operator]
+                write(file)
             os.replace(temporary, target)
         except OSError as error:
             raise StorageError(f"cannot store {key}: {error}") from error
@@ -40,9 +42,9 @@ class LocalStorage:
         self._write(key, lambda file: file.write(data))
 
     def put_file(self, key: str, path: Path, *, content_type: str = "application/octet-stream") -> None:
-        def copy(file: object) -> None:
+        def copy(file: BinaryIO) -> None:
             with path.open("rb") as source:
-                shutil.copyfileobj(source, file)  # type: ignore[arg-type]
+                shutil.copyfileobj(source, file)
 
         self._write(key, copy)
 
