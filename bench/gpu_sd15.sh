@@ -22,7 +22,7 @@ python3 -m models.trainer.bench --sd15-random /tmp/sd15 --mixed-precision no --s
   --modes pivotal --json "$out/trainer_speed_sd15_fp32.json"
 printf 'cat\ndog\ncar\nhouse\n' > /tmp/words.txt
 python3 -m models.booster.dataset --base-model /tmp/sd15 --out /tmp/sd15-words --word-list /tmp/words.txt \
-  --images 8 --steps 4 --mixed-precision bf16
+  --images 8 --steps 4
 python3 -m models.booster.train --base-model /tmp/sd15 --data /tmp/sd15-words --world-share 0 --steps 4 \
   --sets 2 --image-size 128 --out /tmp/sd15-booster --work-dir /tmp/sd15-booster-work 2>&1 | tail -n 3
 ls -la /tmp/sd15-booster && cp /tmp/sd15-booster/booster.json "$out/sd15_booster_config.json"
