@@ -40,6 +40,7 @@ def build(base: BaseComponents, words: list[str], out_dir: Path, *, images_per_w
     out_dir.mkdir(parents=True, exist_ok=True)
     index_path = out_dir / INDEX_FILE
     index = json.loads(index_path.read_text()) if index_path.exists() else {"words": {}}
+    index_path.write_text(json.dumps(index, indent=1))
     pipeline = pipeline_for(base)
     for word in tqdm(words, desc="words"):
         if word in index["words"]:

@@ -103,7 +103,7 @@ def encode_images(base: BaseComponents, images: Sequence[Image.Image], *, resolu
             dist = base.vae.encode(chunk).latent_dist
             means.append((dist.mean - shift) * scale)
             stds.append(dist.std * scale)
-        return torch.cat(means).float(), torch.cat(stds).float()
+        return torch.cat(means).float().cpu(), torch.cat(stds).float().cpu()  # sampled on CPU per step
 
     pixels = images_to_tensor(images, resolution)
     mean, std = encode(pixels)
