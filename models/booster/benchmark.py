@@ -22,6 +22,7 @@ import statistics
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -69,7 +70,7 @@ def run_curve(base_model: str, item: BenchmarkConcept, *, mode: str, init: str, 
 def sweep(base_model: str, mode: str, grid: list[dict[str, float]], *, steps: int, eval_every: int, classifier,
           out_dir: Path, concepts: list[BenchmarkConcept]) -> tuple[dict[str, float], list[dict]]:
     """Pick the baseline's rates by mean final held-out loss on development concepts."""
-    results = []
+    results: list[dict[str, Any]] = []
     for rates in grid:
         finals = [run_curve(base_model, item, mode=mode, init="token", steps=steps, seed=0, rates=rates,
                             eval_every=eval_every, classifier=classifier, out_dir=out_dir, sample=False).losses[steps]

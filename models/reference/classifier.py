@@ -78,7 +78,7 @@ def train_classifier(steps: int = 1200, batch: int = 64, seed: int = 0) -> Attri
         ]
         logits = model(_to_tensor(images))
         targets = [torch.from_numpy(a).long() for a in (shapes, colours, patterns)]
-        loss = sum(F.cross_entropy(out, target) for out, target in zip(logits, targets, strict=True))
+        loss = torch.stack([F.cross_entropy(out, target) for out, target in zip(logits, targets, strict=True)]).sum()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from diffusers import AutoencoderKL
 from tqdm import tqdm
 
 from models.reference.architecture import (
@@ -121,7 +122,7 @@ class Checkpoints:
         tmp.replace(self.path(stage))  # atomic: a kill never leaves a half-written checkpoint
 
 
-def train_vae(config: ReferenceTrainConfig, checkpoints: Checkpoints) -> torch.nn.Module:
+def train_vae(config: ReferenceTrainConfig, checkpoints: Checkpoints) -> AutoencoderKL:
     vae = make_vae()
     optimizer = torch.optim.Adam(vae.parameters(), lr=config.vae_lr)
     state = checkpoints.load("vae")
@@ -152,7 +153,7 @@ def train_vae(config: ReferenceTrainConfig, checkpoints: Checkpoints) -> torch.n
 
 
 @torch.no_grad()
-def build_dataset(config: ReferenceTrainConfig, vae: torch.nn.Module, checkpoints: Checkpoints) -> dict:
+def build_dataset(config: ReferenceTrainConfig, vae: AutoencoderKL, checkpoints: Checkpoints) -> dict:
     """Render and encode the caption dataset once; latents are scaled to unit variance."""
     cached = checkpoints.load("dataset")
     if cached:

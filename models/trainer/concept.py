@@ -156,14 +156,12 @@ class ConceptModel:
         for hook in self._hooks:
             hook.remove()
         self._hooks = []
-        for module, on in ((self.base.unet, self.unet_lora), (self.base.text_encoder, self.text_encoder_lora)):
-            if on:
-                recurse_remove_peft_layers(module)
-                # diffusers/transformers remember adapter bookkeeping on the module itself.
-                for attribute in ("peft_config", "_hf_peft_config_loaded"):
-                    if hasattr(module, attribute):
-                        delattr(module, attribute) if attribute == "peft_config" else setattr(
-                            module, attribute, False)
+        if self.unet_lora:
+            self.base.unet.unload_lora()  # diffusers' own: removes the layers and the adapter bookkeeping
+        if self.text_encoder_lora:
+            recurse_remove_peft_layers(self.base.text_encoder)
+            if hasattr(self.base.text_encoder, "peft_config"):
+                del self.base.text_encoder.peft_config
         self.unet_lora = self.text_encoder_lora = False
         for module in (self.base.unet, self.base.text_encoder):
             module.requires_grad_(False)

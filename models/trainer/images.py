@@ -49,7 +49,7 @@ def decode_image(source: ImageSource, *, max_pixels: int = DEFAULT_MAX_PIXELS) -
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(source.data))
+            image: Image.Image = Image.open(io.BytesIO(source.data))
             width, height = image.size
             if width * height > max_pixels:
                 raise InvalidImagesError(
