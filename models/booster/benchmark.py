@@ -37,6 +37,13 @@ from models.trainer.train import Job, train
 SAMPLE_SEEDS = (0, 1, 2, 3)
 
 
+def schedule(steps: int, every: int) -> list[int]:
+    """Evaluation points: every step at first (where the booster's advantage shows), then sparser."""
+    points = set(range(0, min(steps, 10) + 1)) | set(range(10, min(steps, 50) + 1, 5))
+    points |= set(range(50, steps + 1, every)) | {steps}
+    return sorted(points)
+
+
 @dataclass
 class Curve:
     """Held-out loss by step, plus fidelity samples at the start and the end."""
@@ -49,7 +56,7 @@ class Curve:
 
 
 def run_curve(base_model: str, item: BenchmarkConcept, *, mode: str, init: str, steps: int, seed: int,
-              rates: dict[str, float], eval_every: int, classifier, out_dir: Path, sample: bool = True) -> Curve:
+              rates: dict[str, float], eval_steps: list[int], classifier, out_dir: Path, sample: bool = True) -> Curve:
     base = load_base(resolve_base_model(base_model), pick_device())
     held_out = HeldOutLoss(base, item.held_out_views())
     curve = Curve()
@@ -63,17 +70,17 @@ def run_curve(base_model: str, item: BenchmarkConcept, *, mode: str, init: str, 
 
     config = TrainConfig(base_model=base_model, mode=mode, init=init, steps=steps, seed=seed,  # type: ignore[arg-type]
                          **rates)  # type: ignore[arg-type]
-    train(config, item.views(), out_dir, eval_hook=hook, eval_every=eval_every)
+    train(config, item.views(), out_dir, eval_hook=hook, eval_steps=eval_steps)
     return curve
 
 
-def sweep(base_model: str, mode: str, grid: list[dict[str, float]], *, steps: int, eval_every: int, classifier,
-          out_dir: Path, concepts: list[BenchmarkConcept]) -> tuple[dict[str, float], list[dict]]:
+def sweep(base_model: str, mode: str, grid: list[dict[str, float]], *, steps: int, classifier, out_dir: Path,
+          concepts: list[BenchmarkConcept]) -> tuple[dict[str, float], list[dict]]:
     """Pick the baseline's rates by mean final held-out loss on development concepts."""
     results: list[dict[str, Any]] = []
     for rates in grid:
         finals = [run_curve(base_model, item, mode=mode, init="token", steps=steps, seed=0, rates=rates,
-                            eval_every=eval_every, classifier=classifier, out_dir=out_dir, sample=False).losses[steps]
+                            eval_steps=[steps], classifier=classifier, out_dir=out_dir, sample=False).losses[steps]
                   for item in concepts]
         results.append({"rates": rates, "mean_final_loss": statistics.fmean(finals)})
         print(f"  sweep {mode} {rates}: mean final held-out loss {results[-1]['mean_final_loss']:.5f}", flush=True)
@@ -128,14 +135,13 @@ def main() -> None:
                     "eval_every": args.eval_every, "seeds": args.seeds, "modes": {}}
     for mode in args.modes:
         print(f"[{mode}] learning-rate sweep on development concepts", flush=True)
-        rates, sweep_results = sweep(args.base_model, mode, SWEEPS[mode], steps=args.steps,
-                                     eval_every=args.eval_every, classifier=classifier, out_dir=args.work_dir,
-                                     concepts=benchmark_concepts("dev")[: args.sweep_concepts])
+        rates, sweep_results = sweep(args.base_model, mode, SWEEPS[mode], steps=args.steps, classifier=classifier,
+                                     out_dir=args.work_dir, concepts=benchmark_concepts("dev")[: args.sweep_concepts])
         runs = []
         for item in validation:
             for seed in range(args.seeds):
-                common = dict(mode=mode, steps=args.steps, seed=seed, rates=rates, eval_every=args.eval_every,
-                              classifier=classifier, out_dir=args.work_dir)
+                common = dict(mode=mode, steps=args.steps, seed=seed, rates=rates, classifier=classifier,
+                              eval_steps=schedule(args.steps, args.eval_every), out_dir=args.work_dir)
                 baseline = run_curve(args.base_model, item, init="token", **common)  # type: ignore[arg-type]
                 boosted = run_curve(args.base_model, item, init="booster", **common)  # type: ignore[arg-type]
                 best = min(baseline.losses.values())

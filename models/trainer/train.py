@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -99,7 +99,7 @@ def train(
     initial_state: InitialState | None = None,
     booster: BoosterResolver | None = _default_booster,
     eval_hook: EvalHook | None = None,
-    eval_every: int = 0,
+    eval_steps: Collection[int] = (),
 ) -> TrainResult:
     """Train one concept and write its artifacts to out_dir."""
     started = time.perf_counter()
@@ -112,7 +112,7 @@ def train(
         with _attached(base, config) as concept:
             return _run(config, base, concept, images, out_dir, resolution, started, on_progress=on_progress,
                         should_stop=should_stop, initial_state=initial_state, booster=booster,
-                        eval_hook=eval_hook, eval_every=eval_every)
+                        eval_hook=eval_hook, eval_steps=frozenset(eval_steps))
     except torch.cuda.OutOfMemoryError as error:
         raise OutOfMemory(f"out of GPU memory at batch size {config.batch_size}, resolution {resolution}; "
                           "try mixed precision or gradient checkpointing") from error
@@ -141,7 +141,7 @@ def _initialise(config: TrainConfig, base: BaseComponents, concept: ConceptModel
 
 def _run(config: TrainConfig, base: BaseComponents, concept: ConceptModel, images: Sequence[Image.Image],
          out_dir: Path, resolution: int, started: float, *, on_progress, should_stop, initial_state, booster,
-         eval_hook, eval_every) -> TrainResult:
+         eval_hook, eval_steps) -> TrainResult:
     assert config.steps is not None and config.batch_size is not None
     torch.manual_seed(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
@@ -164,7 +164,7 @@ def _run(config: TrainConfig, base: BaseComponents, concept: ConceptModel, image
                 if base.weight_dtype != torch.float32 else contextlib.nullcontext())
 
     losses: list[float] = []
-    if eval_hook is not None and eval_every:
+    if eval_hook is not None and 0 in eval_steps:
         eval_hook(0, Job(base, concept, config))  # the starting point's quality, before any step
     step_started = time.perf_counter()
     for step in range(config.steps):
@@ -185,7 +185,7 @@ def _run(config: TrainConfig, base: BaseComponents, concept: ConceptModel, image
             elapsed = time.perf_counter() - step_started
             on_progress(Progress(step=done, total=config.steps, loss=loss,
                                  eta_s=elapsed / done * (config.steps - done)))
-        if eval_hook is not None and eval_every and done % eval_every == 0:
+        if eval_hook is not None and done in eval_steps:
             eval_hook(done, Job(base, concept, config))
     train_seconds = time.perf_counter() - step_started
 

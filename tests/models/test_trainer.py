@@ -44,7 +44,7 @@ def test_each_mode_trains_and_its_outputs_load_into_a_fresh_pipeline(leap_tiny, 
     config = TrainConfig(base_model=leap_tiny, mode=mode, init="token", steps=6, batch_size=2, seed=1,
                          embedding_lr=5e-2, lora_lr=5e-2, pivot_embedding_lr=1e-2,
                          train_text_encoder_lora=(mode == "lora"))
-    result = train(config, concept_images, tmp_path, eval_every=6,
+    result = train(config, concept_images, tmp_path, eval_steps=(0, 6),
                    eval_hook=lambda step, job: seen.append(job_prediction(job)))
 
     assert len(seen) == 2  # at step 0 and after step 6
