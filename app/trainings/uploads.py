@@ -92,6 +92,11 @@ async def read_submission(request: Request, settings: Settings) -> Submission:
                     UploadedFile(filename=value.filename or f"image-{len(submission.files)}", data=data)
                 )
             else:
+                if name == IMAGES_FIELD:
+                    raise InvalidImages(
+                        f"'{IMAGES_FIELD}' must be file parts (e.g. curl -F images=@photo.png), not text",
+                        details={"field": name},
+                    )
                 if name in submission.fields:
                     raise ValidationFailed(f"{name}: given more than once", details={"field": name})
                 submission.fields[name] = value

@@ -205,6 +205,13 @@ BAD_INPUTS = {
         "webhook_url",
     ),
     "unknown field": (image_files, {"stpes": "10"}, 422, "validation_error", "stpes"),
+    "images as text": (
+        lambda: image_files(2) + [("images", (None, "a.png"))],
+        {},
+        422,
+        "invalid_images",
+        "must be file parts",
+    ),
 }
 
 
