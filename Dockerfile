@@ -13,9 +13,9 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 WORKDIR /srv/leap
 RUN useradd --create-home --uid 10001 leap && mkdir /data && chown leap /data
 
-# Dependencies first (cached while only the code changes); torch from its CPU wheel index.
+# Dependencies first (cached while only the code changes); torch first, as the Makefile does.
 COPY pyproject.toml ./
-RUN pip install --index-url https://download.pytorch.org/whl/cpu "torch==2.13.0" \
+RUN pip install "torch==2.13.0" \
     && python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml','rb'))['project']['dependencies']))" \
        > /tmp/requirements.txt \
     && pip install -r /tmp/requirements.txt
