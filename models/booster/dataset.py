@@ -77,7 +77,7 @@ def main() -> None:
     parser.add_argument("--word-list", type=Path, help="one word per line (default: the tokenizer's words)")
     parser.add_argument("--images", type=int, default=8, help="images per word")
     parser.add_argument("--steps", type=int, default=25)
-    parser.add_argument("--guidance", type=float, default=4.0)
+    parser.add_argument("--guidance", type=float, default=7.0)
     parser.add_argument("--mixed-precision", default="no", choices=("no", "fp16", "bf16"))
     args = parser.parse_args()
     device = pick_device()

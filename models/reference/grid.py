@@ -59,7 +59,7 @@ def main() -> None:
     parser.add_argument("--caption", action="append", help="repeatable; default: a fixed set")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4, 5])
     parser.add_argument("--steps", type=int, default=25)
-    parser.add_argument("--guidance", type=float, default=4.0)
+    parser.add_argument("--guidance", type=float, default=7.0)
     parser.add_argument("--out", type=Path, default=Path("grid.png"))
     args = parser.parse_args()
     torch.set_num_threads(2)

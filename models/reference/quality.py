@@ -40,7 +40,7 @@ def load_pipeline(path: str) -> StableDiffusionPipeline:
 
 @torch.no_grad()
 def generate(pipeline: StableDiffusionPipeline, caption: str, seeds: list[int], *, steps: int = 25,
-             guidance_scale: float = 4.0):
+             guidance_scale: float = 7.0):
     generators = [torch.Generator().manual_seed(seed) for seed in seeds]
     return pipeline([caption] * len(seeds), num_inference_steps=steps, guidance_scale=guidance_scale,
                     generator=generators).images
@@ -71,7 +71,7 @@ def main() -> None:
     parser.add_argument("--weights", default=str(DEFAULT_WEIGHTS))
     parser.add_argument("--seeds", type=int, default=4)
     parser.add_argument("--steps", type=int, default=25)
-    parser.add_argument("--guidance", type=float, default=4.0)
+    parser.add_argument("--guidance", type=float, default=7.0)
     parser.add_argument("--json", type=Path, default=Path("bench/results/quality.json"))
     args = parser.parse_args()
     torch.set_num_threads(2)

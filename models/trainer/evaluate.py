@@ -67,7 +67,7 @@ def pipeline_for(base: BaseComponents, concept: ConceptModel | None = None) -> S
 
 @torch.no_grad()
 def sample_images(pipeline: StableDiffusionPipeline, prompts: Sequence[str], seeds: Sequence[int], *,
-                  steps: int = 25, guidance_scale: float = 4.0) -> list[Image.Image]:
+                  steps: int = 25, guidance_scale: float = 7.0) -> list[Image.Image]:
     """One image per (prompt, seed), each from its own CPU generator so batches don't matter."""
     images: list[Image.Image] = []
     for prompt in prompts:
