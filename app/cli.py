@@ -131,8 +131,10 @@ def serve(
         key = ensure_local_key(settings)
         typer.echo(f"API key (tenant 'local'): {key}  (also in {settings.data_dir / LOCAL_KEY_FILE})")
     children = [
+        # The training worker imports the trainer and loads the base models at start.
         subprocess.Popen(
-            [sys.executable, "-m", "app.cli", "worker", "--queues", settings.queue, "--loglevel", "warning"]
+            [sys.executable, "-m", "app.cli", "worker", "--queues", settings.queue, "--loglevel", "warning"],
+            env={**os.environ, "LEAP_PRELOAD_MODELS": "1"},
         ),
         subprocess.Popen(
             [

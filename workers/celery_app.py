@@ -34,9 +34,7 @@ def broker_options(settings: Settings) -> dict[str, Any]:
 
 def create_celery(settings: Settings) -> Celery:
     """A Celery app for these settings (the API uses it only to send)."""
-    app = Celery(
-        "leap", broker=settings.resolved_broker_url, include=["workers.trainings", "workers.sweeper"]
-    )
+    app = Celery("leap", broker=settings.resolved_broker_url, include=["workers.trainings", "workers.sweeper"])
     app.conf.update(
         broker_transport_options=broker_options(settings),
         broker_connection_retry_on_startup=True,

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import secrets
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,7 @@ from app.outbox.service import Sender, bind_sender
 from app.settings import Settings, get_settings
 from app.storage import Storage, make_storage
 from models.registry import Registry, load_registry
+from models.trainer.config import TrainResult
 from workers.celery_app import make_sender
 
 
@@ -75,13 +77,26 @@ def _reset_after_fork(**_: Any) -> None:
     _runtime = None
 
 
+_trainers: dict[str, Callable[..., TrainResult]] = {}
+
+
+def load_trainer(path: str) -> Callable[..., TrainResult]:
+    """Import the training function named by LEAP_TRAINER (module:function), once per process."""
+    if path not in _trainers:
+        module_name, _, function_name = path.partition(":")
+        _trainers[path] = getattr(importlib.import_module(module_name), function_name or "train")
+    return _trainers[path]
+
+
 @worker_process_init.connect
 def _preload_models(**_: Any) -> None:
-    # LEAP_PRELOAD_MODELS: load every registered base model when the process starts, so the
-    # first training does not pay for it. The trainer caches loaded models per process.
+    # LEAP_PRELOAD_MODELS: import the trainer (torch) and load every registered base model when
+    # the process starts, so the first training does not pay for it. The trainer caches loaded
+    # models per process.
     runtime = get_runtime()
     if not runtime.settings.preload_models:
         return
+    load_trainer(runtime.settings.trainer)
     from models.trainer.base import load_base, pick_device
 
     device = pick_device()

@@ -5,14 +5,12 @@ torch and the trainer are imported only inside the task, never when this module 
 
 from __future__ import annotations
 
-import importlib
 import logging
 import shutil
 import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable
 from pathlib import Path
 
 from celery import shared_task
@@ -25,27 +23,17 @@ from models.trainer.config import Progress, TrainResult
 from models.trainer.errors import TrainerError, TrainingCanceled
 from models.trainer.images import ImageSource, decode_images
 from workers.celery_app import RUN_TRAINING
-from workers.runtime import WorkerRuntime, get_runtime
+from workers.runtime import WorkerRuntime, get_runtime, load_trainer
 
 logger = logging.getLogger(__name__)
 
 TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (StorageError, OperationalError, InterfaceError)
-
-_trainers: dict[str, Callable[..., TrainResult]] = {}
 
 
 @shared_task(name=RUN_TRAINING, acks_late=True, ignore_result=True)
 def run_training(training_id: str) -> None:
     """Run one training by id; a duplicate or late message finds nothing to claim and returns."""
     _run_training(get_runtime(), training_id)
-
-
-def load_trainer(path: str) -> Callable[..., TrainResult]:
-    """Import the training function named by LEAP_TRAINER (module:function), once per process."""
-    if path not in _trainers:
-        module_name, _, function_name = path.partition(":")
-        _trainers[path] = getattr(importlib.import_module(module_name), function_name or "train")
-    return _trainers[path]
 
 
 class Heartbeat:
@@ -136,9 +124,7 @@ def _run_training(runtime: WorkerRuntime, training_id: str) -> None:
         logger.error("trainings.run got a malformed id %r; dropped", training_id)
         return
     with runtime.unit_of_work() as session:
-        claimed = lifecycle.claim(
-            session, training_id=parsed, worker_id=runtime.worker_id, settings=runtime.settings
-        )
+        claimed = lifecycle.claim(session, training_id=parsed, worker_id=runtime.worker_id, settings=runtime.settings)
     if claimed is None:
         logger.info("training %s: nothing to claim (finished, canceled or running elsewhere)", training_id)
         return
@@ -153,9 +139,7 @@ def _run_training(runtime: WorkerRuntime, training_id: str) -> None:
         shutil.rmtree(work_dir, ignore_errors=True)
 
 
-def _execute(
-    runtime: WorkerRuntime, claimed: lifecycle.ClaimedTraining, work_dir: Path, heartbeat: Heartbeat
-) -> None:
+def _execute(runtime: WorkerRuntime, claimed: lifecycle.ClaimedTraining, work_dir: Path, heartbeat: Heartbeat) -> None:
     settings = runtime.settings
     worker_id = runtime.worker_id
     started = time.monotonic()
@@ -175,8 +159,7 @@ def _execute(
             registry=runtime.registry,
         )
         sources = [
-            ImageSource(name=item["name"], data=runtime.storage.get_bytes(item["key"]))
-            for item in claimed.inputs
+            ImageSource(name=item["name"], data=runtime.storage.get_bytes(item["key"])) for item in claimed.inputs
         ]
         images = decode_images(sources, max_pixels=settings.max_image_pixels)
         train = load_trainer(settings.trainer)
@@ -265,9 +248,7 @@ def _store_result(
         storage.delete_keys([item.key for item in stored])
         _retry(runtime, claimed, f"storing artifacts: {error}")
         return
-    usage = lifecycle.UsageRecord(
-        steps=result.steps, compute_seconds=result.compute_seconds, device=result.device
-    )
+    usage = lifecycle.UsageRecord(steps=result.steps, compute_seconds=result.compute_seconds, device=result.device)
     with runtime.unit_of_work() as session:
         state = lifecycle.renew_lease(
             session,
