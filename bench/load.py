@@ -227,6 +227,7 @@ def main() -> int:
     parser.add_argument("--json", type=Path, default=ROOT / "bench" / "results" / "load.json")
     args = parser.parse_args()
 
+    load_start = round(os.getloadavg()[0], 2)
     name = f"leap_bench_{secrets.token_hex(4)}"
     with psycopg.connect(args.pg_admin, autocommit=True) as connection:
         connection.execute(f'CREATE DATABASE "{name}"')
@@ -310,6 +311,9 @@ def main() -> int:
             "api_workers": args.api_workers,
             "images_per_submission": args.images,
             "cpus": os.cpu_count(),
+            # Other work on the machine skews every number: record how busy it was.
+            "load_average_1m_start": load_start,
+            "load_average_1m_end": round(os.getloadavg()[0], 2),
         },
     }
     args.json.parent.mkdir(parents=True, exist_ok=True)
