@@ -63,7 +63,7 @@ def train_command(
     except TrainerError as error:
         typer.echo(f"error ({error.code}): {error.message}", err=True)
         raise typer.Exit(code=2) from error
-    typer.echo(json.dumps({"out_dir": str(result.out_dir), "init_used": result.init_used,
+    typer.echo(json.dumps({"out_dir": str(result.out_dir), "init_used": result.init_used, "init_note": result.init_note,
                            "steps": result.steps, "device": result.device,
                            "files": [a.name for a in result.artifacts]}, indent=2))
 

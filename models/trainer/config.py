@@ -122,6 +122,9 @@ class TrainResult:
     manifest: dict[str, Any]
     steps: int
     init_used: str
+    """booster | token | random | state: what the run actually started from."""
     device: str
     compute_seconds: float
     losses: list[float] = field(default_factory=list)
+    init_note: str = ""
+    """Why init_used differs from the request, or what part of a booster's prediction was used."""

@@ -120,23 +120,23 @@ def train(
 
 def _initialise(config: TrainConfig, base: BaseComponents, concept: ConceptModel, images: Sequence[Image.Image],
                 initial_state: InitialState | None, booster: BoosterResolver | None,
-                generator: torch.Generator) -> str:
-    """Set the starting point; returns what was actually used (the manifest records it)."""
+                generator: torch.Generator) -> tuple[str, str]:
+    """Set the starting point; returns (what was used: booster|token|random|state, a note)."""
     if initial_state is not None:
         concept.init_from_state(initial_state)
-        return "state"
+        return "state", initial_state.note
     if config.init == "random":
         concept.init_random(generator)
-        return "random"
+        return "random", ""
     assert config.initializer_token is not None
     concept.init_from_token(config.initializer_token)
     if config.init == "booster":
         state = booster(base, images, config) if booster else None
         if state is None:
-            return "token (no booster registered for this base model)"
+            return "token", "no booster is registered for this base model; started from the initializer token"
         concept.init_from_state(state)
-        return f"booster ({state.note})" if state.note else "booster"
-    return "token"
+        return "booster", state.note
+    return "token", ""
 
 
 def _run(config: TrainConfig, base: BaseComponents, concept: ConceptModel, images: Sequence[Image.Image],
@@ -149,7 +149,7 @@ def _run(config: TrainConfig, base: BaseComponents, concept: ConceptModel, image
     if trains_lora:
         concept.add_lora(rank=config.lora_rank, alpha=float(config.lora_alpha or config.lora_rank),
                          text_encoder=config.train_text_encoder_lora)
-    init_used = _initialise(config, base, concept, images, initial_state, booster, generator)
+    init_used, init_note = _initialise(config, base, concept, images, initial_state, booster, generator)
     latents = encode_images(base, images, resolution=resolution, flip=config.flip)
 
     pivot_step = int(config.steps * config.pivot_fraction) if config.mode == "pivotal" else 0
@@ -200,6 +200,7 @@ def _run(config: TrainConfig, base: BaseComponents, concept: ConceptModel, image
         "mode": config.mode,
         "init": config.init,
         "init_used": init_used,
+        "init_note": init_note,
         "steps": config.steps,
         "pivot_step": pivot_step,
         "seed": config.seed,
@@ -216,8 +217,8 @@ def _run(config: TrainConfig, base: BaseComponents, concept: ConceptModel, image
     }
     artifacts.append(write_manifest(out_dir, manifest, artifacts))
     return TrainResult(out_dir=out_dir, artifacts=artifacts, manifest=manifest, steps=config.steps,
-                       init_used=init_used, device=str(base.device), compute_seconds=compute_seconds,
-                       losses=losses)
+                       init_used=init_used, init_note=init_note, device=str(base.device),
+                       compute_seconds=compute_seconds, losses=losses)
 
 
 def _step(base: BaseComponents, concept: ConceptModel, latents: LatentSet, templates: tuple[str, ...],

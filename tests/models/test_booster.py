@@ -50,7 +50,7 @@ def test_pivotal_starts_from_the_booster_prediction(registered_booster, random_t
 def test_a_different_lora_rank_uses_the_embedding_only(registered_booster, random_tiny, concept_images, tmp_path):
     config = TrainConfig(base_model="random-tiny", mode="lora", init="booster", steps=1, batch_size=1, lora_rank=8)
     result = train(config, concept_images, tmp_path)
-    assert result.init_used.startswith("booster (embedding only")
+    assert result.init_used == "booster" and result.init_note.startswith("embedding only")
 
 
 def test_a_booster_for_another_base_model_fails_clearly(registered_booster, leap_tiny, concept_images, tmp_path,
