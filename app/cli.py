@@ -1,4 +1,5 @@
-"""The `leap` command: serve, api, worker, migrate, demo, and admin tenants/keys."""
+"""The `leap` command: serve, api, worker, migrate, demo, train, the client commands (submit, status,
+list, cancel, download) and admin tenants/keys."""
 
 from __future__ import annotations
 
@@ -273,6 +274,17 @@ def _register_train_command() -> None:
 
 
 _register_train_command()
+
+
+def _register_client_commands() -> None:
+    # submit, status, list, cancel, download: the API over HTTP (app/client/cli.py).
+    from app.client.cli import COMMANDS
+
+    for name, command in COMMANDS.items():
+        cli.command(name)(command)
+
+
+_register_client_commands()
 
 
 def main() -> None:

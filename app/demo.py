@@ -7,21 +7,19 @@ prompts and seeds). The grid is the only part that imports torch, in this client
 
 from __future__ import annotations
 
-import hashlib
 import os
 import signal
 import subprocess
 import sys
 import textwrap
 import time
-from datetime import datetime
 from pathlib import Path
-from typing import Any
 
 import httpx
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
+from app.client import ApiError, LeapClient
+from app.client.progress import follow
 from app.settings import get_settings
 
 SAMPLES_DIR = Path(__file__).resolve().parent.parent / "models" / "reference" / "samples"
@@ -52,42 +50,6 @@ def _wait_ready(base_url: str, server: subprocess.Popen[bytes], timeout: float =
             pass
         time.sleep(0.3)
     raise RuntimeError(f"leap serve was not ready after {timeout:.0f}s")
-
-
-def _follow(client: httpx.Client, training_id: str) -> dict[str, Any]:
-    columns = (
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        TextColumn("{task.completed}/{task.total} steps"),
-        TextColumn("loss {task.fields[loss]}"),
-        TimeRemainingColumn(),
-    )
-    with Progress(*columns, console=console) as bar:
-        task = bar.add_task("queued", total=None, loss="-")
-        while True:
-            body = client.get(f"/v1/trainings/{training_id}").json()
-            progress = body["progress"]
-            loss = f"{progress['loss']:.4f}" if progress["loss"] is not None else "-"
-            bar.update(
-                task,
-                description=body["status"],
-                completed=progress["step"],
-                total=progress["total"],
-                loss=loss,
-            )
-            if body["status"] in ("succeeded", "failed", "canceled"):
-                return body  # type: ignore[no-any-return]
-            time.sleep(0.5)
-
-
-def _download(client: httpx.Client, body: dict[str, Any], folder: Path) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    for artifact in body["artifacts"]:
-        data = httpx.get(artifact["url"], timeout=60).raise_for_status().content
-        if hashlib.sha256(data).hexdigest() != artifact["sha256"]:
-            raise RuntimeError(f"{artifact['name']}: sha256 mismatch")
-        (folder / artifact["name"]).write_bytes(data)
-        console.print(f"  {artifact['kind']:<10} {artifact['name']}  {artifact['bytes']} bytes  sha256 ok")
 
 
 def _grid(base_model: str, artifacts: Path, token: str, out: Path) -> None:
@@ -144,32 +106,33 @@ def run_demo(*, steps: int | None, out: Path, port: int) -> int:
     server = _start_server(port)
     try:
         _wait_ready(base_url, server)
-        with httpx.Client(base_url=base_url, headers={"Authorization": f"Bearer {key}"}, timeout=60) as client:
-            files = [("images", (path.name, path.read_bytes(), "image/png")) for path in samples]
-            data = {"steps": str(steps)} if steps else {}
-            response = client.post("/v1/trainings", files=files, data=data)
-            if response.status_code != 202:
-                console.print(f"[red]submission refused: {response.text}")
+        with LeapClient(base_url, key) as client:
+            try:
+                created = client.submit(samples, steps=steps)
+            except ApiError as error:
+                console.print(f"[red]submission refused: {error}")
                 return 1
-            created = response.json()
-            console.print(f"submitted {len(samples)} images: training {created['id']}")
-            body = _follow(client, created["id"])
-            if body["status"] != "succeeded":
-                console.print(f"[red]training {body['status']}: {body['error']}")
+            console.print(f"submitted {len(samples)} images: training {created.id}")
+            training = follow(client, created.id, console)
+            if training.status != "succeeded" or training.usage is None or training.started_at is None:
+                console.print(f"[red]training {training.status}: {training.error}")
                 return 1
-            started = datetime.fromisoformat(body["started_at"])
-            queued = (started - datetime.fromisoformat(body["created_at"])).total_seconds()
+            queued = (training.started_at - training.created_at).total_seconds()
             console.print(
-                f"done: {body['usage']['steps']} steps in {body['usage']['compute_seconds']:.1f}s on "
-                f"{body['usage']['device']}; init used: {body['init_used']}; queued -> claimed {queued:.2f}s"
+                f"done: {training.usage.steps} steps in {training.usage.compute_seconds:.1f}s on "
+                f"{training.usage.device}; init used: {training.init_used}; queued -> claimed {queued:.2f}s"
             )
-            folder = out / body["id"]
-            _download(client, body, folder)
+            if training.init_note:
+                console.print(f"  ({training.init_note})")
+            folder = out / training.id
+            client.download(training, folder)
+            for artifact in training.artifacts:
+                console.print(f"  {artifact.kind:<10} {artifact.name}  {artifact.bytes} bytes  sha256 ok")
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=60)
-    grid_path = out / f"{body['id']}-grid.png"
+    grid_path = out / f"{training.id}-grid.png"
     console.print("rendering before/after grid (base vs. fine-tuned, same prompts and seeds)...")
-    _grid(body["base_model"], folder, body["token"], grid_path)
+    _grid(training.base_model, folder, training.token, grid_path)
     console.print(f"artifacts: {folder}\ngrid: {grid_path}")
     return 0

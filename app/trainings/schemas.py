@@ -109,7 +109,12 @@ class Training(BaseModel):
     base_model: str
     mode: str
     init: str = Field(description="The requested initialisation.")
-    init_used: str | None = Field(description="The initialisation actually used (set once it ran).")
+    init_used: str | None = Field(
+        description="The initialisation actually used, set once it ran: booster, token, random or state."
+    )
+    init_note: str | None = Field(
+        None, description="Why init_used differs from init, e.g. no booster is registered for the base model."
+    )
     token: str
     parameters: dict[str, Any] = Field(description="Hyperparameters given at submission.")
     image_count: int

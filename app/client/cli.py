@@ -1,0 +1,322 @@
+"""`leap submit | status | list | cancel | download`: the API from a shell, over LeapClient.
+
+Scripts can rely on the exit codes (ExitCode) and on stdout carrying only results (ids, paths,
+tab-separated rows, or JSON with --json); progress and errors go to stderr as `error: CODE: message`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from enum import IntEnum
+from functools import wraps
+from pathlib import Path
+from typing import Annotated, Any, ParamSpec, TypeVar
+
+import typer
+from rich.console import Console
+
+from app.client.client import ApiError, ChecksumMismatch, LeapClient, Unreachable, WaitTimeout
+from app.trainings.schemas import Training
+
+DEFAULT_URL = "http://127.0.0.1:8000"
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
+
+
+class ExitCode(IntEnum):
+    """Exit codes of the client commands (documented in the README)."""
+
+    OK = 0
+    TRAINING_UNSUCCESSFUL = 1
+    """The training failed or was canceled (or, for download, has not succeeded)."""
+    USAGE = 2
+    """Bad arguments or options, no images, no API key (also typer's own usage errors)."""
+    REFUSED = 3
+    """The API refused the request (401, 409, 413, 415, 422, ...): the error code is printed."""
+    NOT_FOUND = 4
+    """No such training for this key."""
+    UNREACHABLE = 5
+    """The server could not be reached, answered 5xx, or stayed busy (429/503) through every retry."""
+    CHECKSUM_MISMATCH = 6
+    """A downloaded artifact's sha256 differs from the API's; the file is not kept."""
+    TIMEOUT = 7
+    """--timeout passed before the training finished."""
+
+
+P = ParamSpec("P")
+R = TypeVar("R")
+stderr = Console(stderr=True)
+
+
+def fail(code: ExitCode, error_code: str, message: str) -> typer.Exit:
+    """Print `error: CODE: message` on stderr; return the Exit to raise."""
+    typer.echo(f"error: {error_code}: {message}", err=True)
+    return typer.Exit(int(code))
+
+
+def _client_errors(command: Callable[P, R]) -> Callable[P, R]:
+    """Map the client's exceptions to exit codes and one-line messages."""
+
+    @wraps(command)
+    def run(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return command(*args, **kwargs)
+        except ApiError as error:
+            if error.status_code == 404:
+                code = ExitCode.NOT_FOUND
+            elif error.status_code >= 500 or error.status_code in (429, 503):
+                code = ExitCode.UNREACHABLE
+            else:
+                code = ExitCode.REFUSED
+            raise fail(code, error.code, error.message) from None
+        except Unreachable as error:
+            raise fail(ExitCode.UNREACHABLE, "unreachable", str(error)) from None
+        except ChecksumMismatch as error:
+            raise fail(ExitCode.CHECKSUM_MISMATCH, "checksum_mismatch", str(error)) from None
+        except WaitTimeout as error:
+            raise fail(ExitCode.TIMEOUT, "timeout", str(error)) from None
+
+    return run
+
+
+UrlOption = Annotated[str, typer.Option("--url", envvar="LEAP_URL", help="Base URL of the LEAP API.")]
+KeyOption = Annotated[
+    str | None,
+    typer.Option(
+        "--api-key",
+        envvar="LEAP_API_KEY",
+        show_default=False,
+        help="API key (default: the key `leap serve` wrote to LEAP_DATA_DIR/api-key).",
+    ),
+]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print the API's JSON instead of text.")]
+
+
+def open_client(url: str, api_key: str | None) -> LeapClient:
+    """A client for url with the given key, or the embedded server's local key."""
+    if not api_key:
+        key_file = Path(os.environ.get("LEAP_DATA_DIR", ".leap")) / "api-key"
+        if key_file.is_file():
+            api_key = key_file.read_text().strip()
+    if not api_key:
+        raise fail(ExitCode.USAGE, "no_api_key", "set LEAP_API_KEY or pass --api-key")
+    return LeapClient(url, api_key, poll_interval_max=2.0)
+
+
+def _print_json(value: Any) -> None:
+    typer.echo(json.dumps(value, indent=2, default=str))
+
+
+def _summary(training: Training) -> str:
+    progress = training.progress
+    steps = f"{progress.step}/{progress.total if progress.total is not None else '?'}"
+    loss = f"{progress.loss:.4f}" if progress.loss is not None else "-"
+    return "\t".join(
+        (training.id, training.status, training.created_at.isoformat(), training.base_model, steps, loss)
+    )
+
+
+def _describe(training: Training) -> str:
+    progress = training.progress
+    usage = training.usage
+    init = f"{training.init} -> {training.init_used or '-'}"
+    loss = f"{progress.loss:.4f}" if progress.loss is not None else "-"
+    lines = [
+        ("id", training.id),
+        ("status", training.status),
+        ("base model", f"{training.base_model} ({training.mode}, token {training.token})"),
+        ("init", init + (f" ({training.init_note})" if training.init_note else "")),
+        ("progress", f"{progress.step}/{progress.total or '?'} steps, loss {loss}"),
+        ("created", training.created_at.isoformat()),
+        ("finished", training.finished_at.isoformat() if training.finished_at else "-"),
+    ]
+    if training.error:
+        lines.append(("error", f"{training.error.code}: {training.error.message}"))
+    if usage:
+        lines.append(("usage", f"{usage.steps} steps, {usage.compute_seconds:.1f}s on {usage.device}"))
+    for artifact in training.artifacts:
+        lines.append(("artifact", f"{artifact.name} ({artifact.kind}, {artifact.bytes} bytes, {artifact.sha256})"))
+    return "\n".join(f"{name:<11}{value}" for name, value in lines)
+
+
+def _images(source: Path) -> list[Path]:
+    if source.is_file():
+        return [source]
+    if not source.is_dir():
+        raise fail(ExitCode.USAGE, "no_images", f"{source} is neither a folder nor a file")
+    found = sorted(
+        path for path in source.iterdir() if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES | {".zip"}
+    )
+    if not found:
+        raise fail(ExitCode.USAGE, "no_images", f"no images (.png, .jpg, .webp, ... or .zip) in {source}")
+    return found
+
+
+def _unsuccessful(training: Training) -> typer.Exit:
+    error = training.error
+    detail = f"{error.code}: {error.message}" if error else training.status
+    return fail(ExitCode.TRAINING_UNSUCCESSFUL, training.status, f"training {training.id} {training.status} ({detail})")
+
+
+def _download(client: LeapClient, training: Training, out: Path | None, as_json: bool) -> None:
+    folder = out if out is not None else Path("leap-out") / training.id
+    paths = client.download(training, folder)
+    if not as_json:
+        for path in paths:
+            typer.echo(str(path))
+    for artifact in training.artifacts:
+        stderr.print(f"  {artifact.kind:<10} {artifact.name}  {artifact.bytes} bytes  sha256 ok")
+
+
+@_client_errors
+def submit_command(
+    images: Annotated[Path, typer.Argument(help="A folder of 2-50 images, or one .zip of them.")],
+    url: UrlOption = DEFAULT_URL,
+    api_key: KeyOption = None,
+    steps: Annotated[int | None, typer.Option(help="Optimisation steps (default: the model's).")] = None,
+    mode: Annotated[str | None, typer.Option(help="pivotal, textual_inversion or lora.")] = None,
+    init: Annotated[str | None, typer.Option(help="booster, token or random.")] = None,
+    token: Annotated[str | None, typer.Option(help="Placeholder token, e.g. <leap>.")] = None,
+    base_model: Annotated[str | None, typer.Option(help="A model id from GET /v1/models.")] = None,
+    seed: Annotated[int | None, typer.Option()] = None,
+    lora_rank: Annotated[int | None, typer.Option()] = None,
+    embedding_lr: Annotated[float | None, typer.Option()] = None,
+    lora_lr: Annotated[float | None, typer.Option()] = None,
+    num_vectors: Annotated[int | None, typer.Option()] = None,
+    webhook_url: Annotated[str | None, typer.Option(help="Told about state changes.")] = None,
+    metadata: Annotated[str | None, typer.Option(help="A JSON object stored with the training.")] = None,
+    idempotency_key: Annotated[
+        str | None, typer.Option(help="Re-running with the same key returns the same training.")
+    ] = None,
+    wait: Annotated[bool, typer.Option("--wait/--no-wait", help="Follow progress and download.")] = True,
+    out: Annotated[Path | None, typer.Option(help="Artifacts folder (default: leap-out/<id>).")] = None,
+    timeout: Annotated[float | None, typer.Option(help="Give up waiting after this many seconds.")] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Upload images, follow the training live, download and verify its artifacts.
+
+    stdout: the training id, then each downloaded file (or the final JSON with --json)."""
+    if metadata is not None:
+        try:
+            parsed = json.loads(metadata)
+        except ValueError as error:
+            raise fail(ExitCode.USAGE, "invalid_metadata", f"--metadata is not JSON: {error}") from None
+        if not isinstance(parsed, dict):
+            raise fail(ExitCode.USAGE, "invalid_metadata", "--metadata must be a JSON object")
+    files = _images(images)
+    form = {
+        "steps": steps,
+        "mode": mode,
+        "init": init,
+        "token": token,
+        "base_model": base_model,
+        "seed": seed,
+        "lora_rank": lora_rank,
+        "embedding_lr": embedding_lr,
+        "lora_lr": lora_lr,
+        "num_vectors": num_vectors,
+        "webhook_url": webhook_url,
+        "metadata": metadata,
+    }
+    with open_client(url, api_key) as client:
+        training = client.submit(files, idempotency_key=idempotency_key, **form)
+        stderr.print(f"submitted {len(files)} file(s): training {training.id}")
+        if not as_json:
+            typer.echo(training.id)
+        if not wait:
+            if as_json:
+                _print_json(training.model_dump(mode="json"))
+            return
+        from app.client.progress import follow
+
+        training = follow(client, training.id, stderr, timeout=timeout)
+        if training.status != "succeeded":
+            if as_json:
+                _print_json(training.model_dump(mode="json"))
+            raise _unsuccessful(training)
+        if training.usage:
+            stderr.print(
+                f"succeeded: {training.usage.steps} steps in {training.usage.compute_seconds:.1f}s on "
+                f"{training.usage.device}; init {training.init_used}"
+                + (f" ({training.init_note})" if training.init_note else "")
+            )
+        _download(client, training, out, as_json)
+        if as_json:
+            _print_json(training.model_dump(mode="json"))
+
+
+@_client_errors
+def status_command(
+    training_id: Annotated[str, typer.Argument(help="The training id.")],
+    url: UrlOption = DEFAULT_URL,
+    api_key: KeyOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Show one training: status, progress, error, usage and artifacts."""
+    with open_client(url, api_key) as client:
+        training = client.get(training_id)
+    typer.echo(json.dumps(training.model_dump(mode="json"), indent=2) if as_json else _describe(training))
+
+
+@_client_errors
+def list_command(
+    url: UrlOption = DEFAULT_URL,
+    api_key: KeyOption = None,
+    status: Annotated[str | None, typer.Option(help="Only trainings in this state.")] = None,
+    limit: Annotated[int, typer.Option(help="At most this many (newest first).", min=1)] = 20,
+    as_json: JsonOption = False,
+) -> None:
+    """List your trainings, newest first: id, status, created_at, base_model, steps, loss (tab-separated)."""
+    with open_client(url, api_key) as client:
+        trainings = []
+        for training in client.iter_trainings(status=status, page_size=min(limit, 100)):
+            trainings.append(training)
+            if len(trainings) >= limit:
+                break
+    if as_json:
+        _print_json([training.model_dump(mode="json") for training in trainings])
+        return
+    for training in trainings:
+        typer.echo(_summary(training))
+
+
+@_client_errors
+def cancel_command(
+    training_id: Annotated[str, typer.Argument(help="The training id.")],
+    url: UrlOption = DEFAULT_URL,
+    api_key: KeyOption = None,
+    wait: Annotated[bool, typer.Option("--wait/--no-wait", help="Wait until it has stopped.")] = False,
+    timeout: Annotated[float | None, typer.Option(help="Give up waiting after this many seconds.")] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Cancel a training (idempotent) and print its status; a finished training stays as it is."""
+    with open_client(url, api_key) as client:
+        training = client.cancel(training_id)
+        if wait:
+            training = client.wait(training_id, timeout=timeout)
+    typer.echo(json.dumps(training.model_dump(mode="json"), indent=2) if as_json else training.status)
+
+
+@_client_errors
+def download_command(
+    training_id: Annotated[str, typer.Argument(help="The training id.")],
+    url: UrlOption = DEFAULT_URL,
+    api_key: KeyOption = None,
+    out: Annotated[Path | None, typer.Option(help="Artifacts folder (default: leap-out/<id>).")] = None,
+) -> None:
+    """Download a succeeded training's artifacts, verifying each sha256; prints each file's path."""
+    with open_client(url, api_key) as client:
+        training = client.get(training_id)
+        if training.status != "succeeded":
+            raise _unsuccessful(training)
+        _download(client, training, out, as_json=False)
+
+
+COMMANDS: dict[str, Callable[..., None]] = {
+    "submit": submit_command,
+    "status": status_command,
+    "list": list_command,
+    "cancel": cancel_command,
+    "download": download_command,
+}

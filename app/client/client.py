@@ -1,0 +1,303 @@
+"""LeapClient: typed calls to the LEAP API with retries, polling and verified downloads."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import mimetypes
+import random
+import time
+import uuid
+from collections.abc import Callable, Iterable, Iterator
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from app.base_models.schemas import BaseModelList
+from app.trainings.schemas import Artifact, Training, TrainingList
+
+FINISHED = frozenset({"succeeded", "failed", "canceled"})
+RETRY_STATUSES = frozenset({429, 503})
+USER_AGENT = "leap-client/0.1"
+
+
+class ClientError(Exception):
+    """Base class of everything the client raises."""
+
+
+class ApiError(ClientError):
+    """The API answered with an error: `code` and `message` come from its error body."""
+
+    def __init__(self, status_code: int, code: str, message: str, details: dict[str, Any] | None = None) -> None:
+        super().__init__(f"{code}: {message}")
+        self.status_code = status_code
+        self.code = code
+        self.message = message
+        self.details = details or {}
+
+
+class Unreachable(ClientError):
+    """The server could not be reached, or kept answering 429/503, after every retry."""
+
+
+class WaitTimeout(ClientError):
+    """wait() gave up before the training finished; `training` is its last known state."""
+
+    def __init__(self, training: Training, timeout: float) -> None:
+        super().__init__(f"training {training.id} still {training.status} after {timeout:g}s")
+        self.training = training
+
+
+class ChecksumMismatch(ClientError):
+    """A downloaded artifact's sha256 differs from the one the API lists; nothing is kept."""
+
+
+def is_finished(training: Training) -> bool:
+    """Whether the training reached a final state (succeeded, failed, canceled)."""
+    return training.status in FINISHED
+
+
+def retry_after_seconds(response: httpx.Response) -> float | None:
+    """The Retry-After header as seconds (it may be a number or an HTTP date); None when absent."""
+    value = response.headers.get("Retry-After")
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - datetime.now(UTC)).total_seconds())
+
+
+def _api_error(response: httpx.Response) -> ApiError:
+    try:
+        error = response.json()["error"]
+        return ApiError(response.status_code, str(error["code"]), str(error["message"]), error.get("details"))
+    except (ValueError, KeyError, TypeError):
+        text = response.text.strip()[:300] or response.reason_phrase
+        return ApiError(response.status_code, "http_error", f"HTTP {response.status_code}: {text}")
+
+
+ImageInput = Path | str | tuple[str, bytes]
+
+
+def _image_part(image: ImageInput) -> tuple[str, tuple[str, bytes, str]]:
+    if isinstance(image, tuple):
+        name, data = image
+    else:
+        path = Path(image)
+        name, data = path.name, path.read_bytes()
+    content_type = mimetypes.guess_type(name)[0] or "application/octet-stream"
+    return ("images", (name, data, content_type))
+
+
+class LeapClient:
+    """A LEAP API client. Requests answered 429 or 503, and connection failures, are retried with
+    exponential backoff and jitter, waiting at least what Retry-After asks (capped at
+    `max_retry_wait`). Submissions carry an Idempotency-Key, so a retried POST never trains twice."""
+
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str,
+        *,
+        timeout: float = 60.0,
+        max_retries: int = 5,
+        backoff: float = 0.5,
+        backoff_max: float = 30.0,
+        max_retry_wait: float = 120.0,
+        poll_interval: float = 0.5,
+        poll_interval_max: float = 5.0,
+        transport: httpx.BaseTransport | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.max_retries = max_retries
+        self.backoff = backoff
+        self.backoff_max = backoff_max
+        self.max_retry_wait = max_retry_wait
+        self.poll_interval = poll_interval
+        self.poll_interval_max = poll_interval_max
+        self._sleep = sleep
+        self._http = httpx.Client(
+            base_url=self.base_url,
+            headers={"Authorization": f"Bearer {api_key}", "User-Agent": USER_AGENT},
+            timeout=timeout,
+            transport=transport,
+        )
+        # Artifact links are presigned: they must not carry the API key (S3 refuses a second credential).
+        self._downloads = httpx.Client(headers={"User-Agent": USER_AGENT}, timeout=timeout, transport=transport)
+
+    def __enter__(self) -> LeapClient:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the connection pools."""
+        self._http.close()
+        self._downloads.close()
+
+    # -- transport -------------------------------------------------------------------------
+
+    def _delay(self, attempt: int, response: httpx.Response | None) -> float:
+        backoff = min(self.backoff_max, self.backoff * 2**attempt) * random.uniform(0.5, 1.0)
+        asked = retry_after_seconds(response) if response is not None else None
+        return min(self.max_retry_wait, max(backoff, asked or 0.0))
+
+    def _send(
+        self, http: httpx.Client, method: str, url: str, *, stream: bool = False, **kwargs: Any
+    ) -> httpx.Response:
+        attempt = 0
+        while True:
+            try:
+                request = http.build_request(method, url, **kwargs)
+                response = http.send(request, stream=stream)
+            except httpx.TransportError as error:
+                if attempt >= self.max_retries:
+                    raise Unreachable(f"{method} {url}: {type(error).__name__}: {error}") from error
+                self._sleep(self._delay(attempt, None))
+                attempt += 1
+                continue
+            if response.status_code not in RETRY_STATUSES:
+                return response
+            if attempt >= self.max_retries:
+                if stream:
+                    response.read()
+                raise _api_error(response)
+            response.close()
+            self._sleep(self._delay(attempt, response))
+            attempt += 1
+
+    def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        response = self._send(self._http, method, path, **kwargs)
+        if response.is_error:
+            raise _api_error(response)
+        return response
+
+    # -- API -------------------------------------------------------------------------------
+
+    def submit(
+        self,
+        images: Iterable[ImageInput],
+        *,
+        idempotency_key: str | None = None,
+        **form: str | int | float | dict[str, Any] | None,
+    ) -> Training:
+        """POST /v1/trainings: image paths (or (name, bytes) pairs, or one .zip) and form fields
+        such as steps=400, mode="pivotal", token="<leap>", metadata={...}."""
+        files = [_image_part(image) for image in images]
+        data = {
+            name: json.dumps(value) if isinstance(value, dict) else str(value)
+            for name, value in form.items()
+            if value is not None
+        }
+        headers = {"Idempotency-Key": idempotency_key or f"leap-client-{uuid.uuid4()}"}
+        response = self._request("POST", "/v1/trainings", files=files, data=data, headers=headers)
+        return Training.model_validate(response.json())
+
+    def get(self, training_id: str) -> Training:
+        """GET /v1/trainings/{id}."""
+        return Training.model_validate(self._request("GET", f"/v1/trainings/{training_id}").json())
+
+    def list_trainings(self, *, status: str | None = None, limit: int = 20, cursor: str | None = None) -> TrainingList:
+        """GET /v1/trainings: one page, newest first."""
+        params: dict[str, str | int] = {"limit": limit}
+        if status:
+            params["status"] = status
+        if cursor:
+            params["cursor"] = cursor
+        return TrainingList.model_validate(self._request("GET", "/v1/trainings", params=params).json())
+
+    def iter_trainings(self, *, status: str | None = None, page_size: int = 100) -> Iterator[Training]:
+        """Every training, newest first, following next_cursor."""
+        cursor: str | None = None
+        while True:
+            page = self.list_trainings(status=status, limit=page_size, cursor=cursor)
+            yield from page.data
+            if page.next_cursor is None:
+                return
+            cursor = page.next_cursor
+
+    def cancel(self, training_id: str) -> Training:
+        """POST /v1/trainings/{id}/cancel (idempotent)."""
+        return Training.model_validate(self._request("POST", f"/v1/trainings/{training_id}/cancel").json())
+
+    def models(self) -> BaseModelList:
+        """GET /v1/models."""
+        return BaseModelList.model_validate(self._request("GET", "/v1/models").json())
+
+    def wait(
+        self,
+        training_id: str,
+        *,
+        timeout: float | None = None,
+        on_update: Callable[[Training], None] | None = None,
+    ) -> Training:
+        """Poll until the training finishes and return it. The interval starts at poll_interval and
+        grows 1.5x up to poll_interval_max while nothing changes; a new status or step resets it."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        interval = self.poll_interval
+        seen: tuple[str, int] | None = None
+        while True:
+            training = self.get(training_id)
+            if on_update is not None:
+                on_update(training)
+            if is_finished(training):
+                return training
+            state = (training.status, training.progress.step)
+            interval = self.poll_interval if state != seen else min(interval * 1.5, self.poll_interval_max)
+            seen = state
+            if deadline is not None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise WaitTimeout(training, timeout or 0.0)
+                interval = min(interval, left)
+            self._sleep(interval)
+
+    def download(self, training: Training | str, folder: Path) -> list[Path]:
+        """Download every artifact into `folder`, verifying each sha256; returns the written paths.
+        A file is written under a temporary name and renamed only once its checksum matches."""
+        if isinstance(training, str):
+            training = self.get(training)
+        elif any(artifact.expires_at <= datetime.now(UTC) for artifact in training.artifacts):
+            training = self.get(training.id)  # fresh presigned links
+        folder.mkdir(parents=True, exist_ok=True)
+        return [self._download_artifact(artifact, folder) for artifact in training.artifacts]
+
+    def _download_artifact(self, artifact: Artifact, folder: Path) -> Path:
+        target = folder / Path(artifact.name).name  # never a path from the server
+        partial = target.with_name(target.name + ".part")
+        url = str(httpx.URL(self.base_url + "/").join(artifact.url))
+        digest = hashlib.sha256()
+        size = 0
+        response = self._send(self._downloads, "GET", url, stream=True)
+        try:
+            if response.is_error:
+                response.read()
+                raise _api_error(response)
+            with partial.open("wb") as file:
+                for chunk in response.iter_bytes():
+                    digest.update(chunk)
+                    size += len(chunk)
+                    file.write(chunk)
+        finally:
+            response.close()
+        if digest.hexdigest() != artifact.sha256 or size != artifact.bytes:
+            partial.unlink(missing_ok=True)
+            raise ChecksumMismatch(
+                f"{artifact.name}: got {size} bytes with sha256 {digest.hexdigest()}, "
+                f"expected {artifact.bytes} bytes with sha256 {artifact.sha256}"
+            )
+        partial.replace(target)
+        return target
