@@ -69,6 +69,29 @@ class IdempotencyKeyReused(Conflict):
     code = "idempotency_key_reused"
 
 
+class PaymentRequired(LeapError):
+    status_code = 402
+    code = "quota_exceeded"
+
+
+class Forbidden(LeapError):
+    status_code = 403
+    code = "forbidden"
+
+
+class RateLimited(LeapError):
+    status_code = 429
+    code = "rate_limited"
+
+    def __init__(self, message: str, *, retry_after_seconds: int, details: dict[str, Any] | None = None):
+        retry_after_seconds = max(int(retry_after_seconds), 1)
+        super().__init__(
+            message,
+            details={"retry_after_seconds": retry_after_seconds, **(details or {})},
+            headers={"Retry-After": str(retry_after_seconds)},
+        )
+
+
 class ServiceUnavailable(LeapError):
     status_code = 503
     code = "unavailable"
@@ -89,11 +112,14 @@ class ErrorResponse(BaseModel):
 _DESCRIPTIONS = {
     400: "Malformed request (e.g. a broken multipart body)",
     401: "Missing, malformed, unknown or revoked API key",
+    402: "The tenant's monthly quota of billable units would be exceeded",
+    403: "Not allowed for this credential",
     404: "No such resource for this tenant",
     409: "Conflicts with the current state",
     413: "Request or file too large",
     415: "Wrong content type",
     422: "A field or an image is invalid; `details` names it",
+    429: "Too many requests or concurrent trainings; retry after `Retry-After` seconds",
     503: "A dependency is unreachable",
 }
 

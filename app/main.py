@@ -11,6 +11,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 
+from app.admin.routes import router as admin_router
 from app.base_models.routes import router as base_models_router
 from app.db import create_database
 from app.errors import install_error_handlers
@@ -20,6 +21,7 @@ from app.outbox.service import bind_sender
 from app.settings import Settings, get_settings
 from app.storage import make_storage
 from app.storage.routes import router as files_router
+from app.tenants.rate_limit import make_rate_limiter
 from app.trainings.routes import router as trainings_router
 from models.registry import load_registry
 from workers.celery_app import create_celery, make_sender, queue_depth
@@ -52,6 +54,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.storage = storage
     app.state.registry = registry
     app.state.celery = celery
+    app.state.rate_limiter = make_rate_limiter(settings)
 
     metrics_registry = CollectorRegistry()
     metrics_registry.register(TrainingCollector(database.session_factory, lambda: queue_depth(celery, settings.queue)))
@@ -63,4 +66,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(base_models_router)
     app.include_router(files_router)
     app.include_router(health_router)
+    app.include_router(admin_router)
     return app

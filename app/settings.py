@@ -89,6 +89,17 @@ class Settings(BaseSettings):
     preload_models: bool = False
     """Workers load the registered base models at start instead of on first use."""
 
+    # Tenancy: rate and concurrency limits.
+    rate_limit_requests: int = 600
+    """Requests one API key may make per rate_limit_window; 0 turns the limit off."""
+    rate_limit_window: timedelta = timedelta(minutes=1)
+    rate_limit_redis_url: str | None = None
+    """Redis holding the rate-limit counters; default: the broker when it is Redis, else in-process."""
+    max_concurrent_trainings: int = 4
+    """Queued + running trainings per tenant (a tenant's own limit overrides it)."""
+    concurrency_retry_after: timedelta = timedelta(seconds=30)
+    """Retry-After sent with a 429 for too many concurrent trainings."""
+
     @field_validator(
         "artifact_url_ttl",
         "artifact_retention",
@@ -98,6 +109,8 @@ class Settings(BaseSettings):
         "retry_backoff_max",
         "sweeper_interval",
         "outbox_grace",
+        "rate_limit_window",
+        "concurrency_retry_after",
         mode="before",
     )
     @classmethod

@@ -13,6 +13,8 @@ from app.tenants.auth import PrincipalDep
 router = APIRouter(prefix="/v1/models", tags=["models"])
 
 
-@router.get("", response_model=BaseModelList, summary="Base models this server trains", responses=error_responses(401))
+@router.get(
+    "", response_model=BaseModelList, summary="Base models this server trains", responses=error_responses(401, 429)
+)
 def list_models(principal: PrincipalDep, registry: RegistryDep) -> BaseModelList:
     return BaseModelList(data=service.list_base_models(registry))

@@ -22,6 +22,15 @@ def get_tenant(session: Session, tenant_id: uuid.UUID) -> Tenant | None:
     return session.get(Tenant, tenant_id)
 
 
+def lock_tenant(session: Session, tenant_id: uuid.UUID) -> Tenant | None:
+    query = select(Tenant).where(Tenant.id == tenant_id).with_for_update()
+    return session.scalars(query.execution_options(populate_existing=True)).one_or_none()
+
+
+def get_api_key(session: Session, key_id: uuid.UUID) -> ApiKey | None:
+    return session.get(ApiKey, key_id)
+
+
 def list_tenants(session: Session) -> list[Tenant]:
     return list(session.scalars(select(Tenant).order_by(Tenant.created_at, Tenant.id)))
 

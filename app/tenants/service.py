@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import hmac
 import uuid
 from dataclasses import dataclass
+from typing import Any
 
+from pydantic import SecretStr
 from sqlalchemy.orm import Session
 
 from app.errors import NotFound, Unauthorized, ValidationFailed
@@ -21,12 +24,37 @@ class Principal:
     api_key_id: uuid.UUID
 
 
-def create_tenant(session: Session, *, name: str) -> Tenant:
-    """Create a tenant."""
+UPDATABLE_FIELDS = ("max_concurrent_trainings", "monthly_unit_limit", "stripe_customer_id")
+
+
+def create_tenant(session: Session, *, name: str, **limits: Any) -> Tenant:
+    """Create a tenant, optionally with its limits and Stripe customer."""
     name = name.strip()
     if not 1 <= len(name) <= 200:
         raise ValidationFailed("name: must be 1-200 characters", details={"field": "name"})
-    return repository.add_tenant(session, name=name)
+    tenant = repository.add_tenant(session, name=name)
+    return update_tenant(session, tenant_id=tenant.id, changes=limits) if limits else tenant
+
+
+def update_tenant(session: Session, *, tenant_id: uuid.UUID, changes: dict[str, Any]) -> Tenant:
+    """Set a tenant's limits or Stripe customer (a None value clears it)."""
+    tenant = get_tenant(session, tenant_id)
+    for field, value in changes.items():
+        if field not in UPDATABLE_FIELDS:
+            raise ValidationFailed(f"{field}: cannot be changed", details={"field": field})
+        if field in ("max_concurrent_trainings", "monthly_unit_limit") and value is not None and value < 0:
+            raise ValidationFailed(f"{field}: must be >= 0", details={"field": field})
+        setattr(tenant, field, value)
+    session.flush()
+    return tenant
+
+
+def lock_tenant(session: Session, tenant_id: uuid.UUID) -> Tenant:
+    """The tenant row, locked until the transaction ends (serialises its submissions' limit checks)."""
+    tenant = repository.lock_tenant(session, tenant_id)
+    if tenant is None:
+        raise NotFound(f"tenant {tenant_id} not found")
+    return tenant
 
 
 def list_tenants(session: Session) -> list[Tenant]:
@@ -82,3 +110,13 @@ def authenticate(session: Session, *, authorization: str | None) -> Principal:
     if api_key.revoked_at is not None:
         raise Unauthorized("API key has been revoked")
     return Principal(tenant_id=api_key.tenant_id, api_key_id=api_key.id)
+
+
+def authenticate_admin(*, authorization: str | None, admin_token: SecretStr) -> None:
+    """Accept only `Authorization: Bearer <LEAP_ADMIN_TOKEN>`, compared in constant time."""
+    if not authorization:
+        raise Unauthorized("missing Authorization header; send 'Authorization: Bearer <admin token>'")
+    scheme, _, value = authorization.partition(" ")
+    expected = admin_token.get_secret_value().encode()
+    if scheme.lower() != "bearer" or not hmac.compare_digest(value.strip().encode(), expected):
+        raise Unauthorized("invalid admin token")

@@ -58,6 +58,12 @@ def list_for_tenant(
     return list(session.scalars(query))
 
 
+def count_active(session: Session, *, tenant_id: uuid.UUID) -> int:
+    """The tenant's queued and running trainings."""
+    query = select(func.count()).where(Training.tenant_id == tenant_id, Training.status.in_(("queued", "running")))
+    return int(session.scalar(query) or 0)
+
+
 def artifacts_for(session: Session, training_ids: list[uuid.UUID]) -> dict[uuid.UUID, list[Artifact]]:
     """Artifacts of the given trainings, by training id."""
     if not training_ids:

@@ -43,7 +43,7 @@ _request_body = {
                 },
             },
         },
-        **error_responses(400, 401, 409, 413, 415, 422, 503),
+        **error_responses(400, 401, 409, 413, 415, 422, 429, 503),
     },
 )
 def create_training(
@@ -84,7 +84,7 @@ def create_training(
     "",
     response_model=schemas.TrainingList,
     summary="List your trainings, newest first",
-    responses=error_responses(401, 422),
+    responses=error_responses(401, 422, 429),
 )
 def list_trainings(
     principal: PrincipalDep,
@@ -104,7 +104,7 @@ def list_trainings(
     "/{training_id}",
     response_model=schemas.Training,
     summary="Get a training",
-    responses=error_responses(401, 404),
+    responses=error_responses(401, 404, 429),
 )
 def get_training(
     training_id: str, principal: PrincipalDep, session: SessionDep, links: ArtifactLinksDep
@@ -117,7 +117,7 @@ def get_training(
     "/{training_id}/cancel",
     response_model=schemas.Training,
     summary="Cancel a training (idempotent)",
-    responses=error_responses(401, 404),
+    responses=error_responses(401, 404, 429),
 )
 def cancel_training(
     training_id: str, principal: PrincipalDep, session: SessionDep, links: ArtifactLinksDep

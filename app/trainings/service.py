@@ -14,12 +14,13 @@ from pydantic import ValidationError
 from sqlalchemy.orm import Session
 
 from app.db import on_rollback
-from app.errors import IdempotencyKeyReused, NotFound, ServiceUnavailable, ValidationFailed
+from app.errors import IdempotencyKeyReused, NotFound, RateLimited, ServiceUnavailable, ValidationFailed
 from app.orm import Artifact, Training
 from app.orm.base import utcnow
 from app.outbox import service as outbox
 from app.settings import Settings
 from app.storage import Storage, StorageError
+from app.tenants import service as tenants
 from app.tenants.service import Principal
 from app.trainings import repository, schemas, uploads
 from models.registry import Registry
@@ -144,6 +145,7 @@ def create_training(
 
     base_model_id = form.base_model or registry.default_id
     parameters = form.hyperparameters()
+    _check_concurrency(session, principal=principal, settings=settings)
     try:
         build_config(
             base_model=base_model_id,
@@ -214,6 +216,25 @@ def create_training(
     training = repository.get(session, training_id)
     assert training is not None
     return training, True
+
+
+def _check_concurrency(session: Session, *, principal: Principal, settings: Settings) -> None:
+    """429 when the tenant already has its limit of queued + running trainings.
+
+    The tenant row is locked for the rest of the transaction so that concurrent submissions
+    are counted one after another."""
+    tenant = tenants.lock_tenant(session, principal.tenant_id)
+    limit = tenant.max_concurrent_trainings
+    if limit is None:
+        limit = settings.max_concurrent_trainings
+    active = repository.count_active(session, tenant_id=principal.tenant_id)
+    if active >= limit:
+        raise RateLimited(
+            f"this tenant already has {active} queued or running trainings (limit {limit}); "
+            "retry once one finishes",
+            retry_after_seconds=int(settings.concurrency_retry_after.total_seconds()),
+            details={"active_trainings": active, "limit": limit},
+        )
 
 
 def _parse_id(training_id: str) -> uuid.UUID:
@@ -306,6 +327,7 @@ def _view(training: Training, artifacts: list[Artifact], links: ArtifactLinks) -
         mode=training.mode,
         init=training.init,
         init_used=training.init_used,
+        init_note=training.init_note,
         token=training.token,
         parameters=training.parameters,
         image_count=training.image_count,

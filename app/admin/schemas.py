@@ -1,0 +1,61 @@
+"""Request and response models of the admin API."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class TenantLimits(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    max_concurrent_trainings: int | None = Field(
+        None, ge=0, description="Queued + running trainings at once; null: the server default."
+    )
+    monthly_unit_limit: int | None = Field(None, ge=0, description="Billable units per UTC month; null: unlimited.")
+    stripe_customer_id: str | None = Field(None, max_length=255, description="Stripe customer billed for usage.")
+
+
+class TenantCreate(TenantLimits):
+    name: str = Field(min_length=1, max_length=200)
+
+
+class TenantUpdate(TenantLimits):
+    """Only the fields sent are changed; null clears one."""
+
+
+class Tenant(BaseModel):
+    id: str
+    name: str
+    created_at: datetime
+    max_concurrent_trainings: int | None
+    monthly_unit_limit: int | None
+    stripe_customer_id: str | None
+
+
+class TenantList(BaseModel):
+    data: list[Tenant]
+
+
+class ApiKeyCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field("", max_length=200, description="A label for the key.")
+
+
+class ApiKey(BaseModel):
+    id: str
+    tenant_id: str
+    name: str
+    prefix: str = Field(description="Public part: the key reads leap_live_<prefix>_<secret>.")
+    created_at: datetime
+    revoked_at: datetime | None
+
+
+class ApiKeyCreated(ApiKey):
+    key: str = Field(description="The full key. Shown only now: it is stored as a hash.")
+
+
+class ApiKeyList(BaseModel):
+    data: list[ApiKey]
