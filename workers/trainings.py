@@ -268,6 +268,7 @@ def _store_result(
                 artifacts=stored,
                 usage=usage,
                 init_used=result.init_used,
+                init_note=result.init_note,
             )
         else:
             recorded = False

@@ -46,6 +46,8 @@ class Training(Base):
     mode: Mapped[str] = mapped_column(String(32))
     init: Mapped[str] = mapped_column(String(16))
     init_used: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    init_note: Mapped[str | None] = mapped_column(Text, nullable=True)
+    """Why init_used differs from init (e.g. no booster for the base model), from the trainer."""
     token: Mapped[str] = mapped_column(String(40))
     parameters: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
     """Hyperparameters the caller set (steps, learning rates, ...); the rest are the model's defaults."""

@@ -132,6 +132,7 @@ def complete(
     artifacts: list[StoredArtifact],
     usage: UsageRecord,
     init_used: str,
+    init_note: str = "",
 ) -> bool:
     """running -> succeeded with its artifacts and usage, in the caller's one transaction."""
     now = utcnow()
@@ -143,6 +144,7 @@ def complete(
             "status": "succeeded",
             "finished_at": now,
             "init_used": init_used,
+            "init_note": init_note or None,
             "progress_step": usage.steps,
             "progress_total": usage.steps,
             "progress_eta_s": 0.0,
