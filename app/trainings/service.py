@@ -328,7 +328,6 @@ def _view(training: Training, artifacts: list[Artifact], links: ArtifactLinks) -
         init=training.init,
         init_used=training.init_used,
         init_note=training.init_note,
-        init_note=training.init_note,
         token=training.token,
         parameters=training.parameters,
         image_count=training.image_count,
