@@ -23,6 +23,8 @@ from app.storage import make_storage
 from app.storage.routes import router as files_router
 from app.tenants.rate_limit import make_rate_limiter
 from app.trainings.routes import router as trainings_router
+from app.usage.routes import router as usage_router
+from app.webhooks.routes import router as webhooks_router
 from models.registry import load_registry
 from workers.celery_app import create_celery, make_sender, queue_depth
 
@@ -66,5 +68,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(base_models_router)
     app.include_router(files_router)
     app.include_router(health_router)
+    app.include_router(usage_router)
+    app.include_router(webhooks_router)
     app.include_router(admin_router)
     return app

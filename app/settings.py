@@ -7,11 +7,22 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import SecretStr, field_validator, model_validator
+from pydantic import BaseModel, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEV_ADMIN_TOKEN = "dev-admin-token"
 DEV_SIGNING_SECRET = "dev-signing-secret"
+
+
+class PriceTable(BaseModel):
+    """Billable units of a training: ceil(steps / 1000 x per-mode rate x multipliers + images x per-image)."""
+
+    units_per_1000_steps: dict[str, float] = {"pivotal": 10.0, "textual_inversion": 5.0, "lora": 8.0}
+    units_per_image: float = 0.0
+    base_model_multiplier: dict[str, float] = {}
+    """Per base-model id; missing: 1."""
+    device_class_multiplier: dict[str, float] = {}
+    """Per device class (gpu, cpu, mps); missing: 1. Estimates assume 1."""
 
 
 class Settings(BaseSettings):
@@ -95,10 +106,36 @@ class Settings(BaseSettings):
     rate_limit_window: timedelta = timedelta(minutes=1)
     rate_limit_redis_url: str | None = None
     """Redis holding the rate-limit counters; default: the broker when it is Redis, else in-process."""
-    max_concurrent_trainings: int = 4
+    max_concurrent_trainings: int = 10
     """Queued + running trainings per tenant (a tenant's own limit overrides it)."""
     concurrency_retry_after: timedelta = timedelta(seconds=30)
     """Retry-After sent with a 429 for too many concurrent trainings."""
+
+    # Webhooks.
+    webhook_retry_schedule: list[timedelta] = [
+        timedelta(seconds=5),
+        timedelta(minutes=5),
+        timedelta(minutes=30),
+        timedelta(hours=2),
+        timedelta(hours=5),
+        timedelta(hours=10),
+        timedelta(hours=10),
+    ]
+    """Waits before each retry of a failed delivery (JSON list of seconds); +-10% jitter."""
+    webhook_timeout: timedelta = timedelta(seconds=10)
+    """Whole request to a receiver."""
+    webhook_response_bytes: int = 1024
+    """Kept of each receiver response, for the attempts log."""
+    webhook_secret_grace: timedelta = timedelta(hours=24)
+    """After a secret rotation the old secret also signs for this long."""
+    webhook_disable_after_failures: int = 50
+    """Consecutive failed attempts after which an endpoint is disabled (its owner sees why)."""
+    webhook_allowed_networks: list[str] = []
+    """CIDRs exempt from the SSRF guard (tests, on-premises receivers), e.g. ["10.1.0.0/16"]."""
+
+    # Usage metering.
+    price_table: PriceTable = PriceTable()
+    """JSON, e.g. {"units_per_1000_steps": {"pivotal": 10}, "units_per_image": 0.1}."""
 
     @field_validator(
         "artifact_url_ttl",
@@ -111,6 +148,8 @@ class Settings(BaseSettings):
         "outbox_grace",
         "rate_limit_window",
         "concurrency_retry_after",
+        "webhook_timeout",
+        "webhook_secret_grace",
         mode="before",
     )
     @classmethod

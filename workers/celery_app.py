@@ -34,7 +34,11 @@ def broker_options(settings: Settings) -> dict[str, Any]:
 
 def create_celery(settings: Settings) -> Celery:
     """A Celery app for these settings (the API uses it only to send)."""
-    app = Celery("leap", broker=settings.resolved_broker_url, include=["workers.trainings", "workers.sweeper"])
+    app = Celery(
+        "leap",
+        broker=settings.resolved_broker_url,
+        include=["workers.trainings", "workers.sweeper", "workers.webhooks", "workers.usage"],
+    )
     app.conf.update(
         broker_transport_options=broker_options(settings),
         broker_connection_retry_on_startup=True,
@@ -55,6 +59,8 @@ def create_celery(settings: Settings) -> Celery:
         task_routes={
             "trainings.*": {"queue": settings.queue},
             "sweeper.*": {"queue": settings.maintenance_queue},
+            "webhooks.*": {"queue": settings.maintenance_queue},
+            "billing.*": {"queue": settings.maintenance_queue},
         },
         worker_send_task_events=False,
         worker_hijack_root_logger=False,

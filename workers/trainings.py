@@ -172,7 +172,9 @@ def _execute(runtime: WorkerRuntime, claimed: lifecycle.ClaimedTraining, work_di
         if heartbeat.lost.is_set():
             return
         with runtime.unit_of_work() as session:
-            lifecycle.cancel(session, training_id=claimed.id, worker_id=worker_id, usage=usage_so_far())
+            lifecycle.cancel(
+                session, training_id=claimed.id, worker_id=worker_id, settings=settings, usage=usage_so_far()
+            )
         logger.info("training %s: canceled", claimed.id)
         return
     except TrainerError as error:
@@ -183,6 +185,7 @@ def _execute(runtime: WorkerRuntime, claimed: lifecycle.ClaimedTraining, work_di
                 worker_id=worker_id,
                 code=error.code,
                 message=error.message,
+                settings=settings,
                 usage=usage_so_far() if heartbeat.last_step else None,
             )
         logger.info("training %s: failed with %s: %s", claimed.id, error.code, error.message)
@@ -199,6 +202,7 @@ def _execute(runtime: WorkerRuntime, claimed: lifecycle.ClaimedTraining, work_di
                 worker_id=worker_id,
                 code="internal",
                 message=f"internal error ({type(error).__name__})",
+                settings=settings,
                 usage=usage_so_far(),
             )
         return
@@ -258,7 +262,9 @@ def _store_result(
             progress=None,
         )
         if state.held and state.cancel_requested:
-            lifecycle.cancel(session, training_id=claimed.id, worker_id=runtime.worker_id, usage=usage)
+            lifecycle.cancel(
+                session, training_id=claimed.id, worker_id=runtime.worker_id, settings=runtime.settings, usage=usage
+            )
             recorded = False
         elif state.held:
             recorded = lifecycle.complete(
@@ -267,6 +273,7 @@ def _store_result(
                 worker_id=runtime.worker_id,
                 artifacts=stored,
                 usage=usage,
+                settings=runtime.settings,
                 init_used=result.init_used,
                 init_note=result.init_note,
             )

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import uuid
+from datetime import datetime
+from typing import Annotated, Literal
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Query, Response
 
 from app.admin import schemas
 from app.errors import NotFound, error_responses
 from app.orm import ApiKey, Tenant
 from app.tenants import service as tenants
 from app.tenants.auth import AdminDep, SessionDep
+from app.usage import schemas as usage_schemas
+from app.usage import service as usage
 
 router = APIRouter(prefix="/v1/admin", tags=["admin"])
 
@@ -110,3 +114,26 @@ def list_keys(tenant_id: str, _: AdminDep, session: SessionDep) -> schemas.ApiKe
 )
 def revoke_key(key_id: str, _: AdminDep, session: SessionDep) -> schemas.ApiKey:
     return key_view(tenants.revoke_api_key(session, key_id=_id(key_id, "API key")))
+
+
+@router.get(
+    "/usage",
+    response_model=usage_schemas.UsageExport,
+    summary="Export usage records of any tenant and period (JSON or CSV)",
+    responses={
+        200: {"content": {"text/csv": {"schema": {"type": "string"}}}, "description": "The records"},
+        **error_responses(401, 404, 422),
+    },
+)
+def export_usage(
+    _: AdminDep,
+    session: SessionDep,
+    start: Annotated[datetime, Query(description="Inclusive, ISO 8601")],
+    end: Annotated[datetime, Query(description="Exclusive, ISO 8601")],
+    tenant_id: Annotated[str | None, Query(description="One tenant; default: all")] = None,
+    format: Annotated[Literal["json", "csv"], Query(description="json or csv")] = "json",
+) -> usage_schemas.UsageExport | Response:
+    records = usage.export(session, tenant_id=_id(tenant_id, "tenant") if tenant_id else None, start=start, end=end)
+    if format == "csv":
+        return Response(usage.to_csv(records), media_type="text/csv")
+    return usage_schemas.UsageExport(data=records)

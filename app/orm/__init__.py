@@ -6,5 +6,19 @@ from app.orm.base import Base
 from app.orm.outbox_message import OutboxMessage
 from app.orm.tenant import Tenant
 from app.orm.training import Training
+from app.orm.usage_record import UsageRecord
+from app.orm.webhook import WebhookAttempt, WebhookDelivery, WebhookEndpoint, WebhookEvent
 
-__all__ = ["ApiKey", "Artifact", "Base", "OutboxMessage", "Tenant", "Training"]
+__all__ = [
+    "ApiKey",
+    "Artifact",
+    "Base",
+    "OutboxMessage",
+    "Tenant",
+    "Training",
+    "UsageRecord",
+    "WebhookAttempt",
+    "WebhookDelivery",
+    "WebhookEndpoint",
+    "WebhookEvent",
+]

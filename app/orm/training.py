@@ -75,6 +75,8 @@ class Training(Base):
     usage_steps: Mapped[int | None] = mapped_column(Integer, nullable=True)
     usage_compute_seconds: Mapped[float | None] = mapped_column(Float, nullable=True)
     usage_device: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    estimated_units: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    """Billable units estimated at submission (counted against the monthly quota until usage is recorded)."""
     queue_seconds: Mapped[float | None] = mapped_column(Float, nullable=True)
     """Wait from creation to the first claim."""
 

@@ -21,7 +21,7 @@ from app.orm.base import utcnow
 from app.outbox import service as outbox
 from app.settings import Settings
 from app.storage import Storage
-from app.trainings import repository
+from app.trainings import events, repository
 from app.trainings.service import RUN_TASK, training_prefix
 
 logger = logging.getLogger(__name__)
@@ -78,6 +78,7 @@ def claim(session: Session, *, training_id: uuid.UUID, worker_id: str, settings:
     )
     if training is None:
         return None
+    events.started(session, training_id=training.id, settings=settings)
     if training.queue_seconds is None:
         training.queue_seconds = max((now - training.created_at).total_seconds(), 0.0)
     return ClaimedTraining(
@@ -131,6 +132,7 @@ def complete(
     worker_id: str,
     artifacts: list[StoredArtifact],
     usage: UsageRecord,
+    settings: Settings,
     init_used: str,
     init_note: str = "",
 ) -> bool:
@@ -170,6 +172,7 @@ def complete(
                 for item in artifacts
             ],
         )
+        events.finished(session, training_id=training_id, settings=settings)
     return finished
 
 
@@ -180,10 +183,11 @@ def fail(
     worker_id: str,
     code: str,
     message: str,
+    settings: Settings,
     usage: UsageRecord | None = None,
 ) -> bool:
     """running -> failed with an error code; no artifacts are listed."""
-    return repository.finish(
+    finished = repository.finish(
         session,
         training_id=training_id,
         worker_id=worker_id,
@@ -195,11 +199,16 @@ def fail(
             **_usage_values(usage),
         },
     )
+    if finished:
+        events.finished(session, training_id=training_id, settings=settings)
+    return finished
 
 
-def cancel(session: Session, *, training_id: uuid.UUID, worker_id: str, usage: UsageRecord | None = None) -> bool:
+def cancel(
+    session: Session, *, training_id: uuid.UUID, worker_id: str, settings: Settings, usage: UsageRecord | None = None
+) -> bool:
     """running -> canceled, once the worker has stopped."""
-    return repository.finish(
+    finished = repository.finish(
         session,
         training_id=training_id,
         worker_id=worker_id,
@@ -211,6 +220,9 @@ def cancel(session: Session, *, training_id: uuid.UUID, worker_id: str, usage: U
             **_usage_values(usage),
         },
     )
+    if finished:
+        events.finished(session, training_id=training_id, settings=settings)
+    return finished
 
 
 def retry_delay(attempts: int, settings: Settings) -> timedelta:
@@ -237,6 +249,7 @@ def retry_or_fail(
             worker_id=worker_id,
             code="internal",
             message=f"failed after {attempts} attempts: {message}",
+            settings=settings,
         )
         return "failed"
     if not repository.requeue(
@@ -281,6 +294,8 @@ def sweep(session: Session, *, settings: Settings, storage: Storage, send: outbo
         message=f"the worker running it stopped renewing its lease {settings.max_attempts} times "
         "(crashed or lost its connection)",
     )
+    for training_id in [*report.canceled, *report.failed]:
+        events.finished(session, training_id=training_id, settings=settings)
     for training in repository.lock_past_retention(
         session, finished_before=now - settings.artifact_retention, limit=100
     ):

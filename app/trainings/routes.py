@@ -43,7 +43,7 @@ _request_body = {
                 },
             },
         },
-        **error_responses(400, 401, 409, 413, 415, 422, 429, 503),
+        **error_responses(400, 401, 402, 409, 413, 415, 422, 429, 503),
     },
 )
 def create_training(
@@ -120,7 +120,7 @@ def get_training(
     responses=error_responses(401, 404, 429),
 )
 def cancel_training(
-    training_id: str, principal: PrincipalDep, session: SessionDep, links: ArtifactLinksDep
+    training_id: str, principal: PrincipalDep, session: SessionDep, links: ArtifactLinksDep, settings: SettingsDep
 ) -> schemas.Training:
-    training = service.cancel_training(session, principal=principal, training_id=training_id)
+    training = service.cancel_training(session, principal=principal, training_id=training_id, settings=settings)
     return service.present(session, [training], links=links)[0]

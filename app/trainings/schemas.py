@@ -118,6 +118,10 @@ class Training(BaseModel):
     token: str
     parameters: dict[str, Any] = Field(description="Hyperparameters given at submission.")
     image_count: int
+    estimated_units: int | None = Field(
+        description="Billable units this training is estimated to cost, known at submission "
+        "(GET /v1/usage has the recorded ones)."
+    )
     progress: Progress
     error: TrainingError | None
     usage: Usage | None

@@ -15,16 +15,19 @@ from sqlalchemy.orm import Session
 
 from app.db import on_rollback
 from app.errors import IdempotencyKeyReused, NotFound, RateLimited, ServiceUnavailable, ValidationFailed
-from app.orm import Artifact, Training
+from app.orm import Artifact, Tenant, Training
 from app.orm.base import utcnow
 from app.outbox import service as outbox
 from app.settings import Settings
 from app.storage import Storage, StorageError
 from app.tenants import service as tenants
 from app.tenants.service import Principal
-from app.trainings import repository, schemas, uploads
+from app.trainings import events, repository, schemas, uploads
+from app.usage import service as usage
+from app.webhooks import service as webhooks
 from models.registry import Registry
 from models.trainer.config import TrainConfig
+from models.trainer.defaults import with_defaults
 from models.trainer.errors import InvalidConfigError
 
 RUN_TASK = "trainings.run"
@@ -77,6 +80,8 @@ def _parse_form(fields: dict[str, str], registry: Registry, settings: Settings) 
         )
     if form.steps is not None and form.steps > settings.max_steps:
         raise ValidationFailed(f"steps: at most {settings.max_steps} on this server", details={"field": "steps"})
+    if form.webhook_url is not None:
+        webhooks.check_url(form.webhook_url, settings)
     if form.metadata is not None and len(json.dumps(form.metadata)) > settings.max_metadata_bytes:
         raise ValidationFailed(f"metadata: over {settings.max_metadata_bytes} bytes", details={"field": "metadata"})
     return form
@@ -145,9 +150,9 @@ def create_training(
 
     base_model_id = form.base_model or registry.default_id
     parameters = form.hyperparameters()
-    _check_concurrency(session, principal=principal, settings=settings)
+    tenant = _check_concurrency(session, principal=principal, settings=settings)
     try:
-        build_config(
+        config = build_config(
             base_model=base_model_id,
             token=form.token,
             mode=form.mode,
@@ -158,6 +163,16 @@ def create_training(
     except InvalidConfigError as error:
         raise ValidationFailed(str(error), details={"field": error.field}) from error
     uploads.validate_images(sources, settings)
+    estimated_units = usage.estimate_units(
+        settings,
+        mode=form.mode,
+        base_model=base_model_id,
+        steps=with_defaults(config, registry).steps or 0,
+        images=len(sources),
+    )
+    usage.check_quota(
+        session, tenant_id=principal.tenant_id, monthly_unit_limit=tenant.monthly_unit_limit, estimated=estimated_units
+    )
 
     training_id = uuid.uuid4()
 
@@ -203,6 +218,7 @@ def create_training(
             "progress_step": 0,
             "attempts": 0,
             "created_at": now,
+            "estimated_units": estimated_units,
         },
     )
     if not created:
@@ -213,12 +229,13 @@ def create_training(
             raise RuntimeError("idempotency conflict without a row")
         return _replay(existing, fingerprint), False
     outbox.enqueue(session, task=RUN_TASK, args=[str(training_id)], queue=settings.queue)
+    events.queued(session, training_id=training_id, settings=settings)
     training = repository.get(session, training_id)
     assert training is not None
     return training, True
 
 
-def _check_concurrency(session: Session, *, principal: Principal, settings: Settings) -> None:
+def _check_concurrency(session: Session, *, principal: Principal, settings: Settings) -> Tenant:
     """429 when the tenant already has its limit of queued + running trainings.
 
     The tenant row is locked for the rest of the transaction so that concurrent submissions
@@ -235,6 +252,7 @@ def _check_concurrency(session: Session, *, principal: Principal, settings: Sett
             retry_after_seconds=int(settings.concurrency_retry_after.total_seconds()),
             details={"active_trainings": active, "limit": limit},
         )
+    return tenant
 
 
 def _parse_id(training_id: str) -> uuid.UUID:
@@ -278,11 +296,13 @@ def list_trainings(
     return page, (_encode_cursor(page[-1]) if len(rows) > limit else None)
 
 
-def cancel_training(session: Session, *, principal: Principal, training_id: str) -> Training:
+def cancel_training(session: Session, *, principal: Principal, training_id: str, settings: Settings) -> Training:
     """Cancel a queued training now, or ask the worker to stop a running one; idempotent."""
     training = get_training(session, principal=principal, training_id=training_id)
     now = utcnow()
-    if not repository.cancel_if_queued(session, training_id=training.id, now=now):
+    if repository.cancel_if_queued(session, training_id=training.id, now=now):
+        events.finished(session, training_id=training.id, settings=settings)
+    else:
         repository.request_cancel_if_running(session, training_id=training.id, now=now)
     refreshed = repository.get(session, training.id)
     assert refreshed is not None
@@ -331,6 +351,7 @@ def _view(training: Training, artifacts: list[Artifact], links: ArtifactLinks) -
         token=training.token,
         parameters=training.parameters,
         image_count=training.image_count,
+        estimated_units=training.estimated_units,
         progress=schemas.Progress(
             step=training.progress_step,
             total=training.progress_total,

@@ -3,6 +3,7 @@ database, moto's S3 server as a subprocess, the API in-process and real Celery w
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import secrets
@@ -139,6 +140,8 @@ def settings_env(settings: Settings) -> dict[str, str]:
             continue
         if isinstance(value, timedelta):
             value = value.total_seconds()
+        elif isinstance(value, dict | list):
+            value = json.dumps(value, default=lambda item: item.total_seconds())
         elif hasattr(value, "get_secret_value"):
             value = value.get_secret_value()
         env[f"LEAP_{name.upper()}"] = str(value)

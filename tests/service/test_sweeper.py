@@ -118,6 +118,7 @@ def test_artifacts_past_retention_are_deleted(client, database, settings):
                 )
             ],
             usage=lifecycle.UsageRecord(steps=4, compute_seconds=1.0, device="cpu"),
+            settings=settings,
             init_used="token",
         )
     assert len(client.get(f"/v1/trainings/{training_id}", headers=tenant.headers).json()["artifacts"]) == 1

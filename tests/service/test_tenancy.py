@@ -122,7 +122,13 @@ def _owned_resources(client, database) -> dict:  # type: ignore[no-untyped-def]
     """One of each tenant-owned resource of the victim tenant, keyed by path parameter."""
     victim = make_tenant(database, name="victim")
     ids: dict = {"_headers": victim.headers}
-    ids["training_id"] = submit(client, victim).json()["id"]
+    endpoint = client.post(
+        "/v1/webhook-endpoints", json={"url": "https://hooks.example.com/victim"}, headers=victim.headers
+    ).json()
+    ids["endpoint_id"] = endpoint["id"]
+    ids["training_id"] = submit(client, victim).json()["id"]  # training.queued: a delivery to the endpoint
+    deliveries = client.get("/v1/webhook-deliveries", headers=victim.headers).json()["data"]
+    ids["delivery_id"] = deliveries[0]["id"]
     return ids
 
 
@@ -141,6 +147,10 @@ def test_every_tenant_endpoint_answers_404_for_another_tenants_ids(client, datab
         response = client.request(method, path, headers=intruder.headers, json={})
         assert response.status_code == 404, (method, path, response.text)
         assert response.json()["error"]["code"] == "not_found"
+    # Lists filtered by another tenant's ids find nothing either.
+    for params in ({"endpoint_id": victim_ids["endpoint_id"]}, {"training_id": victim_ids["training_id"]}):
+        response = client.get("/v1/webhook-deliveries", params=params, headers=intruder.headers)
+        assert response.status_code == 404 or response.json()["data"] == [], response.text
     # And the owner still sees them (the ids are real).
     assert client.get(f"/v1/trainings/{victim_ids['training_id']}", headers=victim_ids["_headers"]).status_code == 200
 

@@ -1,0 +1,1 @@
+"""Usage metering: the ledger of finished trainings, reports, exports and monthly quotas."""

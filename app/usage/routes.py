@@ -1,0 +1,30 @@
+"""Usage endpoint for tenants: thin wrapper over app.usage.service."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated
+
+from fastapi import APIRouter, Query
+
+from app.errors import error_responses
+from app.tenants.auth import PrincipalDep, SessionDep
+from app.usage import schemas, service
+
+router = APIRouter(prefix="/v1/usage", tags=["usage"])
+
+
+@router.get(
+    "",
+    response_model=schemas.UsageReport,
+    summary="Your usage in a period, grouped by day or base model",
+    responses=error_responses(401, 422, 429),
+)
+def get_usage(
+    principal: PrincipalDep,
+    session: SessionDep,
+    start: Annotated[datetime | None, Query(description="Inclusive, ISO 8601; default: this UTC month's start")] = None,
+    end: Annotated[datetime | None, Query(description="Exclusive, ISO 8601; default: start of next UTC month")] = None,
+    group_by: Annotated[schemas.GroupBy, Query(description="day (UTC) or base_model")] = "day",
+) -> schemas.UsageReport:
+    return service.report(session, tenant_id=principal.tenant_id, start=start, end=end, group_by=group_by)

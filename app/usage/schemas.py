@@ -1,0 +1,53 @@
+"""Response models of the usage API and the admin export."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+GroupBy = Literal["day", "base_model"]
+
+
+class UsageRecord(BaseModel):
+    id: str = Field(description="Also the idempotency identifier sent to billing sinks.")
+    tenant_id: str
+    training_id: str
+    status: str
+    base_model: str
+    mode: str
+    device: str
+    device_class: str
+    steps: int
+    images: int
+    compute_seconds: float
+    billable_units: int
+    started_at: datetime
+    finished_at: datetime
+
+
+class UsageTotals(BaseModel):
+    trainings: int = 0
+    steps: int = 0
+    images: int = 0
+    compute_seconds: float = 0.0
+    billable_units: int = 0
+
+
+class UsageGroup(UsageTotals):
+    key: str = Field(description="The day (YYYY-MM-DD, UTC) or the base model id.")
+
+
+class UsageReport(BaseModel):
+    start: datetime
+    end: datetime
+    group_by: GroupBy
+    groups: list[UsageGroup]
+    total: UsageTotals
+    monthly_unit_limit: int | None = Field(description="This tenant's monthly quota; null: unlimited.")
+    month_to_date_units: int = Field(description="Billable units recorded this UTC month.")
+
+
+class UsageExport(BaseModel):
+    data: list[UsageRecord]

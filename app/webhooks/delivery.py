@@ -1,0 +1,123 @@
+"""One attempt of a webhook delivery (the worker task's body): sign, send, record, schedule the retry.
+
+Runs in the task's transaction while holding the delivery's row lock, so a duplicate message
+finds the row locked or no longer due and does nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import uuid
+from datetime import datetime, timedelta
+
+from sqlalchemy.orm import Session
+
+from app.orm import WebhookAttempt, WebhookDelivery, WebhookEndpoint
+from app.orm.base import utcnow
+from app.outbox import service as outbox
+from app.settings import Settings
+from app.webhooks import repository, sender, service, signing, ssrf
+
+logger = logging.getLogger(__name__)
+
+# Statuses that say "try again later" rather than "this request is wrong".
+RETRYABLE_4XX = {408, 409, 425, 429}
+EARLY_TOLERANCE = timedelta(seconds=1)
+
+
+def retry_delay(attempt_count: int, settings: Settings) -> timedelta | None:
+    """Wait before the next attempt after `attempt_count` failures; None when retries are used up."""
+    schedule = settings.webhook_retry_schedule
+    if attempt_count > len(schedule):
+        return None
+    return schedule[attempt_count - 1] * random.uniform(0.9, 1.1)
+
+
+def _final(outcome: sender.Outcome) -> bool:
+    """Not worth retrying: the URL is refused, or the receiver rejected the request itself."""
+    code = outcome.status_code
+    return outcome.permanent or (code is not None and 400 <= code < 500 and code not in RETRYABLE_4XX)
+
+
+def _disable(endpoint: WebhookEndpoint, reason: str, now: datetime) -> None:
+    endpoint.enabled, endpoint.disabled_reason, endpoint.disabled_at = False, reason, now
+    logger.warning("webhook endpoint %s disabled: %s", endpoint.id, reason)
+
+
+def attempt(
+    session: Session, *, delivery_id: uuid.UUID, settings: Settings, resolver: ssrf.Resolver = ssrf.system_resolver
+) -> str:
+    """Make one attempt if the delivery is pending and due; returns what happened."""
+    now = utcnow()
+    delivery = repository.lock_delivery(session, delivery_id)
+    if delivery is None:
+        return "locked-or-missing"
+    if delivery.status != "pending":
+        return "done"
+    if delivery.next_attempt_at is not None and delivery.next_attempt_at > now + EARLY_TOLERANCE:
+        return "not-due"  # an early duplicate; the outbox sends the scheduled one
+    endpoint = repository.lock_endpoint(session, delivery.endpoint_id) if delivery.endpoint_id else None
+    if delivery.endpoint_id is not None and (endpoint is None or not endpoint.enabled):
+        _complete(delivery, "canceled", now, error="endpoint disabled or deleted")
+        return "canceled"
+    event = repository.get_event(session, delivery.event_id)
+    assert event is not None
+    body = service.body_of(event)
+    secrets = service.signing_secrets(session, delivery, now=now)
+    headers = signing.headers(secrets, message_id=event.id, timestamp=int(now.timestamp()), body=body)
+    outcome = sender.post(
+        delivery.url,
+        body=body,
+        headers=headers,
+        timeout=settings.webhook_timeout,
+        response_bytes=settings.webhook_response_bytes,
+        allowed_networks=settings.webhook_allowed_networks,
+        resolver=resolver,
+    )
+    repository.add_attempt(
+        session,
+        WebhookAttempt(
+            delivery_id=delivery.id,
+            attempted_at=now,
+            success=outcome.success,
+            status_code=outcome.status_code,
+            latency_ms=outcome.latency_ms,
+            response_body=outcome.response_body,
+            error=outcome.error,
+        ),
+    )
+    delivery.attempt_count += 1
+    delivery.last_status_code = outcome.status_code
+    delivery.last_error = outcome.error
+    if outcome.success:
+        _complete(delivery, "succeeded", now)
+        if endpoint is not None:
+            endpoint.consecutive_failures = 0
+        return "succeeded"
+    if endpoint is not None:
+        endpoint.consecutive_failures += 1
+        if outcome.status_code == 410:
+            _disable(endpoint, "the receiver answered 410 Gone", now)
+        elif endpoint.consecutive_failures >= settings.webhook_disable_after_failures:
+            _disable(
+                endpoint,
+                f"{endpoint.consecutive_failures} consecutive failed attempts "
+                f"(last: {outcome.status_code or outcome.error})",
+                now,
+            )
+    delay = None if outcome.status_code == 410 or _final(outcome) else retry_delay(delivery.attempt_count, settings)
+    if delay is None or (endpoint is not None and not endpoint.enabled):
+        _complete(delivery, "failed", now)
+        return "failed"
+    delivery.next_attempt_at = now + delay
+    outbox.enqueue(
+        session, task=service.DELIVER_TASK, args=[str(delivery.id)], queue=settings.maintenance_queue, delay=delay
+    )
+    return "retrying"
+
+
+def _complete(delivery: WebhookDelivery, status: str, now: datetime, *, error: str | None = None) -> None:
+    delivery.status, delivery.completed_at, delivery.next_attempt_at = status, now, None
+    if error is not None:
+        delivery.last_error = error

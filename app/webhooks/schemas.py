@@ -1,0 +1,95 @@
+"""Request and response models of the webhooks API."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+EventType = Literal[
+    "training.queued",
+    "training.started",
+    "training.succeeded",
+    "training.failed",
+    "training.canceled",
+    "usage.recorded",
+]
+EVENT_TYPES: tuple[str, ...] = EventType.__args__  # type: ignore[attr-defined]
+DeliveryStatus = Literal["pending", "succeeded", "failed", "canceled"]
+
+
+class EndpointCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    url: str = Field(max_length=2048, description="http(s) URL at a public address.")
+    description: str = Field("", max_length=200)
+    event_types: list[EventType] = Field(default_factory=list, description="Events sent here; empty: all.")
+
+
+class EndpointUpdate(BaseModel):
+    """Only the fields sent change. `enabled: true` re-enables a disabled endpoint."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    url: str | None = Field(None, max_length=2048)
+    description: str | None = Field(None, max_length=200)
+    event_types: list[EventType] | None = None
+    enabled: bool | None = None
+
+
+class Endpoint(BaseModel):
+    id: str
+    url: str
+    description: str
+    event_types: list[str]
+    enabled: bool
+    disabled_reason: str | None = Field(description="Why LEAP disabled it (410 Gone, or failing persistently).")
+    disabled_at: datetime | None
+    consecutive_failures: int
+    previous_secret_expires_at: datetime | None = Field(description="Until then the old secret also signs.")
+    created_at: datetime
+
+
+class EndpointWithSecret(Endpoint):
+    secret: str = Field(description="whsec_ secret: verify the webhook-signature header with it.")
+
+
+class EndpointList(BaseModel):
+    data: list[Endpoint]
+
+
+class Secret(BaseModel):
+    secret: str = Field(description="whsec_ secret")
+    previous_secret_expires_at: datetime | None = None
+
+
+class Attempt(BaseModel):
+    attempted_at: datetime
+    success: bool
+    status_code: int | None
+    latency_ms: int
+    response_body: str = Field(description="The start of the receiver's response.")
+    error: str | None
+
+
+class Delivery(BaseModel):
+    id: str
+    event_id: str = Field(description="The webhook-id header (the same on every retry).")
+    event_type: str
+    endpoint_id: str | None = Field(description="null: the training's own webhook_url.")
+    training_id: str | None
+    url: str
+    status: DeliveryStatus
+    attempt_count: int
+    next_attempt_at: datetime | None
+    last_status_code: int | None
+    last_error: str | None
+    created_at: datetime
+    completed_at: datetime | None
+    attempts: list[Attempt]
+    payload: dict = Field(description="The body sent: {type, timestamp, data}.")  # type: ignore[type-arg]
+
+
+class DeliveryList(BaseModel):
+    data: list[Delivery]
