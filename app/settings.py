@@ -137,6 +137,18 @@ class Settings(BaseSettings):
     price_table: PriceTable = PriceTable()
     """JSON, e.g. {"units_per_1000_steps": {"pivotal": 10}, "units_per_image": 0.1}."""
 
+    # Billing sinks, fed from the usage ledger.
+    billing_sinks: list[Literal["webhook", "stripe"]] = ["webhook"]
+    """Where each usage record goes: the signed usage.recorded webhook, Stripe Billing Meter Events."""
+    billing_max_attempts: int = 10
+    billing_retry_backoff: timedelta = timedelta(seconds=30)
+    billing_retry_backoff_max: timedelta = timedelta(hours=1)
+    stripe_api_key: SecretStr | None = None
+    stripe_api_base: str | None = None
+    """Stripe API base URL; unset: https://api.stripe.com (tests point it at a local server)."""
+    stripe_meter_event_name: str = "leap_billable_units"
+    """event_name of the Stripe meter counting billable units."""
+
     @field_validator(
         "artifact_url_ttl",
         "artifact_retention",
@@ -150,6 +162,8 @@ class Settings(BaseSettings):
         "concurrency_retry_after",
         "webhook_timeout",
         "webhook_secret_grace",
+        "billing_retry_backoff",
+        "billing_retry_backoff_max",
         mode="before",
     )
     @classmethod

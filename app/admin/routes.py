@@ -9,6 +9,8 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Query, Response
 
 from app.admin import schemas
+from app.billing import service as billing
+from app.deps import SettingsDep
 from app.errors import NotFound, error_responses
 from app.orm import ApiKey, Tenant
 from app.tenants import service as tenants
@@ -137,3 +139,23 @@ def export_usage(
     if format == "csv":
         return Response(usage.to_csv(records), media_type="text/csv")
     return usage_schemas.UsageExport(data=records)
+
+
+@router.post(
+    "/billing/replay",
+    status_code=202,
+    response_model=schemas.BillingReplayResult,
+    summary="Send usage records to the billing sinks again (idempotent per record)",
+    responses=error_responses(401, 404, 422),
+)
+def replay_billing(
+    body: schemas.BillingReplay, _: AdminDep, session: SessionDep, settings: SettingsDep
+) -> schemas.BillingReplayResult:
+    replayed = billing.replay(
+        session,
+        settings=settings,
+        tenant_id=_id(body.tenant_id, "tenant") if body.tenant_id else None,
+        start=body.start,
+        end=body.end,
+    )
+    return schemas.BillingReplayResult(replayed=replayed)

@@ -59,3 +59,15 @@ class ApiKeyCreated(ApiKey):
 
 class ApiKeyList(BaseModel):
     data: list[ApiKey]
+
+
+class BillingReplay(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    tenant_id: str | None = Field(None, description="One tenant; default: all.")
+    start: datetime | None = Field(None, description="Records finished at or after this.")
+    end: datetime | None = Field(None, description="Records finished before this.")
+
+
+class BillingReplayResult(BaseModel):
+    replayed: int = Field(description="Usage records sent to every billing sink again (sinks drop duplicates).")

@@ -3,6 +3,7 @@
 from app.orm.api_key import ApiKey
 from app.orm.artifact import Artifact
 from app.orm.base import Base
+from app.orm.billing_delivery import BillingDelivery
 from app.orm.outbox_message import OutboxMessage
 from app.orm.tenant import Tenant
 from app.orm.training import Training
@@ -13,6 +14,7 @@ __all__ = [
     "ApiKey",
     "Artifact",
     "Base",
+    "BillingDelivery",
     "OutboxMessage",
     "Tenant",
     "Training",

@@ -7,6 +7,8 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
+from app.orm import UsageRecord as UsageRecordRow
+
 GroupBy = Literal["day", "base_model"]
 
 
@@ -25,6 +27,25 @@ class UsageRecord(BaseModel):
     billable_units: int
     started_at: datetime
     finished_at: datetime
+
+    @classmethod
+    def from_row(cls, record: UsageRecordRow) -> UsageRecord:
+        return cls(
+            id=str(record.id),
+            tenant_id=str(record.tenant_id),
+            training_id=str(record.training_id),
+            status=record.status,
+            base_model=record.base_model,
+            mode=record.mode,
+            device=record.device,
+            device_class=record.device_class,
+            steps=record.steps,
+            images=record.images,
+            compute_seconds=record.compute_seconds,
+            billable_units=record.billable_units,
+            started_at=record.started_at,
+            finished_at=record.finished_at,
+        )
 
 
 class UsageTotals(BaseModel):

@@ -14,6 +14,7 @@ from datetime import UTC, datetime, timedelta
 
 from sqlalchemy.orm import Session
 
+from app.billing import service as billing
 from app.errors import PaymentRequired, ValidationFailed
 from app.orm import UsageRecord
 from app.orm.base import utcnow
@@ -103,7 +104,10 @@ def record_final_usage(session: Session, *, training_id: uuid.UUID, settings: Se
     )
     if record_id is None:
         return None
-    return repository.get(session, record_id)
+    record = repository.get(session, record_id)
+    assert record is not None
+    billing.enqueue_record(session, record=record, settings=settings)
+    return record
 
 
 def _check_period(
@@ -119,22 +123,7 @@ def _check_period(
 
 
 def view(record: UsageRecord) -> schemas.UsageRecord:
-    return schemas.UsageRecord(
-        id=str(record.id),
-        tenant_id=str(record.tenant_id),
-        training_id=str(record.training_id),
-        status=record.status,
-        base_model=record.base_model,
-        mode=record.mode,
-        device=record.device,
-        device_class=record.device_class,
-        steps=record.steps,
-        images=record.images,
-        compute_seconds=record.compute_seconds,
-        billable_units=record.billable_units,
-        started_at=record.started_at,
-        finished_at=record.finished_at,
-    )
+    return schemas.UsageRecord.from_row(record)
 
 
 def _add(totals: schemas.UsageTotals, record: UsageRecord) -> None:
