@@ -18,9 +18,7 @@ class UsageRecord(Base):
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=new_id)
     """Also the idempotency identifier sent to billing sinks."""
     tenant_id: Mapped[uuid.UUID] = mapped_column(Uuid, ForeignKey("tenants.id", ondelete="CASCADE"))
-    training_id: Mapped[uuid.UUID] = mapped_column(
-        Uuid, ForeignKey("trainings.id", ondelete="CASCADE"), unique=True
-    )
+    training_id: Mapped[uuid.UUID] = mapped_column(Uuid, ForeignKey("trainings.id", ondelete="CASCADE"), unique=True)
     """Unique: a training that ran twice (a worker crashed) is billed once."""
     status: Mapped[str] = mapped_column(String(16))
     """The training's final state: succeeded, failed or canceled."""
