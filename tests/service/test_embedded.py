@@ -29,12 +29,9 @@ def embedded(tmp_path_factory):  # type: ignore[no-untyped-def]
     data_dir = tmp_path_factory.mktemp("embedded")
     port = free_port()
     env = {key: value for key, value in os.environ.items() if not key.startswith("LEAP_")}
-    # No database, broker or storage settings: only where to keep the data and a fast trainer.
-    env |= {
-        "LEAP_DATA_DIR": str(data_dir),
-        "LEAP_TRAINER": "tests.service.fake_trainer:train",
-        "PYTHONPATH": str(REPO_ROOT),
-    }
+    # No database, broker or storage settings: only where to keep the data. The trainer is the real
+    # one, on one torch thread (see WorkerProcess: a busy 2-core machine slows more threads ~25x).
+    env |= {"LEAP_DATA_DIR": str(data_dir), "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"}
     log = (data_dir / "serve.log").open("wb")
     process = subprocess.Popen(
         [sys.executable, "-m", "app.cli", "serve", "--port", str(port)],

@@ -1,6 +1,6 @@
-"""The training task in a real Celery worker process (Redis broker, Postgres, S3): claim, lease,
-progress, cancel, typed failures, duplicates and crashed workers. The trainer is the fast,
-deterministic stand-in in fake_trainer.py; test_end_to_end.py runs the real one."""
+"""The training task in a real Celery worker process (Redis broker, Postgres, S3) running the real
+trainer on leap-tiny: claim, lease, progress, cancel, duplicates and killed workers. Faults that
+cannot be produced for real (GPU out of memory, a bug) are in test_worker_faults.py."""
 
 from __future__ import annotations
 
@@ -40,19 +40,32 @@ def wait_status(client, tenant, training_id, statuses, timeout=30.0):  # type: i
     return wait_for(current, timeout=timeout, interval=0.1, message=f"training {training_id} to reach {statuses}")
 
 
+def wait_progress(client, tenant, training_id, timeout=120.0):  # type: ignore[no-untyped-def]
+    """Wait until the running training has written progress (the model is loaded, steps are being taken)."""
+
+    def progressing():
+        body = client.get(f"/v1/trainings/{training_id}", headers=tenant.headers).json()
+        return body if body["status"] == "running" and body["progress"]["step"] > 0 else None
+
+    return wait_for(progressing, timeout=timeout, message=f"training {training_id} to write progress")
+
+
 def test_training_succeeds_with_artifacts_usage_and_presigned_downloads(client, database, settings, gpu_worker):
     tenant = make_tenant(database)
-    training_id = submit(client, tenant, data={"steps": "20", "mode": "pivotal"}).json()["id"]
-    body = wait_status(client, tenant, training_id, {"succeeded", "failed"})
-    assert body["status"] == "succeeded", body
+    training_id = submit(client, tenant, data={"steps": "6", "mode": "pivotal"}).json()["id"]
+    body = wait_status(client, tenant, training_id, {"succeeded", "failed"}, timeout=120)
+    assert body["status"] == "succeeded", (body, gpu_worker.log()[-3000:])
     assert body["attempts"] == 1
-    assert body["init_used"] == "token"
-    assert body["progress"]["step"] == body["progress"]["total"] == 20
-    assert body["usage"]["steps"] == 20 and body["usage"]["device"] == "cpu"
+    # leap-tiny ships without booster weights: the trainer falls back to the token and says why.
+    assert body["init"] == "booster" and body["init_used"] == "token"
+    assert "no booster" in body["init_note"]
+    assert body["progress"]["step"] == body["progress"]["total"] == 6
+    assert body["usage"]["steps"] == 6 and body["usage"]["device"] == "cpu"
     assert body["usage"]["compute_seconds"] > 0
     assert body["error"] is None
     names = {artifact["name"]: artifact for artifact in body["artifacts"]}
-    assert set(names) == {"learned_embeds.safetensors", "pytorch_lora_weights.safetensors", "manifest.json"}
+    assert {"learned_embeds.safetensors", "pytorch_lora_weights.safetensors", "manifest.json"} <= set(names)
+    assert {artifact["kind"] for artifact in body["artifacts"]} >= {"embedding", "lora", "manifest"}
     for artifact in body["artifacts"]:
         response = httpx.get(artifact["url"])
         assert response.status_code == 200
@@ -66,11 +79,11 @@ def test_training_succeeds_with_artifacts_usage_and_presigned_downloads(client, 
 
 def test_duplicate_messages_run_a_training_once(client, database, settings, gpu_worker):
     tenant = make_tenant(database)
-    training_id = submit(client, tenant, data={"steps": "30"}).json()["id"]
+    training_id = submit(client, tenant, data={"steps": "10"}).json()["id"]
     send = make_sender(create_celery(settings))
     for _ in range(3):
         send("trainings.run", [training_id], settings.queue)
-    body = wait_status(client, tenant, training_id, {"succeeded", "failed"})
+    body = wait_status(client, tenant, training_id, {"succeeded", "failed"}, timeout=120)
     assert body["status"] == "succeeded" and body["attempts"] == 1
     wait_for(
         lambda: gpu_worker.log().count(f"training {training_id}: nothing to claim") == 3,
@@ -81,14 +94,10 @@ def test_duplicate_messages_run_a_training_once(client, database, settings, gpu_
 
 def test_cancel_running_training_stops_within_seconds(client, database, settings, gpu_worker):
     tenant = make_tenant(database)
-    training_id = submit(client, tenant, data={"steps": "600", "token": "<slow>"}).json()["id"]
-
-    def progressing():
-        body = client.get(f"/v1/trainings/{training_id}", headers=tenant.headers).json()
-        return body if body["status"] == "running" and body["progress"]["step"] > 0 else None
-
-    running = wait_for(progressing, timeout=30, message="progress to be written")
-    assert running["progress"]["total"] == 600 and running["progress"]["loss"] is not None
+    # 20,000 steps of leap-tiny take many minutes on a CPU: only a cancel ends it within the test.
+    training_id = submit(client, tenant, data={"steps": "20000"}).json()["id"]
+    running = wait_progress(client, tenant, training_id)
+    assert running["progress"]["total"] == 20000 and running["progress"]["loss"] is not None
     assert running["progress"]["eta_s"] > 0
 
     asked = time.monotonic()
@@ -98,21 +107,7 @@ def test_cancel_running_training_stops_within_seconds(client, database, settings
     assert time.monotonic() - asked < 5
     assert body["status"] == "canceled" and body["error"]["code"] == "canceled"
     assert body["artifacts"] == []
-    assert 0 < body["usage"]["steps"] < 600
-    assert not [key for key in stored_keys(settings) if "/artifacts/" in key]
-
-
-@pytest.mark.parametrize(
-    ("token", "code", "mention"),
-    [("<oom>", "out_of_memory", "out of GPU memory"), ("<crash>", "internal", "RuntimeError")],
-)
-def test_failures_get_a_typed_error_code_and_no_artifacts(client, database, settings, gpu_worker, token, code, mention):
-    tenant = make_tenant(database)
-    training_id = submit(client, tenant, data={"steps": "5", "token": token}).json()["id"]
-    body = wait_status(client, tenant, training_id, {"succeeded", "failed"})
-    assert body["status"] == "failed"
-    assert body["error"]["code"] == code and mention in body["error"]["message"]
-    assert body["artifacts"] == []
+    assert 0 < body["usage"]["steps"] < 20000
     assert not [key for key in stored_keys(settings) if "/artifacts/" in key]
 
 
@@ -123,8 +118,8 @@ def _pool_children(pid: int) -> list[int]:
 
 def test_training_of_a_killed_worker_is_requeued_by_the_sweeper_and_finishes(client, database, settings, gpu_worker):
     tenant = make_tenant(database)
-    training_id = submit(client, tenant, data={"steps": "30", "token": "<slow>"}).json()["id"]
-    wait_status(client, tenant, training_id, {"running"})
+    training_id = submit(client, tenant, data={"steps": "150"}).json()["id"]
+    wait_progress(client, tenant, training_id)
     for child in _pool_children(gpu_worker.process.pid):
         os.kill(child, signal.SIGKILL)  # the process running the training dies without a word
 
@@ -144,8 +139,9 @@ def test_training_of_a_killed_worker_is_requeued_by_the_sweeper_and_finishes(cli
         interval=0.5,
         message="the sweeper to requeue the expired lease",
     )
-    body = wait_status(client, tenant, training_id, {"succeeded", "failed"}, timeout=40)
-    assert body["status"] == "succeeded" and body["attempts"] == 2
+    body = wait_status(client, tenant, training_id, {"succeeded", "failed"}, timeout=180)
+    assert body["status"] == "succeeded" and body["attempts"] == 2, body
+    assert body["usage"]["steps"] == 150
 
 
 def test_unknown_and_malformed_ids_are_dropped(client, database, settings, gpu_worker):
