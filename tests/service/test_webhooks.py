@@ -402,3 +402,25 @@ def test_unsafe_destination_fails_the_delivery_without_retrying(database, webhoo
         stored = session.get(WebhookDelivery, delivery_id)
         assert stored is not None and stored.status == "failed" and "loopback" in (stored.last_error or "")
     assert receiver.at("/private") == []
+
+
+def test_worker_state_changes_and_usage_emit_their_events_in_order(
+    api, database, webhook_settings, receiver, delivery_worker, relay
+):
+    from .test_usage import run_directly
+
+    tenant = make_tenant(database)
+    endpoint = add_endpoint(api, tenant, f"{receiver.url}/lifecycle")
+    training = submit(api, tenant, data={"steps": "100"}).json()
+    run_directly(database, webhook_settings, training["id"], steps=100)  # claim (started) + complete
+
+    def all_four():  # type: ignore[no-untyped-def]
+        types = [json.loads(item.body)["type"] for item in receiver.at("/lifecycle")]
+        return types if len(types) == 4 else None
+
+    types = wait_until(relay, all_four, message="queued, started, succeeded and usage.recorded")
+    assert sorted(types) == ["training.queued", "training.started", "training.succeeded", "usage.recorded"]
+    bodies = {body["type"]: body for body in (verified(endpoint["secret"], item) for item in receiver.at("/lifecycle"))}
+    assert bodies["training.succeeded"]["data"]["usage"]["steps"] == 100
+    assert bodies["usage.recorded"]["data"]["training_id"] == training["id"]
+    assert bodies["usage.recorded"]["data"]["billable_units"] == 1
