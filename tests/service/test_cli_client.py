@@ -1,0 +1,125 @@
+"""`leap submit | status | list | cancel | download` as a script runs them: a real `leap` process
+against a real API process and a real worker; stdout, stderr and exit codes are the contract."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from app.client.cli import ExitCode
+
+from .conftest import REPO_ROOT, WorkerProcess, settings_env, wait_for
+from .factories import make_tenant, png_bytes
+
+SAMPLES = sorted((REPO_ROOT / "models" / "reference" / "samples").glob("*.png"))[:3]
+
+
+@pytest.fixture(scope="module")
+def worker(settings):  # type: ignore[no-untyped-def]
+    worker = WorkerProcess(settings, queues=settings.queue)
+    yield worker
+    worker.stop()
+
+
+@pytest.fixture
+def leap(settings, api_url, database, tmp_path):  # type: ignore[no-untyped-def]
+    """Runs `leap ARGS` with LEAP_URL and LEAP_API_KEY set, in tmp_path."""
+    env = settings_env(settings) | {"LEAP_URL": api_url, "LEAP_API_KEY": make_tenant(database).key}
+
+    def run(*args: str, **env_overrides: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "app.cli", *args],
+            cwd=tmp_path,
+            env=env | env_overrides,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+
+    return run
+
+
+@pytest.fixture
+def images(tmp_path):  # type: ignore[no-untyped-def]
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for sample in SAMPLES:
+        shutil.copy(sample, folder / sample.name)
+    (folder / "notes.txt").write_text("not an image; skipped")
+    return folder
+
+
+def test_submit_follows_downloads_and_verifies(leap, images, worker, tmp_path):
+    result = leap("submit", str(images), "--steps", "4", "--out", "artifacts")
+    assert result.returncode == ExitCode.OK, (result.stderr, worker.log()[-3000:])
+    training_id, *paths = result.stdout.split()
+    assert "sha256 ok" in result.stderr and "succeeded" in result.stderr
+
+    status = json.loads(leap("status", training_id, "--json").stdout)
+    assert status["status"] == "succeeded" and status["image_count"] == len(SAMPLES)
+    assert "no booster" in status["init_note"]
+    by_name = {artifact["name"]: artifact for artifact in status["artifacts"]}
+    assert sorted(paths) == sorted(f"artifacts/{name}" for name in by_name)
+    for path in paths:
+        data = (tmp_path / path).read_bytes()
+        assert hashlib.sha256(data).hexdigest() == by_name[path.split("/")[-1]]["sha256"]
+
+    described = leap("status", training_id).stdout
+    assert f"id         {training_id}" in described and "status     succeeded" in described
+
+    listed = leap("list").stdout.splitlines()
+    assert listed[0].split("\t")[:2] == [training_id, "succeeded"]
+
+    again = leap("download", training_id, "--out", "again")
+    assert again.returncode == ExitCode.OK, again.stderr
+    assert sorted(again.stdout.split()) == sorted(f"again/{name}" for name in by_name)
+
+
+def test_cancel_ends_a_running_training_and_download_then_refuses(leap, images, worker):
+    submitted = leap("submit", str(images), "--steps", "20000", "--no-wait")
+    assert submitted.returncode == ExitCode.OK, submitted.stderr
+    training_id = submitted.stdout.strip()
+
+    def running() -> bool:
+        status = json.loads(leap("status", training_id, "--json").stdout)
+        return status["status"] == "running" and status["progress"]["step"] > 0
+
+    wait_for(running, timeout=120, interval=0.5, message="the training to run")
+    canceled = leap("cancel", training_id, "--wait", "--timeout", "30")
+    assert canceled.returncode == ExitCode.OK and canceled.stdout.strip() == "canceled", canceled.stderr
+
+    refused = leap("download", training_id)
+    assert refused.returncode == ExitCode.TRAINING_UNSUCCESSFUL
+    assert refused.stderr.startswith(f"error: canceled: training {training_id} canceled")
+    assert leap("list", "--status", "canceled").stdout.startswith(training_id)
+
+
+def test_exit_codes_and_errors_scripts_can_rely_on(leap, tmp_path):
+    unknown = leap("status", "3f1b0000-0000-4000-8000-000000000000")
+    assert unknown.returncode == ExitCode.NOT_FOUND and unknown.stderr.startswith("error: not_found: ")
+    assert unknown.stdout == ""
+
+    bad_key = leap("list", LEAP_API_KEY="leap_live_nope_nope")
+    assert bad_key.returncode == ExitCode.REFUSED and bad_key.stderr.startswith("error: unauthorized: ")
+
+    one = tmp_path / "one"
+    one.mkdir()
+    (one / "a.png").write_bytes(png_bytes())
+    too_few = leap("submit", str(one))
+    assert too_few.returncode == ExitCode.REFUSED and too_few.stderr.startswith("error: invalid_images: ")
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    no_images = leap("submit", str(empty))
+    assert no_images.returncode == ExitCode.USAGE and "error: no_images: " in no_images.stderr
+
+    bad_metadata = leap("submit", str(one), "--metadata", "[1]")
+    assert bad_metadata.returncode == ExitCode.USAGE and "error: invalid_metadata: " in bad_metadata.stderr
+
+    no_key = leap("list", LEAP_API_KEY="", LEAP_DATA_DIR=str(tmp_path / "nowhere"))
+    assert no_key.returncode == ExitCode.USAGE and "error: no_api_key: " in no_key.stderr
