@@ -105,12 +105,12 @@ def main() -> None:
     booster = make_booster(base, args.base_model, rank=args.rank, image_size=args.image_size).to(device)
     optimizer = torch.optim.AdamW(booster.parameters(), lr=args.lr, weight_decay=0.0)
     checkpoint = args.work_dir / "booster.pt"
-    start = 0
+    start, earlier_seconds = 0, 0.0
     if checkpoint.exists():
         state = torch.load(checkpoint, weights_only=False)
         booster.load_state_dict(state["booster"])
         optimizer.load_state_dict(state["optimizer"])
-        start = state["step"]
+        start, earlier_seconds = state["step"], state.get("wall_seconds", 0.0)
     args.work_dir.mkdir(parents=True, exist_ok=True)
 
     tokenizer = copy.deepcopy(base.tokenizer)
@@ -174,12 +174,12 @@ def main() -> None:
         progress.set_postfix(loss=f"{loss.item():.4f}")
         if (step + 1) % args.checkpoint_every == 0 or step + 1 == args.steps:
             tmp = checkpoint.with_suffix(".tmp")
-            torch.save({"booster": booster.state_dict(), "optimizer": optimizer.state_dict(), "step": step + 1},
-                       tmp)
+            torch.save({"booster": booster.state_dict(), "optimizer": optimizer.state_dict(), "step": step + 1,
+                        "wall_seconds": earlier_seconds + time.time() - started}, tmp)
             tmp.replace(checkpoint)
     batched.close()
     booster.config.training = {**{k: str(v) for k, v in vars(args).items()},
-                               "wall_seconds": round(time.time() - started, 1)}
+                               "wall_seconds": round(earlier_seconds + time.time() - started, 1)}
     booster.cpu().save(args.out)
     print(f"saved {args.out} ({sum(p.numel() for p in booster.parameters()) / 1e6:.2f}M parameters)"
           f" config={asdict(booster.config)['base_model']}")
