@@ -68,18 +68,17 @@ def load_base(source: str, device: torch.device, weight_dtype: torch.dtype = tor
             return _cache[key]
         try:
             tokenizer = CLIPTokenizer.from_pretrained(source, subfolder="tokenizer")
-            text_encoder = CLIPTextModel.from_pretrained(source, subfolder="text_encoder")
-            vae = AutoencoderKL.from_pretrained(source, subfolder="vae")
-            unet = UNet2DConditionModel.from_pretrained(source, subfolder="unet")
+            text_encoder = CLIPTextModel.from_pretrained(source, subfolder="text_encoder", torch_dtype=weight_dtype)
+            # The VAE stays fp32 in every precision: half-precision SD 1.x VAEs overflow.
+            vae = AutoencoderKL.from_pretrained(source, subfolder="vae", torch_dtype=torch.float32)
+            unet = UNet2DConditionModel.from_pretrained(source, subfolder="unet", torch_dtype=weight_dtype)
             noise_scheduler = DDPMScheduler.from_pretrained(source, subfolder="scheduler")
         except (OSError, ValueError, KeyError) as error:
             raise BaseModelError(f"cannot load base model {source!r}: {error}") from error
         for module in (text_encoder, vae, unet):
             module.requires_grad_(False)
             module.eval()
-            module.to(device, dtype=weight_dtype)
-        # The VAE decodes in fp32 in every precision: half-precision VAEs overflow (SD 1.x).
-        vae.to(dtype=torch.float32)
+            module.to(device)
         components = BaseComponents(source, tokenizer, text_encoder, vae, unet, noise_scheduler, device,
                                     weight_dtype)
         _cache[key] = components
