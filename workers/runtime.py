@@ -100,8 +100,11 @@ def _preload_models(**_: Any) -> None:
     from models.trainer.base import load_base, pick_device
 
     device = pick_device()
+    logger = logging.getLogger(__name__)
     for entry in runtime.registry.models.values():
         try:
             load_base(entry.path, device)
         except Exception:
-            logging.getLogger(__name__).exception("could not preload %s", entry.id)
+            logger.exception("could not preload %s", entry.id)
+        else:
+            logger.info("preloaded base model %s on %s", entry.id, device)

@@ -1,0 +1,34 @@
+"""LEAP_PRELOAD_MODELS: a training worker loads every registered base model when its process starts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .conftest import WorkerProcess, wait_for
+from .factories import image_files, make_tenant
+from .test_worker import wait_status
+
+
+def _pool_children(pid: int) -> list[int]:
+    return [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
+def test_worker_loads_the_registered_models_before_its_first_training(client, database, settings):
+    worker = WorkerProcess(settings, queues=settings.queue, extra_env={"LEAP_PRELOAD_MODELS": "1"})
+    try:
+        wait_for(
+            lambda: "preloaded base model leap-tiny on cpu" in worker.log(),
+            timeout=120,
+            message="the pool process to preload leap-tiny",
+        )
+        (child,) = _pool_children(worker.process.pid)
+        assert "libtorch" in Path(f"/proc/{child}/maps").read_text()  # loaded before any task was sent
+        assert "could not preload" not in worker.log()
+
+        tenant = make_tenant(database)
+        response = client.post("/v1/trainings", files=image_files(2), data={"steps": "2"}, headers=tenant.headers)
+        body = wait_status(client, tenant, response.json()["id"], {"succeeded", "failed"}, timeout=120)
+        assert body["status"] == "succeeded", body
+        assert _pool_children(worker.process.pid) == [child]  # the same, preloaded process trained
+    finally:
+        worker.stop()
