@@ -6,11 +6,7 @@ from pathlib import Path
 
 from .conftest import WorkerProcess, wait_for
 from .factories import image_files, make_tenant
-from .test_worker import wait_status
-
-
-def _pool_children(pid: int) -> list[int]:
-    return [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+from .test_worker import _pool_children, wait_status
 
 
 def test_worker_loads_the_registered_models_before_its_first_training(client, database, settings):
