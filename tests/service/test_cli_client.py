@@ -15,6 +15,7 @@ from app.client.cli import ExitCode
 
 from .conftest import REPO_ROOT, WorkerProcess, settings_env, wait_for
 from .factories import make_tenant, png_bytes
+from .test_worker import assert_init_reported
 
 SAMPLES = sorted((REPO_ROOT / "models" / "reference" / "samples").glob("*.png"))[:3]
 
@@ -62,7 +63,7 @@ def test_submit_follows_downloads_and_verifies(leap, images, worker, tmp_path):
 
     status = json.loads(leap("status", training_id, "--json").stdout)
     assert status["status"] == "succeeded" and status["image_count"] == len(SAMPLES)
-    assert "no booster" in status["init_note"]
+    assert_init_reported(status["init_used"], status["init_note"])
     by_name = {artifact["name"]: artifact for artifact in status["artifacts"]}
     assert sorted(paths) == sorted(f"artifacts/{name}" for name in by_name)
     for path in paths:

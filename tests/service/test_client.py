@@ -16,6 +16,7 @@ from app.client.client import retry_after_seconds
 
 from .conftest import BUCKET, REPO_ROOT, ApiProcess, WorkerProcess, free_port, wait_for
 from .factories import make_tenant, png_bytes
+from .test_worker import assert_init_reported
 
 SAMPLES = sorted((REPO_ROOT / "models" / "reference" / "samples").glob("*.png"))[:4]
 
@@ -42,7 +43,7 @@ def test_submit_wait_and_download_give_verified_artifacts(leap, worker, tmp_path
     training = leap.wait(submitted.id, timeout=120, on_update=updates.append)
     assert training.status == "succeeded", (training, worker.log()[-3000:])
     assert updates[-1] == training and len(updates) >= 2
-    assert training.init_used == "token" and training.init_note and "no booster" in training.init_note
+    assert_init_reported(training.init_used, training.init_note)
     assert training.usage is not None and training.usage.steps == 6
 
     paths = leap.download(training, tmp_path / "out")
