@@ -8,6 +8,11 @@ TORCH ?= torch==2.13.0
 # Creates or refreshes the virtualenv. torch goes first so pip takes the CPU wheel where
 # there is no GPU instead of resolving a multi-GB CUDA build through the project's range.
 venv:
+	@# The compose test validates docker-compose.yml with the docker client; this machine kind has the
+	@# client but no compose plugin, so install the standalone v1 CLI where neither exists (as root).
+	command -v docker-compose >/dev/null || docker compose version >/dev/null 2>&1 || \
+	  { apt-get update -qq && apt-get install -y -qq docker-compose >/dev/null; } || \
+	  echo "warning: no docker compose CLI; tests/service/test_docker.py will fail"
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH)"
