@@ -97,9 +97,10 @@ def main() -> None:
     parser.add_argument("--mixed-precision", default="no", choices=("no", "fp16", "bf16"))
     parser.add_argument("--gradient-checkpointing", action="store_true")
     parser.add_argument("--json", type=Path, default=Path("bench/results/trainer_speed.json"))
+    parser.add_argument("--threads", type=int, default=2, help="CPU threads (ignored on a GPU)")
     args = parser.parse_args()
     if not torch.cuda.is_available():
-        torch.set_num_threads(2)
+        torch.set_num_threads(args.threads)
     base_model = str(build_sd15_random(args.sd15_random)) if args.sd15_random else args.base_model
     rows = [measure(base_model, mode, steps=args.steps, warmup=args.warmup, batch_size=args.batch_size,
                     mixed_precision=args.mixed_precision, gradient_checkpointing=args.gradient_checkpointing,
@@ -111,7 +112,7 @@ def main() -> None:
               f"{row['mixed_precision']:>4} {rate if rate is None else round(rate, 2)!s:>17} "
               f"{row['peak_memory_bytes'] / 2**20:>9.0f} MiB")
     report = {"benchmark": "trainer speed", "base_model": "sd15-random" if args.sd15_random else args.base_model,
-              "host": platform.node(), "torch": torch.__version__,
+              "host": platform.node(), "torch": torch.__version__, "threads": torch.get_num_threads(),
               "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None, "results": rows}
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(report, indent=2))
