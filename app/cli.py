@@ -187,15 +187,34 @@ def _uuid(value: str, what: str) -> uuid.UUID:
 
 
 @tenants_cli.command("create")
-def tenants_create(name: str) -> None:
-    """Create a tenant and print its id."""
+def tenants_create(
+    name: str,
+    max_concurrent_trainings: Annotated[
+        int | None, typer.Option(help="Queued + running trainings at once (default: the server's).")
+    ] = None,
+    monthly_unit_limit: Annotated[int | None, typer.Option(help="Billable units per UTC month.")] = None,
+    stripe_customer_id: Annotated[str | None, typer.Option(help="Stripe customer billed for usage.")] = None,
+) -> None:
+    """Create a tenant and print its id (the same service as POST /v1/admin/tenants)."""
     from app.db import create_database, unit_of_work
+    from app.errors import LeapError
     from app.tenants import service
 
+    options = {
+        "max_concurrent_trainings": max_concurrent_trainings,
+        "monthly_unit_limit": monthly_unit_limit,
+        "stripe_customer_id": stripe_customer_id,
+    }
     database = create_database(_settings())
-    with unit_of_work(database.session_factory) as session:
-        tenant = service.create_tenant(session, name=name)
-        typer.echo(str(tenant.id))
+    try:
+        with unit_of_work(database.session_factory) as session:
+            tenant = service.create_tenant(
+                session, name=name, **{key: value for key, value in options.items() if value is not None}
+            )
+            typer.echo(str(tenant.id))
+    except LeapError as error:
+        typer.echo(f"error: {error.message}", err=True)
+        raise typer.Exit(1) from None
 
 
 @tenants_cli.command("list")

@@ -247,8 +247,7 @@ def _check_concurrency(session: Session, *, principal: Principal, settings: Sett
     active = repository.count_active(session, tenant_id=principal.tenant_id)
     if active >= limit:
         raise RateLimited(
-            f"this tenant already has {active} queued or running trainings (limit {limit}); "
-            "retry once one finishes",
+            f"this tenant already has {active} queued or running trainings (limit {limit}); retry once one finishes",
             retry_after_seconds=int(settings.concurrency_retry_after.total_seconds()),
             details={"active_trainings": active, "limit": limit},
         )

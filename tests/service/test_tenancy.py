@@ -56,9 +56,15 @@ def test_admin_api_refuses_tenant_keys_and_wrong_tokens(client, database):
 
 
 def test_cli_and_admin_api_share_one_service(client, settings):
-    tenant_id = leap(settings, "tenants", "create", "From CLI").stdout.strip()
+    created = leap(
+        settings, "tenants", "create", "From CLI", "--monthly-unit-limit", "50", "--stripe-customer-id", "cus_1"
+    )
+    tenant_id = created.stdout.strip()
     fetched = client.get(f"/v1/admin/tenants/{tenant_id}", headers=ADMIN).json()
     assert fetched["name"] == "From CLI"
+    assert fetched["monthly_unit_limit"] == 50 and fetched["stripe_customer_id"] == "cus_1"
+    refused = leap(settings, "tenants", "create", "x", "--max-concurrent-trainings", "-1")
+    assert refused.returncode == 1 and "must be >= 0" in refused.stderr
     key = client.post(f"/v1/admin/tenants/{tenant_id}/keys", json={"name": "api"}, headers=ADMIN).json()
     listed = leap(settings, "keys", "list", tenant_id).stdout
     assert key["id"] in listed and key["key"] not in listed
