@@ -34,6 +34,10 @@ class BoosterConfig:
     feature_width: int = 128
     hidden_width: int = 256
     basis_size: int = 16
+    use_lora: bool = True
+    """False where the LoRA prediction was measured to hurt on the development concepts: then jobs
+    take only the predicted embedding (see booster.json's `use_lora_note`)."""
+    use_lora_note: str = ""
     training: dict = field(default_factory=dict)
 
     @property

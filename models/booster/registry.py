@@ -65,6 +65,8 @@ def booster_initial_state(base: BaseComponents, images: Sequence[Image.Image],
     vectors = embedding[torch.arange(config.num_vectors) % embedding.shape[0]]
     if config.mode == "textual_inversion":
         return InitialState(embedding=vectors)
+    if not booster.config.use_lora:
+        return InitialState(embedding=vectors, note=f"embedding only: {booster.config.use_lora_note}")
     if config.lora_rank != booster.config.lora_rank:
         note = (f"embedding only: the booster predicts rank-{booster.config.lora_rank} LoRA, "
                 f"the job asked for rank {config.lora_rank}")
