@@ -3,6 +3,7 @@ database, moto's S3 server as a subprocess, the API in-process and real Celery w
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -53,15 +54,24 @@ def wait_for(predicate, timeout: float, interval: float = 0.1, message: str = "c
         time.sleep(interval)
 
 
-@pytest.fixture(scope="session")
-def postgres_url() -> Iterator[str]:
-    name = f"leap_test_{secrets.token_hex(4)}"
+@contextlib.contextmanager
+def throwaway_database(prefix: str) -> Iterator[str]:
+    """A new, empty Postgres database (SQLAlchemy URL), dropped afterwards."""
+    name = f"{prefix}_{secrets.token_hex(4)}"
     with psycopg.connect(PG_ADMIN_DSN, autocommit=True) as connection:
         connection.execute(f'CREATE DATABASE "{name}"')
     base = PG_ADMIN_DSN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://", 1)
-    yield f"{base}/{name}"
-    with psycopg.connect(PG_ADMIN_DSN, autocommit=True) as connection:
-        connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    try:
+        yield f"{base}/{name}"
+    finally:
+        with psycopg.connect(PG_ADMIN_DSN, autocommit=True) as connection:
+            connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    with throwaway_database("leap_test") as url:
+        yield url
 
 
 @pytest.fixture(scope="session")

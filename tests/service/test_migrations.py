@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import Iterator
 
-import psycopg
 import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
@@ -15,7 +13,7 @@ from sqlalchemy import create_engine, inspect
 
 from app.orm import Base
 
-from .conftest import PG_ADMIN_DSN, REPO_ROOT
+from .conftest import REPO_ROOT, throwaway_database
 
 
 def _config(url: str) -> Config:
@@ -27,13 +25,8 @@ def _config(url: str) -> Config:
 
 @pytest.fixture
 def empty_postgres() -> Iterator[str]:
-    name = f"leap_migrations_{secrets.token_hex(4)}"
-    with psycopg.connect(PG_ADMIN_DSN, autocommit=True) as connection:
-        connection.execute(f'CREATE DATABASE "{name}"')
-    base = PG_ADMIN_DSN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://", 1)
-    yield f"{base}/{name}"
-    with psycopg.connect(PG_ADMIN_DSN, autocommit=True) as connection:
-        connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with throwaway_database("leap_migrations") as url:
+        yield url
 
 
 def _check_round_trip(url: str) -> None:
