@@ -39,6 +39,7 @@ from models.reference.world import COLOURS, PATTERNS, SHAPES, Concept, render
 from models.trainer.base import BaseComponents, load_base, pick_device
 from models.trainer.data import OBJECT_TEMPLATES, images_to_tensor
 from models.trainer.defaults import resolve_base_model
+from models.trainer.train import denoising_target
 
 TOKEN = "<booster>"
 
@@ -158,9 +159,7 @@ def main() -> None:
                                   generator=generator).to(device)
         prediction = base.unet(scheduler.add_noise(latents, noise, timesteps), timesteps,
                                base.text_encoder(ids)[0]).sample
-        target = scheduler.get_velocity(latents, noise, timesteps) \
-            if scheduler.config.prediction_type == "v_prediction" else noise
-        loss = F.mse_loss(prediction, target)
+        loss = F.mse_loss(prediction, denoising_target(scheduler, latents, noise, timesteps))
         with_target = [i for i, t in enumerate(targets_embedding) if t is not None]
         if with_target:
             wanted = torch.stack([targets_embedding[i] for i in with_target]).to(device)

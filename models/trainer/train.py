@@ -49,17 +49,20 @@ def _default_booster(base: BaseComponents, images: Sequence[Image.Image], config
     return booster_initial_state(base, images, config)
 
 
+def denoising_target(scheduler, latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+    """What the UNet predicts: the noise, or the velocity for v-prediction models (SD 2.x 768)."""
+    if scheduler.config.prediction_type == "v_prediction":
+        return scheduler.get_velocity(latents, noise, timesteps)
+    return noise
+
+
 def denoising_loss(base: BaseComponents, concept: ConceptModel, latents: torch.Tensor, prompts: list[str],
                    noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
-    """The diffusion training loss (epsilon or v-prediction, per the scheduler's config)."""
-    scheduler = base.noise_scheduler
-    noisy = scheduler.add_noise(latents, noise, timesteps)
+    """The diffusion training loss of a concept on latents."""
+    noisy = base.noise_scheduler.add_noise(latents, noise, timesteps)
     hidden = concept.encode_prompts(prompts)
     prediction = base.unet(noisy.to(base.weight_dtype), timesteps, hidden.to(base.weight_dtype)).sample
-    if scheduler.config.prediction_type == "v_prediction":
-        target = scheduler.get_velocity(latents, noise, timesteps)
-    else:
-        target = noise
+    target = denoising_target(base.noise_scheduler, latents, noise, timesteps)
     return F.mse_loss(prediction.float(), target.float())
 
 
