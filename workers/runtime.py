@@ -7,6 +7,7 @@ import logging
 import os
 import secrets
 import socket
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -108,3 +109,12 @@ def _preload_models(**_: Any) -> None:
             logger.exception("could not preload %s", entry.id)
         else:
             logger.info("preloaded base model %s on %s", entry.id, device)
+
+
+def parse_task_id(task: str, value: str) -> uuid.UUID | None:
+    """A task's id argument as a UUID; a malformed one is logged and the message dropped (None)."""
+    try:
+        return uuid.UUID(value)
+    except ValueError:
+        logging.getLogger(__name__).error("%s got a malformed id %r; dropped", task, value)
+        return None

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import logging
-import uuid
 
 from celery import shared_task
 
 from app.billing import service as billing
-from workers.runtime import get_runtime
+from workers.runtime import get_runtime, parse_task_id
 
 logger = logging.getLogger(__name__)
 
@@ -16,10 +15,8 @@ logger = logging.getLogger(__name__)
 @shared_task(name=billing.RELAY_TASK, acks_late=True, ignore_result=True)
 def relay(delivery_id: str) -> None:
     """Relay one billing delivery by id; a duplicate finds it locked, done or not yet due."""
-    try:
-        parsed = uuid.UUID(delivery_id)
-    except ValueError:
-        logger.error("billing.relay got a malformed id %r; dropped", delivery_id)
+    parsed = parse_task_id(billing.RELAY_TASK, delivery_id)
+    if parsed is None:
         return
     runtime = get_runtime()
     with runtime.unit_of_work() as session:

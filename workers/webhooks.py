@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import logging
-import uuid
 
 from celery import shared_task
 
 from app.webhooks import delivery, service
-from workers.runtime import get_runtime
+from workers.runtime import get_runtime, parse_task_id
 
 logger = logging.getLogger(__name__)
 
@@ -18,10 +17,8 @@ DELIVER = service.DELIVER_TASK
 @shared_task(name=DELIVER, acks_late=True, ignore_result=True)
 def deliver(delivery_id: str) -> None:
     """Attempt one webhook delivery by id; a duplicate finds it locked, done or not yet due."""
-    try:
-        parsed = uuid.UUID(delivery_id)
-    except ValueError:
-        logger.error("webhooks.deliver got a malformed id %r; dropped", delivery_id)
+    parsed = parse_task_id(DELIVER, delivery_id)
+    if parsed is None:
         return
     runtime = get_runtime()
     with runtime.unit_of_work() as session:
