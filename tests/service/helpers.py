@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from datetime import timedelta
+
 import boto3
 import redis
 from sqlalchemy import func, select
 
-from app.db import Database
+from app.db import Database, unit_of_work
 from app.orm import OutboxMessage, Training
 from app.settings import Settings
 
@@ -49,3 +52,17 @@ def assert_error(response, status: int, code: str, *mentions: str) -> dict:  # t
     for mention in mentions:
         assert mention in error["message"], (mention, error["message"])
     return error  # type: ignore[no-any-return]
+
+
+def outbox_relay(settings: Settings, database: Database) -> Callable[[], None]:
+    """Sends every due outbox message (delayed retries) at once, as the sweeper does each interval."""
+    from app.outbox import service as outbox
+    from workers.celery_app import create_celery, make_sender
+
+    send = make_sender(create_celery(settings))
+
+    def run() -> None:
+        with unit_of_work(database.session_factory) as session:
+            outbox.relay_pending(session, send=send, grace=timedelta(0))
+
+    return run

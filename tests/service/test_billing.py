@@ -14,12 +14,12 @@ from fastapi.testclient import TestClient
 from sqlalchemy import select
 from standardwebhooks import Webhook
 
-from app.db import unit_of_work
 from app.main import create_app
 from app.orm import BillingDelivery, UsageRecord
 
 from .conftest import WorkerProcess
 from .factories import make_tenant, submit
+from .helpers import outbox_relay
 from .receivers import Receiver, Reply
 from .test_tenancy import ADMIN
 from .test_usage import run_directly
@@ -127,16 +127,7 @@ def relay_worker(billing_settings):
 
 @pytest.fixture(scope="module")
 def relay(billing_settings, database):
-    from app.outbox import service as outbox
-    from workers.celery_app import create_celery, make_sender
-
-    send = make_sender(create_celery(billing_settings))
-
-    def run() -> None:
-        with unit_of_work(database.session_factory) as session:
-            outbox.relay_pending(session, send=send, grace=timedelta(0))
-
-    return run
+    return outbox_relay(billing_settings, database)
 
 
 def billed_tenant(api, database, hooks, customer: str | None = "cus_acme"):  # type: ignore[no-untyped-def]

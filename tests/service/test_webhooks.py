@@ -19,14 +19,12 @@ from standardwebhooks import Webhook, WebhookVerificationError
 from app.db import unit_of_work
 from app.main import create_app
 from app.orm import WebhookDelivery, WebhookEvent
-from app.outbox import service as outbox
 from app.webhooks import sender, ssrf
 from app.webhooks import service as webhooks
-from workers.celery_app import create_celery, make_sender
 
 from .conftest import WorkerProcess, wait_for
 from .factories import TenantKey, make_tenant, submit
-from .helpers import assert_error, count_rows
+from .helpers import assert_error, count_rows, outbox_relay
 from .receivers import Receiver, Reply
 
 
@@ -71,14 +69,7 @@ def delivery_worker(webhook_settings):
 
 @pytest.fixture(scope="module")
 def relay(webhook_settings, database):
-    """Sends due outbox messages (delayed retries), as the sweeper does every interval."""
-    send = make_sender(create_celery(webhook_settings))
-
-    def run() -> None:
-        with unit_of_work(database.session_factory) as session:
-            outbox.relay_pending(session, send=send, grace=timedelta(0))
-
-    return run
+    return outbox_relay(webhook_settings, database)
 
 
 def wait_until(relay, predicate, *, timeout: float = 30.0, message: str = "condition"):  # type: ignore[no-untyped-def]
