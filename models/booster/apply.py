@@ -10,9 +10,11 @@ from __future__ import annotations
 import hashlib
 
 import torch
+import torch.nn.functional as F
 
 from models.trainer.base import BaseComponents
 from models.trainer.concept import ConceptModel
+from models.trainer.train import denoising_target
 
 
 def base_fingerprint(base: BaseComponents) -> str:
@@ -83,3 +85,12 @@ class BatchedConcepts:
         for hook in self.hooks:
             hook.remove()
         self.hooks = []
+
+
+def per_row_denoising_loss(base: BaseComponents, latents: torch.Tensor, ids: torch.Tensor, noise: torch.Tensor,
+                           timesteps: torch.Tensor) -> torch.Tensor:
+    """The denoising loss of each batch row ([rows]), with whatever BatchedConcepts has set."""
+    scheduler = base.noise_scheduler
+    prediction = base.unet(scheduler.add_noise(latents, noise, timesteps), timesteps, base.text_encoder(ids)[0]).sample
+    target = denoising_target(scheduler, latents, noise, timesteps)
+    return F.mse_loss(prediction.float(), target.float(), reduction="none").flatten(1).mean(1)

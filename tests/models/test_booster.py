@@ -89,3 +89,56 @@ def test_the_committed_leap_tiny_booster_fits_leap_tiny_and_reads_the_images(lea
     # This booster's LoRA prediction hurt on the development concepts, so jobs take its embedding only.
     assert not booster.config.use_lora and state_a.unet_lora is None
     assert state_a.note.startswith("embedding only")
+
+
+def test_fitted_targets_lower_the_held_out_loss_and_the_prior_keeps_them_near_the_init(leap_tiny):
+    """Batched textual inversion (the booster's regression targets) does what a single job does."""
+    from models.booster.targets import fit_embeddings, initializer_embedding
+    from models.reference.concepts import benchmark_concepts
+    from models.trainer.concept import ConceptModel, InitialState
+    from models.trainer.evaluate import HeldOutLoss
+
+    base = load_base(leap_tiny, pick_device("cpu"))
+    items = benchmark_concepts("dev")[:2]
+    fitted, losses = fit_embeddings(base, [item.views() for item in items], steps=60, lr=0.02)
+    assert fitted.shape == (2, base.embedding_width) and len(losses) == 2
+
+    def held_out(item, vector: torch.Tensor) -> float:
+        concept = ConceptModel(base, token="<probe>", num_vectors=1)
+        try:
+            concept.init_from_state(InitialState(embedding=vector[None]))
+            return HeldOutLoss(base, item.held_out_views())(concept)
+        finally:
+            concept.close()
+
+    start = initializer_embedding(base)
+    for item, vector in zip(items, fitted, strict=True):
+        assert held_out(item, vector) < held_out(item, start)
+    pinned, _ = fit_embeddings(base, [items[0].views()], steps=20, lr=0.02, prior=1e4)
+    assert (pinned[0] - start).norm() < 0.1 * (fitted[0] - start).norm()
+
+
+def test_targets_then_regression_training_makes_a_loadable_booster(leap_tiny, tmp_path, monkeypatch):
+    """The two commands of the leap-tiny recipe, at toy size; the targets command resumes."""
+    import sys
+
+    from models.booster import targets
+    from models.booster import train as booster_train
+    from models.booster.network import load_booster
+
+    run = [sys.executable, "--base-model", leap_tiny, "--concepts", "2", "--views", "4", "--steps", "2",
+           "--chunk", "1", "--threads", "1", "--out", str(tmp_path / "targets")]
+    monkeypatch.setattr(sys, "argv", run)
+    targets.main()
+    entries, fitted = targets.load_targets(tmp_path / "targets")
+    assert len(entries) == 2 and fitted.shape[0] == 2
+    targets.main()  # everything fitted already: nothing changes
+    torch.testing.assert_close(targets.load_targets(tmp_path / "targets")[1], fitted)
+
+    monkeypatch.setattr(sys, "argv", [
+        sys.executable, "--base-model", leap_tiny, "--targets", str(tmp_path / "targets"), "--denoise-weight", "0",
+        "--embedding-weight", "1", "--steps", "3", "--sets", "2", "--input-views", "3", "--target-views", "0",
+        "--pool-views", "4", "--threads", "1", "--work-dir", str(tmp_path / "work"), "--out", str(tmp_path / "b")])
+    booster_train.main()
+    booster = load_booster(tmp_path / "b")
+    assert booster.config.base_model == leap_tiny and booster.config.training["targets"] == str(tmp_path / "targets")

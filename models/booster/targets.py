@@ -1,0 +1,199 @@
+"""Fitted textual-inversion targets: many concepts' embeddings optimised at once.
+
+    python -m models.booster.targets --base-model leap-tiny --out runs/booster-targets/leap-tiny
+
+LEAP's word sets give (images, embedding) pairs only for what one vocabulary word names.
+A personalised concept ("this purple striped square") has no word, so its target is what
+textual inversion itself converges to: each set's own token vector, fitted by the trainer's
+loss, token init and learning rate, with many sets sharing every UNet pass. The fit ends
+with Polyak averaging over its last quarter, which removes most of the step-to-step noise
+of a stochastic fit, so regression targets are smooth across similar concepts.
+
+World concepts (never close to a benchmark concept) are fitted by default; `--data` fits a
+word-set dataset from models.booster.dataset instead (any base model). Resumable: chunks
+already fitted are kept.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from safetensors.torch import load_file, save_file
+from tqdm import tqdm
+
+from models.booster.apply import BatchedConcepts, per_row_denoising_loss
+from models.booster.dataset import load_sets
+from models.reference.concepts import benchmark_concepts
+from models.reference.world import COLOURS, PATTERNS, SHAPES, Concept, render
+from models.trainer.base import BaseComponents, load_base, pick_device
+from models.trainer.data import OBJECT_TEMPLATES, encode_images
+from models.trainer.defaults import resolve_base_model
+
+INDEX_FILE = "targets.json"
+TOKEN = "<fit>"
+
+
+def initializer_embedding(base: BaseComponents, word: str = "object") -> torch.Tensor:
+    ids = base.tokenizer(word, add_special_tokens=False).input_ids
+    return base.text_encoder.get_input_embeddings().weight[ids[0]].detach().float().cpu()
+
+
+def fit_embeddings(base: BaseComponents, image_sets: Sequence[Sequence[Image.Image]], *, steps: int, lr: float,
+                   rows_per_set: int = 4, seed: int = 0, prior: float = 0.0,
+                   average_from: float = 0.75) -> tuple[torch.Tensor, list[float]]:
+    """One fitted token vector per image set ([sets, width]) and each set's mean loss over the last quarter."""
+    tokenizer = copy.deepcopy(base.tokenizer)
+    tokenizer.add_tokens([TOKEN])
+    token_id = tokenizer.convert_tokens_to_ids(TOKEN)
+    batched = BatchedConcepts(base, token_id, {})
+    generator = torch.Generator().manual_seed(seed)
+    sets = len(image_sets)
+    latents = [encode_images(base, images, resolution=base.resolution, flip=True) for images in image_sets]
+    start = initializer_embedding(base).to(base.device)
+    embedding = start.repeat(sets, 1).requires_grad_(True)
+    optimizer = torch.optim.AdamW([embedding], lr=lr, weight_decay=0.0)
+    average = torch.zeros_like(embedding)
+    averaged, tail = 0, int(steps * average_from)
+    tail_losses = torch.zeros(sets)
+    try:
+        for step in range(steps):
+            sample = []
+            for latent in latents:
+                index = torch.randint(0, len(latent), (rows_per_set,), generator=generator)
+                flip = torch.rand(rows_per_set, generator=generator) < 0.5
+                sample.append(latent.sample(index, flip, generator))
+            batch = torch.cat(sample).to(base.device)
+            prompts = [OBJECT_TEMPLATES[int(i)].format(TOKEN)
+                       for i in torch.randint(0, len(OBJECT_TEMPLATES), (batch.shape[0],), generator=generator)]
+            ids = tokenizer(prompts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                            return_tensors="pt").input_ids.to(base.device)
+            noise = torch.randn(batch.shape, generator=generator).to(base.device)
+            timesteps = torch.randint(0, base.noise_scheduler.config.num_train_timesteps, (batch.shape[0],),
+                                      generator=generator).to(base.device)
+            batched.set(embedding[:, None], {}, rows_per_set=rows_per_set)
+            per_row = per_row_denoising_loss(base, batch, ids, noise, timesteps)
+            per_set = per_row.view(sets, rows_per_set).mean(1)
+            # Summed over sets: each set's gradient is exactly its own job's gradient.
+            (per_set.sum() + prior * (embedding - start).pow(2).sum()).backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            if step >= tail:
+                average += embedding.detach()
+                averaged += 1
+                tail_losses += per_set.detach().cpu()
+    finally:
+        batched.close()
+    return (average / max(averaged, 1)).cpu(), (tail_losses / max(averaged, 1)).tolist()
+
+
+def is_benchmark_like(concept: Concept, excluded: list[Concept], distance: float = 80.0) -> bool:
+    """True for anything close to a benchmark concept: those stay unseen by the booster."""
+    for other in excluded:
+        if other.shape == concept.shape and other.pattern == concept.pattern:
+            gap = sum((a - b) ** 2 for a, b in zip(other.colour, concept.colour, strict=True)) ** 0.5
+            if gap < distance:
+                return True
+    return False
+
+
+def draw_concept(rng: np.random.Generator, excluded: list[Concept]) -> Concept:
+    while True:
+        shape, pattern = str(rng.choice(SHAPES)), str(rng.choice(PATTERNS))
+        if rng.random() < 0.5:
+            name = str(rng.choice(list(COLOURS)))
+            concept = Concept(shape=shape, colour=COLOURS[name], pattern=pattern, colour_name=name)
+        else:
+            rgb = tuple(int(v) for v in rng.integers(0, 256, size=3))
+            concept = Concept(shape=shape, colour=rgb, pattern=pattern)  # type: ignore[arg-type]
+        if not is_benchmark_like(concept, excluded):
+            return concept
+
+
+def world_sets(count: int, views: int, seed: int) -> list[dict]:
+    """`count` world concepts away from every benchmark concept, with the render seeds of their views."""
+    rng = np.random.default_rng(seed)
+    excluded = [item.concept for item in benchmark_concepts()]
+    entries = []
+    for _ in range(count):
+        concept = draw_concept(rng, excluded)
+        entries.append({"concept": asdict(concept), "seeds": [int(s) for s in rng.integers(0, 2**31, size=views)]})
+    return entries
+
+
+def concept_of(entry: dict) -> Concept:
+    fields = dict(entry["concept"])
+    fields["colour"] = tuple(fields["colour"])
+    return Concept(**fields)
+
+
+def load_targets(directory: Path) -> tuple[list[dict], torch.Tensor]:
+    """(entries, embeddings [n, width]) of a fitted target set."""
+    index = json.loads((directory / INDEX_FILE).read_text())
+    embeddings = load_file(str(directory / "targets.safetensors"))["embeddings"]
+    done = embeddings.shape[0]
+    return index["entries"][:done], embeddings
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--base-model", default="leap-tiny")
+    parser.add_argument("--out", type=Path, default=Path("runs/booster-targets/leap-tiny"))
+    parser.add_argument("--concepts", type=int, default=512, help="world concepts to fit (without --data)")
+    parser.add_argument("--views", type=int, default=8, help="rendered views per world concept")
+    parser.add_argument("--data", type=Path, help="fit a word-set dataset (models.booster.dataset) instead")
+    parser.add_argument("--steps", type=int, default=200)
+    parser.add_argument("--lr", type=float, default=0.005)
+    parser.add_argument("--prior", type=float, default=0.01,
+                        help="L2 pull towards the token init: picks one optimum among equally good ones")
+    parser.add_argument("--chunk", type=int, default=64, help="sets fitted together (one UNet batch)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    started = time.time()
+    base = load_base(resolve_base_model(args.base_model), pick_device())
+    args.out.mkdir(parents=True, exist_ok=True)
+    index_path, weights_path = args.out / INDEX_FILE, args.out / "targets.safetensors"
+    if index_path.exists():
+        index = json.loads(index_path.read_text())
+    else:
+        entries = (world_sets(args.concepts, args.views, args.seed) if args.data is None else
+                   [{"word": word} for word, _ in load_sets(args.data)])
+        index = {"base_model": args.base_model, "steps": args.steps, "lr": args.lr, "prior": args.prior,
+                 "data": str(args.data) if args.data else "world", "entries": entries}
+        index_path.write_text(json.dumps(index))
+    entries = index["entries"]
+    words = dict(load_sets(args.data)) if args.data else {}
+    fitted: list[torch.Tensor] = []
+    losses: list[float] = []
+    if weights_path.exists():
+        done = load_file(str(weights_path))
+        fitted, losses = list(done["embeddings"]), done["losses"].tolist()
+    chunks = tqdm(range(len(fitted), len(entries), args.chunk), desc="fitting", unit="chunk",
+                  initial=len(fitted) // args.chunk, total=-(-len(entries) // args.chunk))
+    for start in chunks:
+        chunk = entries[start : start + args.chunk]
+        image_sets = [words[entry["word"]] if "word" in entry else
+                      [render(concept_of(entry), seed, base.resolution) for seed in entry["seeds"]] for entry in chunk]
+        embeddings, chunk_losses = fit_embeddings(base, image_sets, steps=args.steps, lr=args.lr, prior=args.prior,
+                                                  seed=args.seed * 7919 + start)
+        fitted += list(embeddings)
+        losses += chunk_losses
+        tmp = weights_path.with_suffix(".tmp")
+        save_file({"embeddings": torch.stack(fitted).contiguous(), "losses": torch.tensor(losses)}, str(tmp))
+        tmp.replace(weights_path)  # after every chunk: a rerun resumes
+        chunks.set_postfix(loss=f"{sum(chunk_losses) / len(chunk_losses):.4f}")
+    print(f"{len(fitted)} fitted targets in {args.out} ({time.time() - started:.0f} s)")
+
+
+if __name__ == "__main__":
+    main()
