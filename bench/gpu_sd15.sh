@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # SD-1.5-sized checks for a GPU machine (random weights; nothing is downloaded):
 #   1. trainer speed: steps/s and peak memory of each mode at 512 px, batch 4, bf16;
-#   2. the booster's dataset builder and training command run on an SD-1.5-sized model.
+#   2. the booster's dataset builder, target fitting and training commands run on an SD-1.5-sized model.
 # Needs diffusers (and the pinned peft) as wheels in .whl/ where the machine lacks them.
 # Usage: bash bench/gpu_sd15.sh OUT_DIR [all|speed|booster]
 set -euo pipefail
@@ -29,6 +29,9 @@ fi
 printf 'star\ncircle\nred\nblue\n' > /tmp/words.txt
 python3 -m models.booster.dataset --base-model /tmp/sd15 --out /tmp/sd15-words --word-list /tmp/words.txt \
   --images 8 --steps 4
-python3 -m models.booster.train --base-model /tmp/sd15 --data /tmp/sd15-words --world-share 0 --steps 4 \
-  --sets 2 --image-size 128 --out /tmp/sd15-booster --work-dir /tmp/sd15-booster-work 2>&1 | tail -n 3
+python3 -m models.booster.targets --base-model /tmp/sd15 --data /tmp/sd15-words --steps 4 --chunk 2 \
+  --out /tmp/sd15-targets 2>&1 | tail -n 1
+python3 -m models.booster.train --base-model /tmp/sd15 --data /tmp/sd15-words --targets /tmp/sd15-targets \
+  --world-share 0 --steps 4 --sets 2 --image-size 128 --out /tmp/sd15-booster --work-dir /tmp/sd15-booster-work \
+  2>&1 | tail -n 3
 ls -la /tmp/sd15-booster && cp /tmp/sd15-booster/booster.json "$out/sd15_booster_config.json"
