@@ -13,16 +13,17 @@ Two losses, mixed by weights, over sets of images (never a benchmark concept):
 
 Why regression onto fitted targets for leap-tiny: measured on the validation concepts, 2000 steps
 end to end left the booster's zero-step held-out loss worse than plain token init (0.109 vs 0.102),
-while regression onto 2560 fitted targets put it within 2% of a full fine-tune's best on 5 of 8
-concepts. One denoising sample says little about the embedding (the gap between a good and a bad
-embedding is ~10% of a loss whose per-sample spread is far larger); a fitted target carries the
-whole averaged fine-tune. The targets' L2 prior matters: unregularised fits were 5x larger than any
-vocabulary vector and scattered between near-identical concepts, and regression onto them failed.
+while regression onto 2560 fitted targets put it within 2% of a full fine-tune's best on 7 of 8
+concepts (the benchmark: 40x textual inversion, 60x pivotal). One denoising sample says little
+about the embedding (the gap between a good and a bad embedding is ~10% of a loss whose per-sample
+spread is far larger); a fitted target carries the whole averaged fine-tune. The targets' L2 prior
+matters: unregularised fits were 10x the norm of a vocabulary vector and scattered between
+near-identical concepts, and regression onto them failed.
 For SD 1.5 use word sets (--data, --world-share 0) or targets fitted on them (targets --data).
 
 Fitted LoRA targets were not used: LoRA factors have no unique optimum (A, B rotate), and on
-leap-tiny a LoRA barely lowers the held-out loss below textual inversion's, so the shipped booster
-gives jobs its embedding only (booster.json `use_lora`). Resumable from --work-dir.
+leap-tiny pivotal tuning's best held-out loss is no lower than textual inversion's, so the shipped
+booster gives jobs its embedding only (booster.json `use_lora`). Resumable from --work-dir.
 """
 
 from __future__ import annotations
@@ -135,6 +136,8 @@ def main() -> None:
     parser.add_argument("--denoise-weight", type=float, default=1.0,
                         help="weight of the end-to-end denoising loss; 0 skips the base model (regression only)")
     args = parser.parse_args()
+    if args.denoise_weight <= 0 and args.targets is None and args.data is None:
+        parser.error("--denoise-weight 0 trains by regression only: give --targets or --data")
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     started = time.time()
