@@ -153,8 +153,9 @@ def test_targets_then_regression_training_makes_a_loadable_booster(leap_tiny, tm
     from models.booster import train as booster_train
     from models.booster.network import load_booster
 
+    threads = str(torch.get_num_threads())  # the commands set it process-wide; later tests expect the same
     run = [sys.executable, "--base-model", leap_tiny, "--concepts", "2", "--views", "4", "--steps", "2",
-           "--chunk", "1", "--threads", "1", "--out", str(tmp_path / "targets")]
+           "--chunk", "1", "--threads", threads, "--out", str(tmp_path / "targets")]
     monkeypatch.setattr(sys, "argv", run)
     targets.main()
     entries, fitted = targets.load_targets(tmp_path / "targets")
@@ -165,7 +166,7 @@ def test_targets_then_regression_training_makes_a_loadable_booster(leap_tiny, tm
     monkeypatch.setattr(sys, "argv", [
         sys.executable, "--base-model", leap_tiny, "--targets", str(tmp_path / "targets"), "--denoise-weight", "0",
         "--embedding-weight", "1", "--steps", "3", "--sets", "2", "--input-views", "3", "--target-views", "0",
-        "--pool-views", "4", "--threads", "1", "--work-dir", str(tmp_path / "work"), "--out", str(tmp_path / "b")])
+        "--pool-views", "4", "--threads", threads, "--work-dir", str(tmp_path / "work"), "--out", str(tmp_path / "b")])
     booster_train.main()
     booster = load_booster(tmp_path / "b")
     assert booster.config.base_model == leap_tiny and booster.config.training["targets"] == str(tmp_path / "targets")
