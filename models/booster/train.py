@@ -196,9 +196,10 @@ def main() -> None:
             regression = F.mse_loss(embedding[with_target, 0], wanted) / wanted.pow(2).mean()
             loss = loss + args.embedding_weight * regression
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(booster.parameters(), 1.0)
-        optimizer.step()
+        if loss.requires_grad:  # regression only, and no set of this step had a target: nothing to learn
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(booster.parameters(), 1.0)
+            optimizer.step()
         progress.set_postfix(loss=f"{loss.item():.4f}")
         if (step + 1) % args.checkpoint_every == 0 or step + 1 == args.steps:
             tmp = checkpoint.with_suffix(".tmp")
