@@ -180,3 +180,16 @@ def test_targets_then_regression_training_makes_a_loadable_booster(leap_tiny, tm
     booster_train.main()
     booster = load_booster(tmp_path / "b")
     assert booster.config.base_model == leap_tiny and booster.config.training["targets"] == str(tmp_path / "targets")
+
+    # Then the LoRA head alone, end to end: the embedding path must not move.
+    monkeypatch.setattr(sys, "argv", [
+        sys.executable, "--base-model", leap_tiny, "--targets", str(tmp_path / "targets"), "--init-from",
+        str(tmp_path / "b"), "--train-only", "lora", "--steps", "2", "--sets", "2", "--input-views", "3",
+        "--target-views", "2", "--pool-views", "5", "--threads", threads, "--work-dir", str(tmp_path / "work-lora"),
+        "--out", str(tmp_path / "b-lora")])
+    booster_train.main()
+    tuned = load_booster(tmp_path / "b-lora")
+    before, after = booster.state_dict(), tuned.state_dict()
+    lora_keys = {"lora_mean", "lora_basis", "coefficient_head.weight", "coefficient_head.bias"}
+    assert all(torch.equal(before[k], after[k]) for k in before if k not in lora_keys)
+    assert any(not torch.equal(before[k], after[k]) for k in lora_keys)
