@@ -129,7 +129,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--checkpoint-every", type=int, default=250)
     parser.add_argument("--targets", type=Path,
-                        help="fitted world targets (models.booster.targets): world sets regress onto them")
+                        help="fitted targets (models.booster.targets): their sets regress onto the fitted embeddings")
     parser.add_argument("--pool-views", type=int, default=16, help="renders kept per fitted concept")
     parser.add_argument("--min-input-views", type=int, default=3,
                         help="each step feeds a random number of views in [this, --input-views]: jobs vary")
@@ -154,7 +154,12 @@ def main() -> None:
     base = load_base(resolve_base_model(args.base_model), device)
     booster = make_booster(base, args.base_model, rank=args.rank, image_size=args.image_size).to(device)
     if args.init_from is not None:
-        booster.load_state_dict(load_booster(args.init_from).state_dict())
+        start_from = load_booster(args.init_from)
+        if (start_from.config.base_fingerprint, start_from.config.lora_layout, start_from.config.image_size) != (
+                booster.config.base_fingerprint, booster.config.lora_layout, booster.config.image_size):
+            parser.error(f"--init-from {args.init_from} was trained for {start_from.config.base_model} "
+                         f"(or another rank or image size), not for {args.base_model} as configured here")
+        booster.load_state_dict(start_from.state_dict())
     trained = (list(booster.parameters()) if args.train_only == "all" else
                [booster.lora_mean, booster.lora_basis, *booster.coefficient_head.parameters()])
     optimizer = torch.optim.AdamW(trained, lr=args.lr, weight_decay=0.0)

@@ -193,3 +193,18 @@ def test_targets_then_regression_training_makes_a_loadable_booster(leap_tiny, tm
     lora_keys = {"lora_mean", "lora_basis", "coefficient_head.weight", "coefficient_head.bias"}
     assert all(torch.equal(before[k], after[k]) for k in before if k not in lora_keys)
     assert any(not torch.equal(before[k], after[k]) for k in lora_keys)
+
+
+def test_training_from_a_booster_of_another_base_model_fails_clearly(random_tiny, leap_tiny, tmp_path, monkeypatch,
+                                                                     capsys):
+    import sys
+
+    from models.booster import train as booster_train
+
+    make_booster(load_base(random_tiny, pick_device("cpu")), "random-tiny", rank=4, image_size=32).save(tmp_path / "b")
+    monkeypatch.setattr(sys, "argv", [sys.executable, "--base-model", leap_tiny, "--init-from", str(tmp_path / "b"),
+                                      "--threads", str(torch.get_num_threads()), "--work-dir", str(tmp_path / "w")])
+    with pytest.raises(SystemExit) as exit_info:
+        booster_train.main()
+    assert exit_info.value.code == 2
+    assert "was trained for random-tiny" in capsys.readouterr().err
