@@ -7,10 +7,10 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from fastapi import Request
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, select
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 
@@ -20,6 +20,18 @@ logger = logging.getLogger(__name__)
 
 _AFTER_COMMIT = "leap_after_commit"
 _AFTER_ROLLBACK = "leap_after_rollback"
+_Row = TypeVar("_Row")
+
+
+def lock_by_id(session: Session, model: type[_Row], row_id: Any) -> _Row | None:
+    """The row with this primary key, locked for update; None when missing or another worker holds it."""
+    query = (
+        select(model)
+        .where(model.id == row_id)  # type: ignore[attr-defined]
+        .with_for_update(skip_locked=True)
+        .execution_options(populate_existing=True)
+    )
+    return session.scalars(query).one_or_none()
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ from sqlalchemy import select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
+from app.db import lock_by_id
 from app.orm import BillingDelivery, Tenant, UsageRecord
 
 
@@ -27,13 +28,7 @@ def insert_once(session: Session, values: dict[str, Any]) -> uuid.UUID | None:
 
 
 def lock(session: Session, delivery_id: uuid.UUID) -> BillingDelivery | None:
-    query = (
-        select(BillingDelivery)
-        .where(BillingDelivery.id == delivery_id)
-        .with_for_update(skip_locked=True)
-        .execution_options(populate_existing=True)
-    )
-    return session.scalars(query).one_or_none()
+    return lock_by_id(session, BillingDelivery, delivery_id)
 
 
 def record_and_tenant(session: Session, record_id: uuid.UUID) -> tuple[UsageRecord, Tenant] | None:

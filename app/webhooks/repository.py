@@ -11,6 +11,7 @@ from sqlalchemy import select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
+from app.db import lock_by_id
 from app.orm import Tenant, WebhookAttempt, WebhookDelivery, WebhookEndpoint, WebhookEvent
 
 
@@ -70,13 +71,7 @@ def add_delivery(session: Session, delivery: WebhookDelivery) -> WebhookDelivery
 
 def lock_delivery(session: Session, delivery_id: uuid.UUID) -> WebhookDelivery | None:
     """The delivery, locked; None when another worker holds it."""
-    query = (
-        select(WebhookDelivery)
-        .where(WebhookDelivery.id == delivery_id)
-        .with_for_update(skip_locked=True)
-        .execution_options(populate_existing=True)
-    )
-    return session.scalars(query).one_or_none()
+    return lock_by_id(session, WebhookDelivery, delivery_id)
 
 
 def lock_endpoint(session: Session, endpoint_id: uuid.UUID) -> WebhookEndpoint | None:
