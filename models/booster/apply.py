@@ -23,6 +23,12 @@ def base_fingerprint(base: BaseComponents) -> str:
     return hashlib.sha256(str(torch.round(rows, decimals=2).tolist()).encode()).hexdigest()[:16]
 
 
+def word_embedding(base: BaseComponents, word: str = "object") -> torch.Tensor:
+    """A single-token word's input embedding (float32, CPU): the token init, or a word set's target."""
+    ids = base.tokenizer(word, add_special_tokens=False).input_ids
+    return base.text_encoder.get_input_embeddings().weight[ids[0]].detach().float().cpu()
+
+
 def lora_layout(base: BaseComponents, rank: int) -> dict[str, list[int]]:
     """The exact peft keys and shapes the trainer's UNet LoRA has for this base and rank."""
     concept = ConceptModel(base, token="<layout-probe>", num_vectors=1)

@@ -33,7 +33,7 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
-from models.booster.apply import BatchedConcepts, per_row_denoising_loss
+from models.booster.apply import BatchedConcepts, per_row_denoising_loss, word_embedding
 from models.booster.dataset import load_sets
 from models.reference.concepts import benchmark_concepts
 from models.reference.world import COLOURS, PATTERNS, SHAPES, Concept, render
@@ -43,11 +43,6 @@ from models.trainer.defaults import resolve_base_model
 
 INDEX_FILE = "targets.json"
 TOKEN = "<fit>"
-
-
-def initializer_embedding(base: BaseComponents, word: str = "object") -> torch.Tensor:
-    ids = base.tokenizer(word, add_special_tokens=False).input_ids
-    return base.text_encoder.get_input_embeddings().weight[ids[0]].detach().float().cpu()
 
 
 def fit_embeddings(base: BaseComponents, image_sets: Sequence[Sequence[Image.Image]], *, steps: int, lr: float,
@@ -61,7 +56,7 @@ def fit_embeddings(base: BaseComponents, image_sets: Sequence[Sequence[Image.Ima
     generator = torch.Generator().manual_seed(seed)
     sets = len(image_sets)
     latents = [encode_images(base, images, resolution=base.resolution, flip=True) for images in image_sets]
-    start = initializer_embedding(base).to(base.device)
+    start = word_embedding(base).to(base.device)
     embedding = start.repeat(sets, 1).requires_grad_(True)
     optimizer = torch.optim.AdamW([embedding], lr=lr, weight_decay=0.0)
     average = torch.zeros_like(embedding)

@@ -46,7 +46,13 @@ import torch.nn.functional as F
 from PIL import Image
 from tqdm import tqdm
 
-from models.booster.apply import BatchedConcepts, base_fingerprint, lora_layout, per_row_denoising_loss
+from models.booster.apply import (
+    BatchedConcepts,
+    base_fingerprint,
+    lora_layout,
+    per_row_denoising_loss,
+    word_embedding,
+)
 from models.booster.dataset import load_sets
 from models.booster.network import Booster, BoosterConfig, load_booster
 from models.booster.targets import concept_of, draw_concept, load_targets
@@ -60,12 +66,10 @@ TOKEN = "<booster>"
 
 
 def make_booster(base: BaseComponents, base_model: str, *, rank: int, image_size: int) -> Booster:
-    ids = base.tokenizer("object", add_special_tokens=False).input_ids
-    initial = base.text_encoder.get_input_embeddings().weight[ids[0]].detach().float().cpu()
     config = BoosterConfig(base_model=base_model, base_fingerprint=base_fingerprint(base),
                            embedding_width=base.embedding_width, lora_rank=rank,
                            lora_layout=lora_layout(base, rank), image_size=image_size)
-    return Booster(config, initial_embedding=initial)
+    return Booster(config, initial_embedding=word_embedding(base))
 
 
 class SetSampler:
@@ -97,9 +101,7 @@ class SetSampler:
         self.word_sets = load_sets(data) if data else []
         if self.word_sets and min(len(images) for _, images in self.word_sets) < views:
             raise SystemExit(f"every word set needs at least {views} images (--input-views + --target-views)")
-        table = base.text_encoder.get_input_embeddings().weight.detach().float()
-        self.word_embeddings = {word: table[base.tokenizer(word, add_special_tokens=False).input_ids[0]].cpu()
-                                for word, _ in self.word_sets}
+        self.word_embeddings = {word: word_embedding(base, word) for word, _ in self.word_sets}
 
     def draw(self, rng: np.random.Generator) -> tuple[list[Image.Image], torch.Tensor | None]:
         if self.word_sets and rng.random() >= self.world_share:

@@ -95,8 +95,8 @@ def test_the_committed_booster_starts_closer_to_the_optimum_than_the_token(leap_
     """On development concepts (never trained on, never benchmarked), the booster's embedding alone
     has a lower held-out loss than the initializer token, and its LoRA lowers it further on average;
     the speed-up itself is benchmarked."""
+    from models.booster.apply import word_embedding
     from models.booster.registry import checked_booster, registered_booster_path
-    from models.booster.targets import initializer_embedding
     from models.reference.concepts import benchmark_concepts
     from models.trainer.concept import ConceptModel, InitialState
     from models.trainer.evaluate import HeldOutLoss
@@ -120,7 +120,7 @@ def test_the_committed_booster_starts_closer_to_the_optimum_than_the_token(leap_
     gains = []
     for item in benchmark_concepts("dev")[:3]:
         embedding, lora = predict(booster, item.views())
-        token = held_out(item, InitialState(embedding=initializer_embedding(base)[None]))
+        token = held_out(item, InitialState(embedding=word_embedding(base)[None]))
         boosted = held_out(item, InitialState(embedding=embedding))
         assert boosted < token * 0.97, (item.name, boosted, token)
         gains.append(held_out(item, InitialState(embedding=embedding, unet_lora=lora)) / boosted)
@@ -130,7 +130,8 @@ def test_the_committed_booster_starts_closer_to_the_optimum_than_the_token(leap_
 
 def test_fitted_targets_lower_the_held_out_loss_and_the_prior_keeps_them_near_the_init(leap_tiny):
     """Batched textual inversion (the booster's regression targets) does what a single job does."""
-    from models.booster.targets import fit_embeddings, initializer_embedding
+    from models.booster.apply import word_embedding
+    from models.booster.targets import fit_embeddings
     from models.reference.concepts import benchmark_concepts
     from models.trainer.concept import ConceptModel, InitialState
     from models.trainer.evaluate import HeldOutLoss
@@ -148,7 +149,7 @@ def test_fitted_targets_lower_the_held_out_loss_and_the_prior_keeps_them_near_th
         finally:
             concept.close()
 
-    start = initializer_embedding(base)
+    start = word_embedding(base)
     for item, vector in zip(items, fitted, strict=True):
         assert held_out(item, vector) < held_out(item, start)
     pinned, _ = fit_embeddings(base, [items[0].views()], steps=20, lr=0.02, prior=1e4)
