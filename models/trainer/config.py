@@ -17,6 +17,8 @@ Precision = Literal["no", "fp16", "bf16"]
 MODES: tuple[str, ...] = ("textual_inversion", "lora", "pivotal")
 INITS: tuple[str, ...] = ("booster", "token", "random")
 TOKEN_PATTERN = re.compile(r"^<[A-Za-z0-9_\-]{1,32}>$")
+# A file name on every OS and one word in a prompt (ComfyUI's `embedding:<name>` ends at a space).
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9_\-]{1,64}$")
 
 
 @dataclass
@@ -25,8 +27,14 @@ class TrainConfig:
 
     base_model: str
     """Diffusers folder or hub id of an SD 1.x/2.x pipeline."""
+    base_model_name: str | None = None
+    """What the manifest and the webui metadata call the base model. Default: the registry id
+    when base_model is one, else a local folder's name (never its path), else the hub id."""
     token: str = "<leap>"
     """Placeholder token added to the tokenizer, e.g. "<leap>"."""
+    name: str | None = None
+    """Names the A1111/ComfyUI files (<name>.safetensors, <name>_lora.safetensors); default: the
+    token without its brackets."""
     mode: Mode = "pivotal"
     init: Init = "booster"
     """booster: the booster registered for base_model (falls back to token); token: copy
@@ -67,6 +75,8 @@ class TrainConfig:
             raise InvalidConfigError("init", f"must be one of {', '.join(INITS)}, got {self.init!r}")
         if not TOKEN_PATTERN.match(self.token):
             raise InvalidConfigError("token", "must look like <name>: 1-32 letters, digits, _ or - in <>")
+        if self.name is not None and not NAME_PATTERN.match(self.name):
+            raise InvalidConfigError("name", "must be 1-64 letters, digits, _ or -")
         if not 1 <= self.num_vectors <= 16:
             raise InvalidConfigError("num_vectors", "must be between 1 and 16")
         if self.steps is not None and not 1 <= self.steps <= 20_000:
@@ -88,6 +98,11 @@ class TrainConfig:
         if self.mixed_precision not in ("no", "fp16", "bf16"):
             raise InvalidConfigError("mixed_precision", "must be no, fp16 or bf16")
 
+    @property
+    def output_name(self) -> str:
+        """The A1111/ComfyUI file name stem: name, else the token's text."""
+        return self.name or self.token[1:-1]
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
@@ -107,7 +122,7 @@ class Artifact:
     """One output file of a run."""
 
     name: str
-    kind: str  # "embedding" | "lora" | "webui" | "manifest"
+    kind: str  # "embedding" | "lora" | "webui" (kohya LoRA) | "webui_embedding" | "manifest"
     path: Path
     bytes: int
     sha256: str

@@ -42,6 +42,21 @@ def resolve_base_model(base_model: str, registry: Registry | None = None) -> str
     return entry.path if entry else base_model
 
 
+def public_base_model_name(base_model: str, registry: Registry | None = None) -> str:
+    """How outputs name a base model without revealing where it lives on this machine: the
+    registry id, else a local folder's name (the registered id when a registry entry points at
+    the folder), else the hub id, which is public anyway."""
+    registry = registry or load_registry()
+    if registry.get(base_model) is not None:
+        return base_model
+    path = Path(base_model)
+    if path.is_absolute() or path.exists():
+        resolved = str(path.resolve())
+        entry = next((m for m in registry.models.values() if m.path == resolved), None)
+        return entry.id if entry else path.resolve().name
+    return base_model
+
+
 def with_defaults(config: TrainConfig, registry: Registry | None = None) -> TrainConfig:
     """Fill every None hyperparameter from the model's registered defaults, then the SD recipe."""
     per_mode = {**SD_RECIPE[config.mode], **registered_defaults(config.base_model, registry).get(config.mode, {})}
@@ -51,4 +66,6 @@ def with_defaults(config: TrainConfig, registry: Registry | None = None) -> Trai
         filled = replace(filled, initializer_token="style" if config.concept == "style" else "object")
     if filled.lora_alpha is None:
         filled = replace(filled, lora_alpha=float(filled.lora_rank))
+    if filled.base_model_name is None:
+        filled = replace(filled, base_model_name=public_base_model_name(config.base_model, registry))
     return filled

@@ -1,9 +1,13 @@
 """Writing a trained concept in the formats diffusers, A1111 and ComfyUI load.
 
-- learned_embeds.safetensors: {token: [num_vectors, width]} for `load_textual_inversion`
-- pytorch_lora_weights.safetensors: written by diffusers' own `save_lora_weights`
-- <name>.safetensors: kohya/webui LoRA keys with the embedding bundled as
-  `bundle_emb.<token>.string_to_param.*` (A1111 >= 1.5 and ComfyUI read bundled embeddings)
+- learned_embeds.safetensors: {token: [num_vectors, width]} for diffusers' `load_textual_inversion`
+- pytorch_lora_weights.safetensors: written by diffusers' own `save_lora_weights`, with the LoRA
+  scale (alpha / rank) folded into lora_B, so every loader that assumes alpha = rank reads it right
+- <name>.safetensors: the embedding as {"emb_params": vectors} (kohya's layout), which A1111's and
+  ComfyUI's embedding loaders read; its file name is the prompt word there
+- <name>_lora.safetensors: kohya/webui LoRA keys with per-module `.alpha` = the trained alpha and
+  kohya/modelspec metadata, plus the embedding bundled as `bundle_emb.<token>.string_to_param.*`
+  (A1111 >= 1.5 reads it; ComfyUI drops it and needs <name>.safetensors)
 - manifest.json: what produced the files, with their sha256
 """
 
@@ -11,20 +15,103 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from diffusers import StableDiffusionPipeline
 from diffusers.utils import convert_state_dict_to_diffusers, convert_state_dict_to_kohya
-from safetensors.torch import save_file
+from safetensors.torch import save
 
 from models.trainer.config import Artifact
 
 EMBEDDING_FILE = "learned_embeds.safetensors"
 LORA_FILE = "pytorch_lora_weights.safetensors"
-WEBUI_FILE = "leap_webui.safetensors"
 MANIFEST_FILE = "manifest.json"
+WEBUI_EMBEDDING_KEY = "emb_params"
+SAI_MODEL_SPEC = "1.0.0"
+
+
+def webui_embedding_file(name: str) -> str:
+    """The A1111/ComfyUI embedding file; its stem is the word that calls it in a prompt."""
+    return f"{name}.safetensors"
+
+
+def webui_lora_file(name: str) -> str:
+    """The kohya/webui LoRA file; its stem is what `<lora:...>` and ComfyUI's LoraLoader name."""
+    return f"{name}_lora.safetensors"
+
+
+@dataclass(frozen=True)
+class BaseDescription:
+    """What the webui metadata says about the base model."""
+
+    name: str
+    """The registry id or the folder's name, never a server path."""
+    text_width: int
+    prediction_type: str
+    resolution: int
+
+
+def architecture(base: BaseDescription) -> tuple[str, str]:
+    """(kohya ss_base_model_version, modelspec architecture) of an SD 1.x/2.x-layout model.
+
+    SD 1.x has a 768-wide CLIP text encoder, SD 2.x a 1024-wide one. Any other width (leap-tiny)
+    keeps SD 1.x's key layout, so kohya's version is sd_v1, while modelspec names the model itself
+    so that no tool offers it for SD 1.5."""
+    if base.text_width == 768:
+        return "sd_v1", "stable-diffusion-v1"
+    if base.text_width == 1024:
+        v_768 = base.prediction_type == "v_prediction" and base.resolution >= 768
+        return "sd_v2", "stable-diffusion-v2-768-v" if v_768 else "stable-diffusion-v2-512"
+    return "sd_v1", base.name
+
+
+def _number(value: float) -> str:
+    return f"{value:g}"
+
+
+def _modelspec(base: BaseDescription, *, name: str, token: str, adapter: str) -> dict[str, str]:
+    return {
+        "modelspec.sai_model_spec": SAI_MODEL_SPEC,
+        "modelspec.architecture": f"{architecture(base)[1]}/{adapter}",
+        "modelspec.implementation": "diffusers",
+        "modelspec.title": name,
+        "modelspec.resolution": f"{base.resolution}x{base.resolution}",
+        "modelspec.prediction_type": "v" if base.prediction_type == "v_prediction" else "epsilon",
+        "modelspec.trigger_phrase": token,
+    }
+
+
+def webui_lora_metadata(base: BaseDescription, *, name: str, token: str, rank: int, alpha: float,
+                        text_encoder: bool) -> dict[str, str]:
+    """The kohya (ss_*) and modelspec keys A1111 and ComfyUI use to show and classify a LoRA."""
+    version, _ = architecture(base)
+    return {
+        "ss_network_module": "networks.lora",
+        "ss_network_dim": str(rank),
+        "ss_network_alpha": _number(alpha),
+        "ss_base_model_version": version,
+        "ss_v2": str(version == "sd_v2"),  # A1111 reads SD 2.x from this key
+        "ss_sd_model_name": base.name,
+        "ss_output_name": name,
+        "ss_resolution": f"({base.resolution}, {base.resolution})",
+        "ss_network_train_unet_only": str(not text_encoder),
+        **_modelspec(base, name=name, token=token, adapter="lora"),
+        "leap": json.dumps({"token": token, "network_dim": rank, "network_alpha": alpha}, sort_keys=True),
+    }
+
+
+def save_safetensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:
+    """safetensors' own writer, with the header's keys sorted: it writes metadata in a random
+    per-map order, which would make identical trainings hash differently."""
+    data = save(tensors, metadata=metadata)
+    size = int.from_bytes(data[:8], "little")
+    header = json.dumps(json.loads(data[8:8 + size]), sort_keys=True, separators=(",", ":")).encode()
+    header += b" " * (-len(header) % 8)  # the format pads the header to 8 bytes with spaces
+    path.write_bytes(len(header).to_bytes(8, "little") + header + data[8 + size:])
 
 
 def sha256_file(path: Path) -> str:
@@ -39,47 +126,61 @@ def artifact(path: Path, kind: str) -> Artifact:
     return Artifact(name=path.name, kind=kind, path=path, bytes=path.stat().st_size, sha256=sha256_file(path))
 
 
+def _folded(lora: dict[str, torch.Tensor], scale: float) -> dict[str, torch.Tensor]:
+    """peft LoRA tensors with the scale multiplied into lora_B: B' A = scale * B A at scale 1."""
+    return {k: v * scale if re.search(r"\.lora_B\b", k) else v for k, v in lora.items()}
+
+
 def save_concept(
     out_dir: Path,
     *,
+    name: str,
     token: str,
     embedding: torch.Tensor,
     unet_lora: dict[str, torch.Tensor] | None,
     text_encoder_lora: dict[str, torch.Tensor] | None,
-    lora_alpha: float | None,
+    lora_alpha: float,
     rank: int,
+    base: BaseDescription,
 ) -> list[Artifact]:
-    """Write embedding, LoRA and the combined webui file; return them as artifacts."""
+    """Write the diffusers files and the A1111/ComfyUI files; return them as artifacts."""
     out_dir.mkdir(parents=True, exist_ok=True)
     vectors = embedding.detach().float().cpu().contiguous()
-    save_file({token: vectors}, str(out_dir / EMBEDDING_FILE))
-    artifacts = [artifact(out_dir / EMBEDDING_FILE, "embedding")]
+    embeds = out_dir / EMBEDDING_FILE
+    save_safetensors({token: vectors}, embeds)
+    artifacts = [artifact(embeds, "embedding")]
+    webui_embedding = out_dir / webui_embedding_file(name)
+    save_safetensors({WEBUI_EMBEDDING_KEY: vectors}, webui_embedding,
+                     _modelspec(base, name=name, token=token, adapter="textual-inversion"))
+    artifacts.append(artifact(webui_embedding, "webui_embedding"))
+    if unet_lora is None:
+        return artifacts
 
-    webui: dict[str, torch.Tensor] = {f"bundle_emb.{token}.string_to_param.*": vectors}
     if text_encoder_lora:
         # transformers 5 flattened CLIPTextModel; the published layout (and every loader) keeps "text_model.".
         text_encoder_lora = {k if k.startswith("text_model.") else f"text_model.{k}": v
                              for k, v in text_encoder_lora.items()}
-    if unet_lora is not None:
-        unet_layers = convert_state_dict_to_diffusers(unet_lora)
-        te_layers = convert_state_dict_to_diffusers(text_encoder_lora) if text_encoder_lora else None
-        StableDiffusionPipeline.save_lora_weights(
-            out_dir, unet_lora_layers=unet_layers, text_encoder_lora_layers=te_layers, safe_serialization=True)
-        artifacts.append(artifact(out_dir / LORA_FILE, "lora"))
-        peft_keys = {f"unet.{k}": v for k, v in unet_lora.items()}
-        peft_keys.update({f"text_encoder.{k}": v for k, v in (text_encoder_lora or {}).items()})
-        # SD 1.x/2.x webui files name the one text encoder "lora_te_" (lora_te1_/te2_ are SDXL's).
-        kohya = {k.replace("lora_te1_", "lora_te_", 1): v for k, v in convert_state_dict_to_kohya(peft_keys).items()}
-        # kohya stores alpha per module; diffusers' converter leaves it implied by rank.
-        alpha = torch.tensor(float(lora_alpha if lora_alpha is not None else rank))
-        for key in [k for k in kohya if k.endswith(".lora_down.weight")]:
-            kohya.setdefault(key.replace(".lora_down.weight", ".alpha"), alpha)
-        webui.update({k: v.detach().float().cpu().contiguous() for k, v in kohya.items()})
-    # One metadata key: safetensors writes several in a per-process random order, which would
-    # make identical trainings hash differently.
-    details = {"token": token, "network_dim": rank, "network_alpha": lora_alpha if lora_alpha else rank}
-    save_file(webui, str(out_dir / WEBUI_FILE), metadata={"leap": json.dumps(details, sort_keys=True)})
-    artifacts.append(artifact(out_dir / WEBUI_FILE, "webui"))
+    scale = lora_alpha / rank
+    unet_layers = convert_state_dict_to_diffusers(_folded(unet_lora, scale))
+    te_layers = convert_state_dict_to_diffusers(_folded(text_encoder_lora, scale)) if text_encoder_lora else None
+    StableDiffusionPipeline.save_lora_weights(
+        out_dir, unet_lora_layers=unet_layers, text_encoder_lora_layers=te_layers, safe_serialization=True)
+    artifacts.append(artifact(out_dir / LORA_FILE, "lora"))
+
+    peft_keys = {f"unet.{k}": v for k, v in unet_lora.items()}
+    peft_keys.update({f"text_encoder.{k}": v for k, v in (text_encoder_lora or {}).items()})
+    # SD 1.x/2.x webui files name the one text encoder "lora_te_" (lora_te1_/te2_ are SDXL's).
+    kohya = {k.replace("lora_te1_", "lora_te_", 1): v for k, v in convert_state_dict_to_kohya(peft_keys).items()}
+    # diffusers' converter writes alpha = rank (scale 1); kohya loaders apply alpha / rank.
+    for key in [k for k in kohya if k.endswith(".alpha")]:
+        kohya[key] = torch.tensor(float(lora_alpha))
+    webui: dict[str, torch.Tensor] = {f"bundle_emb.{token}.string_to_param.*": vectors}
+    webui.update({k: v.detach().float().cpu().contiguous() for k, v in kohya.items()})
+    metadata = webui_lora_metadata(base, name=name, token=token, rank=rank, alpha=lora_alpha,
+                                   text_encoder=bool(text_encoder_lora))
+    webui_lora = out_dir / webui_lora_file(name)
+    save_safetensors(webui, webui_lora, metadata)
+    artifacts.append(artifact(webui_lora, "webui"))
     return artifacts
 
 

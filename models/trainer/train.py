@@ -25,7 +25,7 @@ from models.trainer.config import Progress, TrainConfig, TrainResult
 from models.trainer.data import LatentSet, caption_templates, encode_images
 from models.trainer.defaults import resolve_base_model, with_defaults
 from models.trainer.errors import InvalidImagesError, OutOfMemory, TrainingCanceled
-from models.trainer.export import save_concept, write_manifest
+from models.trainer.export import BaseDescription, save_concept, write_manifest
 from models.trainer.images import MAX_IMAGES, MIN_IMAGES
 
 # A booster resolver maps (base components, images, config) to an initial state, or None
@@ -193,11 +193,16 @@ def _run(config: TrainConfig, base: BaseComponents, concept: ConceptModel, image
     train_seconds = time.perf_counter() - step_started
 
     unet_lora, te_lora = concept.lora_state()
-    artifacts = save_concept(out_dir, token=config.token, embedding=concept.embedding, unet_lora=unet_lora,
-                             text_encoder_lora=te_lora, lora_alpha=config.lora_alpha, rank=config.lora_rank)
+    assert config.base_model_name is not None and config.lora_alpha is not None
+    described = BaseDescription(name=config.base_model_name, text_width=base.embedding_width,
+                                prediction_type=base.noise_scheduler.config.prediction_type, resolution=resolution)
+    artifacts = save_concept(out_dir, name=config.output_name, token=config.token, embedding=concept.embedding,
+                             unet_lora=unet_lora, text_encoder_lora=te_lora, lora_alpha=config.lora_alpha,
+                             rank=config.lora_rank, base=described)
     compute_seconds = time.perf_counter() - started
     manifest = {
-        "base_model": config.base_model,
+        "base_model": config.base_model_name,
+        "name": config.output_name,
         "token": config.token,
         "tokens": concept.tokens,
         "mode": config.mode,
@@ -210,10 +215,12 @@ def _run(config: TrainConfig, base: BaseComponents, concept: ConceptModel, image
         "learning_rates": {"embedding": config.embedding_lr, "pivot_embedding": config.pivot_embedding_lr,
                            "lora": config.lora_lr},
         "lora_rank": config.lora_rank if trains_lora else None,
+        "lora_alpha": config.lora_alpha if trains_lora else None,
         "resolution": resolution,
         "num_images": len(images),
         "device": str(base.device),
-        "config": config.to_dict(),
+        # The server's folder of the model stays on the server (base_model_name names it).
+        "config": {**config.to_dict(), "base_model": config.base_model_name},
         "timings": {"total_seconds": round(compute_seconds, 3), "train_seconds": round(train_seconds, 3),
                     "steps_per_second": round(config.steps / max(train_seconds, 1e-9), 3)},
         "loss": _loss_summary(losses),

@@ -49,7 +49,8 @@ def test_each_mode_trains_and_its_outputs_load_into_a_fresh_pipeline(leap_tiny, 
 
     assert len(seen) == 2  # at step 0 and after step 6
     kinds = {a.kind for a in result.artifacts}
-    assert kinds == ({"embedding", "webui", "manifest"} | ({"lora"} if mode != "textual_inversion" else set()))
+    assert kinds == ({"embedding", "webui_embedding", "manifest"}
+                     | ({"lora", "webui"} if mode != "textual_inversion" else set()))
     for artifact in result.artifacts:
         assert artifact.sha256 == sha256_file(artifact.path)
 
@@ -71,7 +72,7 @@ def test_webui_file_bundles_the_embedding_with_kohya_lora_keys(leap_tiny, concep
     config = TrainConfig(base_model=leap_tiny, mode="lora", init="token", steps=2, batch_size=2,
                          train_text_encoder_lora=True, lora_rank=2)
     train(config, concept_images, tmp_path)
-    tensors = load_file(str(tmp_path / "leap_webui.safetensors"))
+    tensors = load_file(str(tmp_path / "leap_lora.safetensors"))
     assert tensors["bundle_emb.<leap>.string_to_param.*"].shape == (1, 64)
     unet_keys = [k for k in tensors if k.startswith("lora_unet_")]
     te_keys = [k for k in tensors if k.startswith("lora_te_text_model_encoder_layers_")]
