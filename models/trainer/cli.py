@@ -18,7 +18,10 @@ def train_command(
     out: Annotated[Path, typer.Option(help="Output folder for the artifacts.")] = Path("leap-out"),
     mode: Annotated[str, typer.Option(help="pivotal | textual_inversion | lora")] = "pivotal",
     init: Annotated[str, typer.Option(help="booster | token | random")] = "booster",
-    token: str = "<leap>",
+    name: Annotated[str | None, typer.Option(
+        help="Names the A1111/ComfyUI files (NAME.safetensors, NAME_lora.safetensors) and, "
+             "without --token, the token <NAME>.")] = None,
+    token: Annotated[str | None, typer.Option(help="Placeholder token; default <NAME>, else <leap>.")] = None,
     initializer_token: str | None = None,
     concept: Annotated[str, typer.Option(help="object | style (caption templates)")] = "object",
     steps: int | None = None,
@@ -27,6 +30,7 @@ def train_command(
     lora_lr: float | None = None,
     pivot_embedding_lr: float | None = None,
     lora_rank: int = 4,
+    lora_alpha: Annotated[float | None, typer.Option(help="LoRA scale is alpha / rank; default: the rank.")] = None,
     train_text_encoder_lora: bool = False,
     batch_size: int | None = None,
     resolution: int | None = None,
@@ -41,10 +45,12 @@ def train_command(
     from models.trainer.images import decode_images, read_image_dir
     from models.trainer.train import train
 
+    # Without --name the token stays <leap>, as before names existed; the files are then leap*.safetensors.
+    token = token or (f"<{name}>" if name else "<leap>")
     config = TrainConfig(
-        base_model=base_model, token=token, mode=mode, init=init, initializer_token=initializer_token,  # type: ignore[arg-type]
+        base_model=base_model, name=name, token=token, mode=mode, init=init, initializer_token=initializer_token,  # type: ignore[arg-type]
         concept=concept, num_vectors=num_vectors, steps=steps, embedding_lr=embedding_lr,  # type: ignore[arg-type]
-        lora_lr=lora_lr, pivot_embedding_lr=pivot_embedding_lr, lora_rank=lora_rank,
+        lora_lr=lora_lr, pivot_embedding_lr=pivot_embedding_lr, lora_rank=lora_rank, lora_alpha=lora_alpha,
         train_text_encoder_lora=train_text_encoder_lora, batch_size=batch_size, resolution=resolution, seed=seed,
         mixed_precision=mixed_precision, gradient_checkpointing=gradient_checkpointing, device=device,  # type: ignore[arg-type]
     )

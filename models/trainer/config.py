@@ -18,7 +18,7 @@ MODES: tuple[str, ...] = ("textual_inversion", "lora", "pivotal")
 INITS: tuple[str, ...] = ("booster", "token", "random")
 TOKEN_PATTERN = re.compile(r"^<[A-Za-z0-9_\-]{1,32}>$")
 # A file name on every OS and one word in a prompt (ComfyUI's `embedding:<name>` ends at a space).
-NAME_PATTERN = re.compile(r"^[A-Za-z0-9_\-]{1,64}$")
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9_\-]{1,32}$")
 
 
 @dataclass
@@ -76,7 +76,7 @@ class TrainConfig:
         if not TOKEN_PATTERN.match(self.token):
             raise InvalidConfigError("token", "must look like <name>: 1-32 letters, digits, _ or - in <>")
         if self.name is not None and not NAME_PATTERN.match(self.name):
-            raise InvalidConfigError("name", "must be 1-64 letters, digits, _ or -")
+            raise InvalidConfigError("name", "must be 1-32 letters, digits, _ or -")
         if not 1 <= self.num_vectors <= 16:
             raise InvalidConfigError("num_vectors", "must be between 1 and 16")
         if self.steps is not None and not 1 <= self.steps <= 20_000:
@@ -89,6 +89,8 @@ class TrainConfig:
                 raise InvalidConfigError(name, "must be in (0, 1]")
         if not 1 <= self.lora_rank <= 128:
             raise InvalidConfigError("lora_rank", "must be between 1 and 128")
+        if self.lora_alpha is not None and not 0 < self.lora_alpha <= 1024:
+            raise InvalidConfigError("lora_alpha", "must be in (0, 1024]")
         if self.batch_size is not None and not 1 <= self.batch_size <= 64:
             raise InvalidConfigError("batch_size", "must be between 1 and 64")
         if self.resolution is not None and (self.resolution % 8 or not 16 <= self.resolution <= 2048):

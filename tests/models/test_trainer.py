@@ -149,6 +149,8 @@ def test_progress_callback_and_cancellation(leap_tiny, concept_images, tmp_path)
     ({"mode": "dreambooth"}, "mode"),
     ({"lora_rank": 0}, "lora_rank"),
     ({"num_vectors": 99}, "num_vectors"),
+    ({"name": "two words"}, "name"),
+    ({"lora_alpha": 0.0}, "lora_alpha"),
     ({"initializer_token": "red striped"}, "initializer_token"),
 ])
 def test_invalid_configs_name_the_field(random_tiny, concept_images, tmp_path, overrides, field):
@@ -188,6 +190,15 @@ def test_cli_trains_from_a_folder_and_reports_bad_images(random_tiny, concept_im
     done = subprocess.run(command, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["steps"] == 2 and (tmp_path / "out" / "manifest.json").is_file()
+    assert (tmp_path / "out" / "leap.safetensors").is_file()  # no --name: the token <leap> names the files
+
+    named = subprocess.run([*command[:-8], "--out", str(tmp_path / "named"), "--name", "red-cube", "--mode", "lora",
+                            "--lora-rank", "2", "--lora-alpha", "6", "--steps", "1", "--batch-size", "1",
+                            "--init", "token"], capture_output=True, text=True)
+    assert named.returncode == 0, named.stderr
+    assert {"red-cube.safetensors", "red-cube_lora.safetensors"} <= set(json.loads(named.stdout)["files"])
+    manifest = json.loads((tmp_path / "named" / "manifest.json").read_text())
+    assert (manifest["token"], manifest["lora_alpha"], manifest["base_model"]) == ("<red-cube>", 6.0, "pipeline")
 
     (images / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
     failed = subprocess.run(command, capture_output=True, text=True)
