@@ -18,9 +18,11 @@ class TrainingForm(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    token: str = Field(
-        "<leap>",
-        description="Placeholder token the concept is bound to, e.g. <leap>.",
+    token: str | None = Field(
+        None,
+        description="Placeholder token the concept is bound to, e.g. <cat>; its text also names the "
+        "A1111/ComfyUI files (cat.safetensors, cat_lora.safetensors). Default: <leap-XXXXXXXX>, "
+        "from the training's id.",
         pattern=TOKEN_PATTERN.pattern,
     )
     mode: Literal["pivotal", "textual_inversion", "lora"] = Field(
@@ -96,7 +98,10 @@ class Usage(BaseModel):
 
 class Artifact(BaseModel):
     name: str
-    kind: str = Field(description="embedding, lora, webui or manifest")
+    kind: str = Field(
+        description="embedding and lora (diffusers), webui_embedding and webui (A1111/ComfyUI embedding and "
+        "LoRA), or manifest"
+    )
     bytes: int
     sha256: str
     url: str = Field(description="Presigned download URL (attachment); expires at expires_at.")

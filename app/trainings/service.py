@@ -62,6 +62,12 @@ def training_prefix(training_id: uuid.UUID) -> str:
     return f"trainings/{training_id}"
 
 
+def default_token(training_id: uuid.UUID) -> str:
+    """A training's token when the caller gives none: stable, and its own, so that its files
+    (named after the token) do not overwrite another training's in A1111's or ComfyUI's folders."""
+    return f"<leap-{training_id.hex[:8]}>"
+
+
 def _parse_form(fields: dict[str, str], registry: Registry, settings: Settings) -> schemas.TrainingForm:
     try:
         form = schemas.TrainingForm.model_validate(fields)
@@ -95,7 +101,14 @@ def build_config(
     entry = registry.get(base_model)
     if entry is None:
         raise InvalidConfigError("base_model", f"{base_model!r} is not registered on this server")
-    config = TrainConfig(base_model=entry.path, token=token, mode=mode, init=init, **parameters)  # type: ignore[arg-type]
+    config = TrainConfig(
+        base_model=entry.path,
+        base_model_name=base_model,
+        token=token,
+        mode=mode,  # type: ignore[arg-type]
+        init=init,  # type: ignore[arg-type]
+        **parameters,
+    )
     config.validate()
     return config
 
@@ -151,10 +164,12 @@ def create_training(
     base_model_id = form.base_model or registry.default_id
     parameters = form.hyperparameters()
     tenant = _check_concurrency(session, principal=principal, settings=settings)
+    training_id = uuid.uuid4()
+    token = form.token or default_token(training_id)
     try:
         config = build_config(
             base_model=base_model_id,
-            token=form.token,
+            token=token,
             mode=form.mode,
             init=form.init,
             parameters=parameters,
@@ -173,8 +188,6 @@ def create_training(
     usage.check_quota(
         session, tenant_id=principal.tenant_id, monthly_unit_limit=tenant.monthly_unit_limit, estimated=estimated_units
     )
-
-    training_id = uuid.uuid4()
 
     # Registered before the first write so a failure part-way through leaves nothing behind.
     def delete_inputs() -> None:
@@ -209,7 +222,7 @@ def create_training(
             "base_model": base_model_id,
             "mode": form.mode,
             "init": form.init,
-            "token": form.token,
+            "token": token,
             "parameters": parameters,
             "webhook_url": form.webhook_url,
             "metadata_": form.metadata or {},

@@ -25,6 +25,18 @@ def test_get_returns_the_training_with_progress_and_no_artifacts_yet(client, dat
     assert body["artifacts"] == [] and body["error"] is None and body["usage"] is None
 
 
+def test_each_training_gets_its_own_default_token_and_keeps_a_given_one(client, database):
+    """Files are named after the token: two trainings must not share one unless the caller says so."""
+    tenant = make_tenant(database)
+    first, second = (submit(client, tenant).json() for _ in range(2))
+    for body in (first, second):
+        assert body["token"] == f"<leap-{uuid.UUID(body['id']).hex[:8]}>"
+    assert first["token"] != second["token"]
+    given = submit(client, tenant, data={"token": "<red_cube>"}).json()
+    assert given["token"] == "<red_cube>"
+    assert client.get(f"/v1/trainings/{first['id']}", headers=tenant.headers).json()["token"] == first["token"]
+
+
 def test_list_is_newest_first_with_cursor_pagination_and_status_filter(client, database):
     tenant = make_tenant(database)
     ids = [submit(client, tenant).json()["id"] for _ in range(5)]

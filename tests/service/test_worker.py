@@ -5,9 +5,11 @@ cannot be produced for real (GPU out of memory, a bug) are in test_worker_faults
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import signal
 import time
+import uuid
 from pathlib import Path
 
 import httpx
@@ -77,6 +79,15 @@ def test_training_succeeds_with_artifacts_usage_and_presigned_downloads(client, 
     names = {artifact["name"]: artifact for artifact in body["artifacts"]}
     assert {"learned_embeds.safetensors", "pytorch_lora_weights.safetensors", "manifest.json"} <= set(names)
     assert {artifact["kind"] for artifact in body["artifacts"]} >= {"embedding", "lora", "manifest"}
+    # The A1111/ComfyUI files carry the training's own name; the manifest names the model by its id.
+    name = f"leap-{uuid.UUID(training_id).hex[:8]}"
+    assert body["token"] == f"<{name}>"
+    assert names[f"{name}.safetensors"]["kind"] == "webui_embedding"
+    assert names[f"{name}_lora.safetensors"]["kind"] == "webui"
+    manifest = httpx.get(names["manifest.json"]["url"]).text
+    assert json.loads(manifest)["base_model"] == "leap-tiny" and json.loads(manifest)["name"] == name
+    model_path = load_registry().get("leap-tiny").path  # type: ignore[union-attr]
+    assert model_path not in manifest and str(Path(model_path).parent) not in manifest
     for artifact in body["artifacts"]:
         response = httpx.get(artifact["url"])
         assert response.status_code == 200
