@@ -39,7 +39,7 @@ def train_command(
     gradient_checkpointing: bool = False,
     device: str | None = None,
 ) -> None:
-    """Fine-tune a concept from IMAGES_DIR and write embedding, LoRA, webui file and manifest."""
+    """Fine-tune a concept from IMAGES_DIR; write the diffusers files, the A1111/ComfyUI files and a manifest."""
     from tqdm import tqdm
 
     from models.trainer.images import decode_images, read_image_dir

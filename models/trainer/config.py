@@ -19,6 +19,8 @@ INITS: tuple[str, ...] = ("booster", "token", "random")
 TOKEN_PATTERN = re.compile(r"^<[A-Za-z0-9_\-]{1,32}>$")
 # A file name on every OS and one word in a prompt (ComfyUI's `embedding:<name>` ends at a space).
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9_\-]{1,32}$")
+# <name>.safetensors must not replace the diffusers files beside it (case-insensitive file systems too).
+RESERVED_NAMES = ("learned_embeds", "pytorch_lora_weights")
 
 
 @dataclass
@@ -77,6 +79,9 @@ class TrainConfig:
             raise InvalidConfigError("token", "must look like <name>: 1-32 letters, digits, _ or - in <>")
         if self.name is not None and not NAME_PATTERN.match(self.name):
             raise InvalidConfigError("name", "must be 1-32 letters, digits, _ or -")
+        if self.output_name.lower() in RESERVED_NAMES:
+            field_name = "name" if self.name is not None else "token"
+            raise InvalidConfigError(field_name, f"{self.output_name!r} would name a file like diffusers' own files")
         if not 1 <= self.num_vectors <= 16:
             raise InvalidConfigError("num_vectors", "must be between 1 and 16")
         if self.steps is not None and not 1 <= self.steps <= 20_000:

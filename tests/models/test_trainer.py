@@ -150,6 +150,8 @@ def test_progress_callback_and_cancellation(leap_tiny, concept_images, tmp_path)
     ({"lora_rank": 0}, "lora_rank"),
     ({"num_vectors": 99}, "num_vectors"),
     ({"name": "two words"}, "name"),
+    ({"name": "Learned_Embeds"}, "name"),
+    ({"token": "<pytorch_lora_weights>"}, "token"),
     ({"lora_alpha": 0.0}, "lora_alpha"),
     ({"initializer_token": "red striped"}, "initializer_token"),
 ])
