@@ -24,7 +24,7 @@ from models.trainer.concept import ConceptModel, InitialState
 from models.trainer.config import Progress, TrainConfig, TrainResult
 from models.trainer.data import LatentSet, caption_templates, encode_images
 from models.trainer.defaults import resolve_base_model, with_defaults
-from models.trainer.errors import InvalidImagesError, OutOfMemory, TrainingCanceled
+from models.trainer.errors import BaseModelError, InvalidImagesError, OutOfMemory, TrainingCanceled
 from models.trainer.export import BaseDescription, save_concept, write_manifest
 from models.trainer.images import MAX_IMAGES, MIN_IMAGES
 
@@ -87,8 +87,13 @@ def prepare(config: TrainConfig) -> tuple[TrainConfig, BaseComponents]:
     config = with_defaults(config)
     config.validate()
     device = pick_device(config.device)
-    base = load_base(resolve_base_model(config.base_model), device,
-                     weight_dtype_for(config.mixed_precision, device))
+    source = resolve_base_model(config.base_model)
+    try:
+        base = load_base(source, device, weight_dtype_for(config.mixed_precision, device))
+    except BaseModelError as error:
+        # The message reaches API clients: it names the model as outputs do, not by its folder here.
+        assert config.base_model_name is not None
+        raise BaseModelError(error.message.replace(source, config.base_model_name)) from error
     return config, base
 
 

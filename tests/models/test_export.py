@@ -13,6 +13,7 @@ from safetensors.torch import load_file
 
 from models.trainer.concept import ADAPTER_NAME
 from models.trainer.config import TrainConfig
+from models.trainer.errors import BaseModelError
 from models.trainer.train import Job, train
 
 RANK, ALPHA = 2, 8.0  # scale 4: a file read at scale 1 is far off
@@ -178,3 +179,12 @@ def test_outputs_name_the_base_model_without_its_server_path(leap_tiny, random_t
         recorded = json.loads(manifest)
         assert recorded["base_model"] == recorded["config"]["base_model"] == expected
         assert str(Path(base_model).parent) not in manifest
+
+
+def test_a_base_model_that_fails_to_load_is_named_without_its_server_path(concept_images, tmp_path):
+    folder = tmp_path / "private" / "sd15"
+    folder.mkdir(parents=True)
+    config = TrainConfig(base_model=str(folder), base_model_name="sd15", init="token", steps=1, batch_size=1)
+    with pytest.raises(BaseModelError) as error:
+        train(config, concept_images, tmp_path / "out")
+    assert "sd15" in error.value.message and str(tmp_path) not in error.value.message
