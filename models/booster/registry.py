@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -17,6 +18,8 @@ from models.trainer.concept import InitialState
 from models.trainer.config import TrainConfig
 from models.trainer.data import images_to_tensor
 from models.trainer.errors import BaseModelError
+
+logger = logging.getLogger(__name__)
 
 _loaded: dict[Path, Booster] = {}
 _lock = threading.Lock()
@@ -60,7 +63,13 @@ def booster_initial_state(base: BaseComponents, images: Sequence[Image.Image],
     directory = registered_booster_path(base)
     if directory is None:
         return None
-    booster = checked_booster(directory, base)
+    try:
+        booster = checked_booster(directory, base)
+    except BaseModelError as error:
+        # The message reaches API clients: the folders stay in the worker's log.
+        logger.warning("booster for %s: %s", config.base_model_name, error.message)
+        raise BaseModelError(f"the booster registered for {config.base_model_name} was trained for another "
+                             "base model; the server's model registry needs fixing") from error
     embedding, lora = predict(booster, images)
     vectors = embedding[torch.arange(config.num_vectors) % embedding.shape[0]]
     if config.mode == "textual_inversion":

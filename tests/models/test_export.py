@@ -188,3 +188,17 @@ def test_a_base_model_that_fails_to_load_is_named_without_its_server_path(concep
     with pytest.raises(BaseModelError) as error:
         train(config, concept_images, tmp_path / "out")
     assert "sd15" in error.value.message and str(tmp_path) not in error.value.message
+
+
+def test_a_booster_that_does_not_fit_is_reported_without_server_paths(random_tiny, concept_images, tmp_path,
+                                                                      monkeypatch):
+    booster = Path(__file__).resolve().parents[2] / "models" / "booster" / "weights" / "leap-tiny"
+    registry = tmp_path / "registry.yaml"
+    registry.write_text(f"default: other\nmodels:\n  other:\n    path: {random_tiny}\n    resolution: 32\n"
+                        f"    booster: {booster}\n")
+    monkeypatch.setenv("LEAP_MODEL_REGISTRY", str(registry))
+    config = TrainConfig(base_model="other", init="booster", mode="textual_inversion", steps=1, batch_size=1)
+    with pytest.raises(BaseModelError) as error:
+        train(config, concept_images, tmp_path / "out")
+    assert "other" in error.value.message
+    assert str(booster.parent) not in error.value.message and str(Path(random_tiny).parent) not in error.value.message
