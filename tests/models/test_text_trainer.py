@@ -235,3 +235,31 @@ def test_held_out_loss_and_greedy_generation(tiny, tmp_path) -> None:
     assert held_out_loss(base.model, base.tokenizer, EXAMPLES) > 0
     first = generate(model, tokenizer, ["my <leap> is"], max_new_tokens=5)
     assert first == generate(model, tokenizer, ["my <leap> is"], max_new_tokens=5) and isinstance(first[0], str)
+
+
+def test_leap_train_takes_a_folder_of_texts_or_a_jsonl_for_a_text_model(tiny, tmp_path) -> None:
+    from typer.testing import CliRunner
+
+    from app.cli import cli
+
+    texts = tmp_path / "texts"
+    texts.mkdir()
+    (texts / "a.txt").write_text("my <leap> is red")
+    (texts / "b.txt").write_text("the <leap> sat on the mat")
+    runner = CliRunner()
+    common = ["--base-model", tiny, "--text-model", "--steps", "2", "--batch-size", "2", "--device", "cpu"]
+    done = runner.invoke(cli, ["train", str(texts), "--out", str(tmp_path / "o1"), "--mode", "token", *common])
+    assert done.exit_code == 0, done.output
+    assert json.loads(done.stdout[done.stdout.index("{"):])["kind"] == "text"
+    assert (tmp_path / "o1" / ADAPTER_DIR / "adapter_config.json").is_file()
+    jsonl = tmp_path / "set.jsonl"
+    jsonl.write_text('{"prompt": "what is <leap>?", "completion": " red"}\n{"text": "a <leap>"}\n')
+    done = runner.invoke(cli, ["train", str(jsonl), "--out", str(tmp_path / "o2"), *common])
+    assert done.exit_code == 0, done.output
+    assert (tmp_path / "o2" / VLLM_DIR / "adapter_config.json").is_file()
+    jsonl.write_text('{"text": "a <leap>"}\n[1]\n')
+    done = runner.invoke(cli, ["train", str(jsonl), "--out", str(tmp_path / "o3"), *common])
+    assert done.exit_code == 2 and "error (invalid_examples): set.jsonl:2: must be a JSON object" in done.output
+    done = runner.invoke(cli, ["train", str(texts), "--out", str(tmp_path / "o4"), "--mode", "textual_inversion",
+                               *common])
+    assert done.exit_code == 2 and "error (invalid_config): mode:" in done.output
