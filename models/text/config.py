@@ -1,0 +1,126 @@
+"""The text trainer's typed configuration and defaults (torch-free, so the API can validate with it)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any, Literal
+
+from models.registry import Registry, load_registry
+from models.trainer.config import TOKEN_PATTERN
+from models.trainer.errors import InvalidConfigError
+
+TextMode = Literal["token", "lora", "pivotal"]
+TextInit = Literal["booster", "token", "random"]
+LoraTargets = Literal["attention", "attention+mlp"]
+
+MODES: tuple[str, ...] = ("token", "lora", "pivotal")
+INITS: tuple[str, ...] = ("booster", "token", "random")
+LORA_TARGETS: tuple[str, ...] = ("attention", "attention+mlp")
+
+# Used when the registry has no `defaults` for the model (e.g. a folder or hub id passed directly).
+# Measured on SmolLM2-135M: the token alone needs a high rate (Adam moves each coordinate by ~lr
+# per step, the embeddings' coordinates are ~0.1), LoRA converges in ~100 steps at 1e-3.
+TEXT_RECIPE: dict[str, dict[str, Any]] = {
+    "token": {"steps": 100, "embedding_lr": 1e-2, "batch_size": 4},
+    "lora": {"steps": 100, "lora_lr": 1e-3, "batch_size": 4},
+    "pivotal": {"steps": 150, "embedding_lr": 1e-2, "pivot_embedding_lr": 1e-3, "lora_lr": 1e-3, "batch_size": 4},
+}
+FIELDS = ("steps", "embedding_lr", "lora_lr", "pivot_embedding_lr", "batch_size")
+
+
+@dataclass
+class TextTrainConfig:
+    """Everything that decides a text training run; None means "the base model's default"."""
+
+    base_model: str
+    """Registry id (e.g. smollm2-135m), transformers causal-LM folder or hub id."""
+    mode: TextMode = "pivotal"
+    init: TextInit = "booster"
+    """booster: the text booster registered for base_model (none exists yet: falls back to token);
+    token: copy initializer_token's embedding; random: small random vectors."""
+    token: str = "<leap>"
+    """The concept's token as written in the examples; added to the tokenizer."""
+    initializer_token: str = "thing"
+    """A word whose (first sub-word's) embedding starts the new token."""
+    num_vectors: int = 1
+    """>1: the token stands for <leap> <leap>_1 ... (one learned vector each)."""
+    steps: int | None = None
+    """Total optimisation steps (pivotal: both phases together)."""
+    embedding_lr: float | None = None
+    lora_lr: float | None = None
+    pivot_embedding_lr: float | None = None
+    """pivotal phase 2: the embedding's (lower) learning rate while LoRA trains."""
+    pivot_fraction: float = 0.5
+    """pivotal: the share of steps spent on the token alone before LoRA joins."""
+    lora_rank: int = 8
+    lora_alpha: float | None = None
+    """Default: equal to lora_rank (scale 1)."""
+    lora_targets: LoraTargets = "attention"
+    """attention: q/k/v/o projections; attention+mlp: also gate/up/down."""
+    batch_size: int | None = None
+    max_length: int = 256
+    """Token limit per example (after the concept token is added); longer examples are refused."""
+    seed: int = 0
+    device: str | None = None
+    """cuda / mps / cpu; None picks the best available."""
+    data_dir: str | None = None
+    """Where GGUF-shipped base models are converted to (once): <data_dir>/base-models/<id>."""
+    progress_every: int = 1
+
+    def validate(self) -> None:
+        """Raise InvalidConfigError naming the first bad field."""
+        if self.mode not in MODES:
+            raise InvalidConfigError("mode", f"must be one of {', '.join(MODES)}, got {self.mode!r}")
+        if self.init not in INITS:
+            raise InvalidConfigError("init", f"must be one of {', '.join(INITS)}, got {self.init!r}")
+        if not TOKEN_PATTERN.match(self.token):
+            raise InvalidConfigError("token", "must look like <name>: 1-32 letters, digits, _ or - in <>")
+        if not self.initializer_token or not self.initializer_token.strip() or len(self.initializer_token) > 64:
+            raise InvalidConfigError("initializer_token", "must be a non-empty word of at most 64 characters")
+        if not 1 <= self.num_vectors <= 16:
+            raise InvalidConfigError("num_vectors", "must be between 1 and 16")
+        if self.steps is not None and not 1 <= self.steps <= 20_000:
+            raise InvalidConfigError("steps", "must be between 1 and 20000")
+        if not 0.0 < self.pivot_fraction < 1.0:
+            raise InvalidConfigError("pivot_fraction", "must be between 0 and 1 (exclusive)")
+        for name in ("embedding_lr", "lora_lr", "pivot_embedding_lr"):
+            value = getattr(self, name)
+            if value is not None and not 0.0 < value <= 1.0:
+                raise InvalidConfigError(name, "must be in (0, 1]")
+        if not 1 <= self.lora_rank <= 256:
+            raise InvalidConfigError("lora_rank", "must be between 1 and 256")
+        if self.lora_alpha is not None and not 0.0 < self.lora_alpha <= 1024.0:
+            raise InvalidConfigError("lora_alpha", "must be in (0, 1024]")
+        if self.lora_targets not in LORA_TARGETS:
+            raise InvalidConfigError("lora_targets", f"must be one of {', '.join(LORA_TARGETS)}")
+        if self.batch_size is not None and not 1 <= self.batch_size <= 64:
+            raise InvalidConfigError("batch_size", "must be between 1 and 64")
+        if not 8 <= self.max_length <= 8192:
+            raise InvalidConfigError("max_length", "must be between 8 and 8192")
+        if self.progress_every < 1:
+            raise InvalidConfigError("progress_every", "must be at least 1")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def registered_text_defaults(base_model: str, registry: Registry | None = None) -> dict[str, dict[str, Any]]:
+    """The registry's per-mode defaults for a text model given by id (or by its registered path)."""
+    registry = registry or load_registry()
+    entry = registry.get(base_model)
+    if entry is None:
+        resolved = str(Path(base_model).resolve()) if Path(base_model).exists() else base_model
+        entry = next((m for m in registry.models.values() if m.path == resolved), None)
+    return entry.defaults if entry and entry.kind == "text" else {}
+
+
+def with_defaults(config: TextTrainConfig, registry: Registry | None = None) -> TextTrainConfig:
+    """Fill every None hyperparameter from the model's registered defaults, then TEXT_RECIPE."""
+    registered = registered_text_defaults(config.base_model, registry).get(config.mode, {})
+    per_mode = {**TEXT_RECIPE[config.mode], **registered}
+    values = {name: per_mode.get(name) for name in FIELDS if getattr(config, name) is None}
+    filled = replace(config, **{k: v for k, v in values.items() if v is not None})
+    if filled.lora_alpha is None:
+        filled = replace(filled, lora_alpha=float(filled.lora_rank))
+    return filled
