@@ -17,6 +17,7 @@ from models.trainer.base import BaseComponents
 from models.trainer.concept import InitialState
 from models.trainer.config import TrainConfig
 from models.trainer.data import images_to_tensor
+from models.trainer.defaults import public_base_model_name
 from models.trainer.errors import BaseModelError
 
 logger = logging.getLogger(__name__)
@@ -40,13 +41,16 @@ def checked_booster(directory: Path, base: BaseComponents) -> Booster:
             _loaded[directory] = load_booster(directory)
         booster = _loaded[directory]
     config = booster.config
+    # Messages reach API clients: models are named as outputs name them, folders go to the log.
+    trained_for = public_base_model_name(config.base_model)
     if config.embedding_width != base.embedding_width:
+        logger.warning("booster %s does not fit %s: embedding width", directory, base.source)
         raise BaseModelError(
-            f"booster {directory} was trained for {config.base_model} (embedding width {config.embedding_width}); "
+            f"booster was trained for {trained_for} (embedding width {config.embedding_width}); "
             f"this base model's width is {base.embedding_width}")
     if config.base_fingerprint != base_fingerprint(base):
-        raise BaseModelError(
-            f"booster {directory} was trained for {config.base_model}, a different base model than {base.source}")
+        logger.warning("booster %s does not fit %s: base fingerprint", directory, base.source)
+        raise BaseModelError(f"booster was trained for {trained_for}, a different base model")
     return booster
 
 
@@ -66,10 +70,7 @@ def booster_initial_state(base: BaseComponents, images: Sequence[Image.Image],
     try:
         booster = checked_booster(directory, base)
     except BaseModelError as error:
-        # The message reaches API clients: the folders stay in the worker's log.
-        logger.warning("booster for %s: %s", config.base_model_name, error.message)
-        raise BaseModelError(f"the booster registered for {config.base_model_name} was trained for another "
-                             "base model; the server's model registry needs fixing") from error
+        raise BaseModelError(f"{config.base_model_name}: registered {error.message}") from error
     embedding, lora = predict(booster, images)
     vectors = embedding[torch.arange(config.num_vectors) % embedding.shape[0]]
     if config.mode == "textual_inversion":
