@@ -54,8 +54,10 @@ class Heartbeat:
         self._thread.start()
 
     def stop(self) -> None:
+        """Stop renewing; returns once a renewal in progress is done. Called before the final
+        transaction, which ends the lease: a renewal after it would read as a lost lease."""
         self._stop.set()
-        if self._thread.is_alive():
+        if self._thread.is_alive() and self._thread is not threading.current_thread():
             self._thread.join(timeout=10)
 
     def report(self, progress: Progress) -> None:
@@ -169,6 +171,7 @@ def _execute(runtime: WorkerRuntime, claimed: lifecycle.ClaimedTraining, work_di
             config, images, work_dir / "out", on_progress=heartbeat.report, should_stop=heartbeat.should_stop
         )
     except TrainingCanceled:
+        heartbeat.stop()
         if heartbeat.lost.is_set():
             return
         with runtime.unit_of_work() as session:
@@ -178,6 +181,7 @@ def _execute(runtime: WorkerRuntime, claimed: lifecycle.ClaimedTraining, work_di
         logger.info("training %s: canceled", claimed.id)
         return
     except TrainerError as error:
+        heartbeat.stop()
         with runtime.unit_of_work() as session:
             lifecycle.fail(
                 session,
@@ -191,10 +195,12 @@ def _execute(runtime: WorkerRuntime, claimed: lifecycle.ClaimedTraining, work_di
         logger.info("training %s: failed with %s: %s", claimed.id, error.code, error.message)
         return
     except TRANSIENT_ERRORS as error:
+        heartbeat.stop()
         _retry(runtime, claimed, f"{type(error).__name__}: {error}")
         return
     except Exception as error:
         logger.exception("training %s: unexpected error", claimed.id)
+        heartbeat.stop()
         with runtime.unit_of_work() as session:
             lifecycle.fail(
                 session,
@@ -249,10 +255,12 @@ def _store_result(
                 )
             )
     except StorageError as error:
+        heartbeat.stop()
         storage.delete_keys([item.key for item in stored])
         _retry(runtime, claimed, f"storing artifacts: {error}")
         return
     usage = lifecycle.UsageRecord(steps=result.steps, compute_seconds=result.compute_seconds, device=result.device)
+    heartbeat.stop()  # this transaction renews the lease itself, then ends it
     with runtime.unit_of_work() as session:
         state = lifecycle.renew_lease(
             session,
