@@ -91,7 +91,18 @@ def worker(
     """Run a Celery worker (trainings on the gpu queue; the sweeper on the maintenance queue)."""
     from workers.celery_app import create_celery
 
-    app = create_celery(_settings())
+    settings = _settings()
+    if beat:
+        # Beat keeps its schedule in the data folder; a folder that cannot be made stops us here,
+        # not later in the beat process, where the worker would still say "ready".
+        try:
+            settings.data_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            typer.echo(
+                f"error: LEAP_DATA_DIR {settings.data_dir} cannot be created for beat's schedule: {error}", err=True
+            )
+            raise typer.Exit(2) from None
+    app = create_celery(settings)
     app.worker_main(worker_argv(queues, concurrency=concurrency, pool=pool, beat=beat, loglevel=loglevel))
 
 

@@ -75,6 +75,7 @@ def create_celery(settings: Settings) -> Celery:
             }
         },
         beat_schedule_filename=str((settings.data_dir / "celerybeat-schedule").resolve()),
+        beat_scheduler="workers.beat:SingleBeatScheduler",
     )
     app.conf.leap_settings = settings
     return app
