@@ -93,6 +93,9 @@ class Settings(BaseSettings):
     sweeper_interval: timedelta = timedelta(seconds=15)
     outbox_grace: timedelta = timedelta(seconds=5)
     """Undispatched outbox messages older than this are sent by the sweeper (the API died in between)."""
+    delivery_resend_after: timedelta = timedelta(seconds=30)
+    """A pending webhook or billing delivery this far past due that no worker is attempting is sent
+    again by the sweeper (the worker holding its message died)."""
     work_dir: Path | None = None
     """Scratch space of the worker; default data_dir/work."""
     trainer: str = "models.trainer.train:train"
@@ -158,6 +161,7 @@ class Settings(BaseSettings):
         "retry_backoff_max",
         "sweeper_interval",
         "outbox_grace",
+        "delivery_resend_after",
         "rate_limit_window",
         "concurrency_retry_after",
         "webhook_timeout",
