@@ -22,7 +22,7 @@ from app.outbox import service as outbox
 from app.settings import Settings
 from app.storage import Storage
 from app.trainings import events, repository
-from app.trainings.service import RUN_TASK, training_prefix
+from app.trainings.service import RECOVERED_PRIORITY, RUN_TASK, training_prefix
 
 logger = logging.getLogger(__name__)
 
@@ -262,6 +262,7 @@ def retry_or_fail(
         args=[str(training_id)],
         queue=settings.queue,
         delay=retry_delay(attempts, settings),
+        priority=RECOVERED_PRIORITY,
     )
     return "requeued"
 
@@ -286,7 +287,9 @@ def sweep(session: Session, *, settings: Settings, storage: Storage, send: outbo
     report.canceled = repository.cancel_expired(session, now=now)
     report.requeued = repository.requeue_expired(session, now=now, max_attempts=settings.max_attempts)
     for training_id in report.requeued:
-        outbox.enqueue(session, task=RUN_TASK, args=[str(training_id)], queue=settings.queue)
+        outbox.enqueue(
+            session, task=RUN_TASK, args=[str(training_id)], queue=settings.queue, priority=RECOVERED_PRIORITY
+        )
     report.failed = repository.fail_expired(
         session,
         now=now,
