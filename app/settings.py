@@ -90,6 +90,9 @@ class Settings(BaseSettings):
     """Claims of one training before an expired lease fails it for good."""
     retry_backoff: timedelta = timedelta(seconds=10)
     retry_backoff_max: timedelta = timedelta(minutes=10)
+    transient_retry_window: timedelta = timedelta(minutes=30)
+    """A training failing on storage or database errors is retried (with the backoff above) for this
+    long from its first such failure; those retries do not count against max_attempts."""
     sweeper_interval: timedelta = timedelta(seconds=15)
     outbox_grace: timedelta = timedelta(seconds=5)
     """Undispatched outbox messages older than this are sent by the sweeper (the API died in between)."""
@@ -159,6 +162,7 @@ class Settings(BaseSettings):
         "progress_interval",
         "retry_backoff",
         "retry_backoff_max",
+        "transient_retry_window",
         "sweeper_interval",
         "outbox_grace",
         "delivery_resend_after",

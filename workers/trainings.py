@@ -222,7 +222,6 @@ def _retry(runtime: WorkerRuntime, claimed: lifecycle.ClaimedTraining, message: 
             session,
             training_id=claimed.id,
             worker_id=runtime.worker_id,
-            attempts=claimed.attempts,
             settings=runtime.settings,
             message=message,
         )

@@ -237,34 +237,40 @@ def retry_or_fail(
     *,
     training_id: uuid.UUID,
     worker_id: str,
-    attempts: int,
     settings: Settings,
     message: str,
 ) -> str:
-    """After a transient failure: requeue with backoff, or fail once the attempts are used up."""
-    if attempts >= settings.max_attempts:
-        fail(
-            session,
-            training_id=training_id,
-            worker_id=worker_id,
-            code="internal",
-            message=f"failed after {attempts} attempts: {message}",
-            settings=settings,
-        )
-        return "failed"
-    if not repository.requeue(
-        session, training_id=training_id, worker_id=worker_id, values={"error_message": message[:2000]}
-    ):
-        return "lost"
-    outbox.enqueue(
+    """After a transient (storage or database) failure: requeue with backoff, or fail once the
+    training has been failing so for LEAP_TRANSIENT_RETRY_WINDOW. Such failures are not crashes:
+    they do not count against LEAP_MAX_ATTEMPTS."""
+    now = utcnow()
+    failures = repository.requeue_transient(
         session,
-        task=RUN_TASK,
-        args=[str(training_id)],
-        queue=settings.queue,
-        delay=retry_delay(attempts, settings),
-        priority=RECOVERED_PRIORITY,
+        training_id=training_id,
+        worker_id=worker_id,
+        now=now,
+        window=settings.transient_retry_window,
+        message=message[:2000],
     )
-    return "requeued"
+    if failures is not None:
+        outbox.enqueue(
+            session,
+            task=RUN_TASK,
+            args=[str(training_id)],
+            queue=settings.queue,
+            delay=retry_delay(failures, settings),
+            priority=RECOVERED_PRIORITY,
+        )
+        return "requeued"
+    failed = fail(
+        session,
+        training_id=training_id,
+        worker_id=worker_id,
+        code="internal",
+        message=f"storage or database unavailable for longer than {settings.transient_retry_window}: {message}",
+        settings=settings,
+    )
+    return "failed" if failed else "lost"
 
 
 @dataclass
