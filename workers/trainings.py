@@ -13,7 +13,7 @@ import time
 import uuid
 from pathlib import Path
 
-from celery import shared_task
+from celery import Task, shared_task
 from sqlalchemy.exc import InterfaceError, OperationalError
 
 from app.storage import StorageError
@@ -30,10 +30,24 @@ logger = logging.getLogger(__name__)
 TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (StorageError, OperationalError, InterfaceError)
 
 
-@shared_task(name=RUN_TRAINING, acks_late=True, ignore_result=True)
-def run_training(training_id: str) -> None:
+DATABASE_ERRORS: tuple[type[BaseException], ...] = (OperationalError, InterfaceError)
+
+
+class ClaimUnavailable(Exception):
+    """The database could not be reached to claim the training; the message is sent again later."""
+
+
+@shared_task(name=RUN_TRAINING, acks_late=True, ignore_result=True, bind=True, max_retries=None)
+def run_training(self: Task, training_id: str) -> None:
     """Run one training by id; a duplicate or late message finds nothing to claim and returns."""
-    _run_training(get_runtime(), training_id)
+    runtime = get_runtime()
+    try:
+        _run_training(runtime, training_id)
+    except ClaimUnavailable as error:
+        # The row is still queued; dropping the message would leave it queued for ever.
+        delay = lifecycle.retry_delay(self.request.retries + 1, runtime.settings)
+        logger.warning("training %s: %s; trying again in %.0fs", training_id, error, delay.total_seconds())
+        raise self.retry(countdown=delay.total_seconds(), exc=error) from error
 
 
 class Heartbeat:
@@ -125,8 +139,13 @@ def _run_training(runtime: WorkerRuntime, training_id: str) -> None:
     if parsed is None:
         logger.error("trainings.run got a malformed id %r; dropped", training_id)
         return
-    with runtime.unit_of_work() as session:
-        claimed = lifecycle.claim(session, training_id=parsed, worker_id=runtime.worker_id, settings=runtime.settings)
+    try:
+        with runtime.unit_of_work() as session:
+            claimed = lifecycle.claim(
+                session, training_id=parsed, worker_id=runtime.worker_id, settings=runtime.settings
+            )
+    except DATABASE_ERRORS as error:
+        raise ClaimUnavailable(f"database unavailable for the claim ({type(error).__name__})") from error
     if claimed is None:
         logger.info("training %s: nothing to claim (finished, canceled or running elsewhere)", training_id)
         return

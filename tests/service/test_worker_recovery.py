@@ -145,3 +145,23 @@ def test_claims_ended_by_transient_failures_are_not_counted_as_crashes(client, d
             session, settings=settings, storage=make_storage(settings), send=make_sender(create_celery(settings))
         )
     assert [str(item) for item in report.requeued] == [training_id] and report.failed == []
+
+
+def test_database_outage_at_claim_time_retries_the_claim(client, database, settings):
+    # The worker reaches Postgres through a proxy that the test cuts off; the API reaches it directly.
+    upstream = urlsplit(settings.database_url)
+    proxy = TcpProxy((str(upstream.hostname), int(upstream.port or 5432)))
+    database_url = str(settings.database_url).replace(f"@{upstream.netloc.split('@')[-1]}", f"@127.0.0.1:{proxy.port}")
+    worker = WorkerProcess(settings.model_copy(update={"database_url": database_url}), queues=settings.queue)
+    try:
+        tenant = make_tenant(database)
+        proxy.cut()
+        training_id = submit(client, tenant, data={"steps": "2"}).json()["id"]
+        wait_for(lambda: "OperationalError" in worker.log(), timeout=60, message="the claim to fail")
+        time.sleep(4)  # an outage of a few seconds more
+        proxy.restore()
+        body = wait_status(client, tenant, training_id, {"succeeded", "failed"}, timeout=120)
+        assert body["status"] == "succeeded" and body["attempts"] == 1, (body, worker.log()[-3000:])
+    finally:
+        worker.stop()
+        proxy.stop()
