@@ -3,10 +3,12 @@ list, cancel, download) and admin tenants/keys."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 from typing import Annotated
@@ -91,7 +93,18 @@ def worker(
     """Run a Celery worker (trainings on the gpu queue; the sweeper on the maintenance queue)."""
     from workers.celery_app import create_celery
 
-    app = create_celery(_settings())
+    settings = _settings()
+    if beat:
+        # Beat keeps its schedule in the data folder; a folder that cannot be made stops us here,
+        # not later in the beat process, where the worker would still say "ready".
+        try:
+            settings.data_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            typer.echo(
+                f"error: LEAP_DATA_DIR {settings.data_dir} cannot be created for beat's schedule: {error}", err=True
+            )
+            raise typer.Exit(2) from None
+    app = create_celery(settings)
     app.worker_main(worker_argv(queues, concurrency=concurrency, pool=pool, beat=beat, loglevel=loglevel))
 
 
@@ -133,11 +146,11 @@ def serve(
         typer.echo(f"API key (tenant 'local'): {key}  (also in {settings.data_dir / LOCAL_KEY_FILE})")
     children = [
         # The training worker imports the trainer and loads the base models at start.
-        subprocess.Popen(
+        _start_child(
             [sys.executable, "-m", "app.cli", "worker", "--queues", settings.queue, "--loglevel", "warning"],
             env={**os.environ, "LEAP_PRELOAD_MODELS": "1"},
         ),
-        subprocess.Popen(
+        _start_child(
             [
                 sys.executable,
                 "-m",
@@ -154,16 +167,61 @@ def serve(
         ),
     ]
     typer.echo(f"LEAP listening on http://{host}:{port}")
+    # uvicorn shuts down on SIGTERM, restores the handler it found and raises the signal again: with
+    # the default handler the process would die there, before `finally` stops the workers.
+    previous = signal.signal(signal.SIGTERM, _raise_system_exit)
     try:
         uvicorn.run(create_app(settings), host=host, port=port, log_level="warning", access_log=False)
     finally:
-        for child in children:
+        signal.signal(signal.SIGTERM, previous)
+        _stop_children(children)
+
+
+def _raise_system_exit(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
+def _die_with_parent() -> None:
+    # In the child before exec: a session of its own (we signal its whole group), and on Linux the
+    # kernel sends SIGTERM when `leap serve` dies, kill -9 included.
+    os.setsid()
+    if sys.platform.startswith("linux"):
+        import ctypes
+        import ctypes.util
+
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG
+
+
+def _start_child(argv: list[str], env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(argv, env=env, preexec_fn=_die_with_parent)
+
+
+def _group_alive(group: int) -> bool:
+    try:
+        os.killpg(group, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def _stop_children(children: list[subprocess.Popen[bytes]], *, timeout: float = 20.0) -> None:
+    """SIGTERM each worker (a warm shutdown), then SIGKILL whatever of its group is left."""
+    for child in children:
+        if child.poll() is None:
             child.send_signal(signal.SIGTERM)
-        for child in children:
-            try:
-                child.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                child.kill()
+    deadline = time.monotonic() + timeout
+    for child in children:
+        try:
+            child.wait(timeout=max(deadline - time.monotonic(), 0.1))
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait()
+        # Pool processes or a beat still closing: a moment, then nothing of the group survives.
+        while _group_alive(child.pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(child.pid, signal.SIGKILL)
 
 
 @cli.command()

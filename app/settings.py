@@ -90,9 +90,15 @@ class Settings(BaseSettings):
     """Claims of one training before an expired lease fails it for good."""
     retry_backoff: timedelta = timedelta(seconds=10)
     retry_backoff_max: timedelta = timedelta(minutes=10)
+    transient_retry_window: timedelta = timedelta(minutes=30)
+    """A training failing on storage or database errors is retried (with the backoff above) for this
+    long from its first such failure; those retries do not count against max_attempts."""
     sweeper_interval: timedelta = timedelta(seconds=15)
     outbox_grace: timedelta = timedelta(seconds=5)
     """Undispatched outbox messages older than this are sent by the sweeper (the API died in between)."""
+    delivery_resend_after: timedelta = timedelta(seconds=30)
+    """A pending webhook or billing delivery this far past due that no worker is attempting is sent
+    again by the sweeper (the worker holding its message died)."""
     work_dir: Path | None = None
     """Scratch space of the worker; default data_dir/work."""
     trainer: str = "models.trainer.train:train"
@@ -156,8 +162,10 @@ class Settings(BaseSettings):
         "progress_interval",
         "retry_backoff",
         "retry_backoff_max",
+        "transient_retry_window",
         "sweeper_interval",
         "outbox_grace",
+        "delivery_resend_after",
         "rate_limit_window",
         "concurrency_retry_after",
         "webhook_timeout",

@@ -75,16 +75,17 @@ def create_celery(settings: Settings) -> Celery:
             }
         },
         beat_schedule_filename=str((settings.data_dir / "celerybeat-schedule").resolve()),
+        beat_scheduler="workers.beat:SingleBeatScheduler",
     )
     app.conf.leap_settings = settings
     return app
 
 
 def make_sender(app: Celery) -> Any:
-    """The outbox's send(task, args, queue) for this app."""
+    """The outbox's send(task, args, queue, **options) for this app (options: priority, eta)."""
 
-    def send(task: str, args: list[Any], queue: str) -> None:
-        app.send_task(task, args=args, queue=queue)
+    def send(task: str, args: list[Any], queue: str, /, **options: Any) -> None:
+        app.send_task(task, args=args, queue=queue, **options)
 
     return send
 

@@ -1,10 +1,13 @@
-"""The periodic sweeper: expired leases, attempt caps, artifact retention and the outbox relay."""
+"""The periodic sweeper: expired leases, attempt caps, artifact retention, the outbox relay and
+stale webhook and billing deliveries."""
 
 from __future__ import annotations
 
 from celery import shared_task
 
+from app.billing import service as billing
 from app.trainings import lifecycle
+from app.webhooks import delivery as webhook_delivery
 from workers.celery_app import SWEEP
 from workers.runtime import get_runtime
 
@@ -13,5 +16,8 @@ from workers.runtime import get_runtime
 def sweep() -> None:
     """Run one sweep (beat schedules it every LEAP_SWEEPER_INTERVAL)."""
     runtime = get_runtime()
+    with runtime.unit_of_work() as session:
+        webhook_delivery.resend_stale(session, settings=runtime.settings)
+        billing.resend_stale(session, settings=runtime.settings)
     with runtime.unit_of_work() as session:
         lifecycle.sweep(session, settings=runtime.settings, storage=runtime.storage, send=runtime.send)

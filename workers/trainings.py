@@ -13,7 +13,7 @@ import time
 import uuid
 from pathlib import Path
 
-from celery import shared_task
+from celery import Task, shared_task
 from sqlalchemy.exc import InterfaceError, OperationalError
 
 from app.storage import StorageError
@@ -30,10 +30,24 @@ logger = logging.getLogger(__name__)
 TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (StorageError, OperationalError, InterfaceError)
 
 
-@shared_task(name=RUN_TRAINING, acks_late=True, ignore_result=True)
-def run_training(training_id: str) -> None:
+DATABASE_ERRORS: tuple[type[BaseException], ...] = (OperationalError, InterfaceError)
+
+
+class ClaimUnavailable(Exception):
+    """The database could not be reached to claim the training; the message is sent again later."""
+
+
+@shared_task(name=RUN_TRAINING, acks_late=True, ignore_result=True, bind=True, max_retries=None)
+def run_training(self: Task, training_id: str) -> None:
     """Run one training by id; a duplicate or late message finds nothing to claim and returns."""
-    _run_training(get_runtime(), training_id)
+    runtime = get_runtime()
+    try:
+        _run_training(runtime, training_id)
+    except ClaimUnavailable as error:
+        # The row is still queued; dropping the message would leave it queued for ever.
+        delay = lifecycle.retry_delay(self.request.retries + 1, runtime.settings)
+        logger.warning("training %s: %s; trying again in %.0fs", training_id, error, delay.total_seconds())
+        raise self.retry(countdown=delay.total_seconds(), exc=error) from error
 
 
 class Heartbeat:
@@ -54,8 +68,10 @@ class Heartbeat:
         self._thread.start()
 
     def stop(self) -> None:
+        """Stop renewing; returns once a renewal in progress is done. Called before the final
+        transaction, which ends the lease: a renewal after it would read as a lost lease."""
         self._stop.set()
-        if self._thread.is_alive():
+        if self._thread.is_alive() and self._thread is not threading.current_thread():
             self._thread.join(timeout=10)
 
     def report(self, progress: Progress) -> None:
@@ -123,8 +139,13 @@ def _run_training(runtime: WorkerRuntime, training_id: str) -> None:
     if parsed is None:
         logger.error("trainings.run got a malformed id %r; dropped", training_id)
         return
-    with runtime.unit_of_work() as session:
-        claimed = lifecycle.claim(session, training_id=parsed, worker_id=runtime.worker_id, settings=runtime.settings)
+    try:
+        with runtime.unit_of_work() as session:
+            claimed = lifecycle.claim(
+                session, training_id=parsed, worker_id=runtime.worker_id, settings=runtime.settings
+            )
+    except DATABASE_ERRORS as error:
+        raise ClaimUnavailable(f"database unavailable for the claim ({type(error).__name__})") from error
     if claimed is None:
         logger.info("training %s: nothing to claim (finished, canceled or running elsewhere)", training_id)
         return
@@ -169,6 +190,7 @@ def _execute(runtime: WorkerRuntime, claimed: lifecycle.ClaimedTraining, work_di
             config, images, work_dir / "out", on_progress=heartbeat.report, should_stop=heartbeat.should_stop
         )
     except TrainingCanceled:
+        heartbeat.stop()
         if heartbeat.lost.is_set():
             return
         with runtime.unit_of_work() as session:
@@ -178,6 +200,7 @@ def _execute(runtime: WorkerRuntime, claimed: lifecycle.ClaimedTraining, work_di
         logger.info("training %s: canceled", claimed.id)
         return
     except TrainerError as error:
+        heartbeat.stop()
         with runtime.unit_of_work() as session:
             lifecycle.fail(
                 session,
@@ -191,10 +214,12 @@ def _execute(runtime: WorkerRuntime, claimed: lifecycle.ClaimedTraining, work_di
         logger.info("training %s: failed with %s: %s", claimed.id, error.code, error.message)
         return
     except TRANSIENT_ERRORS as error:
+        heartbeat.stop()
         _retry(runtime, claimed, f"{type(error).__name__}: {error}")
         return
     except Exception as error:
         logger.exception("training %s: unexpected error", claimed.id)
+        heartbeat.stop()
         with runtime.unit_of_work() as session:
             lifecycle.fail(
                 session,
@@ -216,7 +241,6 @@ def _retry(runtime: WorkerRuntime, claimed: lifecycle.ClaimedTraining, message: 
             session,
             training_id=claimed.id,
             worker_id=runtime.worker_id,
-            attempts=claimed.attempts,
             settings=runtime.settings,
             message=message,
         )
@@ -249,10 +273,12 @@ def _store_result(
                 )
             )
     except StorageError as error:
+        heartbeat.stop()
         storage.delete_keys([item.key for item in stored])
         _retry(runtime, claimed, f"storing artifacts: {error}")
         return
     usage = lifecycle.UsageRecord(steps=result.steps, compute_seconds=result.compute_seconds, device=result.device)
+    heartbeat.stop()  # this transaction renews the lease itself, then ends it
     with runtime.unit_of_work() as session:
         state = lifecycle.renew_lease(
             session,

@@ -69,3 +69,15 @@ def for_records(session: Session, record_ids: list[uuid.UUID]) -> list[BillingDe
         return []
     query = select(BillingDelivery).where(BillingDelivery.usage_record_id.in_(record_ids))
     return list(session.scalars(query))
+
+
+def lock_stale_pending(session: Session, *, due_before: datetime, limit: int) -> list[BillingDelivery]:
+    """Pending deliveries due before a time that no worker is relaying (their rows are unlocked)."""
+    query = (
+        select(BillingDelivery)
+        .where(BillingDelivery.status == "pending", BillingDelivery.next_attempt_at <= due_before)
+        .order_by(BillingDelivery.next_attempt_at)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    )
+    return list(session.scalars(query))

@@ -79,7 +79,14 @@ def relay(session: Session, *, delivery_id: uuid.UUID, settings: Settings, now: 
             return "failed"
         delay = retry_delay(delivery.attempts, settings)
         delivery.next_attempt_at = now + delay
-        outbox.enqueue(session, task=RELAY_TASK, args=[str(delivery.id)], queue=settings.maintenance_queue, delay=delay)
+        outbox.enqueue(
+            session,
+            task=RELAY_TASK,
+            args=[str(delivery.id)],
+            queue=settings.maintenance_queue,
+            delay=delay,
+            at_due_time=True,
+        )
         return "retrying"
     delivery.status, delivery.delivered_at, delivery.next_attempt_at, delivery.last_error = "delivered", now, None, None
     return "delivered"
@@ -102,3 +109,16 @@ def replay(
     for delivery_id in repository.reset_for_records(session, record_ids, now=utcnow()):
         outbox.enqueue(session, task=RELAY_TASK, args=[str(delivery_id)], queue=settings.maintenance_queue)
     return len(record_ids)
+
+
+def resend_stale(session: Session, *, settings: Settings, limit: int = 500) -> int:
+    """Relay again pending deliveries more than LEAP_DELIVERY_RESEND_AFTER past due that no worker
+    holds (it died with the message); each is marked due now, so it is sent once per that period."""
+    now = utcnow()
+    stale = repository.lock_stale_pending(session, due_before=now - settings.delivery_resend_after, limit=limit)
+    for delivery in stale:
+        delivery.next_attempt_at = now
+        outbox.enqueue(session, task=RELAY_TASK, args=[str(delivery.id)], queue=settings.maintenance_queue)
+    if stale:
+        logger.warning("relaying %d stale billing deliveries again", len(stale))
+    return len(stale)

@@ -26,4 +26,6 @@ class OutboxMessage(Base):
     available_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     """Not sent before this (delayed retries)."""
     dispatched_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    priority: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    """Broker priority (Redis: 0 is served first); None: the task's default."""
     attempts: Mapped[int] = mapped_column(Integer, default=0)

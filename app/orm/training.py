@@ -65,6 +65,11 @@ class Training(Base):
 
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     """Claims so far; counted here, not in the broker."""
+    transient_failures: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    """Claims that ended in a storage or database error and were requeued: not crashes, so
+    attempts - transient_failures is what LEAP_MAX_ATTEMPTS caps."""
+    transient_failing_since: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    """First transient failure; past LEAP_TRANSIENT_RETRY_WINDOW the training fails for good."""
     worker_id: Mapped[str | None] = mapped_column(String(200), nullable=True)
     lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     cancel_requested_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)

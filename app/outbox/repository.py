@@ -12,9 +12,18 @@ from app.orm import OutboxMessage
 
 
 def add(
-    session: Session, *, task: str, args: list[Any], queue: str, now: datetime, available_at: datetime
+    session: Session,
+    *,
+    task: str,
+    args: list[Any],
+    queue: str,
+    now: datetime,
+    available_at: datetime,
+    priority: int | None = None,
 ) -> OutboxMessage:
-    message = OutboxMessage(task=task, args=args, queue=queue, created_at=now, available_at=available_at)
+    message = OutboxMessage(
+        task=task, args=args, queue=queue, created_at=now, available_at=available_at, priority=priority
+    )
     session.add(message)
     session.flush()
     return message

@@ -8,9 +8,8 @@ idempotent, so the rare double send (sent, then died before marking) is harmless
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
-from datetime import timedelta
-from typing import Any
+from datetime import datetime, timedelta
+from typing import Any, Protocol
 
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -20,8 +19,13 @@ from app.outbox import repository
 
 logger = logging.getLogger(__name__)
 
-Sender = Callable[[str, list[Any], str], None]
-"""send(task_name, args, queue): hands one message to the broker."""
+
+class Sender(Protocol):
+    """send(task_name, args, queue, **options): hands one message to the broker. Options, passed
+    only when set: `priority` (int) and `eta` (an aware datetime: deliver it then)."""
+
+    def __call__(self, task: str, args: list[Any], queue: str, /, **options: Any) -> None: ...
+
 
 _SENDER_KEY = "leap_outbox_sender"
 
@@ -33,18 +37,43 @@ def bind_sender(session_factory: sessionmaker[Session], send: Sender) -> None:
     session_factory.configure(info=info)
 
 
-def enqueue(session: Session, *, task: str, args: list[Any], queue: str, delay: timedelta | None = None) -> int:
-    """Write a task message in the current transaction; it is sent only if the transaction commits."""
+def enqueue(
+    session: Session,
+    *,
+    task: str,
+    args: list[Any],
+    queue: str,
+    delay: timedelta | None = None,
+    priority: int | None = None,
+    at_due_time: bool = False,
+) -> int:
+    """Write a task message in the current transaction; it is sent only if the transaction commits.
+
+    A delayed message waits for the relay, or with `at_due_time` is sent after commit with a broker
+    ETA, so it runs on time rather than on the sweeper's next tick. Use that only for tasks whose
+    row is the truth and which the sweeper sends again if the worker holding the message dies.
+    """
     now = utcnow()
+    available_at = now + delay if delay else now
     message = repository.add(
-        session, task=task, args=args, queue=queue, now=now, available_at=now + delay if delay else now
+        session, task=task, args=args, queue=queue, now=now, available_at=available_at, priority=priority
     )
     bound = session.info.get(_SENDER_KEY)
-    if bound is not None and not delay:
+    if bound is not None and (not delay or at_due_time):
         send, session_factory = bound
         message_id = message.id
-        on_commit(session, lambda: _send_now(session_factory, send, message_id, task, args, queue))
+        options = _options(priority=priority, eta=available_at if delay else None)
+        on_commit(session, lambda: _send_now(session_factory, send, message_id, task, args, queue, options))
     return message.id
+
+
+def _options(*, priority: int | None, eta: datetime | None = None) -> dict[str, Any]:
+    options: dict[str, Any] = {}
+    if priority is not None:
+        options["priority"] = priority
+    if eta is not None:
+        options["eta"] = eta
+    return options
 
 
 def _send_now(
@@ -54,9 +83,10 @@ def _send_now(
     task: str,
     args: list[Any],
     queue: str,
+    options: dict[str, Any],
 ) -> None:
     try:
-        send(task, args, queue)
+        send(task, args, queue, **options)
     except Exception:
         # Left undispatched: the sweeper's relay sends it.
         logger.warning("could not send %s %s now; the relay will retry", task, args, exc_info=True)
@@ -71,7 +101,7 @@ def relay_pending(session: Session, *, send: Sender, grace: timedelta, limit: in
     sent = 0
     for message in repository.lock_pending(session, due_before=now - grace, limit=limit):
         try:
-            send(message.task, list(message.args), message.queue)
+            send(message.task, list(message.args), message.queue, **_options(priority=message.priority))
         except Exception:
             logger.warning("relay could not send outbox message %s", message.id, exc_info=True)
             repository.record_failed_attempt(session, message.id)

@@ -22,7 +22,7 @@ from app.outbox import service as outbox
 from app.settings import Settings
 from app.storage import Storage
 from app.trainings import events, repository
-from app.trainings.service import RUN_TASK, training_prefix
+from app.trainings.service import RECOVERED_PRIORITY, RUN_TASK, training_prefix
 
 logger = logging.getLogger(__name__)
 
@@ -237,33 +237,40 @@ def retry_or_fail(
     *,
     training_id: uuid.UUID,
     worker_id: str,
-    attempts: int,
     settings: Settings,
     message: str,
 ) -> str:
-    """After a transient failure: requeue with backoff, or fail once the attempts are used up."""
-    if attempts >= settings.max_attempts:
-        fail(
-            session,
-            training_id=training_id,
-            worker_id=worker_id,
-            code="internal",
-            message=f"failed after {attempts} attempts: {message}",
-            settings=settings,
-        )
-        return "failed"
-    if not repository.requeue(
-        session, training_id=training_id, worker_id=worker_id, values={"error_message": message[:2000]}
-    ):
-        return "lost"
-    outbox.enqueue(
+    """After a transient (storage or database) failure: requeue with backoff, or fail once the
+    training has been failing so for LEAP_TRANSIENT_RETRY_WINDOW. Such failures are not crashes:
+    they do not count against LEAP_MAX_ATTEMPTS."""
+    now = utcnow()
+    failures = repository.requeue_transient(
         session,
-        task=RUN_TASK,
-        args=[str(training_id)],
-        queue=settings.queue,
-        delay=retry_delay(attempts, settings),
+        training_id=training_id,
+        worker_id=worker_id,
+        now=now,
+        window=settings.transient_retry_window,
+        message=message[:2000],
     )
-    return "requeued"
+    if failures is not None:
+        outbox.enqueue(
+            session,
+            task=RUN_TASK,
+            args=[str(training_id)],
+            queue=settings.queue,
+            delay=retry_delay(failures, settings),
+            priority=RECOVERED_PRIORITY,
+        )
+        return "requeued"
+    failed = fail(
+        session,
+        training_id=training_id,
+        worker_id=worker_id,
+        code="internal",
+        message=f"storage or database unavailable for longer than {settings.transient_retry_window}: {message}",
+        settings=settings,
+    )
+    return "failed" if failed else "lost"
 
 
 @dataclass
@@ -286,7 +293,9 @@ def sweep(session: Session, *, settings: Settings, storage: Storage, send: outbo
     report.canceled = repository.cancel_expired(session, now=now)
     report.requeued = repository.requeue_expired(session, now=now, max_attempts=settings.max_attempts)
     for training_id in report.requeued:
-        outbox.enqueue(session, task=RUN_TASK, args=[str(training_id)], queue=settings.queue)
+        outbox.enqueue(
+            session, task=RUN_TASK, args=[str(training_id)], queue=settings.queue, priority=RECOVERED_PRIORITY
+        )
     report.failed = repository.fail_expired(
         session,
         now=now,

@@ -158,15 +158,31 @@ def finish(session: Session, *, training_id: uuid.UUID, worker_id: str, values: 
     return session.execute(statement).first() is not None
 
 
-def requeue(session: Session, *, training_id: uuid.UUID, worker_id: str, values: dict[str, Any]) -> bool:
-    """running -> queued (a retry), only if this worker still holds the lease."""
+def requeue_transient(
+    session: Session, *, training_id: uuid.UUID, worker_id: str, now: datetime, window: timedelta, message: str
+) -> int | None:
+    """running -> queued after a transient failure, only if this worker still holds the lease and
+    the training's first transient failure is less than `window` ago; its transient failures so far."""
     statement = (
         update(Training)
-        .where(Training.id == training_id, Training.worker_id == worker_id, Training.status == "running")
-        .values(status="queued", worker_id=None, lease_expires_at=None, **values)
-        .returning(Training.id)
+        .where(
+            Training.id == training_id,
+            Training.worker_id == worker_id,
+            Training.status == "running",
+            Training.transient_failing_since.is_(None) | (Training.transient_failing_since > now - window),
+        )
+        .values(
+            status="queued",
+            worker_id=None,
+            lease_expires_at=None,
+            error_message=message,
+            transient_failures=Training.transient_failures + 1,
+            transient_failing_since=func.coalesce(Training.transient_failing_since, now),
+        )
+        .returning(Training.transient_failures)
     )
-    return session.execute(statement).first() is not None
+    row = session.execute(statement).first()
+    return None if row is None else int(row[0])
 
 
 def add_artifacts(session: Session, artifacts: list[Artifact]) -> None:
@@ -176,6 +192,11 @@ def add_artifacts(session: Session, artifacts: list[Artifact]) -> None:
 
 def _expired(now: datetime) -> Any:
     return (Training.status == "running") & (Training.lease_expires_at < now)
+
+
+def _crashed_claims() -> Any:
+    """Claims that ended with the worker gone (the expired one included), not in a transient error."""
+    return Training.attempts - Training.transient_failures
 
 
 def cancel_expired(session: Session, *, now: datetime) -> list[uuid.UUID]:
@@ -198,7 +219,7 @@ def cancel_expired(session: Session, *, now: datetime) -> list[uuid.UUID]:
 def requeue_expired(session: Session, *, now: datetime, max_attempts: int) -> list[uuid.UUID]:
     statement = (
         update(Training)
-        .where(_expired(now), Training.attempts < max_attempts)
+        .where(_expired(now), _crashed_claims() < max_attempts)
         .values(status="queued", worker_id=None, lease_expires_at=None)
         .returning(Training.id)
     )
@@ -208,7 +229,7 @@ def requeue_expired(session: Session, *, now: datetime, max_attempts: int) -> li
 def fail_expired(session: Session, *, now: datetime, max_attempts: int, message: str) -> list[uuid.UUID]:
     statement = (
         update(Training)
-        .where(_expired(now), Training.attempts >= max_attempts)
+        .where(_expired(now), _crashed_claims() >= max_attempts)
         .values(
             status="failed",
             finished_at=now,

@@ -31,6 +31,11 @@ from models.trainer.defaults import with_defaults
 from models.trainer.errors import InvalidConfigError
 
 RUN_TASK = "trainings.run"
+# Broker priorities of training messages. On Redis the lowest number is served first (kombu keeps a
+# list per priority step and pops them in order), so a training put back after a crash or a
+# transient failure runs before newly submitted ones. The embedded filesystem broker ignores them.
+RECOVERED_PRIORITY = 0
+NEW_PRIORITY = 3
 MAX_PAGE_SIZE = 100
 
 
@@ -241,7 +246,7 @@ def create_training(
         if existing is None:  # pragma: no cover - the conflicting row always exists
             raise RuntimeError("idempotency conflict without a row")
         return _replay(existing, fingerprint), False
-    outbox.enqueue(session, task=RUN_TASK, args=[str(training_id)], queue=settings.queue)
+    outbox.enqueue(session, task=RUN_TASK, args=[str(training_id)], queue=settings.queue, priority=NEW_PRIORITY)
     events.queued(session, training_id=training_id, settings=settings)
     training = repository.get(session, training_id)
     assert training is not None

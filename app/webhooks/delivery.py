@@ -111,8 +111,14 @@ def attempt(
         _complete(delivery, "failed", now)
         return "failed"
     delivery.next_attempt_at = now + delay
+    # Sent now with the due time as its ETA; if the worker holding it dies, the sweeper sends it again.
     outbox.enqueue(
-        session, task=service.DELIVER_TASK, args=[str(delivery.id)], queue=settings.maintenance_queue, delay=delay
+        session,
+        task=service.DELIVER_TASK,
+        args=[str(delivery.id)],
+        queue=settings.maintenance_queue,
+        delay=delay,
+        at_due_time=True,
     )
     return "retrying"
 
@@ -121,3 +127,17 @@ def _complete(delivery: WebhookDelivery, status: str, now: datetime, *, error: s
     delivery.status, delivery.completed_at, delivery.next_attempt_at = status, now, None
     if error is not None:
         delivery.last_error = error
+
+
+def resend_stale(session: Session, *, settings: Settings, limit: int = 500) -> int:
+    """Send again pending deliveries more than LEAP_DELIVERY_RESEND_AFTER past due that no worker is
+    attempting: the worker holding their message died (Redis would hand it out again only after its
+    visibility timeout). Each is marked due now, so it is sent at most once per that period."""
+    now = utcnow()
+    stale = repository.lock_stale_pending(session, due_before=now - settings.delivery_resend_after, limit=limit)
+    for delivery in stale:
+        delivery.next_attempt_at = now
+        outbox.enqueue(session, task=service.DELIVER_TASK, args=[str(delivery.id)], queue=settings.maintenance_queue)
+    if stale:
+        logger.warning("sent %d stale webhook deliveries again", len(stale))
+    return len(stale)

@@ -134,8 +134,13 @@ def add_attempt(session: Session, attempt: WebhookAttempt) -> None:
     session.flush()
 
 
-def pending_before(session: Session, *, now: datetime) -> list[uuid.UUID]:
-    query = select(WebhookDelivery.id).where(
-        WebhookDelivery.status == "pending", WebhookDelivery.next_attempt_at <= now
+def lock_stale_pending(session: Session, *, due_before: datetime, limit: int) -> list[WebhookDelivery]:
+    """Pending deliveries due before a time that no worker is attempting (their rows are unlocked)."""
+    query = (
+        select(WebhookDelivery)
+        .where(WebhookDelivery.status == "pending", WebhookDelivery.next_attempt_at <= due_before)
+        .order_by(WebhookDelivery.next_attempt_at)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
     )
     return list(session.scalars(query))

@@ -205,9 +205,11 @@ class WorkerProcess:
         queues: str,
         extra_env: dict[str, str] | None = None,
         pool: str = "prefork",
+        beat: bool = False,
+        log_dir: Path | None = None,
     ) -> None:
         self.settings = settings
-        self.log_path = Path(settings.data_dir) / f"worker-{secrets.token_hex(3)}.log"
+        self.log_path = (log_dir or Path(settings.data_dir)) / f"worker-{secrets.token_hex(3)}.log"
         # One torch thread: on a busy 2-core machine torch's default (a thread per core) spins against
         # the neighbours and leap-tiny trains ~25x slower (0.5 instead of 13 steps/s, measured).
         env = settings_env(settings) | {"OMP_NUM_THREADS": "1"} | (extra_env or {})
@@ -224,6 +226,7 @@ class WorkerProcess:
                 pool,
                 "--loglevel",
                 "info",
+                *(["--beat"] if beat else []),
             ],
             cwd=REPO_ROOT,
             env=env,

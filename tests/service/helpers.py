@@ -28,7 +28,10 @@ def stored_keys(settings: Settings) -> list[str]:
 
 
 def queued_messages(settings: Settings) -> int:
-    return int(redis.Redis.from_url(str(settings.broker_url)).llen(settings.queue))
+    """Messages waiting in the training queue, at every priority (kombu keeps a Redis list per step)."""
+    client = redis.Redis.from_url(str(settings.broker_url))
+    names = [settings.queue] + [f"{settings.queue}\x06\x16{step}" for step in range(1, 10)]
+    return sum(int(client.llen(name)) for name in names)
 
 
 def count_rows(database: Database, model: type) -> int:

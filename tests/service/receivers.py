@@ -1,7 +1,10 @@
-"""Local HTTP servers standing in for the outside world: webhook receivers and Stripe's API."""
+"""Local servers standing in for the outside world: webhook receivers, Stripe's API, and a TCP proxy
+that cuts storage off for an outage."""
 
 from __future__ import annotations
 
+import contextlib
+import socket
 import threading
 from collections import defaultdict, deque
 from dataclasses import dataclass, field
@@ -83,3 +86,67 @@ class Receiver:
     def stop(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+class TcpProxy:
+    """Forwards TCP connections to `upstream` (host, port) until `cut()`, which drops every open
+    connection and refuses new ones (an outage), until `restore()`."""
+
+    def __init__(self, upstream: tuple[str, int]) -> None:
+        self.upstream = upstream
+        self.available = threading.Event()
+        self.available.set()
+        self.open: set[socket.socket] = set()
+        self.lock = threading.Lock()
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.thread = threading.Thread(target=self._accept, daemon=True)
+        self.thread.start()
+
+    def cut(self) -> None:
+        self.available.clear()
+        with self.lock:
+            for connection in self.open:
+                with contextlib.suppress(OSError):
+                    connection.shutdown(socket.SHUT_RDWR)
+                connection.close()
+            self.open.clear()
+
+    def restore(self) -> None:
+        self.available.set()
+
+    def stop(self) -> None:
+        self.cut()
+        self.listener.close()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            if not self.available.is_set():
+                client.close()
+                continue
+            try:
+                server = socket.create_connection(self.upstream, timeout=5)
+            except OSError:
+                client.close()
+                continue
+            server.settimeout(None)
+            with self.lock:
+                self.open.update((client, server))
+            for source, target in ((client, server), (server, client)):
+                threading.Thread(target=self._pipe, args=(source, target), daemon=True).start()
+
+    def _pipe(self, source: socket.socket, target: socket.socket) -> None:
+        try:
+            while data := source.recv(65536):
+                target.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for connection in (source, target):
+                with contextlib.suppress(OSError):
+                    connection.close()
