@@ -1,0 +1,258 @@
+"""Bad input found by an outside audit (issue 14): NUL characters, integer overflows, numbers as
+dates, garbled signatures and bodies, invalid webhook hosts. Each gets a 4xx naming the field, and
+nothing is stored."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import select
+
+from app.db import unit_of_work
+from app.main import create_app
+from app.orm import Tenant, WebhookAttempt, WebhookDelivery, WebhookEndpoint
+from app.webhooks import delivery as delivery_module
+from app.webhooks import service as webhooks
+
+from .factories import make_tenant, png_bytes, submit
+from .helpers import assert_error, assert_nothing_stored, count_rows
+
+ADMIN = {"Authorization": "Bearer dev-admin-token"}
+
+
+# 1. NUL characters: Postgres refuses them in text and JSON, so they must never reach it.
+
+
+@pytest.mark.parametrize(
+    ("data", "field"),
+    [
+        ({"metadata": '{"a": "x\\u0000y"}'}, "metadata"),
+        ({"metadata": '{"k\\u0000": 1}'}, "metadata"),
+        ({"metadata": '{"a": [{"b": "\\u0000"}]}'}, "metadata"),
+        ({"webhook_url": "https://example.com/a\x00b"}, "webhook_url"),
+        ({"base_model": "leap\x00tiny"}, "base_model"),
+    ],
+)
+def test_nul_in_a_training_field_is_a_422_naming_it(client, database, settings, data, field):
+    tenant = make_tenant(database)
+    error = assert_error(submit(client, tenant, data=data), 422, "validation_error", field, "NUL")
+    assert error["details"]["field"] == field
+    assert_nothing_stored(database, settings)
+
+
+def multipart_body(parts: list[tuple[str, bytes, bytes]], boundary: str = "leapboundary") -> bytes:
+    """A raw multipart body of (field, filename, data) file parts: httpx would percent-escape a NUL."""
+    body = b""
+    for name, filename, data in parts:
+        body += (
+            f"--{boundary}\r\nContent-Disposition: form-data; name=\"{name}\"; filename=\"".encode()
+            + filename
+            + b'"\r\nContent-Type: image/png\r\n\r\n'
+            + data
+            + b"\r\n"
+        )
+    return body + f"--{boundary}--\r\n".encode()
+
+
+@pytest.mark.parametrize("filename", [b"con\x00trol.png", b"../../etc/passwd\x00.png"])
+def test_nul_in_an_upload_filename_is_a_422(client, database, settings, filename):
+    tenant = make_tenant(database)
+    parts = [("images", b"a.png", png_bytes()), ("images", filename, png_bytes(color=(1, 2, 3)))]
+    response = client.post(
+        "/v1/trainings",
+        content=multipart_body(parts),
+        headers=tenant.headers | {"Content-Type": "multipart/form-data; boundary=leapboundary"},
+    )
+    error = assert_error(response, 422, "validation_error", "images", "NUL")
+    assert error["details"]["field"] == "images"
+    assert_nothing_stored(database, settings)
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"url": "https://example.com/hook", "description": "a\x00b"}, "description"),
+        ({"url": "https://example.com/ho\x00ok"}, "url"),
+    ],
+)
+def test_nul_in_a_webhook_endpoint_is_a_422(client, database, body, field):
+    tenant = make_tenant(database)
+    created = client.post("/v1/webhook-endpoints", json=body, headers=tenant.headers)
+    assert_error(created, 422, "validation_error", field, "NUL")
+    assert count_rows(database, WebhookEndpoint) == 0
+    endpoint = client.post(
+        "/v1/webhook-endpoints", json={"url": "https://example.com/hook"}, headers=tenant.headers
+    ).json()
+    patched = client.patch(f"/v1/webhook-endpoints/{endpoint['id']}", json=body, headers=tenant.headers)
+    assert_error(patched, 422, "validation_error", field, "NUL")
+
+
+def test_nul_in_admin_text_fields_is_a_422(client, database):
+    created = client.post("/v1/admin/tenants", json={"name": "ac\x00me"}, headers=ADMIN)
+    assert_error(created, 422, "validation_error", "name", "NUL")
+    assert count_rows(database, Tenant) == 0
+    tenant = client.post("/v1/admin/tenants", json={"name": "acme"}, headers=ADMIN).json()
+    for path, body, field in [
+        (f"/v1/admin/tenants/{tenant['id']}", {"stripe_customer_id": "cus\x00"}, "stripe_customer_id"),
+        (f"/v1/admin/tenants/{tenant['id']}/keys", {"name": "k\x00"}, "name"),
+    ]:
+        method = client.patch if path.endswith(tenant["id"]) else client.post
+        assert_error(method(path, json=body, headers=ADMIN), 422, "validation_error", field, "NUL")
+
+
+# 2. A signature that is not ASCII is a wrong signature.
+
+
+def test_non_ascii_download_signature_is_a_403(settings, tmp_path):
+    local = settings.model_copy(update={"storage_url": f"file://{tmp_path}"})
+    with TestClient(create_app(local)) as local_client:
+        for signature in ("%C3%A9", "%E2%82%AC" * 30, "abc"):
+            response = local_client.get(f"/v1/files/x?filename=a&expires=28531695582&signature={signature}")
+            assert_error(response, 403, "link_invalid", "invalid")
+
+
+# 3. Integers that do not fit their column, and booleans, are refused.
+
+
+@pytest.mark.parametrize(
+    "limits",
+    [
+        {"monthly_unit_limit": 9223372036854775808},
+        {"monthly_unit_limit": 2**31},
+        {"max_concurrent_trainings": 3000000000},
+        {"monthly_unit_limit": False},
+        {"max_concurrent_trainings": True},
+        {"monthly_unit_limit": 1.5},
+        {"monthly_unit_limit": "10"},
+        {"monthly_unit_limit": -1},
+    ],
+)
+def test_tenant_limits_out_of_column_range_or_not_integers_are_422(client, database, limits):
+    (field,) = limits
+    created = client.post("/v1/admin/tenants", json={"name": "acme", **limits}, headers=ADMIN)
+    assert_error(created, 422, "validation_error", field)
+    assert count_rows(database, Tenant) == 0
+    tenant = client.post("/v1/admin/tenants", json={"name": "acme"}, headers=ADMIN).json()
+    patched = client.patch(f"/v1/admin/tenants/{tenant['id']}", json=limits, headers=ADMIN)
+    assert_error(patched, 422, "validation_error", field)
+    assert client.get(f"/v1/admin/tenants/{tenant['id']}", headers=ADMIN).json()[field] is None
+
+
+def test_largest_limits_the_columns_hold_are_stored(client):
+    limits = {"monthly_unit_limit": 2**31 - 1, "max_concurrent_trainings": 2**31 - 1}
+    created = client.post("/v1/admin/tenants", json={"name": "big", **limits}, headers=ADMIN)
+    assert created.status_code == 201, created.text
+    assert client.get(f"/v1/admin/tenants/{created.json()['id']}", headers=ADMIN).json() | limits == created.json()
+
+
+def test_tenant_service_refuses_out_of_range_limits_for_the_cli_too(database):
+    from app.errors import ValidationFailed
+    from app.tenants import service as tenants
+
+    with pytest.raises(ValidationFailed, match="monthly_unit_limit"), unit_of_work(database.session_factory) as session:
+        tenants.create_tenant(session, name="cli", monthly_unit_limit=2**40)
+    assert count_rows(database, Tenant) == 0
+
+
+# 6. A JSON body that is not UTF-8 is a 422 naming the body, like one that is not JSON.
+
+
+@pytest.mark.parametrize("content", [b"{bad", b'{"name": "\xff\xfe"}', b"\xc3\x28"])
+def test_undecodable_json_body_is_a_422_naming_the_body(client, database, content):
+    response = client.post("/v1/admin/tenants", content=content, headers=ADMIN | {"Content-Type": "application/json"})
+    error = assert_error(response, 422, "validation_error", "body")
+    assert error["details"]["field"] == "body"
+    assert count_rows(database, Tenant) == 0
+
+
+def test_text_part_over_the_part_limit_is_a_422_naming_the_field(client, database, settings):
+    tenant = make_tenant(database)
+    metadata = '{"a": "' + "x" * (settings.max_metadata_bytes + 2048) + '"}'
+    response = submit(client, tenant, data={"metadata": metadata})
+    error = assert_error(response, 422, "validation_error", "metadata", str(settings.max_metadata_bytes))
+    assert error["details"]["field"] == "metadata"
+    assert_nothing_stored(database, settings)
+
+
+# 7. Webhook hosts are checked as IDNA at registration; a delivery that raises is a failed attempt.
+
+
+@pytest.mark.parametrize(
+    "url", ["http://é..audit.test:8815/", "http://a..b.example/", "https://" + "x" * 64 + ".example/"]
+)
+def test_invalid_webhook_host_names_are_refused_at_registration(client, database, settings, url):
+    tenant = make_tenant(database)
+    created = client.post("/v1/webhook-endpoints", json={"url": url}, headers=tenant.headers)
+    assert_error(created, 422, "unsafe_url", "url", "host name")
+    assert count_rows(database, WebhookEndpoint) == 0
+    response = submit(client, tenant, data={"webhook_url": url})
+    assert_error(response, 422, "unsafe_url", "url")
+    assert_nothing_stored(database, settings)
+
+
+def test_idn_host_names_that_encode_are_accepted(client, database):
+    tenant = make_tenant(database)
+    created = client.post("/v1/webhook-endpoints", json={"url": "https://bücher.example/h"}, headers=tenant.headers)
+    assert created.status_code == 201, created.text
+
+
+def test_a_delivery_whose_sending_raises_is_a_recorded_failed_attempt(database, settings):
+    tenant = make_tenant(database)
+    with unit_of_work(database.session_factory) as session:
+        webhooks.emit(
+            session,
+            tenant_id=uuid.UUID(tenant.tenant_id),
+            event_type="training.queued",
+            data={},
+            settings=settings,
+            training_url="http://broken.example/hook",
+        )
+    with database.session_factory() as session:
+        delivery_id = session.scalars(select(WebhookDelivery.id)).one()
+
+    def resolver(host: str, port: int) -> list[str]:
+        raise RuntimeError("resolver exploded")
+
+    with unit_of_work(database.session_factory) as session:
+        outcome = delivery_module.attempt(session, delivery_id=delivery_id, settings=settings, resolver=resolver)
+    assert outcome == "retrying"
+    with database.session_factory() as session:
+        stored = session.get(WebhookDelivery, delivery_id)
+        assert stored is not None and stored.attempt_count == 1 and stored.status == "pending"
+        assert "resolver exploded" in (stored.last_error or "")
+        attempts = session.scalars(select(WebhookAttempt).where(WebhookAttempt.delivery_id == delivery_id)).all()
+        assert len(attempts) == 1 and not attempts[0].success
+
+
+# 8. Usage periods blame the parameter the client sent; dates are never numbers.
+
+
+def test_usage_with_only_an_old_start_names_start(client, database):
+    tenant = make_tenant(database)
+    response = client.get("/v1/usage", params={"start": "2000-01-01T00:00:00Z"}, headers=tenant.headers)
+    error = assert_error(response, 422, "validation_error", "start:", "366 days", "send end")
+    assert error["details"]["field"] == "start"
+    assert "end:" not in error["message"].split(" (")[0]
+    response = client.get("/v1/usage", params={"end": "2000-01-01T00:00:00Z"}, headers=tenant.headers)
+    assert_error(response, 422, "validation_error", "end:")
+    both = client.get(
+        "/v1/usage", params={"start": "2000-01-01T00:00:00Z", "end": "2002-01-01T00:00:00Z"}, headers=tenant.headers
+    )
+    assert_error(both, 422, "validation_error", "end:", "366 days")
+
+
+@pytest.mark.parametrize("value", [0, 1700000000, 1.5, True])
+def test_billing_replay_refuses_numbers_as_dates(client, value):
+    for field in ("start", "end"):
+        response = client.post("/v1/admin/billing/replay", json={field: value}, headers=ADMIN)
+        assert_error(response, 422, "validation_error", field, "ISO 8601")
+
+
+def test_usage_queries_refuse_numbers_as_dates(client, database):
+    tenant = make_tenant(database)
+    response = client.get("/v1/usage", params={"end": "0"}, headers=tenant.headers)
+    assert_error(response, 422, "validation_error", "end", "ISO 8601")
+    export = client.get("/v1/admin/usage", params={"start": "0", "end": "2026-01-01T00:00:00Z"}, headers=ADMIN)
+    assert_error(export, 422, "validation_error", "start", "ISO 8601")
