@@ -78,6 +78,8 @@ class Settings(BaseSettings):
     """How long a presigned artifact URL stays valid."""
     artifact_retention: timedelta = timedelta(days=7)
     """Artifacts and inputs of finished trainings are deleted after this."""
+    orphan_input_grace: timedelta = timedelta(hours=1)
+    """Stored inputs with no training row (the API died mid-submission) are deleted once this old."""
 
     # Workers.
     queue: str = "gpu"
@@ -152,6 +154,7 @@ class Settings(BaseSettings):
     @field_validator(
         "artifact_url_ttl",
         "artifact_retention",
+        "orphan_input_grace",
         "lease_duration",
         "progress_interval",
         "retry_backoff",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from celery import shared_task
 
-from app.trainings import lifecycle
+from app.trainings import lifecycle, orphans
 from workers.celery_app import SWEEP
 from workers.runtime import get_runtime
 
@@ -15,3 +15,4 @@ def sweep() -> None:
     runtime = get_runtime()
     with runtime.unit_of_work() as session:
         lifecycle.sweep(session, settings=runtime.settings, storage=runtime.storage, send=runtime.send)
+        orphans.purge_orphan_inputs(session, storage=runtime.storage, settings=runtime.settings)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -11,7 +12,7 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
 from app.settings import Settings
-from app.storage.base import StorageError, validate_key
+from app.storage.base import StorageError, StoredObject, validate_key
 from app.storage.signing import content_disposition
 
 
@@ -99,6 +100,29 @@ class S3Storage:
         except (BotoCoreError, ClientError) as error:
             raise StorageError(f"cannot delete {prefix}: {error}") from error
         return deleted
+
+    def _relative(self, full_key: str) -> str:
+        return full_key[len(self.prefix) + 1 :] if self.prefix else full_key
+
+    def list_folders(self, prefix: str) -> Iterator[str]:
+        full_prefix = self._key(prefix.rstrip("/")) + "/"
+        try:
+            paginator = self.client.get_paginator("list_objects_v2")
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=full_prefix, Delimiter="/"):
+                for item in page.get("CommonPrefixes", []):
+                    yield item["Prefix"][len(full_prefix) :].rstrip("/")
+        except (BotoCoreError, ClientError) as error:
+            raise StorageError(f"cannot list {prefix}: {error}") from error
+
+    def list_objects(self, prefix: str) -> Iterator[StoredObject]:
+        full_prefix = self._key(prefix.rstrip("/")) + "/"
+        try:
+            paginator = self.client.get_paginator("list_objects_v2")
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=full_prefix):
+                for item in page.get("Contents", []):
+                    yield StoredObject(key=self._relative(item["Key"]), modified=item["LastModified"])
+        except (BotoCoreError, ClientError) as error:
+            raise StorageError(f"cannot list {prefix}: {error}") from error
 
     def presign_get(self, key: str, *, filename: str, expires_in: timedelta, base_url: str) -> str:
         return self.presign_client.generate_presigned_url(  # type: ignore[no-any-return]

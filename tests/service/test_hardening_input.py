@@ -4,20 +4,31 @@ nothing is stored."""
 
 from __future__ import annotations
 
+import hashlib
+import io
+import stat
+import struct
 import uuid
+import zipfile
+from datetime import timedelta
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import select
+from PIL import Image
+from sqlalchemy import select, text
+from sqlalchemy.exc import OperationalError
 
 from app.db import unit_of_work
 from app.main import create_app
-from app.orm import Tenant, WebhookAttempt, WebhookDelivery, WebhookEndpoint
+from app.orm import Tenant, Training, WebhookAttempt, WebhookDelivery, WebhookEndpoint
+from app.orm.base import utcnow
+from app.storage import make_storage
 from app.webhooks import delivery as delivery_module
 from app.webhooks import service as webhooks
+from models.trainer.images import ImageSource, decode_image
 
-from .factories import make_tenant, png_bytes, submit
-from .helpers import assert_error, assert_nothing_stored, count_rows
+from .factories import image_files, make_tenant, png_bytes, submit, zip_bytes
+from .helpers import assert_error, assert_nothing_stored, count_rows, stored_keys
 
 ADMIN = {"Authorization": "Bearer dev-admin-token"}
 
@@ -47,7 +58,7 @@ def multipart_body(parts: list[tuple[str, bytes, bytes]], boundary: str = "leapb
     body = b""
     for name, filename, data in parts:
         body += (
-            f"--{boundary}\r\nContent-Disposition: form-data; name=\"{name}\"; filename=\"".encode()
+            f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"; filename="'.encode()
             + filename
             + b'"\r\nContent-Type: image/png\r\n\r\n'
             + data
@@ -256,3 +267,199 @@ def test_usage_queries_refuse_numbers_as_dates(client, database):
     assert_error(response, 422, "validation_error", "end", "ISO 8601")
     export = client.get("/v1/admin/usage", params={"start": "0", "end": "2026-01-01T00:00:00Z"}, headers=ADMIN)
     assert_error(export, 422, "validation_error", "start", "ISO 8601")
+
+
+# 4. Every stored input is a clean PNG re-encoded from the decoded pixels.
+
+
+def png_chunks(data: bytes) -> list[bytes]:
+    """Chunk types of a PNG, checking that nothing follows IEND."""
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    position, kinds = 8, []
+    while position < len(data):
+        (length,) = struct.unpack(">I", data[position : position + 4])
+        kinds.append(data[position + 4 : position + 8])
+        position += 12 + length
+        if kinds[-1] == b"IEND":
+            break
+    assert position == len(data), f"{len(data) - position} bytes after IEND"
+    return kinds
+
+
+def jpeg_with_exif() -> bytes:
+    image = Image.new("RGB", (40, 24), (10, 200, 30))
+    image.putpixel((0, 0), (255, 0, 0))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: rotate 90 degrees
+    exif[0x010E] = "secret description"
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", exif=exif.tobytes(), quality=95)
+    return buffer.getvalue()
+
+
+def stored_inputs(database, settings, training_id: str) -> list[tuple[dict, bytes]]:  # type: ignore[no-untyped-def]
+    storage = make_storage(settings)
+    with database.session_factory() as session:
+        training = session.get(Training, uuid.UUID(training_id))
+        assert training is not None
+        return [(item, storage.get_bytes(item["key"])) for item in training.inputs]
+
+
+def test_stored_inputs_are_clean_png_copies_of_the_decoded_images(client, database, settings):
+    tenant = make_tenant(database)
+    polyglot = png_bytes() + zip_bytes({"payload.sh": b"#!/bin/sh\necho owned\n"})
+    files = [
+        ("images", ("polyglot.png", polyglot, "image/png")),
+        ("images", ("photo.jpg", jpeg_with_exif(), "image/jpeg")),
+    ]
+    response = submit(client, tenant, files=files)
+    assert response.status_code == 202, response.text
+    stored = stored_inputs(database, settings, response.json()["id"])
+    assert [item["name"] for item, _ in stored] == ["polyglot.png", "photo.jpg"]
+    for (item, data), (_, (_, original, _)) in zip(stored, files, strict=True):
+        assert item["key"].endswith(".png")
+        assert set(png_chunks(data)) <= {b"IHDR", b"IDAT", b"IEND"}
+        assert b"PK\x03\x04" not in data and b"secret description" not in data
+        assert item["bytes"] == len(data) and item["sha256"] == hashlib.sha256(data).hexdigest()
+        expected = decode_image(ImageSource(name="x", data=original))
+        assert Image.open(io.BytesIO(data)).tobytes() == expected.tobytes()
+    assert Image.open(io.BytesIO(stored[1][1])).size == (24, 40)  # EXIF orientation applied, then dropped
+
+
+# 5. Zip entries that would escape or point elsewhere are refused; junk beside the images is skipped.
+
+
+def symlink_zip() -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr("a.png", png_bytes())
+        archive.writestr("b.png", png_bytes(color=(1, 2, 3)))
+        link = zipfile.ZipInfo("c.png")
+        link.create_system = 3
+        link.external_attr = (stat.S_IFLNK | 0o777) << 16
+        archive.writestr(link, "/etc/passwd")
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("archive", "entry", "reason"),
+    [
+        (lambda: zip_bytes({"a.png": png_bytes(), "/etc/b.png": png_bytes()}), "/etc/b.png", "absolute"),
+        (lambda: zip_bytes({"a.png": png_bytes(), "../b.png": png_bytes()}), "../b.png", ".."),
+        (lambda: zip_bytes({"a.png": png_bytes(), "x/../../b.png": png_bytes()}), "x/../../b.png", ".."),
+        (lambda: zip_bytes({"a.png": png_bytes(), "x\\..\\b.png": png_bytes()}), "x\\..\\b.png", ".."),
+        (lambda: zip_bytes({"a.png": png_bytes(), "../notes.txt": b"junk"}), "../notes.txt", ".."),
+        (symlink_zip, "c.png", "symbolic link"),
+    ],
+)
+def test_zip_entries_with_unsafe_paths_or_links_are_refused_by_name(client, database, settings, archive, entry, reason):
+    tenant = make_tenant(database)
+    response = submit(client, tenant, files=[("images", ("set.zip", archive(), "application/zip"))])
+    error = assert_error(response, 422, "invalid_images", repr(entry), reason)
+    assert error["details"]["file"] == entry
+    assert_nothing_stored(database, settings)
+
+
+def test_junk_beside_the_images_in_a_zip_is_skipped_and_listed(client, database, settings):
+    tenant = make_tenant(database)
+    archive = zip_bytes(
+        {
+            "set/a.png": png_bytes(),
+            "set/notes.txt": b"shot on a phone",
+            "set/b.jpg": png_bytes(image_format="JPEG"),
+            "set/.DS_Store": b"\x00\x00\x00\x01Bud1",
+            "set/Thumbs.db": b"\xd0\xcf\x11\xe0",
+            "__MACOSX/set/._a.png": b"\x00\x05\x16\x07",
+            "set/sub/": b"",
+        }
+    )
+    response = submit(client, tenant, files=[("images", ("set.zip", archive, "application/zip"))])
+    assert response.status_code == 202, response.text
+    skipped = ["set/notes.txt", "set/.DS_Store", "set/Thumbs.db", "__MACOSX/set/._a.png"]
+    assert response.json()["skipped_files"] == skipped
+    assert response.json()["image_count"] == 2
+    again = client.get(f"/v1/trainings/{response.json()['id']}", headers=tenant.headers).json()
+    assert again["skipped_files"] == skipped
+    assert len(stored_keys(settings)) == 2
+    plain = submit(client, tenant)
+    assert plain.json()["skipped_files"] == []
+
+
+def test_a_zip_of_junk_only_says_what_it_skipped(client, database, settings):
+    tenant = make_tenant(database)
+    archive = zip_bytes({"a.png": png_bytes(), "readme.txt": b"hello"})
+    response = submit(client, tenant, files=[("images", ("set.zip", archive, "application/zip"))])
+    assert_error(response, 422, "invalid_images", "got 1", "readme.txt")
+    assert_nothing_stored(database, settings)
+
+
+# 12. The tenant's row is locked only after the images are stored; orphan inputs are cleaned up.
+
+
+class LockProbe:
+    """Storage that, at each write, asks another connection whether the tenant row is locked."""
+
+    def __init__(self, storage, database, tenant_id: str) -> None:  # type: ignore[no-untyped-def]
+        self.storage, self.database, self.tenant_id = storage, database, tenant_id
+        self.locked_during_puts: list[bool] = []
+
+    def __getattr__(self, name: str):  # type: ignore[no-untyped-def]
+        return getattr(self.storage, name)
+
+    def put_bytes(self, key: str, data: bytes, **kwargs) -> None:  # type: ignore[no-untyped-def]
+        with self.database.engine.connect() as connection:
+            try:
+                connection.execute(
+                    text("SELECT id FROM tenants WHERE id = :id FOR UPDATE NOWAIT"), {"id": self.tenant_id}
+                )
+                self.locked_during_puts.append(False)
+            except OperationalError:
+                self.locked_during_puts.append(True)
+            connection.rollback()
+        self.storage.put_bytes(key, data, **kwargs)
+
+
+def test_tenant_row_is_not_locked_while_images_are_stored(database, settings):
+    tenant = make_tenant(database)
+    app = create_app(settings)
+    probe = LockProbe(app.state.storage, database, tenant.tenant_id)
+    app.state.storage = probe
+    with TestClient(app) as probed:
+        response = submit(probed, tenant, files=image_files(3))
+    assert response.status_code == 202, response.text
+    assert probe.locked_during_puts == [False, False, False]
+
+
+@pytest.mark.parametrize("backend", ["s3", "local"])
+def test_sweeper_deletes_orphan_inputs_after_the_grace_only(client, database, settings, tmp_path, backend):
+    from app.trainings import orphans
+
+    tenant = make_tenant(database)
+    if backend == "s3":
+        storage = make_storage(settings)
+        training_id = submit(client, tenant).json()["id"]
+    else:
+        storage = make_storage(settings.model_copy(update={"storage_url": f"file://{tmp_path}"}))
+        training_id = submit(client, tenant).json()["id"]
+        with database.session_factory() as session:
+            training = session.get(Training, uuid.UUID(training_id))
+            assert training is not None
+            for item in training.inputs:
+                storage.put_bytes(item["key"], b"kept")
+    orphan = uuid.uuid4()
+    for name in ("00-a.png", "01-b.png"):
+        storage.put_bytes(f"trainings/{orphan}/inputs/{name}", b"left by a killed API")
+    storage.put_bytes("trainings/not-a-uuid/inputs/x.png", b"not ours to judge")
+
+    def keys() -> set[str]:
+        return {item.key for item in storage.list_objects("trainings")}
+
+    before = keys()
+    with unit_of_work(database.session_factory) as session:
+        assert orphans.purge_orphan_inputs(session, storage=storage, settings=settings) == []
+    assert keys() == before  # younger than LEAP_ORPHAN_INPUT_GRACE: maybe a submission in progress
+    later = utcnow() + settings.orphan_input_grace + timedelta(minutes=1)
+    with unit_of_work(database.session_factory) as session:
+        assert orphans.purge_orphan_inputs(session, storage=storage, settings=settings, now=later) == [orphan]
+    assert keys() == {key for key in before if str(orphan) not in key}
+    assert any(training_id in key for key in keys())
