@@ -72,6 +72,8 @@ class Settings(BaseSettings):
     max_zip_ratio: int = 200
     """Largest uncompressed/compressed ratio of one zip entry."""
     max_metadata_bytes: int = 16 * 1024
+    upload_decode_concurrency: int = 1
+    """Images decoded at once per API process (each up to max_image_pixels x 3 bytes of memory)."""
     max_steps: int = 20_000
 
     artifact_url_ttl: timedelta = timedelta(minutes=15)

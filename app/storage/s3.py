@@ -8,12 +8,17 @@ from pathlib import Path
 from typing import Any
 
 import boto3
+from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
 from app.settings import Settings
 from app.storage.base import StorageError, StoredObject, validate_key
 from app.storage.signing import content_disposition
+
+# Large files go up in 8 MiB parts, two at a time: boto3's default of ten buffers 80 MiB per upload,
+# too much for an API that stores several users' images at once.
+_TRANSFER = TransferConfig(multipart_chunksize=8 * 1024 * 1024, max_concurrency=2)
 
 
 class S3Storage:
@@ -68,7 +73,9 @@ class S3Storage:
 
     def put_file(self, key: str, path: Path, *, content_type: str = "application/octet-stream") -> None:
         try:
-            self.client.upload_file(str(path), self.bucket, self._key(key), ExtraArgs={"ContentType": content_type})
+            self.client.upload_file(
+                str(path), self.bucket, self._key(key), ExtraArgs={"ContentType": content_type}, Config=_TRANSFER
+            )
         except (BotoCoreError, ClientError) as error:
             raise StorageError(f"cannot store {key}: {error}") from error
 

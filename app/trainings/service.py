@@ -227,7 +227,7 @@ def _store_inputs(
     settings: Settings,
     storage: Storage,
 ) -> list[dict[str, Any]]:
-    """Decode each image and store its clean PNG copy, one image in memory at a time."""
+    """Decode each image and store its clean PNG copy, one image at a time, through a temporary file."""
 
     # Registered before the first write so a failure part-way through leaves nothing behind (a
     # process killed here leaves the prefix to the sweeper's orphan clean-up).
@@ -237,13 +237,13 @@ def _store_inputs(
     on_rollback(session, delete_inputs)
     inputs = []
     for index, image in enumerate(images):
-        data = uploads.clean_copy(image, settings)
         key = f"{inputs_prefix(training_id)}/{uploads.storage_name(index, image.name)}"
-        try:
-            storage.put_bytes(key, data, content_type="image/png")
-        except StorageError as error:
-            raise ServiceUnavailable("storage is unavailable; retry later") from error
-        inputs.append({"name": image.name, "key": key, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()})
+        with uploads.clean_copy(image, settings) as copy:
+            try:
+                storage.put_file(key, copy.path, content_type="image/png")
+            except StorageError as error:
+                raise ServiceUnavailable("storage is unavailable; retry later") from error
+        inputs.append({"name": image.name, "key": key, "bytes": copy.bytes, "sha256": copy.sha256})
     return inputs
 
 

@@ -6,14 +6,18 @@ Nothing here touches the database or storage: a request that fails these checks 
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import io
 import re
+import tempfile
+import threading
 import zipfile
 import zlib
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
 from contextlib import AbstractContextManager as ContextManager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import IO
 
 from fastapi import Request
@@ -24,7 +28,7 @@ from app.errors import InvalidImages, LeapError, PayloadTooLarge, UnsupportedMed
 from app.settings import Settings
 from app.validation import NUL, NUL_MESSAGE
 from models.trainer.errors import InvalidImagesError
-from models.trainer.images import IMAGE_SUFFIXES, MAX_IMAGES, MIN_IMAGES, ImageSource, decode_image
+from models.trainer.images import IMAGE_SUFFIXES, MAX_IMAGES, MIN_IMAGES, decode_image_file
 
 IMAGES_FIELD = "images"
 _ZIP_MAGIC = b"PK\x03\x04"
@@ -165,6 +169,8 @@ class InputImage:
     name: str
     open: Callable[[], ContextManager[IO[bytes]]]
     """A reader positioned at the image's first byte."""
+    seekable: bool = True
+    """Whether the reader seeks cheaply (a spooled file, not a compressed zip entry)."""
 
     def sha256(self) -> str:
         """Hash of the bytes as sent, read in pieces."""
@@ -174,13 +180,15 @@ class InputImage:
                 digest.update(chunk)
         return digest.hexdigest()
 
-    def read(self, settings: Settings) -> bytes:
-        """The image's bytes, never more than the per-image limit."""
+    def reader(self, settings: Settings) -> ContextManager[IO[bytes]]:
+        """A seekable reader of the image: its spooled file, or a zip entry's bytes (at most the
+        per-image limit: a zip header's sizes may lie)."""
+        if self.seekable:
+            return self.open()
         with _reading(self.name), self.open() as handle:
-            # A zip header's sizes may lie: never read more than the limit allows.
             data = handle.read(settings.max_image_bytes + 1)
         _check_file_size(self.name, len(data), settings)
-        return data
+        return contextlib.nullcontext(io.BytesIO(data))
 
 
 @dataclass
@@ -283,7 +291,7 @@ def _read_zip(upload: UploadedFile, settings: Settings) -> CollectedImages:
     def opener(entry: zipfile.ZipInfo) -> Callable[[], ContextManager[IO[bytes]]]:
         return lambda: archive.open(entry)
 
-    return CollectedImages([InputImage(entry.filename, opener(entry)) for entry in entries], skipped)
+    return CollectedImages([InputImage(entry.filename, opener(entry), seekable=False) for entry in entries], skipped)
 
 
 def _file_image(upload: UploadedFile) -> InputImage:
@@ -321,19 +329,48 @@ def collect_images(files: list[UploadedFile], settings: Settings) -> CollectedIm
     return collected
 
 
-def clean_copy(image: InputImage, settings: Settings) -> bytes:
-    """Decode the image fully (pixel bombs refused before decoding) and return it re-encoded as a
-    plain RGB PNG: whatever else the file carried (trailing data, metadata, a second format) is gone."""
-    source = ImageSource(name=image.name, data=image.read(settings))
-    try:
-        decoded = decode_image(source, max_pixels=settings.max_image_pixels)
-    except InvalidImagesError as error:
-        raise InvalidImages(error.message, details={"file": error.file}) from error
-    del source
-    decoded.info.clear()  # no ICC profile, EXIF or text chunks carried into the copy
-    buffer = io.BytesIO()
-    decoded.save(buffer, format="PNG", compress_level=1)
-    return buffer.getvalue()
+@functools.cache
+def _decode_slots(count: int) -> threading.BoundedSemaphore:
+    return threading.BoundedSemaphore(count)
+
+
+@dataclass(frozen=True)
+class CleanCopy:
+    """A re-encoded image in a temporary file, with its size and hash."""
+
+    path: Path
+    bytes: int
+    sha256: str
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as file:
+        while chunk := file.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+@contextlib.contextmanager
+def clean_copy(image: InputImage, settings: Settings) -> Iterator[CleanCopy]:
+    """Decode the image fully (pixel bombs refused before decoding) and re-encode it as a plain RGB
+    PNG in a temporary file, deleted on exit: whatever else the upload carried (trailing data,
+    metadata, a second format) is gone.
+
+    At most LEAP_UPLOAD_DECODE_CONCURRENCY images are decoded at once in this process: a decoded
+    image may take LEAP_MAX_IMAGE_PIXELS x 3 bytes, and concurrent uploads must not add that up."""
+    with tempfile.TemporaryDirectory(prefix="leap-input-") as folder:
+        path = Path(folder) / "image.png"
+        with _decode_slots(settings.upload_decode_concurrency):
+            with _reading(image.name), image.reader(settings) as file:
+                try:
+                    decoded = decode_image_file(image.name, file, max_pixels=settings.max_image_pixels)
+                except InvalidImagesError as error:
+                    raise InvalidImages(error.message, details={"file": error.file}) from error
+            decoded.info.clear()  # no ICC profile, EXIF or text chunks carried into the copy
+            decoded.save(path, format="PNG", compress_level=1)
+            del decoded
+        yield CleanCopy(path=path, bytes=path.stat().st_size, sha256=_file_sha256(path))
 
 
 def storage_name(index: int, name: str) -> str:

@@ -8,10 +8,16 @@ import hashlib
 import io
 import stat
 import struct
+import threading
+import time
 import uuid
 import zipfile
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
+from pathlib import Path
 
+import httpx
+import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
@@ -27,6 +33,7 @@ from app.webhooks import delivery as delivery_module
 from app.webhooks import service as webhooks
 from models.trainer.images import ImageSource, decode_image
 
+from .conftest import ApiProcess
 from .factories import image_files, make_tenant, png_bytes, submit, zip_bytes
 from .helpers import assert_error, assert_nothing_stored, count_rows, stored_keys
 
@@ -406,7 +413,7 @@ class LockProbe:
     def __getattr__(self, name: str):  # type: ignore[no-untyped-def]
         return getattr(self.storage, name)
 
-    def put_bytes(self, key: str, data: bytes, **kwargs) -> None:  # type: ignore[no-untyped-def]
+    def put_file(self, key: str, path, **kwargs) -> None:  # type: ignore[no-untyped-def]
         with self.database.engine.connect() as connection:
             try:
                 connection.execute(
@@ -416,7 +423,7 @@ class LockProbe:
             except OperationalError:
                 self.locked_during_puts.append(True)
             connection.rollback()
-        self.storage.put_bytes(key, data, **kwargs)
+        self.storage.put_file(key, path, **kwargs)
 
 
 def test_tenant_row_is_not_locked_while_images_are_stored(database, settings):
@@ -463,3 +470,62 @@ def test_sweeper_deletes_orphan_inputs_after_the_grace_only(client, database, se
         assert orphans.purge_orphan_inputs(session, storage=storage, settings=settings, now=later) == [orphan]
     assert keys() == {key for key in before if str(orphan) not in key}
     assert any(training_id in key for key in keys())
+
+
+# 10. Uploads are spooled to disk and decoded one image at a time: memory stays flat and comes back.
+
+
+def rss_mib(pid: int) -> float:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmRSS"))) / 1024
+
+
+def noise_png(side: int, seed: int) -> bytes:
+    pixels = np.random.default_rng(seed).integers(0, 256, size=(side, side, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG", compress_level=0)
+    return buffer.getvalue()
+
+
+def test_concurrent_large_uploads_keep_api_memory_flat(database, settings):
+    # A small-scale version of bench/upload_memory.py: 3 concurrent submissions of 4 x 12 MiB images
+    # (144 MiB in all) may raise the API's RSS by one decoded image and buffers, not by what was sent.
+    large = settings.model_copy(
+        update={"max_upload_bytes": 64 * 1024 * 1024, "max_image_bytes": 16 * 1024 * 1024, "rate_limit_requests": 0}
+    )
+    tenant = make_tenant(database)
+    with database.session_factory.begin() as session:
+        session.get(Tenant, uuid.UUID(tenant.tenant_id)).max_concurrent_trainings = 100  # type: ignore[union-attr]
+    images = [noise_png(2000, seed) for seed in range(4)]  # 12 MB each, incompressible
+    files = [("images", (f"{index}.png", data, "image/png")) for index, data in enumerate(images)]
+    api = ApiProcess(large)
+    try:
+        with httpx.Client(base_url=api.url, headers=tenant.headers, timeout=300) as http:
+            assert http.get("/v1/trainings").status_code == 200
+        baseline = rss_mib(api.process.pid)
+        peak = baseline
+        done = threading.Event()
+
+        def sample() -> None:
+            nonlocal peak
+            while not done.wait(0.05):
+                peak = max(peak, rss_mib(api.process.pid))
+
+        def post(_: int) -> int:
+            with httpx.Client(base_url=api.url, headers=tenant.headers, timeout=300) as http:
+                return http.post("/v1/trainings", files=files).status_code
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        with ThreadPoolExecutor(3) as pool:
+            statuses = list(pool.map(post, range(3)))
+        done.set()
+        sampler.join()
+        time.sleep(2)
+        after = rss_mib(api.process.pid)
+    finally:
+        api.stop()
+    assert statuses == [202, 202, 202]
+    sent = 3 * sum(len(data) for data in images) / 1024 / 1024
+    assert peak - baseline < 80, f"RSS {baseline:.0f} -> {peak:.0f} MiB for {sent:.0f} MiB sent"
+    assert after - baseline < 25, f"RSS {baseline:.0f} -> {after:.0f} MiB after the uploads"
