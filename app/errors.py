@@ -118,7 +118,8 @@ _DESCRIPTIONS = {
     409: "Conflicts with the current state",
     413: "Request or file too large",
     415: "Wrong content type",
-    422: "A field or an image is invalid; `details` names it",
+    422: "A field or an image is invalid, a text part is over its size limit, or a JSON body is not "
+    "UTF-8 JSON; `details.field` (or `details.file`) names it",
     429: "Too many requests or concurrent trainings; retry after `Retry-After` seconds",
     503: "A dependency is unreachable",
 }
@@ -150,6 +151,15 @@ _HTTP_CODES = {
 }
 
 
+def _problem(item: Any) -> dict[str, str]:
+    """{field, message} of one pydantic error; a body that is not JSON names `body`."""
+    if item.get("type") == "json_invalid":
+        detail = (item.get("ctx") or {}).get("error", "")
+        return {"field": "body", "message": f"not valid JSON ({detail} at position {item['loc'][-1]})"}
+    parts = [str(part) for part in item.get("loc", ()) if part not in ("body", "query")]
+    return {"field": ".".join(parts), "message": item.get("msg", "")}
+
+
 def install_error_handlers(app: FastAPI) -> None:
     """Render LeapError, request validation and Starlette HTTP errors in the one error shape."""
 
@@ -159,19 +169,19 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, error: RequestValidationError) -> JSONResponse:
-        problems = [
-            {
-                "field": ".".join(str(part) for part in item.get("loc", ()) if part not in ("body", "query")),
-                "message": item.get("msg", ""),
-            }
-            for item in error.errors()
-        ]
+        problems = [_problem(item) for item in error.errors()]
         first = problems[0] if problems else {"field": "", "message": "invalid request"}
         message = f"{first['field']}: {first['message']}" if first["field"] else first["message"]
-        return render_error(422, "validation_error", message, {"errors": problems})
+        return render_error(422, "validation_error", message, {"field": first["field"], "errors": problems})
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
+        if error.status_code == 400 and isinstance(error.__cause__, ValueError):
+            # FastAPI answers a JSON body it cannot decode as text (not UTF-8) with a bare 400,
+            # where `{bad` is a 422 naming the body: answer both alike.
+            problem = {"field": "body", "message": f"not UTF-8 JSON ({error.__cause__})"[:300]}
+            message = f"body: {problem['message']}"
+            return render_error(422, "validation_error", message, {"field": "body", "errors": [problem]})
         code = _HTTP_CODES.get(error.status_code, "http_error")
         return render_error(error.status_code, code, str(error.detail), None, dict(error.headers or {}))
 

@@ -17,6 +17,7 @@ from app.db import create_database
 from app.errors import install_error_handlers
 from app.health.metrics import HttpMetricsMiddleware, TrainingCollector
 from app.health.routes import router as health_router
+from app.memory import release_large_buffers
 from app.outbox.service import bind_sender
 from app.settings import Settings, get_settings
 from app.storage import make_storage
@@ -39,6 +40,7 @@ DESCRIPTION = (
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the API for `settings` (default: from the environment)."""
     settings = settings or get_settings()
+    release_large_buffers()  # uploads pass through tens of MB at a time; idle memory must come back
     database = create_database(settings)
     storage = make_storage(settings)
     registry = load_registry(settings.model_registry)

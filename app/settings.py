@@ -72,12 +72,16 @@ class Settings(BaseSettings):
     max_zip_ratio: int = 200
     """Largest uncompressed/compressed ratio of one zip entry."""
     max_metadata_bytes: int = 16 * 1024
+    upload_decode_concurrency: int = 1
+    """Images decoded at once per API process (each up to max_image_pixels x 3 bytes of memory)."""
     max_steps: int = 20_000
 
     artifact_url_ttl: timedelta = timedelta(minutes=15)
     """How long a presigned artifact URL stays valid."""
     artifact_retention: timedelta = timedelta(days=7)
     """Artifacts and inputs of finished trainings are deleted after this."""
+    orphan_input_grace: timedelta = timedelta(hours=1)
+    """Stored inputs with no training row (the API died mid-submission) are deleted once this old."""
 
     # Workers.
     queue: str = "gpu"
@@ -158,6 +162,7 @@ class Settings(BaseSettings):
     @field_validator(
         "artifact_url_ttl",
         "artifact_retention",
+        "orphan_input_grace",
         "lease_duration",
         "progress_interval",
         "retry_backoff",

@@ -6,7 +6,7 @@ from __future__ import annotations
 from celery import shared_task
 
 from app.billing import service as billing
-from app.trainings import lifecycle
+from app.trainings import lifecycle, orphans
 from app.webhooks import delivery as webhook_delivery
 from workers.celery_app import SWEEP
 from workers.runtime import get_runtime
@@ -21,3 +21,4 @@ def sweep() -> None:
         billing.resend_stale(session, settings=runtime.settings)
     with runtime.unit_of_work() as session:
         lifecycle.sweep(session, settings=runtime.settings, storage=runtime.storage, send=runtime.send)
+        orphans.purge_orphan_inputs(session, storage=runtime.storage, settings=runtime.settings)

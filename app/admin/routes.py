@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query, Response
@@ -17,6 +16,7 @@ from app.tenants import service as tenants
 from app.tenants.auth import AdminDep, SessionDep
 from app.usage import schemas as usage_schemas
 from app.usage import service as usage
+from app.validation import IsoDatetime
 
 router = APIRouter(prefix="/v1/admin", tags=["admin"])
 
@@ -130,8 +130,8 @@ def revoke_key(key_id: str, _: AdminDep, session: SessionDep) -> schemas.ApiKey:
 def export_usage(
     _: AdminDep,
     session: SessionDep,
-    start: Annotated[datetime, Query(description="Inclusive, ISO 8601")],
-    end: Annotated[datetime, Query(description="Exclusive, ISO 8601")],
+    start: Annotated[IsoDatetime, Query(description="Inclusive, ISO 8601")],
+    end: Annotated[IsoDatetime, Query(description="Exclusive, ISO 8601")],
     tenant_id: Annotated[str | None, Query(description="One tenant; default: all")] = None,
     format: Annotated[Literal["json", "csv"], Query(description="json or csv")] = "json",
 ) -> usage_schemas.UsageExport | Response:

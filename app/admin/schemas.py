@@ -4,16 +4,16 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
+
+from app.validation import Int32, IsoDatetime, RequestModel
 
 
-class TenantLimits(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    max_concurrent_trainings: int | None = Field(
-        None, ge=0, description="Queued + running trainings at once; null: the server default."
+class TenantLimits(RequestModel):
+    max_concurrent_trainings: Int32 | None = Field(
+        None, description="Queued + running trainings at once; null: the server default."
     )
-    monthly_unit_limit: int | None = Field(None, ge=0, description="Billable units per UTC month; null: unlimited.")
+    monthly_unit_limit: Int32 | None = Field(None, description="Billable units per UTC month; null: unlimited.")
     stripe_customer_id: str | None = Field(None, max_length=255, description="Stripe customer billed for usage.")
 
 
@@ -38,9 +38,7 @@ class TenantList(BaseModel):
     data: list[Tenant]
 
 
-class ApiKeyCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class ApiKeyCreate(RequestModel):
     name: str = Field("", max_length=200, description="A label for the key.")
 
 
@@ -61,12 +59,10 @@ class ApiKeyList(BaseModel):
     data: list[ApiKey]
 
 
-class BillingReplay(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class BillingReplay(RequestModel):
     tenant_id: str | None = Field(None, description="One tenant; default: all.")
-    start: datetime | None = Field(None, description="Records finished at or after this.")
-    end: datetime | None = Field(None, description="Records finished before this.")
+    start: IsoDatetime | None = Field(None, description="Records finished at or after this (ISO 8601).")
+    end: IsoDatetime | None = Field(None, description="Records finished before this (ISO 8601).")
 
 
 class BillingReplayResult(BaseModel):

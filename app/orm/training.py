@@ -54,7 +54,9 @@ class Training(Base):
     webhook_url: Mapped[str | None] = mapped_column(Text, nullable=True)
     metadata_: Mapped[dict[str, Any]] = mapped_column("metadata", JSONType, default=dict)
     inputs: Mapped[list[dict[str, Any]]] = mapped_column(JSONType, default=list)
-    """[{name, key, bytes, sha256}] of the stored input images, in upload order."""
+    """[{name, key, bytes, sha256}] of the stored input images (clean PNG copies), in upload order."""
+    skipped_files: Mapped[list[str] | None] = mapped_column(JSONType, nullable=True, default=list)
+    """Zip entries skipped as not images (notes.txt, .DS_Store, __MACOSX/...); null before 0007."""
     image_count: Mapped[int] = mapped_column(Integer)
 
     progress_step: Mapped[int] = mapped_column(Integer, default=0)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Protocol
 from urllib.parse import urlparse
@@ -12,6 +14,13 @@ from app.settings import Settings
 
 class StorageError(Exception):
     """Storage is unreachable or refused an operation."""
+
+
+@dataclass(frozen=True)
+class StoredObject:
+    key: str
+    modified: datetime
+    """When it was last written (UTC)."""
 
 
 class Storage(Protocol):
@@ -26,6 +35,14 @@ class Storage(Protocol):
     def delete_keys(self, keys: list[str]) -> None: ...
 
     def delete_prefix(self, prefix: str) -> int: ...
+
+    def list_folders(self, prefix: str) -> Iterator[str]:
+        """Names of the folders directly under `prefix` (e.g. the training ids under "trainings")."""
+        ...
+
+    def list_objects(self, prefix: str) -> Iterator[StoredObject]:
+        """Every object under `prefix`."""
+        ...
 
     def presign_get(self, key: str, *, filename: str, expires_in: timedelta, base_url: str) -> str:
         """A URL that downloads `key` as an attachment named `filename` until it expires."""

@@ -6,14 +6,14 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable
-from datetime import timedelta
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import BinaryIO
 from urllib.parse import quote, urlencode
 
 from app.storage import signing
-from app.storage.base import StorageError, validate_key
+from app.storage.base import StorageError, StoredObject, validate_key
 
 FILES_ROUTE = "/v1/files/"
 
@@ -65,6 +65,23 @@ class LocalStorage:
         count = sum(1 for path in folder.rglob("*") if path.is_file())
         shutil.rmtree(folder, ignore_errors=True)
         return count
+
+    def list_folders(self, prefix: str) -> Iterator[str]:
+        folder = self.path_for(prefix.rstrip("/"))
+        if folder.is_dir():
+            yield from sorted(path.name for path in folder.iterdir() if path.is_dir())
+
+    def list_objects(self, prefix: str) -> Iterator[StoredObject]:
+        folder = self.path_for(prefix.rstrip("/"))
+        if not folder.is_dir():
+            return
+        for path in sorted(folder.rglob("*")):
+            try:
+                if path.is_file():
+                    modified = datetime.fromtimestamp(path.stat().st_mtime, UTC)
+                    yield StoredObject(key=path.relative_to(self.root).as_posix(), modified=modified)
+            except FileNotFoundError:  # deleted while listing
+                continue
 
     def presign_get(self, key: str, *, filename: str, expires_in: timedelta, base_url: str) -> str:
         validate_key(key)

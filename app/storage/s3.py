@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import boto3
+from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
 from app.settings import Settings
-from app.storage.base import StorageError, validate_key
+from app.storage.base import StorageError, StoredObject, validate_key
 from app.storage.signing import content_disposition
+
+# Large files go up in 8 MiB parts, two at a time: boto3's default of ten buffers 80 MiB per upload,
+# too much for an API that stores several users' images at once.
+_TRANSFER = TransferConfig(multipart_chunksize=8 * 1024 * 1024, max_concurrency=2)
 
 
 class S3Storage:
@@ -67,7 +73,9 @@ class S3Storage:
 
     def put_file(self, key: str, path: Path, *, content_type: str = "application/octet-stream") -> None:
         try:
-            self.client.upload_file(str(path), self.bucket, self._key(key), ExtraArgs={"ContentType": content_type})
+            self.client.upload_file(
+                str(path), self.bucket, self._key(key), ExtraArgs={"ContentType": content_type}, Config=_TRANSFER
+            )
         except (BotoCoreError, ClientError) as error:
             raise StorageError(f"cannot store {key}: {error}") from error
 
@@ -99,6 +107,29 @@ class S3Storage:
         except (BotoCoreError, ClientError) as error:
             raise StorageError(f"cannot delete {prefix}: {error}") from error
         return deleted
+
+    def _relative(self, full_key: str) -> str:
+        return full_key[len(self.prefix) + 1 :] if self.prefix else full_key
+
+    def list_folders(self, prefix: str) -> Iterator[str]:
+        full_prefix = self._key(prefix.rstrip("/")) + "/"
+        try:
+            paginator = self.client.get_paginator("list_objects_v2")
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=full_prefix, Delimiter="/"):
+                for item in page.get("CommonPrefixes", []):
+                    yield item["Prefix"][len(full_prefix) :].rstrip("/")
+        except (BotoCoreError, ClientError) as error:
+            raise StorageError(f"cannot list {prefix}: {error}") from error
+
+    def list_objects(self, prefix: str) -> Iterator[StoredObject]:
+        full_prefix = self._key(prefix.rstrip("/")) + "/"
+        try:
+            paginator = self.client.get_paginator("list_objects_v2")
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=full_prefix):
+                for item in page.get("Contents", []):
+                    yield StoredObject(key=self._relative(item["Key"]), modified=item["LastModified"])
+        except (BotoCoreError, ClientError) as error:
+            raise StorageError(f"cannot list {prefix}: {error}") from error
 
     def presign_get(self, key: str, *, filename: str, expires_in: timedelta, base_url: str) -> str:
         return self.presign_client.generate_presigned_url(  # type: ignore[no-any-return]

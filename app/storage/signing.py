@@ -22,4 +22,6 @@ def sign(secret: str, key: str, expires: int, filename: str) -> str:
 
 
 def verify(secret: str, key: str, expires: int, filename: str, signature: str) -> bool:
-    return hmac.compare_digest(sign(secret, key, expires, filename), signature)
+    # Bytes, not str: compare_digest raises TypeError on non-ASCII text (a garbled link is just invalid).
+    expected = sign(secret, key, expires, filename).encode()
+    return hmac.compare_digest(expected, signature.encode("utf-8", errors="replace"))

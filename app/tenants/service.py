@@ -14,6 +14,7 @@ from app.errors import NotFound, Unauthorized, ValidationFailed
 from app.orm import ApiKey, Tenant
 from app.orm.base import utcnow
 from app.tenants import keys, repository
+from app.validation import INT32_MAX, refuse_nul
 
 
 @dataclass(frozen=True)
@@ -29,11 +30,15 @@ UPDATABLE_FIELDS = ("max_concurrent_trainings", "monthly_unit_limit", "stripe_cu
 
 def create_tenant(session: Session, *, name: str, **limits: Any) -> Tenant:
     """Create a tenant, optionally with its limits and Stripe customer."""
-    name = name.strip()
+    name = refuse_nul("name", name).strip()
     if not 1 <= len(name) <= 200:
         raise ValidationFailed("name: must be 1-200 characters", details={"field": "name"})
     tenant = repository.add_tenant(session, name=name)
     return update_tenant(session, tenant_id=tenant.id, changes=limits) if limits else tenant
+
+
+def _int32(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= INT32_MAX
 
 
 def update_tenant(session: Session, *, tenant_id: uuid.UUID, changes: dict[str, Any]) -> Tenant:
@@ -42,8 +47,11 @@ def update_tenant(session: Session, *, tenant_id: uuid.UUID, changes: dict[str, 
     for field, value in changes.items():
         if field not in UPDATABLE_FIELDS:
             raise ValidationFailed(f"{field}: cannot be changed", details={"field": field})
-        if field in ("max_concurrent_trainings", "monthly_unit_limit") and value is not None and value < 0:
-            raise ValidationFailed(f"{field}: must be >= 0", details={"field": field})
+        # The columns are 32-bit integers; a bool is not a number of units.
+        if field in ("max_concurrent_trainings", "monthly_unit_limit") and value is not None and not _int32(value):
+            raise ValidationFailed(f"{field}: must be an integer 0-{INT32_MAX}", details={"field": field})
+        if isinstance(value, str):
+            refuse_nul(field, value)
         setattr(tenant, field, value)
     session.flush()
     return tenant

@@ -283,3 +283,10 @@ def usage_totals(session: Session) -> tuple[int, float]:
         )
     ).one()
     return int(row[0] or 0), float(row[1] or 0.0)
+
+
+def existing_ids(session: Session, training_ids: list[uuid.UUID]) -> set[uuid.UUID]:
+    """Which of these trainings have a row."""
+    if not training_ids:
+        return set()
+    return set(session.scalars(select(Training.id).where(Training.id.in_(training_ids))))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
@@ -14,8 +15,12 @@ from app.trainings import schemas, service, uploads
 router = APIRouter(prefix="/v1/trainings", tags=["trainings"])
 
 
-async def read_submission(request: Request, settings: SettingsDep) -> uploads.Submission:
-    return await uploads.read_submission(request, settings)
+async def read_submission(request: Request, settings: SettingsDep) -> AsyncIterator[uploads.Submission]:
+    submission = await uploads.read_submission(request, settings)
+    try:
+        yield submission
+    finally:
+        submission.close()  # the spooled files
 
 
 _request_body = {
@@ -50,7 +55,7 @@ def create_training(
     response: Response,
     principal: PrincipalDep,
     session: SessionDep,
-    submission: Annotated[uploads.Submission, Depends(read_submission)],
+    submission: Annotated[uploads.Submission, Depends(read_submission, scope="function")],
     settings: SettingsDep,
     storage: StorageDep,
     registry: RegistryDep,

@@ -6,17 +6,16 @@ from datetime import datetime
 from typing import Any, Literal
 from urllib.parse import urlparse
 
-from pydantic import BaseModel, ConfigDict, Field, Json, field_validator
+from pydantic import BaseModel, Field, Json, field_validator
 
+from app.validation import RequestModel
 from models.trainer.config import TOKEN_PATTERN
 
 Status = Literal["queued", "running", "succeeded", "failed", "canceled"]
 
 
-class TrainingForm(BaseModel):
+class TrainingForm(RequestModel):
     """The optional form fields of POST /v1/trainings (sent as multipart text parts)."""
-
-    model_config = ConfigDict(extra="forbid")
 
     token: str | None = Field(
         None,
@@ -123,6 +122,11 @@ class Training(BaseModel):
     token: str
     parameters: dict[str, Any] = Field(description="Hyperparameters given at submission.")
     image_count: int
+    skipped_files: list[str] = Field(
+        default_factory=list,
+        description="Entries of a submitted zip that were skipped as not images (notes.txt, .DS_Store, "
+        "Thumbs.db, __MACOSX/...), in zip order.",
+    )
     estimated_units: int | None = Field(
         description="Billable units this training is estimated to cost, known at submission "
         "(GET /v1/usage has the recorded ones)."

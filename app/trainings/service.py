@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 
 from app.db import on_rollback
 from app.errors import IdempotencyKeyReused, NotFound, RateLimited, ServiceUnavailable, ValidationFailed
-from app.orm import Artifact, Tenant, Training
+from app.orm import Artifact, Training
 from app.orm.base import utcnow
 from app.outbox import service as outbox
 from app.settings import Settings
@@ -82,7 +82,9 @@ def _parse_form(fields: dict[str, str], registry: Registry, settings: Settings) 
             for item in error.errors()
         ]
         first = problems[0]
-        raise ValidationFailed(f"{first['field']}: {first['message']}", details={"errors": problems}) from error
+        raise ValidationFailed(
+            f"{first['field']}: {first['message']}", details={"field": first["field"], "errors": problems}
+        ) from error
     if form.base_model is not None and registry.get(form.base_model) is None:
         known = ", ".join(sorted(registry.models))
         raise ValidationFailed(
@@ -152,15 +154,14 @@ def create_training(
     storage: Storage,
     registry: Registry,
 ) -> tuple[Training, bool]:
-    """Validate everything, store the inputs, write the row and its outbox message.
+    """Validate everything, store clean copies of the images, write the row and its outbox message.
 
     Returns (training, created); created is False when an Idempotency-Key replayed an earlier request.
     """
     idempotency_key = _check_idempotency_key(idempotency_key)
     form = _parse_form(submission.fields, registry, settings)
-    sources = uploads.collect_images(submission.files, settings)
-    hashes = [hashlib.sha256(source.data).hexdigest() for source in sources]
-    fingerprint = _fingerprint(submission.fields, hashes)
+    collected = uploads.collect_images(submission.files, settings)
+    fingerprint = _fingerprint(submission.fields, [image.sha256() for image in collected.images])
     if idempotency_key is not None:
         existing = repository.find_by_idempotency_key(session, tenant_id=principal.tenant_id, key=idempotency_key)
         if existing is not None:
@@ -168,7 +169,6 @@ def create_training(
 
     base_model_id = form.base_model or registry.default_id
     parameters = form.hyperparameters()
-    tenant = _check_concurrency(session, principal=principal, settings=settings)
     training_id = uuid.uuid4()
     token = form.token or default_token(training_id)
     try:
@@ -182,38 +182,22 @@ def create_training(
         )
     except InvalidConfigError as error:
         raise ValidationFailed(str(error), details={"field": error.field}) from error
-    uploads.validate_images(sources, settings)
     estimated_units = usage.estimate_units(
         settings,
         mode=form.mode,
         base_model=base_model_id,
         steps=with_defaults(config, registry).steps or 0,
-        images=len(sources),
+        images=len(collected.images),
     )
-    usage.check_quota(
-        session, tenant_id=principal.tenant_id, monthly_unit_limit=tenant.monthly_unit_limit, estimated=estimated_units
+    # A quick refusal before the work of decoding and storing; checked again under the lock below.
+    _check_limits(session, principal=principal, settings=settings, estimated_units=estimated_units, lock=False)
+
+    inputs = _store_inputs(
+        session, training_id=training_id, images=collected.images, settings=settings, storage=storage
     )
-
-    # Registered before the first write so a failure part-way through leaves nothing behind.
-    def delete_inputs() -> None:
-        storage.delete_prefix(inputs_prefix(training_id))
-
-    on_rollback(session, delete_inputs)
-    inputs = []
-    for index, (source, digest) in enumerate(zip(sources, hashes, strict=True)):
-        key = f"{inputs_prefix(training_id)}/{uploads.storage_name(index, source.name)}"
-        try:
-            storage.put_bytes(key, source.data)
-        except StorageError as error:
-            raise ServiceUnavailable("storage is unavailable; retry later") from error
-        inputs.append(
-            {
-                "name": source.name,
-                "key": key,
-                "bytes": len(source.data),
-                "sha256": digest,
-            }
-        )
+    # The tenant's row is locked only now, for the few statements left: submissions of one tenant
+    # queue behind each other for milliseconds, not for each other's decoding and uploads.
+    _check_limits(session, principal=principal, settings=settings, estimated_units=estimated_units, lock=True)
 
     now = utcnow()
     created = repository.insert_training(
@@ -232,6 +216,7 @@ def create_training(
             "webhook_url": form.webhook_url,
             "metadata_": form.metadata or {},
             "inputs": inputs,
+            "skipped_files": collected.skipped,
             "image_count": len(inputs),
             "progress_step": 0,
             "attempts": 0,
@@ -253,12 +238,46 @@ def create_training(
     return training, True
 
 
-def _check_concurrency(session: Session, *, principal: Principal, settings: Settings) -> Tenant:
-    """429 when the tenant already has its limit of queued + running trainings.
+def _store_inputs(
+    session: Session,
+    *,
+    training_id: uuid.UUID,
+    images: list[uploads.InputImage],
+    settings: Settings,
+    storage: Storage,
+) -> list[dict[str, Any]]:
+    """Decode each image and store its clean PNG copy, one image at a time, through a temporary file."""
 
-    The tenant row is locked for the rest of the transaction so that concurrent submissions
-    are counted one after another."""
-    tenant = tenants.lock_tenant(session, principal.tenant_id)
+    # Registered before the first write so a failure part-way through leaves nothing behind (a
+    # process killed here leaves the prefix to the sweeper's orphan clean-up).
+    def delete_inputs() -> None:
+        storage.delete_prefix(inputs_prefix(training_id))
+
+    on_rollback(session, delete_inputs)
+    inputs = []
+    for index, image in enumerate(images):
+        key = f"{inputs_prefix(training_id)}/{uploads.storage_name(index, image.name)}"
+        with uploads.clean_copy(image, settings) as copy:
+            try:
+                storage.put_file(key, copy.path, content_type="image/png")
+            except StorageError as error:
+                raise ServiceUnavailable("storage is unavailable; retry later") from error
+        inputs.append({"name": image.name, "key": key, "bytes": copy.bytes, "sha256": copy.sha256})
+    return inputs
+
+
+def _check_limits(
+    session: Session, *, principal: Principal, settings: Settings, estimated_units: int, lock: bool
+) -> None:
+    """429 when the tenant already has its limit of queued + running trainings, 402 when the
+    estimate would pass its monthly quota.
+
+    With lock=True the tenant row is locked for the rest of the transaction, so concurrent
+    submissions are counted one after another."""
+    if lock:
+        tenant = tenants.lock_tenant(session, principal.tenant_id)
+    else:
+        tenant = tenants.get_tenant(session, principal.tenant_id)
     limit = tenant.max_concurrent_trainings
     if limit is None:
         limit = settings.max_concurrent_trainings
@@ -269,7 +288,9 @@ def _check_concurrency(session: Session, *, principal: Principal, settings: Sett
             retry_after_seconds=int(settings.concurrency_retry_after.total_seconds()),
             details={"active_trainings": active, "limit": limit},
         )
-    return tenant
+    usage.check_quota(
+        session, tenant_id=principal.tenant_id, monthly_unit_limit=tenant.monthly_unit_limit, estimated=estimated_units
+    )
 
 
 def _parse_id(training_id: str) -> uuid.UUID:
@@ -368,6 +389,7 @@ def _view(training: Training, artifacts: list[Artifact], links: ArtifactLinks) -
         token=training.token,
         parameters=training.parameters,
         image_count=training.image_count,
+        skipped_files=list(training.skipped_files or []),
         estimated_units=training.estimated_units,
         progress=schemas.Progress(
             step=training.progress_step,

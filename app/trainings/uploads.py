@@ -5,12 +5,20 @@ Nothing here touches the database or storage: a request that fails these checks 
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import hashlib
 import io
 import re
+import tempfile
+import threading
 import zipfile
 import zlib
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
+from contextlib import AbstractContextManager as ContextManager
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
 
 from fastapi import Request
 from starlette.datastructures import UploadFile
@@ -18,12 +26,17 @@ from starlette.formparsers import MultiPartException, MultiPartParser
 
 from app.errors import InvalidImages, LeapError, PayloadTooLarge, UnsupportedMediaType, ValidationFailed
 from app.settings import Settings
+from app.validation import NUL, NUL_MESSAGE
 from models.trainer.errors import InvalidImagesError
-from models.trainer.images import MAX_IMAGES, MIN_IMAGES, ImageSource, decode_image
+from models.trainer.images import IMAGE_SUFFIXES, MAX_IMAGES, MIN_IMAGES, decode_image_file
 
 IMAGES_FIELD = "images"
 _ZIP_MAGIC = b"PK\x03\x04"
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
+_CHUNK = 1024 * 1024
+# Files that archivers and file managers put beside the pictures.
+_JUNK_NAMES = {"thumbs.db", "desktop.ini", ".ds_store"}
+_SYMLINK_MODE = 0o120000
 
 
 class MalformedRequest(LeapError):
@@ -33,16 +46,45 @@ class MalformedRequest(LeapError):
 
 @dataclass
 class UploadedFile:
+    """A file part, spooled by the parser (to disk past 1 MiB): read it in pieces, not at once."""
+
     filename: str
-    data: bytes
+    file: IO[bytes]
+    size: int
+
+    def head(self, count: int) -> bytes:
+        self.file.seek(0)
+        return self.file.read(count)
 
 
 @dataclass
 class Submission:
-    """The parsed form: text fields by name and the files of the `images` field, in order."""
+    """The parsed form: text fields by name and the files of the `images` field, in order.
+
+    The files stay open (spooled) until close(): the request's dependency closes them."""
 
     fields: dict[str, str] = field(default_factory=dict)
     files: list[UploadedFile] = field(default_factory=list)
+
+    def close(self) -> None:
+        for upload in self.files:
+            upload.file.close()
+
+
+class _TextPartTooLarge(MultiPartException):
+    def __init__(self, name: str) -> None:
+        super().__init__(f"{name}: text part over the limit")
+        self.name = name
+
+
+class _Parser(MultiPartParser):
+    """Starlette's parser, saying which text field is over the part limit."""
+
+    def on_part_data(self, data: bytes, start: int, end: int) -> None:
+        part = self._current_part
+        if part.file is None and len(part.data) + (end - start) > self.max_part_size:
+            raise _TextPartTooLarge(part.field_name)
+        super().on_part_data(data, start, end)
 
 
 async def _limited(stream: AsyncIterator[bytes], limit: int) -> AsyncGenerator[bytes, None]:
@@ -55,7 +97,8 @@ async def _limited(stream: AsyncIterator[bytes], limit: int) -> AsyncGenerator[b
 
 
 async def read_submission(request: Request, settings: Settings) -> Submission:
-    """Parse multipart/form-data, refusing oversized bodies while they stream in."""
+    """Parse multipart/form-data, refusing oversized bodies while they stream in; file parts are
+    spooled to temporary files, never held whole in memory. The caller closes the submission."""
     content_type = request.headers.get("content-type", "")
     if not content_type.lower().startswith("multipart/form-data"):
         raise UnsupportedMediaType("send multipart/form-data with the images in the 'images' field")
@@ -65,7 +108,7 @@ async def read_submission(request: Request, settings: Settings) -> Submission:
             f"request body of {declared} bytes is over the limit of {settings.max_upload_bytes} bytes",
             details={"limit": settings.max_upload_bytes},
         )
-    parser = MultiPartParser(
+    parser = _Parser(
         request.headers,
         _limited(request.stream(), settings.max_upload_bytes),
         max_files=MAX_IMAGES * 2,
@@ -74,6 +117,11 @@ async def read_submission(request: Request, settings: Settings) -> Submission:
     )
     try:
         form = await parser.parse()
+    except _TextPartTooLarge as error:
+        raise ValidationFailed(
+            f"{error.name}: over {settings.max_metadata_bytes} bytes",
+            details={"field": error.name, "limit": settings.max_metadata_bytes},
+        ) from error
     except MultiPartException as error:
         if error.message.startswith("Too many files"):
             raise InvalidImages(f"too many files: send at most {MAX_IMAGES} images") from error
@@ -82,31 +130,85 @@ async def read_submission(request: Request, settings: Settings) -> Submission:
     try:
         for name, value in form.multi_items():
             if isinstance(value, UploadFile):
-                if name != IMAGES_FIELD:
-                    raise ValidationFailed(
-                        f"{name}: unexpected file; images go in the '{IMAGES_FIELD}' field",
-                        details={"field": name},
-                    )
-                data = await value.read()
-                submission.files.append(
-                    UploadedFile(filename=value.filename or f"image-{len(submission.files)}", data=data)
-                )
+                submission.files.append(_uploaded_file(name, value, index=len(submission.files)))
             else:
-                if name == IMAGES_FIELD:
-                    raise InvalidImages(
-                        f"'{IMAGES_FIELD}' must be file parts (e.g. curl -F images=@photo.png), not text",
-                        details={"field": name},
-                    )
-                if name in submission.fields:
-                    raise ValidationFailed(f"{name}: given more than once", details={"field": name})
-                submission.fields[name] = value
-    finally:
+                _add_field(submission, name, value)
+    except BaseException:
         await form.close()
+        raise
     return submission
 
 
+def _uploaded_file(name: str, value: UploadFile, *, index: int) -> UploadedFile:
+    if name != IMAGES_FIELD:
+        raise ValidationFailed(
+            f"{name}: unexpected file; images go in the '{IMAGES_FIELD}' field", details={"field": name}
+        )
+    filename = value.filename or f"image-{index}"
+    if NUL in filename:
+        # Postgres cannot store it, and a name cut at the NUL would hide what was sent.
+        raise ValidationFailed(f"{IMAGES_FIELD}: file name {filename!r} {NUL_MESSAGE}", details={"field": IMAGES_FIELD})
+    return UploadedFile(filename=filename, file=value.file, size=value.size or 0)
+
+
+def _add_field(submission: Submission, name: str, value: str) -> None:
+    if name == IMAGES_FIELD:
+        raise InvalidImages(
+            f"'{IMAGES_FIELD}' must be file parts (e.g. curl -F images=@photo.png), not text",
+            details={"field": name},
+        )
+    if name in submission.fields:
+        raise ValidationFailed(f"{name}: given more than once", details={"field": name})
+    submission.fields[name] = value
+
+
+@dataclass(frozen=True)
+class InputImage:
+    """One image of a submission: an uploaded file or a zip entry, read only when needed."""
+
+    name: str
+    open: Callable[[], ContextManager[IO[bytes]]]
+    """A reader positioned at the image's first byte."""
+    seekable: bool = True
+    """Whether the reader seeks cheaply (a spooled file, not a compressed zip entry)."""
+
+    def sha256(self) -> str:
+        """Hash of the bytes as sent, read in pieces."""
+        digest = hashlib.sha256()
+        with _reading(self.name), self.open() as handle:
+            while chunk := handle.read(_CHUNK):
+                digest.update(chunk)
+        return digest.hexdigest()
+
+    def reader(self, settings: Settings) -> ContextManager[IO[bytes]]:
+        """A seekable reader of the image: its spooled file, or a zip entry's bytes (at most the
+        per-image limit: a zip header's sizes may lie)."""
+        if self.seekable:
+            return self.open()
+        with _reading(self.name), self.open() as handle:
+            data = handle.read(settings.max_image_bytes + 1)
+        _check_file_size(self.name, len(data), settings)
+        return contextlib.nullcontext(io.BytesIO(data))
+
+
+@dataclass
+class CollectedImages:
+    """The images to train on, and the zip entries skipped as not images (in zip order)."""
+
+    images: list[InputImage]
+    skipped: list[str] = field(default_factory=list)
+
+
+@contextlib.contextmanager
+def _reading(name: str) -> Iterator[None]:
+    try:
+        yield
+    except (zipfile.BadZipFile, zlib.error, NotImplementedError, EOFError, OSError) as error:
+        raise InvalidImages(f"{name}: corrupt zip entry ({error})", details={"file": name}) from error
+
+
 def _is_zip(upload: UploadedFile) -> bool:
-    return upload.data[:4] == _ZIP_MAGIC or upload.filename.lower().endswith(".zip")
+    return upload.head(4) == _ZIP_MAGIC or upload.filename.lower().endswith(".zip")
 
 
 def _check_file_size(name: str, size: int, settings: Settings) -> None:
@@ -117,66 +219,92 @@ def _check_file_size(name: str, size: int, settings: Settings) -> None:
         )
 
 
-def _skipped_zip_entry(info: zipfile.ZipInfo) -> bool:
+def _unsafe_zip_entry(info: zipfile.ZipInfo) -> str | None:
+    """Why an entry's name or type is refused outright (it would escape or point elsewhere)."""
+    name = info.filename
+    if name.startswith(("/", "\\")) or re.match(r"[A-Za-z]:", name):
+        return "has an absolute path"
+    if ".." in re.split(r"[/\\]", name):
+        return "has a '..' path component"
+    if (info.external_attr >> 16) & 0o170000 == _SYMLINK_MODE:
+        return "is a symbolic link"
+    return None
+
+
+def _junk_zip_entry(info: zipfile.ZipInfo) -> bool:
+    """Not an image to train on: macOS resource forks, hidden files, thumbnails caches, text, ..."""
     base = info.filename.rsplit("/", 1)[-1]
-    return info.is_dir() or info.filename.startswith("__MACOSX/") or not base or base.startswith(".")
+    return (
+        info.filename.startswith("__MACOSX/")
+        or base.startswith(".")
+        or base.lower() in _JUNK_NAMES
+        or not base.lower().endswith(IMAGE_SUFFIXES)
+    )
 
 
-def _read_zip(upload: UploadedFile, settings: Settings) -> list[ImageSource]:
+def _read_zip(upload: UploadedFile, settings: Settings) -> CollectedImages:
     try:
-        archive = zipfile.ZipFile(io.BytesIO(upload.data))
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError) as error:
+        upload.file.seek(0)
+        archive = zipfile.ZipFile(upload.file)
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, OSError) as error:
         raise InvalidImages(
             f"{upload.filename}: not a readable zip ({error})", details={"file": upload.filename}
         ) from error
-    with archive:
-        entries = archive.infolist()
-        if len(entries) > settings.max_zip_entries:
+    entries = archive.infolist()
+    if len(entries) > settings.max_zip_entries:
+        raise InvalidImages(
+            f"{upload.filename}: {len(entries)} zip entries, the limit is {settings.max_zip_entries}",
+            details={"file": upload.filename},
+        )
+    for entry in entries:
+        reason = _unsafe_zip_entry(entry)
+        if reason is not None:
             raise InvalidImages(
-                f"{upload.filename}: {len(entries)} zip entries, the limit is {settings.max_zip_entries}",
-                details={"file": upload.filename},
+                f"{upload.filename}: entry {entry.filename!r} {reason}; refused", details={"file": entry.filename}
             )
-        entries = [entry for entry in entries if not _skipped_zip_entry(entry)]
-        if len(entries) > MAX_IMAGES:
+    files = [entry for entry in entries if not entry.is_dir()]
+    skipped = [entry.filename for entry in files if _junk_zip_entry(entry)]
+    entries = [entry for entry in files if not _junk_zip_entry(entry)]
+    if len(entries) > MAX_IMAGES:
+        raise InvalidImages(
+            f"need {MIN_IMAGES}-{MAX_IMAGES} images, the zip holds {len(entries)}", details={"count": len(entries)}
+        )
+    declared_total = 0
+    for entry in entries:
+        name = entry.filename
+        if entry.flag_bits & 0x1:
+            raise InvalidImages(f"{name}: encrypted zip entries are not supported", details={"file": name})
+        _check_file_size(name, entry.file_size, settings)
+        ratio = entry.file_size / max(entry.compress_size, 1)
+        if ratio > settings.max_zip_ratio:
             raise InvalidImages(
-                f"need {MIN_IMAGES}-{MAX_IMAGES} images, the zip holds {len(entries)}",
-                details={"count": len(entries)},
+                f"{name}: compression ratio {ratio:.0f} is over the limit of {settings.max_zip_ratio} (zip bomb?)",
+                details={"file": name},
             )
-        declared_total = 0
-        for entry in entries:
-            name = entry.filename
-            if entry.flag_bits & 0x1:
-                raise InvalidImages(f"{name}: encrypted zip entries are not supported", details={"file": name})
-            _check_file_size(name, entry.file_size, settings)
-            ratio = entry.file_size / max(entry.compress_size, 1)
-            if ratio > settings.max_zip_ratio:
-                raise InvalidImages(
-                    f"{name}: compression ratio {ratio:.0f} is over the limit of {settings.max_zip_ratio} (zip bomb?)",
-                    details={"file": name},
-                )
-            declared_total += entry.file_size
-        if declared_total > settings.max_upload_bytes:
-            raise PayloadTooLarge(
-                f"{upload.filename}: unpacks to {declared_total} bytes, over the limit of {settings.max_upload_bytes}",
-                details={"file": upload.filename},
-            )
-        sources = []
-        for entry in entries:
-            try:
-                with archive.open(entry) as handle:
-                    # The header's sizes may lie: never read more than the limit allows.
-                    data = handle.read(settings.max_image_bytes + 1)
-            except (zipfile.BadZipFile, zlib.error, NotImplementedError, EOFError, OSError) as error:
-                raise InvalidImages(
-                    f"{entry.filename}: corrupt zip entry ({error})", details={"file": entry.filename}
-                ) from error
-            _check_file_size(entry.filename, len(data), settings)
-            sources.append(ImageSource(name=entry.filename, data=data))
-        return sources
+        declared_total += entry.file_size
+    if declared_total > settings.max_upload_bytes:
+        raise PayloadTooLarge(
+            f"{upload.filename}: unpacks to {declared_total} bytes, over the limit of {settings.max_upload_bytes}",
+            details={"file": upload.filename},
+        )
+
+    def opener(entry: zipfile.ZipInfo) -> Callable[[], ContextManager[IO[bytes]]]:
+        return lambda: archive.open(entry)
+
+    return CollectedImages([InputImage(entry.filename, opener(entry), seekable=False) for entry in entries], skipped)
 
 
-def collect_images(files: list[UploadedFile], settings: Settings) -> list[ImageSource]:
-    """The submission's images: repeated image files, or the entries of one zip; counts and sizes checked."""
+def _file_image(upload: UploadedFile) -> InputImage:
+    def open_file() -> ContextManager[IO[bytes]]:
+        upload.file.seek(0)
+        return contextlib.nullcontext(upload.file)
+
+    return InputImage(upload.filename, open_file)
+
+
+def collect_images(files: list[UploadedFile], settings: Settings) -> CollectedImages:
+    """The submission's images: repeated image files, or the image entries of one zip (other
+    entries skipped); counts, sizes and zip entry names checked, nothing decoded yet."""
     if not files:
         raise InvalidImages(
             f"no images: send {MIN_IMAGES}-{MAX_IMAGES} files in the '{IMAGES_FIELD}' field or a single .zip",
@@ -189,31 +317,65 @@ def collect_images(files: list[UploadedFile], settings: Settings) -> list[ImageS
             details={"file": zips[0].filename},
         )
     if zips:
-        sources = _read_zip(zips[0], settings)
+        collected = _read_zip(zips[0], settings)
     else:
         for upload in files:
-            _check_file_size(upload.filename, len(upload.data), settings)
-        sources = [ImageSource(name=upload.filename, data=upload.data) for upload in files]
-    if not MIN_IMAGES <= len(sources) <= MAX_IMAGES:
-        raise InvalidImages(
-            f"need {MIN_IMAGES}-{MAX_IMAGES} images, got {len(sources)}", details={"count": len(sources)}
-        )
-    return sources
+            _check_file_size(upload.filename, upload.size, settings)
+        collected = CollectedImages([_file_image(upload) for upload in files])
+    count = len(collected.images)
+    if not MIN_IMAGES <= count <= MAX_IMAGES:
+        skipped = f" (skipped as not images: {', '.join(collected.skipped[:10])})" if collected.skipped else ""
+        raise InvalidImages(f"need {MIN_IMAGES}-{MAX_IMAGES} images, got {count}{skipped}", details={"count": count})
+    return collected
 
 
-def validate_images(sources: list[ImageSource], settings: Settings) -> None:
-    """Fully decode every image (one at a time), refusing pixel bombs before decoding."""
-    for source in sources:
-        try:
-            decode_image(source, max_pixels=settings.max_image_pixels)
-        except InvalidImagesError as error:
-            raise InvalidImages(error.message, details={"file": error.file}) from error
+@functools.cache
+def _decode_slots(count: int) -> threading.BoundedSemaphore:
+    return threading.BoundedSemaphore(count)
+
+
+@dataclass(frozen=True)
+class CleanCopy:
+    """A re-encoded image in a temporary file, with its size and hash."""
+
+    path: Path
+    bytes: int
+    sha256: str
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as file:
+        while chunk := file.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+@contextlib.contextmanager
+def clean_copy(image: InputImage, settings: Settings) -> Iterator[CleanCopy]:
+    """Decode the image fully (pixel bombs refused before decoding) and re-encode it as a plain RGB
+    PNG in a temporary file, deleted on exit: whatever else the upload carried (trailing data,
+    metadata, a second format) is gone.
+
+    At most LEAP_UPLOAD_DECODE_CONCURRENCY images are decoded at once in this process: a decoded
+    image may take LEAP_MAX_IMAGE_PIXELS x 3 bytes, and concurrent uploads must not add that up."""
+    with tempfile.TemporaryDirectory(prefix="leap-input-") as folder:
+        path = Path(folder) / "image.png"
+        with _decode_slots(settings.upload_decode_concurrency):
+            with _reading(image.name), image.reader(settings) as file:
+                try:
+                    decoded = decode_image_file(image.name, file, max_pixels=settings.max_image_pixels)
+                except InvalidImagesError as error:
+                    raise InvalidImages(error.message, details={"file": error.file}) from error
+            decoded.info.clear()  # no ICC profile, EXIF or text chunks carried into the copy
+            decoded.save(path, format="PNG", compress_level=1)
+            del decoded
+        yield CleanCopy(path=path, bytes=path.stat().st_size, sha256=_file_sha256(path))
 
 
 def storage_name(index: int, name: str) -> str:
-    """A safe object name for the index-th input, keeping the original extension."""
+    """A safe object name for the index-th input's clean PNG copy."""
     base = name.rsplit("/", 1)[-1]
-    stem, dot, suffix = base.rpartition(".")
+    stem, dot, _ = base.rpartition(".")
     cleaned = _SAFE_NAME.sub("_", stem if dot else base).strip("._")[:60] or "image"
-    extension = _SAFE_NAME.sub("", suffix.lower())[:8] if dot else "img"
-    return f"{index:02d}-{cleaned}.{extension}"
+    return f"{index:02d}-{cleaned}.png"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Query
@@ -10,6 +9,7 @@ from fastapi import APIRouter, Query
 from app.errors import error_responses
 from app.tenants.auth import PrincipalDep, SessionDep
 from app.usage import schemas, service
+from app.validation import IsoDatetime
 
 router = APIRouter(prefix="/v1/usage", tags=["usage"])
 
@@ -23,8 +23,12 @@ router = APIRouter(prefix="/v1/usage", tags=["usage"])
 def get_usage(
     principal: PrincipalDep,
     session: SessionDep,
-    start: Annotated[datetime | None, Query(description="Inclusive, ISO 8601; default: this UTC month's start")] = None,
-    end: Annotated[datetime | None, Query(description="Exclusive, ISO 8601; default: start of next UTC month")] = None,
+    start: Annotated[
+        IsoDatetime | None, Query(description="Inclusive, ISO 8601; default: this UTC month's start")
+    ] = None,
+    end: Annotated[
+        IsoDatetime | None, Query(description="Exclusive, ISO 8601; default: start of next UTC month")
+    ] = None,
     group_by: Annotated[schemas.GroupBy, Query(description="day (UTC) or base_model")] = "day",
 ) -> schemas.UsageReport:
     return service.report(session, tenant_id=principal.tenant_id, start=start, end=end, group_by=group_by)

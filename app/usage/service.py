@@ -111,14 +111,28 @@ def record_final_usage(session: Session, *, training_id: uuid.UUID, settings: Se
 
 
 def _check_period(
-    start: datetime, end: datetime, *, max_days: int | None = MAX_REPORT_DAYS
+    start: datetime,
+    end: datetime,
+    *,
+    max_days: int | None = MAX_REPORT_DAYS,
+    start_given: bool = True,
+    end_given: bool = True,
 ) -> tuple[datetime, datetime]:
+    """The period as aware UTC datetimes; a 422 names the parameter the client sent (`end` when both)."""
     start = start if start.tzinfo else start.replace(tzinfo=UTC)
     end = end if end.tzinfo else end.replace(tzinfo=UTC)
+    blamed = "end" if end_given or not start_given else "start"
+    default_note = ""
+    if not end_given:
+        default_note = f" (end defaults to {end.isoformat()}; send end as well)"
+    elif not start_given:
+        default_note = f" (start defaults to {start.isoformat()}; send start as well)"
     if end <= start:
-        raise ValidationFailed("end: must be after start", details={"field": "end"})
+        raise ValidationFailed(f"{blamed}: end must be after start{default_note}", details={"field": blamed})
     if max_days is not None and end - start > timedelta(days=max_days):
-        raise ValidationFailed(f"end: a period is at most {max_days} days", details={"field": "end"})
+        raise ValidationFailed(
+            f"{blamed}: a period is at most {max_days} days{default_note}", details={"field": blamed}
+        )
     return start, end
 
 
@@ -144,7 +158,9 @@ def report(
 ) -> schemas.UsageReport:
     """A tenant's usage in [start, end) (default: this UTC month), by UTC day or by base model."""
     month_start, month_end = month_bounds(utcnow())
-    start, end = _check_period(start or month_start, end or month_end)
+    start, end = _check_period(
+        start or month_start, end or month_end, start_given=start is not None, end_given=end is not None
+    )
     tenant = tenants.get_tenant(session, tenant_id)
     groups: dict[str, schemas.UsageGroup] = defaultdict(lambda: schemas.UsageGroup(key=""))
     total = schemas.UsageTotals()

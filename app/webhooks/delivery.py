@@ -66,15 +66,21 @@ def attempt(
     body = service.body_of(event)
     secrets = service.signing_secrets(session, delivery, now=now)
     headers = signing.headers(secrets, message_id=event.id, timestamp=int(now.timestamp()), body=body)
-    outcome = sender.post(
-        delivery.url,
-        body=body,
-        headers=headers,
-        timeout=settings.webhook_timeout,
-        response_bytes=settings.webhook_response_bytes,
-        allowed_networks=settings.webhook_allowed_networks,
-        resolver=resolver,
-    )
+    try:
+        outcome = sender.post(
+            delivery.url,
+            body=body,
+            headers=headers,
+            timeout=settings.webhook_timeout,
+            response_bytes=settings.webhook_response_bytes,
+            allowed_networks=settings.webhook_allowed_networks,
+            resolver=resolver,
+        )
+    except Exception as error:
+        # Whatever goes wrong in sending is a failed attempt on record, retried on the schedule;
+        # escaping here would roll back and leave the delivery pending with no attempt.
+        logger.exception("webhook delivery %s: sending raised", delivery.id)
+        outcome = sender.Outcome(None, 0, "", f"{type(error).__name__}: {error}"[:1000])
     repository.add_attempt(
         session,
         WebhookAttempt(

@@ -5,7 +5,9 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
+
+from app.validation import RequestModel
 
 EventType = Literal[
     "training.queued",
@@ -19,18 +21,14 @@ EVENT_TYPES: tuple[str, ...] = EventType.__args__  # type: ignore[attr-defined]
 DeliveryStatus = Literal["pending", "succeeded", "failed", "canceled"]
 
 
-class EndpointCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class EndpointCreate(RequestModel):
     url: str = Field(max_length=2048, description="http(s) URL at a public address.")
     description: str = Field("", max_length=200)
     event_types: list[EventType] = Field(default_factory=list, description="Events sent here; empty: all.")
 
 
-class EndpointUpdate(BaseModel):
+class EndpointUpdate(RequestModel):
     """Only the fields sent change. `enabled: true` re-enables a disabled endpoint."""
-
-    model_config = ConfigDict(extra="forbid")
 
     url: str | None = Field(None, max_length=2048)
     description: str | None = Field(None, max_length=200)

@@ -74,7 +74,25 @@ def parse(url: str) -> tuple[str, str, int]:
         raise UnsafeUrl("url: has no host", details={"field": "url"})
     if parts.username or parts.password:
         raise UnsafeUrl("url: must not contain credentials", details={"field": "url"})
+    _check_hostname(parts.hostname)
     return parts.scheme, parts.hostname, port or (443 if parts.scheme == "https" else 80)
+
+
+def _check_hostname(host: str) -> None:
+    """Refuse a host the resolver could not encode (empty labels, invalid IDNA, NUL): at
+    registration rather than as an error at every delivery."""
+    try:
+        ipaddress.ip_address(host)
+        return
+    except ValueError:
+        pass
+    try:
+        encoded = host.encode("idna")
+    except UnicodeError as error:
+        raise UnsafeUrl(f"url: {host!r} is not a valid host name ({error})", details={"field": "url"}) from error
+    labels = encoded.rstrip(b".").split(b".")
+    if len(encoded) > 253 or any(not label or len(label) > 63 for label in labels) or b"\x00" in encoded:
+        raise UnsafeUrl(f"url: {host!r} is not a valid host name", details={"field": "url"})
 
 
 def _allowed(address: IPAddress, allowed_networks: Sequence[str]) -> bool:
@@ -113,7 +131,7 @@ def resolve(url: str, *, allowed_networks: Sequence[str], resolver: Resolver = s
     except ValueError:
         try:
             addresses = [ipaddress.ip_address(item.split("%")[0]) for item in resolver(host, port)]
-        except OSError as error:
+        except (OSError, UnicodeError) as error:
             raise UnsafeUrl(f"url: cannot resolve {host}: {error}", details={"field": "url"}) from error
     if not addresses:
         raise UnsafeUrl(f"url: {host} has no address", details={"field": "url"})
