@@ -48,6 +48,27 @@ def rss_mib(pid: int) -> float:
     return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmRSS"))) / 1024
 
 
+class PeakSampler:
+    """The highest RSS of a process while the `with` block runs, sampled every 50 ms."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid, self.peak = pid, 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.05):
+            self.peak = max(self.peak, rss_mib(self.pid))
+
+    def __enter__(self) -> PeakSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
 def noise_pngs(count: int, max_bytes: int) -> list[bytes]:
     """Incompressible PNGs just under max_bytes each (random pixels, stored without compression)."""
     side = int(math.sqrt((max_bytes - 64 * 1024) / 3))
@@ -97,7 +118,7 @@ def main() -> int:
     else:
         images = max_pixel_jpegs(args.images, defaults.max_image_pixels)
     request_bytes = sum(len(data) for data in images)
-    print(f"{args.kind}: {args.images} images, {request_bytes / MIB:.1f} MiB per submission")
+    print(f"{args.kind}: {args.images} images, {request_bytes / MIB:.1f} MiB per submission", flush=True)
 
     name = f"leap_membench_{secrets.token_hex(4)}"
     with psycopg.connect(args.pg_admin, autocommit=True) as connection:
@@ -142,22 +163,12 @@ def main() -> int:
 
         for number in range(args.rounds):
             before = rss_mib(api.pid)
-            peak = before
-            stop = threading.Event()
-
-            def sample() -> None:
-                nonlocal peak
-                while not stop.wait(0.05):
-                    peak = max(peak, rss_mib(api.pid))
-
-            sampler = threading.Thread(target=sample, daemon=True)
-            sampler.start()
+            sampler = PeakSampler(api.pid)
             started = time.perf_counter()
-            with ThreadPoolExecutor(args.concurrency) as pool:
+            with sampler, ThreadPoolExecutor(args.concurrency) as pool:
                 statuses = list(pool.map(submit, range(args.concurrency)))
             seconds = time.perf_counter() - started
-            stop.set()
-            sampler.join()
+            peak = max(before, sampler.peak)
             time.sleep(args.settle)
             after = rss_mib(api.pid)
             row = {
@@ -171,7 +182,8 @@ def main() -> int:
             rounds.append(row)
             print(
                 f"round {row['round']}: statuses {statuses} in {row['seconds']} s; RSS idle {row['idle_before_mib']}"
-                f" -> peak {row['peak_mib']} -> idle {row['idle_after_mib']} MiB"
+                f" -> peak {row['peak_mib']} -> idle {row['idle_after_mib']} MiB",
+                flush=True,
             )
     finally:
         api.terminate()

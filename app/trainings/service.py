@@ -192,9 +192,8 @@ def create_training(
     # A quick refusal before the work of decoding and storing; checked again under the lock below.
     _check_limits(session, principal=principal, settings=settings, estimated_units=estimated_units, lock=False)
 
-    inputs = _store_inputs(
-        session, training_id=training_id, images=collected.images, settings=settings, storage=storage
-    )
+    with uploads.clean_copies(collected.images, settings) as copies:
+        inputs = _store_inputs(session, training_id=training_id, copies=copies, storage=storage)
     # The tenant's row is locked only now, for the few statements left: submissions of one tenant
     # queue behind each other for milliseconds, not for each other's decoding and uploads.
     _check_limits(session, principal=principal, settings=settings, estimated_units=estimated_units, lock=True)
@@ -239,14 +238,9 @@ def create_training(
 
 
 def _store_inputs(
-    session: Session,
-    *,
-    training_id: uuid.UUID,
-    images: list[uploads.InputImage],
-    settings: Settings,
-    storage: Storage,
+    session: Session, *, training_id: uuid.UUID, copies: list[uploads.CleanCopy], storage: Storage
 ) -> list[dict[str, Any]]:
-    """Decode each image and store its clean PNG copy, one image at a time, through a temporary file."""
+    """Store the clean copies under the training's inputs prefix; a rollback deletes them."""
 
     # Registered before the first write so a failure part-way through leaves nothing behind (a
     # process killed here leaves the prefix to the sweeper's orphan clean-up).
@@ -255,14 +249,13 @@ def _store_inputs(
 
     on_rollback(session, delete_inputs)
     inputs = []
-    for index, image in enumerate(images):
-        key = f"{inputs_prefix(training_id)}/{uploads.storage_name(index, image.name)}"
-        with uploads.clean_copy(image, settings) as copy:
-            try:
-                storage.put_file(key, copy.path, content_type="image/png")
-            except StorageError as error:
-                raise ServiceUnavailable("storage is unavailable; retry later") from error
-        inputs.append({"name": image.name, "key": key, "bytes": copy.bytes, "sha256": copy.sha256})
+    for index, copy in enumerate(copies):
+        key = f"{inputs_prefix(training_id)}/{uploads.storage_name(index, copy.name)}"
+        try:
+            storage.put_file(key, copy.path, content_type="image/png")
+        except StorageError as error:
+            raise ServiceUnavailable("storage is unavailable; retry later") from error
+        inputs.append({"name": copy.name, "key": key, "bytes": copy.bytes, "sha256": copy.sha256})
     return inputs
 
 

@@ -336,8 +336,10 @@ def _decode_slots(count: int) -> threading.BoundedSemaphore:
 
 @dataclass(frozen=True)
 class CleanCopy:
-    """A re-encoded image in a temporary file, with its size and hash."""
+    """An image re-encoded into a temporary file, with its size and hash."""
 
+    name: str
+    """The image's name as sent (file name or zip entry)."""
     path: Path
     bytes: int
     sha256: str
@@ -351,26 +353,28 @@ def _file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-@contextlib.contextmanager
-def clean_copy(image: InputImage, settings: Settings) -> Iterator[CleanCopy]:
-    """Decode the image fully (pixel bombs refused before decoding) and re-encode it as a plain RGB
-    PNG in a temporary file, deleted on exit: whatever else the upload carried (trailing data,
-    metadata, a second format) is gone.
+def _re_encode(image: InputImage, path: Path, settings: Settings) -> CleanCopy:
+    # At most LEAP_UPLOAD_DECODE_CONCURRENCY images are decoded at once in this process: a decoded
+    # image may take LEAP_MAX_IMAGE_PIXELS x 3 bytes, and concurrent uploads must not add that up.
+    with _decode_slots(settings.upload_decode_concurrency):
+        with _reading(image.name), image.reader(settings) as file:
+            try:
+                decoded = decode_image_file(image.name, file, max_pixels=settings.max_image_pixels)
+            except InvalidImagesError as error:
+                raise InvalidImages(error.message, details={"file": error.file}) from error
+        decoded.info.clear()  # no ICC profile, EXIF or text chunks carried into the copy
+        decoded.save(path, format="PNG", compress_level=1)
+        del decoded
+    return CleanCopy(name=image.name, path=path, bytes=path.stat().st_size, sha256=_file_sha256(path))
 
-    At most LEAP_UPLOAD_DECODE_CONCURRENCY images are decoded at once in this process: a decoded
-    image may take LEAP_MAX_IMAGE_PIXELS x 3 bytes, and concurrent uploads must not add that up."""
-    with tempfile.TemporaryDirectory(prefix="leap-input-") as folder:
-        path = Path(folder) / "image.png"
-        with _decode_slots(settings.upload_decode_concurrency):
-            with _reading(image.name), image.reader(settings) as file:
-                try:
-                    decoded = decode_image_file(image.name, file, max_pixels=settings.max_image_pixels)
-                except InvalidImagesError as error:
-                    raise InvalidImages(error.message, details={"file": error.file}) from error
-            decoded.info.clear()  # no ICC profile, EXIF or text chunks carried into the copy
-            decoded.save(path, format="PNG", compress_level=1)
-            del decoded
-        yield CleanCopy(path=path, bytes=path.stat().st_size, sha256=_file_sha256(path))
+
+@contextlib.contextmanager
+def clean_copies(images: list[InputImage], settings: Settings) -> Iterator[list[CleanCopy]]:
+    """Decode every image fully (pixel bombs refused before decoding), one at a time, and re-encode
+    each as a plain RGB PNG in a temporary folder, deleted on exit: whatever else an upload carried
+    (trailing data, metadata, a second format) is gone, and nothing is stored unless all decode."""
+    with tempfile.TemporaryDirectory(prefix="leap-inputs-") as folder:
+        yield [_re_encode(image, Path(folder) / f"{index:02d}.png", settings) for index, image in enumerate(images)]
 
 
 def storage_name(index: int, name: str) -> str:

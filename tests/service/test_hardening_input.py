@@ -437,6 +437,20 @@ def test_tenant_row_is_not_locked_while_images_are_stored(database, settings):
     assert probe.locked_during_puts == [False, False, False]
 
 
+def test_nothing_is_written_to_storage_unless_every_image_decodes(database, settings):
+    tenant = make_tenant(database)
+    app = create_app(settings)
+    probe = LockProbe(app.state.storage, database, tenant.tenant_id)
+    app.state.storage = probe
+    whole = png_bytes(size=(64, 64))
+    truncated = whole[: len(whole) // 2]
+    with TestClient(app) as probed:
+        files = image_files(3) + [("images", ("cut.png", truncated, "image/png"))]
+        assert_error(submit(probed, tenant, files=files), 422, "invalid_images", "cut.png")
+    assert probe.locked_during_puts == []  # not even stored and deleted again
+    assert_nothing_stored(database, settings)
+
+
 @pytest.mark.parametrize("backend", ["s3", "local"])
 def test_sweeper_deletes_orphan_inputs_after_the_grace_only(client, database, settings, tmp_path, backend):
     from app.trainings import orphans

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import time
 import uuid
 
@@ -26,7 +27,9 @@ from .helpers import assert_nothing_stored, queued_messages, stored_keys
 
 def test_rolled_back_submission_sends_nothing_and_deletes_its_inputs(client, database, settings):
     tenant = make_tenant(database)
-    submission = uploads.Submission(files=[uploads.UploadedFile(f"{i}.png", png_bytes()) for i in range(2)])
+    images = [png_bytes(color=(i, 80, 120)) for i in range(2)]
+    files = [uploads.UploadedFile(f"{i}.png", io.BytesIO(data), len(data)) for i, data in enumerate(images)]
+    submission = uploads.Submission(files=files)
     principal = Principal(tenant_id=uuid.UUID(tenant.tenant_id), api_key_id=uuid.uuid4())
     with pytest.raises(RuntimeError), unit_of_work(client.app.state.database.session_factory) as session:
         service.create_training(
