@@ -22,13 +22,18 @@ from app.settings import Settings
 from app.storage import Storage, StorageError
 from app.tenants import service as tenants
 from app.tenants.service import Principal
-from app.trainings import events, repository, schemas, uploads
+from app.trainings import events, repository, schemas, text_uploads, uploads
 from app.usage import service as usage
 from app.webhooks import service as webhooks
-from models.registry import Registry
+from models.registry import BaseModel, Registry
+from models.text.config import MODES as TEXT_MODES
+from models.text.config import TextTrainConfig
+from models.text.config import with_defaults as text_with_defaults
+from models.trainer.config import MODES as IMAGE_MODES
 from models.trainer.config import TrainConfig
 from models.trainer.defaults import with_defaults
 from models.trainer.errors import InvalidConfigError
+from models.trainer.images import ImageSource
 
 RUN_TASK = "trainings.run"
 MAX_PAGE_SIZE = 100
@@ -100,6 +105,47 @@ def build_config(
     return config
 
 
+def build_text_config(
+    *,
+    base_model: str,
+    token: str,
+    mode: str,
+    init: str,
+    parameters: dict[str, Any],
+    registry: Registry,
+    data_dir: str | None = None,
+) -> TextTrainConfig:
+    """The text trainer's config: the registry id (the trainer resolves and, for a GGUF release,
+    converts it once into data_dir) and the caller's choices; unset values are the model's defaults."""
+    entry = registry.get(base_model)
+    if entry is None or entry.kind != "text":
+        raise InvalidConfigError("base_model", f"{base_model!r} is not a text model registered on this server")
+    config = TextTrainConfig(
+        base_model=entry.id,
+        token=token,
+        mode=mode,
+        init=init,
+        data_dir=data_dir,
+        **parameters,  # type: ignore[arg-type]
+    )
+    config.validate()
+    return config
+
+
+def _modes(kind: str) -> tuple[str, ...]:
+    return TEXT_MODES if kind == "text" else IMAGE_MODES
+
+
+def _check_mode(form: schemas.TrainingForm, model: BaseModel) -> None:
+    """422 naming `mode` when it is a mode of the other kind (e.g. token for an image model)."""
+    modes = _modes(model.kind)
+    if form.mode not in modes:
+        raise ValidationFailed(
+            f"mode: {form.mode!r} is not a mode of {model.id}, a {model.kind} model; use {', '.join(modes)}",
+            details={"field": "mode", "kind": model.kind, "modes": list(modes)},
+        )
+
+
 def _fingerprint(fields: dict[str, str], image_hashes: list[str]) -> str:
     canonical = json.dumps({"fields": sorted(fields.items()), "images": image_hashes}, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()
@@ -136,11 +182,26 @@ def create_training(
 ) -> tuple[Training, bool]:
     """Validate everything, store the inputs, write the row and its outbox message.
 
-    Returns (training, created); created is False when an Idempotency-Key replayed an earlier request.
+    The base model's kind decides the inputs: images for an image model, .txt files or one .jsonl
+    for a text model. Returns (training, created); created is False when an Idempotency-Key
+    replayed an earlier request.
     """
     idempotency_key = _check_idempotency_key(idempotency_key)
     form = _parse_form(submission.fields, registry, settings)
-    sources = uploads.collect_images(submission.files, settings)
+    base_model_id = form.base_model or registry.default_id
+    model = registry.get(base_model_id)
+    assert model is not None  # _parse_form refused unknown ids
+    _check_mode(form, model)
+    sources: list[ImageSource] | list[text_uploads.TextFile]
+    example_count: int | None = None
+    if model.kind == "text":
+        sources, examples = text_uploads.collect_examples(
+            submission.files, submission.examples, model=model, token=form.token, settings=settings
+        )
+        example_count = len(examples)
+    else:
+        text_uploads.refuse_text_for_image_model(submission.files, submission.examples, model)
+        sources = uploads.collect_images(submission.files, settings)
     hashes = [hashlib.sha256(source.data).hexdigest() for source in sources]
     fingerprint = _fingerprint(submission.fields, hashes)
     if idempotency_key is not None:
@@ -148,27 +209,22 @@ def create_training(
         if existing is not None:
             return _replay(existing, fingerprint), False
 
-    base_model_id = form.base_model or registry.default_id
     parameters = form.hyperparameters()
     tenant = _check_concurrency(session, principal=principal, settings=settings)
-    try:
-        config = build_config(
-            base_model=base_model_id,
-            token=form.token,
-            mode=form.mode,
-            init=form.init,
-            parameters=parameters,
-            registry=registry,
-        )
-    except InvalidConfigError as error:
-        raise ValidationFailed(str(error), details={"field": error.field}) from error
-    uploads.validate_images(sources, settings)
+    steps = _planned_steps(
+        base_model=base_model_id, form=form, parameters=parameters, kind=model.kind, registry=registry
+    )
+    if model.kind == "image":
+        uploads.validate_images(sources, settings)  # type: ignore[arg-type]
+    image_count = len(sources) if model.kind == "image" else 0
     estimated_units = usage.estimate_units(
         settings,
         mode=form.mode,
         base_model=base_model_id,
-        steps=with_defaults(config, registry).steps or 0,
-        images=len(sources),
+        steps=steps,
+        images=image_count,
+        kind=model.kind,
+        examples=example_count or 0,
     )
     usage.check_quota(
         session, tenant_id=principal.tenant_id, monthly_unit_limit=tenant.monthly_unit_limit, estimated=estimated_units
@@ -207,6 +263,7 @@ def create_training(
             "idempotency_key": idempotency_key,
             "request_fingerprint": fingerprint,
             "base_model": base_model_id,
+            "kind": model.kind,
             "mode": form.mode,
             "init": form.init,
             "token": form.token,
@@ -214,7 +271,8 @@ def create_training(
             "webhook_url": form.webhook_url,
             "metadata_": form.metadata or {},
             "inputs": inputs,
-            "image_count": len(inputs),
+            "image_count": image_count,
+            "example_count": example_count,
             "progress_step": 0,
             "attempts": 0,
             "created_at": now,
@@ -233,6 +291,34 @@ def create_training(
     training = repository.get(session, training_id)
     assert training is not None
     return training, True
+
+
+def _planned_steps(
+    *, base_model: str, form: schemas.TrainingForm, parameters: dict[str, Any], kind: str, registry: Registry
+) -> int:
+    """The steps the training will run (the caller's, else the model's default); 422 on a bad config."""
+    try:
+        if kind == "text":
+            text_config = build_text_config(
+                base_model=base_model,
+                token=form.token,
+                mode=form.mode,
+                init=form.init,
+                parameters=parameters,
+                registry=registry,
+            )
+            return text_with_defaults(text_config, registry).steps or 0
+        config = build_config(
+            base_model=base_model,
+            token=form.token,
+            mode=form.mode,
+            init=form.init,
+            parameters=parameters,
+            registry=registry,
+        )
+        return with_defaults(config, registry).steps or 0
+    except InvalidConfigError as error:
+        raise ValidationFailed(str(error), details={"field": error.field}) from error
 
 
 def _check_concurrency(session: Session, *, principal: Principal, settings: Settings) -> Tenant:
@@ -343,6 +429,7 @@ def _view(training: Training, artifacts: list[Artifact], links: ArtifactLinks) -
         id=str(training.id),
         status=training.status,  # type: ignore[arg-type]
         base_model=training.base_model,
+        kind=training.kind,  # type: ignore[arg-type]
         mode=training.mode,
         init=training.init,
         init_used=training.init_used,
@@ -350,6 +437,7 @@ def _view(training: Training, artifacts: list[Artifact], links: ArtifactLinks) -
         token=training.token,
         parameters=training.parameters,
         image_count=training.image_count,
+        example_count=training.example_count,
         estimated_units=training.estimated_units,
         progress=schemas.Progress(
             step=training.progress_step,

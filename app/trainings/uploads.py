@@ -16,12 +16,23 @@ from fastapi import Request
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 
-from app.errors import InvalidImages, LeapError, PayloadTooLarge, UnsupportedMediaType, ValidationFailed
+from app.errors import (
+    InvalidExamples,
+    InvalidImages,
+    LeapError,
+    PayloadTooLarge,
+    UnsupportedMediaType,
+    ValidationFailed,
+)
 from app.settings import Settings
 from models.trainer.errors import InvalidImagesError
 from models.trainer.images import MAX_IMAGES, MIN_IMAGES, ImageSource, decode_image
 
 IMAGES_FIELD = "images"
+EXAMPLES_FIELD = "examples"
+"""Text trainings' .txt or .jsonl files (app.trainings.text_uploads parses them)."""
+# Room for a text training's 500 .txt files; the count of each kind is checked after parsing.
+MAX_FILES = 1000
 _ZIP_MAGIC = b"PK\x03\x04"
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
 
@@ -39,10 +50,12 @@ class UploadedFile:
 
 @dataclass
 class Submission:
-    """The parsed form: text fields by name and the files of the `images` field, in order."""
+    """The parsed form: text fields by name, the files of the `images` field and those of the
+    `examples` field, each in order."""
 
     fields: dict[str, str] = field(default_factory=dict)
     files: list[UploadedFile] = field(default_factory=list)
+    examples: list[UploadedFile] = field(default_factory=list)
 
 
 async def _limited(stream: AsyncIterator[bytes], limit: int) -> AsyncGenerator[bytes, None]:
@@ -68,7 +81,7 @@ async def read_submission(request: Request, settings: Settings) -> Submission:
     parser = MultiPartParser(
         request.headers,
         _limited(request.stream(), settings.max_upload_bytes),
-        max_files=MAX_IMAGES * 2,
+        max_files=MAX_FILES,
         max_fields=64,
         max_part_size=settings.max_metadata_bytes + 1024,
     )
@@ -76,22 +89,30 @@ async def read_submission(request: Request, settings: Settings) -> Submission:
         form = await parser.parse()
     except MultiPartException as error:
         if error.message.startswith("Too many files"):
-            raise InvalidImages(f"too many files: send at most {MAX_IMAGES} images") from error
+            raise InvalidImages(
+                f"too many files: send at most {MAX_IMAGES} images (or a text model's 500 examples)"
+            ) from error
         raise MalformedRequest(f"malformed multipart body: {error.message}") from error
     submission = Submission()
     try:
         for name, value in form.multi_items():
             if isinstance(value, UploadFile):
-                if name != IMAGES_FIELD:
+                if name not in (IMAGES_FIELD, EXAMPLES_FIELD):
                     raise ValidationFailed(
-                        f"{name}: unexpected file; images go in the '{IMAGES_FIELD}' field",
+                        f"{name}: unexpected file; images go in the '{IMAGES_FIELD}' field, "
+                        f"text examples in the '{EXAMPLES_FIELD}' field",
                         details={"field": name},
                     )
                 data = await value.read()
-                submission.files.append(
-                    UploadedFile(filename=value.filename or f"image-{len(submission.files)}", data=data)
-                )
+                target = submission.files if name == IMAGES_FIELD else submission.examples
+                default_name = f"image-{len(target)}" if name == IMAGES_FIELD else f"example-{len(target)}.txt"
+                target.append(UploadedFile(filename=value.filename or default_name, data=data))
             else:
+                if name == EXAMPLES_FIELD:
+                    raise InvalidExamples(
+                        f"'{EXAMPLES_FIELD}' must be file parts (e.g. curl -F examples=@one.txt), not text",
+                        details={"field": name},
+                    )
                 if name == IMAGES_FIELD:
                     raise InvalidImages(
                         f"'{IMAGES_FIELD}' must be file parts (e.g. curl -F images=@photo.png), not text",
