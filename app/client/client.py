@@ -87,17 +87,42 @@ def _api_error(response: httpx.Response) -> ApiError:
         return ApiError(response.status_code, "http_error", f"HTTP {response.status_code}: {text}")
 
 
-ImageInput = Path | str | tuple[str, bytes]
+InputFile = Path | str | tuple[str, bytes]
+ImageInput = InputFile  # the name before text trainings
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".zip"})
+TEXT_SUFFIXES = frozenset({".txt", ".jsonl"})
 
 
-def _image_part(image: ImageInput) -> tuple[str, tuple[str, bytes, str]]:
-    if isinstance(image, tuple):
-        name, data = image
+class NoInputs(ClientError):
+    """A folder given to submit() holds no images and no text examples."""
+
+
+def input_files(source: Path | str) -> list[Path]:
+    """The files to upload from a path: a file as it is; a folder's images (.png, .jpg, ... or .zip),
+    or, when it has none, its text examples (.txt, .jsonl), sorted by name. Hidden files are skipped."""
+    source = Path(source)
+    if source.is_file():
+        return [source]
+    if not source.is_dir():
+        raise NoInputs(f"{source} is neither a folder nor a file")
+    files = sorted(path for path in source.iterdir() if path.is_file() and not path.name.startswith("."))
+    images = [path for path in files if path.suffix.lower() in IMAGE_SUFFIXES]
+    texts = [path for path in files if path.suffix.lower() in TEXT_SUFFIXES]
+    if not images and not texts:
+        raise NoInputs(f"no images (.png, .jpg, .webp, ... or .zip) or text examples (.txt, .jsonl) in {source}")
+    return images or texts
+
+
+def _part(item: InputFile) -> tuple[str, tuple[str, bytes, str]]:
+    """A multipart file part: .txt and .jsonl files go in the `examples` field, anything else in `images`."""
+    if isinstance(item, tuple):
+        name, data = item
     else:
-        path = Path(image)
+        path = Path(item)
         name, data = path.name, path.read_bytes()
+    field = "examples" if Path(name).suffix.lower() in TEXT_SUFFIXES else "images"
     content_type = mimetypes.guess_type(name)[0] or "application/octet-stream"
-    return ("images", (name, data, content_type))
+    return (field, (name, data, content_type))
 
 
 class LeapClient:
@@ -189,14 +214,18 @@ class LeapClient:
 
     def submit(
         self,
-        images: Iterable[ImageInput],
+        inputs: Iterable[InputFile] | Path | str,
         *,
         idempotency_key: str | None = None,
         **form: str | int | float | dict[str, Any] | None,
     ) -> Training:
-        """POST /v1/trainings: image paths (or (name, bytes) pairs, or one .zip) and form fields
-        such as steps=400, mode="pivotal", token="<leap>", metadata={...}."""
-        files = [_image_part(image) for image in images]
+        """POST /v1/trainings with form fields such as steps=400, mode="pivotal", token="<leap>",
+        base_model="smollm2-135m", metadata={...}. `inputs`: a folder (its images or .zip, else its
+        .txt/.jsonl examples), or files: image paths or one .zip for an image model, .txt paths or one
+        .jsonl for a text model, or (name, bytes) pairs (.txt/.jsonl names are sent as examples)."""
+        if isinstance(inputs, Path | str):
+            inputs = input_files(inputs)
+        files = [_part(item) for item in inputs]
         data = {
             name: json.dumps(value) if isinstance(value, dict) else str(value)
             for name, value in form.items()
