@@ -123,8 +123,8 @@ def build_text_config(
     config = TextTrainConfig(
         base_model=entry.id,
         token=token,
-        mode=mode,
-        init=init,
+        mode=mode,  # type: ignore[arg-type]
+        init=init,  # type: ignore[arg-type]
         data_dir=data_dir,
         **parameters,  # type: ignore[arg-type]
     )
@@ -192,17 +192,21 @@ def create_training(
     model = registry.get(base_model_id)
     assert model is not None  # _parse_form refused unknown ids
     _check_mode(form, model)
-    sources: list[ImageSource] | list[text_uploads.TextFile]
+    # (name, bytes) of each file to store: the images, or the example files as uploaded.
+    sources: list[tuple[str, bytes]]
+    images: list[ImageSource] = []
     example_count: int | None = None
     if model.kind == "text":
-        sources, examples = text_uploads.collect_examples(
+        files, examples = text_uploads.collect_examples(
             submission.files, submission.examples, model=model, token=form.token, settings=settings
         )
+        sources = [(file.filename, file.data) for file in files]
         example_count = len(examples)
     else:
         text_uploads.refuse_text_for_image_model(submission.files, submission.examples, model)
-        sources = uploads.collect_images(submission.files, settings)
-    hashes = [hashlib.sha256(source.data).hexdigest() for source in sources]
+        images = uploads.collect_images(submission.files, settings)
+        sources = [(image.name, image.data) for image in images]
+    hashes = [hashlib.sha256(data).hexdigest() for _, data in sources]
     fingerprint = _fingerprint(submission.fields, hashes)
     if idempotency_key is not None:
         existing = repository.find_by_idempotency_key(session, tenant_id=principal.tenant_id, key=idempotency_key)
@@ -214,9 +218,8 @@ def create_training(
     steps = _planned_steps(
         base_model=base_model_id, form=form, parameters=parameters, kind=model.kind, registry=registry
     )
-    if model.kind == "image":
-        uploads.validate_images(sources, settings)  # type: ignore[arg-type]
-    image_count = len(sources) if model.kind == "image" else 0
+    uploads.validate_images(images, settings)
+    image_count = len(images)
     estimated_units = usage.estimate_units(
         settings,
         mode=form.mode,
@@ -238,17 +241,17 @@ def create_training(
 
     on_rollback(session, delete_inputs)
     inputs = []
-    for index, (source, digest) in enumerate(zip(sources, hashes, strict=True)):
-        key = f"{inputs_prefix(training_id)}/{uploads.storage_name(index, source.name)}"
+    for index, ((name, data), digest) in enumerate(zip(sources, hashes, strict=True)):
+        key = f"{inputs_prefix(training_id)}/{uploads.storage_name(index, name)}"
         try:
-            storage.put_bytes(key, source.data)
+            storage.put_bytes(key, data)
         except StorageError as error:
             raise ServiceUnavailable("storage is unavailable; retry later") from error
         inputs.append(
             {
-                "name": source.name,
+                "name": name,
                 "key": key,
-                "bytes": len(source.data),
+                "bytes": len(data),
                 "sha256": digest,
             }
         )

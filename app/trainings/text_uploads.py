@@ -6,7 +6,6 @@ torch-free: the examples are parsed with models.text.examples, as the worker par
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import PurePosixPath
 
 from app.errors import InvalidExamples, InvalidImages, PayloadTooLarge
@@ -17,14 +16,6 @@ from models.text.errors import InvalidExamplesError
 from models.text.examples import JSONL_SUFFIX, MAX_EXAMPLES, MIN_EXAMPLES, TEXT_SUFFIX, TextExample, parse_text_files
 
 TEXT_SUFFIXES = frozenset({TEXT_SUFFIX, JSONL_SUFFIX})
-
-
-@dataclass(frozen=True)
-class TextFile:
-    """One uploaded example file, stored as it came."""
-
-    name: str
-    data: bytes
 
 
 def _suffix(name: str) -> str:
@@ -65,8 +56,8 @@ def _check_sizes(examples: list[UploadedFile], settings: Settings) -> None:
 
 def collect_examples(
     images: list[UploadedFile], examples: list[UploadedFile], *, model: BaseModel, token: str, settings: Settings
-) -> tuple[list[TextFile], list[TextExample]]:
-    """The files to store and the examples they hold: 2-500 .txt files or one .jsonl, each parsed.
+) -> tuple[list[UploadedFile], list[TextExample]]:
+    """The files to store (as uploaded) and the examples they hold: 2-500 .txt files or one .jsonl, each parsed.
 
     Raises 422 invalid_examples naming the file (and line) for anything the trainer could not use,
     except the exact token limit, which needs the tokenizer and is checked by the worker."""
@@ -85,4 +76,4 @@ def collect_examples(
         if error.line is not None:
             details["line"] = error.line
         raise InvalidExamples(error.message, details=details) from error
-    return [TextFile(name=upload.filename, data=upload.data) for upload in examples], parsed
+    return examples, parsed
