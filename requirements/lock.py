@@ -21,7 +21,7 @@ from pathlib import Path
 from packaging.requirements import Requirement
 
 ROOT = Path(__file__).resolve().parent.parent
-ML_STACK = frozenset({"torch", "diffusers", "transformers", "peft", "accelerate", "safetensors"})
+ML_STACK = frozenset({"torch", "diffusers", "transformers", "peft", "accelerate", "safetensors", "gguf"})
 TORCH = "torch==2.13.0"  # the Makefile's TORCH
 DEBIAN_CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
 

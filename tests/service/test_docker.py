@@ -18,7 +18,7 @@ from packaging.requirements import Requirement
 
 from .conftest import REPO_ROOT
 
-ML_STACK = {"torch", "diffusers", "transformers", "peft", "accelerate", "safetensors"}
+ML_STACK = {"torch", "diffusers", "transformers", "peft", "accelerate", "safetensors", "gguf"}
 COMPOSE_INSTALL_HINT = (
     "docker-compose.yml cannot be validated: neither `docker compose` (the Compose plugin) nor "
     "`docker-compose` is installed. On Debian: apt-get install docker-compose"

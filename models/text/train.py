@@ -1,0 +1,269 @@
+"""The text trainer: textual inversion for LMs, LoRA, or both in two phases (pivotal).
+
+    result = train(TextTrainConfig(base_model="smollm2-135m", mode="pivotal"), examples, out_dir)
+
+`token` learns only the new token's vectors (with tied embeddings its output row is the same
+parameter); `lora` trains peft LoRA with the token fixed at its initial value; `pivotal` trains
+the token alone first, then LoRA with the token at a lower rate, as on the image side.
+The base model is loaded once per process and shared; a job never writes to it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable, Collection, Iterator, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch
+
+from models.text.base import TextBase, load_text_base, pick_device, resolve_text_model
+from models.text.concept import TextConcept, lora_target_modules
+from models.text.config import TextTrainConfig, with_defaults
+from models.text.data import Row, collate, lm_loss, pad_id_of, tokenize_example
+from models.text.errors import InvalidExamplesError
+from models.text.examples import MAX_EXAMPLES, MIN_EXAMPLES, TextExample
+from models.text.export import save_text_concept
+from models.trainer.config import Progress, TrainResult
+from models.trainer.errors import OutOfMemory, TrainingCanceled
+from models.trainer.export import write_manifest
+
+# A booster resolver maps (base, examples, config) to initial token vectors [num_vectors, width]
+# with a note, or None when no text booster is registered for the base model (issue 13 plugs in here).
+TextBoosterResolver = Callable[[TextBase, Sequence[TextExample], TextTrainConfig], "tuple[torch.Tensor, str] | None"]
+EvalHook = Callable[[int, "TextJob"], None]
+
+
+@dataclass
+class TextJob:
+    """What a running job exposes to evaluation hooks: `concept.base.model` is the trained model."""
+
+    base: TextBase
+    concept: TextConcept
+    config: TextTrainConfig
+
+
+def prepare(config: TextTrainConfig) -> tuple[TextTrainConfig, TextBase]:
+    """Validate, fill defaults and load (or reuse) the base model."""
+    config.validate()
+    config = with_defaults(config)
+    config.validate()
+    device = pick_device(config.device)
+    base = load_text_base(resolve_text_model(config.base_model, config.data_dir), device)
+    return config, base
+
+
+@contextlib.contextmanager
+def attached(base: TextBase, config: TextTrainConfig) -> Iterator[TextConcept]:
+    """A job's concept on the shared base, removed on exit whatever happens."""
+    concept = TextConcept(base, token=config.token, num_vectors=config.num_vectors)
+    try:
+        yield concept
+    finally:
+        concept.close()
+
+
+def tokenize_examples(concept: TextConcept, examples: Sequence[TextExample], max_length: int) -> list[Row]:
+    """Every example as token ids and labels; one over max_length tokens raises naming its file/line."""
+    return [tokenize_example(concept.tokenizer, e, expand=concept.expand, max_length=max_length) for e in examples]
+
+
+def train(
+    config: TextTrainConfig,
+    examples: Sequence[TextExample],
+    out_dir: Path,
+    *,
+    on_progress: Callable[[Progress], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    booster_resolver: TextBoosterResolver | None = None,
+    eval_hook: EvalHook | None = None,
+    eval_steps: Collection[int] = (),
+) -> TrainResult:
+    """Train one text concept and write its artifacts to out_dir.
+
+    `eval_hook(step, job)` runs after each step in `eval_steps` (0: before the first) with the
+    model as trained so far, e.g. for held-out loss curves.
+    """
+    started = time.perf_counter()
+    if not MIN_EXAMPLES <= len(examples) <= MAX_EXAMPLES:
+        raise InvalidExamplesError(f"need {MIN_EXAMPLES}-{MAX_EXAMPLES} examples, got {len(examples)}")
+    config, base = prepare(config)
+    try:
+        with attached(base, config) as concept:
+            return _run(
+                config,
+                base,
+                concept,
+                examples,
+                out_dir,
+                started,
+                on_progress=on_progress,
+                should_stop=should_stop,
+                booster_resolver=booster_resolver,
+                eval_hook=eval_hook,
+                eval_steps=frozenset(eval_steps),
+            )
+    except torch.cuda.OutOfMemoryError as error:
+        raise OutOfMemory(
+            f"out of GPU memory at batch size {config.batch_size}, max_length {config.max_length}; "
+            "try a smaller batch size"
+        ) from error
+
+
+def _initialise(
+    config: TextTrainConfig,
+    base: TextBase,
+    concept: TextConcept,
+    examples: Sequence[TextExample],
+    booster_resolver: TextBoosterResolver | None,
+    generator: torch.Generator,
+) -> tuple[str, str]:
+    """Set the token's starting point; returns (what was used: booster|token|random, a note)."""
+    if config.init == "random":
+        concept.init_random(generator)
+        return "random", ""
+    concept.init_from_token(config.initializer_token)
+    if config.init == "booster":
+        found = booster_resolver(base, examples, config) if booster_resolver else None
+        if found is None:
+            return "token", "no text booster is registered for this base model; started from the initializer token"
+        vectors, note = found
+        with torch.no_grad():
+            concept.input_vectors.copy_(vectors.to(concept.input_vectors))
+        return "booster", note
+    return "token", ""
+
+
+def _run(
+    config: TextTrainConfig,
+    base: TextBase,
+    concept: TextConcept,
+    examples: Sequence[TextExample],
+    out_dir: Path,
+    started: float,
+    *,
+    on_progress,
+    should_stop,
+    booster_resolver,
+    eval_hook,
+    eval_steps,
+) -> TrainResult:
+    assert config.steps is not None and config.batch_size is not None and config.lora_alpha is not None
+    rows = tokenize_examples(concept, examples, config.max_length)
+    torch.manual_seed(config.seed)  # LoRA's A matrices are drawn from the global generator
+    generator = torch.Generator().manual_seed(config.seed)
+    trains_lora = config.mode in ("lora", "pivotal")
+    targets = lora_target_modules(config.lora_targets)
+    if trains_lora:
+        concept.add_lora(rank=config.lora_rank, alpha=config.lora_alpha, targets=config.lora_targets)
+    init_used, init_note = _initialise(config, base, concept, examples, booster_resolver, generator)
+
+    pivot_step = int(config.steps * config.pivot_fraction) if config.mode == "pivotal" else 0
+    lora_parameters = concept.lora_parameters()
+    vectors = concept.vector_parameters()
+    groups = [{"params": vectors, "lr": config.embedding_lr or 0.0, "weight_decay": 0.0}]
+    if trains_lora:
+        groups.append({"params": lora_parameters, "lr": config.lora_lr or 0.0, "weight_decay": 0.0})
+    optimizer = torch.optim.AdamW(groups)
+    for parameter in vectors:
+        parameter.requires_grad_(config.mode != "lora")
+    pad_id = pad_id_of(concept.tokenizer)
+
+    losses: list[float] = []
+    if eval_hook is not None and 0 in eval_steps:
+        eval_hook(0, TextJob(base, concept, config))
+    step_started = time.perf_counter()
+    for step in range(config.steps):
+        if should_stop is not None and should_stop():
+            raise TrainingCanceled(f"canceled at step {step} of {config.steps}")
+        in_pivot_phase = config.mode == "pivotal" and step < pivot_step
+        for parameter in lora_parameters:
+            parameter.requires_grad_(trains_lora and not in_pivot_phase)
+        if config.mode == "pivotal":
+            lr = config.embedding_lr if in_pivot_phase else config.pivot_embedding_lr
+            optimizer.param_groups[0]["lr"] = lr or 0.0
+        index = torch.randint(0, len(rows), (config.batch_size,), generator=generator)
+        batch = collate([rows[int(i)] for i in index], pad_id, base.device)
+        loss = lm_loss(base.model, batch)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        losses.append(float(loss.detach()))
+        done = step + 1
+        if on_progress is not None and (done % config.progress_every == 0 or done == config.steps):
+            elapsed = time.perf_counter() - step_started
+            on_progress(
+                Progress(step=done, total=config.steps, loss=losses[-1], eta_s=elapsed / done * (config.steps - done))
+            )
+        if eval_hook is not None and done in eval_steps:
+            eval_hook(done, TextJob(base, concept, config))
+    train_seconds = time.perf_counter() - step_started
+
+    artifacts = save_text_concept(
+        out_dir,
+        concept,
+        base_id=config.base_model,
+        rank=config.lora_rank,
+        alpha=config.lora_alpha,
+        target_modules=targets,
+    )
+    compute_seconds = time.perf_counter() - started
+    public = replace(config, data_dir=None)  # no server paths in what the user downloads
+    manifest = {
+        "kind": "text",
+        "base_model": config.base_model,
+        "token": config.token,
+        "tokens": concept.tokens,
+        "token_ids": concept.token_ids,
+        "tied_embeddings": concept.tied,
+        "mode": config.mode,
+        "init": config.init,
+        "init_used": init_used,
+        "init_note": init_note,
+        "steps": config.steps,
+        "pivot_step": pivot_step,
+        "seed": config.seed,
+        "learning_rates": {
+            "embedding": config.embedding_lr,
+            "pivot_embedding": config.pivot_embedding_lr,
+            "lora": config.lora_lr,
+        },
+        "lora_rank": config.lora_rank if trains_lora else None,
+        "lora_alpha": config.lora_alpha if trains_lora else None,
+        "lora_targets": targets if trains_lora else None,
+        "num_examples": len(examples),
+        "num_tokens": sum(len(r.ids) for r in rows),
+        "device": str(base.device),
+        "config": public.to_dict(),
+        "timings": {
+            "total_seconds": round(compute_seconds, 3),
+            "train_seconds": round(train_seconds, 3),
+            "steps_per_second": round(config.steps / max(train_seconds, 1e-9), 3),
+        },
+        "loss": _loss_summary(losses),
+    }
+    artifacts.append(write_manifest(out_dir, manifest, artifacts))
+    return TrainResult(
+        out_dir=out_dir,
+        artifacts=artifacts,
+        manifest=manifest,
+        steps=config.steps,
+        init_used=init_used,
+        init_note=init_note,
+        device=str(base.device),
+        compute_seconds=compute_seconds,
+        losses=losses,
+    )
+
+
+def _loss_summary(losses: list[float]) -> dict[str, float | int]:
+    if not losses:
+        return {}
+    window = max(1, len(losses) // 10)
+    return {
+        "first": round(sum(losses[:window]) / window, 6),
+        "last": round(sum(losses[-window:]) / window, 6),
+        "min": round(min(losses), 6),
+        "count": len(losses),
+    }

