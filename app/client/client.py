@@ -11,7 +11,7 @@ import uuid
 from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import httpx
@@ -123,6 +123,16 @@ def _part(item: InputFile) -> tuple[str, tuple[str, bytes, str]]:
     field = "examples" if Path(name).suffix.lower() in TEXT_SUFFIXES else "images"
     content_type = mimetypes.guess_type(name)[0] or "application/octet-stream"
     return (field, (name, data, content_type))
+
+
+def artifact_path(folder: Path, name: str) -> Path:
+    """Where an artifact named `name` goes under `folder`: text trainings' artifacts keep their
+    sub-folders (adapter/adapter_config.json, lora-vllm/adapter_config.json); a name can never
+    climb out of the folder (absolute paths, `..` and empty parts are dropped)."""
+    parts = [part for part in PurePosixPath(name.replace("\\", "/")).parts if part not in ("/", ".", "..")]
+    if not parts:
+        raise ClientError(f"artifact name {name!r} names no file")
+    return folder.joinpath(*parts)
 
 
 class LeapClient:
@@ -295,8 +305,9 @@ class LeapClient:
             self._sleep(interval)
 
     def download(self, training: Training | str, folder: Path) -> list[Path]:
-        """Download every artifact into `folder`, verifying each sha256; returns the written paths.
-        A file is written under a temporary name and renamed only once its checksum matches."""
+        """Download every artifact into `folder` (keeping sub-folders such as adapter/), verifying each
+        sha256; returns the written paths. A file is written under a temporary name and renamed only
+        once its checksum matches."""
         if isinstance(training, str):
             training = self.get(training)
         elif any(artifact.expires_at <= datetime.now(UTC) for artifact in training.artifacts):
@@ -305,7 +316,8 @@ class LeapClient:
         return [self._download_artifact(artifact, folder) for artifact in training.artifacts]
 
     def _download_artifact(self, artifact: Artifact, folder: Path) -> Path:
-        target = folder / Path(artifact.name).name  # never a path from the server
+        target = artifact_path(folder, artifact.name)
+        target.parent.mkdir(parents=True, exist_ok=True)
         partial = target.with_name(target.name + ".part")
         url = str(httpx.URL(self.base_url + "/").join(artifact.url))
         digest = hashlib.sha256()
