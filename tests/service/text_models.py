@@ -56,11 +56,16 @@ def save_tiny_llama(folder: Path) -> Path:
     return folder
 
 
-def write_registry_with_tiny_llama(folder: Path, *, defaults: dict | None = None) -> Path:
-    """A registry file: the bundled models (absolute paths) plus tiny-llama, a text model in folder/tiny-llama."""
+def write_registry_with_tiny_llama(
+    folder: Path, *, keep: tuple[str, ...] | None = None, defaults: dict | None = None
+) -> Path:
+    """A registry file: the bundled models (absolute paths; only those in `keep` when given) plus
+    tiny-llama, a text model in folder/tiny-llama."""
     bundled = load_registry(Path(__file__).resolve().parents[2] / "models" / "registry.yaml")
     entries: dict[str, dict] = {}
     for model in bundled.models.values():
+        if keep is not None and model.id not in keep:
+            continue
         entry: dict = {"kind": model.kind, "path": model.path, "description": model.description}
         if model.kind == "image":
             entry["resolution"] = model.resolution
