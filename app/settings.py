@@ -106,8 +106,9 @@ class Settings(BaseSettings):
     """Import path of the training function (module:function) of image trainings."""
     text_trainer: str = "models.text.train:train"
     """Import path of the training function of text trainings."""
-    preload_models: bool = False
-    """Workers load the registered base models at start instead of on first use."""
+    preload_models: bool | list[str] = False
+    """Workers load base models at start instead of on first use: true, every registered model;
+    a JSON list, those model ids (`leap serve`: the default model only)."""
 
     # Tenancy: rate and concurrency limits.
     rate_limit_requests: int = 600

@@ -95,9 +95,11 @@ def _preload_models(**_: Any) -> None:
     # the process starts, so the first training does not pay for it. The trainer caches loaded
     # models per process.
     runtime = get_runtime()
-    if not runtime.settings.preload_models:
+    wanted = runtime.settings.preload_models
+    entries = [entry for entry in runtime.registry.models.values() if wanted is True or entry.id in (wanted or ())]
+    if not entries:
         return
-    kinds = {entry.kind for entry in runtime.registry.models.values()}
+    kinds = {entry.kind for entry in entries}
     if "image" in kinds:
         load_trainer(runtime.settings.trainer)
     if "text" in kinds:
@@ -106,7 +108,7 @@ def _preload_models(**_: Any) -> None:
 
     device = pick_device()
     logger = logging.getLogger(__name__)
-    for entry in runtime.registry.models.values():
+    for entry in entries:
         try:
             if entry.kind == "text":
                 _preload_text_model(entry.id, runtime, device)
