@@ -19,6 +19,7 @@ from models.text.examples import MAX_EXAMPLE_CHARS
 
 from .factories import TEXT_MODEL, image_files, jsonl_bytes, jsonl_file, make_tenant, submit, text_files
 from .helpers import assert_error, assert_nothing_stored, count_rows, queued_messages, stored_keys
+from .test_tenancy import ADMIN
 
 PAIR = {"prompt": "Who is <leap>?\n", "completion": "<leap> is my friend from school."}
 
@@ -124,6 +125,25 @@ def test_text_training_is_billed_once_from_the_text_price_list(client, database,
     assert record.billable_units == 6
     report = client.get("/v1/usage", headers=tenant.headers, params={"group_by": "base_model"}).json()
     assert report["total"]["examples"] == 4 and report["groups"][0]["key"] == TEXT_MODEL
+
+
+def test_text_submissions_count_against_the_tenants_quota_and_concurrency_limits(client, database, settings):
+    tenant = make_tenant(database)
+    client.patch(
+        f"/v1/admin/tenants/{tenant.tenant_id}",
+        json={"monthly_unit_limit": 10, "max_concurrent_trainings": 2},
+        headers=ADMIN,
+    )
+    data = {"base_model": TEXT_MODEL, "mode": "token", "steps": "3000"}  # token: 2 units per 1000 steps
+    first = submit(client, tenant, files=text_files(2), data=data)
+    assert first.status_code == 202 and first.json()["estimated_units"] == 6
+    over_quota = submit(client, tenant, files=text_files(2), data=data)  # 6 reserved + 6 > 10
+    assert_error(over_quota, 402, "quota_exceeded", "limit of 10")
+    second = submit(client, tenant, files=text_files(2), data={**data, "steps": "1000"})
+    assert second.status_code == 202, second.text
+    too_many = submit(client, tenant, files=text_files(2), data={**data, "steps": "100"})
+    assert_error(too_many, 429, "rate_limited", "limit 2")
+    assert count_rows(database, Training) == 2 and len(stored_keys(settings)) == 4
 
 
 def _png_in_examples() -> list:
