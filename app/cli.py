@@ -4,6 +4,7 @@ list, cancel, download) and admin tenants/keys."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -144,11 +145,15 @@ def serve(
     if settings.is_embedded:
         key = ensure_local_key(settings)
         typer.echo(f"API key (tenant 'local'): {key}  (also in {settings.data_dir / LOCAL_KEY_FILE})")
+    from models.registry import load_registry
+
+    # The training worker imports the trainer and loads the default base model at start; other
+    # models (e.g. a text model, converted from its GGUF on first use) load when first trained.
+    preload = json.dumps([load_registry(settings.model_registry).default_id])
     children = [
-        # The training worker imports the trainer and loads the base models at start.
         _start_child(
             [sys.executable, "-m", "app.cli", "worker", "--queues", settings.queue, "--loglevel", "warning"],
-            env={**os.environ, "LEAP_PRELOAD_MODELS": "1"},
+            env={**os.environ, "LEAP_PRELOAD_MODELS": preload},
         ),
         _start_child(
             [

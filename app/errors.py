@@ -37,6 +37,11 @@ class InvalidImages(LeapError):
     code = "invalid_images"
 
 
+class InvalidExamples(LeapError):
+    status_code = 422
+    code = "invalid_examples"
+
+
 class PayloadTooLarge(LeapError):
     status_code = 413
     code = "payload_too_large"
@@ -118,8 +123,8 @@ _DESCRIPTIONS = {
     409: "Conflicts with the current state",
     413: "Request or file too large",
     415: "Wrong content type",
-    422: "A field or an image is invalid, a text part is over its size limit, or a JSON body is not "
-    "UTF-8 JSON; `details.field` (or `details.file`) names it",
+    422: "A field, an image or a text example is invalid, a text part is over its size limit, or a JSON body "
+    "is not UTF-8 JSON; `details` names it (`field`, or `file` and `line`)",
     429: "Too many requests or concurrent trainings; retry after `Retry-After` seconds",
     503: "A dependency is unreachable",
 }

@@ -15,10 +15,15 @@ DEV_SIGNING_SECRET = "dev-signing-secret"
 
 
 class PriceTable(BaseModel):
-    """Billable units of a training: ceil(steps / 1000 x per-mode rate x multipliers + images x per-image)."""
+    """Billable units of a training: ceil(steps / 1000 x per-mode rate x multipliers + inputs x per-input),
+    with the image or the text price list by the training's kind."""
 
     units_per_1000_steps: dict[str, float] = {"pivotal": 10.0, "textual_inversion": 5.0, "lora": 8.0}
+    """Image trainings, per mode."""
     units_per_image: float = 0.0
+    text_units_per_1000_steps: dict[str, float] = {"pivotal": 4.0, "token": 2.0, "lora": 3.0}
+    """Text trainings, per mode (token, lora, pivotal)."""
+    units_per_text_example: float = 0.0
     base_model_multiplier: dict[str, float] = {}
     """Per base-model id; missing: 1."""
     device_class_multiplier: dict[str, float] = {}
@@ -71,6 +76,8 @@ class Settings(BaseSettings):
     max_zip_entries: int = 200
     max_zip_ratio: int = 200
     """Largest uncompressed/compressed ratio of one zip entry."""
+    max_text_file_bytes: int = 8 * 1024 * 1024
+    """One .txt or .jsonl file of a text training."""
     max_metadata_bytes: int = 16 * 1024
     upload_decode_concurrency: int = 1
     """Images decoded at once per API process (each up to max_image_pixels x 3 bytes of memory)."""
@@ -106,9 +113,12 @@ class Settings(BaseSettings):
     work_dir: Path | None = None
     """Scratch space of the worker; default data_dir/work."""
     trainer: str = "models.trainer.train:train"
-    """Import path of the training function (module:function)."""
-    preload_models: bool = False
-    """Workers load the registered base models at start instead of on first use."""
+    """Import path of the training function (module:function) of image trainings."""
+    text_trainer: str = "models.text.train:train"
+    """Import path of the training function of text trainings."""
+    preload_models: bool | list[str] = False
+    """Workers load base models at start instead of on first use: true, every registered model;
+    a JSON list, those model ids (`leap serve`: the default model only)."""
 
     # Tenancy: rate and concurrency limits.
     rate_limit_requests: int = 600

@@ -95,20 +95,38 @@ def _preload_models(**_: Any) -> None:
     # the process starts, so the first training does not pay for it. The trainer caches loaded
     # models per process.
     runtime = get_runtime()
-    if not runtime.settings.preload_models:
+    wanted = runtime.settings.preload_models
+    entries = [entry for entry in runtime.registry.models.values() if wanted is True or entry.id in (wanted or ())]
+    if not entries:
         return
-    load_trainer(runtime.settings.trainer)
+    kinds = {entry.kind for entry in entries}
+    if "image" in kinds:
+        load_trainer(runtime.settings.trainer)
+    if "text" in kinds:
+        load_trainer(runtime.settings.text_trainer)
     from models.trainer.base import load_base, pick_device
 
     device = pick_device()
     logger = logging.getLogger(__name__)
-    for entry in runtime.registry.models.values():
+    for entry in entries:
         try:
-            load_base(entry.path, device)
+            if entry.kind == "text":
+                _preload_text_model(entry.id, runtime, device)
+            else:
+                load_base(entry.path, device)
         except Exception:
             logger.exception("could not preload %s", entry.id)
         else:
             logger.info("preloaded base model %s on %s", entry.id, device)
+
+
+def _preload_text_model(model_id: str, runtime: WorkerRuntime, device: Any) -> None:
+    # The folder the text trainer resolves too (a GGUF release is converted once into the data
+    # directory), so its per-process cache finds the model already loaded.
+    from models.text.base import load_text_base, resolve_text_model
+
+    source = resolve_text_model(model_id, str(runtime.settings.data_dir.resolve()), runtime.registry)
+    load_text_base(source, device)
 
 
 def parse_task_id(task: str, value: str) -> uuid.UUID | None:

@@ -11,14 +11,17 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from celery import Task, shared_task
 from sqlalchemy.exc import InterfaceError, OperationalError
 
 from app.storage import StorageError
 from app.trainings import lifecycle
-from app.trainings.service import artifacts_prefix, build_config
+from app.trainings.service import artifacts_prefix, build_config, build_text_config
+from models.text.examples import parse_text_files
 from models.trainer.config import Progress, TrainResult
 from models.trainer.errors import TrainerError, TrainingCanceled
 from models.trainer.images import ImageSource, decode_images
@@ -171,23 +174,12 @@ def _execute(runtime: WorkerRuntime, claimed: lifecycle.ClaimedTraining, work_di
         )
 
     try:
-        config = build_config(
-            base_model=claimed.base_model,
-            token=claimed.token,
-            mode=claimed.mode,
-            init=claimed.init,
-            parameters=claimed.parameters,
-            registry=runtime.registry,
-        )
-        sources = [
-            ImageSource(name=item["name"], data=runtime.storage.get_bytes(item["key"])) for item in claimed.inputs
-        ]
-        images = decode_images(sources, max_pixels=settings.max_image_pixels)
-        train = load_trainer(settings.trainer)
+        prepare = _prepare_text if claimed.kind == "text" else _prepare_images
+        train, config, inputs = prepare(runtime, claimed)
         work_dir.mkdir(parents=True, exist_ok=True)
         started = time.monotonic()
         result = train(
-            config, images, work_dir / "out", on_progress=heartbeat.report, should_stop=heartbeat.should_stop
+            config, inputs, work_dir / "out", on_progress=heartbeat.report, should_stop=heartbeat.should_stop
         )
     except TrainingCanceled:
         heartbeat.stop()
@@ -232,6 +224,43 @@ def _execute(runtime: WorkerRuntime, claimed: lifecycle.ClaimedTraining, work_di
             )
         return
     _store_result(runtime, claimed, result, heartbeat)
+
+
+def _prepare_images(
+    runtime: WorkerRuntime, claimed: lifecycle.ClaimedTraining
+) -> tuple[Callable[..., TrainResult], Any, Any]:
+    """The image trainer, its config and the decoded images."""
+    config = build_config(
+        base_model=claimed.base_model,
+        token=claimed.token,
+        mode=claimed.mode,
+        init=claimed.init,
+        parameters=claimed.parameters,
+        registry=runtime.registry,
+    )
+    sources = [ImageSource(name=item["name"], data=runtime.storage.get_bytes(item["key"])) for item in claimed.inputs]
+    images = decode_images(sources, max_pixels=runtime.settings.max_image_pixels)
+    return load_trainer(runtime.settings.trainer), config, images
+
+
+def _prepare_text(
+    runtime: WorkerRuntime, claimed: lifecycle.ClaimedTraining
+) -> tuple[Callable[..., TrainResult], Any, Any]:
+    """The text trainer (LEAP_TEXT_TRAINER), its config and the examples, parsed again from the stored
+    files (the trainer checks the exact token limit and names the file and line past it)."""
+    settings = runtime.settings
+    config = build_text_config(
+        base_model=claimed.base_model,
+        token=claimed.token,
+        mode=claimed.mode,
+        init=claimed.init,
+        parameters=claimed.parameters,
+        registry=runtime.registry,
+        data_dir=str(settings.data_dir.resolve()),
+    )
+    files = [(item["name"], runtime.storage.get_bytes(item["key"])) for item in claimed.inputs]
+    examples = parse_text_files(files, token=config.token)
+    return load_trainer(settings.text_trainer), config, examples
 
 
 def _retry(runtime: WorkerRuntime, claimed: lifecycle.ClaimedTraining, message: str) -> None:

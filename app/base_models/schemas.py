@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
 
 class BaseModelInfo(BaseModel):
     id: str
+    kind: Literal["image", "text"] = Field(
+        description="image: trained on images (POST /v1/trainings `images`); text: on text examples (`examples`)."
+    )
+    modes: list[str] = Field(
+        description="Training modes of this kind: image pivotal, textual_inversion, lora; text pivotal, token, lora."
+    )
     description: str
-    resolution: int
+    resolution: int = Field(description="Training resolution in pixels of an image model; 0 for a text model.")
     has_booster: bool = Field(description="Whether init=booster has a trained booster for this model.")
     default: bool = Field(description="Used when a training names no base_model.")
     defaults: dict[str, Any] = Field(description="Hyperparameter defaults for this model.")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from app.base_models.schemas import BaseModelInfo
 from models.registry import Registry
+from models.text.config import MODES as TEXT_MODES
+from models.trainer.config import MODES as IMAGE_MODES
 
 
 def list_base_models(registry: Registry) -> list[BaseModelInfo]:
@@ -12,6 +14,8 @@ def list_base_models(registry: Registry) -> list[BaseModelInfo]:
     return [
         BaseModelInfo(
             id=model.id,
+            kind=model.kind,
+            modes=list(TEXT_MODES if model.kind == "text" else IMAGE_MODES),
             description=model.description,
             resolution=model.resolution,
             has_booster=model.has_booster,

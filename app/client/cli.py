@@ -17,11 +17,10 @@ from typing import Annotated, Any, ParamSpec, TypeVar
 import typer
 from rich.console import Console
 
-from app.client.client import ApiError, ChecksumMismatch, LeapClient, Unreachable, WaitTimeout
+from app.client.client import ApiError, ChecksumMismatch, LeapClient, NoInputs, Unreachable, WaitTimeout, input_files
 from app.trainings.schemas import Training
 
 DEFAULT_URL = "http://127.0.0.1:8000"
-IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
 
 
 class ExitCode(IntEnum):
@@ -112,9 +111,7 @@ def _summary(training: Training) -> str:
     progress = training.progress
     steps = f"{progress.step}/{progress.total if progress.total is not None else '?'}"
     loss = f"{progress.loss:.4f}" if progress.loss is not None else "-"
-    return "\t".join(
-        (training.id, training.status, training.created_at.isoformat(), training.base_model, steps, loss)
-    )
+    return "\t".join((training.id, training.status, training.created_at.isoformat(), training.base_model, steps, loss))
 
 
 def _describe(training: Training) -> str:
@@ -125,7 +122,11 @@ def _describe(training: Training) -> str:
     lines = [
         ("id", training.id),
         ("status", training.status),
-        ("base model", f"{training.base_model} ({training.mode}, token {training.token})"),
+        ("base model", f"{training.base_model} ({training.kind}: {training.mode}, token {training.token})"),
+        (
+            "inputs",
+            f"{training.example_count} text examples" if training.kind == "text" else f"{training.image_count} images",
+        ),
         ("init", init + (f" ({training.init_note})" if training.init_note else "")),
         ("progress", f"{progress.step}/{progress.total or '?'} steps, loss {loss}"),
         ("created", training.created_at.isoformat()),
@@ -140,17 +141,11 @@ def _describe(training: Training) -> str:
     return "\n".join(f"{name:<11}{value}" for name, value in lines)
 
 
-def _images(source: Path) -> list[Path]:
-    if source.is_file():
-        return [source]
-    if not source.is_dir():
-        raise fail(ExitCode.USAGE, "no_images", f"{source} is neither a folder nor a file")
-    found = sorted(
-        path for path in source.iterdir() if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES | {".zip"}
-    )
-    if not found:
-        raise fail(ExitCode.USAGE, "no_images", f"no images (.png, .jpg, .webp, ... or .zip) in {source}")
-    return found
+def _inputs(source: Path) -> list[Path]:
+    try:
+        return input_files(source)
+    except NoInputs as error:
+        raise fail(ExitCode.USAGE, "no_images", str(error)) from None
 
 
 def _unsuccessful(training: Training) -> typer.Exit:
@@ -171,11 +166,20 @@ def _download(client: LeapClient, training: Training, out: Path | None, as_json:
 
 @_client_errors
 def submit_command(
-    images: Annotated[Path, typer.Argument(help="A folder of 2-50 images, or one .zip of them.")],
+    inputs: Annotated[
+        Path,
+        typer.Argument(
+            help="Image models: a folder of 2-50 images, or one .zip of them. Text models (--base-model): "
+            "a folder of 2-500 .txt files (one example each), or one .jsonl file.",
+            metavar="INPUTS",
+        ),
+    ],
     url: UrlOption = DEFAULT_URL,
     api_key: KeyOption = None,
     steps: Annotated[int | None, typer.Option(help="Optimisation steps (default: the model's).")] = None,
-    mode: Annotated[str | None, typer.Option(help="pivotal, textual_inversion or lora.")] = None,
+    mode: Annotated[
+        str | None, typer.Option(help="Image models: pivotal, textual_inversion or lora; text: pivotal, token or lora.")
+    ] = None,
     init: Annotated[str | None, typer.Option(help="booster, token or random.")] = None,
     token: Annotated[str | None, typer.Option(help="Placeholder token, e.g. <leap>.")] = None,
     base_model: Annotated[str | None, typer.Option(help="A model id from GET /v1/models.")] = None,
@@ -194,7 +198,7 @@ def submit_command(
     timeout: Annotated[float | None, typer.Option(help="Give up waiting after this many seconds.")] = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Upload images, follow the training live, download and verify its artifacts.
+    """Upload images (or text examples), follow the training live, download and verify its artifacts.
 
     stdout: the training id, then each downloaded file (or the final JSON with --json)."""
     if metadata is not None:
@@ -204,7 +208,7 @@ def submit_command(
             raise fail(ExitCode.USAGE, "invalid_metadata", f"--metadata is not JSON: {error}") from None
         if not isinstance(parsed, dict):
             raise fail(ExitCode.USAGE, "invalid_metadata", "--metadata must be a JSON object")
-    files = _images(images)
+    files = _inputs(inputs)
     form = {
         "steps": steps,
         "mode": mode,

@@ -11,7 +11,7 @@ import uuid
 from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import httpx
@@ -87,17 +87,52 @@ def _api_error(response: httpx.Response) -> ApiError:
         return ApiError(response.status_code, "http_error", f"HTTP {response.status_code}: {text}")
 
 
-ImageInput = Path | str | tuple[str, bytes]
+InputFile = Path | str | tuple[str, bytes]
+ImageInput = InputFile  # the name before text trainings
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".zip"})
+TEXT_SUFFIXES = frozenset({".txt", ".jsonl"})
 
 
-def _image_part(image: ImageInput) -> tuple[str, tuple[str, bytes, str]]:
-    if isinstance(image, tuple):
-        name, data = image
+class NoInputs(ClientError):
+    """A folder given to submit() holds no images and no text examples."""
+
+
+def input_files(source: Path | str) -> list[Path]:
+    """The files to upload from a path: a file as it is; a folder's images (.png, .jpg, ... or .zip),
+    or, when it has none, its text examples (.txt, .jsonl), sorted by name. Hidden files are skipped."""
+    source = Path(source)
+    if source.is_file():
+        return [source]
+    if not source.is_dir():
+        raise NoInputs(f"{source} is neither a folder nor a file")
+    files = sorted(path for path in source.iterdir() if path.is_file() and not path.name.startswith("."))
+    images = [path for path in files if path.suffix.lower() in IMAGE_SUFFIXES]
+    texts = [path for path in files if path.suffix.lower() in TEXT_SUFFIXES]
+    if not images and not texts:
+        raise NoInputs(f"no images (.png, .jpg, .webp, ... or .zip) or text examples (.txt, .jsonl) in {source}")
+    return images or texts
+
+
+def _part(item: InputFile) -> tuple[str, tuple[str, bytes, str]]:
+    """A multipart file part: .txt and .jsonl files go in the `examples` field, anything else in `images`."""
+    if isinstance(item, tuple):
+        name, data = item
     else:
-        path = Path(image)
+        path = Path(item)
         name, data = path.name, path.read_bytes()
+    field = "examples" if Path(name).suffix.lower() in TEXT_SUFFIXES else "images"
     content_type = mimetypes.guess_type(name)[0] or "application/octet-stream"
-    return ("images", (name, data, content_type))
+    return (field, (name, data, content_type))
+
+
+def artifact_path(folder: Path, name: str) -> Path:
+    """Where an artifact named `name` goes under `folder`: text trainings' artifacts keep their
+    sub-folders (adapter/adapter_config.json, lora-vllm/adapter_config.json); a name can never
+    climb out of the folder (absolute paths, `..` and empty parts are dropped)."""
+    parts = [part for part in PurePosixPath(name.replace("\\", "/")).parts if part not in ("/", ".", "..")]
+    if not parts:
+        raise ClientError(f"artifact name {name!r} names no file")
+    return folder.joinpath(*parts)
 
 
 class LeapClient:
@@ -189,14 +224,18 @@ class LeapClient:
 
     def submit(
         self,
-        images: Iterable[ImageInput],
+        inputs: Iterable[InputFile] | Path | str,
         *,
         idempotency_key: str | None = None,
         **form: str | int | float | dict[str, Any] | None,
     ) -> Training:
-        """POST /v1/trainings: image paths (or (name, bytes) pairs, or one .zip) and form fields
-        such as steps=400, mode="pivotal", token="<leap>", metadata={...}."""
-        files = [_image_part(image) for image in images]
+        """POST /v1/trainings with form fields such as steps=400, mode="pivotal", token="<leap>",
+        base_model="smollm2-135m", metadata={...}. `inputs`: a folder (its images or .zip, else its
+        .txt/.jsonl examples), or files: image paths or one .zip for an image model, .txt paths or one
+        .jsonl for a text model, or (name, bytes) pairs (.txt/.jsonl names are sent as examples)."""
+        if isinstance(inputs, Path | str):
+            inputs = input_files(inputs)
+        files = [_part(item) for item in inputs]
         data = {
             name: json.dumps(value) if isinstance(value, dict) else str(value)
             for name, value in form.items()
@@ -266,8 +305,9 @@ class LeapClient:
             self._sleep(interval)
 
     def download(self, training: Training | str, folder: Path) -> list[Path]:
-        """Download every artifact into `folder`, verifying each sha256; returns the written paths.
-        A file is written under a temporary name and renamed only once its checksum matches."""
+        """Download every artifact into `folder` (keeping sub-folders such as adapter/), verifying each
+        sha256; returns the written paths. A file is written under a temporary name and renamed only
+        once its checksum matches."""
         if isinstance(training, str):
             training = self.get(training)
         elif any(artifact.expires_at <= datetime.now(UTC) for artifact in training.artifacts):
@@ -276,7 +316,8 @@ class LeapClient:
         return [self._download_artifact(artifact, folder) for artifact in training.artifacts]
 
     def _download_artifact(self, artifact: Artifact, folder: Path) -> Path:
-        target = folder / Path(artifact.name).name  # never a path from the server
+        target = artifact_path(folder, artifact.name)
+        target.parent.mkdir(parents=True, exist_ok=True)
         partial = target.with_name(target.name + ".part")
         url = str(httpx.URL(self.base_url + "/").join(artifact.url))
         digest = hashlib.sha256()

@@ -22,6 +22,7 @@ from sqlalchemy.orm import Mapped, mapped_column
 from app.orm.base import Base, JSONType, UTCDateTime, new_id, utcnow
 
 STATUSES = ("queued", "running", "succeeded", "failed", "canceled")
+KINDS = ("image", "text")
 FINISHED_STATUSES = ("succeeded", "failed", "canceled")
 
 
@@ -29,6 +30,7 @@ class Training(Base):
     __tablename__ = "trainings"
     __table_args__ = (
         CheckConstraint(f"status IN ({', '.join(repr(s) for s in STATUSES)})", name="status"),
+        CheckConstraint(f"kind IN ({', '.join(repr(k) for k in KINDS)})", name="kind"),
         UniqueConstraint("tenant_id", "idempotency_key"),
         Index("ix_trainings_tenant_created", "tenant_id", "created_at", "id"),
         Index("ix_trainings_status_lease", "status", "lease_expires_at"),
@@ -43,6 +45,8 @@ class Training(Base):
     """SHA-256 of the parameters and image bytes; a reused Idempotency-Key must match it."""
 
     base_model: Mapped[str] = mapped_column(String(100))
+    kind: Mapped[str] = mapped_column(String(16), default="image", server_default="image")
+    """image or text: the base model's kind at submission (the registry may change later)."""
     mode: Mapped[str] = mapped_column(String(32))
     init: Mapped[str] = mapped_column(String(16))
     init_used: Mapped[str | None] = mapped_column(String(200), nullable=True)
@@ -54,10 +58,14 @@ class Training(Base):
     webhook_url: Mapped[str | None] = mapped_column(Text, nullable=True)
     metadata_: Mapped[dict[str, Any]] = mapped_column("metadata", JSONType, default=dict)
     inputs: Mapped[list[dict[str, Any]]] = mapped_column(JSONType, default=list)
-    """[{name, key, bytes, sha256}] of the stored input images (clean PNG copies), in upload order."""
+    """[{name, key, bytes, sha256}] of the stored input files (clean PNG copies of the images, or text
+    example files as uploaded), in upload order."""
     skipped_files: Mapped[list[str] | None] = mapped_column(JSONType, nullable=True, default=list)
-    """Zip entries skipped as not images (notes.txt, .DS_Store, __MACOSX/...); null before 0007."""
+    """Zip entries skipped as not images (notes.txt, .DS_Store, __MACOSX/...); null before 0008."""
     image_count: Mapped[int] = mapped_column(Integer)
+    """Images of an image training; 0 for a text training."""
+    example_count: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    """Text examples of a text training (parsed at submission); None for an image training."""
 
     progress_step: Mapped[int] = mapped_column(Integer, default=0)
     progress_total: Mapped[int | None] = mapped_column(Integer, nullable=True)

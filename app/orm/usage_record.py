@@ -23,11 +23,15 @@ class UsageRecord(Base):
     status: Mapped[str] = mapped_column(String(16))
     """The training's final state: succeeded, failed or canceled."""
     base_model: Mapped[str] = mapped_column(String(100))
+    kind: Mapped[str] = mapped_column(String(16), default="image", server_default="image")
+    """image or text (the training's kind; it selects the price list)."""
     mode: Mapped[str] = mapped_column(String(32))
     device: Mapped[str] = mapped_column(String(64))
     device_class: Mapped[str] = mapped_column(String(16))
     steps: Mapped[int] = mapped_column(Integer)
     images: Mapped[int] = mapped_column(Integer)
+    examples: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    """Text examples of a text training; 0 for an image training."""
     compute_seconds: Mapped[float] = mapped_column(Float)
     billable_units: Mapped[int] = mapped_column(Integer)
     started_at: Mapped[datetime] = mapped_column(UTCDateTime)

@@ -25,6 +25,7 @@ def event_data(training: Training) -> dict[str, Any]:
         "object": "training",
         "status": training.status,
         "base_model": training.base_model,
+        "kind": training.kind,
         "mode": training.mode,
         "estimated_units": training.estimated_units,
         "attempts": training.attempts,

@@ -39,6 +39,8 @@ class ClaimedTraining:
     init: str
     parameters: dict[str, Any]
     inputs: list[dict[str, Any]]
+    kind: str = "image"
+    """image or text: which trainer runs it and how its inputs are read."""
 
 
 @dataclass(frozen=True)
@@ -90,6 +92,7 @@ def claim(session: Session, *, training_id: uuid.UUID, worker_id: str, settings:
         init=training.init,
         parameters=dict(training.parameters),
         inputs=list(training.inputs),
+        kind=training.kind,
     )
 
 

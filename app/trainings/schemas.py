@@ -12,6 +12,7 @@ from app.validation import RequestModel
 from models.trainer.config import TOKEN_PATTERN
 
 Status = Literal["queued", "running", "succeeded", "failed", "canceled"]
+Kind = Literal["image", "text"]
 
 
 class TrainingForm(RequestModel):
@@ -21,11 +22,13 @@ class TrainingForm(RequestModel):
         None,
         description="Placeholder token the concept is bound to, e.g. <cat>; its text also names the "
         "A1111/ComfyUI files (cat.safetensors, cat_lora.safetensors). Default: <leap-XXXXXXXX>, "
-        "from the training's id.",
+        "from the training's id, for an image model; <leap> for a text model (its examples write it).",
         pattern=TOKEN_PATTERN.pattern,
     )
-    mode: Literal["pivotal", "textual_inversion", "lora"] = Field(
-        "pivotal", description="pivotal: embedding then embedding + LoRA; or one of the two alone."
+    mode: Literal["pivotal", "textual_inversion", "lora", "token"] = Field(
+        "pivotal",
+        description="pivotal: embedding then embedding + LoRA; or one of the two alone. Image models: "
+        "pivotal, textual_inversion or lora; text models: pivotal, token or lora.",
     )
     init: Literal["booster", "token", "random"] = Field(
         "booster",
@@ -69,7 +72,14 @@ class TrainingRequest(TrainingForm):
     """multipart/form-data body of POST /v1/trainings (documentation only; parsed by uploads.py)."""
 
     images: list[bytes] = Field(
-        description="2-50 image files (PNG, JPEG, WebP, ...), or one .zip of images.",
+        default_factory=list,
+        description="Image models: 2-50 image files (PNG, JPEG, WebP, ...), or one .zip of images.",
+        json_schema_extra={"items": {"type": "string", "format": "binary"}},
+    )
+    examples: list[bytes] = Field(
+        default_factory=list,
+        description="Text models: 2-500 .txt files (one example each), or one .jsonl file whose lines are "
+        '{"text": ...} or {"prompt": ..., "completion": ...} objects. The concept is written as the token.',
         json_schema_extra={"items": {"type": "string", "format": "binary"}},
     )
     metadata: str | None = Field(None, description="A JSON object, as text.")  # type: ignore[assignment]
@@ -84,7 +94,8 @@ class Progress(BaseModel):
 
 class TrainingError(BaseModel):
     code: str = Field(
-        description="invalid_images, invalid_config, invalid_base_model, out_of_memory, worker_lost, internal, ..."
+        description="invalid_images, invalid_examples, invalid_config, invalid_base_model, out_of_memory, "
+        "worker_lost, internal, ..."
     )
     message: str
 
@@ -111,6 +122,7 @@ class Training(BaseModel):
     id: str
     status: Status
     base_model: str
+    kind: Kind = Field(description="image or text: the base model's kind, which decides the inputs and modes.")
     mode: str
     init: str = Field(description="The requested initialisation.")
     init_used: str | None = Field(
@@ -121,7 +133,8 @@ class Training(BaseModel):
     )
     token: str
     parameters: dict[str, Any] = Field(description="Hyperparameters given at submission.")
-    image_count: int
+    image_count: int = Field(description="Images of an image training; 0 for a text training.")
+    example_count: int | None = Field(description="Examples of a text training; null for an image training.")
     skipped_files: list[str] = Field(
         default_factory=list,
         description="Entries of a submitted zip that were skipped as not images (notes.txt, .DS_Store, "

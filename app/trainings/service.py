@@ -22,10 +22,14 @@ from app.settings import Settings
 from app.storage import Storage, StorageError
 from app.tenants import service as tenants
 from app.tenants.service import Principal
-from app.trainings import events, repository, schemas, uploads
+from app.trainings import events, repository, schemas, text_uploads, uploads
 from app.usage import service as usage
 from app.webhooks import service as webhooks
-from models.registry import Registry
+from models.registry import BaseModel, Registry
+from models.text.config import MODES as TEXT_MODES
+from models.text.config import TextTrainConfig
+from models.text.config import with_defaults as text_with_defaults
+from models.trainer.config import MODES as IMAGE_MODES
 from models.trainer.config import TrainConfig
 from models.trainer.defaults import with_defaults
 from models.trainer.errors import InvalidConfigError
@@ -65,6 +69,10 @@ def artifacts_prefix(training_id: uuid.UUID) -> str:
 
 def training_prefix(training_id: uuid.UUID) -> str:
     return f"trainings/{training_id}"
+
+
+TEXT_TOKEN = "<leap>"
+"""A text training's token when the caller gives none: its examples write it."""
 
 
 def default_token(training_id: uuid.UUID) -> str:
@@ -120,6 +128,47 @@ def build_config(
     return config
 
 
+def build_text_config(
+    *,
+    base_model: str,
+    token: str,
+    mode: str,
+    init: str,
+    parameters: dict[str, Any],
+    registry: Registry,
+    data_dir: str | None = None,
+) -> TextTrainConfig:
+    """The text trainer's config: the registry id (the trainer resolves and, for a GGUF release,
+    converts it once into data_dir) and the caller's choices; unset values are the model's defaults."""
+    entry = registry.get(base_model)
+    if entry is None or entry.kind != "text":
+        raise InvalidConfigError("base_model", f"{base_model!r} is not a text model registered on this server")
+    config = TextTrainConfig(
+        base_model=entry.id,
+        token=token,
+        mode=mode,  # type: ignore[arg-type]
+        init=init,  # type: ignore[arg-type]
+        data_dir=data_dir,
+        **parameters,  # type: ignore[arg-type]
+    )
+    config.validate()
+    return config
+
+
+def _modes(kind: str) -> tuple[str, ...]:
+    return TEXT_MODES if kind == "text" else IMAGE_MODES
+
+
+def _check_mode(form: schemas.TrainingForm, model: BaseModel) -> None:
+    """422 naming `mode` when it is a mode of the other kind (e.g. token for an image model)."""
+    modes = _modes(model.kind)
+    if form.mode not in modes:
+        raise ValidationFailed(
+            f"mode: {form.mode!r} is not a mode of {model.id}, a {model.kind} model; use {', '.join(modes)}",
+            details={"field": "mode", "kind": model.kind, "modes": list(modes)},
+        )
+
+
 def _fingerprint(fields: dict[str, str], image_hashes: list[str]) -> str:
     canonical = json.dumps({"fields": sorted(fields.items()), "images": image_hashes}, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()
@@ -154,46 +203,62 @@ def create_training(
     storage: Storage,
     registry: Registry,
 ) -> tuple[Training, bool]:
-    """Validate everything, store clean copies of the images, write the row and its outbox message.
+    """Validate everything, store the inputs, write the row and its outbox message.
 
-    Returns (training, created); created is False when an Idempotency-Key replayed an earlier request.
+    The base model's kind decides the inputs: images (stored as clean copies) for an image model,
+    .txt files or one .jsonl (stored as uploaded) for a text model. Returns (training, created);
+    created is False when an Idempotency-Key replayed an earlier request.
     """
     idempotency_key = _check_idempotency_key(idempotency_key)
     form = _parse_form(submission.fields, registry, settings)
-    collected = uploads.collect_images(submission.files, settings)
-    fingerprint = _fingerprint(submission.fields, [image.sha256() for image in collected.images])
+    base_model_id = form.base_model or registry.default_id
+    model = registry.get(base_model_id)
+    assert model is not None  # _parse_form refused unknown ids
+    _check_mode(form, model)
+    collected: uploads.CollectedImages | None = None
+    text_files: list[tuple[str, bytes]] = []
+    example_count: int | None = None
+    if model.kind == "text":
+        text_files, examples = text_uploads.collect_examples(
+            submission.files, submission.examples, model=model, token=form.token or TEXT_TOKEN, settings=settings
+        )
+        example_count = len(examples)
+        hashes = [hashlib.sha256(data).hexdigest() for _, data in text_files]
+    else:
+        text_uploads.refuse_text_for_image_model(submission.files, submission.examples, model)
+        collected = uploads.collect_images(submission.files, settings)
+        hashes = [image.sha256() for image in collected.images]
+    fingerprint = _fingerprint(submission.fields, hashes)
     if idempotency_key is not None:
         existing = repository.find_by_idempotency_key(session, tenant_id=principal.tenant_id, key=idempotency_key)
         if existing is not None:
             return _replay(existing, fingerprint), False
 
-    base_model_id = form.base_model or registry.default_id
     parameters = form.hyperparameters()
     training_id = uuid.uuid4()
-    token = form.token or default_token(training_id)
-    try:
-        config = build_config(
-            base_model=base_model_id,
-            token=token,
-            mode=form.mode,
-            init=form.init,
-            parameters=parameters,
-            registry=registry,
-        )
-    except InvalidConfigError as error:
-        raise ValidationFailed(str(error), details={"field": error.field}) from error
+    # Text examples spell the concept's token themselves, so a text training keeps the documented <leap>.
+    token = form.token or (TEXT_TOKEN if model.kind == "text" else default_token(training_id))
+    steps = _planned_steps(
+        base_model=base_model_id, token=token, form=form, parameters=parameters, kind=model.kind, registry=registry
+    )
+    image_count = len(collected.images) if collected is not None else 0
     estimated_units = usage.estimate_units(
         settings,
         mode=form.mode,
         base_model=base_model_id,
-        steps=with_defaults(config, registry).steps or 0,
-        images=len(collected.images),
+        steps=steps,
+        images=image_count,
+        kind=model.kind,
+        examples=example_count or 0,
     )
     # A quick refusal before the work of decoding and storing; checked again under the lock below.
     _check_limits(session, principal=principal, settings=settings, estimated_units=estimated_units, lock=False)
 
-    with uploads.clean_copies(collected.images, settings) as copies:
-        inputs = _store_inputs(session, training_id=training_id, copies=copies, storage=storage)
+    if collected is not None:
+        with uploads.clean_copies(collected.images, settings) as copies:
+            inputs = _store_inputs(session, training_id=training_id, copies=copies, storage=storage)
+    else:
+        inputs = _store_text_inputs(session, training_id=training_id, files=text_files, hashes=hashes, storage=storage)
     # The tenant's row is locked only now, for the few statements left: submissions of one tenant
     # queue behind each other for milliseconds, not for each other's decoding and uploads.
     _check_limits(session, principal=principal, settings=settings, estimated_units=estimated_units, lock=True)
@@ -208,6 +273,7 @@ def create_training(
             "idempotency_key": idempotency_key,
             "request_fingerprint": fingerprint,
             "base_model": base_model_id,
+            "kind": model.kind,
             "mode": form.mode,
             "init": form.init,
             "token": token,
@@ -215,8 +281,9 @@ def create_training(
             "webhook_url": form.webhook_url,
             "metadata_": form.metadata or {},
             "inputs": inputs,
-            "skipped_files": collected.skipped,
-            "image_count": len(inputs),
+            "skipped_files": collected.skipped if collected is not None else [],
+            "image_count": image_count,
+            "example_count": example_count,
             "progress_step": 0,
             "attempts": 0,
             "created_at": now,
@@ -237,17 +304,70 @@ def create_training(
     return training, True
 
 
-def _store_inputs(
-    session: Session, *, training_id: uuid.UUID, copies: list[uploads.CleanCopy], storage: Storage
-) -> list[dict[str, Any]]:
-    """Store the clean copies under the training's inputs prefix; a rollback deletes them."""
+def _planned_steps(
+    *,
+    base_model: str,
+    token: str,
+    form: schemas.TrainingForm,
+    parameters: dict[str, Any],
+    kind: str,
+    registry: Registry,
+) -> int:
+    """The steps the training will run (the caller's, else the model's default); 422 on a bad config."""
+    try:
+        if kind == "text":
+            text_config = build_text_config(
+                base_model=base_model,
+                token=token,
+                mode=form.mode,
+                init=form.init,
+                parameters=parameters,
+                registry=registry,
+            )
+            return text_with_defaults(text_config, registry).steps or 0
+        config = build_config(
+            base_model=base_model,
+            token=token,
+            mode=form.mode,
+            init=form.init,
+            parameters=parameters,
+            registry=registry,
+        )
+        return with_defaults(config, registry).steps or 0
+    except InvalidConfigError as error:
+        raise ValidationFailed(str(error), details={"field": error.field}) from error
 
+
+def _delete_inputs_on_rollback(session: Session, *, training_id: uuid.UUID, storage: Storage) -> None:
     # Registered before the first write so a failure part-way through leaves nothing behind (a
     # process killed here leaves the prefix to the sweeper's orphan clean-up).
     def delete_inputs() -> None:
         storage.delete_prefix(inputs_prefix(training_id))
 
     on_rollback(session, delete_inputs)
+
+
+def _store_text_inputs(
+    session: Session, *, training_id: uuid.UUID, files: list[tuple[str, bytes]], hashes: list[str], storage: Storage
+) -> list[dict[str, Any]]:
+    """Store a text training's example files as uploaded; a rollback deletes them."""
+    _delete_inputs_on_rollback(session, training_id=training_id, storage=storage)
+    inputs = []
+    for index, ((name, data), digest) in enumerate(zip(files, hashes, strict=True)):
+        key = f"{inputs_prefix(training_id)}/{uploads.storage_name(index, name)}"
+        try:
+            storage.put_bytes(key, data)
+        except StorageError as error:
+            raise ServiceUnavailable("storage is unavailable; retry later") from error
+        inputs.append({"name": name, "key": key, "bytes": len(data), "sha256": digest})
+    return inputs
+
+
+def _store_inputs(
+    session: Session, *, training_id: uuid.UUID, copies: list[uploads.CleanCopy], storage: Storage
+) -> list[dict[str, Any]]:
+    """Store the clean copies under the training's inputs prefix; a rollback deletes them."""
+    _delete_inputs_on_rollback(session, training_id=training_id, storage=storage)
     inputs = []
     for index, copy in enumerate(copies):
         key = f"{inputs_prefix(training_id)}/{uploads.storage_name(index, copy.name)}"
@@ -375,6 +495,7 @@ def _view(training: Training, artifacts: list[Artifact], links: ArtifactLinks) -
         id=str(training.id),
         status=training.status,  # type: ignore[arg-type]
         base_model=training.base_model,
+        kind=training.kind,  # type: ignore[arg-type]
         mode=training.mode,
         init=training.init,
         init_used=training.init_used,
@@ -383,6 +504,7 @@ def _view(training: Training, artifacts: list[Artifact], links: ArtifactLinks) -
         parameters=training.parameters,
         image_count=training.image_count,
         skipped_files=list(training.skipped_files or []),
+        example_count=training.example_count,
         estimated_units=training.estimated_units,
         progress=schemas.Progress(
             step=training.progress_step,

@@ -24,13 +24,24 @@ from fastapi import Request
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 
-from app.errors import InvalidImages, LeapError, PayloadTooLarge, UnsupportedMediaType, ValidationFailed
+from app.errors import (
+    InvalidExamples,
+    InvalidImages,
+    LeapError,
+    PayloadTooLarge,
+    UnsupportedMediaType,
+    ValidationFailed,
+)
 from app.settings import Settings
 from app.validation import NUL, NUL_MESSAGE
 from models.trainer.errors import InvalidImagesError
 from models.trainer.images import IMAGE_SUFFIXES, MAX_IMAGES, MIN_IMAGES, decode_image_file
 
 IMAGES_FIELD = "images"
+EXAMPLES_FIELD = "examples"
+"""Text trainings' .txt or .jsonl files (app.trainings.text_uploads parses them)."""
+# Room for a text training's 500 .txt files; the count of each kind is checked after parsing.
+MAX_FILES = 1000
 _ZIP_MAGIC = b"PK\x03\x04"
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
 _CHUNK = 1024 * 1024
@@ -56,18 +67,25 @@ class UploadedFile:
         self.file.seek(0)
         return self.file.read(count)
 
+    def read_all(self) -> bytes:
+        """The whole file (text examples are small: their size is checked before this is called)."""
+        self.file.seek(0)
+        return self.file.read()
+
 
 @dataclass
 class Submission:
-    """The parsed form: text fields by name and the files of the `images` field, in order.
+    """The parsed form: text fields by name, the files of the `images` field and those of the
+    `examples` field, each in order.
 
     The files stay open (spooled) until close(): the request's dependency closes them."""
 
     fields: dict[str, str] = field(default_factory=dict)
     files: list[UploadedFile] = field(default_factory=list)
+    examples: list[UploadedFile] = field(default_factory=list)
 
     def close(self) -> None:
-        for upload in self.files:
+        for upload in (*self.files, *self.examples):
             upload.file.close()
 
 
@@ -111,7 +129,7 @@ async def read_submission(request: Request, settings: Settings) -> Submission:
     parser = _Parser(
         request.headers,
         _limited(request.stream(), settings.max_upload_bytes),
-        max_files=MAX_IMAGES * 2,
+        max_files=MAX_FILES,
         max_fields=64,
         max_part_size=settings.max_metadata_bytes + 1024,
     )
@@ -124,13 +142,16 @@ async def read_submission(request: Request, settings: Settings) -> Submission:
         ) from error
     except MultiPartException as error:
         if error.message.startswith("Too many files"):
-            raise InvalidImages(f"too many files: send at most {MAX_IMAGES} images") from error
+            raise InvalidImages(
+                f"too many files: send at most {MAX_IMAGES} images (or a text model's 500 examples)"
+            ) from error
         raise MalformedRequest(f"malformed multipart body: {error.message}") from error
     submission = Submission()
     try:
         for name, value in form.multi_items():
             if isinstance(value, UploadFile):
-                submission.files.append(_uploaded_file(name, value, index=len(submission.files)))
+                target = submission.files if name == IMAGES_FIELD else submission.examples
+                target.append(_uploaded_file(name, value, index=len(target)))
             else:
                 _add_field(submission, name, value)
     except BaseException:
@@ -140,18 +161,25 @@ async def read_submission(request: Request, settings: Settings) -> Submission:
 
 
 def _uploaded_file(name: str, value: UploadFile, *, index: int) -> UploadedFile:
-    if name != IMAGES_FIELD:
+    if name not in (IMAGES_FIELD, EXAMPLES_FIELD):
         raise ValidationFailed(
-            f"{name}: unexpected file; images go in the '{IMAGES_FIELD}' field", details={"field": name}
+            f"{name}: unexpected file; images go in the '{IMAGES_FIELD}' field, "
+            f"text examples in the '{EXAMPLES_FIELD}' field",
+            details={"field": name},
         )
-    filename = value.filename or f"image-{index}"
+    filename = value.filename or (f"image-{index}" if name == IMAGES_FIELD else f"example-{index}.txt")
     if NUL in filename:
         # Postgres cannot store it, and a name cut at the NUL would hide what was sent.
-        raise ValidationFailed(f"{IMAGES_FIELD}: file name {filename!r} {NUL_MESSAGE}", details={"field": IMAGES_FIELD})
+        raise ValidationFailed(f"{name}: file name {filename!r} {NUL_MESSAGE}", details={"field": name})
     return UploadedFile(filename=filename, file=value.file, size=value.size or 0)
 
 
 def _add_field(submission: Submission, name: str, value: str) -> None:
+    if name == EXAMPLES_FIELD:
+        raise InvalidExamples(
+            f"'{EXAMPLES_FIELD}' must be file parts (e.g. curl -F examples=@one.txt), not text",
+            details={"field": name},
+        )
     if name == IMAGES_FIELD:
         raise InvalidImages(
             f"'{IMAGES_FIELD}' must be file parts (e.g. curl -F images=@photo.png), not text",

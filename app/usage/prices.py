@@ -18,13 +18,27 @@ def device_class(device: str | None) -> str:
 
 
 def billable_units(
-    prices: PriceTable, *, mode: str, base_model: str, steps: int, images: int, device_class: str | None = None
+    prices: PriceTable,
+    *,
+    mode: str,
+    base_model: str,
+    steps: int,
+    images: int,
+    device_class: str | None = None,
+    kind: str = "image",
+    examples: int = 0,
 ) -> int:
-    """Whole units, rounded up; a training that did nothing costs nothing."""
-    rate = prices.units_per_1000_steps.get(mode, 0.0)
+    """Whole units, rounded up; a training that did nothing costs nothing. Text trainings (kind
+    text) are priced from the text list: per 1000 steps by mode, plus per example."""
+    if kind == "text":
+        rate = prices.text_units_per_1000_steps.get(mode, 0.0)
+        per_input = examples * prices.units_per_text_example
+    else:
+        rate = prices.units_per_1000_steps.get(mode, 0.0)
+        per_input = images * prices.units_per_image
     multiplier = prices.base_model_multiplier.get(base_model, 1.0)
     if device_class is not None:
         multiplier *= prices.device_class_multiplier.get(device_class, 1.0)
-    raw = steps / 1000 * rate * multiplier + (images * prices.units_per_image if steps > 0 else 0.0)
+    raw = steps / 1000 * rate * multiplier + (per_input if steps > 0 else 0.0)
     # Rounded first so that float noise (e.g. 4.000000000001) does not cost a whole unit.
     return math.ceil(round(raw, 6))

@@ -18,11 +18,13 @@ class UsageRecord(BaseModel):
     training_id: str
     status: str
     base_model: str
+    kind: str = Field(description="image or text.")
     mode: str
     device: str
     device_class: str
     steps: int
     images: int
+    examples: int = Field(description="Text examples of a text training; 0 for an image training.")
     compute_seconds: float
     billable_units: int
     started_at: datetime
@@ -36,11 +38,13 @@ class UsageRecord(BaseModel):
             training_id=str(record.training_id),
             status=record.status,
             base_model=record.base_model,
+            kind=record.kind,
             mode=record.mode,
             device=record.device,
             device_class=record.device_class,
             steps=record.steps,
             images=record.images,
+            examples=record.examples,
             compute_seconds=record.compute_seconds,
             billable_units=record.billable_units,
             started_at=record.started_at,
@@ -52,6 +56,7 @@ class UsageTotals(BaseModel):
     trainings: int = 0
     steps: int = 0
     images: int = 0
+    examples: int = 0
     compute_seconds: float = 0.0
     billable_units: int = 0
 

@@ -26,9 +26,19 @@ FINAL_STATUSES = ("succeeded", "failed", "canceled")
 MAX_REPORT_DAYS = 366
 
 
-def estimate_units(settings: Settings, *, mode: str, base_model: str, steps: int, images: int) -> int:
+def estimate_units(
+    settings: Settings, *, mode: str, base_model: str, steps: int, images: int, kind: str = "image", examples: int = 0
+) -> int:
     """Billable units of a training that runs all its steps (device multiplier assumed 1)."""
-    return prices.billable_units(settings.price_table, mode=mode, base_model=base_model, steps=steps, images=images)
+    return prices.billable_units(
+        settings.price_table,
+        mode=mode,
+        base_model=base_model,
+        steps=steps,
+        images=images,
+        kind=kind,
+        examples=examples,
+    )
 
 
 def month_bounds(now: datetime) -> tuple[datetime, datetime]:
@@ -81,6 +91,8 @@ def record_final_usage(session: Session, *, training_id: uuid.UUID, settings: Se
         steps=steps,
         images=training.image_count,
         device_class=klass,
+        kind=training.kind,
+        examples=training.example_count or 0,
     )
     record_id = repository.insert_once(
         session,
@@ -90,11 +102,13 @@ def record_final_usage(session: Session, *, training_id: uuid.UUID, settings: Se
             "training_id": training.id,
             "status": training.status,
             "base_model": training.base_model,
+            "kind": training.kind,
             "mode": training.mode,
             "device": device[:64],
             "device_class": klass,
             "steps": steps,
             "images": training.image_count,
+            "examples": training.example_count or 0,
             "compute_seconds": round(training.usage_compute_seconds or 0.0, 3),
             "billable_units": units,
             "started_at": training.started_at,
@@ -144,6 +158,7 @@ def _add(totals: schemas.UsageTotals, record: UsageRecord) -> None:
     totals.trainings += 1
     totals.steps += record.steps
     totals.images += record.images
+    totals.examples += record.examples
     totals.compute_seconds = round(totals.compute_seconds + record.compute_seconds, 3)
     totals.billable_units += record.billable_units
 

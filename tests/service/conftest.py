@@ -129,6 +129,7 @@ def settings(postgres_url: str, redis_url: str, s3_endpoint: str, tmp_path_facto
         data_dir=tmp_path_factory.mktemp("leap-data"),
         max_upload_bytes=3 * 1024 * 1024,
         max_image_bytes=1024 * 1024,
+        max_text_file_bytes=1024 * 1024,
         max_image_pixels=4_000_000,
         max_zip_entries=60,
         max_zip_ratio=100,

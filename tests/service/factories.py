@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import struct
 import zipfile
 import zlib
@@ -90,3 +91,27 @@ def submit(
         data=data or {},
         headers=tenant.headers | (headers or {}),
     )
+
+
+TEXT_MODEL = "smollm2-135m"
+"""The text base model of the bundled registry (the API needs no weights to accept a submission)."""
+
+
+def text_files(count: int = 3, *, token: str = "<leap>") -> list[tuple[str, tuple[str, bytes, str]]]:
+    """`files=` for httpx: `count` distinct .txt examples in the examples field, each using the token."""
+    return [
+        (
+            "examples",
+            (f"example-{index}.txt", f"My friend {token} said hello {index} times today.\n".encode(), "text/plain"),
+        )
+        for index in range(count)
+    ]
+
+
+def jsonl_bytes(lines: list[object]) -> bytes:
+    """A .jsonl file: each item JSON-encoded on its own line (str items are written as they are)."""
+    return "".join((line if isinstance(line, str) else json.dumps(line)) + "\n" for line in lines).encode()
+
+
+def jsonl_file(lines: list[object], name: str = "examples.jsonl") -> list[tuple[str, tuple[str, bytes, str]]]:
+    return [("examples", (name, jsonl_bytes(lines), "application/jsonl"))]

@@ -193,8 +193,16 @@ def compose_cli() -> list[str]:
 def test_compose_file_is_valid_for_the_compose_cli():
     profiles = ["--profile", "gpu", "--profile", "cpu"]
     result = subprocess.run(
-        [*compose_cli(), "--project-directory", str(REPO_ROOT), "-f", str(REPO_ROOT / "docker-compose.yml"),
-         *profiles, "config", "-q"],
+        [
+            *compose_cli(),
+            "--project-directory",
+            str(REPO_ROOT),
+            "-f",
+            str(REPO_ROOT / "docker-compose.yml"),
+            *profiles,
+            "config",
+            "-q",
+        ],
         capture_output=True,
         text=True,
         timeout=120,
@@ -210,8 +218,18 @@ def compose() -> dict:
 
 def test_compose_runs_the_whole_stack_with_healthchecks_and_ordered_starts(compose):
     services = compose["services"]
-    assert set(services) >= {"postgres", "redis", "minio", "createbucket", "migrate", "api", "worker", "worker-cpu",
-                             "sweeper", "flower"}
+    assert set(services) >= {
+        "postgres",
+        "redis",
+        "minio",
+        "createbucket",
+        "migrate",
+        "api",
+        "worker",
+        "worker-cpu",
+        "sweeper",
+        "flower",
+    }
     for name, service in services.items():
         if name not in ("createbucket", "migrate"):
             assert "healthcheck" in service or name.startswith("worker"), name  # workers: the image's

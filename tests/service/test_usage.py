@@ -154,7 +154,15 @@ def test_usage_report_groups_by_day_and_base_model(client, database, settings):
         "/v1/usage", params={"start": start, "end": end, "group_by": "base_model"}, headers=tenant.headers
     ).json()
     assert by_model["groups"] == [
-        {"key": "leap-tiny", "trainings": 2, "steps": 400, "images": 6, "compute_seconds": 3.0, "billable_units": 4}
+        {
+            "key": "leap-tiny",
+            "trainings": 2,
+            "steps": 400,
+            "images": 6,
+            "examples": 0,
+            "compute_seconds": 3.0,
+            "billable_units": 4,
+        }
     ]
     assert_error(
         client.get("/v1/usage", params={"start": end, "end": start}, headers=tenant.headers), 422, "validation_error"

@@ -1,4 +1,5 @@
-"""LEAP_PRELOAD_MODELS: a training worker loads every registered base model when its process starts."""
+"""LEAP_PRELOAD_MODELS: a training worker loads every registered base model (image and text) when
+its process starts."""
 
 from __future__ import annotations
 
@@ -7,15 +8,22 @@ from pathlib import Path
 from .conftest import WorkerProcess, wait_for
 from .factories import image_files, make_tenant
 from .test_worker import _pool_children, wait_status
+from .text_models import write_registry_with_tiny_llama
 
 
-def test_worker_loads_the_registered_models_before_its_first_training(client, database, settings):
-    worker = WorkerProcess(settings, queues=settings.queue, extra_env={"LEAP_PRELOAD_MODELS": "1"})
+def test_worker_loads_the_registered_models_before_its_first_training(client, database, settings, tmp_path):
+    # leap-tiny and a tiny text model (the bundled SmolLM2 would add a GGUF conversion to this test).
+    registry = write_registry_with_tiny_llama(tmp_path, keep=("leap-tiny",))
+    worker = WorkerProcess(
+        settings.model_copy(update={"model_registry": registry}),
+        queues=settings.queue,
+        extra_env={"LEAP_PRELOAD_MODELS": "1"},
+    )
     try:
         wait_for(
-            lambda: "preloaded base model leap-tiny on cpu" in worker.log(),
+            lambda: all(f"preloaded base model {name} on cpu" in worker.log() for name in ("leap-tiny", "tiny-llama")),
             timeout=120,
-            message="the pool process to preload leap-tiny",
+            message="the pool process to preload leap-tiny and tiny-llama",
         )
         (child,) = _pool_children(worker.process.pid)
         assert "libtorch" in Path(f"/proc/{child}/maps").read_text()  # loaded before any task was sent

@@ -1,0 +1,81 @@
+"""The inputs of a text training: .txt files (one example each) or one .jsonl in the `examples`
+field, parsed before anything is stored; and the refusal of inputs sent to a model of the other kind.
+
+torch-free: the examples are parsed with models.text.examples, as the worker parses them again.
+"""
+
+from __future__ import annotations
+
+from pathlib import PurePosixPath
+
+from app.errors import InvalidExamples, InvalidImages, PayloadTooLarge
+from app.settings import Settings
+from app.trainings.uploads import EXAMPLES_FIELD, IMAGES_FIELD, UploadedFile
+from models.registry import BaseModel
+from models.text.errors import InvalidExamplesError
+from models.text.examples import JSONL_SUFFIX, MAX_EXAMPLES, MIN_EXAMPLES, TEXT_SUFFIX, TextExample, parse_text_files
+
+TEXT_SUFFIXES = frozenset({TEXT_SUFFIX, JSONL_SUFFIX})
+
+
+def _suffix(name: str) -> str:
+    return PurePosixPath(name).suffix.lower()
+
+
+def refuse_text_for_image_model(images: list[UploadedFile], examples: list[UploadedFile], model: BaseModel) -> None:
+    """422 invalid_images when text examples are sent to an image model, naming the file."""
+    text_files = examples or [upload for upload in images if _suffix(upload.filename) in TEXT_SUFFIXES]
+    if text_files:
+        name = text_files[0].filename
+        raise InvalidImages(
+            f"{name}: text examples were sent, but {model.id} is an image model; send {model.id} images "
+            f"in the '{IMAGES_FIELD}' field, or choose a text base model (kind text in GET /v1/models)",
+            details={"file": name, "base_model": model.id, "kind": model.kind},
+        )
+
+
+def _refuse_images_for_text_model(images: list[UploadedFile], model: BaseModel) -> None:
+    if images:
+        name = images[0].filename
+        raise InvalidExamples(
+            f"{name}: sent in the '{IMAGES_FIELD}' field, but {model.id} is a text model; send .txt files "
+            f"(one example each) or one .jsonl file in the '{EXAMPLES_FIELD}' field",
+            details={"file": name, "field": IMAGES_FIELD, "base_model": model.id, "kind": model.kind},
+        )
+
+
+def _check_sizes(examples: list[UploadedFile], settings: Settings) -> None:
+    for upload in examples:
+        if upload.size > settings.max_text_file_bytes:
+            raise PayloadTooLarge(
+                f"{upload.filename}: {upload.size} bytes is over the per-file limit of "
+                f"{settings.max_text_file_bytes} bytes",
+                details={"file": upload.filename, "limit": settings.max_text_file_bytes},
+            )
+
+
+def collect_examples(
+    images: list[UploadedFile], examples: list[UploadedFile], *, model: BaseModel, token: str, settings: Settings
+) -> tuple[list[tuple[str, bytes]], list[TextExample]]:
+    """The (name, bytes) of the files to store (as uploaded) and the examples they hold: 2-500 .txt
+    files or one .jsonl, each parsed.
+
+    Raises 422 invalid_examples naming the file (and line) for anything the trainer could not use,
+    except the exact token limit, which needs the tokenizer and is checked by the worker."""
+    _refuse_images_for_text_model(images, model)
+    if not examples:
+        raise InvalidExamples(
+            f"no examples: send {MIN_EXAMPLES}-{MAX_EXAMPLES} .txt files or one .jsonl file in the "
+            f"'{EXAMPLES_FIELD}' field",
+            details={"count": 0, "field": EXAMPLES_FIELD},
+        )
+    _check_sizes(examples, settings)
+    files = [(upload.filename, upload.read_all()) for upload in examples]
+    try:
+        parsed = parse_text_files(files, token=token)
+    except InvalidExamplesError as error:
+        details: dict[str, object] = {"file": error.file}
+        if error.line is not None:
+            details["line"] = error.line
+        raise InvalidExamples(error.message, details=details) from error
+    return files, parsed
