@@ -8,6 +8,7 @@ import json
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from pathlib import PurePosixPath
 from typing import Any
 
 from pydantic import ValidationError
@@ -354,7 +355,8 @@ def _store_text_inputs(
     _delete_inputs_on_rollback(session, training_id=training_id, storage=storage)
     inputs = []
     for index, ((name, data), digest) in enumerate(zip(files, hashes, strict=True)):
-        key = f"{inputs_prefix(training_id)}/{uploads.storage_name(index, name)}"
+        suffix = PurePosixPath(name).suffix.lower()
+        key = f"{inputs_prefix(training_id)}/{uploads.storage_name(index, name, suffix)}"
         try:
             storage.put_bytes(key, data)
         except StorageError as error:

@@ -405,9 +405,9 @@ def clean_copies(images: list[InputImage], settings: Settings) -> Iterator[list[
         yield [_re_encode(image, Path(folder) / f"{index:02d}.png", settings) for index, image in enumerate(images)]
 
 
-def storage_name(index: int, name: str) -> str:
-    """A safe object name for the index-th input's clean PNG copy."""
+def storage_name(index: int, name: str, suffix: str = ".png") -> str:
+    """A safe object name for the index-th input: its clean PNG copy, or a text file with its suffix."""
     base = name.rsplit("/", 1)[-1]
     stem, dot, _ = base.rpartition(".")
-    cleaned = _SAFE_NAME.sub("_", stem if dot else base).strip("._")[:60] or "image"
-    return f"{index:02d}-{cleaned}.png"
+    cleaned = _SAFE_NAME.sub("_", stem if dot else base).strip("._")[:60] or "input"
+    return f"{index:02d}-{cleaned}{suffix}"
