@@ -12,9 +12,8 @@ from app.errors import ValidationFailed
 
 NUL = "\x00"
 NUL_MESSAGE = "must not contain a NUL character (\\u0000)"
-# Limits of the database's integer columns (Integer is 32-bit on Postgres, BigInteger 64-bit).
+# The largest value of the database's Integer columns (32-bit on Postgres).
 INT32_MAX = 2**31 - 1
-INT64_MAX = 2**63 - 1
 
 # An int that is an int: JSON `false` or `1.0` is refused instead of being stored as 0 or 1.
 Int32 = Annotated[StrictInt, Field(ge=0, le=INT32_MAX)]

@@ -81,6 +81,7 @@ def get_tenant(session: Session, tenant_id: uuid.UUID) -> Tenant:
 def create_api_key(session: Session, *, tenant_id: uuid.UUID, name: str = "") -> tuple[ApiKey, str]:
     """Create a key for a tenant; the plaintext is returned once and never stored."""
     get_tenant(session, tenant_id)
+    refuse_nul("name", name)
     generated = keys.generate_key()
     api_key = repository.add_api_key(
         session, tenant_id=tenant_id, name=name, prefix=generated.prefix, secret_hash=generated.secret_hash
