@@ -15,6 +15,7 @@ from typing import Any
 
 from models.registry import Registry, load_registry
 from models.trainer.config import TrainConfig
+from models.trainer.errors import BaseModelError
 
 SD_RECIPE: dict[str, dict[str, Any]] = {
     "textual_inversion": {"steps": 2000, "embedding_lr": 2e-3, "batch_size": 4},
@@ -39,6 +40,8 @@ def resolve_base_model(base_model: str, registry: Registry | None = None) -> str
     """A registry id becomes its path; anything else (folder or hub id) passes through."""
     registry = registry or load_registry()
     entry = registry.get(base_model)
+    if entry is not None and entry.kind != "image":
+        raise BaseModelError(f"{base_model!r} is a {entry.kind} model; the image trainer needs an image model")
     return entry.path if entry else base_model
 
 

@@ -88,3 +88,15 @@ def test_config_validation_and_registry_defaults() -> None:
         with pytest.raises(InvalidConfigError) as caught:
             TextTrainConfig(base_model="x", **{field: value}).validate()
         assert caught.value.field == field
+
+
+def test_each_trainer_refuses_the_other_kind_of_registered_model() -> None:
+    from models.text.base import resolve_text_model
+    from models.trainer.defaults import resolve_base_model
+    from models.trainer.errors import BaseModelError
+
+    with pytest.raises(BaseModelError, match="is a text model"):
+        resolve_base_model("smollm2-135m")
+    with pytest.raises(BaseModelError, match="is an image model"):
+        resolve_text_model("leap-tiny")
+    assert resolve_base_model("leap-tiny").endswith("leap-tiny")
