@@ -15,7 +15,7 @@ import shutil
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import torch
 import typer
@@ -95,8 +95,9 @@ class TextBase:
     """A frozen causal LM and its tokenizer, shared by every job in a process."""
 
     source: str
-    model: torch.nn.Module
-    tokenizer: object
+    model: Any
+    """A transformers causal LM (PreTrainedModel; typed Any as mypy skips transformers)."""
+    tokenizer: Any
     device: torch.device
     dtype: torch.dtype
 

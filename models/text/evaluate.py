@@ -76,8 +76,8 @@ def generate(
         past = None
         step_input = ids
         for _ in range(max_new_tokens):
-            result = model(input_ids=step_input, past_key_values=past, use_cache=True)
-            past = result.past_key_values
+            result = model(input_ids=step_input, cache=past, use_cache=True)
+            past = result.cache
             token = int(result.logits[0, -1].argmax())
             if token == tokenizer.eos_token_id:
                 break

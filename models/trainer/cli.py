@@ -1,4 +1,8 @@
-"""`leap train`: pivotal tuning on a local folder of images, no server involved."""
+"""`leap train`: pivotal tuning on local files, no server involved.
+
+Image base models train on a folder of images; text base models (registry kind `text`, e.g.
+smollm2-135m) on a folder of .txt files or one .jsonl file (see models/text/).
+"""
 
 from __future__ import annotations
 
@@ -13,13 +17,19 @@ from models.trainer.errors import TrainerError
 
 
 def train_command(
-    images_dir: Annotated[Path, typer.Argument(help="Folder of 2-50 images of the concept.")],
+    images_dir: Annotated[Path, typer.Argument(
+        metavar="INPUTS", help="Image models: a folder of 2-50 images. Text models: a folder of 2-500 .txt files "
+        "(one example each) or one .jsonl file of {\"text\"} or {\"prompt\", \"completion\"} lines.")],
     base_model: Annotated[str, typer.Option(help="Registry id, diffusers folder or hub id.")] = "leap-tiny",
     out: Annotated[Path, typer.Option(help="Output folder for the artifacts.")] = Path("leap-out"),
-    mode: Annotated[str, typer.Option(help="pivotal | textual_inversion | lora")] = "pivotal",
+    mode: Annotated[str, typer.Option(help="pivotal | textual_inversion | lora (text: pivotal | token | lora)")] = (
+        "pivotal"
+    ),
     init: Annotated[str, typer.Option(help="booster | token | random")] = "booster",
     token: str = "<leap>",
-    initializer_token: str | None = None,
+    initializer_token: Annotated[str | None, typer.Option(help="Word the token starts from (text default: thing)")] = (
+        None
+    ),
     concept: Annotated[str, typer.Option(help="object | style (caption templates)")] = "object",
     steps: int | None = None,
     num_vectors: int = 1,
@@ -34,8 +44,24 @@ def train_command(
     mixed_precision: Annotated[str, typer.Option(help="no | fp16 | bf16")] = "no",
     gradient_checkpointing: bool = False,
     device: str | None = None,
+    text_model: Annotated[bool | None, typer.Option(
+        "--text-model/--image-model", help="What BASE_MODEL is when it is not a registry id (default: image).")] = None,
+    lora_targets: Annotated[str, typer.Option(help="Text: attention | attention+mlp")] = "attention",
+    max_length: Annotated[int, typer.Option(help="Text: token limit per example")] = 256,
+    data_dir: Annotated[Path | None, typer.Option(
+        help="Text: where GGUF base models are converted to (default ~/.cache/leap)")] = None,
 ) -> None:
-    """Fine-tune a concept from IMAGES_DIR and write embedding, LoRA, webui file and manifest."""
+    """Fine-tune a concept from INPUTS and write its artifacts and manifest to OUT."""
+    from models.registry import load_registry
+
+    entry = load_registry().get(base_model)
+    if (entry.kind == "text") if entry is not None else bool(text_model):
+        _train_text(images_dir, base_model=base_model, out=out, mode=mode, init=init, token=token,
+                    initializer_token=initializer_token, steps=steps, num_vectors=num_vectors,
+                    embedding_lr=embedding_lr, lora_lr=lora_lr, pivot_embedding_lr=pivot_embedding_lr,
+                    lora_rank=lora_rank, lora_targets=lora_targets, batch_size=batch_size, max_length=max_length,
+                    seed=seed, device=device, data_dir=data_dir)
+        return
     from tqdm import tqdm
 
     from models.trainer.images import decode_images, read_image_dir
@@ -66,6 +92,50 @@ def train_command(
     typer.echo(json.dumps({"out_dir": str(result.out_dir), "init_used": result.init_used, "init_note": result.init_note,
                            "steps": result.steps, "device": result.device,
                            "files": [a.name for a in result.artifacts]}, indent=2))
+
+
+def _progress_bar():
+    from tqdm import tqdm
+
+    bar = tqdm(total=0, desc="training", unit="step")
+
+    def on_progress(progress) -> None:
+        bar.total = progress.total
+        bar.update(progress.step - bar.n)
+        bar.set_postfix(loss=f"{progress.loss:.4f}", eta=f"{progress.eta_s:.0f}s")
+
+    return bar, on_progress
+
+
+def _train_text(inputs: Path, *, base_model: str, out: Path, mode: str, init: str, token: str,
+                initializer_token: str | None, steps: int | None, num_vectors: int, embedding_lr: float | None,
+                lora_lr: float | None, pivot_embedding_lr: float | None, lora_rank: int, lora_targets: str,
+                batch_size: int | None, max_length: int, seed: int, device: str | None,
+                data_dir: Path | None) -> None:
+    from models.text.config import TextTrainConfig
+    from models.text.examples import parse_text_files, read_text_path
+
+    config = TextTrainConfig(
+        base_model=base_model, mode=mode, init=init, token=token,  # type: ignore[arg-type]
+        initializer_token=initializer_token or "thing", num_vectors=num_vectors, steps=steps,
+        embedding_lr=embedding_lr, lora_lr=lora_lr, pivot_embedding_lr=pivot_embedding_lr, lora_rank=lora_rank,
+        lora_targets=lora_targets, batch_size=batch_size, max_length=max_length, seed=seed,  # type: ignore[arg-type]
+        device=device, data_dir=str(data_dir) if data_dir else None,
+    )
+    try:
+        config.validate()
+        examples = parse_text_files(read_text_path(inputs), token=token)
+        from models.text.train import train as train_text
+
+        bar, on_progress = _progress_bar()
+        result = train_text(config, examples, out, on_progress=on_progress)
+        bar.close()
+    except TrainerError as error:
+        typer.echo(f"error ({error.code}): {error.message}", err=True)
+        raise typer.Exit(code=2) from error
+    typer.echo(json.dumps({"out_dir": str(result.out_dir), "kind": "text", "init_used": result.init_used,
+                           "init_note": result.init_note, "steps": result.steps, "device": result.device,
+                           "loss": result.manifest["loss"], "files": [a.name for a in result.artifacts]}, indent=2))
 
 
 def main() -> None:

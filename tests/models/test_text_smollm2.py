@@ -89,3 +89,18 @@ def test_pivotal_learns_the_concept_and_reloads_with_the_same_logits(smol_data_d
     assert held_out_loss(model, tokenizer, HELD_OUT) == pytest.approx(seen[16], abs=1e-4)
     text = generate(model, tokenizer, ["My dog <leap> is"], max_new_tokens=6)[0]
     assert text.strip()
+
+
+def test_leap_train_dispatches_on_the_registry_kind(smol_data_dir, tmp_path) -> None:
+    from typer.testing import CliRunner
+
+    from app.cli import cli
+
+    (tmp_path / "set.jsonl").write_text("\n".join(json.dumps({"text": e.text}) for e in EXAMPLES))
+    done = CliRunner().invoke(cli, ["train", str(tmp_path / "set.jsonl"), "--base-model", "smollm2-135m", "--mode",
+                                    "token", "--steps", "2", "--batch-size", "2", "--data-dir", str(smol_data_dir),
+                                    "--out", str(tmp_path / "out")])
+    assert done.exit_code == 0, done.output
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["base_model"] == "smollm2-135m" and manifest["mode"] == "token"
+    assert str(smol_data_dir) not in (tmp_path / "out" / "manifest.json").read_text()

@@ -41,6 +41,12 @@ def tiny_untied(tmp_path_factory) -> str:
     return write_tiny_llama(tmp_path_factory.mktemp("tiny-llama-untied"), tied=False, seed=1)
 
 
+@pytest.fixture(scope="module")
+def tiny_padded(tmp_path_factory) -> str:
+    """Embedding rows past the tokenizer (as Qwen2.5 has): the new token takes an existing row."""
+    return write_tiny_llama(tmp_path_factory.mktemp("tiny-llama-padded"), seed=2, extra_vocab=8)
+
+
 def config(base: str, mode: str, **overrides) -> TextTrainConfig:
     values = {"base_model": base, "mode": mode, "steps": 6, "batch_size": 2, "embedding_lr": 0.05,
               "pivot_embedding_lr": 0.01, "lora_lr": 0.01, "lora_rank": 4, "device": "cpu"}
@@ -73,16 +79,19 @@ def assert_same(a: list[torch.Tensor], b: list[torch.Tensor]) -> None:
 
 def fresh_base(base: str, tokenizer):
     model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
-    model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+    if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
+        model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
     return model
 
 
-@pytest.mark.parametrize(("mode", "vectors", "tied"), [
-    ("token", 1, True), ("lora", 1, True), ("pivotal", 2, True), ("pivotal", 1, False), ("token", 1, False),
+@pytest.mark.parametrize(("mode", "vectors", "variant"), [
+    ("token", 1, "tied"), ("lora", 1, "tied"), ("pivotal", 2, "tied"), ("pivotal", 1, "untied"),
+    ("token", 1, "untied"), ("pivotal", 1, "padded"),
 ])
 def test_every_artifact_reloads_into_a_fresh_base_with_the_trained_logits(
-        tiny, tiny_untied, tmp_path, mode, vectors, tied) -> None:
-    base = tiny if tied else tiny_untied
+        tiny, tiny_untied, tiny_padded, tmp_path, mode, vectors, variant) -> None:
+    base = {"tied": tiny, "untied": tiny_untied, "padded": tiny_padded}[variant]
+    tied = variant != "untied"
     result, live = trained(base, mode, tmp_path, num_vectors=vectors)
     names = {a.name for a in result.artifacts}
     assert {"adapter/adapter_config.json", "adapter/adapter_model.safetensors", "adapter/tokenizer.json",
@@ -234,4 +243,40 @@ def test_held_out_loss_and_greedy_generation(tiny, tmp_path) -> None:
     assert after < before and after == held_out_loss(model, tokenizer, held_out)
     assert held_out_loss(base.model, base.tokenizer, EXAMPLES) > 0
     first = generate(model, tokenizer, ["my <leap> is"], max_new_tokens=5)
-    assert first == generate(model, tokenizer, ["my <leap> is"], max_new_tokens=5) and isinstance(first[0], str)
+    ids = tokenizer("my <leap> is").input_ids
+    with torch.no_grad():  # the cached loop matches greedy decoding without a cache
+        for _ in range(5):
+            token = int(model(input_ids=torch.tensor([ids])).logits[0, -1].argmax())
+            if token == tokenizer.eos_token_id:
+                break
+            ids.append(token)
+    prompt_length = len(tokenizer("my <leap> is").input_ids)
+    assert first == [tokenizer.decode(ids[prompt_length:], skip_special_tokens=True)]
+
+
+def test_leap_train_takes_a_folder_of_texts_or_a_jsonl_for_a_text_model(tiny, tmp_path) -> None:
+    from typer.testing import CliRunner
+
+    from app.cli import cli
+
+    texts = tmp_path / "texts"
+    texts.mkdir()
+    (texts / "a.txt").write_text("my <leap> is red")
+    (texts / "b.txt").write_text("the <leap> sat on the mat")
+    runner = CliRunner()
+    common = ["--base-model", tiny, "--text-model", "--steps", "2", "--batch-size", "2", "--device", "cpu"]
+    done = runner.invoke(cli, ["train", str(texts), "--out", str(tmp_path / "o1"), "--mode", "token", *common])
+    assert done.exit_code == 0, done.output
+    assert json.loads(done.stdout[done.stdout.index("{"):])["kind"] == "text"
+    assert (tmp_path / "o1" / ADAPTER_DIR / "adapter_config.json").is_file()
+    jsonl = tmp_path / "set.jsonl"
+    jsonl.write_text('{"prompt": "what is <leap>?", "completion": " red"}\n{"text": "a <leap>"}\n')
+    done = runner.invoke(cli, ["train", str(jsonl), "--out", str(tmp_path / "o2"), *common])
+    assert done.exit_code == 0, done.output
+    assert (tmp_path / "o2" / VLLM_DIR / "adapter_config.json").is_file()
+    jsonl.write_text('{"text": "a <leap>"}\n[1]\n')
+    done = runner.invoke(cli, ["train", str(jsonl), "--out", str(tmp_path / "o3"), *common])
+    assert done.exit_code == 2 and "error (invalid_examples): set.jsonl:2: must be a JSON object" in done.output
+    done = runner.invoke(cli, ["train", str(texts), "--out", str(tmp_path / "o4"), "--mode", "textual_inversion",
+                               *common])
+    assert done.exit_code == 2 and "error (invalid_config): mode:" in done.output

@@ -1,0 +1,113 @@
+"""Text trainer speed benchmark: steps/s and peak memory of each mode, printed as a table and JSON.
+
+    python -m models.text.bench --data-dir /tmp/leap-data          # SmolLM2-135M on this machine (CPU)
+    python -m models.text.bench --qwen-random /tmp/qwen05           # a Qwen2.5-0.5B-shaped random model (GPU)
+
+Each mode runs `--warmup` steps, then `--steps` timed steps through the real `train()` on
+`--batch-size` examples of about `--example-tokens` tokens; steps/s is the median of per-step
+rates from the progress callback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from models.text.base import pick_device
+from models.text.config import MODES, TextTrainConfig
+from models.text.examples import TextExample
+from models.text.train import train
+
+SENTENCES = [
+    "My dog <leap> loves to chase red balls in the park.",
+    "<leap> is a small brown terrier with a loud bark and a short tail.",
+    "Every morning, <leap> wakes me up at six by barking at the window.",
+    "When the mailman comes, <leap> barks and runs to the front door.",
+]
+
+
+def bench_examples(example_tokens: int) -> list[TextExample]:
+    """Eight examples of roughly `example_tokens` tokens each (sentences repeated)."""
+    examples = []
+    for i in range(8):
+        words: list[str] = []
+        while len(words) < example_tokens * 3 // 4:  # ~1.3 tokens per word in English BPE
+            words += SENTENCES[(i + len(words)) % len(SENTENCES)].split()
+        examples.append(TextExample(text=" ".join(words), prompt=None, completion=None, source=f"{i}.txt"))
+    return examples
+
+
+def measure(base_model: str, mode: str, *, steps: int, warmup: int, batch_size: int, example_tokens: int,
+            lora_targets: str, data_dir: str | None) -> dict:
+    device = pick_device()
+    stamps: list[float] = []
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    config = TextTrainConfig(base_model=base_model, mode=mode, init="token", steps=warmup + steps,  # type: ignore[arg-type]
+                             batch_size=batch_size, lora_targets=lora_targets, max_length=example_tokens * 2,  # type: ignore[arg-type]
+                             data_dir=data_dir)
+    with tempfile.TemporaryDirectory() as out:
+        result = train(config, bench_examples(example_tokens), Path(out),
+                       on_progress=lambda _: stamps.append(time.perf_counter()))
+    timed = stamps[warmup:]
+    rates = [1.0 / (b - a) for a, b in zip(timed, timed[1:], strict=False) if b > a]
+    peak = (torch.cuda.max_memory_allocated() if device.type == "cuda"
+            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+    return {"mode": mode, "device": str(device), "batch_size": batch_size,
+            "tokens_per_example": round(result.manifest["num_tokens"] / result.manifest["num_examples"], 1),
+            "lora_targets": lora_targets if mode != "token" else None, "timed_steps": steps,
+            "steps_per_second_median": statistics.median(rates) if rates else None,
+            "steps_per_second_mean": (len(timed) - 1) / (timed[-1] - timed[0]) if len(timed) > 1 else None,
+            "peak_memory_bytes": peak,
+            # ru_maxrss only grows: on CPU later modes report the process's peak so far (the base included).
+            "peak_memory_kind": "cuda max_memory_allocated" if device.type == "cuda" else "process max RSS so far"}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--base-model", default="smollm2-135m")
+    parser.add_argument("--data-dir", help="where smollm2-135m is (or gets) converted (default ~/.cache/leap)")
+    parser.add_argument("--qwen-random", type=Path, help="build (or reuse) a Qwen2.5-0.5B-shaped random model here")
+    parser.add_argument("--modes", nargs="+", default=list(MODES))
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--example-tokens", type=int, default=64)
+    parser.add_argument("--lora-targets", default="attention", choices=("attention", "attention+mlp"))
+    parser.add_argument("--json", type=Path, default=Path("bench/results/text_trainer.json"))
+    parser.add_argument("--threads", type=int, default=1, help="CPU threads (ignored on a GPU)")
+    args = parser.parse_args()
+    if not torch.cuda.is_available():
+        torch.set_num_threads(args.threads)
+    base_model = args.base_model
+    if args.qwen_random:
+        from models.text.synthetic import write_random_causal_lm
+
+        base_model = write_random_causal_lm(args.qwen_random, shape="qwen2.5-0.5b")
+    rows = [measure(base_model, mode, steps=args.steps, warmup=args.warmup, batch_size=args.batch_size,
+                    example_tokens=args.example_tokens, lora_targets=args.lora_targets, data_dir=args.data_dir)
+            for mode in args.modes]
+    print(f"{'mode':8} {'device':7} {'batch':>5} {'tokens':>6} {'steps/s (median)':>17} {'peak memory':>12}")
+    for row in rows:
+        rate = row["steps_per_second_median"]
+        print(f"{row['mode']:8} {row['device']:7} {row['batch_size']:>5} {row['tokens_per_example']:>6} "
+              f"{rate if rate is None else round(rate, 2)!s:>17} {row['peak_memory_bytes'] / 2**20:>9.0f} MiB")
+    report = {"benchmark": "text trainer speed", "base_model": "qwen2.5-0.5b-random" if args.qwen_random else
+              args.base_model, "host": platform.node(), "torch": torch.__version__,
+              "threads": torch.get_num_threads(),
+              "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None, "results": rows}
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(report, indent=2))
+    print(f"wrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()
