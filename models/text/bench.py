@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from models.text.base import pick_device
+from models.text.base import pick_device, resolve_text_model
 from models.text.config import MODES, TextTrainConfig
 from models.text.examples import TextExample
 from models.text.train import train
@@ -34,13 +34,17 @@ SENTENCES = [
 ]
 
 
-def bench_examples(example_tokens: int) -> list[TextExample]:
-    """Eight examples of roughly `example_tokens` tokens each (sentences repeated)."""
+def bench_examples(tokenizer, example_tokens: int) -> list[TextExample]:
+    """Eight examples of about `example_tokens` tokens each under `tokenizer` (sentences repeated)."""
     examples = []
     for i in range(8):
         words: list[str] = []
-        while len(words) < example_tokens * 3 // 4:  # ~1.3 tokens per word in English BPE
-            words += SENTENCES[(i + len(words)) % len(SENTENCES)].split()
+        sentence = i
+        while len(tokenizer(" ".join(words)).input_ids) < example_tokens:
+            words += SENTENCES[sentence % len(SENTENCES)].split()
+            sentence += 1
+        while len(words) > 1 and len(tokenizer(" ".join(words)).input_ids) > example_tokens:
+            words.pop()
         examples.append(TextExample(text=" ".join(words), prompt=None, completion=None, source=f"{i}.txt"))
     return examples
 
@@ -51,11 +55,14 @@ def measure(base_model: str, mode: str, *, steps: int, warmup: int, batch_size: 
     stamps: list[float] = []
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve_text_model(base_model, data_dir))
     config = TextTrainConfig(base_model=base_model, mode=mode, init="token", steps=warmup + steps,  # type: ignore[arg-type]
-                             batch_size=batch_size, lora_targets=lora_targets, max_length=example_tokens * 2,  # type: ignore[arg-type]
+                             batch_size=batch_size, lora_targets=lora_targets, max_length=example_tokens + 8,  # type: ignore[arg-type]
                              data_dir=data_dir)
     with tempfile.TemporaryDirectory() as out:
-        result = train(config, bench_examples(example_tokens), Path(out),
+        result = train(config, bench_examples(tokenizer, example_tokens), Path(out),
                        on_progress=lambda _: stamps.append(time.perf_counter()))
     timed = stamps[warmup:]
     rates = [1.0 / (b - a) for a, b in zip(timed, timed[1:], strict=False) if b > a]
