@@ -188,6 +188,8 @@ def submit_command(
     embedding_lr: Annotated[float | None, typer.Option()] = None,
     lora_lr: Annotated[float | None, typer.Option()] = None,
     num_vectors: Annotated[int | None, typer.Option()] = None,
+    max_length: Annotated[int | None, typer.Option(help="Text models: token limit per example.")] = None,
+    lora_targets: Annotated[str | None, typer.Option(help="Text models: attention (default) or attention+mlp.")] = None,
     webhook_url: Annotated[str | None, typer.Option(help="Told about state changes.")] = None,
     metadata: Annotated[str | None, typer.Option(help="A JSON object stored with the training.")] = None,
     idempotency_key: Annotated[
@@ -220,6 +222,8 @@ def submit_command(
         "embedding_lr": embedding_lr,
         "lora_lr": lora_lr,
         "num_vectors": num_vectors,
+        "max_length": max_length,
+        "lora_targets": lora_targets,
         "webhook_url": webhook_url,
         "metadata": metadata,
     }

@@ -13,6 +13,7 @@ from models.trainer.config import TOKEN_PATTERN
 
 Status = Literal["queued", "running", "succeeded", "failed", "canceled"]
 Kind = Literal["image", "text"]
+TEXT_ONLY_FIELDS = ("max_length", "lora_targets")
 
 
 class TrainingForm(RequestModel):
@@ -44,6 +45,16 @@ class TrainingForm(RequestModel):
     lora_rank: int | None = Field(None, ge=1, le=128)
     num_vectors: int | None = Field(None, ge=1, le=16, description="Embedding vectors behind the token.")
     seed: int | None = Field(None, ge=0, le=2**32 - 1)
+    max_length: int | None = Field(
+        None,
+        ge=8,
+        le=8192,
+        description="Text models only: token limit per example (default 256); a longer example fails the "
+        "training with invalid_examples naming its file and line.",
+    )
+    lora_targets: Literal["attention", "attention+mlp"] | None = Field(
+        None, description="Text models only: LoRA on the attention projections (default), or also the MLP."
+    )
     base_model: str | None = Field(
         None, max_length=100, description="A model id from GET /v1/models; default: the server's default."
     )
@@ -65,6 +76,7 @@ class TrainingForm(RequestModel):
     def hyperparameters(self) -> dict[str, Any]:
         """The training knobs the caller set (None: the base model's default)."""
         names = ("steps", "embedding_lr", "lora_lr", "pivot_embedding_lr", "lora_rank", "num_vectors", "seed")
+        names += TEXT_ONLY_FIELDS
         return {name: getattr(self, name) for name in names if getattr(self, name) is not None}
 
 

@@ -160,14 +160,22 @@ def _modes(kind: str) -> tuple[str, ...]:
     return TEXT_MODES if kind == "text" else IMAGE_MODES
 
 
-def _check_mode(form: schemas.TrainingForm, model: BaseModel) -> None:
-    """422 naming `mode` when it is a mode of the other kind (e.g. token for an image model)."""
+def _check_kind_fields(form: schemas.TrainingForm, model: BaseModel) -> None:
+    """422 naming the field when it belongs to the other kind: a mode such as token for an image
+    model, or a text-only option (max_length, lora_targets) for an image model."""
     modes = _modes(model.kind)
     if form.mode not in modes:
         raise ValidationFailed(
             f"mode: {form.mode!r} is not a mode of {model.id}, a {model.kind} model; use {', '.join(modes)}",
             details={"field": "mode", "kind": model.kind, "modes": list(modes)},
         )
+    if model.kind != "text":
+        for name in schemas.TEXT_ONLY_FIELDS:
+            if getattr(form, name) is not None:
+                raise ValidationFailed(
+                    f"{name}: only for text models; {model.id} is an image model",
+                    details={"field": name, "kind": model.kind},
+                )
 
 
 def _fingerprint(fields: dict[str, str], image_hashes: list[str]) -> str:
@@ -215,7 +223,7 @@ def create_training(
     base_model_id = form.base_model or registry.default_id
     model = registry.get(base_model_id)
     assert model is not None  # _parse_form refused unknown ids
-    _check_mode(form, model)
+    _check_kind_fields(form, model)
     collected: uploads.CollectedImages | None = None
     text_files: list[tuple[str, bytes]] = []
     example_count: int | None = None

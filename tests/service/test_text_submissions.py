@@ -36,13 +36,20 @@ def test_text_examples_train_a_text_model_stored_and_queued(client, database, se
         client,
         tenant,
         files=text_files(3),
-        data={"base_model": TEXT_MODEL, "mode": "lora", "lora_rank": "4", "metadata": '{"order": 1}'},
+        data={
+            "base_model": TEXT_MODEL,
+            "mode": "lora",
+            "lora_rank": "4",
+            "max_length": "64",
+            "lora_targets": "attention+mlp",
+            "metadata": '{"order": 1}',
+        },
     )
     assert response.status_code == 202, response.text
     body = response.json()
     assert (body["kind"], body["base_model"], body["mode"], body["status"]) == ("text", TEXT_MODEL, "lora", "queued")
     assert (body["example_count"], body["image_count"]) == (3, 0)
-    assert body["parameters"] == {"lora_rank": 4}
+    assert body["parameters"] == {"lora_rank": 4, "max_length": 64, "lora_targets": "attention+mlp"}
     assert body["estimated_units"] == prices.billable_units(
         settings.price_table,
         kind="text",
@@ -334,6 +341,14 @@ BAD_TEXT_INPUTS = {
         "validation_error",
         ("mode", "textual_inversion, lora, pivotal"),
         {"field": "mode"},
+    ),
+    "a text-only option for an image model": (
+        image_files,
+        {"max_length": "64"},
+        422,
+        "validation_error",
+        ("max_length", "only for text models"),
+        {"field": "max_length"},
     ),
     "an unknown mode": (lambda: text_files(2), {**TEXT, "mode": "sft"}, 422, "validation_error", ("mode",), {}),
     "a text field out of range": (
