@@ -24,7 +24,7 @@ from models.text.base import load_text_base, resolve_text_model
 from models.text.booster import new_text_booster, read_examples, save_text_booster
 from models.text.booster_data import PLACEHOLDER, build_word_concepts, split_words, vocabulary_words
 
-RIDGES = (0.003, 0.01, 0.03, 0.1, 0.3, 1.0)
+RIDGES = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0)
 
 
 def subset_features(features: torch.Tensor, shots: int, draws: int, generator: random.Random) -> torch.Tensor:
