@@ -210,9 +210,9 @@ def main() -> None:
     for mode in args.modes:
         key = f"sweep:{mode}"
         if key not in done:
-            picked = [concepts[0], concepts[-1]]  # one word, one invented concept, seed 0
-            sets = [(c[1], *split(c[2], 0)) for c in picked]
-            done[key] = {"key": key, **sweep(args.base_model, args.data_dir, mode, sweep_points[mode], sets,
+            # One held-out word and the last invented concept (whatever --invented is), seed 0.
+            sets = [(concepts[0][1], *split(concepts[0][2], 0)), (INVENTED[-1].word, *split(INVENTED[-1], 0))]
+            done[key] = {"key": key, "concepts": [name for name, _, _ in sets], **sweep(args.base_model, args.data_dir, mode, sweep_points[mode], sets,
                                              args.sweep_steps)}
             with args.cache.open("a") as handle:
                 handle.write(json.dumps(done[key]) + "\n")
