@@ -212,8 +212,8 @@ def main() -> None:
         if key not in done:
             # One held-out word and the last invented concept (whatever --invented is), seed 0.
             sets = [(concepts[0][1], *split(concepts[0][2], 0)), (INVENTED[-1].word, *split(INVENTED[-1], 0))]
-            done[key] = {"key": key, "concepts": [name for name, _, _ in sets], **sweep(args.base_model, args.data_dir, mode, sweep_points[mode], sets,
-                                             args.sweep_steps)}
+            result = sweep(args.base_model, args.data_dir, mode, sweep_points[mode], sets, args.sweep_steps)
+            done[key] = {"key": key, "concepts": [name for name, _, _ in sets], **result}
             with args.cache.open("a") as handle:
                 handle.write(json.dumps(done[key]) + "\n")
         sweeps[mode] = done[key]
