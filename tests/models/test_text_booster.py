@@ -173,7 +173,7 @@ def _token_rows(out_dir: Path) -> list[torch.Tensor]:
 
 
 # ---- SmolLM2-135M with the committed booster -----------------------------------------------------
-HELD_OUT_WORDS = ("tree", "news", "digital")
+HELD_OUT_WORDS = ("news", "digital", "pain", "women", "character")
 
 
 def test_committed_booster_beats_the_generic_word_on_held_out_words(smol_data_dir) -> None:
@@ -181,6 +181,7 @@ def test_committed_booster_beats_the_generic_word_on_held_out_words(smol_data_di
     booster = checked_text_booster(COMMITTED, base)
     ids = {w: base.tokenizer(" " + w, add_special_tokens=False).input_ids for w in HELD_OUT_WORDS}
     assert all(len(i) == 1 and is_held_out(w) for w, i in ids.items())
+    assert all(len(base.tokenizer(" " + c.word, add_special_tokens=False).input_ids) > 1 for c in INVENTED)
     concepts = write_contexts(base.model, base.tokenizer, [(w, i[0]) for w, i in ids.items()])
     config = TextTrainConfig(base_model="smollm2-135m", mode="token", device="cpu")
     for concept in concepts:
