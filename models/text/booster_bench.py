@@ -160,6 +160,11 @@ def summarise(records: list[dict], mode: str) -> dict:
         "median_speedup": median([c["speedup"] for c in per_concept]),
         "median_shuffled_speedup": median([c["shuffled_speedup"] for c in per_concept]),
         "zero_step_better_than_generic": sum(zero_wins) / max(len(zero_wins), 1),
+        "zero_step_better_than_generic_runs": sum(r["booster_curve"]["0"] < r["baseline_curve"]["0"] for r in rows)
+        / max(len(rows), 1),
+        "booster_final_at_or_below_icl_runs": sum(r["booster_final"] <= r["icl"] for r in rows) / max(len(rows), 1),
+        "guard_chose_booster_runs": sum(r["booster_init_used"] == "booster" for r in rows) / max(len(rows), 1),
+        "runs": len(rows),
         "worst_final_ratio_booster_over_baseline": max(final_ratio) if final_ratio else None,
         "median_final_booster": median([c["final_booster"] for c in per_concept]),
         "median_icl": median([c["icl"] for c in per_concept]),
