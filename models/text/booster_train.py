@@ -72,8 +72,6 @@ def main() -> None:
     if cache.is_file():
         features = torch.load(cache)
     else:
-        from models.text.booster_data import WordConcept  # noqa: F401  (types only)
-
         texts = [e for c in concepts for e in c.examples(range(len(c.texts)))]
         features = read_examples(base, texts, token=PLACEHOLDER, middle_layer=booster.config.middle_layer)
         features = features.reshape(len(concepts), len(concepts[0].texts), -1)
