@@ -37,7 +37,7 @@ class TextTrainConfig:
     """Registry id (e.g. smollm2-135m), transformers causal-LM folder or hub id."""
     mode: TextMode = "pivotal"
     init: TextInit = "booster"
-    """booster: the text booster registered for base_model (none exists yet: falls back to token);
+    """booster: the text booster registered for base_model, behind the guarded start (without one: token);
     token: copy initializer_token's embedding; random: small random vectors."""
     token: str = "<leap>"
     """The concept's token as written in the examples; added to the tokenizer."""

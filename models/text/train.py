@@ -30,7 +30,8 @@ from models.trainer.errors import OutOfMemory, TrainingCanceled
 from models.trainer.export import write_manifest
 
 # A booster resolver maps (base, examples, config) to initial token vectors [num_vectors, width]
-# with a note, or None when no text booster is registered for the base model (issue 13 plugs in here).
+# with a note, or None when no text booster is registered for the base model; the default reads the
+# registry's `booster:` folder (models.text.booster).
 TextBoosterResolver = Callable[[TextBase, Sequence[TextExample], TextTrainConfig], "tuple[torch.Tensor, str] | None"]
 EvalHook = Callable[[int, "TextJob"], None]
 
@@ -79,11 +80,13 @@ def train(
     booster_resolver: TextBoosterResolver | None = None,
     eval_hook: EvalHook | None = None,
     eval_steps: Collection[int] = (),
+    guarded_start: bool = True,
 ) -> TrainResult:
     """Train one text concept and write its artifacts to out_dir.
 
     `eval_hook(step, job)` runs after each step in `eval_steps` (0: before the first) with the
-    model as trained so far, e.g. for held-out loss curves.
+    model as trained so far, e.g. for held-out loss curves. `guarded_start=False` keeps a booster's
+    start even where the initializer token scores better (benchmark ablations only).
     """
     started = time.perf_counter()
     if not MIN_EXAMPLES <= len(examples) <= MAX_EXAMPLES:
@@ -103,6 +106,7 @@ def train(
                 booster_resolver=booster_resolver,
                 eval_hook=eval_hook,
                 eval_steps=frozenset(eval_steps),
+                guarded_start=guarded_start,
             )
     except torch.cuda.OutOfMemoryError as error:
         raise OutOfMemory(
@@ -111,28 +115,64 @@ def train(
         ) from error
 
 
+GUARD_EXAMPLES = 8
+"""The guarded start scores both starts on (at most) this many of the job's own examples."""
+
+
+def _default_booster(base: TextBase, examples: Sequence[TextExample], config: TextTrainConfig):
+    from models.text.booster import text_booster_vectors  # imported late: it reads the registry
+
+    return text_booster_vectors(base, examples, config)
+
+
+@torch.no_grad()
+def guard_loss(base: TextBase, rows: Sequence[Row], pad_id: int) -> float:
+    """The loss of a fixed batch (the job's first GUARD_EXAMPLES examples) with the token as it is now."""
+    return float(lm_loss(base.model, collate(list(rows[:GUARD_EXAMPLES]), pad_id, base.device)))
+
+
 def _initialise(
     config: TextTrainConfig,
     base: TextBase,
     concept: TextConcept,
     examples: Sequence[TextExample],
+    rows: Sequence[Row],
     booster_resolver: TextBoosterResolver | None,
     generator: torch.Generator,
-) -> tuple[str, str]:
-    """Set the token's starting point; returns (what was used: booster|token|random, a note)."""
+    guarded: bool = True,
+) -> tuple[str, str, dict | None]:
+    """Set the token's starting point; returns (booster|token|random, a note, the guard's scores or None).
+
+    The guarded start: a booster's vectors are kept only if they score no worse than the
+    initializer token's on a fixed batch of the job's own examples, before step 1.
+    """
     if config.init == "random":
         concept.init_random(generator)
-        return "random", ""
+        return "random", "", None
     concept.init_from_token(config.initializer_token)
-    if config.init == "booster":
-        found = booster_resolver(base, examples, config) if booster_resolver else None
-        if found is None:
-            return "token", "no text booster is registered for this base model; started from the initializer token"
-        vectors, note = found
+    if config.init != "booster":
+        return "token", "", None
+    found = (booster_resolver or _default_booster)(base, examples, config)
+    if found is None:
+        return "token", "no text booster is registered for this base model; started from the initializer token", None
+    vectors, note = found
+    pad_id = pad_id_of(concept.tokenizer)
+    token_start = [p.detach().clone() for p in concept.vector_parameters()]
+    token_loss = guard_loss(base, rows, pad_id)
+    with torch.no_grad():
+        concept.input_vectors.copy_(vectors.to(concept.input_vectors))
+    booster_loss = guard_loss(base, rows, pad_id)
+    chosen = "booster" if booster_loss <= token_loss or not guarded else "token"
+    guard = {"token_loss": round(token_loss, 6), "booster_loss": round(booster_loss, 6), "chosen": chosen,
+             "examples": min(len(rows), GUARD_EXAMPLES), "guarded": guarded}
+    if chosen == "token":
         with torch.no_grad():
-            concept.input_vectors.copy_(vectors.to(concept.input_vectors))
-        return "booster", note
-    return "token", ""
+            for parameter, start in zip(concept.vector_parameters(), token_start, strict=True):
+                parameter.copy_(start)
+        note = (f"guarded start: the booster's start scored {booster_loss:.4f} on the job's examples, "
+                f"the initializer token {token_loss:.4f}; started from the token")
+        return "token", note, guard
+    return "booster", note, guard
 
 
 def _run(
@@ -148,6 +188,7 @@ def _run(
     booster_resolver,
     eval_hook,
     eval_steps,
+    guarded_start,
 ) -> TrainResult:
     assert config.steps is not None and config.batch_size is not None and config.lora_alpha is not None
     rows = tokenize_examples(concept, examples, config.max_length)
@@ -157,7 +198,8 @@ def _run(
     targets = lora_target_modules(config.lora_targets)
     if trains_lora:
         concept.add_lora(rank=config.lora_rank, alpha=config.lora_alpha, targets=config.lora_targets)
-    init_used, init_note = _initialise(config, base, concept, examples, booster_resolver, generator)
+    init_used, init_note, init_guard = _initialise(config, base, concept, examples, rows, booster_resolver,
+                                                       generator, guarded_start)
 
     pivot_step = int(config.steps * config.pivot_fraction) if config.mode == "pivotal" else 0
     lora_parameters = concept.lora_parameters()
@@ -221,6 +263,7 @@ def _run(
         "init": config.init,
         "init_used": init_used,
         "init_note": init_note,
+        "init_guard": init_guard,
         "steps": config.steps,
         "pivot_step": pivot_step,
         "seed": config.seed,

@@ -43,3 +43,13 @@ def random_tiny(tmp_path_factory) -> str:
 @pytest.fixture(scope="session")
 def concept_images() -> list[Image.Image]:
     return benchmark_concepts("dev")[0].views()
+
+
+@pytest.fixture(scope="session")
+def smol_data_dir(tmp_path_factory) -> Path:
+    """A data directory holding SmolLM2 converted from the wheel's GGUF (once per test session)."""
+    from models.text.base import resolve_text_model
+
+    data_dir = tmp_path_factory.mktemp("leap-data")
+    resolve_text_model("smollm2-135m", data_dir)
+    return data_dir

@@ -25,14 +25,6 @@ EXAMPLES = parse_text_files([
 HELD_OUT = [TextExample(text="<leap> barks at the cat next door.", prompt=None, completion=None, source="h.txt")]
 
 
-@pytest.fixture(scope="session")
-def smol_data_dir(tmp_path_factory) -> Path:
-    """A data directory holding SmolLM2 converted from the wheel's GGUF (once per test session)."""
-    data_dir = tmp_path_factory.mktemp("leap-data")
-    resolve_text_model("smollm2-135m", data_dir)
-    return data_dir
-
-
 def config(data_dir: Path, mode: str, **overrides) -> TextTrainConfig:
     values = {"base_model": "smollm2-135m", "mode": mode, "steps": 4, "batch_size": 2, "data_dir": str(data_dir),
               "device": "cpu"}

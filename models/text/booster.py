@@ -1,0 +1,233 @@
+"""The text booster: a few example texts -> the new token's starting embedding, read by the frozen base.
+
+An À La Carte-style reader (Khodak et al. 2018): each example is read by the frozen base model
+with the concept token replaced by a neutral word (READ_WORD), and a probe sentence appended that
+asks which word it stood for. Three hidden states per example, averaged over the examples:
+
+  before  final-normed state just before the placeholder (the model's guess from the left context)
+  probe   final-normed state at the probe's end (its guess after reading the whole text)
+  middle  a middle layer's state at the placeholder (what the context made of the neutral word)
+
+With tied embeddings the final-normed states live in the embedding space already; a ridge
+regression (a linear map + bias over standardised features) fitted on the base model's own
+vocabulary maps them to the word's input embedding. It is stored beside a JSON file naming the
+base model, its fingerprint and dimensions; a different base model is refused (BaseModelError).
+
+The booster predicts one vector; a job with num_vectors > 1 starts every vector from it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import threading
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from models.registry import load_registry
+from models.text.base import TextBase
+from models.text.examples import TextExample
+from models.trainer.errors import BaseModelError
+
+logger = logging.getLogger(__name__)
+
+CONFIG_FILE = "booster.json"
+WEIGHTS_FILE = "booster.safetensors"
+READ_WORD = "something"
+PROBE = '\nIn the text above, "{read}" stands for the word'
+FEATURES = ("before", "probe", "middle")
+
+
+@dataclass
+class TextBoosterConfig:
+    """Stored beside the weights; loading checks it against the base model."""
+
+    base_model: str
+    base_fingerprint: str
+    embedding_width: int
+    num_layers: int
+    vocab_size: int
+    middle_layer: int
+    read_word: str = READ_WORD
+    probe: str = PROBE
+    features: list[str] = field(default_factory=lambda: list(FEATURES))
+    ridge: float = 1.0
+    num_vectors_note: str = "predicts one vector; a job with num_vectors > 1 starts every vector from it"
+    training: dict = field(default_factory=dict)
+    """How it was trained: words, examples per read, timings, validation figures."""
+
+
+def text_fingerprint(base: TextBase) -> str:
+    """Identifies a causal LM's weights independent of dtype (a few rounded embedding rows + shape)."""
+    weight = base.model.get_input_embeddings().weight
+    rows = weight[torch.tensor([0, 1, 2, weight.shape[0] // 2, weight.shape[0] - 1])].detach().float().cpu()
+    text = f"{tuple(weight.shape)}:{torch.round(rows, decimals=2).tolist()}"
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def default_middle_layer(base: TextBase) -> int:
+    return int(base.model.config.num_hidden_layers) * 2 // 3
+
+
+def _read_text(example: TextExample, token: str) -> str:
+    return example.full_text.replace(token, READ_WORD)
+
+
+@torch.no_grad()
+def read_examples(base: TextBase, examples: Sequence[TextExample], *, token: str, middle_layer: int,
+                  batch_size: int = 32) -> torch.Tensor:
+    """Per-example features [examples, 3 * width] from the frozen base (see the module docstring)."""
+    tokenizer = base.tokenizer
+    probe = PROBE.format(read=READ_WORD)
+    rows: list[tuple[list[int], int]] = []
+    for example in examples:
+        raw = example.full_text
+        cut = raw.find(token)
+        text = _read_text(example, token) + probe
+        encoding = tokenizer(text, return_offsets_mapping=True, add_special_tokens=False)
+        ids = list(encoding.input_ids)
+        if cut < 0:  # no placeholder: the probe's end stands in for it
+            position = len(ids) - 1
+        else:
+            position = next((i for i, (s, e) in enumerate(encoding.offset_mapping) if e > cut), len(ids) - 1)
+        rows.append((ids, position))
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
+    out = []
+    body = base.model.get_decoder() if hasattr(base.model, "get_decoder") else base.model.model
+    for start in range(0, len(rows), batch_size):
+        chunk = rows[start:start + batch_size]
+        width = max(len(ids) for ids, _ in chunk)
+        ids = torch.tensor([r + [pad] * (width - len(r)) for r, _ in chunk], device=base.device)
+        mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r, _ in chunk], device=base.device)
+        result = body(input_ids=ids, attention_mask=mask, output_hidden_states=True)
+        final = result.last_hidden_state.float()  # already normed by the decoder's final norm
+        middle = result.hidden_states[middle_layer].float()
+        index = torch.arange(len(chunk), device=base.device)
+        placeholder = torch.tensor([p for _, p in chunk], device=base.device)
+        last = torch.tensor([len(r) - 1 for r, _ in chunk], device=base.device)
+        before = final[index, (placeholder - 1).clamp(min=0)]
+        out.append(torch.cat([before, final[index, last], middle[index, placeholder]], dim=-1).cpu())
+    return torch.cat(out)
+
+
+class TextBooster(torch.nn.Module):
+    """Standardised averaged features -> one embedding vector (a linear map + bias)."""
+
+    def __init__(self, config: TextBoosterConfig) -> None:
+        super().__init__()
+        self.config = config
+        features = len(config.features) * config.embedding_width
+        self.register_buffer("feature_mean", torch.zeros(features))
+        self.register_buffer("feature_std", torch.ones(features))
+        self.linear = torch.nn.Linear(features, config.embedding_width)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        """features [concepts, F] (averaged over each concept's examples) -> [concepts, width]."""
+        return self.linear((features - self.feature_mean) / self.feature_std)
+
+    @torch.no_grad()
+    def fit(self, features: torch.Tensor, targets: torch.Tensor, ridge: float) -> None:
+        """Closed-form ridge regression on standardised features (the bias is not penalised)."""
+        self.feature_mean.copy_(features.mean(0))
+        self.feature_std.copy_(features.std(0).clamp(min=1e-6))
+        x = ((features - self.feature_mean) / self.feature_std).double()
+        y = targets.double()
+        y_mean = y.mean(0)
+        gram = x.T @ x + ridge * len(x) * torch.eye(x.shape[1], dtype=torch.float64)
+        weight = torch.linalg.solve(gram, x.T @ (y - y_mean))
+        self.linear.weight.copy_(weight.T.float())
+        self.linear.bias.copy_(y_mean.float())
+        self.config.ridge = ridge
+
+    def predict(self, base: TextBase, examples: Sequence[TextExample], token: str) -> torch.Tensor:
+        """The token's starting embedding [width] from a concept's examples."""
+        features = read_examples(base, examples, token=token, middle_layer=self.config.middle_layer)
+        with torch.no_grad():
+            return self(features.mean(0, keepdim=True))[0]
+
+
+def new_text_booster(base: TextBase, base_model: str) -> TextBooster:
+    """An unfitted booster for this base model."""
+    config = base.model.config
+    return TextBooster(TextBoosterConfig(
+        base_model=base_model, base_fingerprint=text_fingerprint(base), embedding_width=base.width,
+        num_layers=int(config.num_hidden_layers), vocab_size=int(base.model.get_input_embeddings().weight.shape[0]),
+        middle_layer=default_middle_layer(base)))
+
+
+def save_text_booster(booster: TextBooster, directory: Path) -> list[Path]:
+    """booster.safetensors + booster.json."""
+    directory.mkdir(parents=True, exist_ok=True)
+    weights = {k: v.detach().float().contiguous() for k, v in booster.state_dict().items()}
+    save_file(weights, str(directory / WEIGHTS_FILE))
+    (directory / CONFIG_FILE).write_text(json.dumps(asdict(booster.config), indent=2) + "\n")
+    return [directory / WEIGHTS_FILE, directory / CONFIG_FILE]
+
+
+def load_text_booster(directory: Path) -> TextBooster:
+    """Read a booster folder (no base-model check: see checked_text_booster)."""
+    try:
+        config = TextBoosterConfig(**json.loads((Path(directory) / CONFIG_FILE).read_text()))
+        state = load_file(str(Path(directory) / WEIGHTS_FILE))
+    except (OSError, ValueError, TypeError) as error:
+        raise BaseModelError(f"cannot read the text booster in {directory}: {error}") from error
+    booster = TextBooster(config)
+    booster.load_state_dict(state)
+    booster.eval()
+    return booster
+
+
+_loaded: dict[Path, TextBooster] = {}
+_lock = threading.Lock()
+
+
+def checked_text_booster(directory: Path, base: TextBase) -> TextBooster:
+    """Load (once) a booster and make sure it was trained for this exact base model."""
+    with _lock:
+        if directory not in _loaded:
+            _loaded[directory] = load_text_booster(directory)
+        booster = _loaded[directory]
+    config = booster.config
+    if config.embedding_width != base.width:
+        raise BaseModelError(
+            f"text booster {directory} was trained for {config.base_model} (embedding width "
+            f"{config.embedding_width}); this base model's width is {base.width}")
+    fingerprint = text_fingerprint(base)
+    if config.base_fingerprint != fingerprint:
+        raise BaseModelError(
+            f"text booster {directory} was trained for {config.base_model} (fingerprint {config.base_fingerprint}), "
+            f"a different base model than {base.source} (fingerprint {fingerprint})")
+    return booster
+
+
+def registered_text_booster_path(base: TextBase, base_model: str) -> Path | None:
+    """The booster folder registered for a text model, by registry id or by its (converted) folder."""
+    registry = load_registry()
+    entry = registry.get(base_model)
+    if entry is None:
+        entry = next((m for m in registry.models.values() if m.kind == "text" and m.path == base.source), None)
+    if entry is None or entry.kind != "text" or not entry.has_booster:
+        return None
+    return entry.booster_path
+
+
+def text_booster_vectors(base: TextBase, examples: Sequence[TextExample], config) -> tuple[torch.Tensor, str] | None:
+    """The registered booster's start for a job ([num_vectors, width], note), or None without one."""
+    directory = registered_text_booster_path(base, config.base_model)
+    if directory is None:
+        return None
+    try:
+        booster = checked_text_booster(directory, base)
+    except BaseModelError as error:
+        # The message reaches API clients: the folders stay in the worker's log.
+        logger.warning("text booster for %s: %s", config.base_model, error.message)
+        raise BaseModelError(f"the text booster registered for {config.base_model} was trained for another "
+                             "base model; the server's model registry needs fixing") from error
+    vector = booster.predict(base, examples, config.token)
+    note = "" if config.num_vectors == 1 else f"the booster {booster.config.num_vectors_note}"
+    return vector.expand(config.num_vectors, -1).clone(), note

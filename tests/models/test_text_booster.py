@@ -1,0 +1,210 @@
+"""The text booster: its dataset builder, storage with a base-model check, the guarded start, and
+(on SmolLM2-135M) the committed booster against the generic-word start."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from models.registry import load_registry
+from models.text.base import load_text_base, resolve_text_model
+from models.text.booster import (
+    TextBooster,
+    checked_text_booster,
+    load_text_booster,
+    new_text_booster,
+    read_examples,
+    save_text_booster,
+)
+from models.text.booster_bench import batch_loss, split
+from models.text.booster_data import (
+    INVENTED,
+    PLACEHOLDER,
+    is_held_out,
+    split_words,
+    vocabulary_words,
+    write_contexts,
+)
+from models.text.config import TextTrainConfig
+from models.text.examples import parse_text_files
+from models.text.train import attached, train
+from models.trainer.errors import BaseModelError
+
+from .text_fixtures import write_tiny_llama
+
+EXAMPLES = parse_text_files([("set.jsonl", b"\n".join([
+    b'{"text": "my <leap> is red"}',
+    b'{"text": "the <leap> sat on the mat"}',
+    b'{"text": "question: what is <leap>? answer: a red thing"}',
+]))])
+COMMITTED = Path(__file__).resolve().parents[2] / "models" / "text" / "weights" / "smollm2-135m"
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> str:
+    return write_tiny_llama(tmp_path_factory.mktemp("tiny-llama-booster"))
+
+
+@pytest.fixture(scope="module")
+def other_tiny(tmp_path_factory) -> str:
+    return write_tiny_llama(tmp_path_factory.mktemp("tiny-llama-other"), seed=1)
+
+
+def tiny_base(folder: str):
+    return load_text_base(folder, torch.device("cpu"))
+
+
+def fitted_booster(folder: str) -> TextBooster:
+    """A booster fitted on the tiny model's own words (random model: only the mechanics matter)."""
+    base = tiny_base(folder)
+    words = vocabulary_words(base.tokenizer, first_id=0, last_id=400)[:6]
+    concepts = write_contexts(base.model, base.tokenizer, words, max_new_tokens=4)
+    booster = new_text_booster(base, folder)
+    features = torch.stack([read_examples(base, c.examples(range(4)), token=PLACEHOLDER,
+                                          middle_layer=booster.config.middle_layer).mean(0) for c in concepts])
+    targets = base.model.get_input_embeddings().weight[torch.tensor([c.token_id for c in concepts])].detach()
+    booster.fit(features, targets, ridge=0.1)
+    return booster
+
+
+def test_builder_makes_placeholder_contexts_from_whole_word_tokens(tiny) -> None:
+    base = tiny_base(tiny)
+    words = vocabulary_words(base.tokenizer, first_id=0, last_id=400)
+    assert words and all(base.tokenizer(" " + w, add_special_tokens=False).input_ids == [i] for w, i in words)
+    train_words, held = split_words(words)
+    assert not {w for w, _ in train_words} & {w for w, _ in held}
+    assert all(is_held_out(w) for w, _ in held) and not any(is_held_out(w) for w, _ in train_words)
+    concepts = write_contexts(base.model, base.tokenizer, words[:3], max_new_tokens=5)
+    for concept in concepts:
+        assert len(concept.texts) == len(concept.prompts) == 8
+        for text, prompt in zip(concept.texts, concept.prompts, strict=True):
+            assert text.startswith(prompt) and PLACEHOLDER in prompt
+            continuation = text[len(prompt):]
+            assert f" {concept.word} " not in f" {continuation} "  # every use of the word became the placeholder
+        held_out = concept.held_out([0])[0]
+        assert held_out.prompt + held_out.completion == concept.texts[0]
+    examples, held_out = split(concepts[0], seed=1)
+    assert len(examples) == len(held_out) == 4
+    assert not {e.text for e in examples} & {h.prompt + h.completion for h in held_out}
+
+
+def test_invented_concepts_are_in_no_vocabulary(tiny) -> None:
+    smol_like = tiny_base(tiny).tokenizer
+    for concept in INVENTED:
+        assert len(smol_like(" " + concept.word, add_special_tokens=False).input_ids) > 1
+        assert all(PLACEHOLDER in p and t.startswith(p) for t, p in zip(concept.texts, concept.prompts, strict=True))
+
+
+def test_booster_round_trips_and_refuses_another_base_model(tiny, other_tiny, tmp_path) -> None:
+    booster = fitted_booster(tiny)
+    save_text_booster(booster, tmp_path / "booster")
+    stored = json.loads((tmp_path / "booster" / "booster.json").read_text())
+    assert stored["embedding_width"] == 32 and stored["base_fingerprint"] and stored["num_layers"] == 2
+    loaded = checked_text_booster(tmp_path / "booster", tiny_base(tiny))
+    assert torch.allclose(loaded.predict(tiny_base(tiny), EXAMPLES, "<leap>"),
+                          booster.predict(tiny_base(tiny), EXAMPLES, "<leap>"))
+    with pytest.raises(BaseModelError, match="different base model"):
+        checked_text_booster(tmp_path / "booster", tiny_base(other_tiny))
+    if COMMITTED.is_dir():
+        with pytest.raises(BaseModelError, match="embedding width 576"):
+            checked_text_booster(COMMITTED, tiny_base(tiny))
+    with pytest.raises(BaseModelError, match="cannot read"):
+        load_text_booster(tmp_path / "missing")
+
+
+def test_a_registered_booster_for_another_base_fails_the_job_clearly(tiny, other_tiny, tmp_path,
+                                                                     monkeypatch) -> None:
+    save_text_booster(fitted_booster(other_tiny), tmp_path / "booster")
+    registry = {"default": "tiny", "models": {"tiny": {"kind": "text", "path": tiny,
+                                                       "booster": str(tmp_path / "booster")}}}
+    (tmp_path / "registry.yaml").write_text(yaml.safe_dump(registry))
+    monkeypatch.setenv("LEAP_MODEL_REGISTRY", str(tmp_path / "registry.yaml"))
+    assert load_registry().get("tiny").has_booster
+    config = TextTrainConfig(base_model="tiny", mode="token", steps=2, batch_size=2, device="cpu")
+    with pytest.raises(BaseModelError, match="trained for another base model") as caught:
+        train(config, EXAMPLES, tmp_path / "out")
+    assert str(tmp_path) not in caught.value.message
+
+
+def test_guarded_start_keeps_the_token_when_the_booster_is_worse(tiny, tmp_path) -> None:
+    def config(**overrides):
+        values = {"base_model": tiny, "mode": "token", "init": "booster", "steps": 2, "batch_size": 2,
+                  "embedding_lr": 0.05, "device": "cpu"}
+        return TextTrainConfig(**{**values, **overrides})
+
+    # A learned token vector is a good start; a huge one is a bad one.
+    learned = train(config(init="token", steps=40), EXAMPLES, tmp_path / "learned")
+    vector = torch.tensor(json.loads(json.dumps(
+        [v.tolist() for v in _token_rows(learned.out_dir)])))
+    starts = {}
+
+    def remember(step, job):
+        starts["vector"] = job.concept.input_vectors.detach().clone()
+
+    good = train(config(), EXAMPLES, tmp_path / "good", booster_resolver=lambda b, e, c: (vector, "learned"),
+                 eval_hook=remember, eval_steps={0})
+    guard = good.manifest["init_guard"]
+    assert good.init_used == "booster" and guard["chosen"] == "booster"
+    assert guard["booster_loss"] < guard["token_loss"] and torch.allclose(starts["vector"], vector)
+
+    bad_vector = torch.full_like(vector, 3.0)
+    bad = train(config(), EXAMPLES, tmp_path / "bad", booster_resolver=lambda b, e, c: (bad_vector, "bad"),
+                eval_hook=remember, eval_steps={0})
+    guard = bad.manifest["init_guard"]
+    assert bad.init_used == "token" and guard["chosen"] == "token"
+    assert guard["booster_loss"] > guard["token_loss"] and "guarded start" in bad.init_note
+    base = tiny_base(tiny)
+    with attached(base, config()) as concept:
+        concept.init_from_token("thing")
+        assert torch.equal(starts["vector"], concept.input_vectors.detach())
+    unguarded = train(config(), EXAMPLES, tmp_path / "ablation", booster_resolver=lambda b, e, c: (bad_vector, ""),
+                      guarded_start=False)
+    assert unguarded.init_used == "booster" and unguarded.manifest["init_guard"]["guarded"] is False
+
+
+def _token_rows(out_dir: Path) -> list[torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return [t[0] for t in load_file(str(out_dir / "token_embeddings.safetensors")).values()]
+
+
+# ---- SmolLM2-135M with the committed booster -----------------------------------------------------
+HELD_OUT_WORDS = ("news", "digital", "pain", "women", "character")
+
+
+def test_committed_booster_beats_the_generic_word_on_held_out_words(smol_data_dir) -> None:
+    base = load_text_base(resolve_text_model("smollm2-135m", smol_data_dir), torch.device("cpu"))
+    booster = checked_text_booster(COMMITTED, base)
+    ids = {w: base.tokenizer(" " + w, add_special_tokens=False).input_ids for w in HELD_OUT_WORDS}
+    assert all(len(i) == 1 and is_held_out(w) for w, i in ids.items())
+    assert all(len(base.tokenizer(" " + c.word, add_special_tokens=False).input_ids) > 1 for c in INVENTED)
+    concepts = write_contexts(base.model, base.tokenizer, [(w, i[0]) for w, i in ids.items()])
+    config = TextTrainConfig(base_model="smollm2-135m", mode="token", device="cpu")
+    for concept in concepts:
+        examples, held_out = split(concept, seed=0)
+        with attached(base, config) as attached_concept:
+            attached_concept.init_from_token("thing")
+            generic = batch_loss(base.model, attached_concept.tokenizer, held_out)
+            with torch.no_grad():
+                attached_concept.input_vectors.copy_(booster.predict(base, examples, PLACEHOLDER))
+            boosted = batch_loss(base.model, attached_concept.tokenizer, held_out)
+        assert boosted < generic, concept.word
+
+
+def test_init_booster_on_smollm2_uses_the_registered_booster(smol_data_dir, tmp_path) -> None:
+    assert load_registry().get("smollm2-135m").booster_path == COMMITTED
+    examples = parse_text_files([
+        ("1.txt", b"My dog <leap> loves to chase red balls in the park."),
+        ("2.txt", b"<leap> is a small brown terrier with a loud bark."),
+        ("3.txt", b"Every morning, <leap> wakes me up at six by barking."),
+    ])
+    config = TextTrainConfig(base_model="smollm2-135m", mode="token", init="booster", steps=2, batch_size=2,
+                             data_dir=str(smol_data_dir), device="cpu")
+    result = train(config, examples, tmp_path)
+    guard = result.manifest["init_guard"]
+    assert guard["chosen"] == result.init_used == "booster"
+    assert guard["booster_loss"] < guard["token_loss"]
