@@ -77,7 +77,7 @@ class Settings(BaseSettings):
     max_zip_ratio: int = 200
     """Largest uncompressed/compressed ratio of one zip entry."""
     max_text_file_bytes: int = 8 * 1024 * 1024
-    """One .txt or .jsonl file of a text training."""
+    """The examples of a text training: one .txt or .jsonl file, and all its files together."""
     max_metadata_bytes: int = 16 * 1024
     upload_decode_concurrency: int = 1
     """Images decoded at once per API process (each up to max_image_pixels x 3 bytes of memory)."""

@@ -52,6 +52,15 @@ def _check_sizes(examples: list[UploadedFile], settings: Settings) -> None:
                 f"{settings.max_text_file_bytes} bytes",
                 details={"file": upload.filename, "limit": settings.max_text_file_bytes},
             )
+    # The examples are read whole to be parsed: bound them together, not only one by one, so 500 files
+    # just under the per-file limit cannot make the API hold the whole request body in memory.
+    total = sum(upload.size for upload in examples)
+    if total > settings.max_text_file_bytes:
+        raise PayloadTooLarge(
+            f"{EXAMPLES_FIELD}: {total} bytes in all is over the limit of {settings.max_text_file_bytes} bytes "
+            f"for a text training's examples",
+            details={"field": EXAMPLES_FIELD, "limit": settings.max_text_file_bytes},
+        )
 
 
 def collect_examples(

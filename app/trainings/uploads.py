@@ -249,6 +249,9 @@ def _check_file_size(name: str, size: int, settings: Settings) -> None:
 
 def _unsafe_zip_entry(info: zipfile.ZipInfo) -> str | None:
     """Why an entry's name or type is refused outright (it would escape or point elsewhere)."""
+    if NUL in info.orig_filename:
+        # zipfile cuts the name at the NUL, so 'a.png\x00.exe' would pass as a.png.
+        return "has a NUL character (\\u0000) in its name"
     name = info.filename
     if name.startswith(("/", "\\")) or re.match(r"[A-Za-z]:", name):
         return "has an absolute path"
@@ -288,7 +291,8 @@ def _read_zip(upload: UploadedFile, settings: Settings) -> CollectedImages:
         reason = _unsafe_zip_entry(entry)
         if reason is not None:
             raise InvalidImages(
-                f"{upload.filename}: entry {entry.filename!r} {reason}; refused", details={"file": entry.filename}
+                f"{upload.filename}: entry {entry.orig_filename!r} {reason}; refused",
+                details={"file": entry.orig_filename},
             )
     files = [entry for entry in entries if not entry.is_dir()]
     skipped = [entry.filename for entry in files if _junk_zip_entry(entry)]

@@ -15,7 +15,7 @@ import shutil
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import torch
 import typer
@@ -23,6 +23,9 @@ import typer
 from models.registry import GgufSource, Registry, load_registry
 from models.trainer.base import pick_device, weight_dtype_for  # noqa: F401  (re-exported for the text side)
 from models.trainer.errors import BaseModelError
+
+if TYPE_CHECKING:  # transformers is imported where a model is loaded, not by every importer
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 BASE_MODELS_DIR = "base-models"
 DEFAULT_DATA_DIR = Path.home() / ".cache" / "leap"
@@ -95,9 +98,8 @@ class TextBase:
     """A frozen causal LM and its tokenizer, shared by every job in a process."""
 
     source: str
-    model: Any
-    """A transformers causal LM (PreTrainedModel; typed Any as mypy skips transformers)."""
-    tokenizer: Any
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
     device: torch.device
     dtype: torch.dtype
 

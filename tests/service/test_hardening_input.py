@@ -34,7 +34,7 @@ from app.webhooks import service as webhooks
 from models.trainer.images import ImageSource, decode_image
 
 from .conftest import ApiProcess
-from .factories import image_files, make_tenant, png_bytes, submit, zip_bytes
+from .factories import TEXT_MODEL, image_files, make_tenant, png_bytes, submit, zip_bytes
 from .helpers import assert_error, assert_nothing_stored, count_rows, stored_keys
 
 ADMIN = {"Authorization": "Bearer dev-admin-token"}
@@ -85,6 +85,21 @@ def test_nul_in_an_upload_filename_is_a_422(client, database, settings, filename
     )
     error = assert_error(response, 422, "validation_error", "images", "NUL")
     assert error["details"]["field"] == "images"
+    assert_nothing_stored(database, settings)
+
+
+@pytest.mark.parametrize("filename", [b"con\x00trol.txt", b"../../etc/passwd\x00.jsonl"])
+def test_nul_in_a_text_example_filename_is_a_422(client, database, settings, filename):
+    tenant = make_tenant(database)
+    base_model = f'--leapboundary\r\nContent-Disposition: form-data; name="base_model"\r\n\r\n{TEXT_MODEL}\r\n'
+    parts = [("examples", b"a.txt", b"<leap> is here"), ("examples", filename, b"<leap> is there")]
+    response = client.post(
+        "/v1/trainings",
+        content=base_model.encode() + multipart_body(parts),
+        headers=tenant.headers | {"Content-Type": "multipart/form-data; boundary=leapboundary"},
+    )
+    error = assert_error(response, 422, "validation_error", "examples", "NUL")
+    assert error["details"]["field"] == "examples"
     assert_nothing_stored(database, settings)
 
 
@@ -348,9 +363,18 @@ def symlink_zip() -> bytes:
     return buffer.getvalue()
 
 
+def nul_named_zip(name: str) -> bytes:
+    """A zip with an entry whose stored name holds a NUL (zipfile's writer would cut it)."""
+    placeholder = name.replace("\x00", "#")
+    data = zip_bytes({"a.png": png_bytes(), placeholder: png_bytes(color=(1, 2, 3))})
+    return data.replace(placeholder.encode(), name.encode())
+
+
 @pytest.mark.parametrize(
     ("archive", "entry", "reason"),
     [
+        (lambda: nul_named_zip("b.png\x00.exe"), "b.png\x00.exe", "NUL"),
+        (lambda: nul_named_zip("con\x00trol.png"), "con\x00trol.png", "NUL"),
         (lambda: zip_bytes({"a.png": png_bytes(), "/etc/b.png": png_bytes()}), "/etc/b.png", "absolute"),
         (lambda: zip_bytes({"a.png": png_bytes(), "../b.png": png_bytes()}), "../b.png", ".."),
         (lambda: zip_bytes({"a.png": png_bytes(), "x/../../b.png": png_bytes()}), "x/../../b.png", ".."),

@@ -294,6 +294,15 @@ BAD_TEXT_INPUTS = {
         ("huge.txt",),
         {"file": "huge.txt"},
     ),
+    "examples over the limit together": (
+        # each file under the per-file limit (1 MiB in the tests), together over it
+        lambda: [("examples", (f"big{i}.txt", b"<leap> " + b"a" * 400_000, "text/plain")) for i in range(3)],
+        TEXT,
+        413,
+        "payload_too_large",
+        ("examples", "in all"),
+        {"field": "examples"},
+    ),
     "an image sent to a text model": (
         lambda: image_files(2),
         TEXT,
