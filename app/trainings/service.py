@@ -84,8 +84,10 @@ def _parse_form(fields: dict[str, str], registry: Registry, settings: Settings) 
             f"base_model: unknown model {form.base_model!r}; this server trains {known}",
             details={"field": "base_model"},
         )
-    if form.steps is not None and form.steps > settings.max_steps:
-        raise ValidationFailed(f"steps: at most {settings.max_steps} on this server", details={"field": "steps"})
+    for name in ("steps", "max_steps"):
+        value = getattr(form, name)
+        if value is not None and value > settings.max_steps:
+            raise ValidationFailed(f"{name}: at most {settings.max_steps} on this server", details={"field": name})
     if form.webhook_url is not None:
         webhooks.check_url(form.webhook_url, settings)
     if form.metadata is not None and len(json.dumps(form.metadata)) > settings.max_metadata_bytes:
@@ -178,11 +180,12 @@ def create_training(
     except InvalidConfigError as error:
         raise ValidationFailed(str(error), details={"field": error.field}) from error
     uploads.validate_images(sources, settings)
+    filled = with_defaults(config, registry)
     estimated_units = usage.estimate_units(
         settings,
         mode=form.mode,
         base_model=base_model_id,
-        steps=with_defaults(config, registry).steps or 0,
+        steps=filled.steps or filled.max_steps or 0,  # a training that stops when done: its cap
         images=len(sources),
     )
     usage.check_quota(
@@ -360,6 +363,11 @@ def _view(training: Training, artifacts: list[Artifact], links: ArtifactLinks) -
         init=training.init,
         init_used=training.init_used,
         init_note=training.init_note,
+        init_scores=training.init_scores,
+        stop_reason=training.stop_reason,  # type: ignore[arg-type]
+        eval_curve=[schemas.EvalPoint(step=int(step), loss=loss) for step, loss in training.eval_curve]
+        if training.eval_curve
+        else None,
         token=training.token,
         parameters=training.parameters,
         image_count=training.image_count,

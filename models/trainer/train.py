@@ -99,8 +99,9 @@ def train(
     booster: BoosterResolver | None = _default_booster,
     eval_hook: EvalHook | None = None,
     eval_steps: Collection[int] = (),
+    on_finish: Callable[[Job], None] | None = None,
 ) -> TrainResult:
-    """Train one concept and write its artifacts to out_dir."""
+    """Train one concept and write its artifacts to out_dir (`on_finish` sees the final state first)."""
     started = time.perf_counter()
     if not MIN_IMAGES <= len(images) <= MAX_IMAGES:
         raise InvalidImagesError(f"need {MIN_IMAGES}-{MAX_IMAGES} images, got {len(images)}")
@@ -111,7 +112,7 @@ def train(
         with _attached(base, config) as concept:
             return _run(config, base, concept, images, out_dir, resolution, started, on_progress=on_progress,
                         should_stop=should_stop, initial_state=initial_state, booster=booster,
-                        eval_hook=eval_hook, eval_steps=frozenset(eval_steps))
+                        eval_hook=eval_hook, eval_steps=frozenset(eval_steps), on_finish=on_finish)
     except torch.cuda.OutOfMemoryError as error:
         raise OutOfMemory(f"out of GPU memory at batch size {config.batch_size}, resolution {resolution}; "
                           "try mixed precision or gradient checkpointing") from error
@@ -175,7 +176,7 @@ def _note(winner: Candidate, scores: dict[str, float]) -> str:
 
 def _run(config: TrainConfig, base: BaseComponents, concept: ConceptModel, images: Sequence[Image.Image],
          out_dir: Path, resolution: int, started: float, *, on_progress, should_stop, initial_state, booster,
-         eval_hook, eval_steps) -> TrainResult:
+         eval_hook, eval_steps, on_finish) -> TrainResult:
     assert config.batch_size is not None
     auto = config.steps is None
     total = config.max_steps if auto else config.steps
@@ -271,6 +272,8 @@ def _run(config: TrainConfig, base: BaseComponents, concept: ConceptModel, image
     if on_progress is not None and reported != done and losses:
         on_progress(Progress(step=done, total=total, loss=losses[-1], eta_s=0.0))
     train_seconds = time.perf_counter() - step_started
+    if on_finish is not None:
+        on_finish(Job(base, concept, config))
 
     unet_lora, te_lora = concept.lora_state()
     assert config.base_model_name is not None and config.lora_alpha is not None
