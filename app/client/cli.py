@@ -112,9 +112,7 @@ def _summary(training: Training) -> str:
     progress = training.progress
     steps = f"{progress.step}/{progress.total if progress.total is not None else '?'}"
     loss = f"{progress.loss:.4f}" if progress.loss is not None else "-"
-    return "\t".join(
-        (training.id, training.status, training.created_at.isoformat(), training.base_model, steps, loss)
-    )
+    return "\t".join((training.id, training.status, training.created_at.isoformat(), training.base_model, steps, loss))
 
 
 def _steps_run(training: Training) -> str:

@@ -74,7 +74,16 @@ class TrainingForm(BaseModel):
 
     def hyperparameters(self) -> dict[str, Any]:
         """The training knobs the caller set (None: the base model's default)."""
-        names = ("steps", "max_steps", "embedding_lr", "lora_lr", "pivot_embedding_lr", "lora_rank", "num_vectors", "seed")
+        names = (
+            "steps",
+            "max_steps",
+            "embedding_lr",
+            "lora_lr",
+            "pivot_embedding_lr",
+            "lora_rank",
+            "num_vectors",
+            "seed",
+        )
         return {name: getattr(self, name) for name in names if getattr(self, name) is not None}
 
 
