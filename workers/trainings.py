@@ -306,6 +306,7 @@ def _store_result(
         storage.delete_keys([item.key for item in stored])
         _retry(runtime, claimed, f"storing artifacts: {error}")
         return
+    # Bills the steps actually run: a training without `steps` stops when done, before its cap.
     usage = lifecycle.UsageRecord(steps=result.steps, compute_seconds=result.compute_seconds, device=result.device)
     heartbeat.stop()  # this transaction renews the lease itself, then ends it
     with runtime.unit_of_work() as session:
@@ -331,6 +332,9 @@ def _store_result(
                 settings=runtime.settings,
                 init_used=result.init_used,
                 init_note=result.init_note,
+                init_scores=result.init_scores,
+                stop_reason=result.stop_reason,
+                eval_curve=result.eval_curve,
             )
         else:
             recorded = False

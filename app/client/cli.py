@@ -114,6 +114,17 @@ def _summary(training: Training) -> str:
     return "\t".join((training.id, training.status, training.created_at.isoformat(), training.base_model, steps, loss))
 
 
+def _steps_run(training: Training) -> str:
+    """How many steps ran and why it stopped, e.g. "stopped early at step 35 of 400 (converged)"."""
+    steps = training.usage.steps if training.usage else training.progress.step
+    cap = training.parameters.get("max_steps") or training.progress.total
+    if training.stop_reason == "converged":
+        return f"stopped early at step {steps}" + (f" of {cap}" if cap and cap != steps else "") + " (converged)"
+    if training.stop_reason == "max_steps":
+        return f"{steps} steps (reached max_steps without converging)"
+    return f"{steps} steps"
+
+
 def _describe(training: Training) -> str:
     progress = training.progress
     usage = training.usage
@@ -135,7 +146,7 @@ def _describe(training: Training) -> str:
     if training.error:
         lines.append(("error", f"{training.error.code}: {training.error.message}"))
     if usage:
-        lines.append(("usage", f"{usage.steps} steps, {usage.compute_seconds:.1f}s on {usage.device}"))
+        lines.append(("usage", f"{_steps_run(training)}, {usage.compute_seconds:.1f}s on {usage.device}"))
     for artifact in training.artifacts:
         lines.append(("artifact", f"{artifact.name} ({artifact.kind}, {artifact.bytes} bytes, {artifact.sha256})"))
     return "\n".join(f"{name:<11}{value}" for name, value in lines)
@@ -176,7 +187,10 @@ def submit_command(
     ],
     url: UrlOption = DEFAULT_URL,
     api_key: KeyOption = None,
-    steps: Annotated[int | None, typer.Option(help="Optimisation steps (default: the model's).")] = None,
+    steps: Annotated[int | None, typer.Option(help="Run exactly this many steps (default: stop when done).")] = None,
+    max_steps: Annotated[
+        int | None, typer.Option(help="Image models, without --steps: the cap on a training that stops when done.")
+    ] = None,
     mode: Annotated[
         str | None, typer.Option(help="Image models: pivotal, textual_inversion or lora; text: pivotal, token or lora.")
     ] = None,
@@ -213,6 +227,7 @@ def submit_command(
     files = _inputs(inputs)
     form = {
         "steps": steps,
+        "max_steps": max_steps,
         "mode": mode,
         "init": init,
         "token": token,
@@ -245,7 +260,7 @@ def submit_command(
             raise _unsuccessful(training)
         if training.usage:
             stderr.print(
-                f"succeeded: {training.usage.steps} steps in {training.usage.compute_seconds:.1f}s on "
+                f"succeeded: {_steps_run(training)} in {training.usage.compute_seconds:.1f}s on "
                 f"{training.usage.device}; init {training.init_used}"
                 + (f" ({training.init_note})" if training.init_note else "")
             )

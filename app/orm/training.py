@@ -52,6 +52,12 @@ class Training(Base):
     init_used: Mapped[str | None] = mapped_column(String(200), nullable=True)
     init_note: Mapped[str | None] = mapped_column(Text, nullable=True)
     """Why init_used differs from init (e.g. no booster for the base model), from the trainer."""
+    init_scores: Mapped[dict[str, float] | None] = mapped_column(JSONType, nullable=True)
+    """The guarded start's score of each candidate start (lowest won), from the trainer."""
+    stop_reason: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    """converged | max_steps | steps | canceled."""
+    eval_curve: Mapped[list[list[float]] | None] = mapped_column(JSONType, nullable=True)
+    """[[step, loss], ...] of the fixed evaluation a training without `steps` stops by."""
     token: Mapped[str] = mapped_column(String(40))
     parameters: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
     """Hyperparameters the caller set (steps, learning rates, ...); the rest are the model's defaults."""

@@ -29,6 +29,10 @@ def event_data(training: Training) -> dict[str, Any]:
         "mode": training.mode,
         "estimated_units": training.estimated_units,
         "attempts": training.attempts,
+        "init_used": training.init_used,
+        "init_scores": training.init_scores,
+        "stop_reason": training.stop_reason,
+        "eval_curve": training.eval_curve,
         "error": error,
         "usage": None
         if training.usage_steps is None

@@ -138,6 +138,9 @@ def complete(
     settings: Settings,
     init_used: str,
     init_note: str = "",
+    init_scores: dict[str, float] | None = None,
+    stop_reason: str | None = None,
+    eval_curve: list[tuple[int, float]] | None = None,
 ) -> bool:
     """running -> succeeded with its artifacts and usage, in the caller's one transaction."""
     now = utcnow()
@@ -150,6 +153,9 @@ def complete(
             "finished_at": now,
             "init_used": init_used,
             "init_note": init_note or None,
+            "init_scores": init_scores or None,
+            "stop_reason": stop_reason,
+            "eval_curve": [[step, loss] for step, loss in eval_curve] if eval_curve else None,
             "progress_step": usage.steps,
             "progress_total": usage.steps,
             "progress_eta_s": 0.0,
@@ -218,6 +224,7 @@ def cancel(
         values={
             "status": "canceled",
             "finished_at": utcnow(),
+            "stop_reason": "canceled",
             "error_code": "canceled",
             "error_message": "canceled while running",
             **_usage_values(usage),

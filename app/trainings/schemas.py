@@ -14,6 +14,7 @@ from models.trainer.config import TOKEN_PATTERN
 Status = Literal["queued", "running", "succeeded", "failed", "canceled"]
 Kind = Literal["image", "text"]
 TEXT_ONLY_FIELDS = ("max_length", "lora_targets")
+IMAGE_ONLY_FIELDS = ("max_steps",)
 
 
 class TrainingForm(RequestModel):
@@ -36,7 +37,19 @@ class TrainingForm(RequestModel):
         description="How the embedding starts: the base model's booster (falls back to token), "
         "the initializer word's embedding, or random.",
     )
-    steps: int | None = Field(None, ge=1, le=20_000, description="Total optimisation steps; default per model.")
+    steps: int | None = Field(
+        None,
+        ge=1,
+        le=20_000,
+        description="Run exactly this many optimisation steps. Default: stop when done (see max_steps).",
+    )
+    max_steps: int | None = Field(
+        None,
+        ge=1,
+        le=20_000,
+        description="Without steps: the cap on a training that stops once its loss on a fixed evaluation of "
+        "its own images stops improving; default per model. Not together with steps.",
+    )
     embedding_lr: float | None = Field(None, gt=0, le=1)
     lora_lr: float | None = Field(None, gt=0, le=1)
     pivot_embedding_lr: float | None = Field(
@@ -75,7 +88,16 @@ class TrainingForm(RequestModel):
 
     def hyperparameters(self) -> dict[str, Any]:
         """The training knobs the caller set (None: the base model's default)."""
-        names = ("steps", "embedding_lr", "lora_lr", "pivot_embedding_lr", "lora_rank", "num_vectors", "seed")
+        names: tuple[str, ...] = (
+            "steps",
+            "max_steps",
+            "embedding_lr",
+            "lora_lr",
+            "pivot_embedding_lr",
+            "lora_rank",
+            "num_vectors",
+            "seed",
+        )
         names += TEXT_ONLY_FIELDS
         return {name: getattr(self, name) for name in names if getattr(self, name) is not None}
 
@@ -112,8 +134,13 @@ class TrainingError(BaseModel):
     message: str
 
 
+class EvalPoint(BaseModel):
+    step: int
+    loss: float
+
+
 class Usage(BaseModel):
-    steps: int
+    steps: int = Field(description="Steps actually run (what is billed).")
     compute_seconds: float
     device: str
 
@@ -141,7 +168,22 @@ class Training(BaseModel):
         description="The initialisation actually used, set once it ran: booster, token, random or state."
     )
     init_note: str | None = Field(
-        None, description="Why init_used differs from init, e.g. no booster is registered for the base model."
+        None,
+        description="Why init_used differs from init (e.g. no booster is registered for the base model), or "
+        "which start the guard chose and why.",
+    )
+    init_scores: dict[str, float] | None = Field(
+        None,
+        description="init=booster: the guard's loss of each candidate start (token, booster, booster+lora, "
+        "booster/token midpoint) on the job's images; the lowest started.",
+    )
+    stop_reason: Literal["converged", "max_steps", "steps", "canceled"] | None = Field(
+        None,
+        description="Why it stopped: converged (its evaluation stopped improving), max_steps (the cap), steps "
+        "(an explicit step count ran out) or canceled; null until it finished running.",
+    )
+    eval_curve: list[EvalPoint] | None = Field(
+        None, description="Without steps: the loss on the fixed evaluation the stopping rule watched, by step."
     )
     token: str
     parameters: dict[str, Any] = Field(description="Hyperparameters given at submission.")

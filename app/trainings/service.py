@@ -100,8 +100,10 @@ def _parse_form(fields: dict[str, str], registry: Registry, settings: Settings) 
             f"base_model: unknown model {form.base_model!r}; this server trains {known}",
             details={"field": "base_model"},
         )
-    if form.steps is not None and form.steps > settings.max_steps:
-        raise ValidationFailed(f"steps: at most {settings.max_steps} on this server", details={"field": "steps"})
+    for name in ("steps", "max_steps"):
+        value = getattr(form, name)
+        if value is not None and value > settings.max_steps:
+            raise ValidationFailed(f"{name}: at most {settings.max_steps} on this server", details={"field": name})
     if form.webhook_url is not None:
         webhooks.check_url(form.webhook_url, settings)
     if form.metadata is not None and len(json.dumps(form.metadata)) > settings.max_metadata_bytes:
@@ -169,7 +171,14 @@ def _check_kind_fields(form: schemas.TrainingForm, model: BaseModel) -> None:
             f"mode: {form.mode!r} is not a mode of {model.id}, a {model.kind} model; use {', '.join(modes)}",
             details={"field": "mode", "kind": model.kind, "modes": list(modes)},
         )
-    if model.kind != "text":
+    if model.kind == "text":
+        for name in schemas.IMAGE_ONLY_FIELDS:
+            if getattr(form, name) is not None:
+                raise ValidationFailed(
+                    f"{name}: only for image models; {model.id} is a text model",
+                    details={"field": name, "kind": model.kind},
+                )
+    else:
         for name in schemas.TEXT_ONLY_FIELDS:
             if getattr(form, name) is not None:
                 raise ValidationFailed(
@@ -342,7 +351,8 @@ def _planned_steps(
             parameters=parameters,
             registry=registry,
         )
-        return with_defaults(config, registry).steps or 0
+        filled = with_defaults(config, registry)
+        return filled.steps or filled.max_steps or 0  # a training that stops when done: its cap
     except InvalidConfigError as error:
         raise ValidationFailed(str(error), details={"field": error.field}) from error
 
@@ -510,6 +520,11 @@ def _view(training: Training, artifacts: list[Artifact], links: ArtifactLinks) -
         init=training.init,
         init_used=training.init_used,
         init_note=training.init_note,
+        init_scores=training.init_scores,
+        stop_reason=training.stop_reason,  # type: ignore[arg-type]
+        eval_curve=[schemas.EvalPoint(step=int(step), loss=loss) for step, loss in training.eval_curve]
+        if training.eval_curve
+        else None,
         token=training.token,
         parameters=training.parameters,
         image_count=training.image_count,

@@ -34,7 +34,8 @@ def train_command(
         None
     ),
     concept: Annotated[str, typer.Option(help="object | style (caption templates)")] = "object",
-    steps: int | None = None,
+    steps: Annotated[int | None, typer.Option(help="Run exactly this many steps (default: stop when done).")] = None,
+    max_steps: Annotated[int | None, typer.Option(help="Image models, without --steps: the cap.")] = None,
     num_vectors: int = 1,
     embedding_lr: float | None = None,
     lora_lr: float | None = None,
@@ -75,7 +76,7 @@ def train_command(
     token = token or (f"<{name}>" if name else "<leap>")
     config = TrainConfig(
         base_model=base_model, name=name, token=token, mode=mode, init=init, initializer_token=initializer_token,  # type: ignore[arg-type]
-        concept=concept, num_vectors=num_vectors, steps=steps, embedding_lr=embedding_lr,  # type: ignore[arg-type]
+        concept=concept, num_vectors=num_vectors, steps=steps, max_steps=max_steps, embedding_lr=embedding_lr,  # type: ignore[arg-type]
         lora_lr=lora_lr, pivot_embedding_lr=pivot_embedding_lr, lora_rank=lora_rank, lora_alpha=lora_alpha,
         train_text_encoder_lora=train_text_encoder_lora, batch_size=batch_size, resolution=resolution, seed=seed,
         mixed_precision=mixed_precision, gradient_checkpointing=gradient_checkpointing, device=device,  # type: ignore[arg-type]
@@ -90,7 +91,8 @@ def train_command(
         typer.echo(f"error ({error.code}): {error.message}", err=True)
         raise typer.Exit(code=2) from error
     typer.echo(json.dumps({"out_dir": str(result.out_dir), "init_used": result.init_used, "init_note": result.init_note,
-                           "steps": result.steps, "device": result.device,
+                           "init_scores": result.init_scores, "steps": result.steps, "stop_reason": result.stop_reason,
+                           "device": result.device,
                            "files": [a.name for a in result.artifacts]}, indent=2))
 
 

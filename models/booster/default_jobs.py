@@ -1,0 +1,153 @@
+"""Default-job benchmark: how many steps a job without `steps` runs, token init vs booster init.
+
+    python -m models.booster.default_jobs [--split val] [--seeds 3] [--json bench/results/default_jobs.json]
+
+Per concept, seed and mode (textual_inversion, pivotal), through the real `train()` with the
+registry's defaults (the service's learning rates, `max_steps` caps, the stopping rule):
+- a default job from the token and one from the booster (guarded start): steps run, stop reason,
+  wall time, and the final held-out loss (views never uploaded);
+- a 400-step token run (the old fixed default) as the quality reference.
+Reported as medians (and min-max) over concepts and seeds: booster steps / token steps, and each
+default job's held-out loss relative to the 400-step run. `--eval-every/--patience/--min-delta/
+--min-steps` try another stopping rule (choose it on --split dev, report on val).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from models.reference.concepts import BenchmarkConcept, benchmark_concepts
+from models.trainer.base import load_base, pick_device
+from models.trainer.config import StopRule, TrainConfig
+from models.trainer.defaults import resolve_base_model
+from models.trainer.evaluate import HeldOutLoss
+from models.trainer.train import Job, train
+
+MODES = ("textual_inversion", "pivotal")
+REFERENCE_STEPS = 400
+
+
+def run_job(base_model: str, item: BenchmarkConcept, *, mode: str, init: str, seed: int, steps: int | None,
+            rule: StopRule, held_out: HeldOutLoss) -> dict[str, Any]:
+    """One training; its steps, stop reason, wall time and final held-out loss."""
+    final: dict[str, float] = {}
+
+    def on_finish(job: Job) -> None:
+        final["loss"] = held_out(job.concept)
+
+    config = TrainConfig(base_model=base_model, mode=mode, init=init, seed=seed, steps=steps,  # type: ignore[arg-type]
+                         stopping=rule)
+    with tempfile.TemporaryDirectory() as out:
+        started = time.perf_counter()
+        result = train(config, item.views(), Path(out), on_finish=on_finish)
+        wall = time.perf_counter() - started
+    return {"concept": item.name, "mode": mode, "init": init, "seed": seed, "steps": result.steps,
+            "stop_reason": result.stop_reason, "init_used": result.init_used, "init_scores": result.init_scores,
+            "wall_s": round(wall, 3), "held_out_loss": round(final["loss"], 6),
+            "curve": result.eval_curve}
+
+
+def spread(values: list[float]) -> dict[str, float]:
+    return {"median": round(statistics.median(values), 4), "min": round(min(values), 4),
+            "max": round(max(values), 4)}
+
+
+def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per mode: medians and ranges of steps, wall time, and loss relative to the 400-step run."""
+    summary: dict[str, Any] = {}
+    for mode in MODES:
+        keyed = {(r["concept"], r["seed"], r["init"]): r for r in runs if r["mode"] == mode}
+        pairs = [(keyed[(c, s, "token")], keyed[(c, s, "booster")], keyed[(c, s, "reference")])
+                 for (c, s, i) in keyed if i == "token" and (c, s, "booster") in keyed and (c, s, "reference") in keyed]
+        if not pairs:
+            continue
+        summary[mode] = {
+            "runs": len(pairs),
+            "token_steps": spread([t["steps"] for t, _, _ in pairs]),
+            "booster_steps": spread([b["steps"] for _, b, _ in pairs]),
+            "booster_over_token_steps": spread([b["steps"] / t["steps"] for t, b, _ in pairs]),
+            "token_loss_vs_400": spread([t["held_out_loss"] / r["held_out_loss"] - 1 for t, _, r in pairs]),
+            "booster_loss_vs_400": spread([b["held_out_loss"] / r["held_out_loss"] - 1 for _, b, r in pairs]),
+            "token_wall_s": spread([t["wall_s"] for t, _, _ in pairs]),
+            "booster_wall_s": spread([b["wall_s"] for _, b, _ in pairs]),
+            "booster_start_won": sum(b["init_used"] == "booster" for _, b, _ in pairs),
+            "stop_reasons": sorted({x["stop_reason"] for t, b, _ in pairs for x in (t, b)}),
+        }
+    return summary
+
+
+def table(summary: dict[str, Any]) -> str:
+    def fmt(d: dict[str, float], pct: bool = False) -> str:
+        f = (lambda v: f"{v * 100:+.2f}%") if pct else (lambda v: f"{v:g}")
+        return f"{f(d['median'])} [{f(d['min'])}, {f(d['max'])}]"
+
+    lines = [f"{'mode':<18} {'token steps':<22} {'booster steps':<22} {'booster/token':<26} "
+             f"{'token loss vs 400':<30} {'booster loss vs 400':<30}"]
+    for mode, s in summary.items():
+        lines.append(f"{mode:<18} {fmt(s['token_steps']):<22} {fmt(s['booster_steps']):<22} "
+                     f"{fmt(s['booster_over_token_steps']):<26} {fmt(s['token_loss_vs_400'], True):<30} "
+                     f"{fmt(s['booster_loss_vs_400'], True):<30}")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--base-model", default="leap-tiny")
+    parser.add_argument("--split", default="val", choices=("dev", "val"))
+    parser.add_argument("--concepts", type=int, default=0, help="first N concepts of the split (0: all)")
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--modes", default=",".join(MODES))
+    parser.add_argument("--no-reference", action="store_true", help="skip the 400-step runs (reuse --json's)")
+    parser.add_argument("--eval-every", type=int, default=StopRule.eval_every)
+    parser.add_argument("--patience", type=int, default=StopRule.patience)
+    parser.add_argument("--min-delta", type=float, default=StopRule.min_delta)
+    parser.add_argument("--min-steps", type=int, default=StopRule.min_steps)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    rule = replace(StopRule(), eval_every=args.eval_every, patience=args.patience, min_delta=args.min_delta,
+                   min_steps=args.min_steps)
+    items = benchmark_concepts(args.split)
+    items = items[: args.concepts] if args.concepts else items
+    base = load_base(resolve_base_model(args.base_model), pick_device())
+    previous = json.loads(args.json.read_text()) if args.json and args.json.exists() else {}
+    references = {(r["concept"], r["mode"], r["seed"]): r for r in previous.get("runs", []) if r["init"] == "reference"}
+    runs: list[dict[str, Any]] = []
+    for item in items:
+        held_out = HeldOutLoss(base, item.held_out_views())
+        for mode in args.modes.split(","):
+            for seed in range(args.seeds):
+                for init in ("token", "booster"):
+                    runs.append(run_job(args.base_model, item, mode=mode, init=init, seed=seed, steps=None,
+                                        rule=rule, held_out=held_out))
+                    print(json.dumps({k: v for k, v in runs[-1].items() if k != "curve"}), flush=True)
+                reference = references.get((item.name, mode, seed))
+                if reference is None and not args.no_reference:
+                    reference = {**run_job(args.base_model, item, mode=mode, init="token", seed=seed,
+                                           steps=REFERENCE_STEPS, rule=rule, held_out=held_out), "init": "reference"}
+                    print(json.dumps({k: v for k, v in reference.items() if k != "curve"}), flush=True)
+                if reference is not None:
+                    runs.append(reference)
+    summary = summarise(runs)
+    print(table(summary))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        report = {"base_model": args.base_model, "split": args.split, "seeds": args.seeds,
+                  "rule": {"eval_every": rule.eval_every, "patience": rule.patience, "min_delta": rule.min_delta,
+                           "min_steps": rule.min_steps},
+                  "device": str(base.device), "summary": summary, "runs": runs}
+        args.json.write_text(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()

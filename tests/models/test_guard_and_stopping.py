@@ -1,0 +1,130 @@
+"""The guarded start (the token is always a candidate and wins when a booster's start is worse)
+and jobs that stop when done (max_steps, the plateau rule, explicit steps honoured)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from models.trainer.concept import InitialState
+from models.trainer.config import StopRule, TrainConfig
+from models.trainer.errors import InvalidConfigError
+from models.trainer.guard import choose_start, describe_scores
+from models.trainer.stopping import plateaued, split_for_eval
+from models.trainer.train import train
+
+
+def test_choose_start_takes_the_lowest_score_and_ties_go_to_the_token():
+    assert choose_start({"token": 0.2, "booster": 0.1, "booster+lora": 0.15}) == "booster"
+    assert choose_start({"token": 0.1, "booster": 0.1}) == "token"
+    assert "token 0.10000" in describe_scores("token", {"token": 0.1, "booster": 0.3})
+
+
+def test_plateau_rule():
+    assert not plateaued([1.0, 0.9, 0.8], patience=3, min_delta=0.005)  # too few evaluations
+    assert not plateaued([1.0, 0.9, 0.95, 0.96, 0.85], patience=3, min_delta=0.005)  # still improving
+    assert plateaued([1.0, 0.9, 0.9, 0.899, 0.91], patience=3, min_delta=0.005)  # < 0.5% better
+    assert not plateaued([1.0, 0.9, 0.9, 0.89, 0.91], patience=3, min_delta=0.005)  # 1.1% better
+
+
+def test_uploads_of_ten_or_more_hold_some_back_for_the_evaluation(concept_images):
+    kept, held, source = split_for_eval(concept_images[:4])
+    assert (len(kept), len(held), source) == (4, 4, "training_images")
+    kept, held, source = split_for_eval((concept_images * 2)[:10])
+    assert (len(kept), len(held), source) == (8, 2, "held_back")
+
+
+def _word(base, word: str) -> torch.Tensor:
+    ids = base.tokenizer(word, add_special_tokens=False).input_ids
+    return base.text_encoder.get_input_embeddings().weight[ids[0]].detach().float().cpu()
+
+
+def _vectors(out_dir) -> torch.Tensor:
+    return next(iter(load_file(out_dir / "learned_embeds.safetensors").values()))
+
+
+def test_guard_starts_from_the_token_when_the_boosters_start_is_worse(leap_tiny, concept_images, tmp_path):
+    config = TrainConfig(base_model=leap_tiny, mode="pivotal", init="booster", steps=1, batch_size=2, seed=2)
+    starts = {}
+
+    def hook(step, job):
+        starts["embedding"] = job.concept.embedding.detach().clone()
+
+    def resolver(base, images, cfg):
+        # A booster that gets the colour wrong: the concept is teal, it predicts "yellow".
+        return InitialState(embedding=_word(base, "yellow")[None], note="a deliberately bad start")
+
+    result = train(config, concept_images, tmp_path, booster=resolver, eval_hook=hook, eval_steps=(0,))
+    scores = result.init_scores
+    assert set(scores) == {"token", "booster", "booster/token midpoint"}
+    assert scores["token"] < min(scores["booster/token midpoint"], scores["booster"])
+    assert result.init_used == "token" and "guarded start: token scored lowest" in result.init_note
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    assert manifest["init_used"] == "token" and manifest["init_scores"] == scores
+    assert "token scored lowest" in manifest["init_note"]
+    # It really started from the token: the initializer word's embedding, not the booster's.
+    from models.trainer.base import load_base, pick_device
+
+    assert torch.allclose(starts["embedding"][0], _word(load_base(leap_tiny, pick_device()), "object"))
+
+
+def test_guard_starts_from_the_booster_when_it_is_better(leap_tiny, concept_images, tmp_path):
+    # A "booster" that predicts what 40 steps of textual inversion learn: a better start than the token.
+    learned = train(TrainConfig(base_model=leap_tiny, mode="textual_inversion", init="token", steps=40, seed=1),
+                    concept_images, tmp_path / "learned")
+    good = _vectors(tmp_path / "learned")
+
+    def resolver(base, images, cfg):
+        return [InitialState(embedding=_word(base, "yellow")[None], name="bad"),
+                InitialState(embedding=good, name="good", note="embedding only")]
+
+    config = TrainConfig(base_model=leap_tiny, mode="textual_inversion", init="booster", steps=2, batch_size=2)
+    result = train(config, concept_images, tmp_path / "out", booster=resolver)
+    scores = result.init_scores
+    assert list(scores) == ["token", "bad", "bad/token midpoint", "good", "good/token midpoint"]
+    assert choose_start(scores) == "good" and scores["good"] < scores["token"] < scores["bad"]
+    assert result.init_used == "booster" and result.init_note.startswith("guarded start: good scored lowest")
+    assert result.init_note.endswith("; embedding only")
+    assert learned.stop_reason == "steps"
+
+
+def test_a_job_without_steps_stops_when_done_and_keeps_its_best_state(leap_tiny, concept_images, tmp_path):
+    config = TrainConfig(base_model=leap_tiny, mode="textual_inversion", init="token", max_steps=200, seed=0)
+    progress = []
+    result = train(config, concept_images, tmp_path, on_progress=progress.append)
+    assert result.stop_reason == "converged" and 0 < result.steps < 200 and len(result.losses) == result.steps
+    assert progress[-1].step == result.steps and progress[-1].total == 200
+    curve = result.eval_curve
+    assert curve[0][0] == 0 and curve[-1][0] == result.steps
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    stopping = manifest["stopping"]
+    assert manifest["steps"] == result.steps and manifest["stop_reason"] == "converged"
+    assert stopping["curve"] == [list(point) for point in curve]
+    assert stopping["best_loss"] == min(loss for _, loss in curve) < curve[0][1]
+    assert stopping["evaluated_on"] == "training_images" and stopping["eval_images"] == len(concept_images)
+
+
+def test_max_steps_caps_a_job_that_does_not_converge(leap_tiny, concept_images, tmp_path):
+    never = StopRule(eval_every=4, patience=2, min_delta=0.005, min_steps=10_000)
+    config = TrainConfig(base_model=leap_tiny, mode="pivotal", init="token", max_steps=12, batch_size=2,
+                         stopping=never)
+    result = train(config, concept_images, tmp_path)
+    assert result.steps == 12 and result.stop_reason == "max_steps"
+    assert [step for step, _ in result.eval_curve] == [0, 4, 6, 8, 12]  # 6: pivotal's phase-1 cap
+    assert result.manifest["pivot_step"] == 6
+
+
+def test_explicit_steps_run_exactly(leap_tiny, concept_images, tmp_path):
+    config = TrainConfig(base_model=leap_tiny, mode="pivotal", init="token", steps=7, batch_size=2)
+    result = train(config, concept_images, tmp_path)
+    assert result.steps == 7 and result.stop_reason == "steps" and result.eval_curve == []
+    assert result.manifest["stopping"] is None and result.manifest["max_steps"] is None
+
+
+def test_steps_and_max_steps_are_exclusive(leap_tiny):
+    with pytest.raises(InvalidConfigError) as error:
+        TrainConfig(base_model=leap_tiny, steps=5, max_steps=10).validate()
+    assert error.value.field == "max_steps"
