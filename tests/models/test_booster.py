@@ -27,8 +27,8 @@ def registered_booster(random_tiny, tmp_path, monkeypatch):
 
 
 def test_booster_is_order_invariant_over_the_image_set(registered_booster, concept_images):
-    forward, _ = predict(registered_booster, concept_images)
-    backward, _ = predict(registered_booster, list(reversed(concept_images)))
+    forward, _, _ = predict(registered_booster, concept_images)
+    backward, _, _ = predict(registered_booster, list(reversed(concept_images)))
     torch.testing.assert_close(forward, backward, atol=1e-5, rtol=1e-5)
 
 
@@ -37,7 +37,7 @@ def test_pivotal_starts_from_the_booster_prediction(registered_booster, random_t
                          embedding_lr=1e-9, lora_lr=1e-9, pivot_embedding_lr=1e-9)
     result = train(config, concept_images, tmp_path / "out")
     assert result.init_used == "booster"
-    embedding, lora = predict(registered_booster, concept_images)
+    embedding, lora, _ = predict(registered_booster, concept_images)
     from safetensors.torch import load_file
 
     saved = load_file(str(tmp_path / "out" / "learned_embeds.safetensors"))["<leap>"]
@@ -51,6 +51,39 @@ def test_a_different_lora_rank_uses_the_embedding_only(registered_booster, rando
     config = TrainConfig(base_model="random-tiny", mode="lora", init="booster", steps=1, batch_size=1, lora_rank=8)
     result = train(config, concept_images, tmp_path)
     assert result.init_used == "booster" and result.init_note.startswith("embedding only")
+
+
+def test_multi_vector_jobs_get_distinct_predicted_vectors_or_a_plain_note(random_tiny, concept_images, tmp_path,
+                                                                          monkeypatch):
+    """A count with its own head gets that many distinct vectors; any other count is told it got copies."""
+    from safetensors.torch import load_file
+
+    base = load_base(random_tiny, pick_device("cpu"))
+    booster = make_booster(base, "random-tiny", rank=4, image_size=32, vector_heads=[2])
+    with torch.no_grad():
+        booster.vector_heads["2"].bias.normal_(0, 0.5)
+    booster.save(tmp_path / "booster")
+    registry = {"default": "random-tiny", "models": {"random-tiny": {
+        "path": random_tiny, "resolution": 32, "booster": str(tmp_path / "booster")}}}
+    (tmp_path / "registry.yaml").write_text(yaml.safe_dump(registry))
+    monkeypatch.setenv("LEAP_MODEL_REGISTRY", str(tmp_path / "registry.yaml"))
+
+    two, _, note = predict(booster, concept_images, 2)
+    assert two.shape == (2, base.embedding_width) and not note
+    assert (two[0] - two[1]).abs().max() > 1e-2
+    config = TrainConfig(base_model="random-tiny", mode="textual_inversion", init="booster", steps=1, batch_size=1,
+                         num_vectors=2, embedding_lr=1e-9)
+    result = train(config, concept_images, tmp_path / "two")
+    saved = load_file(str(tmp_path / "two" / "learned_embeds.safetensors"))["<leap>"]
+    torch.testing.assert_close(saved, two, atol=1e-5, rtol=0)
+    assert result.init_used == "booster" and "copied" not in result.init_note
+
+    config.num_vectors = 3
+    result = train(config, concept_images, tmp_path / "three")
+    assert "distinct vectors for 1, 2 vector(s) only" in result.init_note and "all 3 slots" in result.init_note
+    saved = load_file(str(tmp_path / "three" / "learned_embeds.safetensors"))["<leap>"]
+    one, _, _ = predict(booster, concept_images, 1)
+    torch.testing.assert_close(saved, one.repeat(3, 1), atol=1e-5, rtol=0)
 
 
 def test_a_booster_for_another_base_model_fails_clearly(registered_booster, leap_tiny, concept_images, tmp_path,
@@ -119,7 +152,7 @@ def test_the_committed_booster_starts_closer_to_the_optimum_than_the_token(leap_
 
     gains = []
     for item in benchmark_concepts("dev")[:3]:
-        embedding, lora = predict(booster, item.views())
+        embedding, lora, _ = predict(booster, item.views())
         token = held_out(item, InitialState(embedding=word_embedding(base)[None]))
         boosted = held_out(item, InitialState(embedding=embedding))
         assert boosted < token * 0.97, (item.name, boosted, token)
@@ -209,3 +242,70 @@ def test_training_from_a_booster_of_another_base_model_fails_clearly(random_tiny
         booster_train.main()
     assert exit_info.value.code == 2
     assert "was trained for random-tiny" in capsys.readouterr().err
+
+
+def test_family_targets_with_several_vectors_train_a_head_per_count(leap_tiny, tmp_path, monkeypatch):
+    """Targets fitted on procedural families, refitted with 2 vectors on the same concepts, train a 2-vector head."""
+    import sys
+
+    from models.booster import targets
+    from models.booster import train as booster_train
+    from models.booster.network import load_booster
+    from models.reference.concepts import benchmark_concepts
+
+    threads = str(torch.get_num_threads())
+    common = ["--base-model", leap_tiny, "--views", "4", "--steps", "2", "--chunk", "2", "--threads", threads]
+    monkeypatch.setattr(sys, "argv", [sys.executable, *common, "--families", "outlined", "noise", "--concepts", "2",
+                                      "--out", str(tmp_path / "t1")])
+    targets.main()
+    entries, one = targets.load_targets(tmp_path / "t1")
+    assert [entry["family"] for entry in entries] == ["outlined", "noise"] and one.shape == (2, 64)
+    monkeypatch.setattr(sys, "argv", [sys.executable, *common, "--from-index", str(tmp_path / "t1"), "--concepts", "2",
+                                      "--num-vectors", "2", "--out", str(tmp_path / "t2")])
+    targets.main()
+    entries_two, two = targets.load_targets(tmp_path / "t2")
+    assert entries_two == entries and two.shape == (2, 2, 64)
+
+    monkeypatch.setattr(sys, "argv", [
+        sys.executable, "--base-model", leap_tiny, "--targets", str(tmp_path / "t1"), "--vector-targets",
+        str(tmp_path / "t2"), "--denoise-weight", "0", "--embedding-weight", "1", "--steps", "2", "--sets", "2",
+        "--input-views", "3", "--target-views", "0", "--pool-views", "4", "--threads", threads,
+        "--work-dir", str(tmp_path / "work"), "--out", str(tmp_path / "b")])
+    booster_train.main()
+    booster = load_booster(tmp_path / "b")
+    assert booster.config.vector_heads == [2] and booster.supported_vectors() == [1, 2]
+    vectors, _, note = predict(booster, benchmark_concepts("dev")[0].views(), 2)
+    assert vectors.shape == (2, 64) and not note
+
+
+def test_concept_families_render_deterministically_and_hold_whole_families_out():
+    import numpy as np
+
+    from models.booster.families import (
+        FAMILIES,
+        HELD_OUT_FAMILIES,
+        TRAIN_FAMILIES,
+        draw_family_concept,
+        render_family,
+    )
+
+    assert set(TRAIN_FAMILIES) | set(HELD_OUT_FAMILIES) == set(FAMILIES)
+    assert not set(TRAIN_FAMILIES) & set(HELD_OUT_FAMILIES)
+    for family in FAMILIES:
+        concept = draw_family_concept(family, np.random.default_rng(0))
+        first, again, other = render_family(concept, 1), render_family(concept, 1), render_family(concept, 2)
+        assert first.size == (32, 32) and first.mode == "RGB"
+        assert np.array_equal(np.asarray(first), np.asarray(again))
+        assert not np.array_equal(np.asarray(first), np.asarray(other)), family  # views vary
+
+
+def test_the_benchmark_tunes_the_baseline_for_speed_not_final_loss():
+    from models.booster.benchmark import fastest_rates
+
+    grid = [{"embedding_lr": 0.005}, {"embedding_lr": 0.02}]
+    # Slow rate ends lowest (0.100); fast rate is within 2% of that at step 5 and ends at 0.101.
+    slow = {0: 0.2, 5: 0.15, 10: 0.12, 50: 0.100}
+    fast = {0: 0.2, 5: 0.101, 10: 0.101, 50: 0.101}
+    rates, results = fastest_rates(grid, [[slow, slow], [fast, fast]], 50)
+    assert rates == {"embedding_lr": 0.02}
+    assert results[0]["steps_to_best_any_plus_2pct"] == [50, 50] and results[1]["steps_to_best_any_plus_2pct"] == [5, 5]
