@@ -229,6 +229,44 @@ def summarise(runs: list[dict], variant: str) -> dict:
     }
 
 
+def compare_starts(base_model: str, groups: dict[str, list[Item]], boosters: list[Path], modes: list[str],
+                   vector_counts: list[int], out_dir: Path) -> dict:
+    """Zero-step held-out loss of token init and of each booster (and, for pivotal, each booster's
+    prediction with and without its LoRA): no training, so it is cheap enough to gate a new booster."""
+    eval_steps = [0]
+    report: dict[str, Any] = {}
+    for mode in modes:
+        for count in vector_counts:
+            key = f"{mode}/n{count}"
+            report[key] = {}
+            for group, items in groups.items():
+                rows = []
+                for item in items:
+                    common = dict(mode=mode, steps=1, seed=0, rates={}, eval_steps=eval_steps, out_dir=out_dir,
+                                  num_vectors=count)
+                    row = {"concept": item.name,
+                           "token": run_curve(base_model, item, init="token", **common).losses[0]}  # type: ignore[arg-type]
+                    for directory in boosters:
+                        lora_choices = (None, False) if mode != "textual_inversion" else (None,)
+                        for use_lora in lora_choices:
+                            name = str(directory) + ("" if use_lora is None else " (embedding only)")
+                            curve = run_curve(base_model, item, init="booster", resolver=booster_resolver(
+                                directory, use_lora), **common)  # type: ignore[arg-type]
+                            row[name] = curve.losses[0]
+                    rows.append(row)
+                names = [k for k in rows[0] if k != "concept"]
+                report[key][group] = {
+                    "rows": rows,
+                    "median_ratio_to_token": {n: statistics.median(r[n] / r["token"] for r in rows) for n in names},
+                    "better_than_token": {n: sum(r[n] < r["token"] for r in rows) for n in names},
+                    "concepts": len(rows)}
+                for n in names:
+                    print(f"  [{key}] {group} {n}: median start/token "
+                          f"{report[key][group]['median_ratio_to_token'][n]:.4f}, better on "
+                          f"{report[key][group]['better_than_token'][n]}/{len(rows)}", flush=True)
+    return report
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--base-model", default="leap-tiny")
@@ -252,6 +290,8 @@ def main() -> None:
                         help="booster variants: booster, and booster+guard (needs the trainer's guarded start)")
     parser.add_argument("--guard-option", type=json.loads, default={"guard": True},
                         help="TrainConfig fields that turn the guarded start on (JSON object)")
+    parser.add_argument("--starts-only", type=Path, nargs="+", metavar="BOOSTER",
+                        help="only compare the zero-step held-out loss of these boosters with token init")
     parser.add_argument("--json", type=Path, default=Path("bench/results/booster_generalisation.json"))
     parser.add_argument("--work-dir", type=Path, default=Path("runs/booster-benchmark"))
     parser.add_argument("--threads", type=int, default=1)
@@ -275,6 +315,14 @@ def main() -> None:
             groups["skimage"] = skimage_items(args.skimage_images)
         except ImportError:
             notes.append("scikit-image is not installed: the skimage group was skipped")
+    if args.starts_only:
+        report = {"benchmark": "booster starts (zero-step held-out loss)", "base_model": args.base_model,
+                  "groups": {name: [item.name for item in items] for name, items in groups.items()}, "notes": notes,
+                  "results": compare_starts(args.base_model, groups, args.starts_only, args.modes, args.num_vectors,
+                                            args.work_dir)}
+        write(args.json, report)
+        print(f"wrote {args.json}")
+        return
     dev = world_items("dev", args.sweep_world) + family_items(args.sweep_families, 1, FAMILY_SEED + 1, "dev")
     defaults = registered_defaults(args.base_model)
     report: dict[str, Any] = {

@@ -163,6 +163,8 @@ def main() -> None:
     parser.add_argument("--teacher", type=Path,
                         help="a trained booster whose predictions on fresh world concepts are extra regression targets")
     parser.add_argument("--teacher-share", type=float, default=0.25, help="share of sets the teacher labels")
+    parser.add_argument("--no-lora", metavar="WHY",
+                        help="mark the booster embedding-only (use_lora false), with this reason for the manifest")
     parser.add_argument("--init-from", type=Path, help="start from this trained booster (same base model)")
     parser.add_argument("--train-only", choices=("all", "lora"), default="all",
                         help="lora: train only the LoRA head end to end, the embedding path stays as it is")
@@ -269,6 +271,8 @@ def main() -> None:
                         "wall_seconds": earlier_seconds + time.time() - started}, tmp)
             tmp.replace(checkpoint)
     batched.close()
+    if args.no_lora:
+        booster.config.use_lora, booster.config.use_lora_note = False, args.no_lora
     booster.config.training = {**{k: str(v) for k, v in vars(args).items()},
                                "wall_seconds": round(earlier_seconds + time.time() - started, 1)}
     booster.cpu().save(args.out)
