@@ -32,6 +32,8 @@ class InitialState:
     text_encoder_lora: dict[str, torch.Tensor] | None = None
     note: str = ""
     """Recorded in the manifest next to the init, e.g. what part of a booster's prediction was used."""
+    name: str = "booster"
+    """Names this start among the guard's candidates when a booster resolver offers several."""
 
 
 def placeholder_tokens(token: str, num_vectors: int) -> list[str]:

@@ -23,6 +23,21 @@ NAME_PATTERN = re.compile(r"^[A-Za-z0-9_\-]{1,32}$")
 RESERVED_NAMES = ("learned_embeds", "pytorch_lora_weights")
 
 
+@dataclass(frozen=True)
+class StopRule:
+    """When a job without `steps` stops (models/trainer/stopping.py): evaluate every `eval_every`
+    steps; stop once the last `patience` evaluations improve on the best before them by no more
+    than `min_delta` (relative), but not before `min_steps` (counted per pivotal phase)."""
+
+    eval_every: int = 5
+    patience: int = 3
+    min_delta: float = 0.005
+    min_steps: int = 10
+
+
+STOP_REASONS: tuple[str, ...] = ("converged", "max_steps", "steps", "canceled")
+
+
 @dataclass
 class TrainConfig:
     """Everything that decides a training run; None means "the base model's default"."""
@@ -47,9 +62,14 @@ class TrainConfig:
     """Selects the caption templates."""
     num_vectors: int = 1
     steps: int | None = None
-    """Total optimisation steps (pivotal: both phases together)."""
+    """Run exactly this many optimisation steps (pivotal: both phases together). Unset: stop when done."""
+    max_steps: int | None = None
+    """Without `steps`: the cap on a run that stops when its loss on a fixed evaluation of its own
+    images stops improving (pivotal: phase 1 ends at convergence or at pivot_fraction of the cap)."""
+    stopping: StopRule = field(default_factory=StopRule)
     pivot_fraction: float = 0.5
-    """pivotal: the share of steps spent on the embedding alone before LoRA joins."""
+    """pivotal: the share of steps spent on the embedding alone before LoRA joins (with max_steps:
+    the cap on that share; the phase ends earlier when it converges)."""
     embedding_lr: float | None = None
     lora_lr: float | None = None
     pivot_embedding_lr: float | None = None
@@ -86,6 +106,14 @@ class TrainConfig:
             raise InvalidConfigError("num_vectors", "must be between 1 and 16")
         if self.steps is not None and not 1 <= self.steps <= 20_000:
             raise InvalidConfigError("steps", "must be between 1 and 20000")
+        if self.max_steps is not None and not 1 <= self.max_steps <= 20_000:
+            raise InvalidConfigError("max_steps", "must be between 1 and 20000")
+        if self.steps is not None and self.max_steps is not None:
+            raise InvalidConfigError("max_steps", "give steps (exactly that many) or max_steps (stop when done, "
+                                     "at most that many), not both")
+        rule = self.stopping
+        if rule.eval_every < 1 or rule.patience < 1 or rule.min_steps < 0 or not 0.0 <= rule.min_delta < 1.0:
+            raise InvalidConfigError("stopping", "eval_every and patience >= 1, min_steps >= 0, min_delta in [0, 1)")
         if not 0.0 < self.pivot_fraction < 1.0:
             raise InvalidConfigError("pivot_fraction", "must be between 0 and 1 (exclusive)")
         for name in ("embedding_lr", "lora_lr", "pivot_embedding_lr"):
@@ -143,6 +171,7 @@ class TrainResult:
     artifacts: list[Artifact]
     manifest: dict[str, Any]
     steps: int
+    """Steps actually run."""
     init_used: str
     """booster | token | random | state: what the run actually started from."""
     device: str
@@ -150,3 +179,9 @@ class TrainResult:
     losses: list[float] = field(default_factory=list)
     init_note: str = ""
     """Why init_used differs from the request, or what part of a booster's prediction was used."""
+    init_scores: dict[str, float] = field(default_factory=dict)
+    """The guard's score (loss on the job's fixed evaluation) of each candidate start; lowest won."""
+    stop_reason: str = "steps"
+    """converged | max_steps | steps (an explicit step count ran out)."""
+    eval_curve: list[tuple[int, float]] = field(default_factory=list)
+    """(step, loss on the fixed evaluation) of a run that stops when done; empty with explicit steps."""

@@ -5,6 +5,7 @@ batch of 4 -> ~2e-3 for few-image sets, a few thousand steps), cloneofsimo/lora 
 (embedding 5e-4 for ~1000 steps, then LoRA rank 4 at 1e-4 with the embedding at 1e-5
 for ~1000 steps) and diffusers' advanced_diffusion_training (LoRA lr 1e-4, rank 4-32).
 A registry entry's `defaults` (models/registry.yaml) overrides these per base model.
+The step counts are caps (`max_steps`): a default job stops when done (models/trainer/stopping.py).
 """
 
 from __future__ import annotations
@@ -17,12 +18,12 @@ from models.registry import Registry, load_registry
 from models.trainer.config import TrainConfig
 
 SD_RECIPE: dict[str, dict[str, Any]] = {
-    "textual_inversion": {"steps": 2000, "embedding_lr": 2e-3, "batch_size": 4},
-    "lora": {"steps": 1000, "lora_lr": 1e-4, "batch_size": 4},
-    "pivotal": {"steps": 2000, "embedding_lr": 5e-4, "pivot_embedding_lr": 1e-5, "lora_lr": 1e-4,
+    "textual_inversion": {"max_steps": 2000, "embedding_lr": 2e-3, "batch_size": 4},
+    "lora": {"max_steps": 1000, "lora_lr": 1e-4, "batch_size": 4},
+    "pivotal": {"max_steps": 2000, "embedding_lr": 5e-4, "pivot_embedding_lr": 1e-5, "lora_lr": 1e-4,
                 "batch_size": 4},
 }
-FIELDS = ("steps", "embedding_lr", "lora_lr", "pivot_embedding_lr", "batch_size")
+FIELDS = ("steps", "max_steps", "embedding_lr", "lora_lr", "pivot_embedding_lr", "batch_size")
 
 
 def registered_defaults(base_model: str, registry: Registry | None = None) -> dict[str, dict[str, Any]]:
@@ -61,6 +62,11 @@ def with_defaults(config: TrainConfig, registry: Registry | None = None) -> Trai
     """Fill every None hyperparameter from the model's registered defaults, then the SD recipe."""
     per_mode = {**SD_RECIPE[config.mode], **registered_defaults(config.base_model, registry).get(config.mode, {})}
     values = {name: per_mode.get(name) for name in FIELDS if getattr(config, name) is None}
+    # Steps or a cap, never both: the caller's choice first, then a model's fixed step count.
+    if config.max_steps is not None:
+        values.pop("steps", None)
+    elif config.steps is not None or values.get("steps") is not None:
+        values.pop("max_steps", None)
     filled = replace(config, **{k: v for k, v in values.items() if v is not None})
     if filled.initializer_token is None:
         filled = replace(filled, initializer_token="style" if config.concept == "style" else "object")

@@ -5,6 +5,10 @@
 Phase 1 of `pivotal` trains only the token's vectors at a high learning rate; phase 2 adds
 the LoRA and keeps moving the vectors at a lower rate (cloneofsimo/lora PTI, diffusers'
 advanced_diffusion_training). The base pipeline is loaded once per process and shared.
+
+With init=booster the start is guarded (models/trainer/guard.py): the token and the booster's
+candidates are scored on the job's images and the best one starts. Without `steps` a run stops
+when done (models/trainer/stopping.py), at `max_steps` at the latest, and keeps its best state.
 """
 
 from __future__ import annotations
@@ -12,11 +16,10 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Callable, Collection, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
 from models.trainer.base import BaseComponents, load_base, pick_device, weight_dtype_for
@@ -26,11 +29,16 @@ from models.trainer.data import LatentSet, caption_templates, encode_images
 from models.trainer.defaults import resolve_base_model, with_defaults
 from models.trainer.errors import BaseModelError, InvalidImagesError, OutOfMemory, TrainingCanceled
 from models.trainer.export import BaseDescription, save_concept, write_manifest
+from models.trainer.guard import Candidate, candidates, describe_scores, guarded_start, snapshot
 from models.trainer.images import MAX_IMAGES, MIN_IMAGES
+from models.trainer.loss import denoising_loss, denoising_target  # noqa: F401 (denoising_target: re-exported)
+from models.trainer.stopping import SeededEval, plateaued, split_for_eval
 
-# A booster resolver maps (base components, images, config) to an initial state, or None
-# when no booster is registered for the base model. models.booster provides the real one.
-BoosterResolver = Callable[[BaseComponents, Sequence[Image.Image], TrainConfig], InitialState | None]
+# A booster resolver maps (base components, images, config) to an initial state, or to several
+# (each its own `name`), or None when no booster is registered for the base model. The guard
+# scores every one of them against the token. models.booster provides the real one.
+BoosterResolver = Callable[[BaseComponents, Sequence[Image.Image], TrainConfig],
+                           InitialState | Sequence[InitialState] | None]
 EvalHook = Callable[[int, "Job"], None]
 
 
@@ -47,23 +55,6 @@ def _default_booster(base: BaseComponents, images: Sequence[Image.Image], config
     from models.booster.registry import booster_initial_state  # imported late: it imports this package
 
     return booster_initial_state(base, images, config)
-
-
-def denoising_target(scheduler, latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
-    """What the UNet predicts: the noise, or the velocity for v-prediction models (SD 2.x 768)."""
-    if scheduler.config.prediction_type == "v_prediction":
-        return scheduler.get_velocity(latents, noise, timesteps)
-    return noise
-
-
-def denoising_loss(base: BaseComponents, concept: ConceptModel, latents: torch.Tensor, prompts: list[str],
-                   noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
-    """The diffusion training loss of a concept on latents."""
-    noisy = base.noise_scheduler.add_noise(latents, noise, timesteps)
-    hidden = concept.encode_prompts(prompts)
-    prediction = base.unet(noisy.to(base.weight_dtype), timesteps, hidden.to(base.weight_dtype)).sample
-    target = denoising_target(base.noise_scheduler, latents, noise, timesteps)
-    return F.mse_loss(prediction.float(), target.float())
 
 
 @contextlib.contextmanager
@@ -115,7 +106,7 @@ def train(
         raise InvalidImagesError(f"need {MIN_IMAGES}-{MAX_IMAGES} images, got {len(images)}")
     config, base = prepare(config)
     resolution = config.resolution or base.resolution
-    assert config.steps is not None and config.batch_size is not None
+    assert (config.steps or config.max_steps) is not None and config.batch_size is not None
     try:
         with _attached(base, config) as concept:
             return _run(config, base, concept, images, out_dir, resolution, started, on_progress=on_progress,
@@ -126,75 +117,159 @@ def train(
                           "try mixed precision or gradient checkpointing") from error
 
 
+class _Evaluation:
+    """The job's fixed, seeded evaluation, built on first use (the guard or automatic stopping)."""
+
+    def __init__(self, base: BaseComponents, images: Sequence[Image.Image], resolution: int, prompt: str,
+                 seed: int) -> None:
+        self.args = (base, images, resolution, prompt, seed)
+        self._eval: SeededEval | None = None
+
+    def __call__(self, concept: ConceptModel) -> float:
+        if self._eval is None:
+            base, images, resolution, prompt, seed = self.args
+            self._eval = SeededEval(base, images, resolution=resolution, prompt=prompt, seed=seed)
+        return self._eval(concept)
+
+
+@dataclass
+class _Start:
+    used: str
+    """booster | token | random | state"""
+    note: str = ""
+    scores: dict[str, float] | None = None
+    winner: str | None = None
+
+
 def _initialise(config: TrainConfig, base: BaseComponents, concept: ConceptModel, images: Sequence[Image.Image],
                 initial_state: InitialState | None, booster: BoosterResolver | None,
-                generator: torch.Generator) -> tuple[str, str]:
-    """Set the starting point; returns (what was used: booster|token|random|state, a note)."""
+                generator: torch.Generator, evaluate: _Evaluation) -> _Start:
+    """Set the starting point: the given state, random, the token, or the guard's best candidate."""
     if initial_state is not None:
         concept.init_from_state(initial_state)
-        return "state", initial_state.note
+        return _Start("state", initial_state.note)
     if config.init == "random":
         concept.init_random(generator)
-        return "random", ""
+        return _Start("random")
     assert config.initializer_token is not None
     concept.init_from_token(config.initializer_token)
-    if config.init == "booster":
-        state = booster(base, images, config) if booster else None
-        if state is None:
-            return "token", "no booster is registered for this base model; started from the initializer token"
-        concept.init_from_state(state)
-        return "booster", state.note
-    return "token", ""
+    if config.init != "booster":
+        return _Start("token")
+    resolved = booster(base, images, config) if booster else None
+    if resolved is None:
+        return _Start("token", "no booster is registered for this base model; started from the initializer token")
+    states = [resolved] if isinstance(resolved, InitialState) else list(resolved)
+    found = candidates(concept.embedding.detach().clone(), states, has_lora=bool(concept.unet_lora))
+    winner, scores = guarded_start(concept, found, evaluate)
+    return _Start(_used(winner), _note(winner, scores), scores, winner.name)
+
+
+def _used(winner: Candidate) -> str:
+    return "token" if winner.name == "token" else "booster"
+
+
+def _note(winner: Candidate, scores: dict[str, float]) -> str:
+    note = describe_scores(winner.name, scores)
+    return f"{note}; {winner.state.note}" if winner.name != "token" and winner.state.note else note
 
 
 def _run(config: TrainConfig, base: BaseComponents, concept: ConceptModel, images: Sequence[Image.Image],
          out_dir: Path, resolution: int, started: float, *, on_progress, should_stop, initial_state, booster,
          eval_hook, eval_steps) -> TrainResult:
-    assert config.steps is not None and config.batch_size is not None
+    assert config.batch_size is not None
+    auto = config.steps is None
+    total = config.max_steps if auto else config.steps
+    assert total is not None
     torch.manual_seed(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
     trains_lora = config.mode in ("lora", "pivotal")
     if trains_lora:
         concept.add_lora(rank=config.lora_rank, alpha=float(config.lora_alpha or config.lora_rank),
                          text_encoder=config.train_text_encoder_lora)
-    init_used, init_note = _initialise(config, base, concept, images, initial_state, booster, generator)
-    latents = encode_images(base, images, resolution=resolution, flip=config.flip)
+    templates = caption_templates(config.concept)
+    # Held-back uploads only where the run stops by evaluation; a fixed step count trains on all.
+    train_images, eval_images, eval_source = split_for_eval(images) if auto else (list(images), list(images),
+                                                                                     "training_images")
+    evaluate = _Evaluation(base, eval_images, resolution, templates[0], config.seed)
+    start = _initialise(config, base, concept, images, initial_state, booster, generator, evaluate)
+    latents = encode_images(base, train_images, resolution=resolution, flip=config.flip)
 
-    pivot_step = int(config.steps * config.pivot_fraction) if config.mode == "pivotal" else 0
+    pivotal = config.mode == "pivotal"
+    pivot_step = int(total * config.pivot_fraction) if pivotal else 0  # auto: the cap on phase 1
     lora_parameters = concept.lora_parameters()
     groups = [{"params": [concept.embedding], "lr": config.embedding_lr or 0.0, "weight_decay": 0.0}]
     if trains_lora:
         groups.append({"params": lora_parameters, "lr": config.lora_lr or 0.0, "weight_decay": 1e-4})
     optimizer = torch.optim.AdamW(groups)
     concept.embedding.requires_grad_(config.mode != "lora")
-    templates = caption_templates(config.concept)
     autocast = (torch.autocast(base.device.type, dtype=base.weight_dtype)
                 if base.weight_dtype != torch.float32 else contextlib.nullcontext())
 
+    rule = config.stopping
+    curve: list[tuple[int, float]] = []
+    best: tuple[float, int, InitialState] | None = None
+    phase_losses: list[float] = []
+    phase_start = 0
+    if auto:
+        first = start.scores[start.winner] if start.scores and start.winner else round(evaluate(concept), 6)
+        curve.append((0, first))
+        best = (first, 0, snapshot(concept))
+        phase_losses.append(first)
+
     losses: list[float] = []
+    stop_reason = "max_steps" if auto else "steps"
+    in_pivot_phase = pivotal
     if eval_hook is not None and 0 in eval_steps:
         eval_hook(0, Job(base, concept, config))  # the starting point's quality, before any step
     step_started = time.perf_counter()
-    for step in range(config.steps):
+    done = 0
+    reported = 0
+    while done < total:
         if should_stop is not None and should_stop():
-            raise TrainingCanceled(f"canceled at step {step} of {config.steps}")
-        in_pivot_phase = config.mode == "pivotal" and step < pivot_step
+            raise TrainingCanceled(f"canceled at step {done} of {total}")
+        if in_pivot_phase and done >= pivot_step:
+            in_pivot_phase = False
+            phase_start = done
         for parameter in lora_parameters:
             parameter.requires_grad_(trains_lora and not in_pivot_phase)
-        if config.mode == "pivotal":
-            groups_lr = config.embedding_lr if in_pivot_phase else config.pivot_embedding_lr
-            optimizer.param_groups[0]["lr"] = groups_lr or 0.0
+        if pivotal:
+            rate = config.embedding_lr if in_pivot_phase else config.pivot_embedding_lr
+            optimizer.param_groups[0]["lr"] = rate or 0.0
         loss = _step(base, concept, latents, templates, config, generator, autocast)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         losses.append(loss)
-        done = step + 1
-        if on_progress is not None and (done % config.progress_every == 0 or done == config.steps):
+        done += 1
+        if on_progress is not None and (done % config.progress_every == 0 or done == total):
             elapsed = time.perf_counter() - step_started
-            on_progress(Progress(step=done, total=config.steps, loss=loss,
-                                 eta_s=elapsed / done * (config.steps - done)))
+            on_progress(Progress(step=done, total=total, loss=loss, eta_s=elapsed / done * (total - done)))
+            reported = done
         if eval_hook is not None and done in eval_steps:
             eval_hook(done, Job(base, concept, config))
+        phase_ends = in_pivot_phase and done >= pivot_step
+        if not auto or not (done % rule.eval_every == 0 or done == total or phase_ends):
+            continue
+        assert best is not None
+        value = round(evaluate(concept), 6)
+        curve.append((done, value))
+        phase_losses.append(value)
+        if value < best[0]:
+            best = (value, done, snapshot(concept))
+        converged = (done - phase_start >= rule.min_steps
+                     and plateaued(phase_losses, patience=rule.patience, min_delta=rule.min_delta))
+        if in_pivot_phase and (converged or phase_ends):
+            # Phase 1 is done: LoRA joins from the best vectors so far.
+            concept.init_from_state(best[2])
+            in_pivot_phase, pivot_step, phase_start = False, done, done
+            phase_losses = [best[0]]
+        elif converged:
+            stop_reason = "converged"
+            break
+    if auto:
+        assert best is not None
+        concept.init_from_state(best[2])  # the best evaluated state, not the last one
+    if on_progress is not None and reported != done and losses:
+        on_progress(Progress(step=done, total=total, loss=losses[-1], eta_s=0.0))
     train_seconds = time.perf_counter() - step_started
 
     unet_lora, te_lora = concept.lora_state()
@@ -205,6 +280,12 @@ def _run(config: TrainConfig, base: BaseComponents, concept: ConceptModel, image
                              unet_lora=unet_lora, text_encoder_lora=te_lora, lora_alpha=config.lora_alpha,
                              rank=config.lora_rank, base=described)
     compute_seconds = time.perf_counter() - started
+    stopping = None
+    if auto:
+        assert best is not None
+        stopping = {"rule": asdict(rule), "evaluated_on": eval_source, "eval_images": len(eval_images),
+                    "training_images": len(train_images), "best_step": best[1], "best_loss": best[0],
+                    "curve": [[s, v] for s, v in curve]}
     manifest = {
         "base_model": config.base_model_name,
         "name": config.output_name,
@@ -212,10 +293,14 @@ def _run(config: TrainConfig, base: BaseComponents, concept: ConceptModel, image
         "tokens": concept.tokens,
         "mode": config.mode,
         "init": config.init,
-        "init_used": init_used,
-        "init_note": init_note,
-        "steps": config.steps,
-        "pivot_step": pivot_step,
+        "init_used": start.used,
+        "init_note": start.note,
+        "init_scores": start.scores,
+        "steps": done,
+        "max_steps": config.max_steps,
+        "stop_reason": stop_reason,
+        "stopping": stopping,
+        "pivot_step": pivot_step if pivotal else 0,
         "seed": config.seed,
         "learning_rates": {"embedding": config.embedding_lr, "pivot_embedding": config.pivot_embedding_lr,
                            "lora": config.lora_lr},
@@ -227,13 +312,14 @@ def _run(config: TrainConfig, base: BaseComponents, concept: ConceptModel, image
         # The server's folder of the model stays on the server (base_model_name names it).
         "config": {**config.to_dict(), "base_model": config.base_model_name},
         "timings": {"total_seconds": round(compute_seconds, 3), "train_seconds": round(train_seconds, 3),
-                    "steps_per_second": round(config.steps / max(train_seconds, 1e-9), 3)},
+                    "steps_per_second": round(done / max(train_seconds, 1e-9), 3)},
         "loss": _loss_summary(losses),
     }
     artifacts.append(write_manifest(out_dir, manifest, artifacts))
-    return TrainResult(out_dir=out_dir, artifacts=artifacts, manifest=manifest, steps=config.steps,
-                       init_used=init_used, init_note=init_note, device=str(base.device),
-                       compute_seconds=compute_seconds, losses=losses)
+    return TrainResult(out_dir=out_dir, artifacts=artifacts, manifest=manifest, steps=done,
+                       init_used=start.used, init_note=start.note, device=str(base.device),
+                       compute_seconds=compute_seconds, losses=losses, init_scores=dict(start.scores or {}),
+                       stop_reason=stop_reason, eval_curve=curve)
 
 
 def _step(base: BaseComponents, concept: ConceptModel, latents: LatentSet, templates: tuple[str, ...],

@@ -1,0 +1,26 @@
+"""The diffusion training objective, shared by the training loop, the guard and the evaluations."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from models.trainer.base import BaseComponents
+from models.trainer.concept import ConceptModel
+
+
+def denoising_target(scheduler, latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+    """What the UNet predicts: the noise, or the velocity for v-prediction models (SD 2.x 768)."""
+    if scheduler.config.prediction_type == "v_prediction":
+        return scheduler.get_velocity(latents, noise, timesteps)
+    return noise
+
+
+def denoising_loss(base: BaseComponents, concept: ConceptModel, latents: torch.Tensor, prompts: list[str],
+                   noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+    """The diffusion training loss of a concept on latents."""
+    noisy = base.noise_scheduler.add_noise(latents, noise, timesteps)
+    hidden = concept.encode_prompts(prompts)
+    prediction = base.unet(noisy.to(base.weight_dtype), timesteps, hidden.to(base.weight_dtype)).sample
+    target = denoising_target(base.noise_scheduler, latents, noise, timesteps)
+    return F.mse_loss(prediction.float(), target.float())
