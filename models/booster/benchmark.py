@@ -200,7 +200,7 @@ def per_concept(runs: list[dict], key: Callable[[dict], float | None]) -> dict[s
 def spread(values: list[float]) -> dict[str, float | None]:
     if not values:
         return {"median": None, "q1": None, "q3": None, "min": None, "max": None}
-    quartiles = statistics.quantiles(values, n=4) if len(values) >= 2 else [values[0]] * 3
+    quartiles = statistics.quantiles(values, n=4, method="inclusive") if len(values) >= 2 else [values[0]] * 3
     return {"median": statistics.median(values), "q1": quartiles[0], "q3": quartiles[2],
             "min": min(values), "max": max(values)}
 
