@@ -12,8 +12,10 @@ grew to 10x a vocabulary vector's norm and near-identical concepts got scattered
 and Polyak averaging over the last quarter of the fit removes most of its step-to-step noise.
 Measured on the validation concepts, these targets sit below the baseline's best + 2%.
 
-World concepts (never close to a benchmark concept) are fitted by default; `--data` fits a
-word-set dataset from models.booster.dataset instead (any base model). Resumable: chunks
+World concepts (never close to a benchmark concept) are fitted by default; `--families` fits
+concepts of procedural families (models.booster.families; the shipped leap-tiny booster's
+targets), `--from-index --num-vectors n` refits another target set's concepts with n vectors,
+`--data` fits a word-set dataset from models.booster.dataset (any base model). Resumable: chunks
 already fitted are kept.
 """
 
