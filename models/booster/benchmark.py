@@ -174,7 +174,7 @@ def fastest_rates(grid: list[dict[str, float]], losses: list[list[dict[int, floa
     of the best loss any rate reaches on that concept (never reaching it counts as 2 x steps)."""
     concepts = range(len(losses[0]))
     best = [min(min(losses[r][i].values()) for r in range(len(grid))) for i in concepts]
-    results = []
+    results: list[dict[str, Any]] = []
     for r, rates in enumerate(grid):
         reached = [next((s for s, v in sorted(losses[r][i].items()) if v <= best[i] * 1.02), None) for i in concepts]
         counted = [s if s is not None else 2 * steps for s in reached]
@@ -197,7 +197,8 @@ def per_concept(runs: list[dict], key: Callable[[dict], float | None]) -> dict[s
     return {name: statistics.median(values) if values else None for name, values in by.items()}
 
 
-def spread(values: list[float]) -> dict[str, float | None]:
+def spread(values: list[float] | list[float | None]) -> dict[str, float | None]:
+    values = [v for v in values if v is not None]
     if not values:
         return {"median": None, "q1": None, "q3": None, "min": None, "max": None}
     quartiles = statistics.quantiles(values, n=4, method="inclusive") if len(values) >= 2 else [values[0]] * 3
@@ -245,7 +246,7 @@ def compare_starts(base_model: str, groups: dict[str, list[Item]], boosters: lis
             key = f"{mode}/n{count}"
             report[key] = {}
             for group, items in groups.items():
-                rows = []
+                rows: list[dict[str, Any]] = []
                 for item in items:
                     common = dict(mode=mode, steps=1, seed=0, rates={}, eval_steps=eval_steps, out_dir=out_dir,
                                   num_vectors=count)
@@ -321,11 +322,11 @@ def main() -> None:
             except ImportError:
                 notes.append("scikit-image is not installed: the skimage group was skipped")
     if args.starts_only:
-        report = {"benchmark": "booster starts (zero-step held-out loss)", "base_model": args.base_model,
+        gate: dict[str, Any] = {"benchmark": "booster starts (zero-step held-out loss)", "base_model": args.base_model,
                   "groups": {name: [item.name for item in items] for name, items in groups.items()}, "notes": notes,
                   "results": compare_starts(args.base_model, groups, args.starts_only, args.modes, args.num_vectors,
                                             args.work_dir)}
-        write(args.json, report)
+        write(args.json, gate)
         print(f"wrote {args.json}")
         return
     dev = world_items("dev", args.sweep_world) + family_items(args.sweep_families, 1, FAMILY_SEED + 1, "dev")
@@ -341,6 +342,7 @@ def main() -> None:
         for num_vectors in args.num_vectors:
             key = f"{mode}/n{num_vectors}"
             default_rates = {k: v for k, v in defaults.get(mode, {}).items() if k.endswith("_lr")}
+            sweep_results: list[dict]
             if args.rates:
                 rates, sweep_results = args.rates, []
             else:
@@ -367,15 +369,17 @@ def main() -> None:
                                       "final": token.losses[args.steps], "curve": token.losses},
                             "variants": {}}
                         for variant in args.variants:
-                            how = {"resolver": resolver} if variant == "booster+guard" else {"state_from": resolver}
-                            boosted = run_curve(args.base_model, item, init="booster", **how,
-                                                **common)  # type: ignore[arg-type]
+                            guarded = variant == "booster+guard"
+                            boosted = run_curve(args.base_model, item, init="booster",  # type: ignore[arg-type]
+                                                resolver=resolver if guarded else None,
+                                                state_from=None if guarded else resolver, **common)
                             steps = boosted.steps_to(target)
                             base_steps = record["token"]["steps"]
-                            reached = steps is not None and base_steps is not None
+                            speedup = (max(base_steps, 1) / max(steps, 1)
+                                       if steps is not None and base_steps is not None else None)
                             record["variants"][variant] = {
                                 "steps": steps, "zero_step": boosted.losses[0], "final": boosted.losses[args.steps],
-                                "speedup": max(base_steps, 1) / max(steps, 1) if reached else None,
+                                "speedup": speedup,
                                 "init_used": boosted.init_used, "init_note": boosted.init_note,
                                 "curve": boosted.losses}
                         runs.append(record)
@@ -399,7 +403,7 @@ def write(path: Path, report: dict) -> None:
 
 def table_rows(report: dict) -> list[tuple[str, ...]]:
     """One row per (mode, vectors, group, variant): the figures the README quotes."""
-    rows = []
+    rows: list[tuple[str, ...]] = []
     for key, entry in report["results"].items():
         for group, results in entry["groups"].items():
             for variant, s in results.get("summary", {}).items():

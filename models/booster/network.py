@@ -82,12 +82,13 @@ class Booster(nn.Module):
         with torch.no_grad():
             # Start exactly at the trainer's token init, so training can only improve on it.
             self.embedding_head.weight.mul_(0.01)
-            for head in self.vector_heads.values():
+            for n, head in self.vector_heads.items():
+                assert isinstance(head, nn.Linear)
                 head.weight.mul_(0.01)
+                if initial_embedding is not None:
+                    head.bias.copy_(initial_embedding.reshape(-1).repeat(int(n)))
             if initial_embedding is not None:
                 self.embedding_head.bias.copy_(initial_embedding.reshape(-1).repeat(config.num_vectors))
-                for n, head in self.vector_heads.items():
-                    head.bias.copy_(initial_embedding.reshape(-1).repeat(int(n)))
             self.coefficient_head.weight.mul_(0.01)
             self.coefficient_head.bias.zero_()
 

@@ -28,6 +28,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -141,6 +142,7 @@ def family_sets(count: int, views: int, seed: int, families: Sequence[str]) -> l
     entries = []
     for i in range(count):
         family = families[i % len(families)]
+        entry: dict[str, Any]
         if family == "world":
             entry = {"concept": asdict(draw_concept(rng, excluded))}
         else:
