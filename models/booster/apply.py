@@ -44,9 +44,10 @@ def lora_layout(base: BaseComponents, rank: int) -> dict[str, list[int]]:
 class BatchedConcepts:
     """Hooks that apply per-set embeddings and LoRA tensors to a batch grouped by set."""
 
-    def __init__(self, base: BaseComponents, token_id: int, layout: dict[str, list[int]]) -> None:
+    def __init__(self, base: BaseComponents, token_id: int | list[int], layout: dict[str, list[int]]) -> None:
         self.base = base
-        self.token_id = token_id
+        # One id per token vector (a multi-vector token is several placeholder tokens).
+        self.token_ids = [token_id] if isinstance(token_id, int) else list(token_id)
         self.rows_per_set = 1
         self.embedding: torch.Tensor | None = None
         self.lora: dict[str, torch.Tensor] = {}
@@ -59,20 +60,25 @@ class BatchedConcepts:
 
     def set(self, embedding: torch.Tensor, lora: dict[str, torch.Tensor], rows_per_set: int) -> None:
         """embedding [sets, vectors, width]; lora key -> [sets, *shape]; rows grouped per set."""
+        if embedding.shape[1] != len(self.token_ids):
+            raise ValueError(f"{embedding.shape[1]} vectors for {len(self.token_ids)} placeholder tokens")
         self.embedding, self.lora, self.rows_per_set = embedding, lora, rows_per_set
 
     def _clamp(self, module, args):
         (ids,) = args
         self._ids = ids
-        return (torch.where(ids == self.token_id, torch.zeros_like(ids), ids),)
+        placeholder = torch.isin(ids, torch.tensor(self.token_ids, device=ids.device))
+        return (torch.where(placeholder, torch.zeros_like(ids), ids),)
 
     def _embed(self, module, args, output):
         assert self.embedding is not None
-        mask = self._ids == self.token_id
-        per_row = self.embedding[:, 0].repeat_interleave(self.rows_per_set, dim=0)  # [rows, width]
-        if per_row.shape[0] != output.shape[0]:  # text encoded once per set (e.g. unconditional batches)
-            per_row = self.embedding[:, 0]
-        return torch.where(mask[..., None], per_row[:, None, :].to(output.dtype), output)
+        for index, token_id in enumerate(self.token_ids):
+            mask = self._ids == token_id
+            per_row = self.embedding[:, index].repeat_interleave(self.rows_per_set, dim=0)  # [rows, width]
+            if per_row.shape[0] != output.shape[0]:  # text encoded once per set (e.g. unconditional batches)
+                per_row = self.embedding[:, index]
+            output = torch.where(mask[..., None], per_row[:, None, :].to(output.dtype), output)
+        return output
 
     def _lora_hook(self, name: str):
         def hook(module, args, output):

@@ -38,6 +38,9 @@ class BoosterConfig:
     """False where the LoRA prediction was measured to hurt on the development concepts: then jobs
     take only the predicted embedding (see booster.json's `use_lora_note`)."""
     use_lora_note: str = ""
+    vector_heads: list[int] = field(default_factory=list)
+    """Extra token-vector counts with their own head (e.g. [2, 4]): a job asking for one of them gets
+    that many distinct predicted vectors; any other count gets the 1-vector prediction in every slot."""
     training: dict = field(default_factory=dict)
 
     @property
@@ -71,26 +74,45 @@ class Booster(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(2 * config.feature_width, config.hidden_width), nn.SiLU(),
                                  nn.Linear(config.hidden_width, config.hidden_width), nn.SiLU())
         self.embedding_head = nn.Linear(config.hidden_width, config.num_vectors * config.embedding_width)
+        self.vector_heads = nn.ModuleDict({str(n): nn.Linear(config.hidden_width, n * config.embedding_width)
+                                           for n in config.vector_heads})
         self.coefficient_head = nn.Linear(config.hidden_width, config.basis_size)
         self.lora_basis = nn.Parameter(torch.randn(config.basis_size, config.lora_numel) * 1e-3)
         self.lora_mean = nn.Parameter(torch.zeros(config.lora_numel))
         with torch.no_grad():
             # Start exactly at the trainer's token init, so training can only improve on it.
             self.embedding_head.weight.mul_(0.01)
+            for n, head in self.vector_heads.items():
+                assert isinstance(head, nn.Linear)
+                head.weight.mul_(0.01)
+                if initial_embedding is not None:
+                    head.bias.copy_(initial_embedding.reshape(-1).repeat(int(n)))
             if initial_embedding is not None:
                 self.embedding_head.bias.copy_(initial_embedding.reshape(-1).repeat(config.num_vectors))
             self.coefficient_head.weight.mul_(0.01)
             self.coefficient_head.bias.zero_()
 
-    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """images [sets, views, 3, H, W] in [-1, 1] -> (embedding [sets, vectors, width], lora [sets, numel])."""
+    def hidden(self, images: torch.Tensor) -> torch.Tensor:
+        """images [sets, views, 3, H, W] in [-1, 1] -> pooled set features [sets, hidden_width]."""
         sets, views = images.shape[:2]
         features = self.encoder(images.flatten(0, 1)).view(sets, views, -1)
-        pooled = torch.cat([features.mean(1), features.amax(1)], dim=-1)
-        hidden = self.mlp(pooled)
-        embedding = self.embedding_head(hidden).view(sets, self.config.num_vectors, self.config.embedding_width)
+        return self.mlp(torch.cat([features.mean(1), features.amax(1)], dim=-1))
+
+    def vectors(self, hidden: torch.Tensor, num_vectors: int) -> torch.Tensor:
+        """The head for `num_vectors` distinct vectors ([sets, num_vectors, width]); KeyError if there is none."""
+        head = self.embedding_head if num_vectors == self.config.num_vectors else self.vector_heads[str(num_vectors)]
+        return head(hidden).view(hidden.shape[0], num_vectors, self.config.embedding_width)
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """images [sets, views, 3, H, W] in [-1, 1] -> (embedding [sets, vectors, width], lora [sets, numel])."""
+        hidden = self.hidden(images)
+        embedding = self.vectors(hidden, self.config.num_vectors)
         lora = self.lora_mean + self.coefficient_head(hidden) @ self.lora_basis
         return embedding, lora
+
+    def supported_vectors(self) -> list[int]:
+        """Token-vector counts this booster predicts distinct vectors for."""
+        return sorted({self.config.num_vectors, *self.config.vector_heads})
 
     def unflatten_lora(self, flat: torch.Tensor) -> dict[str, torch.Tensor]:
         """Flat LoRA vectors [..., numel] -> peft-keyed tensors [..., *shape]."""

@@ -55,10 +55,26 @@ def checked_booster(directory: Path, base: BaseComponents) -> Booster:
 
 
 @torch.no_grad()
-def predict(booster: Booster, images: Sequence[Image.Image]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+def predict(booster: Booster, images: Sequence[Image.Image],
+            num_vectors: int | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor], str]:
+    """(embedding [num_vectors, width], LoRA tensors, a note) for one job's images.
+
+    A count with its own head gets distinct vectors; any other count gets the single-vector
+    prediction copied into every slot, and the note says so."""
     pixels = images_to_tensor(images, booster.config.image_size)[None]
-    embedding, lora = booster(pixels)
-    return embedding[0], booster.unflatten_lora(lora[0])
+    hidden = booster.hidden(pixels)
+    lora = booster.lora_mean + booster.coefficient_head(hidden) @ booster.lora_basis
+    wanted = num_vectors or booster.config.num_vectors
+    note = ""
+    if wanted in booster.supported_vectors():
+        embedding = booster.vectors(hidden, wanted)[0]
+    else:
+        one = booster.vectors(hidden, booster.config.num_vectors)[0]
+        embedding = one[torch.arange(wanted) % one.shape[0]]
+        counts = ", ".join(str(n) for n in booster.supported_vectors())
+        note = (f"the booster predicts distinct vectors for {counts} vector(s) only: its {one.shape[0]}-vector "
+                f"prediction was copied into all {wanted} slots")
+    return embedding, booster.unflatten_lora(lora[0]), note
 
 
 def booster_initial_state(base: BaseComponents, images: Sequence[Image.Image],
@@ -70,15 +86,28 @@ def booster_initial_state(base: BaseComponents, images: Sequence[Image.Image],
     try:
         booster = checked_booster(directory, base)
     except BaseModelError as error:
-        raise BaseModelError(f"{config.base_model_name}: registered {error.message}") from error
-    embedding, lora = predict(booster, images)
-    vectors = embedding[torch.arange(config.num_vectors) % embedding.shape[0]]
+        # The message reaches API clients: the folders stay in the worker's log.
+        logger.warning("booster for %s: %s", config.base_model_name, error.message)
+        raise BaseModelError(f"the booster registered for {config.base_model_name} was trained for another "
+                             "base model; the server's model registry needs fixing") from error
+    return initial_state_from(booster, images, config)
+
+
+def initial_state_from(booster: Booster, images: Sequence[Image.Image], config: TrainConfig, *,
+                       use_lora: bool | None = None) -> InitialState:
+    """A job's starting point from a loaded booster (`use_lora` overrides its config, for ablations)."""
+    vectors, lora, vector_note = predict(booster, images, config.num_vectors)
+    use_lora = booster.config.use_lora if use_lora is None else use_lora
+
+    def noted(*parts: str) -> str:
+        return "; ".join(part for part in (*parts, vector_note) if part)
+
     if config.mode == "textual_inversion":
-        return InitialState(embedding=vectors)
-    if not booster.config.use_lora:
-        return InitialState(embedding=vectors, note=f"embedding only: {booster.config.use_lora_note}")
+        return InitialState(embedding=vectors, note=noted())
+    if not use_lora:
+        return InitialState(embedding=vectors, note=noted(f"embedding only: {booster.config.use_lora_note}"))
     if config.lora_rank != booster.config.lora_rank:
         note = (f"embedding only: the booster predicts rank-{booster.config.lora_rank} LoRA, "
                 f"the job asked for rank {config.lora_rank}")
-        return InitialState(embedding=vectors, note=note)
-    return InitialState(embedding=vectors, unet_lora=lora)
+        return InitialState(embedding=vectors, note=noted(note))
+    return InitialState(embedding=vectors, unet_lora=lora, note=noted())

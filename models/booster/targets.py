@@ -12,8 +12,10 @@ grew to 10x a vocabulary vector's norm and near-identical concepts got scattered
 and Polyak averaging over the last quarter of the fit removes most of its step-to-step noise.
 Measured on the validation concepts, these targets sit below the baseline's best + 2%.
 
-World concepts (never close to a benchmark concept) are fitted by default; `--data` fits a
-word-set dataset from models.booster.dataset instead (any base model). Resumable: chunks
+World concepts (never close to a benchmark concept) are fitted by default; `--families` fits
+concepts of procedural families (models.booster.families; the shipped leap-tiny booster's
+targets), `--from-index --num-vectors n` refits another target set's concepts with n vectors,
+`--data` fits a word-set dataset from models.booster.dataset (any base model). Resumable: chunks
 already fitted are kept.
 """
 
@@ -26,6 +28,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -35,9 +38,11 @@ from tqdm import tqdm
 
 from models.booster.apply import BatchedConcepts, per_row_denoising_loss, word_embedding
 from models.booster.dataset import load_sets
+from models.booster.families import FAMILIES, HELD_OUT_FAMILIES, TRAIN_FAMILIES, draw_family_concept, render_family
 from models.reference.concepts import benchmark_concepts
 from models.reference.world import COLOURS, PATTERNS, SHAPES, Concept, render
 from models.trainer.base import BaseComponents, load_base, pick_device
+from models.trainer.concept import placeholder_tokens
 from models.trainer.data import OBJECT_TEMPLATES, encode_images
 from models.trainer.defaults import resolve_base_model
 
@@ -47,17 +52,19 @@ TOKEN = "<fit>"
 
 def fit_embeddings(base: BaseComponents, image_sets: Sequence[Sequence[Image.Image]], *, steps: int, lr: float,
                    rows_per_set: int = 4, seed: int = 0, prior: float = 0.0,
-                   average_from: float = 0.75) -> tuple[torch.Tensor, list[float]]:
-    """One fitted token vector per image set ([sets, width]) and each set's mean loss over the last quarter."""
+                   average_from: float = 0.75, num_vectors: int = 1) -> tuple[torch.Tensor, list[float]]:
+    """Fitted token vectors per image set ([sets, width], or [sets, num_vectors, width] when num_vectors > 1)
+    and each set's mean loss over the last quarter."""
     tokenizer = copy.deepcopy(base.tokenizer)
-    tokenizer.add_tokens([TOKEN])
-    token_id = tokenizer.convert_tokens_to_ids(TOKEN)
-    batched = BatchedConcepts(base, token_id, {})
+    tokens = placeholder_tokens(TOKEN, num_vectors)
+    tokenizer.add_tokens(tokens)
+    token_ids = [tokenizer.convert_tokens_to_ids(token) for token in tokens]
+    batched = BatchedConcepts(base, token_ids, {})
     generator = torch.Generator().manual_seed(seed)
     sets = len(image_sets)
     latents = [encode_images(base, images, resolution=base.resolution, flip=True) for images in image_sets]
     start = word_embedding(base).to(base.device)
-    embedding = start.repeat(sets, 1).requires_grad_(True)
+    embedding = start.repeat(sets, num_vectors, 1).requires_grad_(True)
     optimizer = torch.optim.AdamW([embedding], lr=lr, weight_decay=0.0)
     average = torch.zeros_like(embedding)
     averaged, tail = 0, int(steps * average_from)
@@ -70,14 +77,14 @@ def fit_embeddings(base: BaseComponents, image_sets: Sequence[Sequence[Image.Ima
                 flip = torch.rand(rows_per_set, generator=generator) < 0.5
                 sample.append(latent.sample(index, flip, generator))
             batch = torch.cat(sample).to(base.device)
-            prompts = [OBJECT_TEMPLATES[int(i)].format(TOKEN)
+            prompts = [OBJECT_TEMPLATES[int(i)].format(" ".join(tokens))
                        for i in torch.randint(0, len(OBJECT_TEMPLATES), (batch.shape[0],), generator=generator)]
             ids = tokenizer(prompts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
                             return_tensors="pt").input_ids.to(base.device)
             noise = torch.randn(batch.shape, generator=generator).to(base.device)
             timesteps = torch.randint(0, base.noise_scheduler.config.num_train_timesteps, (batch.shape[0],),
                                       generator=generator).to(base.device)
-            batched.set(embedding[:, None], {}, rows_per_set=rows_per_set)
+            batched.set(embedding, {}, rows_per_set=rows_per_set)
             per_row = per_row_denoising_loss(base, batch, ids, noise, timesteps)
             per_set = per_row.view(sets, rows_per_set).mean(1)
             # Summed over sets: each set's gradient is exactly its own job's gradient.
@@ -90,7 +97,8 @@ def fit_embeddings(base: BaseComponents, image_sets: Sequence[Sequence[Image.Ima
                 tail_losses += per_set.detach().cpu()
     finally:
         batched.close()
-    return (average / max(averaged, 1)).cpu(), (tail_losses / max(averaged, 1)).tolist()
+    fitted = (average / max(averaged, 1)).cpu()
+    return (fitted[:, 0] if num_vectors == 1 else fitted), (tail_losses / max(averaged, 1)).tolist()
 
 
 def is_benchmark_like(concept: Concept, excluded: list[Concept], distance: float = 80.0) -> bool:
@@ -127,6 +135,30 @@ def world_sets(count: int, views: int, seed: int) -> list[dict]:
     return entries
 
 
+def family_sets(count: int, views: int, seed: int, families: Sequence[str]) -> list[dict]:
+    """`count` concepts drawn evenly from `families` (world concepts stay away from benchmark ones)."""
+    rng = np.random.default_rng([seed, 1])
+    excluded = [item.concept for item in benchmark_concepts()]
+    entries = []
+    for i in range(count):
+        family = families[i % len(families)]
+        entry: dict[str, Any]
+        if family == "world":
+            entry = {"concept": asdict(draw_concept(rng, excluded))}
+        else:
+            entry = draw_family_concept(family, rng)
+        entry["seeds"] = [int(s) for s in rng.integers(0, 2**31, size=views)]
+        entries.append(entry)
+    return entries
+
+
+def render_entry(entry: dict, seed: int, size: int) -> Image.Image:
+    """One view of a fitted entry: a world concept or a family concept."""
+    if "family" in entry:
+        return render_family({"family": entry["family"], "params": entry["params"]}, seed, size)
+    return render(concept_of(entry), seed, size)
+
+
 def concept_of(entry: dict) -> Concept:
     fields = dict(entry["concept"])
     fields["colour"] = tuple(fields["colour"])
@@ -153,9 +185,21 @@ def main() -> None:
     parser.add_argument("--prior", type=float, default=0.01,
                         help="L2 pull towards the token init: picks one optimum among equally good ones")
     parser.add_argument("--chunk", type=int, default=64, help="sets fitted together (one UNet batch)")
+    parser.add_argument("--families", nargs="+", default=["world"],
+                        help="concept families (models.booster.families), 'train' for all of TRAIN_FAMILIES")
+    parser.add_argument("--num-vectors", type=int, default=1, help="token vectors fitted per concept")
+    parser.add_argument("--from-index", type=Path,
+                        help="fit the concepts of another target set's index (e.g. multi-vector fits of the same sets)")
+    parser.add_argument("--rows", type=int, default=4, help="noised samples per set per step")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
+    families = list(TRAIN_FAMILIES) if args.families == ["train"] else args.families
+    for family in families:
+        if family not in FAMILIES:
+            parser.error(f"--families: unknown family {family!r}")
+        if family in HELD_OUT_FAMILIES:
+            print(f"warning: {family} is a held-out family: the benchmark measures generalisation on it")
     torch.set_num_threads(args.threads)
     started = time.time()
     base = load_base(resolve_base_model(args.base_model), pick_device())
@@ -164,10 +208,17 @@ def main() -> None:
     if index_path.exists():
         index = json.loads(index_path.read_text())
     else:
-        entries = (world_sets(args.concepts, args.views, args.seed) if args.data is None else
-                   [{"word": word} for word, _ in load_sets(args.data)])
+        if args.from_index is not None:
+            entries = json.loads((args.from_index / INDEX_FILE).read_text())["entries"][: args.concepts]
+        elif args.data is not None:
+            entries = [{"word": word} for word, _ in load_sets(args.data)]
+        elif families == ["world"]:
+            entries = world_sets(args.concepts, args.views, args.seed)
+        else:
+            entries = family_sets(args.concepts, args.views, args.seed, families)
         index = {"base_model": args.base_model, "steps": args.steps, "lr": args.lr, "prior": args.prior,
-                 "data": str(args.data) if args.data else "world", "entries": entries}
+                 "rows": args.rows, "num_vectors": args.num_vectors, "families": families,
+                 "data": str(args.data) if args.data else "families", "entries": entries}
         index_path.write_text(json.dumps(index))
     entries = index["entries"]
     words = dict(load_sets(args.data)) if args.data else {}
@@ -181,9 +232,10 @@ def main() -> None:
     for start in chunks:
         chunk = entries[start : start + args.chunk]
         image_sets = [words[entry["word"]] if "word" in entry else
-                      [render(concept_of(entry), seed, base.resolution) for seed in entry["seeds"]] for entry in chunk]
+                      [render_entry(entry, seed, base.resolution) for seed in entry["seeds"]] for entry in chunk]
         embeddings, chunk_losses = fit_embeddings(base, image_sets, steps=args.steps, lr=args.lr, prior=args.prior,
-                                                  seed=args.seed * 7919 + start)
+                                                  seed=args.seed * 7919 + start, rows_per_set=args.rows,
+                                                  num_vectors=args.num_vectors)
         fitted += list(embeddings)
         losses += chunk_losses
         tmp = weights_path.with_suffix(".tmp")

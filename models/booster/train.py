@@ -1,8 +1,11 @@
 """Train a booster for one base model.
 
-    python -m models.booster.targets --base-model leap-tiny            # 1. fitted targets
-    python -m models.booster.train --base-model leap-tiny --targets runs/booster-targets/leap-tiny \
-        --denoise-weight 0 --embedding-weight 1 --sets 32 --input-views 8 --target-views 0 --steps 4000
+    python -m models.booster.targets --families outlined twocolour checker stripes gradient noise blobs rings \
+        --out runs/h11-targets-n1                                      # 1. fitted targets (+ --num-vectors 2, 4)
+    python -m models.booster.train --base-model leap-tiny --targets runs/h11-targets-n1 \
+        --vector-targets runs/h11-targets-n2 runs/h11-targets-n4 --teacher PREVIOUS_BOOSTER \
+        --denoise-weight 0 --embedding-weight 1 --sets 32 --input-views 8 --target-views 0 --steps 1000 \
+        --no-lora "why"                                                 # 2. regression (README: the exact recipe)
     python -m models.booster.train --base-model leap-tiny --targets runs/booster-targets/leap-tiny \
         --init-from models/booster/weights/leap-tiny --train-only lora --sets 8 --input-views 8 \
         --target-views 4 --steps 2400 --work-dir runs/booster-lora-leap-tiny
@@ -55,7 +58,7 @@ from models.booster.apply import (
 )
 from models.booster.dataset import load_sets
 from models.booster.network import Booster, BoosterConfig, load_booster
-from models.booster.targets import concept_of, draw_concept, load_targets
+from models.booster.targets import draw_concept, load_targets, render_entry
 from models.reference.concepts import benchmark_concepts
 from models.reference.world import render
 from models.trainer.base import BaseComponents, load_base, pick_device
@@ -65,54 +68,71 @@ from models.trainer.defaults import resolve_base_model
 TOKEN = "<booster>"
 
 
-def make_booster(base: BaseComponents, base_model: str, *, rank: int, image_size: int) -> Booster:
+def make_booster(base: BaseComponents, base_model: str, *, rank: int, image_size: int,
+                 vector_heads: list[int] | None = None) -> Booster:
     config = BoosterConfig(base_model=base_model, base_fingerprint=base_fingerprint(base),
                            embedding_width=base.embedding_width, lora_rank=rank,
-                           lora_layout=lora_layout(base, rank), image_size=image_size)
+                           lora_layout=lora_layout(base, rank), image_size=image_size,
+                           vector_heads=list(vector_heads or []))
     return Booster(config, initial_embedding=word_embedding(base))
 
 
+Targets = dict[int, torch.Tensor]
+"""Regression targets of one set: token-vector count -> fitted vectors [count, width]."""
+
+
 class SetSampler:
-    """Draws one training set: `views` images of a concept and its embedding target (or None).
+    """Draws one training set: `views` images of a concept and its embedding targets (or None).
 
     World sets are fresh renders of a random concept (new seeds every draw); with fitted targets
-    they are random views from a pool of renders of a fitted concept, and regress onto its fitted
-    embedding. Word sets pair a word's images with the word's embedding, or with the embedding
-    fitted on those images where the targets were fitted on the word sets (targets --data)."""
+    they are random views from a pool of renders of a fitted concept (a world or family concept),
+    and regress onto its fitted embedding (and, where --vector-targets fitted the same concepts with
+    2 or 4 vectors, onto those too). Word sets pair a word's images with the word's embedding, or with
+    the embedding fitted on those images where the targets were fitted on the word sets (targets --data).
+    With a teacher share, world sets are drawn fresh and flagged for distillation (target: the
+    teacher booster's prediction on the same views)."""
 
     def __init__(self, base: BaseComponents, targets: Path | None, data: Path | None, *, views: int,
-                 world_share: float, pool_views: int = 16) -> None:
-        self.base, self.views, self.world_share = base, views, world_share
+                 world_share: float, pool_views: int = 16, vector_targets: list[Path] | None = None,
+                 teacher_share: float = 0.0) -> None:
+        self.base, self.views, self.world_share, self.teacher_share = base, views, world_share, teacher_share
         self.excluded = [item.concept for item in benchmark_concepts()]
         # Fitted concepts get a fixed pool of renders, drawn once: rendering dominates a regression-only step.
-        self.fitted: list[tuple[list[Image.Image], torch.Tensor]] = []
+        self.fitted: list[tuple[list[Image.Image], Targets]] = []
         self.fitted_words: dict[str, torch.Tensor] = {}
         if targets is not None:
             entries, embeddings = load_targets(targets)
+            extra: list[tuple[list[dict], torch.Tensor]] = [load_targets(path) for path in vector_targets or []]
             rng = np.random.default_rng(len(entries))
             for i, entry in enumerate(tqdm(entries, desc="rendering fitted concepts")):
-                if "concept" in entry:
-                    concept = concept_of(entry)
-                    seeds = rng.integers(2**31, size=pool_views)
-                    pool = [render(concept, int(seed), base.resolution) for seed in seeds]
-                    self.fitted.append((pool, embeddings[i]))
-                else:
+                if "word" in entry:
                     self.fitted_words[entry["word"]] = embeddings[i]
+                    continue
+                seeds = rng.integers(2**31, size=pool_views)
+                pool = [render_entry(entry, int(seed), base.resolution) for seed in seeds]
+                wanted: Targets = {1: embeddings[i][None]}
+                for other_entries, other in extra:
+                    if i < len(other_entries) and other_entries[i] == entry:
+                        wanted[other.shape[1]] = other[i]
+                self.fitted.append((pool, wanted))
         self.word_sets = load_sets(data) if data else []
         if self.word_sets and min(len(images) for _, images in self.word_sets) < views:
             raise SystemExit(f"every word set needs at least {views} images (--input-views + --target-views)")
         self.word_embeddings = {word: word_embedding(base, word) for word, _ in self.word_sets}
 
-    def draw(self, rng: np.random.Generator) -> tuple[list[Image.Image], torch.Tensor | None]:
+    def draw(self, rng: np.random.Generator) -> tuple[list[Image.Image], Targets | None, bool]:
+        """(views, targets or None, whether the teacher supplies the target)."""
         if self.word_sets and rng.random() >= self.world_share:
             word, images = self.word_sets[int(rng.integers(len(self.word_sets)))]
             order = rng.permutation(len(images))[: self.views]
-            return [images[int(i)] for i in order], self.fitted_words.get(word, self.word_embeddings[word])
-        if self.fitted:
-            pool, wanted = self.fitted[int(rng.integers(len(self.fitted)))]
-            return [pool[int(i)] for i in rng.permutation(len(pool))[: self.views]], wanted
+            wanted = self.fitted_words.get(word, self.word_embeddings[word])
+            return [images[int(i)] for i in order], {1: wanted[None]}, False
+        if self.fitted and rng.random() >= self.teacher_share:
+            pool, targets = self.fitted[int(rng.integers(len(self.fitted)))]
+            return [pool[int(i)] for i in rng.permutation(len(pool))[: self.views]], targets, False
         concept = draw_concept(rng, self.excluded)
-        return [render(concept, int(rng.integers(2**31)), self.base.resolution) for _ in range(self.views)], None
+        images = [render(concept, int(rng.integers(2**31)), self.base.resolution) for _ in range(self.views)]
+        return images, None, self.teacher_share > 0
 
 
 def main() -> None:
@@ -140,6 +160,14 @@ def main() -> None:
                         help="share of sets drawn from the world renderer when --data is given (else 1)")
     parser.add_argument("--embedding-weight", type=float, default=0.5,
                         help="weight of the embedding regression loss (word embedding or fitted target)")
+    parser.add_argument("--vector-targets", type=Path, nargs="*", default=[],
+                        help="targets fitted with 2, 4, ... vectors on the first concepts of --targets "
+                             "(targets --from-index --num-vectors n): trains a head per count")
+    parser.add_argument("--teacher", type=Path,
+                        help="a trained booster whose predictions on fresh world concepts are extra regression targets")
+    parser.add_argument("--teacher-share", type=float, default=0.25, help="share of sets the teacher labels")
+    parser.add_argument("--no-lora", metavar="WHY",
+                        help="mark the booster embedding-only (use_lora false), with this reason for the manifest")
     parser.add_argument("--init-from", type=Path, help="start from this trained booster (same base model)")
     parser.add_argument("--train-only", choices=("all", "lora"), default="all",
                         help="lora: train only the LoRA head end to end, the embedding path stays as it is")
@@ -154,14 +182,17 @@ def main() -> None:
 
     device = pick_device()
     base = load_base(resolve_base_model(args.base_model), device)
-    booster = make_booster(base, args.base_model, rank=args.rank, image_size=args.image_size).to(device)
+    vector_heads = sorted({int(load_targets(path)[1].shape[1]) for path in args.vector_targets})
+    booster = make_booster(base, args.base_model, rank=args.rank, image_size=args.image_size,
+                           vector_heads=vector_heads).to(device)
+    teacher = load_booster(args.teacher).to(device) if args.teacher else None
     if args.init_from is not None:
         start_from = load_booster(args.init_from)
         if (start_from.config.base_fingerprint, start_from.config.lora_layout, start_from.config.image_size) != (
                 booster.config.base_fingerprint, booster.config.lora_layout, booster.config.image_size):
             parser.error(f"--init-from {args.init_from} was trained for {start_from.config.base_model} "
                          f"(or another rank or image size), not for {args.base_model} as configured here")
-        booster.load_state_dict(start_from.state_dict())
+        booster.load_state_dict(start_from.state_dict(), strict=False)
     trained = (list(booster.parameters()) if args.train_only == "all" else
                [booster.lora_mean, booster.lora_basis, *booster.coefficient_head.parameters()])
     optimizer = torch.optim.AdamW(trained, lr=args.lr, weight_decay=0.0)
@@ -180,7 +211,8 @@ def main() -> None:
     batched = BatchedConcepts(base, token_id, booster.config.lora_layout)
     views = args.input_views + args.target_views
     sampler = SetSampler(base, args.targets, args.data, views=views, world_share=args.world_share,
-                         pool_views=max(views, args.pool_views))
+                         pool_views=max(views, args.pool_views), vector_targets=args.vector_targets,
+                         teacher_share=args.teacher_share if teacher is not None else 0.0)
     rng = np.random.default_rng([args.seed, start])
     generator = torch.Generator().manual_seed(args.seed * 7919 + start)
     scheduler = base.noise_scheduler
@@ -191,16 +223,19 @@ def main() -> None:
             group["lr"] = args.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * step / args.steps)))
         drawn = [sampler.draw(rng) for _ in range(args.sets)]
         shown = int(rng.integers(min(args.min_input_views, args.input_views), args.input_views + 1))
-        inputs = torch.stack([images_to_tensor(images[:shown], args.image_size) for images, _ in drawn])
-        embedding, lora_flat = booster(inputs.to(device))
+        inputs = torch.stack([images_to_tensor(images[:shown], args.image_size) for images, _, _ in drawn])
+        hidden = booster.hidden(inputs.to(device))
+        embedding = booster.vectors(hidden, booster.config.num_vectors)
+        lora_flat = booster.lora_mean + booster.coefficient_head(hidden) @ booster.lora_basis
         if args.train_only == "lora":
             embedding = embedding.detach()
         loss = torch.zeros((), device=device)
         if args.denoise_weight > 0:
-            targets = images_to_tensor([img for images, _ in drawn
+            target_pixels = images_to_tensor([img for images, _, _ in drawn
                                         for img in images[args.input_views : views]], resolution)
             with torch.no_grad():
-                latents = base.vae.encode(targets.to(device)).latent_dist.sample() * base.vae.config.scaling_factor
+                latents = base.vae.encode(target_pixels.to(device)).latent_dist.sample()
+                latents = latents * base.vae.config.scaling_factor
             batched.set(embedding, booster.unflatten_lora(lora_flat), rows_per_set=args.target_views)
             prompts = [OBJECT_TEMPLATES[int(i)].format(TOKEN)
                        for i in rng.integers(0, len(OBJECT_TEMPLATES), size=latents.shape[0])]
@@ -210,12 +245,23 @@ def main() -> None:
             timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (latents.shape[0],),
                                       generator=generator).to(device)
             loss = loss + args.denoise_weight * per_row_denoising_loss(base, latents, ids, noise, timesteps).mean()
-        with_target = [i for i, (_, wanted) in enumerate(drawn) if wanted is not None]
-        if with_target and args.train_only == "all":
-            wanted = torch.stack([drawn[i][1] for i in with_target]).to(device)  # type: ignore[misc]
-            # Normalised so the weight means the same for any base model's embedding scale.
-            regression = F.mse_loss(embedding[with_target, 0], wanted) / wanted.pow(2).mean()
-            loss = loss + args.embedding_weight * regression
+        targets: list[Targets | None] = [wanted for _, wanted, _ in drawn]
+        taught = [i for i, (_, _, by_teacher) in enumerate(drawn) if by_teacher]
+        if taught and teacher is not None:
+            with torch.no_grad():
+                labels, _ = teacher(inputs[taught].to(device))
+            for row, i in enumerate(taught):
+                targets[i] = {1: labels[row, :1]}
+        if args.train_only == "all":
+            for count in booster.supported_vectors():
+                rows = [i for i, wanted in enumerate(targets) if wanted is not None and count in wanted]
+                if not rows:
+                    continue
+                wanted = torch.stack([targets[i][count] for i in rows]).to(device)  # type: ignore[index]
+                predicted = booster.vectors(hidden[rows], count)
+                # Normalised so the weight means the same for any base model's embedding scale.
+                regression = F.mse_loss(predicted, wanted) / wanted.pow(2).mean()
+                loss = loss + args.embedding_weight * regression
         optimizer.zero_grad(set_to_none=True)
         if loss.requires_grad:  # regression only, and no set of this step had a target: nothing to learn
             loss.backward()
@@ -228,6 +274,8 @@ def main() -> None:
                         "wall_seconds": earlier_seconds + time.time() - started}, tmp)
             tmp.replace(checkpoint)
     batched.close()
+    if args.no_lora:
+        booster.config.use_lora, booster.config.use_lora_note = False, args.no_lora
     booster.config.training = {**{k: str(v) for k, v in vars(args).items()},
                                "wall_seconds": round(earlier_seconds + time.time() - started, 1)}
     booster.cpu().save(args.out)

@@ -27,22 +27,30 @@ def registered_booster(random_tiny, tmp_path, monkeypatch):
 
 
 def test_booster_is_order_invariant_over_the_image_set(registered_booster, concept_images):
-    forward, _ = predict(registered_booster, concept_images)
-    backward, _ = predict(registered_booster, list(reversed(concept_images)))
+    forward, _, _ = predict(registered_booster, concept_images)
+    backward, _, _ = predict(registered_booster, list(reversed(concept_images)))
     torch.testing.assert_close(forward, backward, atol=1e-5, rtol=1e-5)
 
 
 def test_pivotal_starts_from_the_booster_prediction(registered_booster, random_tiny, concept_images, tmp_path):
+    """The booster's embedding + LoRA reach the trainer as candidates; the job starts from the guard's winner."""
+    from safetensors.torch import load_file
+
+    from models.booster.apply import word_embedding
+
     config = TrainConfig(base_model="random-tiny", mode="pivotal", init="booster", steps=1, batch_size=1,
                          embedding_lr=1e-9, lora_lr=1e-9, pivot_embedding_lr=1e-9)
     result = train(config, concept_images, tmp_path / "out")
-    assert result.init_used == "booster"
-    embedding, lora = predict(registered_booster, concept_images)
-    from safetensors.torch import load_file
-
+    embedding, lora, _ = predict(registered_booster, concept_images)
+    base = load_base(random_tiny, pick_device("cpu"))
+    token = word_embedding(base)[None]
+    starts = {"token": token, "booster": embedding, "booster+lora": embedding,
+              "booster/token midpoint": 0.5 * (token + embedding)}
+    assert set(result.init_scores) == set(starts)
+    winner = min(result.init_scores, key=result.init_scores.__getitem__)
     saved = load_file(str(tmp_path / "out" / "learned_embeds.safetensors"))["<leap>"]
-    torch.testing.assert_close(saved, embedding, atol=1e-5, rtol=0)
-    state = booster_initial_state(load_base(random_tiny, pick_device("cpu")), concept_images, config)
+    torch.testing.assert_close(saved, starts[winner], atol=1e-5, rtol=0)
+    state = booster_initial_state(base, concept_images, config)
     assert state is not None and state.unet_lora is not None
     assert set(state.unet_lora) == set(lora)
 
@@ -50,7 +58,43 @@ def test_pivotal_starts_from_the_booster_prediction(registered_booster, random_t
 def test_a_different_lora_rank_uses_the_embedding_only(registered_booster, random_tiny, concept_images, tmp_path):
     config = TrainConfig(base_model="random-tiny", mode="lora", init="booster", steps=1, batch_size=1, lora_rank=8)
     result = train(config, concept_images, tmp_path)
-    assert result.init_used == "booster" and result.init_note.startswith("embedding only")
+    assert result.init_scores and "embedding only" in result.init_note or result.init_used == "token"
+    state = booster_initial_state(load_base(random_tiny, pick_device("cpu")), concept_images, config)
+    assert state is not None and state.unet_lora is None and state.note.startswith("embedding only")
+
+
+def test_multi_vector_jobs_get_distinct_predicted_vectors_or_a_plain_note(random_tiny, concept_images, tmp_path,
+                                                                          monkeypatch):
+    """A count with its own head gets that many distinct vectors; any other count is told it got copies."""
+    from dataclasses import replace
+
+    base = load_base(random_tiny, pick_device("cpu"))
+    booster = make_booster(base, "random-tiny", rank=4, image_size=32, vector_heads=[2])
+    with torch.no_grad():
+        booster.vector_heads["2"].bias.normal_(0, 0.5)
+    booster.save(tmp_path / "booster")
+    registry = {"default": "random-tiny", "models": {"random-tiny": {
+        "path": random_tiny, "resolution": 32, "booster": str(tmp_path / "booster")}}}
+    (tmp_path / "registry.yaml").write_text(yaml.safe_dump(registry))
+    monkeypatch.setenv("LEAP_MODEL_REGISTRY", str(tmp_path / "registry.yaml"))
+
+    two, _, note = predict(booster, concept_images, 2)
+    assert two.shape == (2, base.embedding_width) and not note
+    assert (two[0] - two[1]).abs().max() > 1e-2
+    config = TrainConfig(base_model="random-tiny", mode="textual_inversion", init="booster", num_vectors=2)
+    state = booster_initial_state(base, concept_images, config)
+    assert state is not None and "copied" not in state.note
+    torch.testing.assert_close(state.embedding, two)
+
+    config.num_vectors = 3
+    state = booster_initial_state(base, concept_images, config)
+    assert state is not None
+    assert "distinct vectors for 1, 2 vector(s) only" in state.note and "all 3 slots" in state.note
+    one, _, _ = predict(booster, concept_images, 1)
+    torch.testing.assert_close(state.embedding, one.repeat(3, 1))
+    # The job runs from it (the trainer's guard may still prefer the token; either way it trains).
+    result = train(replace(config, steps=1, batch_size=1), concept_images, tmp_path / "three")
+    assert result.init_used in ("booster", "token")
 
 
 def test_a_booster_for_another_base_model_fails_clearly(registered_booster, leap_tiny, concept_images, tmp_path,
@@ -61,7 +105,7 @@ def test_a_booster_for_another_base_model_fails_clearly(registered_booster, leap
     (tmp_path / "wrong.yaml").write_text(yaml.safe_dump(registry))
     monkeypatch.setenv("LEAP_MODEL_REGISTRY", str(tmp_path / "wrong.yaml"))
     config = TrainConfig(base_model="leap-tiny", mode="textual_inversion", init="booster", steps=1, batch_size=1)
-    with pytest.raises(BaseModelError, match="trained for random-tiny"):
+    with pytest.raises(BaseModelError, match="trained for another base model"):
         train(config, concept_images, tmp_path / "out")
 
 
@@ -86,18 +130,24 @@ def test_the_committed_leap_tiny_booster_fits_leap_tiny_and_reads_the_images(lea
     assert state_a is not None and state_b is not None
     assert torch.isfinite(state_a.embedding).all()
     assert (state_a.embedding - state_b.embedding).abs().max() > 1e-3
-    # Its LoRA head is trained (booster.json `use_lora`), so pivotal jobs start from embedding + LoRA.
-    assert booster.config.use_lora and state_a.unet_lora is not None and state_b.unet_lora is not None
-    assert set(state_a.unet_lora) == set(booster.config.lora_layout) and not state_a.note
+    # No trained LoRA head (booster.json `use_lora` false, measured on the held-out families): pivotal jobs
+    # start from the embedding and the trainer's fresh LoRA, and the manifest says so.
+    assert not booster.config.use_lora and state_a.unet_lora is None
+    assert state_a.note.startswith("embedding only")
+    # Distinct vectors for 1, 2 and 4; other counts are told they get copies.
+    assert booster.supported_vectors() == [1, 2, 4]
+    four = booster_initial_state(base, first.views(), TrainConfig(base_model="leap-tiny", num_vectors=4))
+    assert four is not None and four.embedding.shape == (4, 64) and "copied" not in four.note
+    assert (four.embedding[0] - four.embedding[3]).abs().max() > 1e-3
 
 
 def test_the_committed_booster_starts_closer_to_the_optimum_than_the_token(leap_tiny):
-    """On development concepts (never trained on, never benchmarked), the booster's embedding alone
-    has a lower held-out loss than the initializer token, and its LoRA lowers it further on average;
-    the speed-up itself is benchmarked."""
+    """On development concepts (never trained on, never benchmarked: world dev concepts and new concepts of
+    training families), the booster's embedding has a lower held-out loss than the initializer token on
+    average; the speed-up, and the held-out families, are benchmarked (models.booster.benchmark)."""
     from models.booster.apply import word_embedding
+    from models.booster.benchmark import FAMILY_SEED, family_items, world_items
     from models.booster.registry import checked_booster, registered_booster_path
-    from models.reference.concepts import benchmark_concepts
     from models.trainer.concept import ConceptModel, InitialState
     from models.trainer.evaluate import HeldOutLoss
 
@@ -109,23 +159,25 @@ def test_the_committed_booster_starts_closer_to_the_optimum_than_the_token(leap_
     def held_out(item, state: InitialState) -> float:
         concept = ConceptModel(base, token="<probe>", num_vectors=1)
         try:
-            if state.unet_lora:
-                concept.add_lora(rank=booster.config.lora_rank, alpha=float(booster.config.lora_rank),
-                                 text_encoder=False)
             concept.init_from_state(state)
-            return HeldOutLoss(base, item.held_out_views())(concept)
+            return HeldOutLoss(base, item.held_out)(concept)
         finally:
             concept.close()
 
-    gains = []
-    for item in benchmark_concepts("dev")[:3]:
-        embedding, lora = predict(booster, item.views())
-        token = held_out(item, InitialState(embedding=word_embedding(base)[None]))
-        boosted = held_out(item, InitialState(embedding=embedding))
-        assert boosted < token * 0.97, (item.name, boosted, token)
-        gains.append(held_out(item, InitialState(embedding=embedding, unet_lora=lora)) / boosted)
-    # The predicted LoRA on top: a small gain (about 0.5% on these concepts), so only its mean is checked.
-    assert sum(gains) / len(gains) < 1.0, gains
+    def ratios(items) -> list[float]:
+        found = []
+        for item in items:
+            embedding, _, _ = predict(booster, item.views)
+            token = held_out(item, InitialState(embedding=word_embedding(base)[None]))
+            found.append(held_out(item, InitialState(embedding=embedding)) / token)
+        return found
+
+    world = ratios(world_items("dev", 3))  # measured: 0.86, 0.92, 0.90 of the token's held-out loss
+    assert sum(world) / len(world) < 0.95, world
+    # New concepts of training families: measured 0.94, 1.29 (a two-colour shape: the booster extrapolates
+    # badly there, which the trainer's guarded start catches), 1.00; most start better than the token.
+    families = ratios(family_items(["noise", "twocolour", "stripes"], 1, FAMILY_SEED + 1, "dev"))
+    assert sum(r < 1.0 for r in families) >= 2, families
 
 
 def test_fitted_targets_lower_the_held_out_loss_and_the_prior_keeps_them_near_the_init(leap_tiny):
@@ -209,3 +261,70 @@ def test_training_from_a_booster_of_another_base_model_fails_clearly(random_tiny
         booster_train.main()
     assert exit_info.value.code == 2
     assert "was trained for random-tiny" in capsys.readouterr().err
+
+
+def test_family_targets_with_several_vectors_train_a_head_per_count(leap_tiny, tmp_path, monkeypatch):
+    """Targets fitted on procedural families, refitted with 2 vectors on the same concepts, train a 2-vector head."""
+    import sys
+
+    from models.booster import targets
+    from models.booster import train as booster_train
+    from models.booster.network import load_booster
+    from models.reference.concepts import benchmark_concepts
+
+    threads = str(torch.get_num_threads())
+    common = ["--base-model", leap_tiny, "--views", "4", "--steps", "2", "--chunk", "2", "--threads", threads]
+    monkeypatch.setattr(sys, "argv", [sys.executable, *common, "--families", "outlined", "noise", "--concepts", "2",
+                                      "--out", str(tmp_path / "t1")])
+    targets.main()
+    entries, one = targets.load_targets(tmp_path / "t1")
+    assert [entry["family"] for entry in entries] == ["outlined", "noise"] and one.shape == (2, 64)
+    monkeypatch.setattr(sys, "argv", [sys.executable, *common, "--from-index", str(tmp_path / "t1"), "--concepts", "2",
+                                      "--num-vectors", "2", "--out", str(tmp_path / "t2")])
+    targets.main()
+    entries_two, two = targets.load_targets(tmp_path / "t2")
+    assert entries_two == entries and two.shape == (2, 2, 64)
+
+    monkeypatch.setattr(sys, "argv", [
+        sys.executable, "--base-model", leap_tiny, "--targets", str(tmp_path / "t1"), "--vector-targets",
+        str(tmp_path / "t2"), "--denoise-weight", "0", "--embedding-weight", "1", "--steps", "2", "--sets", "2",
+        "--input-views", "3", "--target-views", "0", "--pool-views", "4", "--threads", threads,
+        "--work-dir", str(tmp_path / "work"), "--out", str(tmp_path / "b")])
+    booster_train.main()
+    booster = load_booster(tmp_path / "b")
+    assert booster.config.vector_heads == [2] and booster.supported_vectors() == [1, 2]
+    vectors, _, note = predict(booster, benchmark_concepts("dev")[0].views(), 2)
+    assert vectors.shape == (2, 64) and not note
+
+
+def test_concept_families_render_deterministically_and_hold_whole_families_out():
+    import numpy as np
+
+    from models.booster.families import (
+        FAMILIES,
+        HELD_OUT_FAMILIES,
+        TRAIN_FAMILIES,
+        draw_family_concept,
+        render_family,
+    )
+
+    assert set(TRAIN_FAMILIES) | set(HELD_OUT_FAMILIES) == set(FAMILIES)
+    assert not set(TRAIN_FAMILIES) & set(HELD_OUT_FAMILIES)
+    for family in FAMILIES:
+        concept = draw_family_concept(family, np.random.default_rng(0))
+        first, again, other = render_family(concept, 1), render_family(concept, 1), render_family(concept, 2)
+        assert first.size == (32, 32) and first.mode == "RGB"
+        assert np.array_equal(np.asarray(first), np.asarray(again))
+        assert not np.array_equal(np.asarray(first), np.asarray(other)), family  # views vary
+
+
+def test_the_benchmark_tunes_the_baseline_for_speed_not_final_loss():
+    from models.booster.benchmark import fastest_rates
+
+    grid = [{"embedding_lr": 0.005}, {"embedding_lr": 0.02}]
+    # Slow rate ends lowest (0.100); fast rate is within 2% of that at step 5 and ends at 0.101.
+    slow = {0: 0.2, 5: 0.15, 10: 0.12, 50: 0.100}
+    fast = {0: 0.2, 5: 0.101, 10: 0.101, 50: 0.101}
+    rates, results = fastest_rates(grid, [[slow, slow], [fast, fast]], 50)
+    assert rates == {"embedding_lr": 0.02}
+    assert results[0]["steps_to_best_any_plus_2pct"] == [50, 50] and results[1]["steps_to_best_any_plus_2pct"] == [5, 5]
