@@ -102,9 +102,9 @@ def read_examples(base: TextBase, examples: Sequence[TextExample], *, token: str
     for start in range(0, len(rows), batch_size):
         chunk = rows[start:start + batch_size]
         width = max(len(ids) for ids, _ in chunk)
-        ids = torch.tensor([r + [pad] * (width - len(r)) for r, _ in chunk], device=base.device)
+        batch_ids = torch.tensor([r + [pad] * (width - len(r)) for r, _ in chunk], device=base.device)
         mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r, _ in chunk], device=base.device)
-        result = body(input_ids=ids, attention_mask=mask, output_hidden_states=True)
+        result = body(input_ids=batch_ids, attention_mask=mask, output_hidden_states=True)
         final = result.last_hidden_state.float()  # already normed by the decoder's final norm
         middle = result.hidden_states[middle_layer].float()
         index = torch.arange(len(chunk), device=base.device)
@@ -117,6 +117,9 @@ def read_examples(base: TextBase, examples: Sequence[TextExample], *, token: str
 
 class TextBooster(torch.nn.Module):
     """Standardised averaged features -> one embedding vector (a linear map + bias)."""
+
+    feature_mean: torch.Tensor
+    feature_std: torch.Tensor
 
     def __init__(self, config: TextBoosterConfig) -> None:
         super().__init__()

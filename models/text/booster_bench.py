@@ -273,11 +273,13 @@ def main() -> None:
     summaries = [summarise(records, mode) for mode in args.modes]
     print(f"\n{'mode':8} {'speed-up':>9} {'shuffled':>9} {'0-step<generic':>15} {'worst final ratio':>18} "
           f"{'final (booster)':>16} {'icl':>7}")
-    for s in summaries:
-        shuffled = "-" if s["median_shuffled_speedup"] is None else f"{s['median_shuffled_speedup']:.2f}x"
-        print(f"{s['mode']:8} {s['median_speedup']:>8.2f}x {shuffled:>9} {s['zero_step_better_than_generic']:>15.0%} "
-              f"{s['worst_final_ratio_booster_over_baseline']:>18.4f} {s['median_final_booster']:>16.3f} "
-              f"{s['median_icl']:>7.3f}")
+    for summary in summaries:
+        speedup = summary["median_shuffled_speedup"]
+        shuffled_cell = "-" if speedup is None else f"{speedup:.2f}x"
+        print(f"{summary['mode']:8} {summary['median_speedup']:>8.2f}x {shuffled_cell:>9} "
+              f"{summary['zero_step_better_than_generic']:>15.0%} "
+              f"{summary['worst_final_ratio_booster_over_baseline']:>18.4f} {summary['median_final_booster']:>16.3f} "
+              f"{summary['median_icl']:>7.3f}")
     report = {"benchmark": "text booster", "base_model": args.base_model, "booster": booster.config.training,
               "host": platform.node(), "torch": torch.__version__, "threads": torch.get_num_threads(),
               "settings": {"words": args.words, "invented": args.invented, "seeds": args.seeds, "steps": args.steps,
