@@ -164,27 +164,23 @@ def _modes(kind: str) -> tuple[str, ...]:
 
 def _check_kind_fields(form: schemas.TrainingForm, model: BaseModel) -> None:
     """422 naming the field when it belongs to the other kind: a mode such as token for an image
-    model, or a text-only option (max_length, lora_targets) for an image model."""
+    model, a text-only option (max_length, lora_targets) for an image model, max_steps for a text one."""
     modes = _modes(model.kind)
     if form.mode not in modes:
         raise ValidationFailed(
             f"mode: {form.mode!r} is not a mode of {model.id}, a {model.kind} model; use {', '.join(modes)}",
             details={"field": "mode", "kind": model.kind, "modes": list(modes)},
         )
+    other_fields: tuple[str, ...]
     if model.kind == "text":
-        for name in schemas.IMAGE_ONLY_FIELDS:
-            if getattr(form, name) is not None:
-                raise ValidationFailed(
-                    f"{name}: only for image models; {model.id} is a text model",
-                    details={"field": name, "kind": model.kind},
-                )
+        other_fields, message = schemas.IMAGE_ONLY_FIELDS, "only for image models; {model} is a text model"
     else:
-        for name in schemas.TEXT_ONLY_FIELDS:
-            if getattr(form, name) is not None:
-                raise ValidationFailed(
-                    f"{name}: only for text models; {model.id} is an image model",
-                    details={"field": name, "kind": model.kind},
-                )
+        other_fields, message = schemas.TEXT_ONLY_FIELDS, "only for text models; {model} is an image model"
+    for name in other_fields:
+        if getattr(form, name) is not None:
+            raise ValidationFailed(
+                f"{name}: " + message.format(model=model.id), details={"field": name, "kind": model.kind}
+            )
 
 
 def _fingerprint(fields: dict[str, str], image_hashes: list[str]) -> str:

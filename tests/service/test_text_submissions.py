@@ -359,6 +359,14 @@ BAD_TEXT_INPUTS = {
         ("max_length", "only for text models"),
         {"field": "max_length"},
     ),
+    "an image-only option for a text model": (
+        lambda: text_files(2),
+        {**TEXT, "max_steps": "50"},
+        422,
+        "validation_error",
+        ("max_steps", "only for image models"),
+        {"field": "max_steps"},
+    ),
     "an unknown mode": (lambda: text_files(2), {**TEXT, "mode": "sft"}, 422, "validation_error", ("mode",), {}),
     "a text field out of range": (
         lambda: text_files(2),
