@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from models.registry import Registry, load_registry
-from models.trainer.config import TOKEN_PATTERN
+from models.trainer.config import check_mode_init_token
 from models.trainer.errors import InvalidConfigError
 
 TextMode = Literal["token", "lora", "pivotal"]
@@ -70,12 +70,7 @@ class TextTrainConfig:
 
     def validate(self) -> None:
         """Raise InvalidConfigError naming the first bad field."""
-        if self.mode not in MODES:
-            raise InvalidConfigError("mode", f"must be one of {', '.join(MODES)}, got {self.mode!r}")
-        if self.init not in INITS:
-            raise InvalidConfigError("init", f"must be one of {', '.join(INITS)}, got {self.init!r}")
-        if not TOKEN_PATTERN.match(self.token):
-            raise InvalidConfigError("token", "must look like <name>: 1-32 letters, digits, _ or - in <>")
+        check_mode_init_token(self.mode, MODES, self.init, INITS, self.token)
         if not self.initializer_token or not self.initializer_token.strip() or len(self.initializer_token) > 64:
             raise InvalidConfigError("initializer_token", "must be a non-empty word of at most 64 characters")
         if not 1 <= self.num_vectors <= 16:

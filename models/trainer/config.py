@@ -38,6 +38,16 @@ class StopRule:
 STOP_REASONS: tuple[str, ...] = ("converged", "max_steps", "steps", "canceled")
 
 
+
+def check_mode_init_token(mode: str, modes: tuple[str, ...], init: str, inits: tuple[str, ...], token: str) -> None:
+    """The checks every trainer config starts with (image and text): mode, init and token spelling."""
+    if mode not in modes:
+        raise InvalidConfigError("mode", f"must be one of {', '.join(modes)}, got {mode!r}")
+    if init not in inits:
+        raise InvalidConfigError("init", f"must be one of {', '.join(inits)}, got {init!r}")
+    if not TOKEN_PATTERN.match(token):
+        raise InvalidConfigError("token", "must look like <name>: 1-32 letters, digits, _ or - in <>")
+
 @dataclass
 class TrainConfig:
     """Everything that decides a training run; None means "the base model's default"."""
@@ -91,12 +101,7 @@ class TrainConfig:
 
     def validate(self) -> None:
         """Raise InvalidConfigError naming the first bad field."""
-        if self.mode not in MODES:
-            raise InvalidConfigError("mode", f"must be one of {', '.join(MODES)}, got {self.mode!r}")
-        if self.init not in INITS:
-            raise InvalidConfigError("init", f"must be one of {', '.join(INITS)}, got {self.init!r}")
-        if not TOKEN_PATTERN.match(self.token):
-            raise InvalidConfigError("token", "must look like <name>: 1-32 letters, digits, _ or - in <>")
+        check_mode_init_token(self.mode, MODES, self.init, INITS, self.token)
         if self.name is not None and not NAME_PATTERN.match(self.name):
             raise InvalidConfigError("name", "must be 1-32 letters, digits, _ or -")
         if self.output_name.lower() in RESERVED_NAMES:
