@@ -14,7 +14,7 @@ from models.trainer.config import TOKEN_PATTERN
 Status = Literal["queued", "running", "succeeded", "failed", "canceled"]
 Kind = Literal["image", "text"]
 TEXT_ONLY_FIELDS = ("max_length", "lora_targets")
-IMAGE_ONLY_FIELDS = ("max_steps",)
+IMAGE_ONLY_FIELDS: tuple[str, ...] = ()  # every image option applies to text models too
 
 
 class TrainingForm(RequestModel):
@@ -48,7 +48,7 @@ class TrainingForm(RequestModel):
         ge=1,
         le=20_000,
         description="Without steps: the cap on a training that stops once its loss on a fixed evaluation of "
-        "its own images stops improving; default per model. Not together with steps.",
+        "its own inputs (images, or text examples) stops improving; default per model. Not together with steps.",
     )
     embedding_lr: float | None = Field(None, gt=0, le=1)
     lora_lr: float | None = Field(None, gt=0, le=1)

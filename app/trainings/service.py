@@ -164,7 +164,8 @@ def _modes(kind: str) -> tuple[str, ...]:
 
 def _check_kind_fields(form: schemas.TrainingForm, model: BaseModel) -> None:
     """422 naming the field when it belongs to the other kind: a mode such as token for an image
-    model, a text-only option (max_length, lora_targets) for an image model, max_steps for a text one."""
+    model, a text-only option (max_length, lora_targets) for an image model, an image-only one (none
+    today) for a text model."""
     modes = _modes(model.kind)
     if form.mode not in modes:
         raise ValidationFailed(
@@ -338,7 +339,8 @@ def _planned_steps(
                 parameters=parameters,
                 registry=registry,
             )
-            return text_with_defaults(text_config, registry).steps or 0
+            text_filled = text_with_defaults(text_config, registry)
+            return text_filled.steps or text_filled.max_steps or 0  # a training that stops when done: its cap
         config = build_config(
             base_model=base_model,
             token=token,

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
 from models.registry import Registry, load_registry
-from models.trainer.config import check_mode_init_token
+from models.trainer.config import StopRule, check_mode_init_token, check_steps_and_rule
 from models.trainer.errors import InvalidConfigError
 
 TextMode = Literal["token", "lora", "pivotal"]
@@ -20,13 +20,20 @@ LORA_TARGETS: tuple[str, ...] = ("attention", "attention+mlp")
 
 # Used when the registry has no `defaults` for the model (e.g. a folder or hub id passed directly).
 # Measured on SmolLM2-135M: the token alone needs a high rate (Adam moves each coordinate by ~lr
-# per step, the embeddings' coordinates are ~0.1), LoRA converges in ~100 steps at 1e-3.
+# per step, the embeddings' coordinates are ~0.1), LoRA converges in ~100 steps at 1e-3. The step
+# counts are caps (`max_steps`), about twice that: a default job stops when done (TEXT_STOP_RULE).
 TEXT_RECIPE: dict[str, dict[str, Any]] = {
-    "token": {"steps": 100, "embedding_lr": 1e-2, "batch_size": 4},
-    "lora": {"steps": 100, "lora_lr": 1e-3, "batch_size": 4},
-    "pivotal": {"steps": 150, "embedding_lr": 1e-2, "pivot_embedding_lr": 1e-3, "lora_lr": 1e-3, "batch_size": 4},
+    "token": {"max_steps": 200, "embedding_lr": 1e-2, "batch_size": 4},
+    "lora": {"max_steps": 200, "lora_lr": 1e-3, "batch_size": 4},
+    "pivotal": {"max_steps": 300, "embedding_lr": 1e-2, "pivot_embedding_lr": 1e-3, "lora_lr": 1e-3,
+                "batch_size": 4},
 }
-FIELDS = ("steps", "embedding_lr", "lora_lr", "pivot_embedding_lr", "batch_size")
+FIELDS = ("steps", "max_steps", "embedding_lr", "lora_lr", "pivot_embedding_lr", "batch_size")
+
+TEXT_STOP_RULE = StopRule(eval_every=10, patience=3, min_delta=0.005, min_steps=20)
+"""The text trainer's plateau rule (models/trainer/stopping.py): an evaluation of up to 16 examples
+costs a few training steps, so it runs every 10 steps; a phase stops after 30 steps without a 0.5%
+improvement, and not before 20 steps."""
 
 
 @dataclass
@@ -46,13 +53,19 @@ class TextTrainConfig:
     num_vectors: int = 1
     """>1: the token stands for <leap> <leap>_1 ... (one learned vector each)."""
     steps: int | None = None
-    """Total optimisation steps (pivotal: both phases together)."""
+    """Run exactly this many optimisation steps (pivotal: both phases together). Unset: stop when done."""
+    max_steps: int | None = None
+    """Without `steps`: the cap on a run that stops when its loss on a fixed evaluation of its own
+    examples stops improving (held-back examples from 10 on; pivotal: the token phase ends at its own
+    plateau or at pivot_fraction of the cap, then the LoRA phase runs to its plateau or the cap)."""
+    stopping: StopRule = field(default_factory=lambda: TEXT_STOP_RULE)
     embedding_lr: float | None = None
     lora_lr: float | None = None
     pivot_embedding_lr: float | None = None
     """pivotal phase 2: the embedding's (lower) learning rate while LoRA trains."""
     pivot_fraction: float = 0.5
-    """pivotal: the share of steps spent on the token alone before LoRA joins."""
+    """pivotal: the share of steps spent on the token alone before LoRA joins (with max_steps: the cap
+    on that share; the phase ends earlier when it converges)."""
     lora_rank: int = 8
     lora_alpha: float | None = None
     """Default: equal to lora_rank (scale 1)."""
@@ -75,8 +88,7 @@ class TextTrainConfig:
             raise InvalidConfigError("initializer_token", "must be a non-empty word of at most 64 characters")
         if not 1 <= self.num_vectors <= 16:
             raise InvalidConfigError("num_vectors", "must be between 1 and 16")
-        if self.steps is not None and not 1 <= self.steps <= 20_000:
-            raise InvalidConfigError("steps", "must be between 1 and 20000")
+        check_steps_and_rule(self.steps, self.max_steps, self.stopping)
         if not 0.0 < self.pivot_fraction < 1.0:
             raise InvalidConfigError("pivot_fraction", "must be between 0 and 1 (exclusive)")
         for name in ("embedding_lr", "lora_lr", "pivot_embedding_lr"):
@@ -115,6 +127,11 @@ def with_defaults(config: TextTrainConfig, registry: Registry | None = None) -> 
     registered = registered_text_defaults(config.base_model, registry).get(config.mode, {})
     per_mode = {**TEXT_RECIPE[config.mode], **registered}
     values = {name: per_mode.get(name) for name in FIELDS if getattr(config, name) is None}
+    # Steps or a cap, never both: the caller's choice first, then a model's fixed step count.
+    if config.max_steps is not None:
+        values.pop("steps", None)
+    elif config.steps is not None or values.get("steps") is not None:
+        values.pop("max_steps", None)
     filled = replace(config, **{k: v for k, v in values.items() if v is not None})
     if filled.lora_alpha is None:
         filled = replace(filled, lora_alpha=float(filled.lora_rank))

@@ -6,6 +6,13 @@
 parameter); `lora` trains peft LoRA with the token fixed at its initial value; `pivotal` trains
 the token alone first, then LoRA with the token at a lower rate, as on the image side.
 The base model is loaded once per process and shared; a job never writes to it.
+
+Without `steps` a run stops when done by the image trainer's rule (models/trainer/stopping.py):
+every `stopping.eval_every` steps it takes the loss of a fixed evaluation set (every 5th example
+held back from 10 examples on, else the job's own examples, at most EVAL_EXAMPLES of them in a
+fixed order) and stops on a plateau or at `max_steps`, keeping its best evaluated state. Pivotal:
+the token phase gets at most pivot_fraction of the cap and its own plateau check; LoRA then joins
+from the best token so far and the LoRA phase runs to its own plateau or the cap.
 """
 
 from __future__ import annotations
@@ -21,13 +28,14 @@ import torch
 from models.text.base import TextBase, load_text_base, pick_device, resolve_text_model
 from models.text.concept import TextConcept, lora_target_modules
 from models.text.config import TextTrainConfig, with_defaults
-from models.text.data import Row, collate, lm_loss, pad_id_of, tokenize_example
+from models.text.data import IGNORE, Row, collate, lm_loss, pad_id_of, tokenize_example
 from models.text.errors import InvalidExamplesError
 from models.text.examples import MAX_EXAMPLES, MIN_EXAMPLES, TextExample
 from models.text.export import save_text_concept
 from models.trainer.config import Progress, TrainResult
 from models.trainer.errors import OutOfMemory, TrainingCanceled
 from models.trainer.export import write_manifest
+from models.trainer.stopping import Plateau, split_for_eval
 
 # A booster resolver maps (base, examples, config) to initial token vectors [num_vectors, width]
 # with a note, or None when no text booster is registered for the base model; the default reads the
@@ -175,6 +183,38 @@ def _initialise(
     return "booster", note, guard
 
 
+EVAL_EXAMPLES = 16
+"""A run that stops when done evaluates at most this many examples (the first, in upload order)."""
+EVAL_BATCH = 8
+
+
+class HeldOutLoss:
+    """Mean next-token loss per labelled token of fixed rows, in fixed batches: the same value for the
+    same model, every call (no sampling, no dropout)."""
+
+    def __init__(self, base: TextBase, rows: Sequence[Row], pad_id: int) -> None:
+        self.model = base.model
+        rows = list(rows[:EVAL_EXAMPLES])
+        self.batches = [collate(rows[i : i + EVAL_BATCH], pad_id, base.device) for i in range(0, len(rows), EVAL_BATCH)]
+        self.counts = [int((batch["labels"][:, 1:] != IGNORE).sum()) for batch in self.batches]
+
+    @torch.no_grad()
+    def __call__(self) -> float:
+        total = sum(float(lm_loss(self.model, batch)) * count
+                    for batch, count in zip(self.batches, self.counts, strict=True) if count)
+        return total / max(sum(self.counts), 1)
+
+
+def _snapshot(concept: TextConcept) -> list[torch.Tensor]:
+    return [p.detach().clone() for p in concept.vector_parameters() + concept.lora_parameters()]
+
+
+@torch.no_grad()
+def _restore(concept: TextConcept, state: list[torch.Tensor]) -> None:
+    for parameter, value in zip(concept.vector_parameters() + concept.lora_parameters(), state, strict=True):
+        parameter.copy_(value)
+
+
 def _run(
     config: TextTrainConfig,
     base: TextBase,
@@ -190,8 +230,14 @@ def _run(
     eval_steps,
     guarded_start,
 ) -> TrainResult:
-    assert config.steps is not None and config.batch_size is not None and config.lora_alpha is not None
-    rows = tokenize_examples(concept, examples, config.max_length)
+    assert config.batch_size is not None and config.lora_alpha is not None
+    auto = config.steps is None
+    total = config.max_steps if auto else config.steps
+    assert total is not None
+    all_rows = tokenize_examples(concept, examples, config.max_length)  # every example is checked
+    # Held-back examples only where the run stops by evaluation; a fixed step count trains on all.
+    rows, eval_rows, eval_source = (split_for_eval(all_rows, fallback="training_examples") if auto
+                                    else (all_rows, all_rows, "training_examples"))
     torch.manual_seed(config.seed)  # LoRA's A matrices are drawn from the global generator
     generator = torch.Generator().manual_seed(config.seed)
     trains_lora = config.mode in ("lora", "pivotal")
@@ -201,7 +247,8 @@ def _run(
     init_used, init_note, init_guard = _initialise(config, base, concept, examples, rows, booster_resolver,
                                                        generator, guarded_start)
 
-    pivot_step = int(config.steps * config.pivot_fraction) if config.mode == "pivotal" else 0
+    pivotal = config.mode == "pivotal"
+    pivot_step = int(total * config.pivot_fraction) if pivotal else 0  # auto: the cap on phase 1
     lora_parameters = concept.lora_parameters()
     vectors = concept.vector_parameters()
     groups = [{"params": vectors, "lr": config.embedding_lr or 0.0, "weight_decay": 0.0}]
@@ -212,17 +259,24 @@ def _run(
         parameter.requires_grad_(config.mode != "lora")
     pad_id = pad_id_of(concept.tokenizer)
 
+    evaluate = HeldOutLoss(base, eval_rows, pad_id) if auto else None
+    plateau = Plateau(config.stopping, round(evaluate(), 6), _snapshot(concept)) if evaluate else None
+
     losses: list[float] = []
+    stop_reason = "max_steps" if auto else "steps"
+    in_pivot_phase = pivotal
     if eval_hook is not None and 0 in eval_steps:
         eval_hook(0, TextJob(base, concept, config))
     step_started = time.perf_counter()
-    for step in range(config.steps):
+    done = reported = 0
+    while done < total:
         if should_stop is not None and should_stop():
-            raise TrainingCanceled(f"canceled at step {step} of {config.steps}")
-        in_pivot_phase = config.mode == "pivotal" and step < pivot_step
+            raise TrainingCanceled(f"canceled at step {done} of {total}")
+        if in_pivot_phase and done >= pivot_step:
+            in_pivot_phase = False
         for parameter in lora_parameters:
             parameter.requires_grad_(trains_lora and not in_pivot_phase)
-        if config.mode == "pivotal":
+        if pivotal:
             lr = config.embedding_lr if in_pivot_phase else config.pivot_embedding_lr
             optimizer.param_groups[0]["lr"] = lr or 0.0
         index = torch.randint(0, len(rows), (config.batch_size,), generator=generator)
@@ -232,14 +286,29 @@ def _run(
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         losses.append(float(loss.detach()))
-        done = step + 1
-        if on_progress is not None and (done % config.progress_every == 0 or done == config.steps):
+        done += 1
+        if on_progress is not None and (done % config.progress_every == 0 or done == total):
             elapsed = time.perf_counter() - step_started
-            on_progress(
-                Progress(step=done, total=config.steps, loss=losses[-1], eta_s=elapsed / done * (config.steps - done))
-            )
+            on_progress(Progress(step=done, total=total, loss=losses[-1], eta_s=elapsed / done * (total - done)))
+            reported = done
         if eval_hook is not None and done in eval_steps:
             eval_hook(done, TextJob(base, concept, config))
+        phase_ends = in_pivot_phase and done >= pivot_step
+        if plateau is None or evaluate is None or not plateau.due(done, last=done == total or phase_ends):
+            continue
+        converged = plateau.record(done, round(evaluate(), 6), lambda: _snapshot(concept))
+        if in_pivot_phase and (converged or phase_ends):
+            # The token phase is done: LoRA joins from the best token so far.
+            _restore(concept, plateau.best_state)
+            in_pivot_phase, pivot_step = False, done
+            plateau.new_phase(done)
+        elif converged:
+            stop_reason = "converged"
+            break
+    if plateau is not None:
+        _restore(concept, plateau.best_state)  # the best evaluated state, not the last one
+    if on_progress is not None and reported != done and losses:
+        on_progress(Progress(step=done, total=total, loss=losses[-1], eta_s=0.0))
     train_seconds = time.perf_counter() - step_started
 
     artifacts = save_text_concept(
@@ -264,7 +333,11 @@ def _run(
         "init_used": init_used,
         "init_note": init_note,
         "init_guard": init_guard,
-        "steps": config.steps,
+        "steps": done,
+        "max_steps": config.max_steps,
+        "stop_reason": stop_reason,
+        "stopping": plateau.report(evaluated_on=eval_source, eval_examples=len(eval_rows[:EVAL_EXAMPLES]),
+                                   training_examples=len(rows)) if plateau else None,
         "pivot_step": pivot_step,
         "seed": config.seed,
         "learning_rates": {
@@ -276,13 +349,13 @@ def _run(
         "lora_alpha": config.lora_alpha if trains_lora else None,
         "lora_targets": targets if trains_lora else None,
         "num_examples": len(examples),
-        "num_tokens": sum(len(r.ids) for r in rows),
+        "num_tokens": sum(len(r.ids) for r in all_rows),
         "device": str(base.device),
         "config": public.to_dict(),
         "timings": {
             "total_seconds": round(compute_seconds, 3),
             "train_seconds": round(train_seconds, 3),
-            "steps_per_second": round(config.steps / max(train_seconds, 1e-9), 3),
+            "steps_per_second": round(done / max(train_seconds, 1e-9), 3),
         },
         "loss": _loss_summary(losses),
     }
@@ -291,12 +364,14 @@ def _run(
         out_dir=out_dir,
         artifacts=artifacts,
         manifest=manifest,
-        steps=config.steps,
+        steps=done,
         init_used=init_used,
         init_note=init_note,
         device=str(base.device),
         compute_seconds=compute_seconds,
         losses=losses,
+        stop_reason=stop_reason,
+        eval_curve=plateau.curve if plateau else [],
     )
 
 

@@ -35,7 +35,7 @@ def train_command(
     ),
     concept: Annotated[str, typer.Option(help="object | style (caption templates)")] = "object",
     steps: Annotated[int | None, typer.Option(help="Run exactly this many steps (default: stop when done).")] = None,
-    max_steps: Annotated[int | None, typer.Option(help="Image models, without --steps: the cap.")] = None,
+    max_steps: Annotated[int | None, typer.Option(help="Without --steps: the cap (stop when done).")] = None,
     num_vectors: int = 1,
     embedding_lr: float | None = None,
     lora_lr: float | None = None,
@@ -63,7 +63,7 @@ def train_command(
     if (entry.kind == "text") if entry is not None else bool(text_model):
         _train_text(images_dir, base_model=base_model, out=out, mode=mode, init=init,
                     token=token or (f"<{name}>" if name else "<leap>"),
-                    initializer_token=initializer_token, steps=steps, num_vectors=num_vectors,
+                    initializer_token=initializer_token, steps=steps, max_steps=max_steps, num_vectors=num_vectors,
                     embedding_lr=embedding_lr, lora_lr=lora_lr, pivot_embedding_lr=pivot_embedding_lr,
                     lora_rank=lora_rank, lora_alpha=lora_alpha, lora_targets=lora_targets, batch_size=batch_size,
                     max_length=max_length,
@@ -110,7 +110,8 @@ def _progress_bar():
 
 
 def _train_text(inputs: Path, *, base_model: str, out: Path, mode: str, init: str, token: str,
-                initializer_token: str | None, steps: int | None, num_vectors: int, embedding_lr: float | None,
+                initializer_token: str | None, steps: int | None, max_steps: int | None, num_vectors: int,
+                embedding_lr: float | None,
                 lora_lr: float | None, pivot_embedding_lr: float | None, lora_rank: int,
                 lora_alpha: float | None, lora_targets: str, batch_size: int | None, max_length: int, seed: int,
                 device: str | None, data_dir: Path | None) -> None:
@@ -119,7 +120,7 @@ def _train_text(inputs: Path, *, base_model: str, out: Path, mode: str, init: st
 
     config = TextTrainConfig(
         base_model=base_model, mode=mode, init=init, token=token,  # type: ignore[arg-type]
-        initializer_token=initializer_token or "thing", num_vectors=num_vectors, steps=steps,
+        initializer_token=initializer_token or "thing", num_vectors=num_vectors, steps=steps, max_steps=max_steps,
         embedding_lr=embedding_lr, lora_lr=lora_lr, pivot_embedding_lr=pivot_embedding_lr, lora_rank=lora_rank,
         lora_alpha=lora_alpha, lora_targets=lora_targets, batch_size=batch_size,  # type: ignore[arg-type]
         max_length=max_length, seed=seed,
@@ -137,7 +138,8 @@ def _train_text(inputs: Path, *, base_model: str, out: Path, mode: str, init: st
         typer.echo(f"error ({error.code}): {error.message}", err=True)
         raise typer.Exit(code=2) from error
     typer.echo(json.dumps({"out_dir": str(result.out_dir), "kind": "text", "init_used": result.init_used,
-                           "init_note": result.init_note, "steps": result.steps, "device": result.device,
+                           "init_note": result.init_note, "steps": result.steps, "stop_reason": result.stop_reason,
+                           "device": result.device,
                            "loss": result.manifest["loss"], "files": [a.name for a in result.artifacts]}, indent=2))
 
 

@@ -48,6 +48,20 @@ def check_mode_init_token(mode: str, modes: tuple[str, ...], init: str, inits: t
     if not TOKEN_PATTERN.match(token):
         raise InvalidConfigError("token", "must look like <name>: 1-32 letters, digits, _ or - in <>")
 
+
+def check_steps_and_rule(steps: int | None, max_steps: int | None, rule: StopRule) -> None:
+    """Every trainer's step options: `steps` (exactly that many) or `max_steps` (stop when done, at
+    most that many), not both, and a sane stopping rule."""
+    if steps is not None and not 1 <= steps <= 20_000:
+        raise InvalidConfigError("steps", "must be between 1 and 20000")
+    if max_steps is not None and not 1 <= max_steps <= 20_000:
+        raise InvalidConfigError("max_steps", "must be between 1 and 20000")
+    if steps is not None and max_steps is not None:
+        raise InvalidConfigError("max_steps", "give steps (exactly that many) or max_steps (stop when done, "
+                                 "at most that many), not both")
+    if rule.eval_every < 1 or rule.patience < 1 or rule.min_steps < 0 or not 0.0 <= rule.min_delta < 1.0:
+        raise InvalidConfigError("stopping", "eval_every and patience >= 1, min_steps >= 0, min_delta in [0, 1)")
+
 @dataclass
 class TrainConfig:
     """Everything that decides a training run; None means "the base model's default"."""
@@ -109,16 +123,7 @@ class TrainConfig:
             raise InvalidConfigError(field_name, f"{self.output_name!r} would name a file like diffusers' own files")
         if not 1 <= self.num_vectors <= 16:
             raise InvalidConfigError("num_vectors", "must be between 1 and 16")
-        if self.steps is not None and not 1 <= self.steps <= 20_000:
-            raise InvalidConfigError("steps", "must be between 1 and 20000")
-        if self.max_steps is not None and not 1 <= self.max_steps <= 20_000:
-            raise InvalidConfigError("max_steps", "must be between 1 and 20000")
-        if self.steps is not None and self.max_steps is not None:
-            raise InvalidConfigError("max_steps", "give steps (exactly that many) or max_steps (stop when done, "
-                                     "at most that many), not both")
-        rule = self.stopping
-        if rule.eval_every < 1 or rule.patience < 1 or rule.min_steps < 0 or not 0.0 <= rule.min_delta < 1.0:
-            raise InvalidConfigError("stopping", "eval_every and patience >= 1, min_steps >= 0, min_delta in [0, 1)")
+        check_steps_and_rule(self.steps, self.max_steps, self.stopping)
         if not 0.0 < self.pivot_fraction < 1.0:
             raise InvalidConfigError("pivot_fraction", "must be between 0 and 1 (exclusive)")
         for name in ("embedding_lr", "lora_lr", "pivot_embedding_lr"):

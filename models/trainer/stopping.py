@@ -1,4 +1,4 @@
-"""Jobs that stop when done: a fixed, seeded evaluation of the job's own images and a plateau rule.
+"""Jobs that stop when done: a fixed, seeded evaluation of the job's own inputs and a plateau rule.
 
 With `steps` unset, the trainer evaluates the concept every `eval_every` steps on the same noises,
 timesteps and latents each time, and stops once the last `patience` evaluations brought no relative
@@ -6,17 +6,23 @@ improvement above `min_delta` over the best before them (after `min_steps`), or 
 Uploads of 10 or more images hold every 5th one back for this evaluation; smaller sets are
 evaluated on their training images (still a fixed grid, so successive values compare exactly).
 The same evaluation scores the candidate starts of the guard (models/trainer/guard.py).
+
+The rule itself (`split_for_eval`, `plateaued`, `Plateau`) knows nothing of images: the text trainer
+(models/text/train.py) stops by it too, on the held-out loss of its examples.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import asdict
+from typing import Generic, TypeVar
 
 import torch
 from PIL import Image
 
 from models.trainer.base import BaseComponents
 from models.trainer.concept import ConceptModel
+from models.trainer.config import StopRule
 from models.trainer.data import encode_images
 from models.trainer.loss import denoising_loss
 
@@ -26,12 +32,17 @@ EVAL_TIMESTEPS = (50, 150, 250, 350, 450, 550, 650, 750, 850, 950)
 MAX_EVAL_ROWS = 32
 
 
-def split_for_eval(images: Sequence[Image.Image]) -> tuple[list[Image.Image], list[Image.Image], str]:
-    """(training images, evaluation images, "held_back" | "training_images")."""
-    if len(images) < HOLD_BACK_MIN_IMAGES:
-        return list(images), list(images), "training_images"
-    held = [image for i, image in enumerate(images) if i % HOLD_BACK_EVERY == HOLD_BACK_EVERY - 1]
-    kept = [image for i, image in enumerate(images) if i % HOLD_BACK_EVERY != HOLD_BACK_EVERY - 1]
+T = TypeVar("T")
+S = TypeVar("S")
+
+
+def split_for_eval(items: Sequence[T], *, fallback: str = "training_images") -> tuple[list[T], list[T], str]:
+    """(training items, evaluation items, "held_back" | fallback): 10 or more items hold every 5th
+    back (20%, at least 2); fewer are all trained on and evaluated on (images or examples)."""
+    if len(items) < HOLD_BACK_MIN_IMAGES:
+        return list(items), list(items), fallback
+    held = [item for i, item in enumerate(items) if i % HOLD_BACK_EVERY == HOLD_BACK_EVERY - 1]
+    kept = [item for i, item in enumerate(items) if i % HOLD_BACK_EVERY != HOLD_BACK_EVERY - 1]
     return kept, held, "held_back"
 
 
@@ -42,6 +53,49 @@ def plateaued(losses: Sequence[float], *, patience: int, min_delta: float) -> bo
         return False
     before = min(losses[:-patience])
     return min(losses[-patience:]) > before * (1.0 - min_delta)
+
+
+class Plateau(Generic[S]):
+    """The rule over one run without `steps`, for any trainer: the evaluation curve, the best
+    evaluated state (of type S, e.g. a snapshot of the concept), and phases (pivotal) that each
+    get their own plateau check and `min_steps`, starting from the best loss so far.
+
+        plateau = Plateau(rule, first_loss, first_state)
+        ... every step: if plateau.due(done, last=...): converged = plateau.record(done, loss, take_state)
+        ... a new phase:  plateau.new_phase(done)
+    """
+
+    def __init__(self, rule: StopRule, first_loss: float, first_state: S) -> None:
+        self.rule = rule
+        self.curve: list[tuple[int, float]] = [(0, first_loss)]
+        self.best_loss, self.best_step, self.best_state = first_loss, 0, first_state
+        self._phase_losses = [first_loss]
+        self._phase_start = 0
+
+    def due(self, done: int, *, last: bool = False) -> bool:
+        """Whether to evaluate after `done` steps (every eval_every, and at a phase's or the run's end)."""
+        return last or done % self.rule.eval_every == 0
+
+    def record(self, done: int, loss: float, state: Callable[[], S]) -> bool:
+        """Add an evaluation (`state()` is taken only when it is the best so far); True when the
+        current phase has converged."""
+        self.curve.append((done, loss))
+        self._phase_losses.append(loss)
+        if loss < self.best_loss:
+            self.best_loss, self.best_step, self.best_state = loss, done, state()
+        rule = self.rule
+        return done - self._phase_start >= rule.min_steps and plateaued(
+            self._phase_losses, patience=rule.patience, min_delta=rule.min_delta)
+
+    def new_phase(self, done: int) -> None:
+        """The next phase starts after `done` steps, from the best state (the caller restores it)."""
+        self._phase_start = done
+        self._phase_losses = [self.best_loss]
+
+    def report(self, **extra: object) -> dict[str, object]:
+        """The manifest's `stopping` entry."""
+        return {"rule": asdict(self.rule), **extra, "best_step": self.best_step, "best_loss": self.best_loss,
+                "curve": [[step, loss] for step, loss in self.curve]}
 
 
 class SeededEval:

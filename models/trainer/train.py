@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Callable, Collection, Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -32,7 +32,7 @@ from models.trainer.export import BaseDescription, save_concept, write_manifest
 from models.trainer.guard import Candidate, candidates, describe_scores, guarded_start, snapshot
 from models.trainer.images import MAX_IMAGES, MIN_IMAGES
 from models.trainer.loss import denoising_loss, denoising_target  # noqa: F401 (denoising_target: re-exported)
-from models.trainer.stopping import SeededEval, plateaued, split_for_eval
+from models.trainer.stopping import Plateau, SeededEval, split_for_eval
 
 # A booster resolver maps (base components, images, config) to an initial state, or to several
 # (each its own `name`), or None when no booster is registered for the base model. The guard
@@ -206,16 +206,10 @@ def _run(config: TrainConfig, base: BaseComponents, concept: ConceptModel, image
     autocast = (torch.autocast(base.device.type, dtype=base.weight_dtype)
                 if base.weight_dtype != torch.float32 else contextlib.nullcontext())
 
-    rule = config.stopping
-    curve: list[tuple[int, float]] = []
-    best: tuple[float, int, InitialState] | None = None
-    phase_losses: list[float] = []
-    phase_start = 0
+    plateau: Plateau[InitialState] | None = None
     if auto:
         first = start.scores[start.winner] if start.scores and start.winner else round(evaluate(concept), 6)
-        curve.append((0, first))
-        best = (first, 0, snapshot(concept))
-        phase_losses.append(first)
+        plateau = Plateau(config.stopping, first, snapshot(concept))
 
     losses: list[float] = []
     stop_reason = "max_steps" if auto else "steps"
@@ -230,7 +224,6 @@ def _run(config: TrainConfig, base: BaseComponents, concept: ConceptModel, image
             raise TrainingCanceled(f"canceled at step {done} of {total}")
         if in_pivot_phase and done >= pivot_step:
             in_pivot_phase = False
-            phase_start = done
         for parameter in lora_parameters:
             parameter.requires_grad_(trains_lora and not in_pivot_phase)
         if pivotal:
@@ -248,27 +241,19 @@ def _run(config: TrainConfig, base: BaseComponents, concept: ConceptModel, image
         if eval_hook is not None and done in eval_steps:
             eval_hook(done, Job(base, concept, config))
         phase_ends = in_pivot_phase and done >= pivot_step
-        if not auto or not (done % rule.eval_every == 0 or done == total or phase_ends):
+        if plateau is None or not plateau.due(done, last=done == total or phase_ends):
             continue
-        assert best is not None
-        value = round(evaluate(concept), 6)
-        curve.append((done, value))
-        phase_losses.append(value)
-        if value < best[0]:
-            best = (value, done, snapshot(concept))
-        converged = (done - phase_start >= rule.min_steps
-                     and plateaued(phase_losses, patience=rule.patience, min_delta=rule.min_delta))
+        converged = plateau.record(done, round(evaluate(concept), 6), lambda: snapshot(concept))
         if in_pivot_phase and (converged or phase_ends):
             # Phase 1 is done: LoRA joins from the best vectors so far.
-            concept.init_from_state(best[2])
-            in_pivot_phase, pivot_step, phase_start = False, done, done
-            phase_losses = [best[0]]
+            concept.init_from_state(plateau.best_state)
+            in_pivot_phase, pivot_step = False, done
+            plateau.new_phase(done)
         elif converged:
             stop_reason = "converged"
             break
-    if auto:
-        assert best is not None
-        concept.init_from_state(best[2])  # the best evaluated state, not the last one
+    if plateau is not None:
+        concept.init_from_state(plateau.best_state)  # the best evaluated state, not the last one
     if on_progress is not None and reported != done and losses:
         on_progress(Progress(step=done, total=total, loss=losses[-1], eta_s=0.0))
     train_seconds = time.perf_counter() - step_started
@@ -284,11 +269,9 @@ def _run(config: TrainConfig, base: BaseComponents, concept: ConceptModel, image
                              rank=config.lora_rank, base=described)
     compute_seconds = time.perf_counter() - started
     stopping = None
-    if auto:
-        assert best is not None
-        stopping = {"rule": asdict(rule), "evaluated_on": eval_source, "eval_images": len(eval_images),
-                    "training_images": len(train_images), "best_step": best[1], "best_loss": best[0],
-                    "curve": [[s, v] for s, v in curve]}
+    if plateau is not None:
+        stopping = plateau.report(evaluated_on=eval_source, eval_images=len(eval_images),
+                                  training_images=len(train_images))
     manifest = {
         "base_model": config.base_model_name,
         "name": config.output_name,
@@ -322,7 +305,7 @@ def _run(config: TrainConfig, base: BaseComponents, concept: ConceptModel, image
     return TrainResult(out_dir=out_dir, artifacts=artifacts, manifest=manifest, steps=done,
                        init_used=start.used, init_note=start.note, device=str(base.device),
                        compute_seconds=compute_seconds, losses=losses, init_scores=dict(start.scores or {}),
-                       stop_reason=stop_reason, eval_curve=curve)
+                       stop_reason=stop_reason, eval_curve=plateau.curve if plateau else [])
 
 
 def _step(base: BaseComponents, concept: ConceptModel, latents: LatentSet, templates: tuple[str, ...],
