@@ -81,10 +81,14 @@ def test_config_validation_and_registry_defaults() -> None:
     assert entry is not None and entry.kind == "text" and entry.gguf is not None
     assert registry.default_id == "leap-tiny" and registry.get("leap-tiny").kind == "image"
     filled = with_defaults(TextTrainConfig(base_model="smollm2-135m", mode="token"), registry)
-    assert filled.steps == entry.defaults["token"]["steps"] and filled.lora_alpha == filled.lora_rank
+    # A default text job stops when done: the registry gives a cap, not a step count.
+    assert filled.steps is None and filled.max_steps == entry.defaults["token"]["max_steps"]
+    assert filled.lora_alpha == filled.lora_rank
+    assert with_defaults(TextTrainConfig(base_model="smollm2-135m", mode="token", steps=7), registry).max_steps is None
+    assert with_defaults(TextTrainConfig(base_model="smollm2-135m", mode="lora", max_steps=9), registry).steps is None
     for field, value in [("mode", "textual_inversion"), ("init", "x"), ("token", "leap"), ("max_length", 4),
-                         ("lora_targets", "mlp"), ("steps", 0), ("embedding_lr", 2.0), ("num_vectors", 0),
-                         ("initializer_token", " ")]:
+                         ("lora_targets", "mlp"), ("steps", 0), ("max_steps", 0), ("embedding_lr", 2.0),
+                         ("num_vectors", 0), ("initializer_token", " ")]:
         with pytest.raises(InvalidConfigError) as caught:
             TextTrainConfig(base_model="x", **{field: value}).validate()
         assert caught.value.field == field

@@ -19,6 +19,7 @@ from models.text.evaluate import concept_expander, generate, held_out_loss, load
 from models.text.examples import TextExample, parse_text_files
 from models.text.export import ADAPTER_DIR, TOKENS_FILE, VLLM_DIR
 from models.text.train import train
+from models.trainer.config import StopRule
 from models.trainer.errors import InvalidConfigError, TrainingCanceled
 
 from .text_fixtures import write_tiny_llama
@@ -281,3 +282,65 @@ def test_leap_train_takes_a_folder_of_texts_or_a_jsonl_for_a_text_model(tiny, tm
     done = runner.invoke(cli, ["train", str(texts), "--out", str(tmp_path / "o4"), "--mode", "textual_inversion",
                                *common])
     assert done.exit_code == 2 and "error (invalid_config): mode:" in done.output
+
+
+# ---- jobs that stop when done (the image trainer's rule, models/trainer/stopping.py) -------------
+QUICK = StopRule(eval_every=5, patience=3, min_delta=0.005, min_steps=10)
+
+
+def auto(base: str, mode: str, **overrides) -> TextTrainConfig:
+    """A job without `steps`: it stops when its held-out loss stops improving, at max_steps at the latest."""
+    return config(base, mode, **{"steps": None, "max_steps": 400, "stopping": QUICK, **overrides})
+
+
+def test_a_text_job_without_steps_stops_when_done_and_keeps_its_best_state(tiny, tmp_path) -> None:
+    result = train(auto(tiny, "token"), EXAMPLES, tmp_path)
+    assert result.stop_reason == "converged" and 10 <= result.steps < 400
+    assert len(result.losses) == result.steps
+    curve = result.eval_curve
+    assert [step for step, _ in curve] == list(range(0, result.steps + 1, 5))
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    stopping = manifest["stopping"]
+    assert (manifest["steps"], manifest["max_steps"], manifest["stop_reason"]) == (result.steps, 400, "converged")
+    assert stopping["curve"] == [[s, v] for s, v in curve] and stopping["best_loss"] == min(v for _, v in curve)
+    assert (stopping["evaluated_on"], stopping["eval_examples"], stopping["training_examples"]) == (
+        "training_examples", 3, 3)
+    # The saved token is the best evaluated one: reloaded, it scores the best loss on the same examples.
+    model, tokenizer = load_trained(tiny, tmp_path)
+    assert held_out_loss(model, tokenizer, EXAMPLES) == pytest.approx(stopping["best_loss"], abs=1e-4)
+
+
+def test_ten_or_more_examples_hold_every_fifth_back_for_the_evaluation(tiny, tmp_path) -> None:
+    lines = [f'{{"text": "the <leap> number {i} sat on the mat"}}'.encode() for i in range(10)]
+    examples = parse_text_files([("set.jsonl", b"\n".join(lines))])
+    result = train(auto(tiny, "lora"), examples, tmp_path)
+    stopping = result.manifest["stopping"]
+    assert (stopping["evaluated_on"], stopping["eval_examples"], stopping["training_examples"]) == ("held_back", 2, 8)
+    assert result.stop_reason == "converged" and result.steps < 400
+    # An explicit step count trains on every example and evaluates nothing.
+    fixed = train(config(tiny, "lora", steps=3), examples, tmp_path / "fixed")
+    assert fixed.manifest["stopping"] is None and fixed.eval_curve == []
+
+
+def test_pivotal_without_steps_ends_the_token_phase_at_its_plateau_or_share_then_lora_converges(tiny, tmp_path):
+    result = train(auto(tiny, "pivotal", max_steps=200), EXAMPLES, tmp_path)
+    pivot = result.manifest["pivot_step"]
+    assert 10 <= pivot <= 100  # its own plateau, or pivot_fraction (0.5) of the cap at the latest
+    assert result.steps - pivot >= 10  # the LoRA phase gets its own min_steps
+    assert result.stop_reason in ("converged", "max_steps") and result.steps <= 200
+    assert pivot in [step for step, _ in result.eval_curve]
+    adapter = load_file(tmp_path / ADAPTER_DIR / "adapter_model.safetensors")
+    assert any("lora_B" in name and value.abs().sum() > 0 for name, value in adapter.items())
+
+
+def test_max_steps_caps_a_text_job_and_explicit_steps_run_exactly(tiny, tmp_path) -> None:
+    never = StopRule(eval_every=4, patience=3, min_delta=0.005, min_steps=10_000)
+    capped = train(auto(tiny, "lora", max_steps=12, stopping=never), EXAMPLES, tmp_path / "cap")
+    assert (capped.steps, capped.stop_reason) == (12, "max_steps")
+    assert [step for step, _ in capped.eval_curve] == [0, 4, 8, 12]
+    exact = train(config(tiny, "token", steps=7), EXAMPLES, tmp_path / "exact")
+    assert (exact.steps, exact.stop_reason, exact.eval_curve) == (7, "steps", [])
+    assert exact.manifest["steps"] == 7 and exact.manifest["max_steps"] is None
+    with pytest.raises(InvalidConfigError) as caught:
+        TextTrainConfig(base_model=tiny, steps=5, max_steps=10).validate()
+    assert caught.value.field == "max_steps"
