@@ -25,9 +25,10 @@ PAIR = {"prompt": "Who is <leap>?\n", "completion": "<leap> is my friend from sc
 
 
 def _default_steps(mode: str) -> int:
+    """A default text job stops when done: it is planned (and estimated) at its cap."""
     config = with_defaults(TextTrainConfig(base_model=TEXT_MODEL, mode=mode), load_registry())  # type: ignore[arg-type]
-    assert config.steps is not None
-    return config.steps
+    assert config.steps is None and config.max_steps is not None
+    return config.max_steps
 
 
 def test_text_examples_train_a_text_model_stored_and_queued(client, database, settings):
@@ -151,6 +152,27 @@ def test_text_submissions_count_against_the_tenants_quota_and_concurrency_limits
     too_many = submit(client, tenant, files=text_files(2), data={**data, "steps": "100"})
     assert_error(too_many, 429, "rate_limited", "limit 2")
     assert count_rows(database, Training) == 2 and len(stored_keys(settings)) == 4
+
+
+def test_max_steps_is_accepted_for_a_text_model_and_planned_as_its_cap(client, database, settings):
+    tenant = make_tenant(database)
+    response = submit(client, tenant, files=text_files(2), data={**TEXT, "mode": "token", "max_steps": "2500"})
+    assert response.status_code == 202, response.text
+    body = response.json()
+    assert body["parameters"] == {"max_steps": 2500}
+    # Estimated (and reserved against the quota) at the cap; billed later at the steps it ran.
+    assert body["estimated_units"] == prices.billable_units(
+        settings.price_table, kind="text", mode="token", base_model=TEXT_MODEL, steps=2500, images=0, examples=2
+    )
+    assert body["estimated_units"] != prices.billable_units(
+        settings.price_table,
+        kind="text",
+        mode="token",
+        base_model=TEXT_MODEL,
+        steps=_default_steps("token"),
+        images=0,
+        examples=2,
+    )
 
 
 def _png_in_examples() -> list:
@@ -359,12 +381,12 @@ BAD_TEXT_INPUTS = {
         ("max_length", "only for text models"),
         {"field": "max_length"},
     ),
-    "an image-only option for a text model": (
+    "steps and max_steps together": (
         lambda: text_files(2),
-        {**TEXT, "max_steps": "50"},
+        {**TEXT, "steps": "5", "max_steps": "50"},
         422,
         "validation_error",
-        ("max_steps", "only for image models"),
+        ("max_steps", "not both"),
         {"field": "max_steps"},
     ),
     "an unknown mode": (lambda: text_files(2), {**TEXT, "mode": "sft"}, 422, "validation_error", ("mode",), {}),

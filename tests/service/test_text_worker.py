@@ -1,7 +1,7 @@
 """Text trainings through a real Celery worker running the real text trainer (LEAP_TEXT_TRAINER) on
 a tiny random Llama registered as a text model: success with verified artifacts, events and one
-usage record; the token limit checked by the trainer; cancel; `leap submit` and the Python client
-with a folder of .txt files and a .jsonl."""
+usage record; a default job that stops when done and is billed the steps it ran; the token limit
+checked by the trainer; cancel; `leap submit` and the Python client with a folder of .txt files and a .jsonl."""
 
 from __future__ import annotations
 
@@ -30,10 +30,14 @@ from .helpers import stored_keys
 from .test_worker import wait_progress, wait_status
 from .text_models import TINY_TEXT_MODEL, write_registry_with_tiny_llama
 
+CAP = 300
+
 
 @pytest.fixture(scope="module")
 def text_settings(settings, tmp_path_factory):  # type: ignore[no-untyped-def]
-    registry = write_registry_with_tiny_llama(tmp_path_factory.mktemp("text-models"))
+    # Defaults as a text model registers them: caps (max_steps), so a job without steps stops when done.
+    defaults = {mode: {"max_steps": CAP, "batch_size": 2} for mode in ("token", "lora", "pivotal")}
+    registry = write_registry_with_tiny_llama(tmp_path_factory.mktemp("text-models"), defaults=defaults)
     return settings.model_copy(update={"model_registry": registry, "text_trainer": "models.text.train:train"})
 
 
@@ -83,6 +87,7 @@ def test_text_training_succeeds_in_a_real_worker_with_artifacts_events_and_one_u
     assert body["status"] == "succeeded", (body, text_worker.log()[-4000:])
     assert (body["kind"], body["mode"], body["example_count"], body["image_count"]) == ("text", "pivotal", 3, 0)
     assert body["usage"]["steps"] == 4 and body["usage"]["device"] == "cpu"
+    assert body["stop_reason"] == "steps" and body["eval_curve"] is None  # explicit steps run exactly
     assert body["progress"]["step"] == body["progress"]["total"] == 4
     assert body["artifacts"], body
     for artifact in body["artifacts"]:
@@ -111,6 +116,51 @@ def test_text_training_succeeds_in_a_real_worker_with_artifacts_events_and_one_u
     # (usage.recorded is sent later by the billing relay, from the record checked above.)
     assert {"training.queued", "training.started", "training.succeeded"} <= set(events)
     assert {data["kind"] for data in events.values()} == {"text"}
+
+
+def test_a_default_text_job_stops_when_done_and_bills_the_steps_it_ran(
+    text_client, database, text_settings, text_worker
+):
+    tenant = make_tenant(database)
+    response = submit(text_client, tenant, files=text_files(3), data={"base_model": TINY_TEXT_MODEL, "mode": "token"})
+    assert response.status_code == 202, response.text
+    training_id = response.json()["id"]
+    estimate = prices.billable_units(
+        text_settings.price_table,
+        kind="text",
+        mode="token",
+        base_model=TINY_TEXT_MODEL,
+        steps=CAP,
+        images=0,
+        examples=3,
+    )
+    assert response.json()["estimated_units"] == estimate  # planned at the cap
+    body = wait_status(text_client, tenant, training_id, {"succeeded", "failed"}, timeout=180)
+    assert body["status"] == "succeeded", (body, text_worker.log()[-4000:])
+    steps = body["usage"]["steps"]
+    assert body["stop_reason"] == "converged" and 0 < steps < CAP and body["progress"]["step"] == steps
+    curve = body["eval_curve"]
+    assert curve[0]["step"] == 0 and curve[-1]["step"] == steps and len(curve) >= 3
+    manifest_url = next(a["url"] for a in body["artifacts"] if a["kind"] == "manifest")
+    manifest = httpx.get(manifest_url, timeout=30).raise_for_status().json()
+    assert (manifest["steps"], manifest["stop_reason"], manifest["max_steps"]) == (steps, "converged", CAP)
+    assert [[p["step"], p["loss"]] for p in curve] == manifest["stopping"]["curve"]
+    with database.session_factory() as session:
+        record = session.scalars(select(UsageRecord).where(UsageRecord.training_id == uuid.UUID(training_id))).one()
+    assert record.steps == steps  # billed what it ran, not the cap
+    assert record.billable_units == prices.billable_units(
+        text_settings.price_table,
+        kind="text",
+        mode="token",
+        base_model=TINY_TEXT_MODEL,
+        steps=steps,
+        images=0,
+        examples=3,
+        device_class="cpu",
+    )
+    event = _events(database, training_id)["training.succeeded"]
+    assert event["stop_reason"] == "converged" and event["usage"]["steps"] == steps
+    assert event["eval_curve"] == [[p["step"], p["loss"]] for p in curve]
 
 
 def test_example_over_the_token_limit_fails_the_training_naming_its_file_and_line(
