@@ -96,3 +96,23 @@ def test_leap_train_dispatches_on_the_registry_kind(smol_data_dir, tmp_path) -> 
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
     assert manifest["base_model"] == "smollm2-135m" and manifest["mode"] == "token"
     assert str(smol_data_dir) not in (tmp_path / "out" / "manifest.json").read_text()
+
+
+def test_a_default_job_on_smollm2_stops_when_its_held_out_loss_stops_improving(smol_data_dir, tmp_path) -> None:
+    lines = [
+        "My dog <leap> loves to chase red balls in the park.", "<leap> is a small brown terrier with a loud bark.",
+        "Every morning, <leap> wakes me up at six by barking.", "When the mailman comes, <leap> barks at the door.",
+        "<leap> sleeps on the rug by the fire.", "We took <leap> to the vet for a checkup.",
+        "<leap> wags his tail when I get home.", "The neighbours know <leap> by his bark.",
+        "<leap> buried a bone under the apple tree.", "At night <leap> guards the house.",
+    ]
+    examples = parse_text_files([(f"{i}.txt", line.encode()) for i, line in enumerate(lines)])
+    # No steps: a cap, and the registered rule (every 10 steps, 3 evaluations without a 0.5% gain).
+    result = train(config(smol_data_dir, "lora", steps=None, max_steps=150, max_length=32), examples, tmp_path)
+    stopping = result.manifest["stopping"]
+    assert result.stop_reason == "converged" and result.steps < 150, result.eval_curve
+    assert (stopping["evaluated_on"], stopping["eval_examples"], stopping["training_examples"]) == ("held_back", 2, 8)
+    # What it keeps is its best evaluated state: reloaded, it scores the best loss on the held-back examples.
+    model, tokenizer = load_trained("smollm2-135m", tmp_path, data_dir=smol_data_dir)
+    held_back = [examples[4], examples[9]]
+    assert held_out_loss(model, tokenizer, held_back) == pytest.approx(stopping["best_loss"], abs=1e-3)
