@@ -16,6 +16,11 @@ steps: the first evaluated step whose held-out loss is within 2% of the baseline
 target for every start); speed-up = baseline steps / max(booster steps, 1). Held-out losses are
 evaluated on a step grid (EVAL_STEPS), so step counts are grid points. Results are cached per
 (mode, concept, seed) in --cache, so a stopped run resumes.
+
+--stop-when-done instead measures default jobs (no `steps`: the registry's cap and learning rates, the
+plateau rule of models/trainer/stopping.py) with init=token and init=booster against a long run
+(init=token, exactly --long-steps): steps run, stop reason, and the held-out loss of the state each
+job keeps (its best evaluated step), as a ratio to the long run's final held-out loss.
 """
 
 from __future__ import annotations
@@ -188,12 +193,18 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=Path("bench/results/text_booster.json"))
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--report-only", action="store_true", help="summarise the cache, run nothing new")
+    parser.add_argument("--stop-when-done", action="store_true",
+                        help="default jobs (no steps) with token and booster starts against a long run")
+    parser.add_argument("--long-steps", type=int, default=200, help="--stop-when-done: the long run's steps")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     started = time.perf_counter()
     base = load_text_base(resolve_text_model(args.base_model, args.data_dir), torch.device("cpu"))
     booster = checked_text_booster(args.booster, base)
     concepts = concept_sets(base, args)
+    if args.stop_when_done:
+        stop_when_done(args, booster, concepts, started)
+        return
     done = {}
     if args.cache.is_file():
         for line in args.cache.read_text().splitlines():
@@ -287,6 +298,70 @@ def main() -> None:
                            "eval_steps": eval_grid(args.steps)},
               "sweeps": {m: {k: v for k, v in s.items() if k != "key"} for m, s in sweeps.items()},
               "summaries": summaries, "records": records, "seconds": round(time.perf_counter() - started, 1)}
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(report, indent=2))
+    print(f"wrote {args.json}")
+
+
+def default_job(config: TextTrainConfig, examples, held_out, *, resolver=None) -> dict:
+    """A job without steps: what it ran, why it stopped, and the held-out loss of the state it keeps."""
+    curve: dict[int, float] = {}
+
+    def hook(step, job):
+        curve[step] = batch_loss(job.base.model, job.concept.tokenizer, held_out, job.concept.expand)
+
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory() as out:
+        # The plateau rule evaluates at multiples of eval_every (and at a phase's end or the cap, which
+        # for the registered caps and rule are multiples too): the hook sees each state the rule scores.
+        every = config.stopping.eval_every
+        result = train(config, examples, Path(out), booster_resolver=resolver, eval_hook=hook,
+                       eval_steps=range(0, 20_001, every))
+    kept = result.manifest["stopping"]["best_step"]
+    return {"steps": result.steps, "stop_reason": result.stop_reason, "kept_step": kept,
+            "held_out": curve[kept], "pivot_step": result.manifest["pivot_step"], "init_used": result.init_used,
+            "seconds": round(time.perf_counter() - started, 1)}
+
+
+def stop_when_done(args, booster, concepts, started: float) -> None:
+    """Default jobs (registry cap and rates) from the token and from the booster, against a long run."""
+    def resolver_for(concept):
+        def resolve(base_, examples, config):
+            vector = booster.predict(base_, examples, PLACEHOLDER)
+            return vector.expand(config.num_vectors, -1).clone(), f"bench booster ({concept})"
+        return resolve
+
+    records = []
+    for seed in range(args.seeds):
+        for mode in args.modes:
+            for _kind, name, concept in concepts:
+                examples, held_out = split(concept, seed)
+                common = {"base_model": args.base_model, "mode": mode, "seed": seed, "device": "cpu",
+                          "data_dir": args.data_dir}
+                long = run(TextTrainConfig(init="token", steps=args.long_steps, **common), examples, held_out)
+                long_final = long["curve"][args.long_steps]
+                token = default_job(TextTrainConfig(init="token", **common), examples, held_out)
+                boosted = default_job(TextTrainConfig(init="booster", **common), examples, held_out,
+                                      resolver=resolver_for(name))
+                record = {"mode": mode, "concept": name, "seed": seed, "long_final": long_final,
+                          "long_best": min(long["curve"].values()), "token": token, "booster": boosted,
+                          "token_ratio": token["held_out"] / long_final,
+                          "booster_ratio": boosted["held_out"] / long_final}
+                records.append(record)
+                print(f"{mode}:{name}:{seed}: long {args.long_steps} steps -> {long_final:.3f}; "
+                      f"token {token['steps']} ({token['stop_reason']}) -> {token['held_out']:.3f} "
+                      f"({record['token_ratio']:.3f}x); booster[{boosted['init_used']}] {boosted['steps']} "
+                      f"({boosted['stop_reason']}) -> {boosted['held_out']:.3f} ({record['booster_ratio']:.3f}x)",
+                      flush=True)
+    for mode in args.modes:
+        rows = [r for r in records if r["mode"] == mode]
+        print(f"{mode}: median steps token {median([r['token']['steps'] for r in rows])}, booster "
+              f"{median([r['booster']['steps'] for r in rows])}; within 1% of the long run: token "
+              f"{sum(r['token_ratio'] <= 1.01 for r in rows)}/{len(rows)}, booster "
+              f"{sum(r['booster_ratio'] <= 1.01 for r in rows)}/{len(rows)}")
+    report = {"benchmark": "text stop when done", "base_model": args.base_model, "long_steps": args.long_steps,
+              "threads": torch.get_num_threads(), "records": records,
+              "seconds": round(time.perf_counter() - started, 1)}
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(report, indent=2))
     print(f"wrote {args.json}")
