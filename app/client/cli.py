@@ -189,7 +189,7 @@ def submit_command(
     api_key: KeyOption = None,
     steps: Annotated[int | None, typer.Option(help="Run exactly this many steps (default: stop when done).")] = None,
     max_steps: Annotated[
-        int | None, typer.Option(help="Image models, without --steps: the cap on a training that stops when done.")
+        int | None, typer.Option(help="Without --steps: the cap on a training that stops when done.")
     ] = None,
     mode: Annotated[
         str | None, typer.Option(help="Image models: pivotal, textual_inversion or lora; text: pivotal, token or lora.")
