@@ -102,20 +102,10 @@ class TrainingForm(RequestModel):
         return {name: getattr(self, name) for name in names if getattr(self, name) is not None}
 
 
-class TrainingRequest(TrainingForm):
-    """multipart/form-data body of POST /v1/trainings (documentation only; parsed by uploads.py)."""
+class TrainingFieldsRequest(TrainingForm):
+    """A submission of form fields only, inputs given by URL: multipart/form-data without file parts, or
+    application/x-www-form-urlencoded (documentation only; parsed by uploads.py)."""
 
-    images: list[bytes] = Field(
-        default_factory=list,
-        description="Image models: 2-50 image files (PNG, JPEG, WebP, ...), or one .zip of images.",
-        json_schema_extra={"items": {"type": "string", "format": "binary"}},
-    )
-    examples: list[bytes] = Field(
-        default_factory=list,
-        description="Text models: 2-500 .txt files (one example each), or one .jsonl file whose lines are "
-        '{"text": ...} or {"prompt": ..., "completion": ...} objects. The concept is written as the token.',
-        json_schema_extra={"items": {"type": "string", "format": "binary"}},
-    )
     images_url: list[str] = Field(
         default_factory=list,
         description="Image models, instead of `images`: the http(s) URL of a .zip of images (as Replicate's "
@@ -132,6 +122,22 @@ class TrainingRequest(TrainingForm):
         max_length=50,
     )
     metadata: str | None = Field(None, description="A JSON object, as text.")  # type: ignore[assignment]
+
+
+class TrainingRequest(TrainingFieldsRequest):
+    """multipart/form-data body of POST /v1/trainings (documentation only; parsed by uploads.py)."""
+
+    images: list[bytes] = Field(
+        default_factory=list,
+        description="Image models: 2-50 image files (PNG, JPEG, WebP, ...), or one .zip of images.",
+        json_schema_extra={"items": {"type": "string", "format": "binary"}},
+    )
+    examples: list[bytes] = Field(
+        default_factory=list,
+        description="Text models: 2-500 .txt files (one example each), or one .jsonl file whose lines are "
+        '{"text": ...} or {"prompt": ..., "completion": ...} objects. The concept is written as the token.',
+        json_schema_extra={"items": {"type": "string", "format": "binary"}},
+    )
 
 
 class Progress(BaseModel):

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import base64
 import socket
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -16,11 +18,14 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
+from app.client import LeapClient
+from app.client.cli import ExitCode
 from app.errors import LeapError
 from app.main import create_app
 from app.orm import Training
 from app.trainings import fetch
 
+from .conftest import ApiProcess, settings_env
 from .factories import TEXT_MODEL, image_files, jsonl_bytes, make_tenant, png_bytes, zip_bytes
 from .helpers import assert_error, assert_nothing_stored, queued_messages, stored_keys
 from .receivers import Receiver, Reply
@@ -361,3 +366,43 @@ def test_dns_failure_and_private_resolution_name_the_field(url_settings):  # typ
         assert raised.value.code == code and mention in raised.value.message
         assert raised.value.message.startswith("images_url: ")
         assert raised.value.details["field"] == "images_url"
+
+
+def test_cli_and_client_submit_by_url(url_settings, database, files_server, tmp_path):  # type: ignore[no-untyped-def]
+    """`leap submit --images-url` and LeapClient.submit(images_url=...) against a real API process."""
+    files_server.on("/set.zip", Reply(body=image_zip()), Reply(body=image_zip()))
+    url = f"{files_server.url}/set.zip"
+    api = ApiProcess(url_settings)
+    try:
+        tenant = make_tenant(database)
+        env = settings_env(url_settings) | {"LEAP_URL": api.url, "LEAP_API_KEY": tenant.key}
+
+        def leap(*args: str) -> subprocess.CompletedProcess[str]:
+            return subprocess.run(
+                [sys.executable, "-m", "app.cli", "submit", *args],
+                cwd=tmp_path,
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
+
+        submitted = leap("--images-url", url, "--steps", "3", "--no-wait")
+        assert submitted.returncode == ExitCode.OK, submitted.stderr
+        assert "submitted 1 URL(s)" in submitted.stderr
+        with database.session_factory() as session:
+            training = session.get(Training, uuid.UUID(submitted.stdout.strip()))
+            assert training is not None and training.image_count == 2
+        missing = leap("--images-url", f"{files_server.url}/gone.zip", "--no-wait")
+        assert missing.returncode == ExitCode.REFUSED
+        assert missing.stderr.startswith("error: input_fetch_failed: images_url: ")
+        both = leap(str(tmp_path), "--images-url", url)
+        assert both.returncode == ExitCode.USAGE and "error: inputs_and_url: " in both.stderr
+        neither = leap()
+        assert neither.returncode == ExitCode.USAGE and "error: no_images: " in neither.stderr
+
+        with LeapClient(api.url, tenant.key) as client:
+            training_view = client.submit(images_url=url, steps=3)
+        assert training_view.image_count == 2 and training_view.input_urls == [url]
+    finally:
+        api.stop()
