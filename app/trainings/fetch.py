@@ -121,6 +121,8 @@ def fetch_url(
     try:
         with httpx.Client(follow_redirects=False, timeout=timeout, trust_env=False) as client:
             for _hop in range(settings.input_url_max_redirects + 1):
+                if time.monotonic() > deadline:
+                    raise FetchFailed(f"{field}: {shown} took too long to download", details={"field": field})
                 target = ssrf.resolve(
                     current, allowed_networks=settings.input_url_allowed_networks, resolver=resolver, field=field
                 )

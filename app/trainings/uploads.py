@@ -158,7 +158,7 @@ async def read_submission(request: Request, settings: Settings) -> Submission:
         request.headers,
         _limited(request.stream(), settings.max_upload_bytes),
         max_files=MAX_FILES,
-        max_fields=64,
+        max_fields=64 + MAX_IMAGES,  # room for 50 repeated images_url parts
         max_part_size=settings.max_metadata_bytes + 1024,
     )
     try:

@@ -406,3 +406,31 @@ def test_cli_and_client_submit_by_url(url_settings, database, files_server, tmp_
         assert training_view.image_count == 2 and training_view.input_urls == [url]
     finally:
         api.stop()
+
+
+def test_credentials_are_not_sent_to_another_origin(api, database, files_server):  # type: ignore[no-untyped-def]
+    other = Receiver()  # another port: another origin
+    try:
+        other.on("/set.zip", Reply(body=image_zip()))
+        files_server.on("/hop", Reply(302, b"", headers={"location": f"{other.url}/set.zip"}))
+        host = files_server.url.removeprefix("http://")
+        tenant = make_tenant(database)
+        response = post_fields(api, tenant, [("images_url", f"http://bob:pw@{host}/hop")])
+        assert response.status_code == 202, response.text
+        assert files_server.at("/hop")[0].headers["authorization"].startswith("Basic ")
+        (fetched,) = other.at("/set.zip")
+        assert "authorization" not in fetched.headers
+    finally:
+        other.stop()
+
+
+def test_fifty_image_urls_fit_in_one_form(api, database, files_server):  # type: ignore[no-untyped-def]
+    tenant = make_tenant(database)
+    for index in range(50):
+        files_server.on(f"/{index}.png", Reply(body=png_bytes(size=(16, 16), color=(index, 0, 0))))
+    fields = [("images_url", f"{files_server.url}/{index}.png") for index in range(50)]
+    response = post_fields(api, tenant, [*fields, ("steps", "5"), ("mode", "lora"), ("seed", "1")])
+    assert response.status_code == 202, response.text
+    assert response.json()["image_count"] == 50
+    response = post_fields(api, tenant, [*fields, ("images_url", f"{files_server.url}/0.png")])
+    assert_error(response, 422, "validation_error", "images_url", "at most 50 URLs")
