@@ -121,8 +121,9 @@ async def _limited(stream: AsyncIterator[bytes], limit: int) -> AsyncGenerator[b
 
 
 def _form_fields_limit(settings: Settings) -> int:
-    """The largest form of text fields only (metadata and room for the rest)."""
-    return settings.max_metadata_bytes + 16 * 1024
+    """The largest urlencoded form: the metadata and 50 input URLs of 2048 characters, each up to
+    three times longer once percent-encoded, and room for the other fields."""
+    return 3 * (settings.max_metadata_bytes + MAX_IMAGES * 2048) + 16 * 1024
 
 
 async def _read_fields_only(request: Request, settings: Settings) -> Submission:

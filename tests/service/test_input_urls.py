@@ -434,3 +434,10 @@ def test_fifty_image_urls_fit_in_one_form(api, database, files_server):  # type:
     assert response.json()["image_count"] == 50
     response = post_fields(api, tenant, [*fields, ("images_url", f"{files_server.url}/0.png")])
     assert_error(response, 422, "validation_error", "images_url", "at most 50 URLs")
+
+
+def test_url_encoded_body_over_its_limit_is_refused(api, database, settings):  # type: ignore[no-untyped-def]
+    tenant = make_tenant(database)
+    response = api.post("/v1/trainings", data={"token": "x" * 1024 * 1024}, headers=tenant.headers)
+    assert_error(response, 413, "payload_too_large", "over the limit")
+    assert_nothing_stored(database, settings)
