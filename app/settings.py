@@ -83,6 +83,16 @@ class Settings(BaseSettings):
     """Images decoded at once per API process (each up to max_image_pixels x 3 bytes of memory)."""
     max_steps: int = 20_000
 
+    # Inputs given by URL (images_url, examples_url): fetched by the API at submission.
+    input_url_timeout: timedelta = timedelta(seconds=10)
+    """Connecting to the server of an input URL, and each read from it."""
+    input_url_deadline: timedelta = timedelta(seconds=120)
+    """The whole download of one input URL, redirects included."""
+    input_url_max_redirects: int = 5
+    """Redirects followed per input URL (each hop's address is checked again)."""
+    input_url_allowed_networks: list[str] = []
+    """CIDRs exempt from the SSRF guard for input URLs (tests, on-premises file servers)."""
+
     artifact_url_ttl: timedelta = timedelta(minutes=15)
     """How long a presigned artifact URL stays valid."""
     artifact_retention: timedelta = timedelta(days=7)
@@ -185,6 +195,8 @@ class Settings(BaseSettings):
         "concurrency_retry_after",
         "webhook_timeout",
         "webhook_secret_grace",
+        "input_url_timeout",
+        "input_url_deadline",
         "billing_retry_backoff",
         "billing_retry_backoff_max",
         mode="before",

@@ -178,13 +178,25 @@ def _download(client: LeapClient, training: Training, out: Path | None, as_json:
 @_client_errors
 def submit_command(
     inputs: Annotated[
-        Path,
+        Path | None,
         typer.Argument(
             help="Image models: a folder of 2-50 images, or one .zip of them. Text models (--base-model): "
-            "a folder of 2-500 .txt files (one example each), or one .jsonl file.",
-            metavar="INPUTS",
+            "a folder of 2-500 .txt files (one example each), or one .jsonl file. Omit with --images-url "
+            "or --examples-url.",
+            metavar="[INPUTS]",
         ),
-    ],
+    ] = None,
+    images_url: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Instead of INPUTS: the URL of a .zip of images (or repeat it, one URL per image); the server "
+            "downloads it."
+        ),
+    ] = None,
+    examples_url: Annotated[
+        list[str] | None,
+        typer.Option(help="Text models, instead of INPUTS: the URL of a .jsonl file (or repeat: one per .txt)."),
+    ] = None,
     url: UrlOption = DEFAULT_URL,
     api_key: KeyOption = None,
     steps: Annotated[int | None, typer.Option(help="Run exactly this many steps (default: stop when done).")] = None,
@@ -224,7 +236,12 @@ def submit_command(
             raise fail(ExitCode.USAGE, "invalid_metadata", f"--metadata is not JSON: {error}") from None
         if not isinstance(parsed, dict):
             raise fail(ExitCode.USAGE, "invalid_metadata", "--metadata must be a JSON object")
-    files = _inputs(inputs)
+    by_url = bool(images_url or examples_url)
+    if inputs is None and not by_url:
+        raise fail(ExitCode.USAGE, "no_images", "no inputs: give a folder or file, or --images-url / --examples-url")
+    if inputs is not None and by_url:
+        raise fail(ExitCode.USAGE, "inputs_and_url", "give INPUTS or --images-url / --examples-url, not both")
+    files = _inputs(inputs) if inputs is not None else []
     form = {
         "steps": steps,
         "max_steps": max_steps,
@@ -243,8 +260,11 @@ def submit_command(
         "metadata": metadata,
     }
     with open_client(url, api_key) as client:
-        training = client.submit(files, idempotency_key=idempotency_key, **form)
-        stderr.print(f"submitted {len(files)} file(s): training {training.id}")
+        training = client.submit(
+            files, idempotency_key=idempotency_key, images_url=images_url, examples_url=examples_url, **form
+        )
+        sent = f"{len(files)} file(s)" if files else f"{len(images_url or examples_url or [])} URL(s)"
+        stderr.print(f"submitted {sent}: training {training.id}")
         if not as_json:
             typer.echo(training.id)
         if not wait:

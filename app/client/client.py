@@ -224,23 +224,30 @@ class LeapClient:
 
     def submit(
         self,
-        inputs: Iterable[InputFile] | Path | str,
+        inputs: Iterable[InputFile] | Path | str = (),
         *,
         idempotency_key: str | None = None,
+        images_url: str | Iterable[str] | None = None,
+        examples_url: str | Iterable[str] | None = None,
         **form: str | int | float | dict[str, Any] | None,
     ) -> Training:
         """POST /v1/trainings with form fields such as steps=400, mode="pivotal", token="<leap>",
         base_model="smollm2-135m", metadata={...}. `inputs`: a folder (its images or .zip, else its
         .txt/.jsonl examples), or files: image paths or one .zip for an image model, .txt paths or one
-        .jsonl for a text model, or (name, bytes) pairs (.txt/.jsonl names are sent as examples)."""
+        .jsonl for a text model, or (name, bytes) pairs (.txt/.jsonl names are sent as examples).
+        Instead of files, `images_url` (a .zip's URL, or one URL per image) or `examples_url`: the
+        server downloads them."""
         if isinstance(inputs, Path | str):
             inputs = input_files(inputs)
         files = [_part(item) for item in inputs]
-        data = {
+        data: dict[str, str | list[str]] = {
             name: json.dumps(value) if isinstance(value, dict) else str(value)
             for name, value in form.items()
             if value is not None
         }
+        for name, urls in (("images_url", images_url), ("examples_url", examples_url)):
+            if urls is not None:
+                data[name] = [urls] if isinstance(urls, str) else list(urls)
         headers = {"Idempotency-Key": idempotency_key or f"leap-client-{uuid.uuid4()}"}
         response = self._request("POST", "/v1/trainings", files=files, data=data, headers=headers)
         return Training.model_validate(response.json())

@@ -26,7 +26,10 @@ async def read_submission(request: Request, settings: SettingsDep) -> AsyncItera
 _request_body = {
     "requestBody": {
         "required": True,
-        "content": {"multipart/form-data": {"schema": schemas.TrainingRequest.model_json_schema()}},
+        "content": {
+            "multipart/form-data": {"schema": schemas.TrainingRequest.model_json_schema()},
+            "application/x-www-form-urlencoded": {"schema": schemas.TrainingFieldsRequest.model_json_schema()},
+        },
     }
 }
 

@@ -102,7 +102,29 @@ class TrainingForm(RequestModel):
         return {name: getattr(self, name) for name in names if getattr(self, name) is not None}
 
 
-class TrainingRequest(TrainingForm):
+class TrainingFieldsRequest(TrainingForm):
+    """A submission of form fields only, inputs given by URL: multipart/form-data without file parts, or
+    application/x-www-form-urlencoded (documentation only; parsed by uploads.py)."""
+
+    images_url: list[str] = Field(
+        default_factory=list,
+        description="Image models, instead of `images`: the http(s) URL of a .zip of images (as Replicate's "
+        "input_images), or repeated, one URL per image (2-50). The API downloads it at submission through the "
+        "SSRF guard (public addresses only, each redirect checked, at most LEAP_INPUT_URL_MAX_REDIRECTS), within "
+        "LEAP_MAX_UPLOAD_BYTES in all (413 past it) and LEAP_INPUT_URL_TIMEOUT; then the same checks as uploads. "
+        "A refused or failed fetch is a 422 naming images_url. Not together with `images`.",
+        max_length=50,
+    )
+    examples_url: list[str] = Field(
+        default_factory=list,
+        description="Text models, instead of `examples`: the URL of one .jsonl file, or repeated, one URL per "
+        ".txt example; fetched as images_url is, within LEAP_MAX_TEXT_FILE_BYTES. Not together with `examples`.",
+        max_length=50,
+    )
+    metadata: str | None = Field(None, description="A JSON object, as text.")  # type: ignore[assignment]
+
+
+class TrainingRequest(TrainingFieldsRequest):
     """multipart/form-data body of POST /v1/trainings (documentation only; parsed by uploads.py)."""
 
     images: list[bytes] = Field(
@@ -116,7 +138,6 @@ class TrainingRequest(TrainingForm):
         '{"text": ...} or {"prompt": ..., "completion": ...} objects. The concept is written as the token.',
         json_schema_extra={"items": {"type": "string", "format": "binary"}},
     )
-    metadata: str | None = Field(None, description="A JSON object, as text.")  # type: ignore[assignment]
 
 
 class Progress(BaseModel):
@@ -188,6 +209,11 @@ class Training(BaseModel):
     token: str
     parameters: dict[str, Any] = Field(description="Hyperparameters given at submission.")
     image_count: int = Field(description="Images of an image training; 0 for a text training.")
+    input_urls: list[str] = Field(
+        default_factory=list,
+        description="The images_url / examples_url the inputs were fetched from, without credentials or query "
+        "string; empty for uploaded files.",
+    )
     example_count: int | None = Field(description="Examples of a text training; null for an image training.")
     skipped_files: list[str] = Field(
         default_factory=list,

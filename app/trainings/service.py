@@ -23,7 +23,7 @@ from app.settings import Settings
 from app.storage import Storage, StorageError
 from app.tenants import service as tenants
 from app.tenants.service import Principal
-from app.trainings import events, repository, schemas, text_uploads, uploads
+from app.trainings import events, fetch, repository, schemas, text_uploads, uploads
 from app.usage import service as usage
 from app.webhooks import service as webhooks
 from models.registry import BaseModel, Registry
@@ -230,19 +230,25 @@ def create_training(
     model = registry.get(base_model_id)
     assert model is not None  # _parse_form refused unknown ids
     _check_kind_fields(form, model)
+    # Inputs given by URL are downloaded now and then checked exactly as uploaded files are; the
+    # fingerprint below covers their bytes, not the URLs (a fresh presigned URL is the same request).
+    fetch.fetch_inputs(submission, kind=model.kind, settings=settings)
+    url_field = next(iter(submission.urls), None)
     collected: uploads.CollectedImages | None = None
     text_files: list[tuple[str, bytes]] = []
     example_count: int | None = None
     if model.kind == "text":
-        text_files, examples = text_uploads.collect_examples(
-            submission.files, submission.examples, model=model, token=form.token or TEXT_TOKEN, settings=settings
-        )
+        with fetch.naming(url_field):
+            text_files, examples = text_uploads.collect_examples(
+                submission.files, submission.examples, model=model, token=form.token or TEXT_TOKEN, settings=settings
+            )
         example_count = len(examples)
         hashes = [hashlib.sha256(data).hexdigest() for _, data in text_files]
     else:
         text_uploads.refuse_text_for_image_model(submission.files, submission.examples, model)
-        collected = uploads.collect_images(submission.files, settings)
-        hashes = [image.sha256() for image in collected.images]
+        with fetch.naming(url_field):
+            collected = uploads.collect_images(submission.files, settings)
+            hashes = [image.sha256() for image in collected.images]
     fingerprint = _fingerprint(submission.fields, hashes)
     if idempotency_key is not None:
         existing = repository.find_by_idempotency_key(session, tenant_id=principal.tenant_id, key=idempotency_key)
@@ -270,10 +276,11 @@ def create_training(
     _check_limits(session, principal=principal, settings=settings, estimated_units=estimated_units, lock=False)
 
     if collected is not None:
-        with uploads.clean_copies(collected.images, settings) as copies:
+        with fetch.naming(url_field), uploads.clean_copies(collected.images, settings) as copies:
             inputs = _store_inputs(session, training_id=training_id, copies=copies, storage=storage)
     else:
         inputs = _store_text_inputs(session, training_id=training_id, files=text_files, hashes=hashes, storage=storage)
+    _record_sources(inputs, fetch.source_urls(submission))
     # The tenant's row is locked only now, for the few statements left: submissions of one tenant
     # queue behind each other for milliseconds, not for each other's decoding and uploads.
     _check_limits(session, principal=principal, settings=settings, estimated_units=estimated_units, lock=True)
@@ -353,6 +360,14 @@ def _planned_steps(
         return filled.steps or filled.max_steps or 0  # a training that stops when done: its cap
     except InvalidConfigError as error:
         raise ValidationFailed(str(error), details={"field": error.field}) from error
+
+
+def _record_sources(inputs: list[dict[str, Any]], urls: list[str]) -> None:
+    """Note the URL each input came from (one per input, or one zip's for all of them)."""
+    if not urls:
+        return
+    for index, item in enumerate(inputs):
+        item["source_url"] = urls[index] if len(urls) == len(inputs) else urls[0]
 
 
 def _delete_inputs_on_rollback(session: Session, *, training_id: uuid.UUID, storage: Storage) -> None:
@@ -526,6 +541,7 @@ def _view(training: Training, artifacts: list[Artifact], links: ArtifactLinks) -
         token=training.token,
         parameters=training.parameters,
         image_count=training.image_count,
+        input_urls=list(dict.fromkeys(item["source_url"] for item in training.inputs if "source_url" in item)),
         skipped_files=list(training.skipped_files or []),
         example_count=training.example_count,
         estimated_units=training.estimated_units,

@@ -22,7 +22,7 @@ from typing import IO
 
 from fastapi import Request
 from starlette.datastructures import UploadFile
-from starlette.formparsers import MultiPartException, MultiPartParser
+from starlette.formparsers import FormParser, MultiPartException, MultiPartParser
 
 from app.errors import (
     InvalidExamples,
@@ -40,6 +40,10 @@ from models.trainer.images import IMAGE_SUFFIXES, MAX_IMAGES, MIN_IMAGES, decode
 IMAGES_FIELD = "images"
 EXAMPLES_FIELD = "examples"
 """Text trainings' .txt or .jsonl files (app.trainings.text_uploads parses them)."""
+IMAGES_URL_FIELD = "images_url"
+EXAMPLES_URL_FIELD = "examples_url"
+"""Text parts naming inputs by URL instead (app.trainings.fetch downloads them into `files`/`examples`)."""
+URL_FIELDS = {IMAGES_URL_FIELD: IMAGES_FIELD, EXAMPLES_URL_FIELD: EXAMPLES_FIELD}
 # Room for a text training's 500 .txt files; the count of each kind is checked after parsing.
 MAX_FILES = 1000
 _ZIP_MAGIC = b"PK\x03\x04"
@@ -76,13 +80,15 @@ class UploadedFile:
 @dataclass
 class Submission:
     """The parsed form: text fields by name, the files of the `images` field and those of the
-    `examples` field, each in order.
+    `examples` field, each in order, and the URLs of `images_url` / `examples_url` (repeatable).
 
-    The files stay open (spooled) until close(): the request's dependency closes them."""
+    The files stay open (spooled) until close(): the request's dependency closes them. Files fetched
+    from the URLs are added to `files` / `examples` and closed with them."""
 
     fields: dict[str, str] = field(default_factory=dict)
     files: list[UploadedFile] = field(default_factory=list)
     examples: list[UploadedFile] = field(default_factory=list)
+    urls: dict[str, list[str]] = field(default_factory=dict)
 
     def close(self) -> None:
         for upload in (*self.files, *self.examples):
@@ -114,12 +120,35 @@ async def _limited(stream: AsyncIterator[bytes], limit: int) -> AsyncGenerator[b
         yield chunk
 
 
+def _form_fields_limit(settings: Settings) -> int:
+    """The largest urlencoded form: the metadata and 50 input URLs of 2048 characters, each up to
+    three times longer once percent-encoded, and room for the other fields."""
+    return 3 * (settings.max_metadata_bytes + MAX_IMAGES * 2048) + 16 * 1024
+
+
+async def _read_fields_only(request: Request, settings: Settings) -> Submission:
+    """An application/x-www-form-urlencoded body: text fields only (inputs given by URL)."""
+    limit = _form_fields_limit(settings)
+    form = await FormParser(request.headers, _limited(request.stream(), limit)).parse()
+    submission = Submission()
+    for name, value in form.multi_items():
+        assert isinstance(value, str)
+        _add_field(submission, name, value)
+    return submission
+
+
 async def read_submission(request: Request, settings: Settings) -> Submission:
     """Parse multipart/form-data, refusing oversized bodies while they stream in; file parts are
-    spooled to temporary files, never held whole in memory. The caller closes the submission."""
+    spooled to temporary files, never held whole in memory. The caller closes the submission.
+
+    A body of text fields only (inputs by URL) may also come as application/x-www-form-urlencoded."""
     content_type = request.headers.get("content-type", "")
+    if content_type.lower().startswith("application/x-www-form-urlencoded"):
+        return await _read_fields_only(request, settings)
     if not content_type.lower().startswith("multipart/form-data"):
-        raise UnsupportedMediaType("send multipart/form-data with the images in the 'images' field")
+        raise UnsupportedMediaType(
+            "send multipart/form-data with the images in the 'images' field (or their URL in 'images_url')"
+        )
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > settings.max_upload_bytes:
         raise PayloadTooLarge(
@@ -130,7 +159,7 @@ async def read_submission(request: Request, settings: Settings) -> Submission:
         request.headers,
         _limited(request.stream(), settings.max_upload_bytes),
         max_files=MAX_FILES,
-        max_fields=64,
+        max_fields=64 + MAX_IMAGES,  # room for 50 repeated images_url parts
         max_part_size=settings.max_metadata_bytes + 1024,
     )
     try:
@@ -185,6 +214,10 @@ def _add_field(submission: Submission, name: str, value: str) -> None:
             f"'{IMAGES_FIELD}' must be file parts (e.g. curl -F images=@photo.png), not text",
             details={"field": name},
         )
+    if name in URL_FIELDS:
+        # Repeatable, like the file fields: several single images may be given by URL.
+        submission.urls.setdefault(name, []).append(value)
+        return
     if name in submission.fields:
         raise ValidationFailed(f"{name}: given more than once", details={"field": name})
     submission.fields[name] = value

@@ -7,7 +7,6 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
-from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 
@@ -28,18 +27,6 @@ class Outcome:
     @property
     def success(self) -> bool:
         return self.status_code is not None and 200 <= self.status_code < 300
-
-
-def _pinned_url(target: ssrf.Target) -> str:
-    parts = urlsplit(target.url)
-    host = f"[{target.address}]" if ":" in target.address else target.address
-    return urlunsplit((parts.scheme, f"{host}:{target.port}", parts.path or "/", parts.query, ""))
-
-
-def _host_header(target: ssrf.Target) -> str:
-    default = 443 if target.scheme == "https" else 80
-    host = f"[{target.host}]" if ":" in target.host else target.host
-    return host if target.port == default else f"{host}:{target.port}"
 
 
 def post(
@@ -66,13 +53,12 @@ def post(
         **headers,
         "content-type": "application/json",
         "user-agent": USER_AGENT,
-        "host": _host_header(target),
+        "host": target.host_header(),
     }
-    extensions = {"sni_hostname": target.host} if target.scheme == "https" else {}
     try:
         with httpx.Client(follow_redirects=False, timeout=timeout.total_seconds(), trust_env=False) as client:
             request = client.build_request(
-                "POST", _pinned_url(target), content=body, headers=request_headers, extensions=extensions
+                "POST", target.pinned_url(), content=body, headers=request_headers, extensions=target.extensions()
             )
             response = client.send(request, stream=True)
             try:

@@ -1,5 +1,6 @@
-"""SSRF guard for webhook URLs: http(s) only, every resolved address must be public, and the
-connection goes to the address that was checked (no DNS-rebinding window)."""
+"""SSRF guard for URLs the service reaches on a tenant's behalf (webhook receivers, inputs fetched by
+URL): http(s) only, every resolved address must be public, and the connection goes to the address
+that was checked (no DNS-rebinding window). `field` names the request field in refusals."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import ipaddress
 import socket
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 from app.errors import ValidationFailed
 
@@ -32,9 +33,25 @@ class Target:
     port: int
     address: str
 
+    def pinned_url(self) -> str:
+        """The URL with the checked address in place of the host name (no fragment)."""
+        parts = urlsplit(self.url)
+        host = f"[{self.address}]" if ":" in self.address else self.address
+        return urlunsplit((parts.scheme, f"{host}:{self.port}", parts.path or "/", parts.query, ""))
+
+    def host_header(self) -> str:
+        """The Host header the name-based URL would have sent."""
+        default = 443 if self.scheme == "https" else 80
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return host if self.port == default else f"{host}:{self.port}"
+
+    def extensions(self) -> dict[str, str]:
+        """httpx request extensions: the TLS server name is the host's, not the pinned address's."""
+        return {"sni_hostname": self.host} if self.scheme == "https" else {}
+
 
 def refused_class(address: IPAddress) -> str | None:
-    """Why an address may not receive webhooks (None: it may)."""
+    """Why an address may not be reached (None: it may)."""
     if isinstance(address, ipaddress.IPv6Address):
         embedded = address.ipv4_mapped or address.sixtofour
         if embedded is None and address in _NAT64:
@@ -61,24 +78,24 @@ def refused_class(address: IPAddress) -> str | None:
     return None
 
 
-def parse(url: str) -> tuple[str, str, int]:
+def parse(url: str, *, field: str = "url") -> tuple[str, str, int]:
     """(scheme, host, port) of an http(s) URL, or UnsafeUrl."""
     try:
         parts = urlsplit(url)
         port = parts.port
     except ValueError as error:
-        raise UnsafeUrl(f"url: {error}", details={"field": "url"}) from error
+        raise UnsafeUrl(f"{field}: {error}", details={"field": field}) from error
     if parts.scheme not in ("http", "https"):
-        raise UnsafeUrl("url: only http and https URLs receive webhooks", details={"field": "url"})
+        raise UnsafeUrl(f"{field}: only http and https URLs are allowed", details={"field": field})
     if not parts.hostname:
-        raise UnsafeUrl("url: has no host", details={"field": "url"})
+        raise UnsafeUrl(f"{field}: has no host", details={"field": field})
     if parts.username or parts.password:
-        raise UnsafeUrl("url: must not contain credentials", details={"field": "url"})
-    _check_hostname(parts.hostname)
+        raise UnsafeUrl(f"{field}: must not contain credentials", details={"field": field})
+    _check_hostname(parts.hostname, field)
     return parts.scheme, parts.hostname, port or (443 if parts.scheme == "https" else 80)
 
 
-def _check_hostname(host: str) -> None:
+def _check_hostname(host: str, field: str) -> None:
     """Refuse a host the resolver could not encode (empty labels, invalid IDNA, NUL): at
     registration rather than as an error at every delivery."""
     try:
@@ -89,22 +106,22 @@ def _check_hostname(host: str) -> None:
     try:
         encoded = host.encode("idna")
     except UnicodeError as error:
-        raise UnsafeUrl(f"url: {host!r} is not a valid host name ({error})", details={"field": "url"}) from error
+        raise UnsafeUrl(f"{field}: {host!r} is not a valid host name ({error})", details={"field": field}) from error
     labels = encoded.rstrip(b".").split(b".")
     if len(encoded) > 253 or any(not label or len(label) > 63 for label in labels) or b"\x00" in encoded:
-        raise UnsafeUrl(f"url: {host!r} is not a valid host name", details={"field": "url"})
+        raise UnsafeUrl(f"{field}: {host!r} is not a valid host name", details={"field": field})
 
 
 def _allowed(address: IPAddress, allowed_networks: Sequence[str]) -> bool:
     return any(address in ipaddress.ip_network(network, strict=False) for network in allowed_networks)
 
 
-def check_address(address: IPAddress, *, allowed_networks: Sequence[str]) -> None:
+def check_address(address: IPAddress, *, allowed_networks: Sequence[str], field: str = "url") -> None:
     reason = refused_class(address)
     if reason is not None and not _allowed(address, allowed_networks):
         raise UnsafeUrl(
-            f"url: resolves to {address}, a {reason} address; webhooks go to public addresses only",
-            details={"field": "url", "address": str(address), "class": reason},
+            f"{field}: resolves to {address}, a {reason} address; only public addresses are reached",
+            details={"field": field, "address": str(address), "class": reason},
         )
 
 
@@ -123,20 +140,22 @@ def system_resolver(host: str, port: int) -> list[str]:
     return list(dict.fromkeys(str(info[4][0]) for info in infos))
 
 
-def resolve(url: str, *, allowed_networks: Sequence[str], resolver: Resolver = system_resolver) -> Target:
+def resolve(
+    url: str, *, allowed_networks: Sequence[str], resolver: Resolver = system_resolver, field: str = "url"
+) -> Target:
     """Resolve the URL's host and check every address; the first is the one to connect to."""
-    scheme, host, port = parse(url)
+    scheme, host, port = parse(url, field=field)
     try:
         addresses = [ipaddress.ip_address(host)]
     except ValueError:
         try:
             addresses = [ipaddress.ip_address(item.split("%")[0]) for item in resolver(host, port)]
         except (OSError, UnicodeError) as error:
-            raise UnsafeUrl(f"url: cannot resolve {host}: {error}", details={"field": "url"}) from error
+            raise UnsafeUrl(f"{field}: cannot resolve {host}: {error}", details={"field": field}) from error
     if not addresses:
-        raise UnsafeUrl(f"url: {host} has no address", details={"field": "url"})
+        raise UnsafeUrl(f"{field}: {host} has no address", details={"field": field})
     # Every address must pass: otherwise a name with one public and one private record could
     # reach the private one through a retry or another client.
     for address in addresses:
-        check_address(address, allowed_networks=allowed_networks)
+        check_address(address, allowed_networks=allowed_networks, field=field)
     return Target(url=url, scheme=scheme, host=host, port=port, address=str(addresses[0]))
