@@ -6,14 +6,16 @@ Starts its own API (`leap api`, default settings) on a throwaway Postgres databa
 the broker and local-disk storage. As an operator would, it creates the bench tenant through the
 admin API with a raised concurrent-trainings limit (submissions stay queued: no worker runs) and
 --keys API keys; each request takes the next key, so the default per-key rate limit (600/min)
-is never reached. Then it runs three phases with an asyncio httpx client: GET
-/v1/trainings/{id} polls, POST /v1/trainings with 4 small PNGs each, and a mix (90% polls, 8%
-lists, 2% submissions). For each phase it reports req/s, p50/p99/max latency, errors (by status),
-the API's CPU per request (utime+stime of the uvicorn supervisor and workers from
-/proc/<pid>/stat, delta over the phase / requests), the machine's idle CPU during the phase and
-its 1-minute load average at the end. Prints a table and writes JSON, also with the peak RSS of
-the API processes. Targets (issues 5 and 15, 2 cores): polls <= 1.0 ms API CPU each, >= 500/s
-with p99 < 100 ms; >= 50 submissions/s with p99 < 500 ms; zero errors; API RSS <= 300 MB.
+is never reached. Then it runs three phases: GET /v1/trainings/{id} polls, POST /v1/trainings
+with 4 small PNGs each, and a mix (90% polls, 8% lists, 2% submissions). GETs go over plain
+keep-alive asyncio connections (httpx costs the client over 1 ms of CPU a request, taken from the
+cores the API runs on), POSTs through httpx. For each phase it reports req/s, p50/p99/max
+latency, errors (by status), the API's CPU per request (utime+stime of the uvicorn supervisor and
+workers from /proc/<pid>/stat, delta over the phase / requests) and cores used, the bench
+client's own CPU per request, the machine's idle CPU during the phase and its 1-minute load
+average at the end. Prints a table and writes JSON, also with the peak RSS of the API processes.
+Targets (issues 5 and 15, 2 cores): polls <= 1.0 ms API CPU each, >= 500/s with p99 < 100 ms;
+>= 50 submissions/s with p99 < 500 ms; zero errors; API RSS <= 300 MB.
 
 Then (unless --overhead 0) it measures the overhead around training on the embedded default
 (`leap serve`, SQLite, filesystem broker, local files; real trainer, leap-tiny, a few steps):
@@ -66,6 +68,7 @@ class Phase:
     latencies_ms: list[float] = field(default_factory=list)
     statuses: dict[str, int] = field(default_factory=dict)
     api_cpu_seconds: float = 0.0
+    client_cpu_seconds: float = 0.0
     machine_idle: float = 0.0
     load_average_1m: float = 0.0
 
@@ -81,6 +84,10 @@ class Phase:
             "p99_ms": round(ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))], 2),
             "max_ms": round(ordered[-1], 2),
             "api_cpu_ms_per_request": round(1000 * self.api_cpu_seconds / self.requests, 3) if self.requests else 0.0,
+            "client_cpu_ms_per_request": round(1000 * self.client_cpu_seconds / self.requests, 3)
+            if self.requests
+            else 0.0,
+            "api_cores": round(self.api_cpu_seconds / self.seconds, 2) if self.seconds else 0.0,
             "machine_idle_percent": round(100 * self.machine_idle, 1),
             "load_average_1m": round(self.load_average_1m, 2),
         }
@@ -149,35 +156,83 @@ def machine_times() -> tuple[int, int]:
     return values[3] + values[4], sum(values[:8])
 
 
+class RawConnection:
+    """One keep-alive HTTP/1.1 connection for GETs: a few lines of asyncio instead of httpx, whose
+    client work per request (over 1 ms of CPU) would otherwise take the cores the API is measured
+    on. Reconnects after an error."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.host, self.port = host, port
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def get(self, path: str, headers: dict[str, str]) -> tuple[int, bytes]:
+        if self.writer is None:
+            self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+        assert self.reader is not None
+        lines = "".join(f"{name}: {value}\r\n" for name, value in headers.items())
+        self.writer.write(f"GET {path} HTTP/1.1\r\nHost: {self.host}\r\n{lines}\r\n".encode())
+        try:
+            head = await self.reader.readuntil(b"\r\n\r\n")
+            status_line, *header_lines = head.decode("latin-1").split("\r\n")
+            length = next(
+                int(line.split(":", 1)[1]) for line in header_lines if line.lower().startswith("content-length:")
+            )
+            return int(status_line.split()[1]), await self.reader.readexactly(length)
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+        self.reader = self.writer = None
+
+
+class Status:
+    """What a request gave: an httpx response or a RawConnection's (status, body)."""
+
+    def __init__(self, status_code: int) -> None:
+        self.status_code = status_code
+
+
 async def run_phase(name: str, make_request, duration: float, concurrency: int, api_pids: list[int]) -> Phase:  # type: ignore[no-untyped-def]
+    """`concurrency` users each send make_request(connection) back to back for `duration` seconds."""
     phase = Phase(name)
     deadline = time.perf_counter() + duration
+    host, port = BASE_ADDRESS
 
     async def user() -> None:
+        connection = RawConnection(host, port)
         while time.perf_counter() < deadline:
             started = time.perf_counter()
             try:
-                response = await make_request()
+                response = await make_request(connection)
                 status = str(response.status_code)
                 ok = response.status_code < 400
-            except httpx.HTTPError as error:
+            except (httpx.HTTPError, OSError, asyncio.IncompleteReadError, StopIteration, ValueError) as error:
                 status, ok = type(error).__name__, False
             phase.latencies_ms.append((time.perf_counter() - started) * 1000)
             phase.requests += 1
             phase.errors += 0 if ok else 1
             phase.statuses[status] = phase.statuses.get(status, 0) + 1
 
+        connection.close()
+
     cpu_before, (idle_before, total_before) = cpu_seconds(api_pids), machine_times()
+    client_before = time.process_time()
     started = time.perf_counter()
     await asyncio.gather(*(user() for _ in range(concurrency)))
     phase.seconds = time.perf_counter() - started
     idle_after, total_after = machine_times()
     phase.api_cpu_seconds = cpu_seconds(api_pids) - cpu_before
+    phase.client_cpu_seconds = time.process_time() - client_before
     phase.machine_idle = (idle_after - idle_before) / max(1, total_after - total_before)
     phase.load_average_1m = os.getloadavg()[0]
     return phase
 
 
+BASE_ADDRESS = ("127.0.0.1", 0)
 ADMIN_HEADERS = {"Authorization": f"Bearer {DEV_ADMIN_TOKEN}"}
 
 
@@ -200,6 +255,8 @@ async def create_bench_tenant(client: httpx.AsyncClient, keys: int) -> list[str]
 
 
 async def benchmark(base_url: str, args: argparse.Namespace, api_pids: list[int]) -> list[Phase]:
+    global BASE_ADDRESS
+    BASE_ADDRESS = ("127.0.0.1", int(base_url.rsplit(":", 1)[1]))
     images = [png(seed) for seed in range(args.images)]
     files = [("images", (f"{index}.png", data, "image/png")) for index, data in enumerate(images)]
     limits = httpx.Limits(max_connections=args.concurrency, max_keepalive_connections=args.concurrency)
@@ -208,18 +265,20 @@ async def benchmark(base_url: str, args: argparse.Namespace, api_pids: list[int]
             [{"Authorization": f"Bearer {key}"} for key in await create_bench_tenant(client, args.keys)]
         )
 
-        def poll() -> Any:
-            return client.get(f"/v1/trainings/{random.choice(ids)}", headers=next(keys))
+        async def poll(connection: RawConnection) -> Status:
+            status, _ = await connection.get(f"/v1/trainings/{random.choice(ids)}", next(keys))
+            return Status(status)
 
-        def submit() -> Any:
-            return client.post("/v1/trainings", files=files, headers=next(keys))
+        async def submit(_: RawConnection | None = None) -> httpx.Response:
+            return await client.post("/v1/trainings", files=files, headers=next(keys))
 
-        def list_page() -> Any:
-            return client.get("/v1/trainings", params={"limit": 20}, headers=next(keys))
+        async def list_page(connection: RawConnection) -> Status:
+            status, _ = await connection.get("/v1/trainings?limit=20", next(keys))
+            return Status(status)
 
-        def mixed() -> Any:
+        async def mixed(connection: RawConnection) -> Any:
             draw = random.random()
-            return poll() if draw < 0.90 else list_page() if draw < 0.98 else submit()
+            return await (poll if draw < 0.90 else list_page if draw < 0.98 else submit)(connection)
 
         ids = []
         for _ in range(20):
@@ -381,7 +440,7 @@ def main() -> int:
     rows = [phase.summary() for phase in phases]
     header = (
         f"{'phase':<28} {'requests':>9} {'errors':>7} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} "
-        f"{'API CPU ms/req':>15} {'idle %':>7} {'load 1m':>8}"
+        f"{'API CPU ms/req':>15} {'API cores':>10} {'client ms/req':>14} {'idle %':>7} {'load 1m':>8}"
     )
     print(header)
     print("-" * len(header))
@@ -389,6 +448,7 @@ def main() -> int:
         print(
             f"{row['phase']:<28} {row['requests']:>9} {row['errors']:>7} {row['per_second']:>8} "
             f"{row['p50_ms']:>8} {row['p99_ms']:>8} {row['max_ms']:>8} {row['api_cpu_ms_per_request']:>15} "
+            f"{row['api_cores']:>10} {row['client_cpu_ms_per_request']:>14} "
             f"{row['machine_idle_percent']:>7} {row['load_average_1m']:>8}"
         )
         if row["errors"]:
