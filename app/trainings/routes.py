@@ -10,11 +10,10 @@ from fastapi.security import HTTPAuthorizationCredentials
 from starlette.concurrency import run_in_threadpool
 
 from app.db import read_only, unit_of_work
-from app.deps import ArtifactLinksDep, RegistryDep, SettingsDep, StorageDep
+from app.deps import ArtifactLinksDep, RegistryDep, SettingsDep, StorageDep, artifact_links
 from app.errors import error_responses
 from app.tenants.auth import PrincipalDep, SessionDep, bearer, resolve_principal
 from app.trainings import schemas, service, uploads
-from app.trainings.service import ArtifactLinks
 
 router = APIRouter(prefix="/v1/trainings", tags=["trainings"])
 
@@ -133,19 +132,18 @@ async def list_trainings(
 async def get_training(
     request: Request,
     training_id: str,
-    links: ArtifactLinksDep,
     _credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
 ) -> Response:
     # The hot path (clients poll this): authentication, rate limit, load and serialisation in one
     # worker-thread call, on an autocommit read session, instead of a thread hop for each.
-    return await run_in_threadpool(_get_training, request, training_id, links)
+    return await run_in_threadpool(_get_training, request, training_id)
 
 
-def _get_training(request: Request, training_id: str, links: ArtifactLinks) -> Response:
+def _get_training(request: Request, training_id: str) -> Response:
     with read_only(request.app.state.database) as session:
         principal = resolve_principal(request, session)
         training = service.get_training(session, principal=principal, training_id=training_id)
-        view = service.present(session, [training], links=links)[0]
+        view = service.present(session, [training], links=artifact_links(request))[0]
     return Response(view.model_dump_json(by_alias=True), media_type="application/json")
 
 
