@@ -296,8 +296,10 @@ async def benchmark(base_url: str, args: argparse.Namespace, api_pids: list[int]
             await phase(f"submissions ({args.images} images)", submit),
             await phase("mix 90/8/2 poll/list/submit", mixed),
         ]
-        # Hook for more phases (e.g. bench/sse_phase.py's event streams): append Phase objects
-        # measured with run_phase(name, make_request, args.duration, args.concurrency, api_pids).
+        # Hook for more phases (e.g. bench/sse_phase.py's event streams): extra_phases returns Phase
+        # objects, e.g. measured with run_phase(name, make_request, args.duration, args.concurrency,
+        # api_pids), where make_request(connection: RawConnection) is awaited back to back by each
+        # user and returns anything with a status_code; next(keys) gives the next key's headers.
         phases += await extra_phases(client, ids=ids, keys=keys, args=args, api_pids=api_pids)
     return phases
 
