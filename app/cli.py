@@ -332,9 +332,11 @@ def keys_revoke(key_id: str) -> None:
     """Revoke an API key; requests with it fail at once."""
     from app.db import create_database, unit_of_work
     from app.errors import LeapError
-    from app.tenants import service
+    from app.tenants import rate_limit, service
 
-    database = create_database(_settings())
+    settings = _settings()
+    rate_limit.watch_revocations(settings)  # tell the API processes sharing its Redis
+    database = create_database(settings)
     try:
         with unit_of_work(database.session_factory) as session:
             service.revoke_api_key(session, key_id=_uuid(key_id, "key"))

@@ -38,6 +38,9 @@ def lock_by_id(session: Session, model: type[_Row], row_id: Any) -> _Row | None:
 class Database:
     engine: Engine
     session_factory: sessionmaker[Session]
+    read_session_factory: sessionmaker[Session]
+    """Autocommit sessions for requests that only read (a poll): no BEGIN and COMMIT round trips.
+    Each statement sees committed data; never write through them."""
 
     def dispose(self) -> None:
         self.engine.dispose()
@@ -60,7 +63,11 @@ def create_database(settings: Settings) -> Database:
     engine = create_engine(url, **kwargs)
     if url.startswith("sqlite"):
         event.listen(engine, "connect", _sqlite_pragmas)
-    return Database(engine=engine, session_factory=sessionmaker(engine, expire_on_commit=False))
+    return Database(
+        engine=engine,
+        session_factory=sessionmaker(engine, expire_on_commit=False),
+        read_session_factory=sessionmaker(engine.execution_options(isolation_level="AUTOCOMMIT")),
+    )
 
 
 def _sqlite_pragmas(connection: Any, _record: Any) -> None:
@@ -135,6 +142,16 @@ async def get_session(request: Request) -> AsyncIterator[Session]:
         await run_in_threadpool(_rollback, session)
         raise
     await run_in_threadpool(_commit, session)
+
+
+@contextmanager
+def read_only(database: Database) -> Iterator[Session]:
+    """A short autocommit session for reads; closed (and its connection returned) afterwards."""
+    session = database.read_session_factory()
+    try:
+        yield session
+    finally:
+        session.close()
 
 
 def upgrade_database(settings: Settings, revision: str = "head") -> None:

@@ -33,10 +33,15 @@ StorageDep = Annotated[Storage, Depends(get_storage)]
 RegistryDep = Annotated[Registry, Depends(get_registry)]
 
 
-async def get_artifact_links(request: Request, settings: SettingsDep, storage: StorageDep) -> ArtifactLinks:
+def artifact_links(request: Request) -> ArtifactLinks:
     """Presigns artifact URLs; local files are served by this API, so links use its public URL."""
+    settings: Settings = request.app.state.settings
     base_url = settings.public_url or str(request.base_url)
-    return ArtifactLinks(storage=storage, ttl=settings.artifact_url_ttl, base_url=base_url)
+    return ArtifactLinks(storage=request.app.state.storage, ttl=settings.artifact_url_ttl, base_url=base_url)
+
+
+async def get_artifact_links(request: Request) -> ArtifactLinks:
+    return artifact_links(request)
 
 
 ArtifactLinksDep = Annotated[ArtifactLinks, Depends(get_artifact_links)]

@@ -22,6 +22,7 @@ from app.outbox.service import bind_sender
 from app.settings import Settings, get_settings
 from app.storage import make_storage
 from app.storage.routes import router as files_router
+from app.tenants.auth import make_key_cache
 from app.tenants.rate_limit import make_rate_limiter
 from app.trainings.routes import router as trainings_router
 from app.usage.routes import router as usage_router
@@ -59,6 +60,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.registry = registry
     app.state.celery = celery
     app.state.rate_limiter = make_rate_limiter(settings)
+    app.state.verified_keys = make_key_cache(settings, app.state.rate_limiter)
 
     metrics_registry = CollectorRegistry()
     metrics_registry.register(TrainingCollector(database.session_factory, lambda: queue_depth(celery, settings.queue)))

@@ -136,6 +136,11 @@ class Settings(BaseSettings):
     rate_limit_window: timedelta = timedelta(minutes=1)
     rate_limit_redis_url: str | None = None
     """Redis holding the rate-limit counters; default: the broker when it is Redis, else in-process."""
+    api_key_cache_ttl: timedelta = timedelta(seconds=30)
+    """How long an API process trusts an API key it verified (0: check the database on every
+    request). A revocation through LEAP (API or CLI) ends it at once in every API process sharing
+    the rate limit's Redis; the cache is used only with that Redis or on the single-process
+    embedded default."""
     max_concurrent_trainings: int = 10
     """Queued + running trainings per tenant (a tenant's own limit overrides it)."""
     concurrency_retry_after: timedelta = timedelta(seconds=30)
@@ -192,6 +197,7 @@ class Settings(BaseSettings):
         "outbox_grace",
         "delivery_resend_after",
         "rate_limit_window",
+        "api_key_cache_ttl",
         "concurrency_retry_after",
         "webhook_timeout",
         "webhook_secret_grace",

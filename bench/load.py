@@ -1,13 +1,21 @@
 """Load benchmark of the Postgres-backed API on one machine: status polls/s and submissions/s.
 
-    .venv/bin/python bench/load.py [--duration 15] [--concurrency 32] [--api-workers 2]
+    .venv/bin/python bench/load.py [--duration 15] [--concurrency 16] [--api-workers 2] [--overhead 0]
 
-Starts its own API (`leap api`) on a throwaway Postgres database with Redis as the broker and
-local-disk storage, creates a tenant, then runs two phases with an asyncio httpx client:
-GET /v1/trainings/{id} polls, and POST /v1/trainings with 4 small PNGs each. Prints a table
-and writes JSON (latency p50/p99, throughput, errors, peak RSS of the API processes).
-Targets (issue 5, 2 cores): >= 500 polls/s with p99 < 100 ms, >= 50 submissions/s, zero
-errors, API RSS <= 300 MB. No worker runs: submissions stay queued.
+Starts its own API (`leap api`, default settings) on a throwaway Postgres database with Redis as
+the broker and local-disk storage. As an operator would, it creates the bench tenant through the
+admin API with a raised concurrent-trainings limit (submissions stay queued: no worker runs) and
+--keys API keys; each request takes the next key, so the default per-key rate limit (600/min)
+is never reached. Then it runs three phases: GET /v1/trainings/{id} polls, POST /v1/trainings
+with 4 small PNGs each, and a mix (90% polls, 8% lists, 2% submissions). GETs go over plain
+keep-alive asyncio connections (httpx costs the client over 1 ms of CPU a request, taken from the
+cores the API runs on), POSTs through httpx. For each phase it reports req/s, p50/p99/max
+latency, errors (by status), the API's CPU per request (utime+stime of the uvicorn supervisor and
+workers from /proc/<pid>/stat, delta over the phase / requests) and cores used, the bench
+client's own CPU per request, the machine's idle CPU during the phase and its 1-minute load
+average at the end. Prints a table and writes JSON, also with the peak RSS of the API processes.
+Targets (issues 5 and 15, 2 cores): polls <= 1.0 ms API CPU each, >= 500/s with p99 < 100 ms;
+>= 50 submissions/s with p99 < 500 ms; zero errors; API RSS <= 300 MB.
 
 Then (unless --overhead 0) it measures the overhead around training on the embedded default
 (`leap serve`, SQLite, filesystem broker, local files; real trainer, leap-tiny, a few steps):
@@ -21,6 +29,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import io
+import itertools
 import json
 import os
 import random
@@ -46,9 +55,8 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from app.cli import ensure_local_key  # noqa: E402
 from app.db import upgrade_database  # noqa: E402
-from app.settings import Settings  # noqa: E402
+from app.settings import DEV_ADMIN_TOKEN, Settings  # noqa: E402
 
 
 @dataclass
@@ -58,17 +66,30 @@ class Phase:
     errors: int = 0
     seconds: float = 0.0
     latencies_ms: list[float] = field(default_factory=list)
+    statuses: dict[str, int] = field(default_factory=dict)
+    api_cpu_seconds: float = 0.0
+    client_cpu_seconds: float = 0.0
+    machine_idle: float = 0.0
+    load_average_1m: float = 0.0
 
-    def summary(self) -> dict[str, float | int | str]:
+    def summary(self) -> dict[str, Any]:
         ordered = sorted(self.latencies_ms) or [0.0]
         return {
             "phase": self.name,
             "requests": self.requests,
             "errors": self.errors,
+            "statuses": dict(sorted(self.statuses.items())),
             "per_second": round(self.requests / self.seconds, 1) if self.seconds else 0.0,
             "p50_ms": round(statistics.median(ordered), 2),
             "p99_ms": round(ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))], 2),
             "max_ms": round(ordered[-1], 2),
+            "api_cpu_ms_per_request": round(1000 * self.api_cpu_seconds / self.requests, 3) if self.requests else 0.0,
+            "client_cpu_ms_per_request": round(1000 * self.client_cpu_seconds / self.requests, 3)
+            if self.requests
+            else 0.0,
+            "api_cores": round(self.api_cpu_seconds / self.seconds, 2) if self.seconds else 0.0,
+            "machine_idle_percent": round(100 * self.machine_idle, 1),
+            "load_average_1m": round(self.load_average_1m, 2),
         }
 
 
@@ -101,54 +122,193 @@ def process_tree_rss_mb(pid: int) -> tuple[float, float]:
     return total / 1024, largest / 1024
 
 
-async def run_phase(name: str, make_request, duration: float, concurrency: int) -> Phase:  # type: ignore[no-untyped-def]
+def process_tree(pid: int) -> list[int]:
+    """A process and all its descendants (uvicorn's supervisor and its workers)."""
+    found, pending = [], [pid]
+    while pending:
+        current = pending.pop()
+        try:
+            pending += [int(child) for child in Path(f"/proc/{current}/task/{current}/children").read_text().split()]
+        except OSError:
+            continue
+        found.append(current)
+    return found
+
+
+_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """utime + stime of these processes, in seconds (/proc/<pid>/stat fields 14 and 15)."""
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])
+    return total / _TICKS
+
+
+def machine_times() -> tuple[int, int]:
+    """(idle + iowait, total) jiffies of all CPUs, from /proc/stat."""
+    values = [int(value) for value in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    return values[3] + values[4], sum(values[:8])
+
+
+class RawConnection:
+    """One keep-alive HTTP/1.1 connection for GETs: a few lines of asyncio instead of httpx, whose
+    client work per request (over 1 ms of CPU) would otherwise take the cores the API is measured
+    on. Reconnects after an error."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.host, self.port = host, port
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def get(self, path: str, headers: dict[str, str]) -> tuple[int, bytes]:
+        if self.writer is None:
+            self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+        assert self.reader is not None
+        lines = "".join(f"{name}: {value}\r\n" for name, value in headers.items())
+        self.writer.write(f"GET {path} HTTP/1.1\r\nHost: {self.host}\r\n{lines}\r\n".encode())
+        try:
+            head = await self.reader.readuntil(b"\r\n\r\n")
+            status_line, *header_lines = head.decode("latin-1").split("\r\n")
+            length = next(
+                int(line.split(":", 1)[1]) for line in header_lines if line.lower().startswith("content-length:")
+            )
+            return int(status_line.split()[1]), await self.reader.readexactly(length)
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+        self.reader = self.writer = None
+
+
+class Status:
+    """What a request gave: an httpx response or a RawConnection's (status, body)."""
+
+    def __init__(self, status_code: int) -> None:
+        self.status_code = status_code
+
+
+async def run_phase(name: str, make_request, duration: float, concurrency: int, api_pids: list[int]) -> Phase:  # type: ignore[no-untyped-def]
+    """`concurrency` users each send make_request(connection) back to back for `duration` seconds."""
     phase = Phase(name)
     deadline = time.perf_counter() + duration
+    host, port = BASE_ADDRESS
 
     async def user() -> None:
+        connection = RawConnection(host, port)
         while time.perf_counter() < deadline:
             started = time.perf_counter()
             try:
-                response = await make_request()
+                response = await make_request(connection)
+                status = str(response.status_code)
                 ok = response.status_code < 400
-            except httpx.HTTPError:
-                ok = False
+            except (httpx.HTTPError, OSError, asyncio.IncompleteReadError, StopIteration, ValueError) as error:
+                status, ok = type(error).__name__, False
             phase.latencies_ms.append((time.perf_counter() - started) * 1000)
             phase.requests += 1
             phase.errors += 0 if ok else 1
+            phase.statuses[status] = phase.statuses.get(status, 0) + 1
 
+        connection.close()
+
+    cpu_before, (idle_before, total_before) = cpu_seconds(api_pids), machine_times()
+    client_before = time.process_time()
     started = time.perf_counter()
     await asyncio.gather(*(user() for _ in range(concurrency)))
     phase.seconds = time.perf_counter() - started
+    idle_after, total_after = machine_times()
+    phase.api_cpu_seconds = cpu_seconds(api_pids) - cpu_before
+    phase.client_cpu_seconds = time.process_time() - client_before
+    phase.machine_idle = (idle_after - idle_before) / max(1, total_after - total_before)
+    phase.load_average_1m = os.getloadavg()[0]
     return phase
 
 
-async def benchmark(base_url: str, key: str, args: argparse.Namespace) -> list[Phase]:
-    headers = {"Authorization": f"Bearer {key}"}
+BASE_ADDRESS = ("127.0.0.1", 0)
+ADMIN_HEADERS = {"Authorization": f"Bearer {DEV_ADMIN_TOKEN}"}
+
+
+async def create_bench_tenant(client: httpx.AsyncClient, keys: int) -> list[str]:
+    """The bench tenant, through the admin API as an operator would: queued trainings are never
+    worked off here, so its concurrent-trainings limit is raised; `keys` keys share its traffic."""
+    response = await client.post(
+        "/v1/admin/tenants", json={"name": "load bench", "max_concurrent_trainings": 1_000_000}, headers=ADMIN_HEADERS
+    )
+    response.raise_for_status()
+    tenant_id = response.json()["id"]
+    created = []
+    for index in range(keys):
+        response = await client.post(
+            f"/v1/admin/tenants/{tenant_id}/keys", json={"name": f"bench {index}"}, headers=ADMIN_HEADERS
+        )
+        response.raise_for_status()
+        created.append(response.json()["key"])
+    return created
+
+
+async def benchmark(base_url: str, args: argparse.Namespace, api_pids: list[int]) -> list[Phase]:
+    global BASE_ADDRESS
+    BASE_ADDRESS = ("127.0.0.1", int(base_url.rsplit(":", 1)[1]))
     images = [png(seed) for seed in range(args.images)]
     files = [("images", (f"{index}.png", data, "image/png")) for index, data in enumerate(images)]
     limits = httpx.Limits(max_connections=args.concurrency, max_keepalive_connections=args.concurrency)
-    async with httpx.AsyncClient(base_url=base_url, headers=headers, limits=limits, timeout=30) as client:
+    async with httpx.AsyncClient(base_url=base_url, limits=limits, timeout=30) as client:
+        keys = itertools.cycle(
+            [{"Authorization": f"Bearer {key}"} for key in await create_bench_tenant(client, args.keys)]
+        )
+
+        async def poll(connection: RawConnection) -> Status:
+            status, _ = await connection.get(f"/v1/trainings/{random.choice(ids)}", next(keys))
+            return Status(status)
+
+        async def submit(_: RawConnection | None = None) -> httpx.Response:
+            return await client.post("/v1/trainings", files=files, headers=next(keys))
+
+        async def list_page(connection: RawConnection) -> Status:
+            status, _ = await connection.get("/v1/trainings?limit=20", next(keys))
+            return Status(status)
+
+        async def mixed(connection: RawConnection) -> Any:
+            draw = random.random()
+            return await (poll if draw < 0.90 else list_page if draw < 0.98 else submit)(connection)
+
         ids = []
         for _ in range(20):
-            response = await client.post("/v1/trainings", files=files)
+            response = await submit()
             response.raise_for_status()
             ids.append(response.json()["id"])
-        # Warm up connections and caches.
-        await run_phase("warmup", lambda: client.get(f"/v1/trainings/{random.choice(ids)}"), 2, args.concurrency)
-        polls = await run_phase(
-            "status polls",
-            lambda: client.get(f"/v1/trainings/{random.choice(ids)}"),
-            args.duration,
-            args.concurrency,
-        )
-        submissions = await run_phase(
-            "submissions (4 images)",
-            lambda: client.post("/v1/trainings", files=files),
-            args.duration,
-            args.concurrency,
-        )
-    return [polls, submissions]
+
+        async def phase(name: str, make_request: Any) -> Phase:
+            return await run_phase(name, make_request, args.duration, args.concurrency, api_pids)
+
+        # Warm up connections and caches (every key once).
+        await run_phase("warmup", poll, 2, args.concurrency, api_pids)
+        phases = [
+            await phase("status polls", poll),
+            await phase(f"submissions ({args.images} images)", submit),
+            await phase("mix 90/8/2 poll/list/submit", mixed),
+        ]
+        # Hook for more phases (e.g. bench/sse_phase.py's event streams): extra_phases returns Phase
+        # objects, e.g. measured with run_phase(name, make_request, args.duration, args.concurrency,
+        # api_pids), where make_request(connection: RawConnection) is awaited back to back by each
+        # user and returns anything with a status_code; next(keys) gives the next key's headers.
+        phases += await extra_phases(client, ids=ids, keys=keys, args=args, api_pids=api_pids)
+    return phases
+
+
+async def extra_phases(
+    client: httpx.AsyncClient, *, ids: list[str], keys: Any, args: argparse.Namespace, api_pids: list[int]
+) -> list[Phase]:
+    """Phases added by other benches (SSE streams); none yet."""
+    return []
 
 
 def measure_overhead(runs: int, steps: int) -> dict[str, Any]:
@@ -220,6 +380,7 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, default=16, help="concurrent clients")
     parser.add_argument("--api-workers", type=int, default=2, help="uvicorn worker processes")
     parser.add_argument("--images", type=int, default=4, help="images per submission")
+    parser.add_argument("--keys", type=int, default=200, help="API keys sharing the load (600 requests/min each)")
     parser.add_argument("--pg-admin", default="postgresql://postgres@127.0.0.1:5432/postgres")
     parser.add_argument("--redis", default="redis://127.0.0.1:6379/14")
     parser.add_argument("--overhead", type=int, default=4, help="embedded-default training runs (0: skip)")
@@ -242,7 +403,6 @@ def main() -> int:
     }
     settings = Settings(database_url=database_url, broker_url=args.redis, data_dir=workdir)
     upgrade_database(settings)
-    key = ensure_local_key(settings)
     port = free_port()
     api = subprocess.Popen(
         [sys.executable, "-m", "app.cli", "api", "--port", str(port), "--workers", str(args.api_workers)],
@@ -268,7 +428,8 @@ def main() -> int:
                 time.sleep(0.2)
         sampler = threading.Thread(target=sample_rss, daemon=True)
         sampler.start()
-        phases = asyncio.run(benchmark(base_url, key, args))
+        api_pids = process_tree(api.pid)
+        phases = asyncio.run(benchmark(base_url, args, api_pids))
         stop.set()
         sampler.join()
     finally:
@@ -279,14 +440,21 @@ def main() -> int:
         redis.Redis.from_url(args.redis).flushdb()
 
     rows = [phase.summary() for phase in phases]
-    header = f"{'phase':<24} {'requests':>9} {'errors':>7} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8}"
+    header = (
+        f"{'phase':<28} {'requests':>9} {'errors':>7} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} "
+        f"{'API CPU ms/req':>15} {'API cores':>10} {'client ms/req':>14} {'idle %':>7} {'load 1m':>8}"
+    )
     print(header)
     print("-" * len(header))
     for row in rows:
         print(
-            f"{row['phase']:<24} {row['requests']:>9} {row['errors']:>7} {row['per_second']:>8} "
-            f"{row['p50_ms']:>8} {row['p99_ms']:>8} {row['max_ms']:>8}"
+            f"{row['phase']:<28} {row['requests']:>9} {row['errors']:>7} {row['per_second']:>8} "
+            f"{row['p50_ms']:>8} {row['p99_ms']:>8} {row['max_ms']:>8} {row['api_cpu_ms_per_request']:>15} "
+            f"{row['api_cores']:>10} {row['client_cpu_ms_per_request']:>14} "
+            f"{row['machine_idle_percent']:>7} {row['load_average_1m']:>8}"
         )
+        if row["errors"]:
+            print(f"  statuses: {row['statuses']}")
     print(
         f"peak API RSS: {peak_process_rss:.0f} MB per process, {peak_rss:.0f} MB for all "
         f"{args.api_workers} workers and their supervisor"
@@ -310,6 +478,7 @@ def main() -> int:
             "concurrency": args.concurrency,
             "api_workers": args.api_workers,
             "images_per_submission": args.images,
+            "api_keys": args.keys,
             "cpus": os.cpu_count(),
             # Other work on the machine skews every number: record how busy it was.
             "load_average_1m_start": load_start,

@@ -8,32 +8,74 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
-from app.db import get_session
-from app.tenants import rate_limit
+from app.db import get_session, read_only
+from app.settings import Settings
+from app.tenants import keys, rate_limit
 from app.tenants.service import Principal, authenticate, authenticate_admin
 
 SessionDep = Annotated[Session, Depends(get_session, scope="function")]
 
 # Declares the Bearer scheme in openapi.yaml; the header itself is parsed by `authenticate`
 # so that every failure gets a message naming the problem.
-_bearer = HTTPBearer(auto_error=False, description="An API key: `Authorization: Bearer leap_live_<prefix>_<secret>`")
+bearer = HTTPBearer(auto_error=False, description="An API key: `Authorization: Bearer leap_live_<prefix>_<secret>`")
 _admin_bearer = HTTPBearer(
     auto_error=False, scheme_name="AdminToken", description="The admin token: `Authorization: Bearer $LEAP_ADMIN_TOKEN`"
 )
 
 
+def make_key_cache(settings: Settings, limiter: rate_limit.RateLimiter) -> keys.VerifiedKeys | None:
+    """The verified-key cache, where revocations reach it at once: a shared Redis, or the embedded
+    default's single process. None when LEAP_API_KEY_CACHE_TTL is 0."""
+    ttl = settings.api_key_cache_ttl.total_seconds()
+    if ttl <= 0 or not (rate_limit.shares_revocations(limiter) or settings.is_embedded):
+        return None
+    return keys.VerifiedKeys(ttl_seconds=ttl)
+
+
+def resolve_principal(request: Request, session: Session) -> Principal:
+    """The tenant behind the request's Bearer key (401 otherwise; 429 past the key's rate limit).
+
+    Blocking (database and Redis): call it from a worker thread. A key verified within
+    LEAP_API_KEY_CACHE_TTL costs no database query, only the rate limit's Redis round trip, which
+    also returns the revocation generation: if a key was revoked since, the cache is dropped and
+    the key checked in the database again."""
+    authorization = request.headers.get("authorization")
+    state = request.app.state
+    limiter: rate_limit.RateLimiter = state.rate_limiter
+    limit = state.settings.rate_limit_requests
+    cache: keys.VerifiedKeys | None = state.verified_keys
+    if cache is None or not authorization:
+        principal = authenticate(session, authorization=authorization)
+        rate_limit.check(limiter, api_key_id=str(principal.api_key_id), limit=limit)
+        return principal
+    digest = keys.digest(authorization)
+    decision = None
+    cached = cache.get(digest)
+    if cached is not None:
+        decision = limiter.hit(str(cached.api_key_id))
+        if decision.revocation_generation is not None and decision.revocation_generation == cached.generation:
+            rate_limit.refuse_if_limited(decision, limit=limit)
+            return Principal(tenant_id=cached.tenant_id, api_key_id=cached.api_key_id)
+        cache.observe(decision.revocation_generation)  # a key was revoked: forget them all
+    generation = cache.generation  # seen before the database read
+    principal = authenticate(session, authorization=authorization)
+    if decision is None:  # (a cache hit has counted this request already: same prefix, same key)
+        decision = limiter.hit(str(principal.api_key_id))
+    cache.observe(decision.revocation_generation)
+    if generation is not None and decision.revocation_generation == generation:
+        cache.put(digest, tenant_id=principal.tenant_id, api_key_id=principal.api_key_id, generation=generation)
+    rate_limit.refuse_if_limited(decision, limit=limit)
+    return principal
+
+
 def current_principal(
     request: Request,
-    session: SessionDep,
-    _credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+    _credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
 ) -> Principal:
-    """The tenant behind the request's Bearer key (401 otherwise; 429 past the key's rate limit)."""
-    principal = authenticate(session, authorization=request.headers.get("authorization"))
-    settings = request.app.state.settings
-    rate_limit.check(
-        request.app.state.rate_limiter, api_key_id=str(principal.api_key_id), limit=settings.rate_limit_requests
-    )
-    return principal
+    """The tenant behind the request's Bearer key (401 otherwise; 429 past the key's rate limit).
+    Reads the key on a short autocommit session of its own (none at all for a cached key)."""
+    with read_only(request.app.state.database) as session:
+        return resolve_principal(request, session)
 
 
 PrincipalDep = Annotated[Principal, Depends(current_principal)]

@@ -10,10 +10,11 @@ from typing import Any
 from pydantic import SecretStr
 from sqlalchemy.orm import Session
 
+from app.db import on_commit
 from app.errors import NotFound, Unauthorized, ValidationFailed
 from app.orm import ApiKey, Tenant
 from app.orm.base import utcnow
-from app.tenants import keys, repository
+from app.tenants import keys, rate_limit, repository
 from app.validation import INT32_MAX, refuse_nul
 
 
@@ -96,10 +97,12 @@ def list_api_keys(session: Session, *, tenant_id: uuid.UUID) -> list[ApiKey]:
 
 
 def revoke_api_key(session: Session, *, key_id: uuid.UUID) -> ApiKey:
-    """Revoke a key; idempotent. Requests with it fail at once."""
+    """Revoke a key; idempotent. Requests with it fail at once: once committed, every API process
+    forgets the keys it had verified (rate_limit.announce_revocation)."""
     api_key = repository.revoke_api_key(session, key_id, now=utcnow())
     if api_key is None:
         raise NotFound(f"API key {key_id} not found")
+    on_commit(session, rate_limit.announce_revocation)
     return api_key
 
 

@@ -6,10 +6,13 @@ from collections.abc import AsyncIterator
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
+from fastapi.security import HTTPAuthorizationCredentials
+from starlette.concurrency import run_in_threadpool
 
-from app.deps import ArtifactLinksDep, RegistryDep, SettingsDep, StorageDep
+from app.db import read_only, unit_of_work
+from app.deps import ArtifactLinksDep, RegistryDep, SettingsDep, StorageDep, artifact_links
 from app.errors import error_responses
-from app.tenants.auth import PrincipalDep, SessionDep
+from app.tenants.auth import PrincipalDep, SessionDep, bearer, resolve_principal
 from app.trainings import schemas, service, uploads
 
 router = APIRouter(prefix="/v1/trainings", tags=["trainings"])
@@ -54,10 +57,10 @@ _request_body = {
         **error_responses(400, 401, 402, 409, 413, 415, 422, 429, 503),
     },
 )
-def create_training(
+async def create_training(
+    request: Request,
     response: Response,
     principal: PrincipalDep,
-    session: SessionDep,
     submission: Annotated[uploads.Submission, Depends(read_submission, scope="function")],
     settings: SettingsDep,
     storage: StorageDep,
@@ -73,19 +76,27 @@ def create_training(
         ),
     ] = None,
 ) -> schemas.Training:
-    training, created = service.create_training(
-        session,
-        principal=principal,
-        submission=submission,
-        idempotency_key=idempotency_key,
-        settings=settings,
-        storage=storage,
-        registry=registry,
-    )
-    response.headers["Location"] = f"/v1/trainings/{training.id}"
+    # The key is checked (above) before the body is read. The unit of work then runs in one
+    # worker-thread call, commit included, so the tenant's row lock is never held across a hop
+    # back to the event loop (which serialised one tenant's submissions under load).
+    def create() -> tuple[schemas.Training, bool]:
+        with unit_of_work(request.app.state.database.session_factory) as session:
+            training, created = service.create_training(
+                session,
+                principal=principal,
+                submission=submission,
+                idempotency_key=idempotency_key,
+                settings=settings,
+                storage=storage,
+                registry=registry,
+            )
+            return service.present(session, [training], links=links)[0], created
+
+    view, created = await run_in_threadpool(create)
+    response.headers["Location"] = f"/v1/trainings/{view.id}"
     if not created:
         response.headers["Idempotent-Replayed"] = "true"
-    return service.present(session, [training], links=links)[0]
+    return view
 
 
 @router.get(
@@ -94,18 +105,25 @@ def create_training(
     summary="List your trainings, newest first",
     responses=error_responses(401, 422, 429),
 )
-def list_trainings(
-    principal: PrincipalDep,
-    session: SessionDep,
+async def list_trainings(
+    request: Request,
     links: ArtifactLinksDep,
+    _credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
     status: Annotated[schemas.Status | None, Query(description="Only trainings in this state")] = None,
     cursor: Annotated[str | None, Query(description="next_cursor of the previous page")] = None,
     limit: Annotated[int, Query(ge=1, le=service.MAX_PAGE_SIZE)] = 20,
-) -> schemas.TrainingList:
-    trainings, next_cursor = service.list_trainings(
-        session, principal=principal, status=status, cursor=cursor, limit=limit
-    )
-    return schemas.TrainingList(data=service.present(session, trainings, links=links), next_cursor=next_cursor)
+) -> Response:
+    # Like a poll: authentication, rate limit, query and serialisation in one worker-thread call.
+    def list_page() -> Response:
+        with read_only(request.app.state.database) as session:
+            principal = resolve_principal(request, session)
+            trainings, next_cursor = service.list_trainings(
+                session, principal=principal, status=status, cursor=cursor, limit=limit
+            )
+            page = schemas.TrainingList(data=service.present(session, trainings, links=links), next_cursor=next_cursor)
+        return Response(page.model_dump_json(by_alias=True), media_type="application/json")
+
+    return await run_in_threadpool(list_page)
 
 
 @router.get(
@@ -114,11 +132,22 @@ def list_trainings(
     summary="Get a training",
     responses=error_responses(401, 404, 429),
 )
-def get_training(
-    training_id: str, principal: PrincipalDep, session: SessionDep, links: ArtifactLinksDep
-) -> schemas.Training:
-    training = service.get_training(session, principal=principal, training_id=training_id)
-    return service.present(session, [training], links=links)[0]
+async def get_training(
+    request: Request,
+    training_id: str,
+    _credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+) -> Response:
+    # The hot path (clients poll this): authentication, rate limit, load and serialisation in one
+    # worker-thread call, on an autocommit read session, instead of a thread hop for each.
+    return await run_in_threadpool(_get_training, request, training_id)
+
+
+def _get_training(request: Request, training_id: str) -> Response:
+    with read_only(request.app.state.database) as session:
+        principal = resolve_principal(request, session)
+        training = service.get_training(session, principal=principal, training_id=training_id)
+        view = service.present(session, [training], links=artifact_links(request))[0]
+    return Response(view.model_dump_json(by_alias=True), media_type="application/json")
 
 
 @router.post(
