@@ -41,7 +41,10 @@ _request_body = {
         202: {
             "description": "Accepted and queued; Location points at the training.",
             "headers": {
-                "Location": {"description": "URL of the training", "schema": {"type": "string"}},
+                "Location": {
+                    "description": "The training's URL, as in urls.get: absolute under LEAP_PUBLIC_URL, else a path",
+                    "schema": {"type": "string"},
+                },
                 "Idempotent-Replayed": {
                     "description": "`true` when an Idempotency-Key returned an earlier training",
                     "schema": {"type": "string"},
@@ -79,10 +82,11 @@ def create_training(
         storage=storage,
         registry=registry,
     )
-    response.headers["Location"] = f"/v1/trainings/{training.id}"
+    (view,) = service.present(session, [training], links=links)
+    response.headers["Location"] = view.urls.get
     if not created:
         response.headers["Idempotent-Replayed"] = "true"
-    return service.present(session, [training], links=links)[0]
+    return view
 
 
 @router.get(
