@@ -173,5 +173,7 @@ def test_submit_sends_a_webhook_events_filter_list_and_reads_the_new_fields(leap
     assert training.object == "training" and training.progress.total == 3
     assert training.urls.get == f"/v1/trainings/{training.id}" and training.urls.cancel is not None
     assert training.queue_position is not None and training.queue_position >= 1
-    canceled = leap.cancel(training.id)
-    assert canceled.queue_position is None and canceled.urls.cancel is None and canceled.urls.stream is None
+    leap.cancel(training.id)
+    canceled = leap.wait(training.id, timeout=60)  # at once if still queued; a worker may have claimed it
+    assert canceled.status == "canceled" and canceled.queue_position is None
+    assert canceled.urls.cancel is None and canceled.urls.stream is None
