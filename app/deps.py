@@ -34,10 +34,17 @@ RegistryDep = Annotated[Registry, Depends(get_registry)]
 
 
 def artifact_links(request: Request) -> ArtifactLinks:
-    """Presigns artifact URLs; local files are served by this API, so links use its public URL."""
+    """Presigns artifact URLs; local files are served by this API, so links use its public URL.
+    A training's own `urls` use LEAP_PUBLIC_URL only, so that its webhooks (sent without a request)
+    carry the same ones."""
     settings: Settings = request.app.state.settings
     base_url = settings.public_url or str(request.base_url)
-    return ArtifactLinks(storage=request.app.state.storage, ttl=settings.artifact_url_ttl, base_url=base_url)
+    return ArtifactLinks(
+        storage=request.app.state.storage,
+        ttl=settings.artifact_url_ttl,
+        base_url=base_url,
+        public_url=settings.public_url,
+    )
 
 
 async def get_artifact_links(request: Request) -> ArtifactLinks:

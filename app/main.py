@@ -18,6 +18,7 @@ from app.errors import install_error_handlers
 from app.health.metrics import HttpMetricsMiddleware, TrainingCollector
 from app.health.routes import router as health_router
 from app.memory import release_large_buffers
+from app.options import OptionsMiddleware
 from app.outbox.service import bind_sender
 from app.settings import Settings, get_settings
 from app.storage import make_storage
@@ -65,6 +66,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     metrics_registry = CollectorRegistry()
     metrics_registry.register(TrainingCollector(database.session_factory, lambda: queue_depth(celery, settings.queue)))
     app.state.metrics_registry = metrics_registry
+    app.add_middleware(OptionsMiddleware)
     app.add_middleware(HttpMetricsMiddleware, registry=metrics_registry)
 
     install_error_handlers(app)

@@ -56,7 +56,8 @@ class Settings(BaseSettings):
     s3_public_endpoint_url: str | None = None
     """Endpoint written into presigned URLs when clients reach storage by another name (compose)."""
     public_url: str | None = None
-    """Base URL clients reach the API at; used in links to local files. Default: the request's own."""
+    """Base URL clients reach the API at: the base of links to local files (default: the request's own)
+    and of a training's `urls` and Location header (default: none, they are paths such as /v1/trainings/<id>)."""
 
     admin_token: SecretStr = SecretStr(DEV_ADMIN_TOKEN)
     """Authorises admin operations (issue 6 adds the admin API)."""

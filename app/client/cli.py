@@ -15,10 +15,12 @@ from pathlib import Path
 from typing import Annotated, Any, ParamSpec, TypeVar
 
 import typer
+from pydantic import ValidationError
 from rich.console import Console
 
 from app.client.client import ApiError, ChecksumMismatch, LeapClient, NoInputs, Unreachable, WaitTimeout, input_files
-from app.trainings.schemas import Training
+from app.client.progress import state_text, steps_text
+from app.trainings.schemas import Training, TrainingForm
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 
@@ -30,9 +32,11 @@ class ExitCode(IntEnum):
     TRAINING_UNSUCCESSFUL = 1
     """The training failed or was canceled (or, for download, has not succeeded)."""
     USAGE = 2
-    """Bad arguments or options, no images, no API key (also typer's own usage errors)."""
+    """Bad arguments or options (checked here, or a 422 naming one), no images, no API key (also typer's
+    own usage errors)."""
     REFUSED = 3
-    """The API refused the request (401, 409, 413, 415, 422, ...): the error code is printed."""
+    """The API refused the request (401, 402, 409, 413, 415, a 422 about an image or example, ...): the
+    error code is printed."""
     NOT_FOUND = 4
     """No such training for this key."""
     UNREACHABLE = 5
@@ -54,6 +58,16 @@ def fail(code: ExitCode, error_code: str, message: str) -> typer.Exit:
     return typer.Exit(int(code))
 
 
+def option_name(field: str) -> str:
+    """The command-line option of an API field: max_steps -> --max-steps."""
+    return "--" + field.replace("_", "-").lower()
+
+
+def _is_usage_error(error: ApiError) -> bool:
+    """A 422 naming a field: every field a command sends comes from one of its arguments or options."""
+    return error.status_code == 422 and error.code == "validation_error" and bool(error.details.get("field"))
+
+
 def _client_errors(command: Callable[P, R]) -> Callable[P, R]:
     """Map the client's exceptions to exit codes and one-line messages."""
 
@@ -64,6 +78,8 @@ def _client_errors(command: Callable[P, R]) -> Callable[P, R]:
         except ApiError as error:
             if error.status_code == 404:
                 code = ExitCode.NOT_FOUND
+            elif _is_usage_error(error):
+                code = ExitCode.USAGE
             elif error.status_code >= 500 or error.status_code in (429, 503):
                 code = ExitCode.UNREACHABLE
             else:
@@ -107,9 +123,22 @@ def _print_json(value: Any) -> None:
     typer.echo(json.dumps(value, indent=2, default=str))
 
 
+def _check_form(form: dict[str, Any]) -> None:
+    """Check the options by the API's own rules before anything is uploaded: a bad one is a usage error
+    (exit 2) naming the option, not a refusal after the upload."""
+    fields = {name: str(value) for name, value in form.items() if value is not None}
+    try:
+        TrainingForm.model_validate(fields)
+    except ValidationError as error:
+        problem = error.errors()[0]
+        field = str(problem["loc"][0]) if problem["loc"] else "form"
+        message = problem["msg"].removeprefix("Value error, ")
+        raise fail(ExitCode.USAGE, "validation_error", f"{option_name(field)}: {message}") from None
+
+
 def _summary(training: Training) -> str:
     progress = training.progress
-    steps = f"{progress.step}/{progress.total if progress.total is not None else '?'}"
+    steps = steps_text(progress.step, progress.total).removesuffix(" steps")
     loss = f"{progress.loss:.4f}" if progress.loss is not None else "-"
     return "\t".join((training.id, training.status, training.created_at.isoformat(), training.base_model, steps, loss))
 
@@ -132,14 +161,14 @@ def _describe(training: Training) -> str:
     loss = f"{progress.loss:.4f}" if progress.loss is not None else "-"
     lines = [
         ("id", training.id),
-        ("status", training.status),
+        ("status", state_text(training)),
         ("base model", f"{training.base_model} ({training.kind}: {training.mode}, token {training.token})"),
         (
             "inputs",
             f"{training.example_count} text examples" if training.kind == "text" else f"{training.image_count} images",
         ),
         ("init", init + (f" ({training.init_note})" if training.init_note else "")),
-        ("progress", f"{progress.step}/{progress.total or '?'} steps, loss {loss}"),
+        ("progress", f"{steps_text(progress.step, progress.total)}, loss {loss}"),
         ("created", training.created_at.isoformat()),
         ("finished", training.finished_at.isoformat() if training.finished_at else "-"),
     ]
@@ -217,6 +246,13 @@ def submit_command(
     max_length: Annotated[int | None, typer.Option(help="Text models: token limit per example.")] = None,
     lora_targets: Annotated[str | None, typer.Option(help="Text models: attention (default) or attention+mlp.")] = None,
     webhook_url: Annotated[str | None, typer.Option(help="Told about state changes.")] = None,
+    webhook_events_filter: Annotated[
+        str | None,
+        typer.Option(
+            help="The events sent to --webhook-url, comma-separated: training.queued, training.started, "
+            "training.succeeded, training.failed, training.canceled (default: all)."
+        ),
+    ] = None,
     metadata: Annotated[str | None, typer.Option(help="A JSON object stored with the training.")] = None,
     idempotency_key: Annotated[
         str | None, typer.Option(help="Re-running with the same key returns the same training.")
@@ -241,7 +277,6 @@ def submit_command(
         raise fail(ExitCode.USAGE, "no_images", "no inputs: give a folder or file, or --images-url / --examples-url")
     if inputs is not None and by_url:
         raise fail(ExitCode.USAGE, "inputs_and_url", "give INPUTS or --images-url / --examples-url, not both")
-    files = _inputs(inputs) if inputs is not None else []
     form = {
         "steps": steps,
         "max_steps": max_steps,
@@ -257,8 +292,11 @@ def submit_command(
         "max_length": max_length,
         "lora_targets": lora_targets,
         "webhook_url": webhook_url,
+        "webhook_events_filter": webhook_events_filter,
         "metadata": metadata,
     }
+    _check_form(form)
+    files = _inputs(inputs) if inputs is not None else []
     with open_client(url, api_key) as client:
         training = client.submit(
             files, idempotency_key=idempotency_key, images_url=images_url, examples_url=examples_url, **form

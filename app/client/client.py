@@ -229,11 +229,12 @@ class LeapClient:
         idempotency_key: str | None = None,
         images_url: str | Iterable[str] | None = None,
         examples_url: str | Iterable[str] | None = None,
-        **form: str | int | float | dict[str, Any] | None,
+        **form: str | int | float | dict[str, Any] | list[str] | None,
     ) -> Training:
         """POST /v1/trainings with form fields such as steps=400, mode="pivotal", token="<leap>",
-        base_model="smollm2-135m", metadata={...}. `inputs`: a folder (its images or .zip, else its
-        .txt/.jsonl examples), or files: image paths or one .zip for an image model, .txt paths or one
+        base_model="smollm2-135m", metadata={...}, webhook_url=..., webhook_events_filter=["training.succeeded"]
+        (a dict or list is sent as JSON). `inputs`: a folder (its images or .zip, else its .txt/.jsonl
+        examples), or files: image paths or one .zip for an image model, .txt paths or one
         .jsonl for a text model, or (name, bytes) pairs (.txt/.jsonl names are sent as examples).
         Instead of files, `images_url` (a .zip's URL, or one URL per image) or `examples_url`: the
         server downloads them."""
@@ -241,7 +242,7 @@ class LeapClient:
             inputs = input_files(inputs)
         files = [_part(item) for item in inputs]
         data: dict[str, str | list[str]] = {
-            name: json.dumps(value) if isinstance(value, dict) else str(value)
+            name: json.dumps(value) if isinstance(value, dict | list) else str(value)
             for name, value in form.items()
             if value is not None
         }
@@ -317,8 +318,11 @@ class LeapClient:
         once its checksum matches."""
         if isinstance(training, str):
             training = self.get(training)
-        elif any(artifact.expires_at <= datetime.now(UTC) for artifact in training.artifacts):
-            training = self.get(training.id)  # fresh presigned links
+        elif any(
+            artifact.url is None or artifact.expires_at is None or artifact.expires_at <= datetime.now(UTC)
+            for artifact in training.artifacts
+        ):
+            training = self.get(training.id)  # fresh presigned links (a webhook's training has none)
         folder.mkdir(parents=True, exist_ok=True)
         return [self._download_artifact(artifact, folder) for artifact in training.artifacts]
 
@@ -326,6 +330,8 @@ class LeapClient:
         target = artifact_path(folder, artifact.name)
         target.parent.mkdir(parents=True, exist_ok=True)
         partial = target.with_name(target.name + ".part")
+        if artifact.url is None:
+            raise ClientError(f"{artifact.name}: no download link (GET the training for one)")
         url = str(httpx.URL(self.base_url + "/").join(artifact.url))
         digest = hashlib.sha256()
         size = 0

@@ -16,6 +16,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     Uuid,
+    text,
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -35,6 +36,15 @@ class Training(Base):
         Index("ix_trainings_tenant_created", "tenant_id", "created_at", "id"),
         Index("ix_trainings_status_lease", "status", "lease_expires_at"),
         Index("ix_trainings_finished_at", "finished_at"),
+        # queue_position counts the queued rows ahead of a training inside this partial index only.
+        Index(
+            "ix_trainings_queued",
+            "attempts",
+            "created_at",
+            "id",
+            postgresql_where=text("status = 'queued'"),
+            sqlite_where=text("status = 'queued'"),
+        ),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=new_id)
@@ -62,6 +72,8 @@ class Training(Base):
     parameters: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
     """Hyperparameters the caller set (steps, learning rates, ...); the rest are the model's defaults."""
     webhook_url: Mapped[str | None] = mapped_column(Text, nullable=True)
+    webhook_events_filter: Mapped[list[str] | None] = mapped_column(JSONType, nullable=True)
+    """The event types sent to webhook_url (sorted); None: every training event."""
     metadata_: Mapped[dict[str, Any]] = mapped_column("metadata", JSONType, default=dict)
     inputs: Mapped[list[dict[str, Any]]] = mapped_column(JSONType, default=list)
     """[{name, key, bytes, sha256}] of the stored input files (clean PNG copies of the images, or text

@@ -10,53 +10,34 @@ from sqlalchemy.orm import Session
 
 from app.orm import Training
 from app.settings import Settings
-from app.trainings import repository
+from app.trainings import presenter, repository
 from app.usage import service as usage
 from app.webhooks import service as webhooks
 
 
-def event_data(training: Training) -> dict[str, Any]:
-    """The `data` of training.* events: the state, not the artifact links (those expire; GET the training)."""
-    error = None
-    if training.status in ("failed", "canceled") and training.error_code:
-        error = {"code": training.error_code, "message": training.error_message or ""}
-    return {
-        "id": str(training.id),
-        "object": "training",
-        "status": training.status,
-        "base_model": training.base_model,
-        "kind": training.kind,
-        "mode": training.mode,
-        "estimated_units": training.estimated_units,
-        "attempts": training.attempts,
-        "init_used": training.init_used,
-        "init_scores": training.init_scores,
-        "stop_reason": training.stop_reason,
-        "eval_curve": training.eval_curve,
-        "error": error,
-        "usage": None
-        if training.usage_steps is None
-        else {
-            "steps": training.usage_steps,
-            "compute_seconds": training.usage_compute_seconds,
-            "device": training.usage_device,
-        },
-        "metadata": training.metadata_,
-        "created_at": training.created_at.isoformat(),
-        "started_at": training.started_at.isoformat() if training.started_at else None,
-        "finished_at": training.finished_at.isoformat() if training.finished_at else None,
-    }
+def event_type(training: Training) -> str:
+    """training.queued, training.started (while running), training.succeeded, .failed or .canceled."""
+    return f"training.{'started' if training.status == 'running' else training.status}"
+
+
+def event_data(session: Session, training: Training, settings: Settings) -> dict[str, Any]:
+    """The `data` of training.* events: exactly the API's Training (presenter.present), as JSON; its
+    artifacts without links (those expire, and a payload may be redelivered later: GET urls.get)."""
+    return presenter.webhook_data(session, training, public_url=settings.public_url)
 
 
 def _emit(session: Session, training: Training, settings: Settings) -> None:
+    type_ = event_type(training)
+    wanted = training.webhook_events_filter is None or type_ in training.webhook_events_filter
     webhooks.emit(
         session,
         tenant_id=training.tenant_id,
-        event_type=f"training.{'started' if training.status == 'running' else training.status}",
-        data=event_data(training),
+        event_type=type_,
+        data=event_data(session, training, settings),
         settings=settings,
         training_id=training.id,
-        training_url=training.webhook_url,
+        # The training's own URL gets the events its filter names; the tenant's endpoints are not affected.
+        training_url=training.webhook_url if wanted else None,
     )
 
 

@@ -47,7 +47,10 @@ _request_body = {
         202: {
             "description": "Accepted and queued; Location points at the training.",
             "headers": {
-                "Location": {"description": "URL of the training", "schema": {"type": "string"}},
+                "Location": {
+                    "description": "The training's URL, as in urls.get: absolute under LEAP_PUBLIC_URL, else a path",
+                    "schema": {"type": "string"},
+                },
                 "Idempotent-Replayed": {
                     "description": "`true` when an Idempotency-Key returned an earlier training",
                     "schema": {"type": "string"},
@@ -93,7 +96,7 @@ async def create_training(
             return service.present(session, [training], links=links)[0], created
 
     view, created = await run_in_threadpool(create)
-    response.headers["Location"] = f"/v1/trainings/{view.id}"
+    response.headers["Location"] = view.urls.get
     if not created:
         response.headers["Idempotent-Replayed"] = "true"
     return view

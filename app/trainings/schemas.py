@@ -2,19 +2,54 @@
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
 from typing import Any, Literal
 from urllib.parse import urlparse
 
-from pydantic import BaseModel, Field, Json, field_validator
+from pydantic import BaseModel, Field, Json, ValidationInfo, field_validator
 
 from app.validation import RequestModel
+from app.webhooks.schemas import TRAINING_EVENT_TYPES, TrainingEventType
 from models.trainer.config import TOKEN_PATTERN
 
 Status = Literal["queued", "running", "succeeded", "failed", "canceled"]
 Kind = Literal["image", "text"]
 TEXT_ONLY_FIELDS = ("max_length", "lora_targets")
 IMAGE_ONLY_FIELDS: tuple[str, ...] = ()  # every image option applies to text models too
+FINISHED: tuple[Status, ...] = ("succeeded", "failed", "canceled")
+
+WEBHOOK_EVENTS_FILTER_DESCRIPTION = (
+    "The events sent to this training's webhook_url, among "
+    + ", ".join(TRAINING_EVENT_TYPES)
+    + " (Replicate's start is training.started; its completed is training.succeeded, training.failed and "
+    "training.canceled). Only together with webhook_url; default: all of them. The tenant's registered "
+    "webhook endpoints keep their own event_types."
+)
+
+
+def parse_event_list(value: Any) -> Any:
+    """webhook_events_filter as sent: a JSON array or comma-separated text (a multipart part is text),
+    each an event type a training's webhook_url receives; returned without duplicates, sorted."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith("["):
+            try:
+                value = json.loads(text)
+            except json.JSONDecodeError as error:
+                raise ValueError(f"not a JSON array ({error.msg})") from error
+        else:
+            value = [item.strip() for item in text.split(",")] if text else []
+    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+        raise ValueError("must be a JSON array of event names, or event names separated by commas")
+    unknown = [item for item in value if item not in TRAINING_EVENT_TYPES]
+    if unknown:
+        raise ValueError(f"unknown event {unknown[0]!r}; the events are {', '.join(TRAINING_EVENT_TYPES)}")
+    if not value:
+        raise ValueError("names no event; leave it out to receive every event")
+    return sorted(set(value), key=TRAINING_EVENT_TYPES.index)
 
 
 class TrainingForm(RequestModel):
@@ -72,9 +107,25 @@ class TrainingForm(RequestModel):
         None, max_length=100, description="A model id from GET /v1/models; default: the server's default."
     )
     webhook_url: str | None = Field(
-        None, max_length=2048, description="http(s) URL told about state changes (delivery: tenancy issue)."
+        None,
+        max_length=2048,
+        description="http(s) URL told about this training's state changes (signed like every webhook).",
     )
+    webhook_events_filter: list[TrainingEventType] | None = Field(None, description=WEBHOOK_EVENTS_FILTER_DESCRIPTION)
     metadata: Json[dict[str, Any]] | None = Field(None, description="A JSON object stored with the training.")
+
+    @field_validator("webhook_events_filter", mode="before")
+    @classmethod
+    def _event_list(cls, value: Any) -> Any:
+        return parse_event_list(value)
+
+    @field_validator("webhook_events_filter")
+    @classmethod
+    def _with_webhook_url(cls, value: list[str] | None, info: ValidationInfo) -> list[str] | None:
+        # It filters the training's own URL; a tenant's registered endpoints have their own event_types.
+        if value is not None and "webhook_url" in info.data and info.data["webhook_url"] is None:
+            raise ValueError("only together with webhook_url (webhook endpoints filter with their own event_types)")
+        return value
 
     @field_validator("webhook_url")
     @classmethod
@@ -122,6 +173,11 @@ class TrainingFieldsRequest(TrainingForm):
         max_length=50,
     )
     metadata: str | None = Field(None, description="A JSON object, as text.")  # type: ignore[assignment]
+    webhook_events_filter: str | None = Field(  # type: ignore[assignment]
+        None,
+        description="As text: a JSON array (" + '["training.started", "training.succeeded"]' + ") or event names "
+        "separated by commas. " + WEBHOOK_EVENTS_FILTER_DESCRIPTION,
+    )
 
 
 class TrainingRequest(TrainingFieldsRequest):
@@ -142,7 +198,11 @@ class TrainingRequest(TrainingFieldsRequest):
 
 class Progress(BaseModel):
     step: int
-    total: int | None
+    total: int | None = Field(
+        description="The planned steps, known from submission: `steps`, or for a training that stops when "
+        "done its cap (max_steps or the model's default); once it succeeded, the steps it ran. Null only for "
+        "trainings submitted before LEAP recorded it."
+    )
     loss: float | None
     eta_s: float | None
 
@@ -174,11 +234,26 @@ class Artifact(BaseModel):
     )
     bytes: int
     sha256: str
-    url: str = Field(description="Presigned download URL (attachment); expires at expires_at.")
-    expires_at: datetime
+    url: str | None = Field(
+        description="Presigned download URL (attachment); expires at expires_at. Null in webhook payloads: a "
+        "payload may be delivered or redelivered after any link would have expired; GET urls.get for fresh links."
+    )
+    expires_at: datetime | None = Field(description="When url stops working; null when url is.")
+
+
+class TrainingUrls(BaseModel):
+    """The training's endpoints: absolute under LEAP_PUBLIC_URL when it is set, else paths on this API."""
+
+    get: str = Field(description="GET: the training.")
+    cancel: str | None = Field(description="POST: cancel it; null once it finished.")
+    stream: str | None = Field(description="GET: its progress and logs as server-sent events; null once it finished.")
+    logs: str = Field(description="GET: its log lines.")
 
 
 class Training(BaseModel):
+    """A training, as every endpoint returns it and as every training.* webhook carries it in `data`."""
+
+    object: Literal["training"] = "training"
     id: str
     status: Status
     base_model: str
@@ -224,18 +299,28 @@ class Training(BaseModel):
         description="Billable units this training is estimated to cost, known at submission "
         "(GET /v1/usage has the recorded ones)."
     )
+    queue_position: int | None = Field(
+        None,
+        description="While queued: its place in the whole queue (every tenant's queued trainings), 1 = the next "
+        "a free worker claims, in the order workers claim them (trainings put back after a worker was lost "
+        "first, then oldest first); null once it is not queued.",
+    )
     progress: Progress
     error: TrainingError | None
     usage: Usage | None
     artifacts: list[Artifact]
     attempts: int
     webhook_url: str | None
+    webhook_events_filter: list[str] | None = Field(
+        None, description="The events sent to webhook_url; null: every training event."
+    )
     metadata: dict[str, Any]
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
     cancel_requested_at: datetime | None
     artifacts_expired_at: datetime | None
+    urls: TrainingUrls
 
 
 class TrainingList(BaseModel):

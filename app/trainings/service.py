@@ -6,8 +6,7 @@ import base64
 import hashlib
 import json
 import uuid
-from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from pathlib import PurePosixPath
 from typing import Any
 
@@ -16,14 +15,15 @@ from sqlalchemy.orm import Session
 
 from app.db import on_rollback
 from app.errors import IdempotencyKeyReused, NotFound, RateLimited, ServiceUnavailable, ValidationFailed
-from app.orm import Artifact, Training
+from app.orm import Training
 from app.orm.base import utcnow
 from app.outbox import service as outbox
 from app.settings import Settings
 from app.storage import Storage, StorageError
 from app.tenants import service as tenants
 from app.tenants.service import Principal
-from app.trainings import events, fetch, repository, schemas, text_uploads, uploads
+from app.trainings import events, fetch, presenter, repository, schemas, text_uploads, uploads
+from app.trainings.presenter import ArtifactLinks
 from app.usage import service as usage
 from app.webhooks import service as webhooks
 from models.registry import BaseModel, Registry
@@ -42,22 +42,6 @@ RUN_TASK = "trainings.run"
 RECOVERED_PRIORITY = 0
 NEW_PRIORITY = 3
 MAX_PAGE_SIZE = 100
-
-
-@dataclass(frozen=True)
-class ArtifactLinks:
-    """Makes the presigned download URLs of artifacts."""
-
-    storage: Storage
-    ttl: timedelta
-    base_url: str
-
-    def link(self, artifact: Artifact) -> tuple[str, datetime]:
-        expires_at = utcnow() + self.ttl
-        url = self.storage.presign_get(
-            artifact.key, filename=artifact.name, expires_in=self.ttl, base_url=self.base_url
-        )
-        return url, expires_at
 
 
 def inputs_prefix(training_id: uuid.UUID) -> str:
@@ -301,12 +285,14 @@ def create_training(
             "token": token,
             "parameters": parameters,
             "webhook_url": form.webhook_url,
+            "webhook_events_filter": form.webhook_events_filter,
             "metadata_": form.metadata or {},
             "inputs": inputs,
             "skipped_files": collected.skipped if collected is not None else [],
             "image_count": image_count,
             "example_count": example_count,
             "progress_step": 0,
+            "progress_total": steps or None,  # shown while queued; the worker writes the same number
             "attempts": 0,
             "created_at": now,
             "estimated_units": estimated_units,
@@ -494,72 +480,5 @@ def cancel_training(session: Session, *, principal: Principal, training_id: str,
 
 
 def present(session: Session, trainings: list[Training], *, links: ArtifactLinks) -> list[schemas.Training]:
-    """API views of trainings, with presigned artifact URLs."""
-    # Only succeeded trainings have artifacts: polls of queued or running ones skip the query.
-    artifacts = repository.artifacts_for(session, [item.id for item in trainings if item.status == "succeeded"])
-    return [_view(training, artifacts.get(training.id, []), links) for training in trainings]
-
-
-def _view(training: Training, artifacts: list[Artifact], links: ArtifactLinks) -> schemas.Training:
-    error = None
-    if training.status in ("failed", "canceled") and training.error_code:
-        error = schemas.TrainingError(code=training.error_code, message=training.error_message or "")
-    usage = None
-    if training.usage_steps is not None:
-        usage = schemas.Usage(
-            steps=training.usage_steps,
-            compute_seconds=training.usage_compute_seconds or 0.0,
-            device=training.usage_device or "",
-        )
-    artifact_views = []
-    for artifact in artifacts:
-        url, expires_at = links.link(artifact)
-        artifact_views.append(
-            schemas.Artifact(
-                name=artifact.name,
-                kind=artifact.kind,
-                bytes=artifact.bytes,
-                sha256=artifact.sha256,
-                url=url,
-                expires_at=expires_at,
-            )
-        )
-    return schemas.Training(
-        id=str(training.id),
-        status=training.status,  # type: ignore[arg-type]
-        base_model=training.base_model,
-        kind=training.kind,  # type: ignore[arg-type]
-        mode=training.mode,
-        init=training.init,
-        init_used=training.init_used,
-        init_note=training.init_note,
-        init_scores=training.init_scores,
-        stop_reason=training.stop_reason,  # type: ignore[arg-type]
-        eval_curve=[schemas.EvalPoint(step=int(step), loss=loss) for step, loss in training.eval_curve]
-        if training.eval_curve
-        else None,
-        token=training.token,
-        parameters=training.parameters,
-        image_count=training.image_count,
-        input_urls=list(dict.fromkeys(item["source_url"] for item in training.inputs if "source_url" in item)),
-        skipped_files=list(training.skipped_files or []),
-        example_count=training.example_count,
-        estimated_units=training.estimated_units,
-        progress=schemas.Progress(
-            step=training.progress_step,
-            total=training.progress_total,
-            loss=training.progress_loss,
-            eta_s=training.progress_eta_s,
-        ),
-        error=error,
-        usage=usage,
-        artifacts=artifact_views,
-        attempts=training.attempts,
-        webhook_url=training.webhook_url,
-        metadata=training.metadata_,
-        created_at=training.created_at,
-        started_at=training.started_at,
-        finished_at=training.finished_at,
-        cancel_requested_at=training.cancel_requested_at,
-        artifacts_expired_at=training.artifacts_expired_at,
-    )
+    """API views of trainings, with presigned artifact URLs (presenter.present: webhooks use it too)."""
+    return presenter.present(session, trainings, public_url=links.public_url, links=links)

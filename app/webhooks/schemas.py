@@ -9,14 +9,16 @@ from pydantic import BaseModel, Field
 
 from app.validation import RequestModel
 
-EventType = Literal[
+TrainingEventType = Literal[
     "training.queued",
     "training.started",
     "training.succeeded",
     "training.failed",
     "training.canceled",
-    "usage.recorded",
 ]
+TRAINING_EVENT_TYPES: tuple[str, ...] = TrainingEventType.__args__  # type: ignore[attr-defined]
+"""The events a training's own webhook_url can receive (its webhook_events_filter picks among them)."""
+EventType = Literal[TrainingEventType, "usage.recorded"]
 EVENT_TYPES: tuple[str, ...] = EventType.__args__  # type: ignore[attr-defined]
 DeliveryStatus = Literal["pending", "succeeded", "failed", "canceled"]
 

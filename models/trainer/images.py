@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -19,6 +20,14 @@ MAX_IMAGES = 50
 DEFAULT_MAX_PIXELS = 40_000_000
 MIN_SIDE = 8
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+# Pillow names the file object it read in some messages: `<_io.BytesIO object at 0x7f...>` tells the
+# caller nothing (the file's own name starts every message) and leaks an address.
+_OBJECT_REPR = re.compile(r"\s*<[\w.]+ object at 0x[0-9a-fA-F]+>")
+
+
+def _reason(error: BaseException) -> str:
+    """Pillow's message without the repr of the file object it read."""
+    return _OBJECT_REPR.sub("", str(error)).strip() or type(error).__name__
 
 
 @dataclass(frozen=True)
@@ -66,10 +75,14 @@ def decode_image_file(name: str, file: IO[bytes], *, max_pixels: int = DEFAULT_M
             ImageOps.exif_transpose(image, in_place=True)  # a copy otherwise: 120 MB at 40 megapixels
     except InvalidImagesError:
         raise
-    except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
-        raise InvalidImagesError(f"not a decodable image ({error})", name) from error
+    except UnidentifiedImageError as error:
+        raise InvalidImagesError(
+            "not an image: no format Pillow reads (PNG, JPEG, WebP, ...) matches it", name
+        ) from error
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+        raise InvalidImagesError(f"not a decodable image ({_reason(error)})", name) from error
     except (OSError, SyntaxError, ValueError) as error:
-        raise InvalidImagesError(f"image data is corrupt or truncated ({error})", name) from error
+        raise InvalidImagesError(f"image data is corrupt or truncated ({_reason(error)})", name) from error
     if min(image.size) < MIN_SIDE:
         raise InvalidImagesError(f"image is {image.size[0]}x{image.size[1]}, below {MIN_SIDE} px", name)
     return _to_rgb(image)

@@ -124,3 +124,47 @@ def test_exit_codes_and_errors_scripts_can_rely_on(leap, tmp_path):
 
     no_key = leap("list", LEAP_API_KEY="", LEAP_DATA_DIR=str(tmp_path / "nowhere"))
     assert no_key.returncode == ExitCode.USAGE and "error: no_api_key: " in no_key.stderr
+
+
+def test_bad_options_are_usage_errors_naming_the_option(leap, tmp_path):
+    one = tmp_path / "one"
+    one.mkdir()
+    (one / "a.png").write_bytes(png_bytes())
+    hook = ("--webhook-url", "https://example.com/hook")
+    for args, mention in (
+        (("--steps", "0"), "--steps: "),
+        (("--mode", "sideways"), "--mode: "),
+        ((*hook, "--webhook-events-filter", "training.started,completed"), "--webhook-events-filter: unknown event"),
+        (("--webhook-events-filter", "training.succeeded"), "--webhook-events-filter: only together with webhook_url"),
+    ):
+        result = leap("submit", str(one), *args)  # checked before anything is uploaded
+        assert result.returncode == ExitCode.USAGE, (args, result.stderr)
+        assert result.stderr.startswith(f"error: validation_error: {mention}"), result.stderr
+    # Rules only the server knows (its models, its step limit) come back as a 422 naming the field: usage too.
+    unknown_model = leap("submit", str(one), "--base-model", "nope")
+    assert unknown_model.returncode == ExitCode.USAGE and "base_model: unknown model 'nope'" in unknown_model.stderr
+    bad_status = leap("list", "--status", "done")
+    assert bad_status.returncode == ExitCode.USAGE and bad_status.stderr.startswith("error: validation_error: status")
+    not_a_number = leap("submit", str(one), "--steps", "many")  # typer's own check
+    assert not_a_number.returncode == ExitCode.USAGE
+
+
+def test_a_file_that_is_not_an_image_is_named_in_the_error(leap, tmp_path):
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    (folder / "a.png").write_bytes(png_bytes())
+    (folder / "holiday.png").write_text("these are my holiday notes, not a picture")
+    result = leap("submit", str(folder))
+    assert result.returncode == ExitCode.REFUSED, result.stderr
+    assert result.stderr.startswith("error: invalid_images: holiday.png: not an image"), result.stderr
+    assert "object at 0x" not in result.stderr
+
+
+def test_submit_shows_the_planned_total_from_the_start(leap, images):
+    result = leap("submit", str(images), "--steps", "20000", "--timeout", "3")
+    assert result.returncode == ExitCode.TIMEOUT, result.stderr
+    training_id = result.stdout.strip()
+    assert "/20000 steps" in result.stderr and "None" not in result.stderr, result.stderr
+    status = json.loads(leap("status", training_id, "--json").stdout)
+    assert status["progress"]["total"] == 20000 and status["urls"]["get"] == f"/v1/trainings/{training_id}"
+    assert leap("cancel", training_id, "--wait", "--timeout", "60").stdout.strip() == "canceled"

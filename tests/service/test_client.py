@@ -160,3 +160,20 @@ def test_a_corrupted_artifact_fails_its_checksum_and_is_not_kept(leap, worker, s
     with pytest.raises(ChecksumMismatch, match=artifact.name):
         leap.download(training.id, tmp_path)
     assert not (tmp_path / artifact.name).exists() and not list(tmp_path.glob("*.part"))
+
+
+def test_submit_sends_a_webhook_events_filter_list_and_reads_the_new_fields(leap):
+    training = leap.submit(
+        SAMPLES[:2],
+        steps=3,
+        webhook_url="https://example.com/hook",
+        webhook_events_filter=["training.succeeded", "training.failed"],
+    )
+    assert training.webhook_events_filter == ["training.succeeded", "training.failed"]
+    assert training.object == "training" and training.progress.total == 3
+    assert training.urls.get == f"/v1/trainings/{training.id}" and training.urls.cancel is not None
+    assert training.queue_position is not None and training.queue_position >= 1
+    leap.cancel(training.id)
+    canceled = leap.wait(training.id, timeout=60)  # at once if still queued; a worker may have claimed it
+    assert canceled.status == "canceled" and canceled.queue_position is None
+    assert canceled.urls.cancel is None and canceled.urls.stream is None

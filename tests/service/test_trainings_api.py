@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import uuid
+from datetime import timedelta
 
 import pytest
+from fastapi.testclient import TestClient
 
 from app.db import unit_of_work
+from app.main import create_app
+from app.openapi_export import openapi_document
+from app.orm.base import utcnow
 from app.tenants import service as tenants
+from app.trainings import lifecycle, repository
 
-from .factories import make_tenant, submit
+from .factories import TEXT_MODEL, make_tenant, submit, text_files
 from .helpers import assert_error
 
 
@@ -20,8 +26,8 @@ def test_get_returns_the_training_with_progress_and_no_artifacts_yet(client, dat
     assert response.status_code == 200
     body = response.json()
     assert body["id"] == created["id"]
-    assert body["status"] == "queued"
-    assert body["progress"] == {"step": 0, "total": None, "loss": None, "eta_s": None}
+    assert body["status"] == "queued" and body["object"] == "training"
+    assert body["progress"] == {"step": 0, "total": 400, "loss": None, "eta_s": None}  # leap-tiny's cap
     assert body["artifacts"] == [] and body["error"] is None and body["usage"] is None
 
 
@@ -147,3 +153,108 @@ def test_models_lists_the_registry(client, database):
 
 def test_unknown_route_uses_the_error_shape(client):
     assert_error(client.get("/v1/nothing"), 404, "not_found")
+
+
+def _get(client, tenant, training_id: str) -> dict:  # type: ignore[no-untyped-def]
+    return client.get(f"/v1/trainings/{training_id}", headers=tenant.headers).json()  # type: ignore[no-any-return]
+
+
+@pytest.mark.parametrize(
+    ("data", "total"),
+    [
+        ({"steps": "50"}, 50),  # exactly these
+        ({"max_steps": "120"}, 120),  # stops when done, at most these
+        ({}, 400),  # the bundled registry's cap for leap-tiny pivotal
+        ({"mode": "lora"}, 300),  # ... and lora
+    ],
+)
+def test_progress_total_is_the_planned_steps_from_submission(client, database, data, total):
+    tenant = make_tenant(database)
+    created = submit(client, tenant, data=data).json()
+    assert created["progress"] == {"step": 0, "total": total, "loss": None, "eta_s": None}
+    assert _get(client, tenant, created["id"])["progress"]["total"] == total
+
+
+def test_a_text_trainings_progress_total_is_its_models_default_steps(client, database):
+    tenant = make_tenant(database)
+    created = submit(client, tenant, files=text_files(), data={"base_model": TEXT_MODEL, "mode": "token"}).json()
+    assert created["progress"]["total"] == 100  # the bundled registry's smollm2-135m token steps
+
+
+def test_queue_position_counts_every_tenants_queue_in_claim_order(client, database, settings):
+    first, second = make_tenant(database, name="first"), make_tenant(database, name="second")
+    a1 = submit(client, first).json()
+    b1 = submit(client, second).json()
+    a2 = submit(client, first).json()
+    assert [a1["queue_position"], b1["queue_position"], a2["queue_position"]] == [1, 2, 3]
+    assert _get(client, second, b1["id"])["queue_position"] == 2
+    listed = client.get("/v1/trainings", headers=first.headers).json()["data"]
+    assert [(item["id"], item["queue_position"]) for item in listed] == [(a2["id"], 3), (a1["id"], 1)]
+
+    # a2 is claimed (running: no position), then put back after its worker is lost: a recovered
+    # training is claimed before new ones (broker priority), so it is first although the youngest.
+    with unit_of_work(database.session_factory) as session:
+        assert lifecycle.claim(session, training_id=uuid.UUID(a2["id"]), worker_id="w", settings=settings)
+    assert _get(client, first, a2["id"])["queue_position"] is None
+    assert _get(client, first, a2["id"])["status"] == "running"
+    assert _get(client, second, b1["id"])["queue_position"] == 2
+    with unit_of_work(database.session_factory) as session:
+        requeued = repository.requeue_expired(session, now=utcnow() + timedelta(hours=1), max_attempts=3)
+        assert requeued == [uuid.UUID(a2["id"])]
+    assert [_get(client, first, a2["id"])["queue_position"], _get(client, first, a1["id"])["queue_position"]] == [1, 2]
+
+    client.post(f"/v1/trainings/{a1['id']}/cancel", headers=first.headers)
+    assert _get(client, first, a1["id"])["queue_position"] is None
+    assert _get(client, second, b1["id"])["queue_position"] == 2
+
+
+def test_every_response_links_the_trainings_endpoints_and_location_is_its_own(client, database):
+    tenant = make_tenant(database)
+    response = submit(client, tenant)
+    created = response.json()
+    base = f"/v1/trainings/{created['id']}"
+    expected = {"get": base, "cancel": f"{base}/cancel", "stream": f"{base}/stream", "logs": f"{base}/logs"}
+    assert created["urls"] == expected and response.headers["location"] == base
+    assert _get(client, tenant, created["id"])["urls"] == expected
+    assert client.get("/v1/trainings", headers=tenant.headers).json()["data"][0]["urls"] == expected
+
+    # Once finished, as on Replicate: nothing to cancel or stream.
+    canceled = client.post(expected["cancel"], headers=tenant.headers).json()
+    finished = {"get": base, "cancel": None, "stream": None, "logs": f"{base}/logs"}
+    assert canceled["urls"] == finished and _get(client, tenant, created["id"])["urls"] == finished
+
+
+def test_urls_and_location_are_absolute_under_the_public_url(settings, database):
+    public = settings.model_copy(update={"public_url": "https://leap.example.com/"})
+    tenant = make_tenant(database)
+    with TestClient(create_app(public)) as public_client:
+        response = submit(public_client, tenant)
+        created = response.json()
+        own = f"https://leap.example.com/v1/trainings/{created['id']}"
+        assert response.headers["location"] == own == created["urls"]["get"]
+        assert created["urls"]["cancel"] == f"{own}/cancel" and created["urls"]["logs"] == f"{own}/logs"
+        assert public_client.get(own, headers=tenant.headers).json()["urls"]["get"] == own
+
+
+def test_options_lists_every_method_of_a_path_without_a_key(client):
+    assert client.options("/v1/trainings").headers["allow"] == "GET, POST, OPTIONS"
+    training_id = uuid.uuid4()
+    response = client.options(f"/v1/trainings/{training_id}")
+    assert response.status_code == 204 and response.content == b""
+    assert response.headers["allow"] == "GET, OPTIONS"
+    assert client.options(f"/v1/trainings/{training_id}/cancel").headers["allow"] == "POST, OPTIONS"
+    assert client.options(f"/v1/webhook-endpoints/{training_id}").headers["allow"] == "GET, PATCH, DELETE, OPTIONS"
+    preflight = client.options(
+        "/v1/trainings", headers={"Origin": "https://app.example.com", "Access-Control-Request-Method": "POST"}
+    )
+    assert preflight.status_code == 204 and preflight.headers["allow"] == "GET, POST, OPTIONS"
+    # Every documented path answers with exactly its documented methods.
+    for path, operations in openapi_document()["paths"].items():
+        concrete = path.replace("{key}", "a/b.png")
+        for name in ("training_id", "endpoint_id", "delivery_id", "tenant_id", "key_id"):
+            concrete = concrete.replace(f"{{{name}}}", str(training_id))
+        allowed = client.options(concrete).headers["allow"].split(", ")
+        assert set(allowed) == {method.upper() for method in operations} | {"OPTIONS"}, path
+    # Unknown paths are still not found, and other methods still need a key.
+    assert_error(client.options("/v1/nothing"), 404, "not_found")
+    assert_error(client.get("/v1/trainings"), 401, "unauthorized")

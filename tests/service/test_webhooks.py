@@ -19,6 +19,7 @@ from standardwebhooks import Webhook, WebhookVerificationError
 from app.db import unit_of_work
 from app.main import create_app
 from app.orm import WebhookDelivery, WebhookEvent
+from app.trainings import lifecycle
 from app.webhooks import sender, ssrf
 from app.webhooks import service as webhooks
 
@@ -415,3 +416,110 @@ def test_worker_state_changes_and_usage_emit_their_events_in_order(
     assert bodies["training.succeeded"]["data"]["usage"]["steps"] == 100
     assert bodies["usage.recorded"]["data"]["training_id"] == training["id"]
     assert bodies["usage.recorded"]["data"]["billable_units"] == 1
+
+
+def test_a_trainings_webhook_data_is_exactly_its_api_representation_and_its_filter_is_honoured(
+    api, database, webhook_settings, receiver, delivery_worker, relay
+):
+    tenant = make_tenant(database)
+    endpoint = add_endpoint(api, tenant, f"{receiver.url}/everything")
+    response = submit(
+        api,
+        tenant,
+        data={"steps": "100", "webhook_url": f"{receiver.url}/own", "webhook_events_filter": '["training.succeeded"]'},
+    )
+    created = response.json()
+    assert created["webhook_events_filter"] == ["training.succeeded"]
+    training_id = uuid.UUID(created["id"])
+    with unit_of_work(database.session_factory) as session:
+        assert lifecycle.claim(session, training_id=training_id, worker_id="w", settings=webhook_settings)
+    with unit_of_work(database.session_factory) as session:
+        key = f"leap/trainings/{training_id}/artifacts/cube.safetensors"
+        artifact = lifecycle.StoredArtifact(
+            name="cube.safetensors", kind="embedding", key=key, bytes=3, sha256="a" * 64
+        )
+        assert lifecycle.complete(
+            session,
+            training_id=training_id,
+            worker_id="w",
+            artifacts=[artifact],
+            usage=lifecycle.UsageRecord(steps=100, compute_seconds=1.0, device="cpu"),
+            settings=webhook_settings,
+            init_used="token",
+        )
+
+    def everything_sent():  # type: ignore[no-untyped-def]
+        bodies = [verified(endpoint["secret"], item) for item in receiver.at("/everything")]
+        return {body["type"]: body for body in bodies} if len(bodies) == 4 and receiver.at("/own") else None
+
+    bodies = wait_until(relay, everything_sent, message="four events to the endpoint and one to the training's URL")
+    # training.queued carries what POST answered, byte for byte once parsed: the same model and encoding.
+    assert bodies["training.queued"]["data"] == created
+    assert created["created_at"].endswith("Z") and created["object"] == "training"
+    assert bodies["training.started"]["data"]["status"] == "running"
+    assert bodies["training.started"]["data"]["queue_position"] is None
+    # training.succeeded is GET's answer, but for the artifact links: a payload is kept and may be sent
+    # again after any link expired (GET urls.get for fresh ones).
+    got = api.get(f"/v1/trainings/{training_id}", headers=tenant.headers).json()
+    assert got["artifacts"][0]["url"] and got["artifacts"][0]["expires_at"].endswith("Z")
+    got["artifacts"][0].update(url=None, expires_at=None)
+    assert bodies["training.succeeded"]["data"] == got
+    assert got["urls"]["cancel"] is None and got["urls"]["get"] == f"/v1/trainings/{training_id}"
+
+    # The training's own URL got only the event its filter names; the tenant's endpoint got them all.
+    (own,) = receiver.at("/own")
+    assert json.loads(own.body)["type"] == "training.succeeded"
+    with database.session_factory() as session:
+        own_deliveries = session.scalars(
+            select(WebhookDelivery).where(
+                WebhookDelivery.training_id == training_id, WebhookDelivery.endpoint_id.is_(None)
+            )
+        ).all()
+    assert len(own_deliveries) == 1
+
+
+@pytest.mark.parametrize(
+    ("sent", "stored"),
+    [
+        ('["training.succeeded", "training.started"]', ["training.started", "training.succeeded"]),
+        (
+            "training.canceled, training.failed,training.succeeded",
+            ["training.succeeded", "training.failed", "training.canceled"],
+        ),
+        ("training.queued,training.queued", ["training.queued"]),
+    ],
+)
+def test_webhook_events_filter_is_a_json_array_or_comma_separated(client, database, sent, stored):
+    tenant = make_tenant(database)
+    data = {"webhook_url": "https://example.com/hook", "webhook_events_filter": sent}
+    created = submit(client, tenant, data=data).json()
+    assert created["webhook_events_filter"] == stored
+    assert (
+        client.get(f"/v1/trainings/{created['id']}", headers=tenant.headers).json()["webhook_events_filter"] == stored
+    )
+
+
+@pytest.mark.parametrize(
+    ("data", "mention"),
+    [
+        ({"webhook_events_filter": "training.started,completed"}, "unknown event 'completed'"),
+        ({"webhook_events_filter": '["training.started", "usage.recorded"]'}, "unknown event 'usage.recorded'"),
+        ({"webhook_events_filter": '["training.started"'}, "not a JSON array"),
+        ({"webhook_events_filter": "[1]"}, "JSON array of event names"),
+        ({"webhook_events_filter": ""}, "names no event"),
+    ],
+)
+def test_bad_webhook_events_filter_is_a_422_naming_it(client, database, data, mention):
+    tenant = make_tenant(database)
+    response = submit(client, tenant, data={"webhook_url": "https://example.com/hook", **data})
+    error = assert_error(response, 422, "validation_error", "webhook_events_filter", mention)
+    assert error["details"]["field"] == "webhook_events_filter"
+
+
+def test_webhook_events_filter_needs_the_trainings_webhook_url(client, database):
+    tenant = make_tenant(database)
+    response = submit(client, tenant, data={"webhook_events_filter": "training.succeeded"})
+    error = assert_error(response, 422, "validation_error", "webhook_events_filter", "only together with webhook_url")
+    assert error["details"]["field"] == "webhook_events_filter"
+    created = submit(client, tenant, data={"webhook_url": "https://example.com/hook"}).json()
+    assert created["webhook_events_filter"] is None  # every event

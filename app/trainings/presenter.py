@@ -1,0 +1,147 @@
+"""The one representation of a training: what every trainings endpoint returns and what every
+training.* webhook carries in its `data` (the same pydantic model, encoded the same way)."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from app.orm import Artifact, Training
+from app.orm.base import utcnow
+from app.storage import Storage
+from app.trainings import repository, schemas
+
+
+@dataclass(frozen=True)
+class ArtifactLinks:
+    """Makes the presigned download URLs of artifacts, and carries the base of the API's own links."""
+
+    storage: Storage
+    ttl: timedelta
+    base_url: str
+    """Base of local-file download links: LEAP_PUBLIC_URL, else the request's own."""
+    public_url: str | None = None
+    """LEAP_PUBLIC_URL: the base of a training's `urls` and of Location; None: they are paths."""
+
+    def link(self, artifact: Artifact) -> tuple[str, datetime]:
+        expires_at = utcnow() + self.ttl
+        url = self.storage.presign_get(
+            artifact.key, filename=artifact.name, expires_in=self.ttl, base_url=self.base_url
+        )
+        return url, expires_at
+
+
+def training_url(training_id: uuid.UUID | str, public_url: str | None) -> str:
+    """The training's own URL (its Location): absolute under LEAP_PUBLIC_URL, else a path."""
+    return f"{(public_url or '').rstrip('/')}/v1/trainings/{training_id}"
+
+
+def training_urls(training: Training, public_url: str | None) -> schemas.TrainingUrls:
+    """Its endpoints; cancel and stream only while it has not finished (as Replicate does)."""
+    base = training_url(training.id, public_url)
+    active = training.status not in schemas.FINISHED
+    return schemas.TrainingUrls(
+        get=base,
+        cancel=f"{base}/cancel" if active else None,
+        stream=f"{base}/stream" if active else None,
+        logs=f"{base}/logs",
+    )
+
+
+def present(
+    session: Session, trainings: list[Training], *, public_url: str | None, links: ArtifactLinks | None
+) -> list[schemas.Training]:
+    """The API views of trainings. With links, artifacts carry presigned URLs; without (webhooks: a
+    payload is stored and may be sent long after a link expired) their url and expires_at are null.
+
+    At most two queries: the artifacts of succeeded trainings, and one indexed count of the queue
+    ahead of the queued ones; polls of running trainings need neither."""
+    artifacts = repository.artifacts_for(session, [item.id for item in trainings if item.status == "succeeded"])
+    positions = repository.queue_positions(session, [item for item in trainings if item.status == "queued"])
+    return [
+        _view(training, artifacts.get(training.id, []), positions.get(training.id), public_url, links)
+        for training in trainings
+    ]
+
+
+def webhook_data(session: Session, training: Training, *, public_url: str | None) -> dict[str, Any]:
+    """The `data` of a training.* event: the API's representation as JSON (dates end in Z)."""
+    (view,) = present(session, [training], public_url=public_url, links=None)
+    return view.model_dump(mode="json")
+
+
+def _artifact_view(artifact: Artifact, links: ArtifactLinks | None) -> schemas.Artifact:
+    url, expires_at = links.link(artifact) if links is not None else (None, None)
+    return schemas.Artifact(
+        name=artifact.name,
+        kind=artifact.kind,
+        bytes=artifact.bytes,
+        sha256=artifact.sha256,
+        url=url,
+        expires_at=expires_at,
+    )
+
+
+def _view(
+    training: Training,
+    artifacts: list[Artifact],
+    queue_position: int | None,
+    public_url: str | None,
+    links: ArtifactLinks | None,
+) -> schemas.Training:
+    error = None
+    if training.status in ("failed", "canceled") and training.error_code:
+        error = schemas.TrainingError(code=training.error_code, message=training.error_message or "")
+    usage = None
+    if training.usage_steps is not None:
+        usage = schemas.Usage(
+            steps=training.usage_steps,
+            compute_seconds=training.usage_compute_seconds or 0.0,
+            device=training.usage_device or "",
+        )
+    return schemas.Training(
+        id=str(training.id),
+        status=training.status,  # type: ignore[arg-type]
+        base_model=training.base_model,
+        kind=training.kind,  # type: ignore[arg-type]
+        mode=training.mode,
+        init=training.init,
+        init_used=training.init_used,
+        init_note=training.init_note,
+        init_scores=training.init_scores,
+        stop_reason=training.stop_reason,  # type: ignore[arg-type]
+        eval_curve=[schemas.EvalPoint(step=int(step), loss=loss) for step, loss in training.eval_curve]
+        if training.eval_curve
+        else None,
+        token=training.token,
+        parameters=training.parameters,
+        image_count=training.image_count,
+        input_urls=list(dict.fromkeys(item["source_url"] for item in training.inputs if "source_url" in item)),
+        skipped_files=list(training.skipped_files or []),
+        example_count=training.example_count,
+        estimated_units=training.estimated_units,
+        queue_position=queue_position,
+        progress=schemas.Progress(
+            step=training.progress_step,
+            total=training.progress_total,
+            loss=training.progress_loss,
+            eta_s=training.progress_eta_s,
+        ),
+        error=error,
+        usage=usage,
+        artifacts=[_artifact_view(artifact, links) for artifact in artifacts],
+        attempts=training.attempts,
+        webhook_url=training.webhook_url,
+        webhook_events_filter=training.webhook_events_filter,
+        metadata=training.metadata_,
+        created_at=training.created_at,
+        started_at=training.started_at,
+        finished_at=training.finished_at,
+        cancel_requested_at=training.cancel_requested_at,
+        artifacts_expired_at=training.artifacts_expired_at,
+        urls=training_urls(training, public_url),
+    )
