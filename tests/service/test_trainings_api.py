@@ -178,7 +178,7 @@ def test_progress_total_is_the_planned_steps_from_submission(client, database, d
 def test_a_text_trainings_progress_total_is_its_models_default_steps(client, database):
     tenant = make_tenant(database)
     created = submit(client, tenant, files=text_files(), data={"base_model": TEXT_MODEL, "mode": "token"}).json()
-    assert created["progress"]["total"] == 100  # the bundled registry's smollm2-135m token steps
+    assert created["progress"]["total"] == 200  # the bundled registry's smollm2-135m token cap (max_steps)
 
 
 def test_queue_position_counts_every_tenants_queue_in_claim_order(client, database, settings):
