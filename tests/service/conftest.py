@@ -24,6 +24,7 @@ import pytest
 import redis
 from fastapi.testclient import TestClient
 from sqlalchemy import text
+from sqlalchemy.exc import OperationalError
 
 from app.db import Database, create_database, upgrade_database
 from app.main import create_app
@@ -172,6 +173,20 @@ def client(settings: Settings) -> Iterator[TestClient]:
         yield test_client
 
 
+def _truncate(database: Database) -> None:
+    # A worker process may still be reading these tables in another lock order; Postgres then aborts
+    # one side as a deadlock. The truncate is the side that can simply try again.
+    for attempt in range(5):
+        try:
+            with database.engine.begin() as connection:
+                connection.execute(text(f"TRUNCATE {', '.join(TABLES)} CASCADE"))
+            return
+        except OperationalError as error:
+            if not isinstance(error.orig, psycopg.errors.DeadlockDetected) or attempt == 4:
+                raise
+            time.sleep(0.2)
+
+
 @pytest.fixture(autouse=True)
 def _clean_state(request: pytest.FixtureRequest) -> Iterator[None]:
     """Each test starts with empty tables, an empty bucket and empty queues."""
@@ -181,8 +196,7 @@ def _clean_state(request: pytest.FixtureRequest) -> Iterator[None]:
     settings: Settings = request.getfixturevalue("settings")
     database: Database = request.getfixturevalue("database")
     yield
-    with database.engine.begin() as connection:
-        connection.execute(text(f"TRUNCATE {', '.join(TABLES)} CASCADE"))
+    _truncate(database)
     s3 = boto3.client(
         "s3",
         endpoint_url=settings.s3_endpoint_url,
