@@ -202,6 +202,11 @@ def complete(
             ],
         )
         events.finished(session, training_id=training_id, settings=settings)
+        # The final progress write (steps run of steps run) is a progress event like the others.
+        final = {"step": usage.steps, "total": usage.steps, "loss": _last_loss(session, training_id), "eta_s": 0.0}
+        live.publish_after_commit(
+            session, settings=settings, training_id=training_id, event="progress", data=live.progress_data(final, now)
+        )
         logs.status_changed(
             session,
             training_id=training_id,
@@ -210,6 +215,11 @@ def complete(
             lines=_outcome_notes(init_used, init_note, stop_reason, usage, len(artifacts)),
         )
     return finished
+
+
+def _last_loss(session: Session, training_id: uuid.UUID) -> float | None:
+    training = repository.get(session, training_id)
+    return training.progress_loss if training is not None else None
 
 
 def _outcome_notes(

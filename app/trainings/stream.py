@@ -261,15 +261,17 @@ class PollingEventHub(_Registry):
 
     @staticmethod
     def _advance(subscription: Subscription, row: _Row, lines: list[dict[str, Any]]) -> None:
+        """Events for what changed since this stream's cursors: progress, then log lines, then status."""
         updated = row.progress_updated_at
-        if (
-            row.status == "running"
-            and updated is not None
-            and (subscription.progress_updated_at is None or updated > subscription.progress_updated_at)
+        if updated is not None and (
+            subscription.progress_updated_at is None or updated > subscription.progress_updated_at
         ):
             subscription.progress_updated_at = updated
-            progress = {"step": row.step, "total": row.total, "loss": row.loss, "eta_s": row.eta_s}
-            subscription.put(("progress", live.progress_data(progress, updated)))
+            # A claim resets progress to step 0: only a worker's progress write (the final one of a
+            # succeeded training included) is an event.
+            if row.step > 0:
+                progress = {"step": row.step, "total": row.total, "loss": row.loss, "eta_s": row.eta_s}
+                subscription.put(("progress", live.progress_data(progress, updated)))
         for line in lines:
             if line["seq"] > subscription.log_seq:
                 subscription.log_seq = line["seq"]
