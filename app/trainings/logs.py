@@ -13,7 +13,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import func, select
+from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
 from app.orm import TrainingLog
@@ -136,9 +136,11 @@ def since(session: Session, cursors: dict[uuid.UUID, int], *, limit: int) -> lis
     """Lines of several trainings, each after its own cursor (the embedded stream poller)."""
     if not cursors:
         return []
-    condition = None
-    for training_id, after in cursors.items():
-        term = (TrainingLog.training_id == training_id) & (TrainingLog.seq > after)
-        condition = term if condition is None else condition | term
+    condition = or_(
+        *(
+            (TrainingLog.training_id == training_id) & (TrainingLog.seq > after)
+            for training_id, after in cursors.items()
+        )
+    )
     query = select(TrainingLog).where(condition).order_by(TrainingLog.training_id, TrainingLog.seq).limit(limit)
     return list(session.scalars(query))
