@@ -12,7 +12,7 @@ import json
 import logging
 import threading
 import uuid
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 import redis
@@ -89,5 +89,10 @@ def progress_data(progress: dict[str, Any], at: datetime | None = None) -> dict[
         "total": progress.get("total"),
         "loss": progress.get("loss"),
         "eta_s": progress.get("eta_s"),
-        "at": (at or utcnow()).isoformat(),
+        "at": iso(at or utcnow()),
     }
+
+
+def iso(value: datetime) -> str:
+    """A UTC time as the API writes times everywhere else (pydantic's JSON: `...Z`)."""
+    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from datetime import datetime
 
 from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
@@ -114,11 +113,7 @@ def _cut(message: str, limit: int) -> str:
 
 def line_data(row: TrainingLog) -> dict[str, object]:
     """A line as the API shows it (and as a `log` event's data)."""
-    return {"seq": row.seq, "at": _iso(row.created_at), "level": row.level, "message": row.message}
-
-
-def _iso(value: datetime) -> str:
-    return value.isoformat()
+    return {"seq": row.seq, "at": live.iso(row.created_at), "level": row.level, "message": row.message}
 
 
 def page(session: Session, *, training_id: uuid.UUID, after: int, limit: int) -> list[TrainingLog]:

@@ -5,6 +5,8 @@ or, on the embedded default, by the API's database poller."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -15,11 +17,12 @@ from typing import Any
 import httpx
 import pytest
 
+from app.client import LeapClient
 from app.db import create_database, unit_of_work, upgrade_database
 from app.settings import Settings
 from app.trainings import lifecycle, logs
 
-from .conftest import ApiProcess, WorkerProcess
+from .conftest import ApiProcess, WorkerProcess, settings_env
 from .factories import make_tenant, submit
 from .helpers import assert_error
 from .test_worker import wait_status
@@ -208,6 +211,37 @@ def test_stream_of_a_finished_training_sends_its_status_and_closes(client, datab
     assert [(event, data["status"]) for event, data, _ in events] == [("status", "canceled")]
     lines = client.get(f"/v1/trainings/{training_id}/logs", headers=tenant.headers).json()["data"]
     assert [line["message"] for line in lines] == ["canceled before it started"]
+
+
+def test_client_stream_and_logs_helpers_and_leap_logs_follow(client, database, settings, api_url):
+    tenant = make_tenant(database)
+    training_id = submit(client, tenant).json()["id"]
+    driver = threading.Thread(target=drive, args=(settings, database, training_id), kwargs={"steps": 4})
+    with LeapClient(api_url, tenant.key) as leap:
+        events = []
+        for event in leap.stream(training_id):
+            events.append(event)
+            if len(events) == 1:
+                driver.start()
+        driver.join(timeout=30)
+        assert [event.data["step"] for event in events if event.event == "progress"] == [1, 2, 3, 4, 4]
+        assert events[-1].event == "status" and events[-1].data["status"] == "succeeded"
+        streamed = [event.data for event in events if event.event == "log"]
+        assert [line.model_dump(mode="json") for line in leap.iter_logs(training_id, page_size=2)] == streamed
+        assert leap.logs(training_id, after=len(streamed)).data == []
+
+    env = settings_env(settings) | {"LEAP_URL": api_url, "LEAP_API_KEY": tenant.key}
+    result = subprocess.run(
+        [sys.executable, "-m", "app.cli", "logs", training_id, "--after", "1", "--follow"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    rows = [line.split("\t") for line in result.stdout.splitlines()]
+    assert [int(row[0]) for row in rows] == list(range(2, len(streamed) + 1))
+    assert rows[-1][2] == "info" and rows[-1][3].startswith("succeeded with 0 artifacts")
 
 
 # --- the stream on the embedded default (no Redis: the API polls the database) ----------------
