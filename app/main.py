@@ -5,6 +5,7 @@ The API process never imports torch or diffusers: only torch-free modules of the
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -62,6 +63,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.registry = registry
     app.state.celery = celery
     app.state.event_hub = event_hub
+    app.state.stream_open_slots = asyncio.Semaphore(max(1, settings.database_pool_size // 2))
     app.state.rate_limiter = make_rate_limiter(settings)
 
     metrics_registry = CollectorRegistry()

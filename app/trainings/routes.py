@@ -149,6 +149,15 @@ def training_logs(
     return service.training_logs(session, principal=principal, training_id=training_id, after=after, limit=limit)
 
 
+async def stream_open_slot(request: Request) -> AsyncIterator[None]:
+    """Bounds how many streams of this process authenticate at once. Entered before the request's
+    session and left after it closes: a burst of openings (200 clients reconnecting) cannot take
+    every pooled connection while their commits wait for a thread, which would stall all requests
+    until the pool's timeout."""
+    async with request.app.state.stream_open_slots:
+        yield
+
+
 def streamed_training(training_id: str, principal: PrincipalDep, session: SessionDep) -> uuid.UUID:
     """The caller's training to stream (404 for another tenant's); its session ends before streaming."""
     return service.get_training(session, principal=principal, training_id=training_id).id
@@ -175,6 +184,7 @@ _STREAM_DESCRIPTION = (
 )
 async def stream_training(
     request: Request,
+    _slot: Annotated[None, Depends(stream_open_slot, scope="function")],
     training_id: Annotated[uuid.UUID, Depends(streamed_training)],
     links: ArtifactLinksDep,
     settings: SettingsDep,
