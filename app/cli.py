@@ -40,6 +40,9 @@ def migrate() -> None:
     typer.echo("database is up to date")
 
 
+GRACEFUL_SHUTDOWN_SECONDS = 30
+
+
 @cli.command()
 def api(
     host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
@@ -57,6 +60,9 @@ def api(
         workers=workers,
         log_level="warning",
         access_log=False,
+        # Open event streams last as long as their trainings: on shutdown, requests still running
+        # after this long are ended (stream clients reconnect, with Last-Event-ID, elsewhere).
+        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
     )
 
 
@@ -176,7 +182,14 @@ def serve(
     # the default handler the process would die there, before `finally` stops the workers.
     previous = signal.signal(signal.SIGTERM, _raise_system_exit)
     try:
-        uvicorn.run(create_app(settings), host=host, port=port, log_level="warning", access_log=False)
+        uvicorn.run(
+            create_app(settings),
+            host=host,
+            port=port,
+            log_level="warning",
+            access_log=False,
+            timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
+        )
     finally:
         signal.signal(signal.SIGTERM, previous)
         _stop_children(children)

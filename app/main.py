@@ -5,6 +5,7 @@ The API process never imports torch or diffusers: only torch-free modules of the
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -26,6 +27,7 @@ from app.storage.routes import router as files_router
 from app.tenants.auth import make_key_cache
 from app.tenants.rate_limit import make_rate_limiter
 from app.trainings.routes import router as trainings_router
+from app.trainings.stream import make_event_hub
 from app.usage.routes import router as usage_router
 from app.webhooks.routes import router as webhooks_router
 from models.registry import load_registry
@@ -48,10 +50,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     registry = load_registry(settings.model_registry)
     celery = create_celery(settings)
     bind_sender(database.session_factory, make_sender(celery))
+    event_hub = make_event_hub(settings, database.session_factory)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         yield
+        await event_hub.stop()
         database.dispose()
 
     app = FastAPI(title="LEAP", version=API_VERSION, description=DESCRIPTION, lifespan=lifespan)
@@ -60,6 +64,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.storage = storage
     app.state.registry = registry
     app.state.celery = celery
+    app.state.event_hub = event_hub
+    app.state.stream_open_slots = asyncio.Semaphore(max(1, settings.database_pool_size // 2))
     app.state.rate_limiter = make_rate_limiter(settings)
     app.state.verified_keys = make_key_cache(settings, app.state.rate_limiter)
 

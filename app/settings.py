@@ -131,6 +131,21 @@ class Settings(BaseSettings):
     """Workers load base models at start instead of on first use: true, every registered model;
     a JSON list, those model ids (`leap serve`: the default model only)."""
 
+    # Training logs and live events (GET /v1/trainings/{id}/logs and /stream).
+    log_progress_interval: timedelta = timedelta(seconds=10)
+    """At most one trainer progress line in a training's log per interval (plus its first and last)."""
+    log_max_lines: int = 2000
+    """Lines kept per training; progress lines stop 50 short of it so the final notes still fit."""
+    log_message_max_chars: int = 2000
+    """Longer messages are cut to this many characters."""
+    events_redis_url: str | None = None
+    """Redis carrying live training events to the API's streams; default: the broker when it is
+    Redis. Without one (the embedded default) each API process polls the database instead."""
+    stream_keepalive: timedelta = timedelta(seconds=15)
+    """A comment line is sent on an idle stream this often, so proxies keep it open."""
+    stream_poll_interval: timedelta = timedelta(seconds=0.5)
+    """Without Redis: how often each API process reads the streamed trainings' progress and logs."""
+
     # Tenancy: rate and concurrency limits.
     rate_limit_requests: int = 600
     """Requests one API key may make per rate_limit_window; 0 turns the limit off."""
@@ -206,6 +221,9 @@ class Settings(BaseSettings):
         "input_url_deadline",
         "billing_retry_backoff",
         "billing_retry_backoff_max",
+        "log_progress_interval",
+        "stream_keepalive",
+        "stream_poll_interval",
         mode="before",
     )
     @classmethod
@@ -249,6 +267,15 @@ class Settings(BaseSettings):
     @property
     def resolved_work_dir(self) -> Path:
         return (self.work_dir or self.data_dir / "work").resolve()
+
+    @property
+    def resolved_events_redis_url(self) -> str | None:
+        """Where live training events are published: LEAP_EVENTS_REDIS_URL, else a Redis broker."""
+        if self.events_redis_url:
+            return self.events_redis_url
+        if self.broker_url and self.broker_url.startswith(("redis://", "rediss://")):
+            return self.broker_url
+        return None
 
     @property
     def is_embedded(self) -> bool:

@@ -19,7 +19,7 @@ from celery import Task, shared_task
 from sqlalchemy.exc import InterfaceError, OperationalError
 
 from app.storage import StorageError
-from app.trainings import lifecycle
+from app.trainings import lifecycle, logs
 from app.trainings.service import artifacts_prefix, build_config, build_text_config
 from models.text.examples import parse_text_files
 from models.trainer.config import Progress, TrainResult
@@ -65,6 +65,7 @@ class Heartbeat:
         self._stop = threading.Event()
         self._latest: Progress | None = None
         self._written: Progress | None = None
+        self._logged_at: float | None = None
         self._thread = threading.Thread(target=self._loop, name=f"lease-{training_id}", daemon=True)
 
     def start(self) -> None:
@@ -99,6 +100,7 @@ class Heartbeat:
                 "loss": _finite(latest.loss),
                 "eta_s": _finite(latest.eta_s),
             }
+        log_lines = self._progress_log(latest) if progress is not None and latest is not None else None
         with self.runtime.unit_of_work() as session:
             state = lifecycle.renew_lease(
                 session,
@@ -106,13 +108,29 @@ class Heartbeat:
                 worker_id=self.runtime.worker_id,
                 settings=self.runtime.settings,
                 progress=progress,
+                log_lines=log_lines,
             )
         self._written = latest
+        if log_lines:
+            self._logged_at = time.monotonic()
         if not state.held:
             logger.warning("training %s: lease lost, stopping", self.training_id)
             self.lost.set()
         elif state.cancel_requested:
             self.cancel_requested.set()
+
+    def _progress_log(self, latest: Progress) -> list[logs.LogLine] | None:
+        """A progress line for the log with this write: the first, then one per log_progress_interval,
+        and the last step; the writes in between only update the row (and the live stream)."""
+        interval = self.runtime.settings.log_progress_interval.total_seconds()
+        due = (
+            self._logged_at is None
+            or time.monotonic() - self._logged_at >= interval
+            or (latest.total is not None and latest.step >= latest.total)
+        )
+        if not due:
+            return None
+        return [logs.progress_line(latest.step, latest.total, _finite(latest.loss), _finite(latest.eta_s))]
 
     def _loop(self) -> None:
         interval = self.runtime.settings.progress_interval.total_seconds()

@@ -1,4 +1,4 @@
-"""`leap submit | status | list | cancel | download`: the API from a shell, over LeapClient.
+"""`leap submit | status | list | cancel | download | logs`: the API from a shell, over LeapClient.
 
 Scripts can rely on the exit codes (ExitCode) and on stdout carrying only results (ids, paths,
 tab-separated rows, or JSON with --json); progress and errors go to stderr as `error: CODE: message`.
@@ -394,10 +394,43 @@ def download_command(
         _download(client, training, out, as_json=False)
 
 
+@_client_errors
+def logs_command(
+    training_id: Annotated[str, typer.Argument(help="The training id.")],
+    url: UrlOption = DEFAULT_URL,
+    api_key: KeyOption = None,
+    after: Annotated[int, typer.Option(help="Only lines after this seq.", min=0)] = 0,
+    follow: Annotated[
+        bool, typer.Option("--follow", "-f", help="Keep printing new lines until the training finishes.")
+    ] = False,
+    as_json: JsonOption = False,
+) -> None:
+    """Print a training's log lines: seq, time, level and message (tab-separated), or JSON lines."""
+
+    def show(line: dict[str, Any]) -> None:
+        if as_json:
+            typer.echo(json.dumps(line))
+        else:
+            typer.echo(f"{line['seq']}\t{line['at']}\t{line['level']}\t{line['message']}")
+
+    with open_client(url, api_key) as client:
+        last = after
+        for line in client.iter_logs(training_id, after=after):
+            show(line.model_dump(mode="json"))
+            last = line.seq
+        if not follow:
+            return
+        for event in client.stream(training_id, last_event_id=last):
+            if event.event == "log" and int(event.data["seq"]) > last:
+                show(event.data)
+                last = int(event.data["seq"])
+
+
 COMMANDS: dict[str, Callable[..., None]] = {
     "submit": submit_command,
     "status": status_command,
     "list": list_command,
     "cancel": cancel_command,
     "download": download_command,
+    "logs": logs_command,
 }

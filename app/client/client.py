@@ -9,6 +9,7 @@ import random
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from pathlib import Path, PurePosixPath
@@ -17,7 +18,7 @@ from typing import Any
 import httpx
 
 from app.base_models.schemas import BaseModelList
-from app.trainings.schemas import Artifact, Training, TrainingList
+from app.trainings.schemas import Artifact, Training, TrainingList, TrainingLogLine, TrainingLogPage
 
 FINISHED = frozenset({"succeeded", "failed", "canceled"})
 RETRY_STATUSES = frozenset({429, 503})
@@ -49,6 +50,37 @@ class WaitTimeout(ClientError):
     def __init__(self, training: Training, timeout: float) -> None:
         super().__init__(f"training {training.id} still {training.status} after {timeout:g}s")
         self.training = training
+
+
+@dataclass(frozen=True)
+class StreamEvent:
+    """One server-sent event of GET /v1/trainings/{id}/stream: status (data is the whole training),
+    progress ({step, total, loss, eta_s, at}) or log ({seq, at, level, message}; id is its seq)."""
+
+    event: str
+    data: dict[str, Any]
+    id: str | None = None
+
+
+def parse_events(lines: Iterable[str]) -> Iterator[StreamEvent]:
+    """Server-sent events from the lines of a text/event-stream body (comments skipped)."""
+    event, data, event_id = "message", "", None
+    for line in lines:
+        if line == "":
+            if data:
+                yield StreamEvent(event, json.loads(data), event_id)
+            event, data, event_id = "message", "", None
+            continue
+        if line.startswith(":"):
+            continue
+        name, _, value = line.partition(":")
+        value = value[1:] if value.startswith(" ") else value
+        if name == "event":
+            event = value
+        elif name == "data":
+            data = f"{data}\n{value}" if data else value
+        elif name == "id":
+            event_id = value
 
 
 class ChecksumMismatch(ClientError):
@@ -279,6 +311,40 @@ class LeapClient:
     def cancel(self, training_id: str) -> Training:
         """POST /v1/trainings/{id}/cancel (idempotent)."""
         return Training.model_validate(self._request("POST", f"/v1/trainings/{training_id}/cancel").json())
+
+    def logs(self, training_id: str, *, after: int = 0, limit: int = 100) -> TrainingLogPage:
+        """GET /v1/trainings/{id}/logs: the lines with seq > after, oldest first."""
+        params = {"after": after, "limit": limit}
+        return TrainingLogPage.model_validate(
+            self._request("GET", f"/v1/trainings/{training_id}/logs", params=params).json()
+        )
+
+    def iter_logs(self, training_id: str, *, after: int = 0, page_size: int = 500) -> Iterator[TrainingLogLine]:
+        """Every log line written so far after seq `after`, following next_after."""
+        while True:
+            page = self.logs(training_id, after=after, limit=page_size)
+            yield from page.data
+            if len(page.data) < page_size:
+                return
+            after = page.next_after
+
+    def stream(self, training_id: str, *, last_event_id: int | None = None) -> Iterator[StreamEvent]:
+        """GET /v1/trainings/{id}/stream: its events until the training finishes (the server then
+        closes the stream). last_event_id: also the log lines after that seq."""
+        headers = {"Accept": "text/event-stream"}
+        if last_event_id is not None:
+            headers["Last-Event-ID"] = str(last_event_id)
+        timeout = httpx.Timeout(self._http.timeout.connect, read=None)
+        response = self._send(
+            self._http, "GET", f"/v1/trainings/{training_id}/stream", stream=True, headers=headers, timeout=timeout
+        )
+        try:
+            if response.is_error:
+                response.read()
+                raise _api_error(response)
+            yield from parse_events(response.iter_lines())
+        finally:
+            response.close()
 
     def models(self) -> BaseModelList:
         """GET /v1/models."""

@@ -7,6 +7,7 @@ from app.orm.billing_delivery import BillingDelivery
 from app.orm.outbox_message import OutboxMessage
 from app.orm.tenant import Tenant
 from app.orm.training import Training
+from app.orm.training_log import TrainingLog
 from app.orm.usage_record import UsageRecord
 from app.orm.webhook import WebhookAttempt, WebhookDelivery, WebhookEndpoint, WebhookEvent
 
@@ -18,6 +19,7 @@ __all__ = [
     "OutboxMessage",
     "Tenant",
     "Training",
+    "TrainingLog",
     "UsageRecord",
     "WebhookAttempt",
     "WebhookDelivery",

@@ -21,7 +21,7 @@ from app.orm.base import utcnow
 from app.outbox import service as outbox
 from app.settings import Settings
 from app.storage import Storage
-from app.trainings import events, repository
+from app.trainings import events, live, logs, repository
 from app.trainings.service import RECOVERED_PRIORITY, RUN_TASK, training_prefix
 
 logger = logging.getLogger(__name__)
@@ -81,6 +81,13 @@ def claim(session: Session, *, training_id: uuid.UUID, worker_id: str, settings:
     if training is None:
         return None
     events.started(session, training_id=training.id, settings=settings)
+    logs.status_changed(
+        session,
+        training_id=training.id,
+        status="running",
+        settings=settings,
+        lines=[logs.info(f"claimed by worker {worker_id} (attempt {training.attempts})")],
+    )
     if training.queue_seconds is None:
         training.queue_seconds = max((now - training.created_at).total_seconds(), 0.0)
     return ClaimedTraining(
@@ -103,18 +110,31 @@ def renew_lease(
     worker_id: str,
     settings: Settings,
     progress: dict[str, Any] | None,
+    log_lines: list[logs.LogLine] | None = None,
 ) -> LeaseState:
-    """Extend the lease, write progress if given, and report whether a cancel was requested."""
+    """Extend the lease, write progress (and its log lines) if given, and report whether a cancel
+    was requested. Written progress is published as a live `progress` event after the commit."""
+    now = utcnow()
     result = repository.heartbeat(
         session,
         training_id=training_id,
         worker_id=worker_id,
-        now=utcnow(),
+        now=now,
         lease=settings.lease_duration,
         progress=progress,
     )
     if result is None:
         return LeaseState(held=False, cancel_requested=False)
+    if progress is not None:
+        live.publish_after_commit(
+            session,
+            settings=settings,
+            training_id=training_id,
+            event="progress",
+            data=live.progress_data(progress, now),
+        )
+    if log_lines:
+        logs.append(session, training_id=training_id, lines=log_lines, settings=settings, progress=True)
     return LeaseState(held=True, cancel_requested=result[1] is not None)
 
 
@@ -182,7 +202,40 @@ def complete(
             ],
         )
         events.finished(session, training_id=training_id, settings=settings)
+        # The final progress write (steps run of steps run) is a progress event like the others.
+        final = {"step": usage.steps, "total": usage.steps, "loss": _last_loss(session, training_id), "eta_s": 0.0}
+        live.publish_after_commit(
+            session, settings=settings, training_id=training_id, event="progress", data=live.progress_data(final, now)
+        )
+        logs.status_changed(
+            session,
+            training_id=training_id,
+            status="succeeded",
+            settings=settings,
+            lines=_outcome_notes(init_used, init_note, stop_reason, usage, len(artifacts)),
+        )
     return finished
+
+
+def _last_loss(session: Session, training_id: uuid.UUID) -> float | None:
+    training = repository.get(session, training_id)
+    return training.progress_loss if training is not None else None
+
+
+def _outcome_notes(
+    init_used: str, init_note: str, stop_reason: str | None, usage: UsageRecord, artifacts: int
+) -> list[logs.LogLine]:
+    start = f"started from {init_used}" + (f": {init_note}" if init_note else "")
+    reason = {
+        "converged": "its evaluation loss stopped improving",
+        "max_steps": "it reached max_steps",
+        "steps": "the requested steps ran out",
+    }.get(stop_reason or "", stop_reason or "done")
+    return [
+        logs.info(start),
+        logs.info(f"stopped after {usage.steps} steps: {reason}"),
+        logs.info(f"succeeded with {artifacts} artifacts in {usage.compute_seconds:.1f}s on {usage.device}"),
+    ]
 
 
 def fail(
@@ -210,6 +263,13 @@ def fail(
     )
     if finished:
         events.finished(session, training_id=training_id, settings=settings)
+        logs.status_changed(
+            session,
+            training_id=training_id,
+            status="failed",
+            settings=settings,
+            lines=[logs.error(f"failed ({code}): {message}")],
+        )
     return finished
 
 
@@ -232,6 +292,14 @@ def cancel(
     )
     if finished:
         events.finished(session, training_id=training_id, settings=settings)
+        steps = f" after {usage.steps} steps" if usage is not None else ""
+        logs.status_changed(
+            session,
+            training_id=training_id,
+            status="canceled",
+            settings=settings,
+            lines=[logs.warning(f"canceled while running{steps}")],
+        )
     return finished
 
 
@@ -263,13 +331,25 @@ def retry_or_fail(
         message=message[:2000],
     )
     if failures is not None:
+        delay = retry_delay(failures, settings)
         outbox.enqueue(
             session,
             task=RUN_TASK,
             args=[str(training_id)],
             queue=settings.queue,
-            delay=retry_delay(failures, settings),
+            delay=delay,
             priority=RECOVERED_PRIORITY,
+        )
+        logs.status_changed(
+            session,
+            training_id=training_id,
+            status="queued",
+            settings=settings,
+            lines=[
+                logs.warning(
+                    f"transient failure {failures}, requeued to run again in {delay.total_seconds():.0f}s: {message}"
+                )
+            ],
         )
         return "requeued"
     failed = fail(
@@ -291,6 +371,17 @@ class SweepReport:
     expired: int = 0
     relayed: int = 0
     purged: int = 0
+
+
+def _sweep_notes(session: Session, report: SweepReport, settings: Settings) -> None:
+    notes = [
+        (report.requeued, "queued", logs.warning("the worker running it stopped renewing its lease; requeued")),
+        (report.failed, "failed", logs.error("the worker running it stopped renewing its lease too often; failed")),
+        (report.canceled, "canceled", logs.warning("canceled: its worker stopped after the cancel request")),
+    ]
+    for training_ids, status, line in notes:
+        for training_id in training_ids:
+            logs.status_changed(session, training_id=training_id, status=status, settings=settings, lines=[line])
 
 
 def sweep(session: Session, *, settings: Settings, storage: Storage, send: outbox.Sender) -> SweepReport:
@@ -315,6 +406,7 @@ def sweep(session: Session, *, settings: Settings, storage: Storage, send: outbo
     )
     for training_id in [*report.canceled, *report.failed]:
         events.finished(session, training_id=training_id, settings=settings)
+    _sweep_notes(session, report, settings)
     for training in repository.lock_past_retention(
         session, finished_before=now - settings.artifact_retention, limit=100
     ):

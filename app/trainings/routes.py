@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import AsyncIterator
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
+from fastapi.responses import StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials
 from starlette.concurrency import run_in_threadpool
 
@@ -13,7 +15,7 @@ from app.db import read_only, unit_of_work
 from app.deps import ArtifactLinksDep, RegistryDep, SettingsDep, StorageDep, artifact_links
 from app.errors import error_responses
 from app.tenants.auth import PrincipalDep, SessionDep, bearer, resolve_principal
-from app.trainings import schemas, service, uploads
+from app.trainings import logs, schemas, service, stream, uploads
 
 router = APIRouter(prefix="/v1/trainings", tags=["trainings"])
 
@@ -164,3 +166,80 @@ def cancel_training(
 ) -> schemas.Training:
     training = service.cancel_training(session, principal=principal, training_id=training_id, settings=settings)
     return service.present(session, [training], links=links)[0]
+
+
+@router.get(
+    "/{training_id}/logs",
+    response_model=schemas.TrainingLogPage,
+    summary="Read a training's log lines",
+    responses=error_responses(401, 404, 422, 429),
+)
+def training_logs(
+    training_id: str,
+    principal: PrincipalDep,
+    session: SessionDep,
+    after: Annotated[int, Query(ge=0, description="Only lines with a larger seq: next_after of the last page")] = 0,
+    limit: Annotated[int, Query(ge=1, le=logs.MAX_PAGE_SIZE)] = 100,
+) -> schemas.TrainingLogPage:
+    return service.training_logs(session, principal=principal, training_id=training_id, after=after, limit=limit)
+
+
+async def stream_open_slot(request: Request) -> AsyncIterator[None]:
+    """Bounds how many streams of this process authenticate at once. Entered before the request's
+    session and left after it closes: a burst of openings (200 clients reconnecting) cannot take
+    every pooled connection while their commits wait for a thread, which would stall all requests
+    until the pool's timeout."""
+    async with request.app.state.stream_open_slots:
+        yield
+
+
+def streamed_training(training_id: str, principal: PrincipalDep, session: SessionDep) -> uuid.UUID:
+    """The caller's training to stream (404 for another tenant's); its session ends before streaming."""
+    return service.get_training(session, principal=principal, training_id=training_id).id
+
+
+_STREAM_DESCRIPTION = (
+    "Server-sent events (text/event-stream). First `event: status` with the training as GET returns "
+    "it; then `event: progress` (`{step, total, loss, eta_s, at}`, every progress update the worker "
+    "writes), `event: log` (`{seq, at, level, message}`, with `id: <seq>`) and `event: status` (the "
+    "whole training again) on each state change. The stream ends after a final status (succeeded, "
+    "failed, canceled). A comment line (`: keepalive`) is sent when idle. Reconnect with "
+    "`Last-Event-ID: <seq>` to receive the log lines after that seq."
+)
+
+
+@router.get(
+    "/{training_id}/stream",
+    summary="Stream a training's progress, log lines and state changes",
+    response_class=StreamingResponse,
+    responses={
+        200: {"description": _STREAM_DESCRIPTION, "content": {"text/event-stream": {"schema": {"type": "string"}}}},
+        **error_responses(401, 404, 422, 429),
+    },
+)
+async def stream_training(
+    request: Request,
+    _slot: Annotated[None, Depends(stream_open_slot, scope="function")],
+    training_id: Annotated[uuid.UUID, Depends(streamed_training)],
+    links: ArtifactLinksDep,
+    settings: SettingsDep,
+    last_event_id: Annotated[
+        int | None,
+        Header(alias="Last-Event-ID", ge=0, description="Resume: the seq of the last log event received."),
+    ] = None,
+) -> StreamingResponse:
+    hub = request.app.state.event_hub
+    events = stream.TrainingStream(
+        hub=hub,
+        session_factory=request.app.state.database.session_factory,
+        training_id=training_id,
+        links=links,
+        keepalive_seconds=settings.stream_keepalive.total_seconds(),
+        last_event_id=last_event_id,
+        recheck_on_keepalive=isinstance(hub, stream.RedisEventHub),
+    )
+    return StreamingResponse(
+        events.events(),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )

@@ -326,3 +326,21 @@ class Training(BaseModel):
 class TrainingList(BaseModel):
     data: list[Training]
     next_cursor: str | None = Field(description="Pass as `cursor` for the next (older) page; null at the end.")
+
+
+class TrainingLogLine(BaseModel):
+    seq: int = Field(description="1, 2, ... within the training.")
+    at: datetime
+    level: Literal["info", "warning", "error"]
+    message: str = Field(
+        description="A trainer progress line (`step 40/200 loss 0.1234 eta 12s`) or a note: the claim, the "
+        "start the guard chose, why it stopped, retries, requeues, errors."
+    )
+
+
+class TrainingLogPage(BaseModel):
+    data: list[TrainingLogLine]
+    next_after: int = Field(
+        description="Pass as `after` for the lines that follow (the last seq of this page, or `after` "
+        "itself when the page is empty: poll again later)."
+    )

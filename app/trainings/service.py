@@ -22,7 +22,7 @@ from app.settings import Settings
 from app.storage import Storage, StorageError
 from app.tenants import service as tenants
 from app.tenants.service import Principal
-from app.trainings import events, fetch, presenter, repository, schemas, text_uploads, uploads
+from app.trainings import events, fetch, logs, presenter, repository, schemas, text_uploads, uploads
 from app.trainings.presenter import ArtifactLinks
 from app.usage import service as usage
 from app.webhooks import service as webhooks
@@ -472,11 +472,38 @@ def cancel_training(session: Session, *, principal: Principal, training_id: str,
     now = utcnow()
     if repository.cancel_if_queued(session, training_id=training.id, now=now):
         events.finished(session, training_id=training.id, settings=settings)
-    else:
-        repository.request_cancel_if_running(session, training_id=training.id, now=now)
+        logs.status_changed(
+            session,
+            training_id=training.id,
+            status="canceled",
+            settings=settings,
+            lines=[logs.warning("canceled before it started")],
+        )
+    elif repository.request_cancel_if_running(session, training_id=training.id, now=now):
+        logs.append(
+            session,
+            training_id=training.id,
+            lines=[logs.warning("cancel requested; the worker stops at its next step")],
+            settings=settings,
+        )
     refreshed = repository.get(session, training.id)
     assert refreshed is not None
     return refreshed
+
+
+def training_logs(
+    session: Session, *, principal: Principal, training_id: str, after: int, limit: int
+) -> schemas.TrainingLogPage:
+    """One page of a training's log lines after seq `after`; another tenant's training is not found."""
+    training = get_training(session, principal=principal, training_id=training_id)
+    rows = logs.page(session, training_id=training.id, after=after, limit=limit)
+    return schemas.TrainingLogPage(
+        data=[
+            schemas.TrainingLogLine(seq=row.seq, at=row.created_at, level=row.level, message=row.message)  # type: ignore[arg-type]
+            for row in rows
+        ],
+        next_after=rows[-1].seq if rows else after,
+    )
 
 
 def present(session: Session, trainings: list[Training], *, links: ArtifactLinks) -> list[schemas.Training]:
