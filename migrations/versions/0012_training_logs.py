@@ -1,7 +1,7 @@
 """training logs: progress lines and notes of each training, numbered per training
 
 Revision ID: 0012
-Revises: 0011 (to be re-chained onto 0011 at merge)
+Revises: 0011
 Create Date: 2026-11-29
 """
 
