@@ -70,7 +70,8 @@ def edges(root: Path, known: dict[str, Path]) -> list[Edge]:
                 else:
                     module = node.module or ""
                 # `from pkg import mod` names a module when pkg.mod is one
-                targets = [f"{module}.{alias.name}" if f"{module}.{alias.name}" in known else module for alias in node.names]
+                named = (f"{module}.{alias.name}" for alias in node.names)
+                targets = [full if full in known else module for full in named]
             for target in targets:
                 resolved = _resolve(target, known)
                 if resolved != name:
