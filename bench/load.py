@@ -1,6 +1,7 @@
 """Load benchmark of the Postgres-backed API on one machine: status polls/s and submissions/s.
 
-    .venv/bin/python bench/load.py [--duration 15] [--concurrency 16] [--api-workers 2] [--overhead 0]
+    .venv/bin/python bench/load.py [--duration 15] [--concurrency 16] [--api-workers 2] [--sse-streams 200]
+        [--overhead 0]
 
 Starts its own API (`leap api`, default settings) on a throwaway Postgres database with Redis as
 the broker and local-disk storage. As an operator would, it creates the bench tenant through the
@@ -16,6 +17,12 @@ client's own CPU per request, the machine's idle CPU during the phase and its 1-
 average at the end. Prints a table and writes JSON, also with the peak RSS of the API processes.
 Targets (issues 5 and 15, 2 cores): polls <= 1.0 ms API CPU each, >= 500/s with p99 < 100 ms;
 >= 50 submissions/s with p99 < 500 ms; zero errors; API RSS <= 300 MB.
+
+Then (unless --sse-streams 0) bench/sse_phase.py's phase on the same API: --sse-streams (200)
+GET /v1/trainings/{id}/stream streams held open --sse-seconds (60) while a fake worker publishes
+progress through the worker's own code; it reports streams opened and ended, progress events
+received against published (missed, duplicated), errors, publish-to-receipt latency and the API's
+CPU over the phase. Target: 200 streams for a minute, no errors, every progress event received.
 
 Then (unless --overhead 0) it measures the overhead around training on the embedded default
 (`leap serve`, SQLite, filesystem broker, local files; real trainer, leap-tiny, a few steps):
@@ -296,19 +303,25 @@ async def benchmark(base_url: str, args: argparse.Namespace, api_pids: list[int]
             await phase(f"submissions ({args.images} images)", submit),
             await phase("mix 90/8/2 poll/list/submit", mixed),
         ]
-        # Hook for more phases (e.g. bench/sse_phase.py's event streams): extra_phases returns Phase
-        # objects, e.g. measured with run_phase(name, make_request, args.duration, args.concurrency,
-        # api_pids), where make_request(connection: RawConnection) is awaited back to back by each
-        # user and returns anything with a status_code; next(keys) gives the next key's headers.
-        phases += await extra_phases(client, ids=ids, keys=keys, args=args, api_pids=api_pids)
     return phases
 
 
-async def extra_phases(
-    client: httpx.AsyncClient, *, ids: list[str], keys: Any, args: argparse.Namespace, api_pids: list[int]
-) -> list[Phase]:
-    """Phases added by other benches (SSE streams); none yet."""
-    return []
+async def sse_phase(base_url: str, settings: Settings, args: argparse.Namespace, api_pids: list[int]) -> dict[str, Any]:
+    """bench/sse_phase.py's streams (its fake worker publishes through the worker's own code), with the
+    API's CPU over the phase from /proc as for the request phases."""
+    from bench.sse_phase import run_sse_phase
+
+    cpu_before, idle_before = cpu_seconds(api_pids), machine_times()
+    result = await run_sse_phase(
+        api_url=base_url, settings=settings, streams=args.sse_streams, seconds=args.sse_seconds
+    )
+    idle_after = machine_times()
+    result["api_cpu_seconds"] = round(cpu_seconds(api_pids) - cpu_before, 2)
+    result["machine_idle_percent"] = round(
+        100 * (idle_after[0] - idle_before[0]) / max(1, idle_after[1] - idle_before[1]), 1
+    )
+    result["load_average_1m"] = round(os.getloadavg()[0], 2)
+    return result
 
 
 def measure_overhead(runs: int, steps: int) -> dict[str, Any]:
@@ -385,6 +398,8 @@ def main() -> int:
     parser.add_argument("--redis", default="redis://127.0.0.1:6379/14")
     parser.add_argument("--overhead", type=int, default=4, help="embedded-default training runs (0: skip)")
     parser.add_argument("--overhead-steps", type=int, default=2, help="steps per overhead run")
+    parser.add_argument("--sse-streams", type=int, default=200, help="concurrent SSE streams (0: skip the phase)")
+    parser.add_argument("--sse-seconds", type=float, default=60.0, help="how long the streams are held open")
     parser.add_argument("--json", type=Path, default=ROOT / "bench" / "results" / "load.json")
     args = parser.parse_args()
 
@@ -430,6 +445,7 @@ def main() -> int:
         sampler.start()
         api_pids = process_tree(api.pid)
         phases = asyncio.run(benchmark(base_url, args, api_pids))
+        sse = asyncio.run(sse_phase(base_url, settings, args, api_pids)) if args.sse_streams else None
         stop.set()
         sampler.join()
     finally:
@@ -459,6 +475,14 @@ def main() -> int:
         f"peak API RSS: {peak_process_rss:.0f} MB per process, {peak_rss:.0f} MB for all "
         f"{args.api_workers} workers and their supervisor"
     )
+    if sse is not None:
+        print(
+            f"SSE: {sse['streams_opened']}/{sse['streams']} streams opened, {sse['streams_completed']} ended after "
+            f"their final status; progress events {sse['progress_received']}/{sse['progress_published']} "
+            f"(missed {sse['missed_events']}, duplicated {sse['duplicate_events']}), errors {sse['errors']}; "
+            f"publish-to-receipt p50 {sse['latency_ms']['p50']} ms, p99 {sse['latency_ms']['p99']} ms; "
+            f"{sse['seconds']} s; API CPU {sse['api_cpu_seconds']} s; idle {sse['machine_idle_percent']}%"
+        )
     overhead = None
     if args.overhead:
         overhead = measure_overhead(args.overhead, args.overhead_steps)
@@ -472,6 +496,7 @@ def main() -> int:
         "phases": rows,
         "api_peak_rss_mb": round(peak_rss, 1),
         "api_peak_rss_per_process_mb": round(peak_process_rss, 1),
+        "sse": sse,
         "overhead": overhead,
         "config": {
             "duration_s": args.duration,
