@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from models.enums import Init, Mode, StopReason
+from models.enums import Init, Mode
 from models.registry import Registry
 from models.text.base import TextBase, load_text_base, pick_device, resolve_text_model
 from models.text.booster import TextBoosterResolver
@@ -36,9 +36,10 @@ from models.text.data import IGNORE, Row, collate, lm_loss, pad_id_of, tokenize_
 from models.text.errors import InvalidExamplesError
 from models.text.examples import MAX_EXAMPLES, MIN_EXAMPLES, TextExample
 from models.text.export import save_text_concept
-from models.trainer.config import Progress, TrainResult
-from models.trainer.errors import OutOfMemory, TrainingCanceled
-from models.trainer.export import write_manifest
+from models.trainer.config import LoopResult, Progress, TrainResult
+from models.trainer.errors import OutOfMemory
+from models.trainer.export import loss_summary, write_manifest
+from models.trainer.loop import Callbacks, Steps, run_steps
 from models.trainer.stopping import Plateau, split_for_eval
 
 EvalHook = Callable[[int, "TextJob"], None]
@@ -115,7 +116,7 @@ def train(
                 started,
                 booster_resolver=booster_resolver,
                 guarded_start=guarded_start,
-                callbacks=_Callbacks(on_progress, should_stop, eval_hook, frozenset(eval_steps)),
+                callbacks=Callbacks(on_progress, should_stop, eval_hook, frozenset(eval_steps)),
             )
     except torch.cuda.OutOfMemoryError as error:
         raise OutOfMemory(
@@ -211,32 +212,11 @@ def _restore(concept: TextConcept, state: list[torch.Tensor]) -> None:
 
 
 @dataclass
-class _Callbacks:
-    """The caller's hooks into a run."""
-
-    on_progress: Callable[[Progress], None] | None = None
-    should_stop: Callable[[], bool] | None = None
-    eval_hook: EvalHook | None = None
-    eval_steps: frozenset[int] = frozenset()
-
-
-@dataclass
 class _Start:
     used: str
     """booster | token | random"""
     note: str
     guard: dict | None
-
-
-@dataclass
-class _Loop:
-    """What the step loop did."""
-
-    done: int
-    losses: list[float]
-    stop_reason: str
-    pivot_step: int
-    train_seconds: float
 
 
 def _run(
@@ -249,7 +229,7 @@ def _run(
     *,
     booster_resolver: TextBoosterResolver | None,
     guarded_start: bool,
-    callbacks: _Callbacks,
+    callbacks: Callbacks[TextJob],
 ) -> TrainResult:
     assert config.batch_size is not None and config.lora_alpha is not None
     auto = config.steps is None
@@ -268,8 +248,12 @@ def _run(
     pad_id = pad_id_of(concept.tokenizer)
     evaluate = HeldOutLoss(base, eval_rows, pad_id) if auto else None
     plateau = Plateau(config.stopping, round(evaluate(), 6), _snapshot(concept)) if evaluate else None
-    loop = _loop(config, base, concept, rows, pad_id, generator, optimizer, lora_parameters,
-                 trains_lora=trains_lora, plateau=plateau, evaluate=evaluate, callbacks=callbacks)
+    steps = _steps(config, base, concept, rows, pad_id, generator, optimizer, lora_parameters, trains_lora=trains_lora,
+                   evaluate=evaluate)
+    total = config.max_steps if auto else config.steps
+    assert total is not None
+    loop = run_steps(steps, callbacks, total=total, pivotal=config.mode == Mode.PIVOTAL,
+                     pivot_fraction=config.pivot_fraction, progress_every=config.progress_every, plateau=plateau)
 
     artifacts = save_text_concept(
         out_dir,
@@ -315,69 +299,38 @@ def _optimizer(config: TextTrainConfig, concept: TextConcept,
     return optimizer, lora_parameters
 
 
-def _loop(config: TextTrainConfig, base: TextBase, concept: TextConcept, rows: Sequence[Row], pad_id: int,
-          generator: torch.Generator, optimizer: torch.optim.AdamW, lora_parameters: list[torch.nn.Parameter], *,
-          trains_lora: bool, plateau: Plateau[list[torch.Tensor]] | None, evaluate: HeldOutLoss | None,
-          callbacks: _Callbacks) -> _Loop:
-    """Step until `steps`, the cap or convergence; with a plateau tracker, end on its best state."""
+def _steps(config: TextTrainConfig, base: TextBase, concept: TextConcept, rows: Sequence[Row], pad_id: int,
+           generator: torch.Generator, optimizer: torch.optim.AdamW, lora_parameters: list[torch.nn.Parameter], *,
+           trains_lora: bool, evaluate: HeldOutLoss | None) -> Steps[TextJob, list[torch.Tensor]]:
+    """The text trainer's side of the shared step loop (models/trainer/loop.py)."""
     assert config.batch_size is not None
-    total = config.max_steps if config.steps is None else config.steps
-    assert total is not None
-    pivotal = config.mode == Mode.PIVOTAL
-    pivot_step = int(total * config.pivot_fraction) if pivotal else 0  # auto: the cap on phase 1
-    losses: list[float] = []
-    stop_reason = StopReason.MAX_STEPS.value if config.steps is None else StopReason.STEPS.value
-    in_pivot_phase = pivotal
-    if callbacks.eval_hook is not None and 0 in callbacks.eval_steps:
-        callbacks.eval_hook(0, TextJob(base, concept, config))
-    step_started = time.perf_counter()
-    done = reported = 0
-    while done < total:
-        if callbacks.should_stop is not None and callbacks.should_stop():
-            raise TrainingCanceled(f"canceled at step {done} of {total}")
-        if in_pivot_phase and done >= pivot_step:
-            in_pivot_phase = False
-        for parameter in lora_parameters:
-            parameter.requires_grad_(trains_lora and not in_pivot_phase)
-        if pivotal:
-            lr = config.embedding_lr if in_pivot_phase else config.pivot_embedding_lr
-            optimizer.param_groups[0]["lr"] = lr or 0.0
-        index = torch.randint(0, len(rows), (config.batch_size,), generator=generator)
+    batch_size = config.batch_size
+
+    def step() -> float:
+        index = torch.randint(0, len(rows), (batch_size,), generator=generator)
         batch = collate([rows[int(i)] for i in index], pad_id, base.device)
         loss = lm_loss(base.model, batch)
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        losses.append(float(loss.detach()))
-        done += 1
-        if callbacks.on_progress is not None and (done % config.progress_every == 0 or done == total):
-            elapsed = time.perf_counter() - step_started
-            callbacks.on_progress(Progress(step=done, total=total, loss=losses[-1],
-                                           eta_s=elapsed / done * (total - done)))
-            reported = done
-        if callbacks.eval_hook is not None and done in callbacks.eval_steps:
-            callbacks.eval_hook(done, TextJob(base, concept, config))
-        phase_ends = in_pivot_phase and done >= pivot_step
-        if plateau is None or evaluate is None or not plateau.due(done, last=done == total or phase_ends):
-            continue
-        converged = plateau.record(done, round(evaluate(), 6), lambda: _snapshot(concept))
-        if in_pivot_phase and (converged or phase_ends):
-            # The token phase is done: LoRA joins from the best token so far.
-            _restore(concept, plateau.best_state)
-            in_pivot_phase, pivot_step = False, done
-            plateau.new_phase(done)
-        elif converged:
-            stop_reason = StopReason.CONVERGED.value
-            break
-    if plateau is not None:
-        _restore(concept, plateau.best_state)  # the best evaluated state, not the last one
-    if callbacks.on_progress is not None and reported != done and losses:
-        callbacks.on_progress(Progress(step=done, total=total, loss=losses[-1], eta_s=0.0))
-    return _Loop(done=done, losses=losses, stop_reason=stop_reason, pivot_step=pivot_step,
-                 train_seconds=time.perf_counter() - step_started)
+        return float(loss.detach())
+
+    def set_phase(in_pivot_phase: bool) -> None:
+        for parameter in lora_parameters:
+            parameter.requires_grad_(trains_lora and not in_pivot_phase)
+        if config.mode == Mode.PIVOTAL:
+            lr = config.embedding_lr if in_pivot_phase else config.pivot_embedding_lr
+            optimizer.param_groups[0]["lr"] = lr or 0.0
+
+    def evaluated() -> float:
+        assert evaluate is not None
+        return evaluate()
+
+    return Steps(step=step, set_phase=set_phase, job=lambda: TextJob(base, concept, config), evaluate=evaluated,
+                 snapshot=lambda: _snapshot(concept), restore=lambda state: _restore(concept, state))
 
 
-def _manifest(config: TextTrainConfig, base: TextBase, concept: TextConcept, start: _Start, loop: _Loop, *,
+def _manifest(config: TextTrainConfig, base: TextBase, concept: TextConcept, start: _Start, loop: LoopResult, *,
               stopping: dict[str, Any] | None, trains_lora: bool, targets: list[str], num_examples: int,
               num_tokens: int, compute_seconds: float) -> dict[str, Any]:
     """manifest.json's content (plain strings and numbers only)."""
@@ -417,17 +370,5 @@ def _manifest(config: TextTrainConfig, base: TextBase, concept: TextConcept, sta
             "train_seconds": round(loop.train_seconds, 3),
             "steps_per_second": round(loop.done / max(loop.train_seconds, 1e-9), 3),
         },
-        "loss": _loss_summary(loop.losses),
-    }
-
-
-def _loss_summary(losses: list[float]) -> dict[str, float | int]:
-    if not losses:
-        return {}
-    window = max(1, len(losses) // 10)
-    return {
-        "first": round(sum(losses[:window]) / window, 6),
-        "last": round(sum(losses[-window:]) / window, 6),
-        "min": round(min(losses), 6),
-        "count": len(losses),
+        "loss": loss_summary(loop.losses),
     }

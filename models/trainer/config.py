@@ -198,6 +198,19 @@ class Artifact:
 
 
 @dataclass
+class LoopResult:
+    """What a trainer's step loop did (image and text)."""
+
+    done: int
+    """Steps run."""
+    losses: list[float]
+    stop_reason: str
+    pivot_step: int
+    """pivotal: the step LoRA joined at (0 for the other modes)."""
+    train_seconds: float
+
+
+@dataclass
 class TrainResult:
     """What a finished run produced."""
 

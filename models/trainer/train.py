@@ -18,22 +18,23 @@ import time
 from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from PIL import Image
 
-from models.enums import Init, Mode, StopReason
+from models.enums import Init, Mode
 from models.registry import Registry
 from models.trainer.base import BaseComponents, load_base, pick_device, weight_dtype_for
 from models.trainer.concept import ConceptModel, InitialState
-from models.trainer.config import Artifact, Progress, TrainConfig, TrainResult
+from models.trainer.config import Artifact, LoopResult, Progress, TrainConfig, TrainResult
 from models.trainer.data import LatentSet, caption_templates, encode_images
 from models.trainer.defaults import resolve_base_model, with_defaults
-from models.trainer.errors import BaseModelError, InvalidImagesError, OutOfMemory, TrainingCanceled
-from models.trainer.export import BaseDescription, save_concept, write_manifest
+from models.trainer.errors import BaseModelError, InvalidImagesError, OutOfMemory
+from models.trainer.export import BaseDescription, loss_summary, save_concept, write_manifest
 from models.trainer.guard import BoosterResolver, Candidate, candidates, describe_scores, guarded_start, snapshot
 from models.trainer.images import MAX_IMAGES, MIN_IMAGES
+from models.trainer.loop import Callbacks, Steps, run_steps
 from models.trainer.loss import denoising_loss
 from models.trainer.stopping import Plateau, SeededEval, split_for_eval
 
@@ -104,8 +105,8 @@ def train(
     config, base = prepare(config, registry)
     resolution = config.resolution or base.resolution
     assert (config.steps or config.max_steps) is not None and config.batch_size is not None
-    callbacks = _Callbacks(on_progress=on_progress, should_stop=should_stop, eval_hook=eval_hook,
-                           eval_steps=frozenset(eval_steps), on_finish=on_finish)
+    callbacks = Callbacks(on_progress=on_progress, should_stop=should_stop, eval_hook=eval_hook,
+                          eval_steps=frozenset(eval_steps), on_finish=on_finish)
     try:
         with _attached(base, config) as concept:
             return _run(config, base, concept, images, out_dir, resolution, started, initial_state=initial_state,
@@ -171,32 +172,9 @@ def _note(winner: Candidate, scores: dict[str, float]) -> str:
     return f"{note}; {winner.state.note}" if winner.name != "token" and winner.state.note else note
 
 
-@dataclass
-class _Callbacks:
-    """The caller's hooks into a run."""
-
-    on_progress: Callable[[Progress], None] | None = None
-    should_stop: Callable[[], bool] | None = None
-    eval_hook: EvalHook | None = None
-    eval_steps: frozenset[int] = frozenset()
-    on_finish: Callable[[Job], None] | None = None
-
-
-@dataclass
-class _Loop:
-    """What the step loop did."""
-
-    done: int
-    losses: list[float]
-    stop_reason: str
-    pivot_step: int
-    """pivotal: the step LoRA joined at (0 for the other modes)."""
-    train_seconds: float
-
-
 def _run(config: TrainConfig, base: BaseComponents, concept: ConceptModel, images: Sequence[Image.Image],
          out_dir: Path, resolution: int, started: float, *, initial_state: InitialState | None,
-         booster: BoosterResolver | None, callbacks: _Callbacks) -> TrainResult:
+         booster: BoosterResolver | None, callbacks: Callbacks[Job]) -> TrainResult:
     auto = config.steps is None
     torch.manual_seed(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
@@ -210,8 +188,12 @@ def _run(config: TrainConfig, base: BaseComponents, concept: ConceptModel, image
     latents = encode_images(base, train_images, resolution=resolution, flip=config.flip)
     optimizer, lora_parameters = _optimizer(config, concept, trains_lora)
     plateau = _plateau(config, concept, start, evaluate) if auto else None
-    loop = _loop(config, base, concept, latents, templates, generator, optimizer, lora_parameters,
-                 trains_lora=trains_lora, plateau=plateau, evaluate=evaluate, callbacks=callbacks)
+    steps = _steps(config, base, concept, latents, templates, generator, optimizer, lora_parameters,
+                   trains_lora=trains_lora, evaluate=evaluate)
+    total = config.max_steps if auto else config.steps
+    assert total is not None
+    loop = run_steps(steps, callbacks, total=total, pivotal=config.mode == Mode.PIVOTAL,
+                     pivot_fraction=config.pivot_fraction, progress_every=config.progress_every, plateau=plateau)
     if callbacks.on_finish is not None:
         callbacks.on_finish(Job(base, concept, config))
 
@@ -258,6 +240,28 @@ def _plateau(config: TrainConfig, concept: ConceptModel, start: _Start,
     return Plateau(config.stopping, first, snapshot(concept))
 
 
+def _steps(config: TrainConfig, base: BaseComponents, concept: ConceptModel, latents: LatentSet,
+           templates: tuple[str, ...], generator: torch.Generator, optimizer: torch.optim.AdamW,
+           lora_parameters: list[torch.nn.Parameter], *, trains_lora: bool,
+           evaluate: _Evaluation) -> Steps[Job, InitialState]:
+    """The image trainer's side of the shared step loop (models/trainer/loop.py)."""
+    autocast = (torch.autocast(base.device.type, dtype=base.weight_dtype)
+                if base.weight_dtype != torch.float32 else contextlib.nullcontext())
+
+    def step() -> float:
+        loss = _step(base, concept, latents, templates, config, generator, autocast)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return loss
+
+    def set_phase(in_pivot_phase: bool) -> None:
+        _set_phase(optimizer, lora_parameters, config, in_pivot_phase=in_pivot_phase, trains_lora=trains_lora)
+
+    return Steps(step=step, set_phase=set_phase, job=lambda: Job(base, concept, config),
+                 evaluate=lambda: evaluate(concept), snapshot=lambda: snapshot(concept),
+                 restore=concept.init_from_state)
+
+
 def _set_phase(optimizer: torch.optim.AdamW, lora_parameters: list[torch.nn.Parameter], config: TrainConfig, *,
                in_pivot_phase: bool, trains_lora: bool) -> None:
     """pivotal phase 1 trains the vectors alone at embedding_lr; phase 2 adds LoRA at pivot_embedding_lr."""
@@ -266,74 +270,6 @@ def _set_phase(optimizer: torch.optim.AdamW, lora_parameters: list[torch.nn.Para
     if config.mode == Mode.PIVOTAL:
         rate = config.embedding_lr if in_pivot_phase else config.pivot_embedding_lr
         optimizer.param_groups[0]["lr"] = rate or 0.0
-
-
-def _loop(config: TrainConfig, base: BaseComponents, concept: ConceptModel, latents: LatentSet,
-          templates: tuple[str, ...], generator: torch.Generator, optimizer: torch.optim.AdamW,
-          lora_parameters: list[torch.nn.Parameter], *, trains_lora: bool, plateau: Plateau[InitialState] | None,
-          evaluate: _Evaluation, callbacks: _Callbacks) -> _Loop:
-    """Step until `steps`, the cap or convergence; with a plateau tracker, end on its best state."""
-    total = config.max_steps if plateau is not None else config.steps
-    assert total is not None
-    pivotal = config.mode == Mode.PIVOTAL
-    pivot_step = int(total * config.pivot_fraction) if pivotal else 0  # auto: the cap on phase 1
-    autocast = (torch.autocast(base.device.type, dtype=base.weight_dtype)
-                if base.weight_dtype != torch.float32 else contextlib.nullcontext())
-    losses: list[float] = []
-    stop_reason = StopReason.MAX_STEPS.value if plateau is not None else StopReason.STEPS.value
-    in_pivot_phase = pivotal
-    if callbacks.eval_hook is not None and 0 in callbacks.eval_steps:
-        callbacks.eval_hook(0, Job(base, concept, config))  # the starting point's quality, before any step
-    step_started = time.perf_counter()
-    done = 0
-    reported = 0
-    while done < total:
-        if callbacks.should_stop is not None and callbacks.should_stop():
-            raise TrainingCanceled(f"canceled at step {done} of {total}")
-        if in_pivot_phase and done >= pivot_step:
-            in_pivot_phase = False
-        _set_phase(optimizer, lora_parameters, config, in_pivot_phase=in_pivot_phase, trains_lora=trains_lora)
-        loss = _step(base, concept, latents, templates, config, generator, autocast)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        losses.append(loss)
-        done += 1
-        if callbacks.on_progress is not None and (done % config.progress_every == 0 or done == total):
-            elapsed = time.perf_counter() - step_started
-            callbacks.on_progress(Progress(step=done, total=total, loss=loss, eta_s=elapsed / done * (total - done)))
-            reported = done
-        if callbacks.eval_hook is not None and done in callbacks.eval_steps:
-            callbacks.eval_hook(done, Job(base, concept, config))
-        if plateau is None:
-            continue
-        outcome = _observe(plateau, concept, evaluate, done, last=done == total, in_pivot_phase=in_pivot_phase,
-                           phase_ends=in_pivot_phase and done >= pivot_step)
-        if outcome == "pivot":
-            in_pivot_phase, pivot_step = False, done
-        elif outcome == "converged":
-            stop_reason = StopReason.CONVERGED.value
-            break
-    if plateau is not None:
-        concept.init_from_state(plateau.best_state)  # the best evaluated state, not the last one
-    if callbacks.on_progress is not None and reported != done and losses:
-        callbacks.on_progress(Progress(step=done, total=total, loss=losses[-1], eta_s=0.0))
-    return _Loop(done=done, losses=losses, stop_reason=stop_reason, pivot_step=pivot_step if pivotal else 0,
-                 train_seconds=time.perf_counter() - step_started)
-
-
-def _observe(plateau: Plateau[InitialState], concept: ConceptModel, evaluate: _Evaluation, done: int, *,
-             last: bool, in_pivot_phase: bool, phase_ends: bool) -> Literal["continue", "pivot", "converged"]:
-    """Evaluate where the stopping rule is due: a converged (or capped) pivotal phase 1 hands over to
-    phase 2 from its best vectors ("pivot"); any other converged run stops ("converged")."""
-    if not plateau.due(done, last=last or phase_ends):
-        return "continue"
-    converged = plateau.record(done, round(evaluate(concept), 6), lambda: snapshot(concept))
-    if in_pivot_phase and (converged or phase_ends):
-        # Phase 1 is done: LoRA joins from the best vectors so far.
-        concept.init_from_state(plateau.best_state)
-        plateau.new_phase(done)
-        return "pivot"
-    return "converged" if converged else "continue"
 
 
 def _save(out_dir: Path, config: TrainConfig, base: BaseComponents, concept: ConceptModel,
@@ -348,7 +284,7 @@ def _save(out_dir: Path, config: TrainConfig, base: BaseComponents, concept: Con
                         rank=config.lora_rank, base=described)
 
 
-def _manifest(config: TrainConfig, base: BaseComponents, concept: ConceptModel, start: _Start, loop: _Loop, *,
+def _manifest(config: TrainConfig, base: BaseComponents, concept: ConceptModel, start: _Start, loop: LoopResult, *,
               stopping: dict[str, Any] | None, trains_lora: bool, resolution: int, num_images: int,
               compute_seconds: float) -> dict[str, Any]:
     """manifest.json's content (plain strings and numbers only)."""
@@ -379,7 +315,7 @@ def _manifest(config: TrainConfig, base: BaseComponents, concept: ConceptModel, 
         "config": {**config.to_dict(), "base_model": config.base_model_name},
         "timings": {"total_seconds": round(compute_seconds, 3), "train_seconds": round(loop.train_seconds, 3),
                     "steps_per_second": round(loop.done / max(loop.train_seconds, 1e-9), 3)},
-        "loss": _loss_summary(loop.losses),
+        "loss": loss_summary(loop.losses),
     }
 
 
@@ -398,12 +334,3 @@ def _step(base: BaseComponents, concept: ConceptModel, latents: LatentSet, templ
         loss = denoising_loss(base, concept, sample, prompts, noise, timesteps)
     loss.backward()
     return float(loss.detach())
-
-
-def _loss_summary(losses: list[float]) -> dict[str, float | int]:
-    if not losses:
-        return {}
-    window = max(1, len(losses) // 10)
-    return {"first": round(sum(losses[:window]) / window, 6), "last": round(sum(losses[-window:]) / window, 6),
-            "min": round(min(losses), 6), "count": len(losses)}
-
