@@ -1,6 +1,8 @@
 """The text trainer: textual inversion for LMs, LoRA, or both in two phases (pivotal).
 
-    result = train(TextTrainConfig(base_model="smollm2-135m", mode="pivotal"), examples, out_dir)
+    registry = load_registry()
+    result = train(TextTrainConfig(base_model="smollm2-135m", mode="pivotal"), examples, out_dir,
+                   registry=registry, booster_resolver=text_booster_resolver(registry))
 
 `token` learns only the new token's vectors (with tied embeddings its output row is the same
 parameter); `lora` trains peft LoRA with the token fixed at its initial value; `pivotal` trains

@@ -1,14 +1,17 @@
 """The pivotal-tuning loop: textual inversion, LoRA, or both in two phases.
 
-    result = train(TrainConfig(base_model="leap-tiny"), images, out_dir, on_progress=print)
+    registry = load_registry()
+    result = train(TrainConfig(base_model="leap-tiny"), images, out_dir, registry=registry,
+                   booster=registered_booster(registry), on_progress=print)
 
 Phase 1 of `pivotal` trains only the token's vectors at a high learning rate; phase 2 adds
 the LoRA and keeps moving the vectors at a lower rate (cloneofsimo/lora PTI, diffusers'
 advanced_diffusion_training). The base pipeline is loaded once per process and shared.
 
-With init=booster the start is guarded (models/trainer/guard.py): the token and the booster's
-candidates are scored on the job's images and the best one starts. Without `steps` a run stops
-when done (models/trainer/stopping.py), at `max_steps` at the latest, and keeps its best state.
+With init=booster the start is guarded (models/trainer/guard.py): the token and the candidates of
+the caller's `booster` resolver are scored on the job's images and the best one starts. Without
+`steps` a run stops when done (models/trainer/stopping.py, models/trainer/loop.py), at `max_steps`
+at the latest, and keeps its best state.
 """
 
 from __future__ import annotations
