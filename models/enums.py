@@ -35,3 +35,4 @@ class StopReason(StrEnum):
 
 IMAGE_MODES = (Mode.TEXTUAL_INVERSION, Mode.LORA, Mode.PIVOTAL)
 TEXT_MODES = (Mode.TOKEN, Mode.LORA, Mode.PIVOTAL)
+INITS = (Init.BOOSTER, Init.TOKEN, Init.RANDOM)

@@ -1,24 +1,25 @@
 """Base-model registry: ids the service trains -> model folder or hub id, kind, defaults, booster.
 
 Torch-free: the API lists models from it. The file is YAML; LEAP ships one that registers
-leap-tiny (kind image, the default) and smollm2-135m (kind text), and `LEAP_MODEL_REGISTRY`
-(read by the service) points at another.
+leap-tiny (kind image, the default) and smollm2-135m (kind text). Nothing here reads the
+environment: the service passes `Settings.model_registry` (LEAP_MODEL_REGISTRY), `leap train` its
+`--registry`, and every other caller gets the bundled file.
 """
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import yaml
+
+from models.enums import Kind
 
 PACKAGE_ROOT = Path(__file__).resolve().parent
 DEFAULT_REGISTRY_PATH = PACKAGE_ROOT / "registry.yaml"
 
-Kind = Literal["image", "text"]
-KINDS: tuple[str, ...] = ("image", "text")
+KINDS: tuple[Kind, ...] = tuple(Kind)
 
 
 @dataclass(frozen=True)
@@ -44,7 +45,7 @@ class BaseModel:
     booster_path: Path | None = None
     defaults: dict[str, Any] = field(default_factory=dict)
     description: str = ""
-    kind: Kind = "image"
+    kind: Kind = Kind.IMAGE
     gguf: GgufSource | None = None
     """Text models: load from this GGUF (converted once into the data directory) instead of `path`."""
 
@@ -72,22 +73,23 @@ def _resolve(base: Path, value: str) -> str:
 
 
 def load_registry(path: Path | None = None) -> Registry:
-    """Read a registry YAML file: `path`, else $LEAP_MODEL_REGISTRY, else the bundled one."""
-    path = path or Path(os.environ.get("LEAP_MODEL_REGISTRY") or DEFAULT_REGISTRY_PATH)
+    """Read a registry YAML file: `path`, else the bundled one (never the environment)."""
+    path = path or DEFAULT_REGISTRY_PATH
     raw = yaml.safe_load(path.read_text()) or {}
     base = path.resolve().parent
     models: dict[str, BaseModel] = {}
     for model_id, entry in (raw.get("models") or {}).items():
         booster = entry.get("booster")
-        kind = entry.get("kind", "image")
-        if kind not in KINDS:
-            raise ValueError(f"{path}: model {model_id!r} has kind {kind!r}, not one of {', '.join(KINDS)}")
+        raw_kind = entry.get("kind", Kind.IMAGE.value)
+        if raw_kind not in KINDS:
+            raise ValueError(f"{path}: model {model_id!r} has kind {raw_kind!r}, not one of {', '.join(KINDS)}")
+        kind = Kind(raw_kind)
         gguf = entry.get("gguf")
         models[model_id] = BaseModel(
             id=model_id,
             path=_resolve(base, entry["path"]),
             # Image models need their resolution; text models have none.
-            resolution=int(entry["resolution"]) if kind == "image" else int(entry.get("resolution", 0)),
+            resolution=int(entry["resolution"]) if kind == Kind.IMAGE else int(entry.get("resolution", 0)),
             booster_path=Path(_resolve(base, booster)) if booster else None,
             defaults=dict(entry.get("defaults") or {}),
             description=entry.get("description", ""),

@@ -12,6 +12,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -258,7 +259,12 @@ def _prepare_images(
     )
     sources = [ImageSource(name=item["name"], data=runtime.storage.get_bytes(item["key"])) for item in claimed.inputs]
     images = decode_images(sources, max_pixels=runtime.settings.max_image_pixels)
-    return load_trainer(runtime.settings.trainer), config, images
+    from models.booster.registry import registered_booster  # torch: imported by the task, not at import
+
+    trainer = partial(
+        load_trainer(runtime.settings.trainer), registry=runtime.registry, booster=registered_booster(runtime.registry)
+    )
+    return trainer, config, images
 
 
 def _prepare_text(
@@ -278,7 +284,14 @@ def _prepare_text(
     )
     files = [(item["name"], runtime.storage.get_bytes(item["key"])) for item in claimed.inputs]
     examples = parse_text_files(files, token=config.token)
-    return load_trainer(settings.text_trainer), config, examples
+    from models.text.booster import text_booster_resolver  # torch: imported by the task, not at import
+
+    trainer = partial(
+        load_trainer(settings.text_trainer),
+        registry=runtime.registry,
+        booster_resolver=text_booster_resolver(runtime.registry),
+    )
+    return trainer, config, examples
 
 
 def _retry(runtime: WorkerRuntime, claimed: lifecycle.ClaimedTraining, message: str) -> None:

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, Field
+
+from models.enums import Kind
 
 
 class BaseModelInfo(BaseModel):
     id: str
-    kind: Literal["image", "text"] = Field(
+    kind: Kind = Field(
         description="image: trained on images (POST /v1/trainings `images`); text: on text examples (`examples`)."
     )
     modes: list[str] = Field(

@@ -14,7 +14,8 @@ import torch.nn.functional as F
 
 from models.trainer.base import BaseComponents
 from models.trainer.concept import ConceptModel
-from models.trainer.train import denoising_target
+from models.trainer.loss import denoising_target
+from models.trainer.placeholders import PlaceholderHooks
 
 
 def base_fingerprint(base: BaseComponents) -> str:
@@ -53,8 +54,9 @@ class BatchedConcepts:
         self.lora: dict[str, torch.Tensor] = {}
         modules = dict(base.unet.named_modules())
         self.targets = sorted({key.rsplit(".lora_", 1)[0] for key in layout})
-        self.hooks = [base.text_encoder.get_input_embeddings().register_forward_pre_hook(self._clamp),
-                      base.text_encoder.get_input_embeddings().register_forward_hook(self._embed)]
+        self._placeholders = PlaceholderHooks(base.text_encoder.get_input_embeddings(),
+                                              is_placeholder=self._is_placeholder, vectors=self._vectors)
+        self.hooks: list[torch.utils.hooks.RemovableHandle] = []
         for name in self.targets:
             self.hooks.append(modules[name].register_forward_hook(self._lora_hook(name)))
 
@@ -64,21 +66,19 @@ class BatchedConcepts:
             raise ValueError(f"{embedding.shape[1]} vectors for {len(self.token_ids)} placeholder tokens")
         self.embedding, self.lora, self.rows_per_set = embedding, lora, rows_per_set
 
-    def _clamp(self, module, args):
-        (ids,) = args
-        self._ids = ids
-        placeholder = torch.isin(ids, torch.tensor(self.token_ids, device=ids.device))
-        return (torch.where(placeholder, torch.zeros_like(ids), ids),)
+    def _is_placeholder(self, ids: torch.Tensor) -> torch.Tensor:
+        return torch.isin(ids, torch.tensor(self.token_ids, device=ids.device))
 
-    def _embed(self, module, args, output):
+    def _vectors(self, ids: torch.Tensor, output: torch.Tensor) -> torch.Tensor:
+        """Each row's set's vector for each placeholder id (its index in token_ids)."""
         assert self.embedding is not None
+        per_row = self.embedding.repeat_interleave(self.rows_per_set, dim=0)  # [rows, vectors, width]
+        if per_row.shape[0] != output.shape[0]:  # text encoded once per set (e.g. unconditional batches)
+            per_row = self.embedding
+        slot = torch.zeros_like(ids)
         for index, token_id in enumerate(self.token_ids):
-            mask = self._ids == token_id
-            per_row = self.embedding[:, index].repeat_interleave(self.rows_per_set, dim=0)  # [rows, width]
-            if per_row.shape[0] != output.shape[0]:  # text encoded once per set (e.g. unconditional batches)
-                per_row = self.embedding[:, index]
-            output = torch.where(mask[..., None], per_row[:, None, :].to(output.dtype), output)
-        return output
+            slot = torch.where(ids == token_id, index, slot)
+        return per_row[torch.arange(ids.shape[0], device=ids.device)[:, None], slot]  # [rows, seq, width]
 
     def _lora_hook(self, name: str):
         def hook(module, args, output):
@@ -94,6 +94,7 @@ class BatchedConcepts:
         return hook
 
     def close(self) -> None:
+        self._placeholders.remove()
         for hook in self.hooks:
             hook.remove()
         self.hooks = []

@@ -45,6 +45,7 @@ from models.booster.families import HELD_OUT_FAMILIES, draw_family_concept, rend
 from models.booster.network import load_booster
 from models.booster.registry import checked_booster, initial_state_from, registered_booster_path
 from models.reference.concepts import benchmark_concepts
+from models.registry import Registry, load_registry
 from models.trainer.base import load_base, pick_device
 from models.trainer.config import TrainConfig
 from models.trainer.defaults import registered_defaults, resolve_base_model
@@ -122,20 +123,20 @@ class Curve:
 Resolver = Callable[..., Any]
 
 
-def booster_resolver(directory: Path, use_lora: bool | None) -> Resolver:
+def booster_resolver(directory: Path, use_lora: bool | None, registry: Registry) -> Resolver:
     """The trainer's booster hook for one booster folder (not necessarily the registered one)."""
     def resolve(base, images, config):
-        return initial_state_from(checked_booster(directory, base), images, config, use_lora=use_lora)
+        return initial_state_from(checked_booster(directory, base, registry), images, config, use_lora=use_lora)
     return resolve
 
 
 def run_curve(base_model: str, item: Item, *, mode: str, init: str, steps: int, seed: int, rates: dict[str, float],
-              eval_steps: list[int], out_dir: Path, num_vectors: int = 1, resolver: Resolver | None = None,
-              state_from: Resolver | None = None) -> Curve:
+              eval_steps: list[int], out_dir: Path, registry: Registry, num_vectors: int = 1,
+              resolver: Resolver | None = None, state_from: Resolver | None = None) -> Curve:
     """One run with held-out loss at `eval_steps`. `resolver`: the trainer's booster hook (init="booster":
     the trainer's guarded start picks among token and booster candidates); `state_from`: start exactly
     from the booster's prediction, unguarded (the trainer's initial_state)."""
-    base = load_base(resolve_base_model(base_model), pick_device())
+    base = load_base(resolve_base_model(base_model, registry), pick_device())
     held_out = HeldOutLoss(base, item.held_out)
     curve = Curve()
 
@@ -147,7 +148,7 @@ def run_curve(base_model: str, item: Item, *, mode: str, init: str, steps: int, 
     kwargs: dict[str, Any] = {"booster": resolver} if resolver is not None else {}
     if state_from is not None:
         kwargs["initial_state"] = state_from(base, item.views, config)
-    result = train(config, item.views, out_dir, eval_hook=hook, eval_steps=eval_steps, **kwargs)
+    result = train(config, item.views, out_dir, registry=registry, eval_hook=hook, eval_steps=eval_steps, **kwargs)
     curve.init_used, curve.init_note = result.init_used, result.init_note
     return curve
 
@@ -160,10 +161,12 @@ SWEEPS = {
 
 
 def speed_sweep(base_model: str, mode: str, grid: list[dict[str, float]], items: list[Item], *, steps: int,
-                eval_steps: list[int], out_dir: Path, num_vectors: int) -> tuple[dict[str, float], list[dict]]:
+                eval_steps: list[int], out_dir: Path, num_vectors: int,
+                registry: Registry) -> tuple[dict[str, float], list[dict]]:
     """Pick the baseline's rates by fewest median steps to within 2% of the best any sweep point reaches."""
     curves = [[run_curve(base_model, item, mode=mode, init="token", steps=steps, seed=0, rates=rates,
-                         eval_steps=eval_steps, out_dir=out_dir, num_vectors=num_vectors) for item in items]
+                         eval_steps=eval_steps, out_dir=out_dir, num_vectors=num_vectors, registry=registry)
+               for item in items]
               for rates in grid]
     return fastest_rates(grid, [[curve.losses for curve in row] for row in curves], steps, mode)
 
@@ -236,7 +239,7 @@ def summarise(runs: list[dict], variant: str) -> dict:
 
 
 def compare_starts(base_model: str, groups: dict[str, list[Item]], boosters: list[Path], modes: list[str],
-                   vector_counts: list[int], out_dir: Path) -> dict:
+                   vector_counts: list[int], out_dir: Path, registry: Registry) -> dict:
     """Zero-step held-out loss of token init and of each booster (and, for pivotal, each booster's
     prediction with and without its LoRA): no training, so it is cheap enough to gate a new booster."""
     eval_steps = [0]
@@ -249,7 +252,7 @@ def compare_starts(base_model: str, groups: dict[str, list[Item]], boosters: lis
                 rows: list[dict[str, Any]] = []
                 for item in items:
                     common = dict(mode=mode, steps=1, seed=0, rates={}, eval_steps=eval_steps, out_dir=out_dir,
-                                  num_vectors=count)
+                                  num_vectors=count, registry=registry)
                     row = {"concept": item.name,
                            "token": run_curve(base_model, item, init="token", **common).losses[0]}  # type: ignore[arg-type]
                     for directory in boosters:
@@ -257,7 +260,7 @@ def compare_starts(base_model: str, groups: dict[str, list[Item]], boosters: lis
                         for use_lora in lora_choices:
                             name = str(directory) + ("" if use_lora is None else " (embedding only)")
                             curve = run_curve(base_model, item, init="booster", state_from=booster_resolver(
-                                directory, use_lora), **common)  # type: ignore[arg-type]
+                                directory, use_lora, registry), **common)  # type: ignore[arg-type]
                             row[name] = curve.losses[0]
                     rows.append(row)
                 names = [k for k in rows[0] if k != "concept"]
@@ -303,12 +306,13 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     started = time.time()
-    base_path = resolve_base_model(args.base_model)
-    directory = args.booster or registered_booster_path(load_base(base_path, pick_device()))
+    registry = load_registry()
+    base_path = resolve_base_model(args.base_model, registry)
+    directory = args.booster or registered_booster_path(load_base(base_path, pick_device()), registry)
     if directory is None:
         parser.error(f"no booster registered for {args.base_model}: give --booster")
     use_lora = {"auto": None, "yes": True, "no": False}[args.use_lora]
-    resolver = booster_resolver(Path(directory), use_lora)
+    resolver = booster_resolver(Path(directory), use_lora, registry)
     groups: dict[str, list[Item]] = {}
     notes: list[str] = []
     for group in args.groups:
@@ -325,12 +329,12 @@ def main() -> None:
         gate: dict[str, Any] = {"benchmark": "booster starts (zero-step held-out loss)", "base_model": args.base_model,
                   "groups": {name: [item.name for item in items] for name, items in groups.items()}, "notes": notes,
                   "results": compare_starts(args.base_model, groups, args.starts_only, args.modes, args.num_vectors,
-                                            args.work_dir)}
+                                            args.work_dir, registry)}
         write(args.json, gate)
         print(f"wrote {args.json}")
         return
     dev = world_items("dev", args.sweep_world) + family_items(args.sweep_families, 1, FAMILY_SEED + 1, "dev")
-    defaults = registered_defaults(args.base_model)
+    defaults = registered_defaults(args.base_model, registry)
     report: dict[str, Any] = {
         "benchmark": "booster speed-up (speed-tuned baseline)", "base_model": args.base_model,
         "booster": str(directory), "booster_training": load_booster(Path(directory)).config.training,
@@ -350,7 +354,7 @@ def main() -> None:
                 grid = SWEEPS[mode] + ([default_rates] if default_rates and default_rates not in SWEEPS[mode] else [])
                 rates, sweep_results = speed_sweep(args.base_model, mode, grid, dev, steps=args.steps,
                                                    eval_steps=eval_steps, out_dir=args.work_dir,
-                                                   num_vectors=num_vectors)
+                                                   num_vectors=num_vectors, registry=registry)
             entry: dict[str, Any] = {"baseline_rates": rates, "service_default_rates": default_rates,
                                      "sweep": sweep_results, "groups": {}}
             report["results"][key] = entry
@@ -360,7 +364,7 @@ def main() -> None:
                 for item in items:
                     for seed in range(args.seeds):
                         common = dict(mode=mode, steps=args.steps, seed=seed, rates=rates, eval_steps=eval_steps,
-                                      out_dir=args.work_dir, num_vectors=num_vectors)
+                                      out_dir=args.work_dir, num_vectors=num_vectors, registry=registry)
                         token = run_curve(args.base_model, item, init="token", **common)  # type: ignore[arg-type]
                         target = min(token.losses.values()) * 1.02
                         record: dict[str, Any] = {

@@ -19,6 +19,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
+from models.registry import load_registry
 from models.trainer.base import BaseComponents, load_base, pick_device, weight_dtype_for
 from models.trainer.defaults import resolve_base_model
 from models.trainer.evaluate import pipeline_for, sample_images
@@ -81,7 +82,8 @@ def main() -> None:
     parser.add_argument("--mixed-precision", default="no", choices=("no", "fp16", "bf16"))
     args = parser.parse_args()
     device = pick_device()
-    base = load_base(resolve_base_model(args.base_model), device, weight_dtype_for(args.mixed_precision, device))
+    source = resolve_base_model(args.base_model, load_registry())
+    base = load_base(source, device, weight_dtype_for(args.mixed_precision, device))
     given = args.word_list.read_text().split() if args.word_list else None
     words = single_token_words(base, args.words, given)
     with torch.no_grad():

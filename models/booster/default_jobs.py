@@ -25,7 +25,9 @@ from typing import Any
 
 import torch
 
+from models.booster.registry import registered_booster
 from models.reference.concepts import BenchmarkConcept, benchmark_concepts
+from models.registry import Registry, load_registry
 from models.trainer.base import load_base, pick_device
 from models.trainer.config import StopRule, TrainConfig
 from models.trainer.defaults import resolve_base_model
@@ -37,7 +39,7 @@ REFERENCE_STEPS = 400
 
 
 def run_job(base_model: str, item: BenchmarkConcept, *, mode: str, init: str, seed: int, steps: int | None,
-            rule: StopRule, held_out: HeldOutLoss) -> dict[str, Any]:
+            rule: StopRule, held_out: HeldOutLoss, registry: Registry) -> dict[str, Any]:
     """One training; its steps, stop reason, wall time and final held-out loss."""
     final: dict[str, float] = {}
 
@@ -48,7 +50,8 @@ def run_job(base_model: str, item: BenchmarkConcept, *, mode: str, init: str, se
                          stopping=rule)
     with tempfile.TemporaryDirectory() as out:
         started = time.perf_counter()
-        result = train(config, item.views(), Path(out), on_finish=on_finish)
+        result = train(config, item.views(), Path(out), registry=registry, booster=registered_booster(registry),
+                       on_finish=on_finish)
         wall = time.perf_counter() - started
     return {"concept": item.name, "mode": mode, "init": init, "seed": seed, "steps": result.steps,
             "stop_reason": result.stop_reason, "init_used": result.init_used, "init_scores": result.init_scores,
@@ -119,7 +122,8 @@ def main() -> None:
                    min_steps=args.min_steps)
     items = benchmark_concepts(args.split)
     items = items[: args.concepts] if args.concepts else items
-    base = load_base(resolve_base_model(args.base_model), pick_device())
+    registry = load_registry()
+    base = load_base(resolve_base_model(args.base_model, registry), pick_device())
     previous = json.loads(args.json.read_text()) if args.json and args.json.exists() else {}
     references = {(r["concept"], r["mode"], r["seed"]): r for r in previous.get("runs", []) if r["init"] == "reference"}
     runs: list[dict[str, Any]] = []
@@ -129,12 +133,13 @@ def main() -> None:
             for seed in range(args.seeds):
                 for init in ("token", "booster"):
                     runs.append(run_job(args.base_model, item, mode=mode, init=init, seed=seed, steps=None,
-                                        rule=rule, held_out=held_out))
+                                        rule=rule, held_out=held_out, registry=registry))
                     print(json.dumps({k: v for k, v in runs[-1].items() if k != "curve"}), flush=True)
                 reference = references.get((item.name, mode, seed))
                 if reference is None and not args.no_reference:
                     reference = {**run_job(args.base_model, item, mode=mode, init="token", seed=seed,
-                                           steps=REFERENCE_STEPS, rule=rule, held_out=held_out), "init": "reference"}
+                                           steps=REFERENCE_STEPS, rule=rule, held_out=held_out, registry=registry),
+                                 "init": "reference"}
                     print(json.dumps({k: v for k, v in reference.items() if k != "curve"}), flush=True)
                 if reference is not None:
                     runs.append(reference)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -12,13 +13,15 @@ from PIL import Image
 
 from models.booster.apply import base_fingerprint
 from models.booster.network import Booster, load_booster
-from models.registry import load_registry
+from models.enums import Mode
+from models.registry import Registry
 from models.trainer.base import BaseComponents
 from models.trainer.concept import InitialState
 from models.trainer.config import TrainConfig
 from models.trainer.data import images_to_tensor
 from models.trainer.defaults import public_base_model_name
-from models.trainer.errors import BaseModelError
+from models.trainer.errors import BaseModelError, foreign_booster
+from models.trainer.guard import BoosterResolver
 
 logger = logging.getLogger(__name__)
 
@@ -26,15 +29,15 @@ _loaded: dict[Path, Booster] = {}
 _lock = threading.Lock()
 
 
-def registered_booster_path(base: BaseComponents) -> Path | None:
+def registered_booster_path(base: BaseComponents, registry: Registry) -> Path | None:
     """The booster folder registered for this base model (matched by its source path or id)."""
-    for entry in load_registry().models.values():
+    for entry in registry.models.values():
         if entry.path in (base.source, str(Path(base.source).resolve())) and entry.has_booster:
             return entry.booster_path
     return None
 
 
-def checked_booster(directory: Path, base: BaseComponents) -> Booster:
+def checked_booster(directory: Path, base: BaseComponents, registry: Registry) -> Booster:
     """Load a booster and make sure it was trained for this exact base model."""
     with _lock:
         if directory not in _loaded:
@@ -42,7 +45,7 @@ def checked_booster(directory: Path, base: BaseComponents) -> Booster:
         booster = _loaded[directory]
     config = booster.config
     # Messages reach API clients: models are named as outputs name them, folders go to the log.
-    trained_for = public_base_model_name(config.base_model)
+    trained_for = public_base_model_name(config.base_model, registry)
     if config.embedding_width != base.embedding_width:
         logger.warning("booster %s does not fit %s: embedding width", directory, base.source)
         raise BaseModelError(
@@ -77,20 +80,22 @@ def predict(booster: Booster, images: Sequence[Image.Image],
     return embedding, booster.unflatten_lora(lora[0]), note
 
 
-def booster_initial_state(base: BaseComponents, images: Sequence[Image.Image],
-                          config: TrainConfig) -> InitialState | None:
+def booster_initial_state(base: BaseComponents, images: Sequence[Image.Image], config: TrainConfig,
+                          registry: Registry) -> InitialState | None:
     """The booster's starting point for this job, or None where the base model has no booster."""
-    directory = registered_booster_path(base)
+    directory = registered_booster_path(base, registry)
     if directory is None:
         return None
     try:
-        booster = checked_booster(directory, base)
+        booster = checked_booster(directory, base, registry)
     except BaseModelError as error:
-        # The message reaches API clients: the folders stay in the worker's log.
-        logger.warning("booster for %s: %s", config.base_model_name, error.message)
-        raise BaseModelError(f"the booster registered for {config.base_model_name} was trained for another "
-                             "base model; the server's model registry needs fixing") from error
+        raise foreign_booster(error, what="booster", base_model=config.base_model_name) from error
     return initial_state_from(booster, images, config)
+
+
+def registered_booster(registry: Registry) -> BoosterResolver:
+    """The trainer's `booster`: the booster `registry` registers for a job's base model (None without one)."""
+    return partial(booster_initial_state, registry=registry)
 
 
 def initial_state_from(booster: Booster, images: Sequence[Image.Image], config: TrainConfig, *,
@@ -102,7 +107,7 @@ def initial_state_from(booster: Booster, images: Sequence[Image.Image], config: 
     def noted(*parts: str) -> str:
         return "; ".join(part for part in (*parts, vector_note) if part)
 
-    if config.mode == "textual_inversion":
+    if config.mode == Mode.TEXTUAL_INVERSION:
         return InitialState(embedding=vectors, note=noted())
     if not use_lora:
         return InitialState(embedding=vectors, note=noted(f"embedding only: {booster.config.use_lora_note}"))

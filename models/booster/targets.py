@@ -41,6 +41,7 @@ from models.booster.dataset import load_sets
 from models.booster.families import FAMILIES, HELD_OUT_FAMILIES, TRAIN_FAMILIES, draw_family_concept, render_family
 from models.reference.concepts import benchmark_concepts
 from models.reference.world import COLOURS, PATTERNS, SHAPES, Concept, render
+from models.registry import load_registry
 from models.trainer.base import BaseComponents, load_base, pick_device
 from models.trainer.concept import placeholder_tokens
 from models.trainer.data import OBJECT_TEMPLATES, encode_images
@@ -202,7 +203,7 @@ def main() -> None:
             print(f"warning: {family} is a held-out family: the benchmark measures generalisation on it")
     torch.set_num_threads(args.threads)
     started = time.time()
-    base = load_base(resolve_base_model(args.base_model), pick_device())
+    base = load_base(resolve_base_model(args.base_model, load_registry()), pick_device())
     args.out.mkdir(parents=True, exist_ok=True)
     index_path, weights_path = args.out / INDEX_FILE, args.out / "targets.safetensors"
     if index_path.exists():

@@ -40,8 +40,9 @@ import argparse
 import copy
 import math
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -61,6 +62,7 @@ from models.booster.network import Booster, BoosterConfig, load_booster
 from models.booster.targets import draw_concept, load_targets, render_entry
 from models.reference.concepts import benchmark_concepts
 from models.reference.world import render
+from models.registry import load_registry
 from models.trainer.base import BaseComponents, load_base, pick_device
 from models.trainer.data import OBJECT_TEMPLATES, images_to_tensor
 from models.trainer.defaults import resolve_base_model
@@ -135,7 +137,12 @@ class SetSampler:
         return images, None, self.teacher_share > 0
 
 
-def main() -> None:
+def get_lr(step: int, *, steps: int, peak: float) -> float:
+    """The learning rate at `step` of `steps`: cosine decay from `peak` to 5% of it."""
+    return peak * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * step / steps)))
+
+
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--base-model", default="leap-tiny")
     parser.add_argument("--out", type=Path, default=Path("models/booster/weights/leap-tiny"))
@@ -173,15 +180,26 @@ def main() -> None:
                         help="lora: train only the LoRA head end to end, the embedding path stays as it is")
     parser.add_argument("--denoise-weight", type=float, default=1.0,
                         help="weight of the end-to-end denoising loss; 0 skips the base model (regression only)")
-    args = parser.parse_args()
-    if args.denoise_weight <= 0 and args.targets is None and args.data is None:
-        parser.error("--denoise-weight 0 trains by regression only: give --targets or --data")
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(args.seed)
-    started = time.time()
+    return parser
 
-    device = pick_device()
-    base = load_base(resolve_base_model(args.base_model), device)
+
+@dataclass
+class _Run:
+    """What every training step uses."""
+
+    args: argparse.Namespace
+    base: BaseComponents
+    booster: Booster
+    teacher: Booster | None
+    device: torch.device
+    tokenizer: Any
+    batched: BatchedConcepts
+    sampler: SetSampler
+
+
+def _build(args: argparse.Namespace, base: BaseComponents, device: torch.device,
+           parser: argparse.ArgumentParser) -> tuple[Booster, Booster | None]:
+    """The booster to train (fresh, or from --init-from) and the --teacher, if any."""
     vector_heads = sorted({int(load_targets(path)[1].shape[1]) for path in args.vector_targets})
     booster = make_booster(base, args.base_model, rank=args.rank, image_size=args.image_size,
                            vector_heads=vector_heads).to(device)
@@ -193,75 +211,146 @@ def main() -> None:
             parser.error(f"--init-from {args.init_from} was trained for {start_from.config.base_model} "
                          f"(or another rank or image size), not for {args.base_model} as configured here")
         booster.load_state_dict(start_from.state_dict(), strict=False)
-    trained = (list(booster.parameters()) if args.train_only == "all" else
-               [booster.lora_mean, booster.lora_basis, *booster.coefficient_head.parameters()])
+    return booster, teacher
+
+
+def _trained_parameters(args: argparse.Namespace, booster: Booster) -> list[torch.nn.Parameter]:
+    """Everything, or (--train-only lora) the LoRA head alone."""
+    if args.train_only == "all":
+        return list(booster.parameters())
+    return [booster.lora_mean, booster.lora_basis, *booster.coefficient_head.parameters()]
+
+
+def _resume(checkpoint: Path, booster: Booster, optimizer: torch.optim.Optimizer) -> tuple[int, float]:
+    """(the step to go on from, the wall seconds spent before) from a checkpoint; (0, 0.0) without one."""
+    if not checkpoint.exists():
+        return 0, 0.0
+    state = torch.load(checkpoint, weights_only=False)
+    booster.load_state_dict(state["booster"])
+    optimizer.load_state_dict(state["optimizer"])
+    return state["step"], state.get("wall_seconds", 0.0)
+
+
+def _checkpoint(checkpoint: Path, booster: Booster, optimizer: torch.optim.Optimizer, step: int,
+                wall_seconds: float) -> None:
+    tmp = checkpoint.with_suffix(".tmp")
+    torch.save({"booster": booster.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
+                "wall_seconds": wall_seconds}, tmp)
+    tmp.replace(checkpoint)
+
+
+def _step_loss(run: _Run, rng: np.random.Generator, generator: torch.Generator) -> torch.Tensor:
+    """One step's loss: draw the sets, predict from a random number of their views, then the weighted
+    end-to-end denoising loss on the other views and the regression onto the sets' targets."""
+    args, booster = run.args, run.booster
+    drawn = [run.sampler.draw(rng) for _ in range(args.sets)]
+    shown = int(rng.integers(min(args.min_input_views, args.input_views), args.input_views + 1))
+    inputs = torch.stack([images_to_tensor(images[:shown], args.image_size) for images, _, _ in drawn])
+    hidden = booster.hidden(inputs.to(run.device))
+    embedding = booster.vectors(hidden, booster.config.num_vectors)
+    lora_flat = booster.lora_mean + booster.coefficient_head(hidden) @ booster.lora_basis
+    if args.train_only == "lora":
+        embedding = embedding.detach()
+    loss = torch.zeros((), device=run.device)
+    if args.denoise_weight > 0:
+        loss = loss + args.denoise_weight * _denoising_loss(run, drawn, embedding, lora_flat, rng, generator)
+    targets = _targets(run, drawn, inputs)
+    if args.train_only == "all":
+        loss = _add_regression_loss(run, loss, hidden, targets)
+    return loss
+
+
+def _denoising_loss(run: _Run, drawn: list[tuple[list[Image.Image], Targets | None, bool]], embedding: torch.Tensor,
+                    lora_flat: torch.Tensor, rng: np.random.Generator, generator: torch.Generator) -> torch.Tensor:
+    """The base model's denoising loss on each set's target views with the predicted concept applied."""
+    args, base, device, tokenizer = run.args, run.base, run.device, run.tokenizer
+    views = args.input_views + args.target_views
+    target_pixels = images_to_tensor([img for images, _, _ in drawn for img in images[args.input_views : views]],
+                                     base.resolution)
+    with torch.no_grad():
+        latents = base.vae.encode(target_pixels.to(device)).latent_dist.sample()
+        latents = latents * base.vae.config.scaling_factor
+    run.batched.set(embedding, run.booster.unflatten_lora(lora_flat), rows_per_set=args.target_views)
+    prompts = [OBJECT_TEMPLATES[int(i)].format(TOKEN) for i in rng.integers(0, len(OBJECT_TEMPLATES),
+                                                                            size=latents.shape[0])]
+    ids = tokenizer(prompts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                    return_tensors="pt").input_ids.to(device)
+    noise = torch.randn(latents.shape, generator=generator).to(device)
+    timesteps = torch.randint(0, base.noise_scheduler.config.num_train_timesteps, (latents.shape[0],),
+                              generator=generator).to(device)
+    return per_row_denoising_loss(base, latents, ids, noise, timesteps).mean()
+
+
+def _targets(run: _Run, drawn: list[tuple[list[Image.Image], Targets | None, bool]],
+             inputs: torch.Tensor) -> list[Targets | None]:
+    """Each set's regression targets: its own, or the teacher's prediction for sets the teacher labels."""
+    targets: list[Targets | None] = [wanted for _, wanted, _ in drawn]
+    taught = [i for i, (_, _, by_teacher) in enumerate(drawn) if by_teacher]
+    if taught and run.teacher is not None:
+        with torch.no_grad():
+            labels, _ = run.teacher(inputs[taught].to(run.device))
+        for row, i in enumerate(taught):
+            targets[i] = {1: labels[row, :1]}
+    return targets
+
+
+def _add_regression_loss(run: _Run, loss: torch.Tensor, hidden: torch.Tensor,
+                         targets: list[Targets | None]) -> torch.Tensor:
+    """`loss` plus the weighted regression of each vector count's prediction onto the sets that have targets."""
+    for count in run.booster.supported_vectors():
+        rows = [i for i, wanted in enumerate(targets) if wanted is not None and count in wanted]
+        if not rows:
+            continue
+        wanted = torch.stack([targets[i][count] for i in rows]).to(run.device)  # type: ignore[index]
+        predicted = run.booster.vectors(hidden[rows], count)
+        # Normalised so the weight means the same for any base model's embedding scale.
+        regression = F.mse_loss(predicted, wanted) / wanted.pow(2).mean()
+        loss = loss + run.args.embedding_weight * regression
+    return loss
+
+
+def _save(args: argparse.Namespace, booster: Booster, wall_seconds: float) -> None:
+    if args.no_lora:
+        booster.config.use_lora, booster.config.use_lora_note = False, args.no_lora
+    booster.config.training = {**{k: str(v) for k, v in vars(args).items()}, "wall_seconds": round(wall_seconds, 1)}
+    booster.cpu().save(args.out)
+    print(f"saved {args.out} ({sum(p.numel() for p in booster.parameters()) / 1e6:.2f}M parameters)"
+          f" config={asdict(booster.config)['base_model']}")
+
+
+def main() -> None:
+    parser = _parser()
+    args = parser.parse_args()
+    if args.denoise_weight <= 0 and args.targets is None and args.data is None:
+        parser.error("--denoise-weight 0 trains by regression only: give --targets or --data")
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    started = time.time()
+
+    device = pick_device()
+    base = load_base(resolve_base_model(args.base_model, load_registry()), device)
+    booster, teacher = _build(args, base, device, parser)
+    trained = _trained_parameters(args, booster)
     optimizer = torch.optim.AdamW(trained, lr=args.lr, weight_decay=0.0)
     checkpoint = args.work_dir / "booster.pt"
-    start, earlier_seconds = 0, 0.0
-    if checkpoint.exists():
-        state = torch.load(checkpoint, weights_only=False)
-        booster.load_state_dict(state["booster"])
-        optimizer.load_state_dict(state["optimizer"])
-        start, earlier_seconds = state["step"], state.get("wall_seconds", 0.0)
+    start, earlier_seconds = _resume(checkpoint, booster, optimizer)
     args.work_dir.mkdir(parents=True, exist_ok=True)
 
     tokenizer = copy.deepcopy(base.tokenizer)
     tokenizer.add_tokens([TOKEN])
-    token_id = tokenizer.convert_tokens_to_ids(TOKEN)
-    batched = BatchedConcepts(base, token_id, booster.config.lora_layout)
+    batched = BatchedConcepts(base, tokenizer.convert_tokens_to_ids(TOKEN), booster.config.lora_layout)
     views = args.input_views + args.target_views
     sampler = SetSampler(base, args.targets, args.data, views=views, world_share=args.world_share,
                          pool_views=max(views, args.pool_views), vector_targets=args.vector_targets,
                          teacher_share=args.teacher_share if teacher is not None else 0.0)
+    run = _Run(args, base, booster, teacher, device, tokenizer, batched, sampler)
     rng = np.random.default_rng([args.seed, start])
     generator = torch.Generator().manual_seed(args.seed * 7919 + start)
-    scheduler = base.noise_scheduler
-    resolution = base.resolution
     progress = tqdm(range(start, args.steps), initial=start, total=args.steps, desc="booster")
     for step in progress:
         for group in optimizer.param_groups:
-            group["lr"] = args.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * step / args.steps)))
-        drawn = [sampler.draw(rng) for _ in range(args.sets)]
-        shown = int(rng.integers(min(args.min_input_views, args.input_views), args.input_views + 1))
-        inputs = torch.stack([images_to_tensor(images[:shown], args.image_size) for images, _, _ in drawn])
-        hidden = booster.hidden(inputs.to(device))
-        embedding = booster.vectors(hidden, booster.config.num_vectors)
-        lora_flat = booster.lora_mean + booster.coefficient_head(hidden) @ booster.lora_basis
-        if args.train_only == "lora":
-            embedding = embedding.detach()
-        loss = torch.zeros((), device=device)
-        if args.denoise_weight > 0:
-            target_pixels = images_to_tensor([img for images, _, _ in drawn
-                                        for img in images[args.input_views : views]], resolution)
-            with torch.no_grad():
-                latents = base.vae.encode(target_pixels.to(device)).latent_dist.sample()
-                latents = latents * base.vae.config.scaling_factor
-            batched.set(embedding, booster.unflatten_lora(lora_flat), rows_per_set=args.target_views)
-            prompts = [OBJECT_TEMPLATES[int(i)].format(TOKEN)
-                       for i in rng.integers(0, len(OBJECT_TEMPLATES), size=latents.shape[0])]
-            ids = tokenizer(prompts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
-                            return_tensors="pt").input_ids.to(device)
-            noise = torch.randn(latents.shape, generator=generator).to(device)
-            timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (latents.shape[0],),
-                                      generator=generator).to(device)
-            loss = loss + args.denoise_weight * per_row_denoising_loss(base, latents, ids, noise, timesteps).mean()
-        targets: list[Targets | None] = [wanted for _, wanted, _ in drawn]
-        taught = [i for i, (_, _, by_teacher) in enumerate(drawn) if by_teacher]
-        if taught and teacher is not None:
-            with torch.no_grad():
-                labels, _ = teacher(inputs[taught].to(device))
-            for row, i in enumerate(taught):
-                targets[i] = {1: labels[row, :1]}
-        if args.train_only == "all":
-            for count in booster.supported_vectors():
-                rows = [i for i, wanted in enumerate(targets) if wanted is not None and count in wanted]
-                if not rows:
-                    continue
-                wanted = torch.stack([targets[i][count] for i in rows]).to(device)  # type: ignore[index]
-                predicted = booster.vectors(hidden[rows], count)
-                # Normalised so the weight means the same for any base model's embedding scale.
-                regression = F.mse_loss(predicted, wanted) / wanted.pow(2).mean()
-                loss = loss + args.embedding_weight * regression
+            group["lr"] = get_lr(step, steps=args.steps, peak=args.lr)
+        loss = _step_loss(run, rng, generator)
         optimizer.zero_grad(set_to_none=True)
         if loss.requires_grad:  # regression only, and no set of this step had a target: nothing to learn
             loss.backward()
@@ -269,18 +358,9 @@ def main() -> None:
             optimizer.step()
         progress.set_postfix(loss=f"{loss.item():.4f}")
         if (step + 1) % args.checkpoint_every == 0 or step + 1 == args.steps:
-            tmp = checkpoint.with_suffix(".tmp")
-            torch.save({"booster": booster.state_dict(), "optimizer": optimizer.state_dict(), "step": step + 1,
-                        "wall_seconds": earlier_seconds + time.time() - started}, tmp)
-            tmp.replace(checkpoint)
-    batched.close()
-    if args.no_lora:
-        booster.config.use_lora, booster.config.use_lora_note = False, args.no_lora
-    booster.config.training = {**{k: str(v) for k, v in vars(args).items()},
-                               "wall_seconds": round(earlier_seconds + time.time() - started, 1)}
-    booster.cpu().save(args.out)
-    print(f"saved {args.out} ({sum(p.numel() for p in booster.parameters()) / 1e6:.2f}M parameters)"
-          f" config={asdict(booster.config)['base_model']}")
+            _checkpoint(checkpoint, booster, optimizer, step + 1, earlier_seconds + time.time() - started)
+    run.batched.close()
+    _save(args, booster, earlier_seconds + time.time() - started)
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Annotated
 import torch
 import typer
 
+from models.enums import Kind
 from models.registry import GgufSource, Registry, load_registry
 from models.trainer.base import pick_device, weight_dtype_for  # noqa: F401  (re-exported for the text side)
 from models.trainer.errors import BaseModelError
@@ -77,13 +78,12 @@ def convert_gguf(source: GgufSource, out: Path) -> Path:
     return out
 
 
-def resolve_text_model(base_model: str, data_dir: str | Path | None = None, registry: Registry | None = None) -> str:
+def resolve_text_model(base_model: str, data_dir: str | Path | None, registry: Registry) -> str:
     """A registry id becomes its folder (converting a GGUF entry once); a folder or hub id passes through."""
-    registry = registry or load_registry()
     entry = registry.get(base_model)
     if entry is None:
         return base_model
-    if entry.kind != "text":
+    if entry.kind != Kind.TEXT:
         raise BaseModelError(f"{base_model!r} is an image model, not a text model")
     if entry.gguf is None:
         return entry.path
@@ -157,7 +157,7 @@ def convert(
 ) -> None:
     """Convert a GGUF-shipped registry model into an ordinary transformers folder (once) and print it."""
     try:
-        typer.echo(resolve_text_model(model_id, data_dir))
+        typer.echo(resolve_text_model(model_id, data_dir, load_registry()))
     except BaseModelError as error:
         typer.echo(f"error: {error.message}", err=True)
         raise typer.Exit(code=2) from error

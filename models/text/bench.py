@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from models.registry import Registry, load_registry
 from models.text.base import pick_device, resolve_text_model
 from models.text.config import MODES, TextTrainConfig
 from models.text.examples import TextExample
@@ -50,19 +51,19 @@ def bench_examples(tokenizer, example_tokens: int) -> list[TextExample]:
 
 
 def measure(base_model: str, mode: str, *, steps: int, warmup: int, batch_size: int, example_tokens: int,
-            lora_targets: str, data_dir: str | None) -> dict:
+            lora_targets: str, data_dir: str | None, registry: Registry) -> dict:
     device = pick_device()
     stamps: list[float] = []
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(resolve_text_model(base_model, data_dir))
+    tokenizer = AutoTokenizer.from_pretrained(resolve_text_model(base_model, data_dir, registry))
     config = TextTrainConfig(base_model=base_model, mode=mode, init="token", steps=warmup + steps,  # type: ignore[arg-type]
                              batch_size=batch_size, lora_targets=lora_targets, max_length=example_tokens + 8,  # type: ignore[arg-type]
                              data_dir=data_dir)
     with tempfile.TemporaryDirectory() as out:
-        result = train(config, bench_examples(tokenizer, example_tokens), Path(out),
+        result = train(config, bench_examples(tokenizer, example_tokens), Path(out), registry=registry,
                        on_progress=lambda _: stamps.append(time.perf_counter()))
     timed = stamps[warmup:]
     rates = [1.0 / (b - a) for a, b in zip(timed, timed[1:], strict=False) if b > a]
@@ -99,8 +100,10 @@ def main() -> None:
         from models.text.synthetic import write_random_causal_lm
 
         base_model = write_random_causal_lm(args.qwen_random, shape="qwen2.5-0.5b")
+    registry = load_registry()
     rows = [measure(base_model, mode, steps=args.steps, warmup=args.warmup, batch_size=args.batch_size,
-                    example_tokens=args.example_tokens, lora_targets=args.lora_targets, data_dir=args.data_dir)
+                    example_tokens=args.example_tokens, lora_targets=args.lora_targets, data_dir=args.data_dir,
+                    registry=registry)
             for mode in args.modes]
     print(f"{'mode':8} {'device':7} {'batch':>5} {'tokens':>6} {'steps/s (median)':>17} {'peak memory':>12}")
     for row in rows:

@@ -20,21 +20,26 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 
-from models.registry import load_registry
+from models.enums import Kind
+from models.registry import Registry
 from models.text.base import TextBase
+from models.text.config import TextTrainConfig
 from models.text.examples import TextExample
-from models.trainer.errors import BaseModelError
+from models.trainer.errors import BaseModelError, foreign_booster
 
-logger = logging.getLogger(__name__)
+# A booster resolver maps (base, examples, config) to initial token vectors [num_vectors, width] with a
+# note, or None when no text booster is registered for the base model. text_booster_resolver builds the
+# real one from a registry; the text trainer gets it from its caller (None: no booster).
+TextBoosterResolver = Callable[[TextBase, Sequence[TextExample], TextTrainConfig], "tuple[torch.Tensor, str] | None"]
 
 CONFIG_FILE = "booster.json"
 WEIGHTS_FILE = "booster.safetensors"
@@ -208,29 +213,31 @@ def checked_text_booster(directory: Path, base: TextBase) -> TextBooster:
     return booster
 
 
-def registered_text_booster_path(base: TextBase, base_model: str) -> Path | None:
+def registered_text_booster_path(base: TextBase, base_model: str, registry: Registry) -> Path | None:
     """The booster folder registered for a text model, by registry id or by its (converted) folder."""
-    registry = load_registry()
     entry = registry.get(base_model)
     if entry is None:
-        entry = next((m for m in registry.models.values() if m.kind == "text" and m.path == base.source), None)
-    if entry is None or entry.kind != "text" or not entry.has_booster:
+        entry = next((m for m in registry.models.values() if m.kind == Kind.TEXT and m.path == base.source), None)
+    if entry is None or entry.kind != Kind.TEXT or not entry.has_booster:
         return None
     return entry.booster_path
 
 
-def text_booster_vectors(base: TextBase, examples: Sequence[TextExample], config) -> tuple[torch.Tensor, str] | None:
+def text_booster_vectors(base: TextBase, examples: Sequence[TextExample], config: TextTrainConfig,
+                         registry: Registry) -> tuple[torch.Tensor, str] | None:
     """The registered booster's start for a job ([num_vectors, width], note), or None without one."""
-    directory = registered_text_booster_path(base, config.base_model)
+    directory = registered_text_booster_path(base, config.base_model, registry)
     if directory is None:
         return None
     try:
         booster = checked_text_booster(directory, base)
     except BaseModelError as error:
-        # The message reaches API clients: the folders stay in the worker's log.
-        logger.warning("text booster for %s: %s", config.base_model, error.message)
-        raise BaseModelError(f"the text booster registered for {config.base_model} was trained for another "
-                             "base model; the server's model registry needs fixing") from error
+        raise foreign_booster(error, what="text booster", base_model=config.base_model) from error
     vector = booster.predict(base, examples, config.token)
     note = "" if config.num_vectors == 1 else f"the booster {booster.config.num_vectors_note}"
     return vector.expand(config.num_vectors, -1).clone(), note
+
+
+def text_booster_resolver(registry: Registry) -> TextBoosterResolver:
+    """The text trainer's `booster_resolver`: the text booster `registry` registers for a job's base model."""
+    return partial(text_booster_vectors, registry=registry)

@@ -36,6 +36,8 @@ from pathlib import Path
 
 import torch
 
+from models.enums import Init
+from models.registry import Registry, load_registry
 from models.text.base import load_text_base, resolve_text_model
 from models.text.booster import checked_text_booster
 from models.text.booster_data import (
@@ -77,7 +79,8 @@ def icl_loss(base, train_examples, held_out) -> float:
     return batch_loss(base.model, base.tokenizer, prompted)
 
 
-def run(config: TextTrainConfig, examples, held_out, *, resolver=None, guard=True, stop_below=None) -> dict:
+def run(config: TextTrainConfig, examples, held_out, *, registry: Registry, resolver=None, guard=True,
+        stop_below=None) -> dict:
     """One training run; held-out loss on the step grid (stops early once below `stop_below`)."""
     curve: dict[int, float] = {}
     grid = eval_grid(config.steps or 0)
@@ -89,8 +92,8 @@ def run(config: TextTrainConfig, examples, held_out, *, resolver=None, guard=Tru
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as out:
         try:
-            result = train(config, examples, Path(out), booster_resolver=resolver, eval_hook=hook, eval_steps=grid,
-                           should_stop=stop, guarded_start=guard)
+            result = train(config, examples, Path(out), registry=registry, booster_resolver=resolver, eval_hook=hook,
+                           eval_steps=grid, should_stop=stop, guarded_start=guard)
             init_used, guard_scores = result.init_used, result.manifest.get("init_guard")
         except TrainingCanceled:
             init_used, guard_scores = "stopped early", None
@@ -102,14 +105,14 @@ def steps_to(curve: dict[int, float], target: float) -> int | None:
     return next((s for s in sorted(curve) if curve[s] <= target), None)
 
 
-def sweep(base_model, data_dir, mode, points, concepts, steps) -> dict:
+def sweep(base_model, data_dir, mode, points, concepts, steps, registry: Registry) -> dict:
     """Each learning-rate point on a few concepts: the point with the fewest steps to target wins."""
     curves = {}
     for index, point in enumerate(points):
         for name, examples, held_out in concepts:
-            config = TextTrainConfig(base_model=base_model, mode=mode, init="token", steps=steps, batch_size=4,
+            config = TextTrainConfig(base_model=base_model, mode=mode, init=Init.TOKEN, steps=steps, batch_size=4,
                                      seed=0, device="cpu", data_dir=data_dir, **point)
-            curves[(index, name)] = run(config, examples, held_out)["curve"]
+            curves[(index, name)] = run(config, examples, held_out, registry=registry)["curve"]
     best = {name: min(min(curves[(i, name)].values()) for i in range(len(points))) for name, _, _ in concepts}
     scores = []
     for index, point in enumerate(points):
@@ -199,11 +202,12 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     started = time.perf_counter()
-    base = load_text_base(resolve_text_model(args.base_model, args.data_dir), torch.device("cpu"))
+    registry = load_registry()
+    base = load_text_base(resolve_text_model(args.base_model, args.data_dir, registry), torch.device("cpu"))
     booster = checked_text_booster(args.booster, base)
     concepts = concept_sets(base, args)
     if args.stop_when_done:
-        stop_when_done(args, booster, concepts, started)
+        stop_when_done(args, booster, concepts, started, registry)
         return
     done = {}
     if args.cache.is_file():
@@ -228,7 +232,7 @@ def main() -> None:
         if key not in done:
             # One held-out word and the last invented concept (whatever --invented is), seed 0.
             sets = [(concepts[0][1], *split(concepts[0][2], 0)), (INVENTED[-1].word, *split(INVENTED[-1], 0))]
-            result = sweep(args.base_model, args.data_dir, mode, sweep_points[mode], sets, args.sweep_steps)
+            result = sweep(args.base_model, args.data_dir, mode, sweep_points[mode], sets, args.sweep_steps, registry)
             done[key] = {"key": key, "concepts": [name for name, _, _ in sets], **result}
             with args.cache.open("a") as handle:
                 handle.write(json.dumps(done[key]) + "\n")
@@ -250,9 +254,9 @@ def main() -> None:
                 other_examples, _ = split(other[2], seed)
                 common = {"base_model": args.base_model, "mode": mode, "steps": args.steps, "batch_size": 4,
                           "seed": seed, "device": "cpu", "data_dir": args.data_dir, **sweeps[mode]["chosen"]}
-                baseline = run(TextTrainConfig(init="token", **common), examples, held_out)
+                baseline = run(TextTrainConfig(init=Init.TOKEN, **common), examples, held_out, registry=registry)
                 target = TARGET * min(baseline["curve"].values())
-                boosted = run(TextTrainConfig(init="booster", **common), examples, held_out,
+                boosted = run(TextTrainConfig(init=Init.BOOSTER, **common), examples, held_out, registry=registry,
                               resolver=resolver_for(name))
                 record = {"key": key, "mode": mode, "kind": kind, "concept": name, "seed": seed,
                           "baseline_curve": baseline["curve"], "booster_curve": boosted["curve"],
@@ -266,7 +270,7 @@ def main() -> None:
                 record["speedup"] = (record["baseline_steps"] / max(record["booster_steps"], 1)
                                      if record["booster_steps"] is not None else 0.0)
                 if mode == "token":
-                    shuffled = run(TextTrainConfig(init="booster", **common), examples, held_out,
+                    shuffled = run(TextTrainConfig(init=Init.BOOSTER, **common), examples, held_out, registry=registry,
                                    resolver=lambda b, e, c, o=other_examples, r=resolver_for(other[1]): r(b, o, c),
                                    guard=False, stop_below=target)
                     record["shuffled_curve"] = shuffled["curve"]
@@ -303,7 +307,7 @@ def main() -> None:
     print(f"wrote {args.json}")
 
 
-def default_job(config: TextTrainConfig, examples, held_out, *, resolver=None) -> dict:
+def default_job(config: TextTrainConfig, examples, held_out, *, registry: Registry, resolver=None) -> dict:
     """A job without steps: what it ran, why it stopped, and the held-out loss of the state it keeps."""
     curve: dict[int, float] = {}
 
@@ -315,7 +319,7 @@ def default_job(config: TextTrainConfig, examples, held_out, *, resolver=None) -
         # The plateau rule evaluates at multiples of eval_every (and at a phase's end or the cap, which
         # for the registered caps and rule are multiples too): the hook sees each state the rule scores.
         every = config.stopping.eval_every
-        result = train(config, examples, Path(out), booster_resolver=resolver, eval_hook=hook,
+        result = train(config, examples, Path(out), registry=registry, booster_resolver=resolver, eval_hook=hook,
                        eval_steps=range(0, 20_001, every))
     kept = result.manifest["stopping"]["best_step"]
     return {"steps": result.steps, "stop_reason": result.stop_reason, "kept_step": kept,
@@ -323,7 +327,7 @@ def default_job(config: TextTrainConfig, examples, held_out, *, resolver=None) -
             "seconds": round(time.perf_counter() - started, 1)}
 
 
-def stop_when_done(args, booster, concepts, started: float) -> None:
+def stop_when_done(args, booster, concepts, started: float, registry: Registry) -> None:
     """Default jobs (registry cap and rates) from the token and from the booster, against a long run."""
     def resolver_for(concept):
         def resolve(base_, examples, config):
@@ -338,11 +342,12 @@ def stop_when_done(args, booster, concepts, started: float) -> None:
                 examples, held_out = split(concept, seed)
                 common = {"base_model": args.base_model, "mode": mode, "seed": seed, "device": "cpu",
                           "data_dir": args.data_dir}
-                long = run(TextTrainConfig(init="token", steps=args.long_steps, **common), examples, held_out)
+                long = run(TextTrainConfig(init=Init.TOKEN, steps=args.long_steps, **common), examples, held_out,
+                           registry=registry)
                 long_final = long["curve"][args.long_steps]
-                token = default_job(TextTrainConfig(init="token", **common), examples, held_out)
-                boosted = default_job(TextTrainConfig(init="booster", **common), examples, held_out,
-                                      resolver=resolver_for(name))
+                token = default_job(TextTrainConfig(init=Init.TOKEN, **common), examples, held_out, registry=registry)
+                boosted = default_job(TextTrainConfig(init=Init.BOOSTER, **common), examples, held_out,
+                                      registry=registry, resolver=resolver_for(name))
                 record = {"mode": mode, "concept": name, "seed": seed, "long_final": long_final,
                           "long_best": min(long["curve"].values()), "token": token, "booster": boosted,
                           "token_ratio": token["held_out"] / long_final,

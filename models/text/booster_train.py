@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from models.registry import load_registry
 from models.text.base import load_text_base, resolve_text_model
 from models.text.booster import new_text_booster, read_examples, save_text_booster
 from models.text.booster_data import PLACEHOLDER, build_word_concepts, split_words, vocabulary_words
@@ -56,7 +57,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     started = time.perf_counter()
     args.work.mkdir(parents=True, exist_ok=True)
-    base = load_text_base(resolve_text_model(args.base_model, args.data_dir), torch.device("cpu"))
+    base = load_text_base(resolve_text_model(args.base_model, args.data_dir, load_registry()), torch.device("cpu"))
     booster = new_text_booster(base, args.base_model)
     train_words, held_words = split_words(vocabulary_words(base.tokenizer))
     words = random.Random(args.seed).sample(train_words, min(args.words, len(train_words)))

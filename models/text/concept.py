@@ -20,6 +20,7 @@ from peft import LoraConfig, get_peft_model_state_dict, inject_adapter_in_model
 from models.text.base import TextBase
 from models.trainer.concept import placeholder_tokens
 from models.trainer.errors import InvalidConfigError
+from models.trainer.placeholders import PlaceholderHooks
 
 ATTENTION_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj"]
 MLP_TARGETS = ["gate_proj", "up_proj", "down_proj"]
@@ -57,27 +58,21 @@ class TextConcept:
         )
         self._ids_tensor = torch.tensor(self.token_ids, device=base.device)
         self.lora = False
-        self._hooks = [
-            embeddings.register_forward_pre_hook(self._clamp_ids),
-            embeddings.register_forward_hook(self._write_vectors),
-        ]
+        self._placeholders = PlaceholderHooks(
+            embeddings,
+            is_placeholder=lambda ids: torch.isin(ids, self._ids_tensor),
+            vectors=self._vectors,
+            out_of_table=lambda ids: ids >= self.num_embeddings,
+        )
+        self._hooks: list[torch.utils.hooks.RemovableHandle] = []
         head = base.model.get_output_embeddings()
         if head is not None:
             self._hooks.append(head.register_forward_hook(self._token_logits))
 
     # ---- hooks -----------------------------------------------------------------------------
-    def _clamp_ids(self, module: torch.nn.Module, args: tuple) -> tuple:
-        (ids,) = args
-        self._mask = torch.isin(ids, self._ids_tensor)
-        self._ids = ids
-        return (torch.where(self._mask | (ids >= self.num_embeddings), torch.zeros_like(ids), ids),)
-
-    def _write_vectors(self, module: torch.nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
-        if not bool(self._mask.any()):
-            return output
-        positions = (self._ids - self.token_ids[0]).clamp(0, len(self.token_ids) - 1)
-        vectors = self.input_vectors.to(output.dtype)[positions]
-        return torch.where(self._mask[..., None], vectors, output)
+    def _vectors(self, ids: torch.Tensor, output: torch.Tensor) -> torch.Tensor:
+        positions = (ids - self.token_ids[0]).clamp(0, len(self.token_ids) - 1)
+        return self.input_vectors.to(output.dtype)[positions]
 
     @property
     def output_rows(self) -> torch.Tensor:
@@ -154,6 +149,7 @@ class TextConcept:
 
     def close(self) -> None:
         """Remove hooks and LoRA layers: the shared base is left exactly as loaded."""
+        self._placeholders.remove()
         for hook in self._hooks:
             hook.remove()
         self._hooks = []

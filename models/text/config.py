@@ -3,19 +3,17 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, replace
-from pathlib import Path
 from typing import Any, Literal
 
-from models.registry import Registry, load_registry
-from models.trainer.config import StopRule, check_mode_init_token, check_steps_and_rule
+from models.enums import INITS, TEXT_MODES, Init, Kind, Mode
+from models.registry import Registry
+from models.trainer.config import StopRule, check_mode_init_token, check_tuning, plain
+from models.trainer.defaults import fill_unset, registered_defaults
 from models.trainer.errors import InvalidConfigError
 
-TextMode = Literal["token", "lora", "pivotal"]
-TextInit = Literal["booster", "token", "random"]
 LoraTargets = Literal["attention", "attention+mlp"]
 
-MODES: tuple[str, ...] = ("token", "lora", "pivotal")
-INITS: tuple[str, ...] = ("booster", "token", "random")
+MODES = TEXT_MODES
 LORA_TARGETS: tuple[str, ...] = ("attention", "attention+mlp")
 
 # Used when the registry has no `defaults` for the model (e.g. a folder or hub id passed directly).
@@ -28,7 +26,6 @@ TEXT_RECIPE: dict[str, dict[str, Any]] = {
     "pivotal": {"max_steps": 300, "embedding_lr": 1e-2, "pivot_embedding_lr": 1e-3, "lora_lr": 1e-3,
                 "batch_size": 4},
 }
-FIELDS = ("steps", "max_steps", "embedding_lr", "lora_lr", "pivot_embedding_lr", "batch_size")
 
 TEXT_STOP_RULE = StopRule(eval_every=10, patience=3, min_delta=0.005, min_steps=20)
 """The text trainer's plateau rule (models/trainer/stopping.py): an evaluation of up to 16 examples
@@ -42,8 +39,8 @@ class TextTrainConfig:
 
     base_model: str
     """Registry id (e.g. smollm2-135m), transformers causal-LM folder or hub id."""
-    mode: TextMode = "pivotal"
-    init: TextInit = "booster"
+    mode: Mode = Mode.PIVOTAL
+    init: Init = Init.BOOSTER
     """booster: the text booster registered for base_model, behind the guarded start (without one: token);
     token: copy initializer_token's embedding; random: small random vectors."""
     token: str = "<leap>"
@@ -83,22 +80,10 @@ class TextTrainConfig:
 
     def validate(self) -> None:
         """Raise InvalidConfigError naming the first bad field."""
-        check_mode_init_token(self.mode, MODES, self.init, INITS, self.token)
+        check_mode_init_token(self.mode, TEXT_MODES, self.init, INITS, self.token)
         if not self.initializer_token or not self.initializer_token.strip() or len(self.initializer_token) > 64:
             raise InvalidConfigError("initializer_token", "must be a non-empty word of at most 64 characters")
-        if not 1 <= self.num_vectors <= 16:
-            raise InvalidConfigError("num_vectors", "must be between 1 and 16")
-        check_steps_and_rule(self.steps, self.max_steps, self.stopping)
-        if not 0.0 < self.pivot_fraction < 1.0:
-            raise InvalidConfigError("pivot_fraction", "must be between 0 and 1 (exclusive)")
-        for name in ("embedding_lr", "lora_lr", "pivot_embedding_lr"):
-            value = getattr(self, name)
-            if value is not None and not 0.0 < value <= 1.0:
-                raise InvalidConfigError(name, "must be in (0, 1]")
-        if not 1 <= self.lora_rank <= 256:
-            raise InvalidConfigError("lora_rank", "must be between 1 and 256")
-        if self.lora_alpha is not None and not 0.0 < self.lora_alpha <= 1024.0:
-            raise InvalidConfigError("lora_alpha", "must be in (0, 1024]")
+        check_tuning(self, max_rank=256)
         if self.lora_targets not in LORA_TARGETS:
             raise InvalidConfigError("lora_targets", f"must be one of {', '.join(LORA_TARGETS)}")
         if self.batch_size is not None and not 1 <= self.batch_size <= 64:
@@ -109,30 +94,13 @@ class TextTrainConfig:
             raise InvalidConfigError("progress_every", "must be at least 1")
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return plain(asdict(self))
 
 
-def registered_text_defaults(base_model: str, registry: Registry | None = None) -> dict[str, dict[str, Any]]:
-    """The registry's per-mode defaults for a text model given by id (or by its registered path)."""
-    registry = registry or load_registry()
-    entry = registry.get(base_model)
-    if entry is None:
-        resolved = str(Path(base_model).resolve()) if Path(base_model).exists() else base_model
-        entry = next((m for m in registry.models.values() if m.path == resolved), None)
-    return entry.defaults if entry and entry.kind == "text" else {}
-
-
-def with_defaults(config: TextTrainConfig, registry: Registry | None = None) -> TextTrainConfig:
+def with_defaults(config: TextTrainConfig, registry: Registry) -> TextTrainConfig:
     """Fill every None hyperparameter from the model's registered defaults, then TEXT_RECIPE."""
-    registered = registered_text_defaults(config.base_model, registry).get(config.mode, {})
-    per_mode = {**TEXT_RECIPE[config.mode], **registered}
-    values = {name: per_mode.get(name) for name in FIELDS if getattr(config, name) is None}
-    # Steps or a cap, never both: the caller's choice first, then a model's fixed step count.
-    if config.max_steps is not None:
-        values.pop("steps", None)
-    elif config.steps is not None or values.get("steps") is not None:
-        values.pop("max_steps", None)
-    filled = replace(config, **{k: v for k, v in values.items() if v is not None})
+    registered = registered_defaults(config.base_model, registry, kind=Kind.TEXT).get(config.mode, {})
+    filled = fill_unset(config, {**TEXT_RECIPE[config.mode], **registered})
     if filled.lora_alpha is None:
         filled = replace(filled, lora_alpha=float(filled.lora_rank))
     return filled

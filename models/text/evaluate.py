@@ -12,13 +12,15 @@ from pathlib import Path
 
 import torch
 
+from models.registry import Registry
 from models.text.base import resolve_text_model
 from models.text.data import collate, lm_loss, pad_id_of, tokenize_example
 from models.text.examples import TextExample
 from models.text.export import ADAPTER_DIR
 
 
-def load_trained(base_model: str, out_dir: Path, *, data_dir: str | Path | None = None, device: str = "cpu"):
+def load_trained(base_model: str, out_dir: Path, *, registry: Registry, data_dir: str | Path | None = None,
+                 device: str = "cpu"):
     """A fresh base model with the artifacts of out_dir applied: (PeftModel, tokenizer).
 
     What a user does with the downloaded files: load the base, grow its embeddings to the saved
@@ -29,7 +31,8 @@ def load_trained(base_model: str, out_dir: Path, *, data_dir: str | Path | None 
 
     adapter = Path(out_dir) / ADAPTER_DIR
     tokenizer = AutoTokenizer.from_pretrained(adapter)
-    model = AutoModelForCausalLM.from_pretrained(resolve_text_model(base_model, data_dir), dtype=torch.float32)
+    source = resolve_text_model(base_model, data_dir, registry)
+    model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32)
     if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
         # The new rows' values do not matter: the adapter replaces them. mean_resizing=False skips a slow fit.
         model.resize_token_embeddings(len(tokenizer), mean_resizing=False)

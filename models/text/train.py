@@ -1,6 +1,8 @@
 """The text trainer: textual inversion for LMs, LoRA, or both in two phases (pivotal).
 
-    result = train(TextTrainConfig(base_model="smollm2-135m", mode="pivotal"), examples, out_dir)
+    registry = load_registry()
+    result = train(TextTrainConfig(base_model="smollm2-135m", mode="pivotal"), examples, out_dir,
+                   registry=registry, booster_resolver=text_booster_resolver(registry))
 
 `token` learns only the new token's vectors (with tied embeddings its output row is the same
 parameter); `lora` trains peft LoRA with the token fixed at its initial value; `pivotal` trains
@@ -22,25 +24,26 @@ import time
 from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import torch
 
+from models.enums import Init, Mode
+from models.registry import Registry
 from models.text.base import TextBase, load_text_base, pick_device, resolve_text_model
+from models.text.booster import TextBoosterResolver
 from models.text.concept import TextConcept, lora_target_modules
 from models.text.config import TextTrainConfig, with_defaults
 from models.text.data import IGNORE, Row, collate, lm_loss, pad_id_of, tokenize_example
 from models.text.errors import InvalidExamplesError
 from models.text.examples import MAX_EXAMPLES, MIN_EXAMPLES, TextExample
 from models.text.export import save_text_concept
-from models.trainer.config import Progress, TrainResult
-from models.trainer.errors import OutOfMemory, TrainingCanceled
-from models.trainer.export import write_manifest
+from models.trainer.config import LoopResult, Progress, TrainResult
+from models.trainer.errors import OutOfMemory
+from models.trainer.export import loss_summary, write_manifest
+from models.trainer.loop import Callbacks, Steps, run_steps
 from models.trainer.stopping import Plateau, split_for_eval
 
-# A booster resolver maps (base, examples, config) to initial token vectors [num_vectors, width]
-# with a note, or None when no text booster is registered for the base model; the default reads the
-# registry's `booster:` folder (models.text.booster).
-TextBoosterResolver = Callable[[TextBase, Sequence[TextExample], TextTrainConfig], "tuple[torch.Tensor, str] | None"]
 EvalHook = Callable[[int, "TextJob"], None]
 
 
@@ -53,13 +56,13 @@ class TextJob:
     config: TextTrainConfig
 
 
-def prepare(config: TextTrainConfig) -> tuple[TextTrainConfig, TextBase]:
-    """Validate, fill defaults and load (or reuse) the base model."""
+def prepare(config: TextTrainConfig, registry: Registry) -> tuple[TextTrainConfig, TextBase]:
+    """Validate, fill defaults (the registry's, else TEXT_RECIPE) and load (or reuse) the base model."""
     config.validate()
-    config = with_defaults(config)
+    config = with_defaults(config, registry)
     config.validate()
     device = pick_device(config.device)
-    base = load_text_base(resolve_text_model(config.base_model, config.data_dir), device)
+    base = load_text_base(resolve_text_model(config.base_model, config.data_dir, registry), device)
     return config, base
 
 
@@ -83,14 +86,18 @@ def train(
     examples: Sequence[TextExample],
     out_dir: Path,
     *,
+    registry: Registry,
+    booster_resolver: TextBoosterResolver | None = None,
     on_progress: Callable[[Progress], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
-    booster_resolver: TextBoosterResolver | None = None,
     eval_hook: EvalHook | None = None,
     eval_steps: Collection[int] = (),
     guarded_start: bool = True,
 ) -> TrainResult:
     """Train one text concept and write its artifacts to out_dir.
+
+    `registry` names the base models and their defaults; `booster_resolver` gives init=booster its start
+    (models.text.booster.text_booster_resolver(registry)); without one the run starts from the token.
 
     `eval_hook(step, job)` runs after each step in `eval_steps` (0: before the first) with the
     model as trained so far, e.g. for held-out loss curves. `guarded_start=False` keeps a booster's
@@ -99,7 +106,7 @@ def train(
     started = time.perf_counter()
     if not MIN_EXAMPLES <= len(examples) <= MAX_EXAMPLES:
         raise InvalidExamplesError(f"need {MIN_EXAMPLES}-{MAX_EXAMPLES} examples, got {len(examples)}")
-    config, base = prepare(config)
+    config, base = prepare(config, registry)
     try:
         with attached(base, config) as concept:
             return _run(
@@ -109,12 +116,9 @@ def train(
                 examples,
                 out_dir,
                 started,
-                on_progress=on_progress,
-                should_stop=should_stop,
                 booster_resolver=booster_resolver,
-                eval_hook=eval_hook,
-                eval_steps=frozenset(eval_steps),
                 guarded_start=guarded_start,
+                callbacks=Callbacks(on_progress, should_stop, eval_hook, frozenset(eval_steps)),
             )
     except torch.cuda.OutOfMemoryError as error:
         raise OutOfMemory(
@@ -125,12 +129,6 @@ def train(
 
 GUARD_EXAMPLES = 8
 """The guarded start scores both starts on (at most) this many of the job's own examples."""
-
-
-def _default_booster(base: TextBase, examples: Sequence[TextExample], config: TextTrainConfig):
-    from models.text.booster import text_booster_vectors  # imported late: it reads the registry
-
-    return text_booster_vectors(base, examples, config)
 
 
 @torch.no_grad()
@@ -154,13 +152,13 @@ def _initialise(
     The guarded start: a booster's vectors are kept only if they score no worse than the
     initializer token's on a fixed batch of the job's own examples, before step 1.
     """
-    if config.init == "random":
+    if config.init == Init.RANDOM:
         concept.init_random(generator)
         return "random", "", None
     concept.init_from_token(config.initializer_token)
-    if config.init != "booster":
+    if config.init != Init.BOOSTER:
         return "token", "", None
-    found = (booster_resolver or _default_booster)(base, examples, config)
+    found = booster_resolver(base, examples, config) if booster_resolver is not None else None
     if found is None:
         return "token", "no text booster is registered for this base model; started from the initializer token", None
     vectors, note = found
@@ -215,6 +213,14 @@ def _restore(concept: TextConcept, state: list[torch.Tensor]) -> None:
         parameter.copy_(value)
 
 
+@dataclass
+class _Start:
+    used: str
+    """booster | token | random"""
+    note: str
+    guard: dict | None
+
+
 def _run(
     config: TextTrainConfig,
     base: TextBase,
@@ -223,93 +229,33 @@ def _run(
     out_dir: Path,
     started: float,
     *,
-    on_progress,
-    should_stop,
-    booster_resolver,
-    eval_hook,
-    eval_steps,
-    guarded_start,
+    booster_resolver: TextBoosterResolver | None,
+    guarded_start: bool,
+    callbacks: Callbacks[TextJob],
 ) -> TrainResult:
     assert config.batch_size is not None and config.lora_alpha is not None
     auto = config.steps is None
-    total = config.max_steps if auto else config.steps
-    assert total is not None
     all_rows = tokenize_examples(concept, examples, config.max_length)  # every example is checked
     # Held-back examples only where the run stops by evaluation; a fixed step count trains on all.
     rows, eval_rows, eval_source = (split_for_eval(all_rows, fallback="training_examples") if auto
                                     else (all_rows, all_rows, "training_examples"))
     torch.manual_seed(config.seed)  # LoRA's A matrices are drawn from the global generator
     generator = torch.Generator().manual_seed(config.seed)
-    trains_lora = config.mode in ("lora", "pivotal")
+    trains_lora = config.mode in (Mode.LORA, Mode.PIVOTAL)
     targets = lora_target_modules(config.lora_targets)
     if trains_lora:
         concept.add_lora(rank=config.lora_rank, alpha=config.lora_alpha, targets=config.lora_targets)
-    init_used, init_note, init_guard = _initialise(config, base, concept, examples, rows, booster_resolver,
-                                                       generator, guarded_start)
-
-    pivotal = config.mode == "pivotal"
-    pivot_step = int(total * config.pivot_fraction) if pivotal else 0  # auto: the cap on phase 1
-    lora_parameters = concept.lora_parameters()
-    vectors = concept.vector_parameters()
-    groups = [{"params": vectors, "lr": config.embedding_lr or 0.0, "weight_decay": 0.0}]
-    if trains_lora:
-        groups.append({"params": lora_parameters, "lr": config.lora_lr or 0.0, "weight_decay": 0.0})
-    optimizer = torch.optim.AdamW(groups)
-    for parameter in vectors:
-        parameter.requires_grad_(config.mode != "lora")
+    start = _Start(*_initialise(config, base, concept, examples, rows, booster_resolver, generator, guarded_start))
+    optimizer, lora_parameters = _optimizer(config, concept, trains_lora)
     pad_id = pad_id_of(concept.tokenizer)
-
     evaluate = HeldOutLoss(base, eval_rows, pad_id) if auto else None
     plateau = Plateau(config.stopping, round(evaluate(), 6), _snapshot(concept)) if evaluate else None
-
-    losses: list[float] = []
-    stop_reason = "max_steps" if auto else "steps"
-    in_pivot_phase = pivotal
-    if eval_hook is not None and 0 in eval_steps:
-        eval_hook(0, TextJob(base, concept, config))
-    step_started = time.perf_counter()
-    done = reported = 0
-    while done < total:
-        if should_stop is not None and should_stop():
-            raise TrainingCanceled(f"canceled at step {done} of {total}")
-        if in_pivot_phase and done >= pivot_step:
-            in_pivot_phase = False
-        for parameter in lora_parameters:
-            parameter.requires_grad_(trains_lora and not in_pivot_phase)
-        if pivotal:
-            lr = config.embedding_lr if in_pivot_phase else config.pivot_embedding_lr
-            optimizer.param_groups[0]["lr"] = lr or 0.0
-        index = torch.randint(0, len(rows), (config.batch_size,), generator=generator)
-        batch = collate([rows[int(i)] for i in index], pad_id, base.device)
-        loss = lm_loss(base.model, batch)
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        losses.append(float(loss.detach()))
-        done += 1
-        if on_progress is not None and (done % config.progress_every == 0 or done == total):
-            elapsed = time.perf_counter() - step_started
-            on_progress(Progress(step=done, total=total, loss=losses[-1], eta_s=elapsed / done * (total - done)))
-            reported = done
-        if eval_hook is not None and done in eval_steps:
-            eval_hook(done, TextJob(base, concept, config))
-        phase_ends = in_pivot_phase and done >= pivot_step
-        if plateau is None or evaluate is None or not plateau.due(done, last=done == total or phase_ends):
-            continue
-        converged = plateau.record(done, round(evaluate(), 6), lambda: _snapshot(concept))
-        if in_pivot_phase and (converged or phase_ends):
-            # The token phase is done: LoRA joins from the best token so far.
-            _restore(concept, plateau.best_state)
-            in_pivot_phase, pivot_step = False, done
-            plateau.new_phase(done)
-        elif converged:
-            stop_reason = "converged"
-            break
-    if plateau is not None:
-        _restore(concept, plateau.best_state)  # the best evaluated state, not the last one
-    if on_progress is not None and reported != done and losses:
-        on_progress(Progress(step=done, total=total, loss=losses[-1], eta_s=0.0))
-    train_seconds = time.perf_counter() - step_started
+    steps = _steps(config, base, concept, rows, pad_id, generator, optimizer, lora_parameters, trains_lora=trains_lora,
+                   evaluate=evaluate)
+    total = config.max_steps if auto else config.steps
+    assert total is not None
+    loop = run_steps(steps, callbacks, total=total, pivotal=config.mode == Mode.PIVOTAL,
+                     pivot_fraction=config.pivot_fraction, progress_every=config.progress_every, plateau=plateau)
 
     artifacts = save_text_concept(
         out_dir,
@@ -320,25 +266,94 @@ def _run(
         target_modules=targets,
     )
     compute_seconds = time.perf_counter() - started
+    stopping = plateau.report(evaluated_on=eval_source, eval_examples=len(eval_rows[:EVAL_EXAMPLES]),
+                              training_examples=len(rows)) if plateau else None
+    manifest = _manifest(config, base, concept, start, loop, stopping=stopping, trains_lora=trains_lora,
+                         targets=targets, num_examples=len(examples), num_tokens=sum(len(r.ids) for r in all_rows),
+                         compute_seconds=compute_seconds)
+    artifacts.append(write_manifest(out_dir, manifest, artifacts))
+    return TrainResult(
+        out_dir=out_dir,
+        artifacts=artifacts,
+        manifest=manifest,
+        steps=loop.done,
+        init_used=start.used,
+        init_note=start.note,
+        device=str(base.device),
+        compute_seconds=compute_seconds,
+        losses=loop.losses,
+        stop_reason=loop.stop_reason,
+        eval_curve=plateau.curve if plateau else [],
+    )
+
+
+def _optimizer(config: TextTrainConfig, concept: TextConcept,
+               trains_lora: bool) -> tuple[torch.optim.AdamW, list[torch.nn.Parameter]]:
+    """AdamW over the token's vectors (group 0) and, where trained, the LoRA (group 1)."""
+    lora_parameters = concept.lora_parameters()
+    vectors = concept.vector_parameters()
+    groups = [{"params": vectors, "lr": config.embedding_lr or 0.0, "weight_decay": 0.0}]
+    if trains_lora:
+        groups.append({"params": lora_parameters, "lr": config.lora_lr or 0.0, "weight_decay": 0.0})
+    optimizer = torch.optim.AdamW(groups)
+    for parameter in vectors:
+        parameter.requires_grad_(config.mode != Mode.LORA)
+    return optimizer, lora_parameters
+
+
+def _steps(config: TextTrainConfig, base: TextBase, concept: TextConcept, rows: Sequence[Row], pad_id: int,
+           generator: torch.Generator, optimizer: torch.optim.AdamW, lora_parameters: list[torch.nn.Parameter], *,
+           trains_lora: bool, evaluate: HeldOutLoss | None) -> Steps[TextJob, list[torch.Tensor]]:
+    """The text trainer's side of the shared step loop (models/trainer/loop.py)."""
+    assert config.batch_size is not None
+    batch_size = config.batch_size
+
+    def step() -> float:
+        index = torch.randint(0, len(rows), (batch_size,), generator=generator)
+        batch = collate([rows[int(i)] for i in index], pad_id, base.device)
+        loss = lm_loss(base.model, batch)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return float(loss.detach())
+
+    def set_phase(in_pivot_phase: bool) -> None:
+        for parameter in lora_parameters:
+            parameter.requires_grad_(trains_lora and not in_pivot_phase)
+        if config.mode == Mode.PIVOTAL:
+            lr = config.embedding_lr if in_pivot_phase else config.pivot_embedding_lr
+            optimizer.param_groups[0]["lr"] = lr or 0.0
+
+    def evaluated() -> float:
+        assert evaluate is not None
+        return evaluate()
+
+    return Steps(step=step, set_phase=set_phase, job=lambda: TextJob(base, concept, config), evaluate=evaluated,
+                 snapshot=lambda: _snapshot(concept), restore=lambda state: _restore(concept, state))
+
+
+def _manifest(config: TextTrainConfig, base: TextBase, concept: TextConcept, start: _Start, loop: LoopResult, *,
+              stopping: dict[str, Any] | None, trains_lora: bool, targets: list[str], num_examples: int,
+              num_tokens: int, compute_seconds: float) -> dict[str, Any]:
+    """manifest.json's content (plain strings and numbers only)."""
     public = replace(config, data_dir=None)  # no server paths in what the user downloads
-    manifest = {
+    return {
         "kind": "text",
         "base_model": config.base_model,
         "token": config.token,
         "tokens": concept.tokens,
         "token_ids": concept.token_ids,
         "tied_embeddings": concept.tied,
-        "mode": config.mode,
-        "init": config.init,
-        "init_used": init_used,
-        "init_note": init_note,
-        "init_guard": init_guard,
-        "steps": done,
+        "mode": str(config.mode),
+        "init": str(config.init),
+        "init_used": start.used,
+        "init_note": start.note,
+        "init_guard": start.guard,
+        "steps": loop.done,
         "max_steps": config.max_steps,
-        "stop_reason": stop_reason,
-        "stopping": plateau.report(evaluated_on=eval_source, eval_examples=len(eval_rows[:EVAL_EXAMPLES]),
-                                   training_examples=len(rows)) if plateau else None,
-        "pivot_step": pivot_step,
+        "stop_reason": loop.stop_reason,
+        "stopping": stopping,
+        "pivot_step": loop.pivot_step,
         "seed": config.seed,
         "learning_rates": {
             "embedding": config.embedding_lr,
@@ -348,40 +363,14 @@ def _run(
         "lora_rank": config.lora_rank if trains_lora else None,
         "lora_alpha": config.lora_alpha if trains_lora else None,
         "lora_targets": targets if trains_lora else None,
-        "num_examples": len(examples),
-        "num_tokens": sum(len(r.ids) for r in all_rows),
+        "num_examples": num_examples,
+        "num_tokens": num_tokens,
         "device": str(base.device),
         "config": public.to_dict(),
         "timings": {
             "total_seconds": round(compute_seconds, 3),
-            "train_seconds": round(train_seconds, 3),
-            "steps_per_second": round(done / max(train_seconds, 1e-9), 3),
+            "train_seconds": round(loop.train_seconds, 3),
+            "steps_per_second": round(loop.done / max(loop.train_seconds, 1e-9), 3),
         },
-        "loss": _loss_summary(losses),
-    }
-    artifacts.append(write_manifest(out_dir, manifest, artifacts))
-    return TrainResult(
-        out_dir=out_dir,
-        artifacts=artifacts,
-        manifest=manifest,
-        steps=done,
-        init_used=init_used,
-        init_note=init_note,
-        device=str(base.device),
-        compute_seconds=compute_seconds,
-        losses=losses,
-        stop_reason=stop_reason,
-        eval_curve=plateau.curve if plateau else [],
-    )
-
-
-def _loss_summary(losses: list[float]) -> dict[str, float | int]:
-    if not losses:
-        return {}
-    window = max(1, len(losses) // 10)
-    return {
-        "first": round(sum(losses[:window]) / window, 6),
-        "last": round(sum(losses[-window:]) / window, 6),
-        "min": round(min(losses), 6),
-        "count": len(losses),
+        "loss": loss_summary(loop.losses),
     }

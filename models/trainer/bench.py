@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 from models.reference.concepts import benchmark_concepts
+from models.registry import Registry, load_registry
 from models.trainer.base import pick_device
 from models.trainer.config import TrainConfig
 from models.trainer.train import train
@@ -60,7 +61,7 @@ def build_sd15_random(directory: Path) -> Path:
 
 
 def measure(base_model: str, mode: str, *, steps: int, warmup: int, batch_size: int | None, mixed_precision: str,
-            gradient_checkpointing: bool, resolution: int | None) -> dict:
+            gradient_checkpointing: bool, resolution: int | None, registry: Registry) -> dict:
     device = pick_device()
     stamps: list[float] = []
     if device.type == "cuda":
@@ -70,7 +71,8 @@ def measure(base_model: str, mode: str, *, steps: int, warmup: int, batch_size: 
                          gradient_checkpointing=gradient_checkpointing, resolution=resolution)
     images = benchmark_concepts("dev")[0].views(size=resolution or 32)
     with tempfile.TemporaryDirectory() as out:
-        result = train(config, images, Path(out), on_progress=lambda _: stamps.append(time.perf_counter()))
+        result = train(config, images, Path(out), registry=registry,
+                       on_progress=lambda _: stamps.append(time.perf_counter()))
     timed = stamps[warmup:]
     rates = [1.0 / (b - a) for a, b in zip(timed, timed[1:], strict=False) if b > a]
     peak = (torch.cuda.max_memory_allocated() if device.type == "cuda"
@@ -102,9 +104,10 @@ def main() -> None:
     if not torch.cuda.is_available():
         torch.set_num_threads(args.threads)
     base_model = str(build_sd15_random(args.sd15_random)) if args.sd15_random else args.base_model
+    registry = load_registry()
     rows = [measure(base_model, mode, steps=args.steps, warmup=args.warmup, batch_size=args.batch_size,
                     mixed_precision=args.mixed_precision, gradient_checkpointing=args.gradient_checkpointing,
-                    resolution=args.resolution) for mode in args.modes]
+                    resolution=args.resolution, registry=registry) for mode in args.modes]
     print(f"{'mode':18} {'device':7} {'batch':>5} {'res':>4} {'prec':>4} {'steps/s (median)':>17} {'peak memory':>12}")
     for row in rows:
         rate = row["steps_per_second_median"]

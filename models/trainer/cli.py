@@ -6,12 +6,16 @@ smollm2-135m) on a folder of .txt files or one .jsonl file (see models/text/).
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from models.enums import Kind
+from models.registry import Registry
 from models.trainer.config import TrainConfig
 from models.trainer.errors import TrainerError
 
@@ -55,20 +59,25 @@ def train_command(
     max_length: Annotated[int, typer.Option(help="Text: token limit per example")] = 256,
     data_dir: Annotated[Path | None, typer.Option(
         help="Text: where GGUF base models are converted to (default ~/.cache/leap)")] = None,
+    registry_file: Annotated[Path | None, typer.Option(
+        "--registry", envvar="LEAP_MODEL_REGISTRY",
+        help="The model registry YAML (default: the bundled models/registry.yaml).")] = None,
 ) -> None:
     """Fine-tune a concept from INPUTS and write its artifacts and manifest to OUT."""
     from models.registry import load_registry
 
-    entry = load_registry().get(base_model)
-    if (entry.kind == "text") if entry is not None else bool(text_model):
+    registry = load_registry(registry_file)
+    entry = registry.get(base_model)
+    if (entry.kind == Kind.TEXT) if entry is not None else bool(text_model):
         _train_text(images_dir, base_model=base_model, out=out, mode=mode, init=init,
                     token=token or (f"<{name}>" if name else "<leap>"),
                     initializer_token=initializer_token, steps=steps, max_steps=max_steps, num_vectors=num_vectors,
                     embedding_lr=embedding_lr, lora_lr=lora_lr, pivot_embedding_lr=pivot_embedding_lr,
                     lora_rank=lora_rank, lora_alpha=lora_alpha, lora_targets=lora_targets, batch_size=batch_size,
                     max_length=max_length,
-                    seed=seed, device=device, data_dir=data_dir)
+                    seed=seed, device=device, data_dir=data_dir, registry=registry)
         return
+    from models.booster.registry import registered_booster
     from models.trainer.images import decode_images, read_image_dir
     from models.trainer.train import train
 
@@ -81,19 +90,27 @@ def train_command(
         train_text_encoder_lora=train_text_encoder_lora, batch_size=batch_size, resolution=resolution, seed=seed,
         mixed_precision=mixed_precision, gradient_checkpointing=gradient_checkpointing, device=device,  # type: ignore[arg-type]
     )
-    try:
+    with _exit_on_trainer_error():
         config.validate()
         images = decode_images(read_image_dir(images_dir))
         bar, on_progress = _progress_bar()
-        result = train(config, images, out, on_progress=on_progress)
+        result = train(config, images, out, registry=registry, booster=registered_booster(registry),
+                       on_progress=on_progress)
         bar.close()
-    except TrainerError as error:
-        typer.echo(f"error ({error.code}): {error.message}", err=True)
-        raise typer.Exit(code=2) from error
     typer.echo(json.dumps({"out_dir": str(result.out_dir), "init_used": result.init_used, "init_note": result.init_note,
                            "init_scores": result.init_scores, "steps": result.steps, "stop_reason": result.stop_reason,
                            "device": result.device,
                            "files": [a.name for a in result.artifacts]}, indent=2))
+
+
+@contextlib.contextmanager
+def _exit_on_trainer_error() -> Iterator[None]:
+    """A TrainerError ends the command with exit code 2 and `error (code): message` on stderr."""
+    try:
+        yield
+    except TrainerError as error:
+        typer.echo(f"error ({error.code}): {error.message}", err=True)
+        raise typer.Exit(code=2) from error
 
 
 def _progress_bar():
@@ -114,7 +131,7 @@ def _train_text(inputs: Path, *, base_model: str, out: Path, mode: str, init: st
                 embedding_lr: float | None,
                 lora_lr: float | None, pivot_embedding_lr: float | None, lora_rank: int,
                 lora_alpha: float | None, lora_targets: str, batch_size: int | None, max_length: int, seed: int,
-                device: str | None, data_dir: Path | None) -> None:
+                device: str | None, data_dir: Path | None, registry: Registry) -> None:
     from models.text.config import TextTrainConfig
     from models.text.examples import parse_text_files, read_text_path
 
@@ -126,17 +143,16 @@ def _train_text(inputs: Path, *, base_model: str, out: Path, mode: str, init: st
         max_length=max_length, seed=seed,
         device=device, data_dir=str(data_dir) if data_dir else None,
     )
-    try:
+    with _exit_on_trainer_error():
         config.validate()
         examples = parse_text_files(read_text_path(inputs), token=token)
+        from models.text.booster import text_booster_resolver
         from models.text.train import train as train_text
 
         bar, on_progress = _progress_bar()
-        result = train_text(config, examples, out, on_progress=on_progress)
+        result = train_text(config, examples, out, registry=registry, booster_resolver=text_booster_resolver(registry),
+                            on_progress=on_progress)
         bar.close()
-    except TrainerError as error:
-        typer.echo(f"error ({error.code}): {error.message}", err=True)
-        raise typer.Exit(code=2) from error
     typer.echo(json.dumps({"out_dir": str(result.out_dir), "kind": "text", "init_used": result.init_used,
                            "init_note": result.init_note, "steps": result.steps, "stop_reason": result.stop_reason,
                            "device": result.device,

@@ -17,6 +17,7 @@ from peft import LoraConfig, get_peft_model_state_dict, inject_adapter_in_model,
 
 from models.trainer.base import BaseComponents
 from models.trainer.errors import InvalidConfigError
+from models.trainer.placeholders import PlaceholderHooks
 
 UNET_LORA_TARGETS = ["to_k", "to_q", "to_v", "to_out.0"]
 TEXT_ENCODER_LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj"]
@@ -61,25 +62,13 @@ class ConceptModel:
                                                         dtype=torch.float32))
         self.unet_lora = False
         self.text_encoder_lora = False
-        embeddings = base.text_encoder.get_input_embeddings()
-        self._hooks = [
-            embeddings.register_forward_pre_hook(self._clamp_ids),
-            embeddings.register_forward_hook(self._write_vectors),
-        ]
+        # Placeholder ids are past the frozen table: look up a valid id, then overwrite its output.
+        self._placeholders = PlaceholderHooks(base.text_encoder.get_input_embeddings(),
+                                              is_placeholder=lambda ids: ids >= self.base_vocab_size,
+                                              vectors=self._vectors)
 
-    # Placeholder ids are past the frozen table: look up a valid id, then overwrite its output.
-    def _clamp_ids(self, module: torch.nn.Module, args: tuple) -> tuple:
-        (ids,) = args
-        self._ids = ids
-        return (torch.where(ids >= self.base_vocab_size, torch.zeros_like(ids), ids),)
-
-    def _write_vectors(self, module: torch.nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
-        ids = self._ids
-        mask = ids >= self.base_vocab_size
-        if not bool(mask.any()):
-            return output
-        vectors = self.embedding.to(output.dtype)[(ids - self.base_vocab_size).clamp(min=0)]
-        return torch.where(mask[..., None], vectors, output)
+    def _vectors(self, ids: torch.Tensor, output: torch.Tensor) -> torch.Tensor:
+        return self.embedding.to(output.dtype)[(ids - self.base_vocab_size).clamp(min=0)]
 
     # ---- initialisation -------------------------------------------------------------------
     def init_from_token(self, initializer: str) -> None:
@@ -155,9 +144,7 @@ class ConceptModel:
 
     def close(self) -> None:
         """Remove hooks and adapters: the shared base is left exactly as loaded."""
-        for hook in self._hooks:
-            hook.remove()
-        self._hooks = []
+        self._placeholders.remove()
         if self.unet_lora:
             self.base.unet.unload_lora()  # diffusers' own: removes the layers and the adapter bookkeeping
         if self.text_encoder_lora:

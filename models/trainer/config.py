@@ -4,18 +4,17 @@ from __future__ import annotations
 
 import re
 from dataclasses import asdict, dataclass, field
+from enum import Enum
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal, Protocol
 
+from models.enums import IMAGE_MODES, INITS, Init, Mode, StopReason
 from models.trainer.errors import InvalidConfigError
 
-Mode = Literal["textual_inversion", "lora", "pivotal"]
-Init = Literal["booster", "token", "random"]
+MODES = IMAGE_MODES
 Concept = Literal["object", "style"]
 Precision = Literal["no", "fp16", "bf16"]
 
-MODES: tuple[str, ...] = ("textual_inversion", "lora", "pivotal")
-INITS: tuple[str, ...] = ("booster", "token", "random")
 TOKEN_PATTERN = re.compile(r"^<[A-Za-z0-9_\-]{1,32}>$")
 # A file name on every OS and one word in a prompt (ComfyUI's `embedding:<name>` ends at a space).
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9_\-]{1,32}$")
@@ -35,16 +34,13 @@ class StopRule:
     min_steps: int = 10
 
 
-STOP_REASONS: tuple[str, ...] = ("converged", "max_steps", "steps", "canceled")
-
-
-
-def check_mode_init_token(mode: str, modes: tuple[str, ...], init: str, inits: tuple[str, ...], token: str) -> None:
+def check_mode_init_token(mode: str, modes: tuple[Mode, ...], init: str, inits: tuple[Init, ...], token: str) -> None:
     """The checks every trainer config starts with (image and text): mode, init and token spelling."""
+    # str(): a member's repr would show the enum class; messages show the value.
     if mode not in modes:
-        raise InvalidConfigError("mode", f"must be one of {', '.join(modes)}, got {mode!r}")
+        raise InvalidConfigError("mode", f"must be one of {', '.join(modes)}, got {str(mode)!r}")
     if init not in inits:
-        raise InvalidConfigError("init", f"must be one of {', '.join(inits)}, got {init!r}")
+        raise InvalidConfigError("init", f"must be one of {', '.join(inits)}, got {str(init)!r}")
     if not TOKEN_PATTERN.match(token):
         raise InvalidConfigError("token", "must look like <name>: 1-32 letters, digits, _ or - in <>")
 
@@ -62,6 +58,46 @@ def check_steps_and_rule(steps: int | None, max_steps: int | None, rule: StopRul
     if rule.eval_every < 1 or rule.patience < 1 or rule.min_steps < 0 or not 0.0 <= rule.min_delta < 1.0:
         raise InvalidConfigError("stopping", "eval_every and patience >= 1, min_steps >= 0, min_delta in [0, 1)")
 
+
+class Tunable(Protocol):
+    """What every trainer config has in common: steps, pivotal phases, learning rates and LoRA shape."""
+
+    __dataclass_fields__: ClassVar[dict[str, Any]]
+    num_vectors: int
+    steps: int | None
+    max_steps: int | None
+    stopping: StopRule
+    pivot_fraction: float
+    embedding_lr: float | None
+    lora_lr: float | None
+    pivot_embedding_lr: float | None
+    lora_rank: int
+    lora_alpha: float | None
+
+
+def check_tuning(config: Tunable, *, max_rank: int) -> None:
+    """Every trainer's numeric options (image and text), in this order: vectors, steps and stopping rule,
+    pivot fraction, learning rates, LoRA rank (at most `max_rank`) and alpha."""
+    if not 1 <= config.num_vectors <= 16:
+        raise InvalidConfigError("num_vectors", "must be between 1 and 16")
+    check_steps_and_rule(config.steps, config.max_steps, config.stopping)
+    if not 0.0 < config.pivot_fraction < 1.0:
+        raise InvalidConfigError("pivot_fraction", "must be between 0 and 1 (exclusive)")
+    for name in ("embedding_lr", "lora_lr", "pivot_embedding_lr"):
+        value = getattr(config, name)
+        if value is not None and not 0.0 < value <= 1.0:
+            raise InvalidConfigError(name, "must be in (0, 1]")
+    if not 1 <= config.lora_rank <= max_rank:
+        raise InvalidConfigError("lora_rank", f"must be between 1 and {max_rank}")
+    if config.lora_alpha is not None and not 0.0 < config.lora_alpha <= 1024.0:
+        raise InvalidConfigError("lora_alpha", "must be in (0, 1024]")
+
+
+def plain(values: dict[str, Any]) -> dict[str, Any]:
+    """A config's dict with enum members as their plain values (for YAML, safetensors metadata, JSON)."""
+    return {key: value.value if isinstance(value, Enum) else value for key, value in values.items()}
+
+
 @dataclass
 class TrainConfig:
     """Everything that decides a training run; None means "the base model's default"."""
@@ -76,8 +112,8 @@ class TrainConfig:
     name: str | None = None
     """Names the A1111/ComfyUI files (<name>.safetensors, <name>_lora.safetensors); default: the
     token without its brackets."""
-    mode: Mode = "pivotal"
-    init: Init = "booster"
+    mode: Mode = Mode.PIVOTAL
+    init: Init = Init.BOOSTER
     """booster: the booster registered for base_model (falls back to token); token: copy
     initializer_token's embedding (diffusers' default); random: small random vectors."""
     initializer_token: str | None = None
@@ -115,25 +151,13 @@ class TrainConfig:
 
     def validate(self) -> None:
         """Raise InvalidConfigError naming the first bad field."""
-        check_mode_init_token(self.mode, MODES, self.init, INITS, self.token)
+        check_mode_init_token(self.mode, IMAGE_MODES, self.init, INITS, self.token)
         if self.name is not None and not NAME_PATTERN.match(self.name):
             raise InvalidConfigError("name", "must be 1-32 letters, digits, _ or -")
         if self.output_name.lower() in RESERVED_NAMES:
             field_name = "name" if self.name is not None else "token"
             raise InvalidConfigError(field_name, f"{self.output_name!r} would name a file like diffusers' own files")
-        if not 1 <= self.num_vectors <= 16:
-            raise InvalidConfigError("num_vectors", "must be between 1 and 16")
-        check_steps_and_rule(self.steps, self.max_steps, self.stopping)
-        if not 0.0 < self.pivot_fraction < 1.0:
-            raise InvalidConfigError("pivot_fraction", "must be between 0 and 1 (exclusive)")
-        for name in ("embedding_lr", "lora_lr", "pivot_embedding_lr"):
-            value = getattr(self, name)
-            if value is not None and not 0.0 < value <= 1.0:
-                raise InvalidConfigError(name, "must be in (0, 1]")
-        if not 1 <= self.lora_rank <= 128:
-            raise InvalidConfigError("lora_rank", "must be between 1 and 128")
-        if self.lora_alpha is not None and not 0 < self.lora_alpha <= 1024:
-            raise InvalidConfigError("lora_alpha", "must be in (0, 1024]")
+        check_tuning(self, max_rank=128)
         if self.batch_size is not None and not 1 <= self.batch_size <= 64:
             raise InvalidConfigError("batch_size", "must be between 1 and 64")
         if self.resolution is not None and (self.resolution % 8 or not 16 <= self.resolution <= 2048):
@@ -149,7 +173,7 @@ class TrainConfig:
         return self.name or self.token[1:-1]
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return plain(asdict(self))
 
 
 @dataclass(frozen=True)
@@ -174,6 +198,19 @@ class Artifact:
 
 
 @dataclass
+class LoopResult:
+    """What a trainer's step loop did (image and text)."""
+
+    done: int
+    """Steps run."""
+    losses: list[float]
+    stop_reason: str
+    pivot_step: int
+    """pivotal: the step LoRA joined at (0 for the other modes)."""
+    train_seconds: float
+
+
+@dataclass
 class TrainResult:
     """What a finished run produced."""
 
@@ -191,7 +228,7 @@ class TrainResult:
     """Why init_used differs from the request, or what part of a booster's prediction was used."""
     init_scores: dict[str, float] = field(default_factory=dict)
     """The guard's score (loss on the job's fixed evaluation) of each candidate start; lowest won."""
-    stop_reason: str = "steps"
+    stop_reason: str = StopReason.STEPS.value
     """converged | max_steps | steps (an explicit step count ran out)."""
     eval_curve: list[tuple[int, float]] = field(default_factory=list)
     """(step, loss on the fixed evaluation) of a run that stops when done; empty with explicit steps."""

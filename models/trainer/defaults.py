@@ -12,10 +12,11 @@ from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from models.registry import Registry, load_registry
-from models.trainer.config import TrainConfig
+from models.enums import Kind
+from models.registry import Registry
+from models.trainer.config import TrainConfig, Tunable
 from models.trainer.errors import BaseModelError
 
 SD_RECIPE: dict[str, dict[str, Any]] = {
@@ -25,32 +26,32 @@ SD_RECIPE: dict[str, dict[str, Any]] = {
                 "batch_size": 4},
 }
 FIELDS = ("steps", "max_steps", "embedding_lr", "lora_lr", "pivot_embedding_lr", "batch_size")
+C = TypeVar("C", bound=Tunable)
 
 
-def registered_defaults(base_model: str, registry: Registry | None = None) -> dict[str, dict[str, Any]]:
-    """The registry's per-mode defaults for a model given by id or by its folder path."""
-    registry = registry or load_registry()
+def registered_defaults(base_model: str, registry: Registry, *,
+                        kind: Kind | None = None) -> dict[str, dict[str, Any]]:
+    """The registry's per-mode defaults for a model given by id or by its folder path (only a model of
+    `kind`, when given)."""
     entry = registry.get(base_model)
     if entry is None:
         resolved = str(Path(base_model).resolve()) if Path(base_model).exists() else base_model
         entry = next((m for m in registry.models.values() if m.path == resolved), None)
-    return entry.defaults if entry else {}
+    return entry.defaults if entry and (kind is None or entry.kind == kind) else {}
 
 
-def resolve_base_model(base_model: str, registry: Registry | None = None) -> str:
+def resolve_base_model(base_model: str, registry: Registry) -> str:
     """A registry id becomes its path; anything else (folder or hub id) passes through."""
-    registry = registry or load_registry()
     entry = registry.get(base_model)
-    if entry is not None and entry.kind != "image":
-        raise BaseModelError(f"{base_model!r} is a {entry.kind} model; the image trainer needs an image model")
+    if entry is not None and entry.kind != Kind.IMAGE:
+        raise BaseModelError(f"{base_model!r} is a {entry.kind.value} model; the image trainer needs an image model")
     return entry.path if entry else base_model
 
 
-def public_base_model_name(base_model: str, registry: Registry | None = None) -> str:
+def public_base_model_name(base_model: str, registry: Registry) -> str:
     """How outputs name a base model without revealing where it lives on this machine: the
     registry id, else a local folder's name (the registered id when a registry entry points at
     the folder), else the hub id, which is public anyway."""
-    registry = registry or load_registry()
     if registry.get(base_model) is not None:
         return base_model
     path = Path(base_model)
@@ -61,16 +62,21 @@ def public_base_model_name(base_model: str, registry: Registry | None = None) ->
     return base_model
 
 
-def with_defaults(config: TrainConfig, registry: Registry | None = None) -> TrainConfig:
-    """Fill every None hyperparameter from the model's registered defaults, then the SD recipe."""
-    per_mode = {**SD_RECIPE[config.mode], **registered_defaults(config.base_model, registry).get(config.mode, {})}
+def fill_unset(config: C, per_mode: dict[str, Any]) -> C:
+    """Every FIELDS value the config leaves None, from `per_mode` (image and text trainers)."""
     values = {name: per_mode.get(name) for name in FIELDS if getattr(config, name) is None}
     # Steps or a cap, never both: the caller's choice first, then a model's fixed step count.
     if config.max_steps is not None:
         values.pop("steps", None)
     elif config.steps is not None or values.get("steps") is not None:
         values.pop("max_steps", None)
-    filled = replace(config, **{k: v for k, v in values.items() if v is not None})
+    return replace(config, **{k: v for k, v in values.items() if v is not None})
+
+
+def with_defaults(config: TrainConfig, registry: Registry) -> TrainConfig:
+    """Fill every None hyperparameter from the model's registered defaults, then the SD recipe."""
+    per_mode = {**SD_RECIPE[config.mode], **registered_defaults(config.base_model, registry).get(config.mode, {})}
+    filled = fill_unset(config, per_mode)
     if filled.initializer_token is None:
         filled = replace(filled, initializer_token="style" if config.concept == "style" else "object")
     if filled.lora_alpha is None:

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import logging
+
+logger = logging.getLogger(__name__)
+
 
 class TrainerError(Exception):
     """Base class; `code` is the stable machine-readable error code."""
@@ -49,3 +53,11 @@ class OutOfMemory(TrainerError):
     """The device ran out of memory."""
 
     code = "out_of_memory"
+
+
+def foreign_booster(error: BaseModelError, *, what: str, base_model: str | None) -> BaseModelError:
+    """The job's error for a registered booster that was trained for another base model. The message
+    reaches API clients, so the folders `error` names stay in the worker's log."""
+    logger.warning("%s for %s: %s", what, base_model, error.message)
+    return BaseModelError(f"the {what} registered for {base_model} was trained for another base model; "
+                          "the server's model registry needs fixing")

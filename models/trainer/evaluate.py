@@ -15,7 +15,7 @@ from PIL import Image
 from models.trainer.base import BaseComponents
 from models.trainer.concept import ConceptModel
 from models.trainer.data import LatentSet, encode_images
-from models.trainer.train import denoising_loss
+from models.trainer.loss import denoising_loss
 
 EVAL_TIMESTEPS = (50, 150, 250, 350, 450, 550, 650, 750, 850, 950)
 EVAL_PROMPT = "a photo of a {}"

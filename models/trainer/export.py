@@ -190,3 +190,12 @@ def write_manifest(out_dir: Path, manifest: dict[str, Any], artifacts: list[Arti
     path = out_dir / MANIFEST_FILE
     path.write_text(json.dumps(manifest, indent=2, sort_keys=True))
     return artifact(path, "manifest")
+
+
+def loss_summary(losses: list[float]) -> dict[str, float | int]:
+    """The manifest's `loss`: mean of the first and last tenth of the steps, the minimum, the count."""
+    if not losses:
+        return {}
+    window = max(1, len(losses) // 10)
+    return {"first": round(sum(losses[:window]) / window, 6), "last": round(sum(losses[-window:]) / window, 6),
+            "min": round(min(losses), 6), "count": len(losses)}

@@ -1,14 +1,17 @@
 """The pivotal-tuning loop: textual inversion, LoRA, or both in two phases.
 
-    result = train(TrainConfig(base_model="leap-tiny"), images, out_dir, on_progress=print)
+    registry = load_registry()
+    result = train(TrainConfig(base_model="leap-tiny"), images, out_dir, registry=registry,
+                   booster=registered_booster(registry), on_progress=print)
 
 Phase 1 of `pivotal` trains only the token's vectors at a high learning rate; phase 2 adds
 the LoRA and keeps moving the vectors at a lower rate (cloneofsimo/lora PTI, diffusers'
 advanced_diffusion_training). The base pipeline is loaded once per process and shared.
 
-With init=booster the start is guarded (models/trainer/guard.py): the token and the booster's
-candidates are scored on the job's images and the best one starts. Without `steps` a run stops
-when done (models/trainer/stopping.py), at `max_steps` at the latest, and keeps its best state.
+With init=booster the start is guarded (models/trainer/guard.py): the token and the candidates of
+the caller's `booster` resolver are scored on the job's images and the best one starts. Without
+`steps` a run stops when done (models/trainer/stopping.py, models/trainer/loop.py), at `max_steps`
+at the latest, and keeps its best state.
 """
 
 from __future__ import annotations
@@ -18,27 +21,26 @@ import time
 from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from PIL import Image
 
+from models.enums import Init, Mode
+from models.registry import Registry
 from models.trainer.base import BaseComponents, load_base, pick_device, weight_dtype_for
 from models.trainer.concept import ConceptModel, InitialState
-from models.trainer.config import Progress, TrainConfig, TrainResult
+from models.trainer.config import Artifact, LoopResult, Progress, TrainConfig, TrainResult
 from models.trainer.data import LatentSet, caption_templates, encode_images
 from models.trainer.defaults import resolve_base_model, with_defaults
-from models.trainer.errors import BaseModelError, InvalidImagesError, OutOfMemory, TrainingCanceled
-from models.trainer.export import BaseDescription, save_concept, write_manifest
-from models.trainer.guard import Candidate, candidates, describe_scores, guarded_start, snapshot
+from models.trainer.errors import BaseModelError, InvalidImagesError, OutOfMemory
+from models.trainer.export import BaseDescription, loss_summary, save_concept, write_manifest
+from models.trainer.guard import BoosterResolver, Candidate, candidates, describe_scores, guarded_start, snapshot
 from models.trainer.images import MAX_IMAGES, MIN_IMAGES
-from models.trainer.loss import denoising_loss, denoising_target  # noqa: F401 (denoising_target: re-exported)
+from models.trainer.loop import Callbacks, Steps, run_steps
+from models.trainer.loss import denoising_loss
 from models.trainer.stopping import Plateau, SeededEval, split_for_eval
 
-# A booster resolver maps (base components, images, config) to an initial state, or to several
-# (each its own `name`), or None when no booster is registered for the base model. The guard
-# scores every one of them against the token. models.booster provides the real one.
-BoosterResolver = Callable[[BaseComponents, Sequence[Image.Image], TrainConfig],
-                           InitialState | Sequence[InitialState] | None]
 EvalHook = Callable[[int, "Job"], None]
 
 
@@ -49,12 +51,6 @@ class Job:
     base: BaseComponents
     concept: ConceptModel
     config: TrainConfig
-
-
-def _default_booster(base: BaseComponents, images: Sequence[Image.Image], config: TrainConfig):
-    from models.booster.registry import booster_initial_state  # imported late: it imports this package
-
-    return booster_initial_state(base, images, config)
 
 
 @contextlib.contextmanager
@@ -72,13 +68,13 @@ def _attached(base: BaseComponents, config: TrainConfig) -> Iterator[ConceptMode
             base.text_encoder.gradient_checkpointing_disable()
 
 
-def prepare(config: TrainConfig) -> tuple[TrainConfig, BaseComponents]:
-    """Validate, fill defaults and load (or reuse) the base model."""
+def prepare(config: TrainConfig, registry: Registry) -> tuple[TrainConfig, BaseComponents]:
+    """Validate, fill defaults (the registry's, else the SD recipe) and load (or reuse) the base model."""
     config.validate()
-    config = with_defaults(config)
+    config = with_defaults(config, registry)
     config.validate()
     device = pick_device(config.device)
-    source = resolve_base_model(config.base_model)
+    source = resolve_base_model(config.base_model, registry)
     try:
         base = load_base(source, device, weight_dtype_for(config.mixed_precision, device))
     except BaseModelError as error:
@@ -93,26 +89,31 @@ def train(
     images: Sequence[Image.Image],
     out_dir: Path,
     *,
+    registry: Registry,
+    booster: BoosterResolver | None = None,
     on_progress: Callable[[Progress], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
     initial_state: InitialState | None = None,
-    booster: BoosterResolver | None = _default_booster,
     eval_hook: EvalHook | None = None,
     eval_steps: Collection[int] = (),
     on_finish: Callable[[Job], None] | None = None,
 ) -> TrainResult:
-    """Train one concept and write its artifacts to out_dir (`on_finish` sees the final state first)."""
+    """Train one concept and write its artifacts to out_dir (`on_finish` sees the final state first).
+
+    `registry` names the base models and their defaults; `booster` gives init=booster its candidates
+    (models.booster.registry.registered_booster(registry)); without one the run starts from the token."""
     started = time.perf_counter()
     if not MIN_IMAGES <= len(images) <= MAX_IMAGES:
         raise InvalidImagesError(f"need {MIN_IMAGES}-{MAX_IMAGES} images, got {len(images)}")
-    config, base = prepare(config)
+    config, base = prepare(config, registry)
     resolution = config.resolution or base.resolution
     assert (config.steps or config.max_steps) is not None and config.batch_size is not None
+    callbacks = Callbacks(on_progress=on_progress, should_stop=should_stop, eval_hook=eval_hook,
+                          eval_steps=frozenset(eval_steps), on_finish=on_finish)
     try:
         with _attached(base, config) as concept:
-            return _run(config, base, concept, images, out_dir, resolution, started, on_progress=on_progress,
-                        should_stop=should_stop, initial_state=initial_state, booster=booster,
-                        eval_hook=eval_hook, eval_steps=frozenset(eval_steps), on_finish=on_finish)
+            return _run(config, base, concept, images, out_dir, resolution, started, initial_state=initial_state,
+                        booster=booster, callbacks=callbacks)
     except torch.cuda.OutOfMemoryError as error:
         raise OutOfMemory(f"out of GPU memory at batch size {config.batch_size}, resolution {resolution}; "
                           "try mixed precision or gradient checkpointing") from error
@@ -149,12 +150,12 @@ def _initialise(config: TrainConfig, base: BaseComponents, concept: ConceptModel
     if initial_state is not None:
         concept.init_from_state(initial_state)
         return _Start("state", initial_state.note)
-    if config.init == "random":
+    if config.init == Init.RANDOM:
         concept.init_random(generator)
         return _Start("random")
     assert config.initializer_token is not None
     concept.init_from_token(config.initializer_token)
-    if config.init != "booster":
+    if config.init != Init.BOOSTER:
         return _Start("token")
     resolved = booster(base, images, config) if booster else None
     if resolved is None:
@@ -175,18 +176,12 @@ def _note(winner: Candidate, scores: dict[str, float]) -> str:
 
 
 def _run(config: TrainConfig, base: BaseComponents, concept: ConceptModel, images: Sequence[Image.Image],
-         out_dir: Path, resolution: int, started: float, *, on_progress, should_stop, initial_state, booster,
-         eval_hook, eval_steps, on_finish) -> TrainResult:
-    assert config.batch_size is not None
+         out_dir: Path, resolution: int, started: float, *, initial_state: InitialState | None,
+         booster: BoosterResolver | None, callbacks: Callbacks[Job]) -> TrainResult:
     auto = config.steps is None
-    total = config.max_steps if auto else config.steps
-    assert total is not None
     torch.manual_seed(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
-    trains_lora = config.mode in ("lora", "pivotal")
-    if trains_lora:
-        concept.add_lora(rank=config.lora_rank, alpha=float(config.lora_alpha or config.lora_rank),
-                         text_encoder=config.train_text_encoder_lora)
+    trains_lora = _set_up_lora(config, concept)
     templates = caption_templates(config.concept)
     # Held-back uploads only where the run stops by evaluation; a fixed step count trains on all.
     train_images, eval_images, eval_source = split_for_eval(images) if auto else (list(images), list(images),
@@ -194,118 +189,137 @@ def _run(config: TrainConfig, base: BaseComponents, concept: ConceptModel, image
     evaluate = _Evaluation(base, eval_images, resolution, templates[0], config.seed)
     start = _initialise(config, base, concept, images, initial_state, booster, generator, evaluate)
     latents = encode_images(base, train_images, resolution=resolution, flip=config.flip)
+    optimizer, lora_parameters = _optimizer(config, concept, trains_lora)
+    plateau = _plateau(config, concept, start, evaluate) if auto else None
+    steps = _steps(config, base, concept, latents, templates, generator, optimizer, lora_parameters,
+                   trains_lora=trains_lora, evaluate=evaluate)
+    total = config.max_steps if auto else config.steps
+    assert total is not None
+    loop = run_steps(steps, callbacks, total=total, pivotal=config.mode == Mode.PIVOTAL,
+                     pivot_fraction=config.pivot_fraction, progress_every=config.progress_every, plateau=plateau)
+    if callbacks.on_finish is not None:
+        callbacks.on_finish(Job(base, concept, config))
 
-    pivotal = config.mode == "pivotal"
-    pivot_step = int(total * config.pivot_fraction) if pivotal else 0  # auto: the cap on phase 1
-    lora_parameters = concept.lora_parameters()
-    groups = [{"params": [concept.embedding], "lr": config.embedding_lr or 0.0, "weight_decay": 0.0}]
-    if trains_lora:
-        groups.append({"params": lora_parameters, "lr": config.lora_lr or 0.0, "weight_decay": 1e-4})
-    optimizer = torch.optim.AdamW(groups)
-    concept.embedding.requires_grad_(config.mode != "lora")
-    autocast = (torch.autocast(base.device.type, dtype=base.weight_dtype)
-                if base.weight_dtype != torch.float32 else contextlib.nullcontext())
-
-    plateau: Plateau[InitialState] | None = None
-    if auto:
-        first = start.scores[start.winner] if start.scores and start.winner else round(evaluate(concept), 6)
-        plateau = Plateau(config.stopping, first, snapshot(concept))
-
-    losses: list[float] = []
-    stop_reason = "max_steps" if auto else "steps"
-    in_pivot_phase = pivotal
-    if eval_hook is not None and 0 in eval_steps:
-        eval_hook(0, Job(base, concept, config))  # the starting point's quality, before any step
-    step_started = time.perf_counter()
-    done = 0
-    reported = 0
-    while done < total:
-        if should_stop is not None and should_stop():
-            raise TrainingCanceled(f"canceled at step {done} of {total}")
-        if in_pivot_phase and done >= pivot_step:
-            in_pivot_phase = False
-        for parameter in lora_parameters:
-            parameter.requires_grad_(trains_lora and not in_pivot_phase)
-        if pivotal:
-            rate = config.embedding_lr if in_pivot_phase else config.pivot_embedding_lr
-            optimizer.param_groups[0]["lr"] = rate or 0.0
-        loss = _step(base, concept, latents, templates, config, generator, autocast)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        losses.append(loss)
-        done += 1
-        if on_progress is not None and (done % config.progress_every == 0 or done == total):
-            elapsed = time.perf_counter() - step_started
-            on_progress(Progress(step=done, total=total, loss=loss, eta_s=elapsed / done * (total - done)))
-            reported = done
-        if eval_hook is not None and done in eval_steps:
-            eval_hook(done, Job(base, concept, config))
-        phase_ends = in_pivot_phase and done >= pivot_step
-        if plateau is None or not plateau.due(done, last=done == total or phase_ends):
-            continue
-        converged = plateau.record(done, round(evaluate(concept), 6), lambda: snapshot(concept))
-        if in_pivot_phase and (converged or phase_ends):
-            # Phase 1 is done: LoRA joins from the best vectors so far.
-            concept.init_from_state(plateau.best_state)
-            in_pivot_phase, pivot_step = False, done
-            plateau.new_phase(done)
-        elif converged:
-            stop_reason = "converged"
-            break
-    if plateau is not None:
-        concept.init_from_state(plateau.best_state)  # the best evaluated state, not the last one
-    if on_progress is not None and reported != done and losses:
-        on_progress(Progress(step=done, total=total, loss=losses[-1], eta_s=0.0))
-    train_seconds = time.perf_counter() - step_started
-    if on_finish is not None:
-        on_finish(Job(base, concept, config))
-
-    unet_lora, te_lora = concept.lora_state()
-    assert config.base_model_name is not None and config.lora_alpha is not None
-    described = BaseDescription(name=config.base_model_name, text_width=base.embedding_width,
-                                prediction_type=base.noise_scheduler.config.prediction_type, resolution=resolution)
-    artifacts = save_concept(out_dir, name=config.output_name, token=config.token, embedding=concept.embedding,
-                             unet_lora=unet_lora, text_encoder_lora=te_lora, lora_alpha=config.lora_alpha,
-                             rank=config.lora_rank, base=described)
+    artifacts = _save(out_dir, config, base, concept, resolution)
     compute_seconds = time.perf_counter() - started
     stopping = None
     if plateau is not None:
         stopping = plateau.report(evaluated_on=eval_source, eval_images=len(eval_images),
                                   training_images=len(train_images))
-    manifest = {
+    manifest = _manifest(config, base, concept, start, loop, stopping=stopping, trains_lora=trains_lora,
+                         resolution=resolution, num_images=len(images), compute_seconds=compute_seconds)
+    artifacts.append(write_manifest(out_dir, manifest, artifacts))
+    return TrainResult(out_dir=out_dir, artifacts=artifacts, manifest=manifest, steps=loop.done,
+                       init_used=start.used, init_note=start.note, device=str(base.device),
+                       compute_seconds=compute_seconds, losses=loop.losses, init_scores=dict(start.scores or {}),
+                       stop_reason=loop.stop_reason, eval_curve=plateau.curve if plateau else [])
+
+
+def _set_up_lora(config: TrainConfig, concept: ConceptModel) -> bool:
+    """Add the job's LoRA where its mode trains one; whether it does."""
+    trains_lora = config.mode in (Mode.LORA, Mode.PIVOTAL)
+    if trains_lora:
+        concept.add_lora(rank=config.lora_rank, alpha=float(config.lora_alpha or config.lora_rank),
+                         text_encoder=config.train_text_encoder_lora)
+    return trains_lora
+
+
+def _optimizer(config: TrainConfig, concept: ConceptModel,
+               trains_lora: bool) -> tuple[torch.optim.AdamW, list[torch.nn.Parameter]]:
+    """AdamW over the token's vectors (group 0) and, where trained, the LoRA (group 1)."""
+    lora_parameters = concept.lora_parameters()
+    groups = [{"params": [concept.embedding], "lr": config.embedding_lr or 0.0, "weight_decay": 0.0}]
+    if trains_lora:
+        groups.append({"params": lora_parameters, "lr": config.lora_lr or 0.0, "weight_decay": 1e-4})
+    optimizer = torch.optim.AdamW(groups)
+    concept.embedding.requires_grad_(config.mode != Mode.LORA)
+    return optimizer, lora_parameters
+
+
+def _plateau(config: TrainConfig, concept: ConceptModel, start: _Start,
+             evaluate: _Evaluation) -> Plateau[InitialState]:
+    """The stopping rule's tracker, from the start's score (the guard's, where it scored one)."""
+    first = start.scores[start.winner] if start.scores and start.winner else round(evaluate(concept), 6)
+    return Plateau(config.stopping, first, snapshot(concept))
+
+
+def _steps(config: TrainConfig, base: BaseComponents, concept: ConceptModel, latents: LatentSet,
+           templates: tuple[str, ...], generator: torch.Generator, optimizer: torch.optim.AdamW,
+           lora_parameters: list[torch.nn.Parameter], *, trains_lora: bool,
+           evaluate: _Evaluation) -> Steps[Job, InitialState]:
+    """The image trainer's side of the shared step loop (models/trainer/loop.py)."""
+    autocast = (torch.autocast(base.device.type, dtype=base.weight_dtype)
+                if base.weight_dtype != torch.float32 else contextlib.nullcontext())
+
+    def step() -> float:
+        loss = _step(base, concept, latents, templates, config, generator, autocast)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return loss
+
+    def set_phase(in_pivot_phase: bool) -> None:
+        _set_phase(optimizer, lora_parameters, config, in_pivot_phase=in_pivot_phase, trains_lora=trains_lora)
+
+    return Steps(step=step, set_phase=set_phase, job=lambda: Job(base, concept, config),
+                 evaluate=lambda: evaluate(concept), snapshot=lambda: snapshot(concept),
+                 restore=concept.init_from_state)
+
+
+def _set_phase(optimizer: torch.optim.AdamW, lora_parameters: list[torch.nn.Parameter], config: TrainConfig, *,
+               in_pivot_phase: bool, trains_lora: bool) -> None:
+    """pivotal phase 1 trains the vectors alone at embedding_lr; phase 2 adds LoRA at pivot_embedding_lr."""
+    for parameter in lora_parameters:
+        parameter.requires_grad_(trains_lora and not in_pivot_phase)
+    if config.mode == Mode.PIVOTAL:
+        rate = config.embedding_lr if in_pivot_phase else config.pivot_embedding_lr
+        optimizer.param_groups[0]["lr"] = rate or 0.0
+
+
+def _save(out_dir: Path, config: TrainConfig, base: BaseComponents, concept: ConceptModel,
+          resolution: int) -> list[Artifact]:
+    """The concept's diffusers and A1111/ComfyUI files."""
+    unet_lora, te_lora = concept.lora_state()
+    assert config.base_model_name is not None and config.lora_alpha is not None
+    described = BaseDescription(name=config.base_model_name, text_width=base.embedding_width,
+                                prediction_type=base.noise_scheduler.config.prediction_type, resolution=resolution)
+    return save_concept(out_dir, name=config.output_name, token=config.token, embedding=concept.embedding,
+                        unet_lora=unet_lora, text_encoder_lora=te_lora, lora_alpha=config.lora_alpha,
+                        rank=config.lora_rank, base=described)
+
+
+def _manifest(config: TrainConfig, base: BaseComponents, concept: ConceptModel, start: _Start, loop: LoopResult, *,
+              stopping: dict[str, Any] | None, trains_lora: bool, resolution: int, num_images: int,
+              compute_seconds: float) -> dict[str, Any]:
+    """manifest.json's content (plain strings and numbers only)."""
+    return {
         "base_model": config.base_model_name,
         "name": config.output_name,
         "token": config.token,
         "tokens": concept.tokens,
-        "mode": config.mode,
-        "init": config.init,
+        "mode": str(config.mode),
+        "init": str(config.init),
         "init_used": start.used,
         "init_note": start.note,
         "init_scores": start.scores,
-        "steps": done,
+        "steps": loop.done,
         "max_steps": config.max_steps,
-        "stop_reason": stop_reason,
+        "stop_reason": loop.stop_reason,
         "stopping": stopping,
-        "pivot_step": pivot_step if pivotal else 0,
+        "pivot_step": loop.pivot_step,
         "seed": config.seed,
         "learning_rates": {"embedding": config.embedding_lr, "pivot_embedding": config.pivot_embedding_lr,
                            "lora": config.lora_lr},
         "lora_rank": config.lora_rank if trains_lora else None,
         "lora_alpha": config.lora_alpha if trains_lora else None,
         "resolution": resolution,
-        "num_images": len(images),
+        "num_images": num_images,
         "device": str(base.device),
         # The server's folder of the model stays on the server (base_model_name names it).
         "config": {**config.to_dict(), "base_model": config.base_model_name},
-        "timings": {"total_seconds": round(compute_seconds, 3), "train_seconds": round(train_seconds, 3),
-                    "steps_per_second": round(done / max(train_seconds, 1e-9), 3)},
-        "loss": _loss_summary(losses),
+        "timings": {"total_seconds": round(compute_seconds, 3), "train_seconds": round(loop.train_seconds, 3),
+                    "steps_per_second": round(loop.done / max(loop.train_seconds, 1e-9), 3)},
+        "loss": loss_summary(loop.losses),
     }
-    artifacts.append(write_manifest(out_dir, manifest, artifacts))
-    return TrainResult(out_dir=out_dir, artifacts=artifacts, manifest=manifest, steps=done,
-                       init_used=start.used, init_note=start.note, device=str(base.device),
-                       compute_seconds=compute_seconds, losses=losses, init_scores=dict(start.scores or {}),
-                       stop_reason=stop_reason, eval_curve=plateau.curve if plateau else [])
 
 
 def _step(base: BaseComponents, concept: ConceptModel, latents: LatentSet, templates: tuple[str, ...],
@@ -323,12 +337,3 @@ def _step(base: BaseComponents, concept: ConceptModel, latents: LatentSet, templ
         loss = denoising_loss(base, concept, sample, prompts, noise, timesteps)
     loss.backward()
     return float(loss.detach())
-
-
-def _loss_summary(losses: list[float]) -> dict[str, float | int]:
-    if not losses:
-        return {}
-    window = max(1, len(losses) // 10)
-    return {"first": round(sum(losses[:window]) / window, 6), "last": round(sum(losses[-window:]) / window, 6),
-            "min": round(min(losses), 6), "count": len(losses)}
-

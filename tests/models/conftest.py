@@ -48,8 +48,9 @@ def concept_images() -> list[Image.Image]:
 @pytest.fixture(scope="session")
 def smol_data_dir(tmp_path_factory) -> Path:
     """A data directory holding SmolLM2 converted from the wheel's GGUF (once per test session)."""
+    from models.registry import load_registry
     from models.text.base import resolve_text_model
 
     data_dir = tmp_path_factory.mktemp("leap-data")
-    resolve_text_model("smollm2-135m", data_dir)
+    resolve_text_model("smollm2-135m", data_dir, load_registry())
     return data_dir

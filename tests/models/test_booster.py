@@ -2,17 +2,20 @@ import pytest
 import torch
 import yaml
 
-from models.booster.registry import booster_initial_state, predict
+from models.booster.registry import booster_initial_state, predict, registered_booster
 from models.booster.train import make_booster
+from models.registry import load_registry
 from models.trainer.base import load_base, pick_device
 from models.trainer.config import TrainConfig
 from models.trainer.errors import BaseModelError
 from models.trainer.train import train
 
+REGISTRY = load_registry()
+
 
 @pytest.fixture()
-def registered_booster(random_tiny, tmp_path, monkeypatch):
-    """A (briefly perturbed) booster for random_tiny, registered through LEAP_MODEL_REGISTRY."""
+def tiny_booster(random_tiny, tmp_path):
+    """A (briefly perturbed) booster for random_tiny, registered in tmp_path/registry.yaml."""
     base = load_base(random_tiny, pick_device("cpu"))
     booster = make_booster(base, "random-tiny", rank=4, image_size=32)
     with torch.no_grad():
@@ -22,17 +25,16 @@ def registered_booster(random_tiny, tmp_path, monkeypatch):
     registry = {"default": "random-tiny", "models": {"random-tiny": {
         "path": random_tiny, "resolution": 32, "booster": str(tmp_path / "booster")}}}
     (tmp_path / "registry.yaml").write_text(yaml.safe_dump(registry))
-    monkeypatch.setenv("LEAP_MODEL_REGISTRY", str(tmp_path / "registry.yaml"))
     return booster
 
 
-def test_booster_is_order_invariant_over_the_image_set(registered_booster, concept_images):
-    forward, _, _ = predict(registered_booster, concept_images)
-    backward, _, _ = predict(registered_booster, list(reversed(concept_images)))
+def test_booster_is_order_invariant_over_the_image_set(tiny_booster, concept_images):
+    forward, _, _ = predict(tiny_booster, concept_images)
+    backward, _, _ = predict(tiny_booster, list(reversed(concept_images)))
     torch.testing.assert_close(forward, backward, atol=1e-5, rtol=1e-5)
 
 
-def test_pivotal_starts_from_the_booster_prediction(registered_booster, random_tiny, concept_images, tmp_path):
+def test_pivotal_starts_from_the_booster_prediction(tiny_booster, random_tiny, concept_images, tmp_path):
     """The booster's embedding + LoRA reach the trainer as candidates; the job starts from the guard's winner."""
     from safetensors.torch import load_file
 
@@ -40,8 +42,9 @@ def test_pivotal_starts_from_the_booster_prediction(registered_booster, random_t
 
     config = TrainConfig(base_model="random-tiny", mode="pivotal", init="booster", steps=1, batch_size=1,
                          embedding_lr=1e-9, lora_lr=1e-9, pivot_embedding_lr=1e-9)
-    result = train(config, concept_images, tmp_path / "out")
-    embedding, lora, _ = predict(registered_booster, concept_images)
+    registry = load_registry(tmp_path / "registry.yaml")
+    result = train(config, concept_images, tmp_path / "out", registry=registry, booster=registered_booster(registry))
+    embedding, lora, _ = predict(tiny_booster, concept_images)
     base = load_base(random_tiny, pick_device("cpu"))
     token = word_embedding(base)[None]
     starts = {"token": token, "booster": embedding, "booster+lora": embedding,
@@ -50,21 +53,21 @@ def test_pivotal_starts_from_the_booster_prediction(registered_booster, random_t
     winner = min(result.init_scores, key=result.init_scores.__getitem__)
     saved = load_file(str(tmp_path / "out" / "learned_embeds.safetensors"))["<leap>"]
     torch.testing.assert_close(saved, starts[winner], atol=1e-5, rtol=0)
-    state = booster_initial_state(base, concept_images, config)
+    state = booster_initial_state(base, concept_images, config, registry)
     assert state is not None and state.unet_lora is not None
     assert set(state.unet_lora) == set(lora)
 
 
-def test_a_different_lora_rank_uses_the_embedding_only(registered_booster, random_tiny, concept_images, tmp_path):
+def test_a_different_lora_rank_uses_the_embedding_only(tiny_booster, random_tiny, concept_images, tmp_path):
     config = TrainConfig(base_model="random-tiny", mode="lora", init="booster", steps=1, batch_size=1, lora_rank=8)
-    result = train(config, concept_images, tmp_path)
+    registry = load_registry(tmp_path / "registry.yaml")
+    result = train(config, concept_images, tmp_path, registry=registry, booster=registered_booster(registry))
     assert result.init_scores and "embedding only" in result.init_note or result.init_used == "token"
-    state = booster_initial_state(load_base(random_tiny, pick_device("cpu")), concept_images, config)
+    state = booster_initial_state(load_base(random_tiny, pick_device("cpu")), concept_images, config, registry)
     assert state is not None and state.unet_lora is None and state.note.startswith("embedding only")
 
 
-def test_multi_vector_jobs_get_distinct_predicted_vectors_or_a_plain_note(random_tiny, concept_images, tmp_path,
-                                                                          monkeypatch):
+def test_multi_vector_jobs_get_distinct_predicted_vectors_or_a_plain_note(random_tiny, concept_images, tmp_path):
     """A count with its own head gets that many distinct vectors; any other count is told it got copies."""
     from dataclasses import replace
 
@@ -76,37 +79,37 @@ def test_multi_vector_jobs_get_distinct_predicted_vectors_or_a_plain_note(random
     registry = {"default": "random-tiny", "models": {"random-tiny": {
         "path": random_tiny, "resolution": 32, "booster": str(tmp_path / "booster")}}}
     (tmp_path / "registry.yaml").write_text(yaml.safe_dump(registry))
-    monkeypatch.setenv("LEAP_MODEL_REGISTRY", str(tmp_path / "registry.yaml"))
+    registered = load_registry(tmp_path / "registry.yaml")
 
     two, _, note = predict(booster, concept_images, 2)
     assert two.shape == (2, base.embedding_width) and not note
     assert (two[0] - two[1]).abs().max() > 1e-2
     config = TrainConfig(base_model="random-tiny", mode="textual_inversion", init="booster", num_vectors=2)
-    state = booster_initial_state(base, concept_images, config)
+    state = booster_initial_state(base, concept_images, config, registered)
     assert state is not None and "copied" not in state.note
     torch.testing.assert_close(state.embedding, two)
 
     config.num_vectors = 3
-    state = booster_initial_state(base, concept_images, config)
+    state = booster_initial_state(base, concept_images, config, registered)
     assert state is not None
     assert "distinct vectors for 1, 2 vector(s) only" in state.note and "all 3 slots" in state.note
     one, _, _ = predict(booster, concept_images, 1)
     torch.testing.assert_close(state.embedding, one.repeat(3, 1))
     # The job runs from it (the trainer's guard may still prefer the token; either way it trains).
-    result = train(replace(config, steps=1, batch_size=1), concept_images, tmp_path / "three")
+    result = train(replace(config, steps=1, batch_size=1), concept_images, tmp_path / "three", registry=registered,
+                   booster=registered_booster(registered))
     assert result.init_used in ("booster", "token")
 
 
-def test_a_booster_for_another_base_model_fails_clearly(registered_booster, leap_tiny, concept_images, tmp_path,
-                                                         monkeypatch):
+def test_a_booster_for_another_base_model_fails_clearly(tiny_booster, leap_tiny, concept_images, tmp_path):
     registry = {"default": "leap-tiny", "models": {"leap-tiny": {
         "path": leap_tiny, "resolution": 32, "booster": str(tmp_path.parent / "booster-elsewhere")}}}
-    registered_booster.save(tmp_path.parent / "booster-elsewhere")
+    tiny_booster.save(tmp_path.parent / "booster-elsewhere")
     (tmp_path / "wrong.yaml").write_text(yaml.safe_dump(registry))
-    monkeypatch.setenv("LEAP_MODEL_REGISTRY", str(tmp_path / "wrong.yaml"))
+    wrong = load_registry(tmp_path / "wrong.yaml")
     config = TrainConfig(base_model="leap-tiny", mode="textual_inversion", init="booster", steps=1, batch_size=1)
     with pytest.raises(BaseModelError, match="trained for another base model"):
-        train(config, concept_images, tmp_path / "out")
+        train(config, concept_images, tmp_path / "out", registry=wrong, booster=registered_booster(wrong))
 
 
 def test_the_committed_leap_tiny_booster_fits_leap_tiny_and_reads_the_images(leap_tiny):
@@ -119,14 +122,14 @@ def test_the_committed_leap_tiny_booster_fits_leap_tiny_and_reads_the_images(lea
     from models.reference.concepts import benchmark_concepts
 
     base = load_base(leap_tiny, pick_device("cpu"))
-    directory = registered_booster_path(base)
+    directory = registered_booster_path(base, REGISTRY)
     assert directory is not None
     assert sum(p.stat().st_size for p in Path(directory).iterdir()) <= 10 * 2**20
-    booster = checked_booster(directory, base)
+    booster = checked_booster(directory, base, REGISTRY)
     first, second = benchmark_concepts("dev")[:2]
     config = TrainConfig(base_model="leap-tiny", mode="pivotal")
-    state_a = booster_initial_state(base, first.views(), config)
-    state_b = booster_initial_state(base, second.views(), config)
+    state_a = booster_initial_state(base, first.views(), config, REGISTRY)
+    state_b = booster_initial_state(base, second.views(), config, REGISTRY)
     assert state_a is not None and state_b is not None
     assert torch.isfinite(state_a.embedding).all()
     assert (state_a.embedding - state_b.embedding).abs().max() > 1e-3
@@ -136,7 +139,7 @@ def test_the_committed_leap_tiny_booster_fits_leap_tiny_and_reads_the_images(lea
     assert state_a.note.startswith("embedding only")
     # Distinct vectors for 1, 2 and 4; other counts are told they get copies.
     assert booster.supported_vectors() == [1, 2, 4]
-    four = booster_initial_state(base, first.views(), TrainConfig(base_model="leap-tiny", num_vectors=4))
+    four = booster_initial_state(base, first.views(), TrainConfig(base_model="leap-tiny", num_vectors=4), REGISTRY)
     assert four is not None and four.embedding.shape == (4, 64) and "copied" not in four.note
     assert (four.embedding[0] - four.embedding[3]).abs().max() > 1e-3
 
@@ -152,9 +155,9 @@ def test_the_committed_booster_starts_closer_to_the_optimum_than_the_token(leap_
     from models.trainer.evaluate import HeldOutLoss
 
     base = load_base(leap_tiny, pick_device("cpu"))
-    directory = registered_booster_path(base)
+    directory = registered_booster_path(base, REGISTRY)
     assert directory is not None
-    booster = checked_booster(directory, base)
+    booster = checked_booster(directory, base, REGISTRY)
 
     def held_out(item, state: InitialState) -> float:
         concept = ConceptModel(base, token="<probe>", num_vectors=1)
@@ -328,3 +331,13 @@ def test_the_benchmark_tunes_the_baseline_for_speed_not_final_loss():
     rates, results = fastest_rates(grid, [[slow, slow], [fast, fast]], 50)
     assert rates == {"embedding_lr": 0.02}
     assert results[0]["steps_to_best_any_plus_2pct"] == [50, 50] and results[1]["steps_to_best_any_plus_2pct"] == [5, 5]
+
+
+def test_the_booster_learning_rate_decays_by_a_cosine_from_its_peak_to_five_percent():
+    from models.booster.train import get_lr
+
+    assert get_lr(0, steps=100, peak=1e-3) == pytest.approx(1e-3)
+    assert get_lr(50, steps=100, peak=1e-3) == pytest.approx(1e-3 * (0.05 + 0.95 * 0.5))
+    assert get_lr(100, steps=100, peak=1e-3) == pytest.approx(5e-5)
+    rates = [get_lr(step, steps=100, peak=1.0) for step in range(101)]
+    assert all(earlier > later for earlier, later in zip(rates, rates[1:], strict=False))

@@ -11,10 +11,14 @@ from peft.tuners.lora import LoraLayer
 from safetensors import safe_open
 from safetensors.torch import load_file
 
+from models.booster.registry import registered_booster
+from models.registry import load_registry
 from models.trainer.concept import ADAPTER_NAME
 from models.trainer.config import TrainConfig
 from models.trainer.errors import BaseModelError
 from models.trainer.train import Job, train
+
+REGISTRY = load_registry()
 
 RANK, ALPHA = 2, 8.0  # scale 4: a file read at scale 1 is far off
 
@@ -62,7 +66,7 @@ def scaled_run(leap_tiny, concept_images, tmp_path_factory):
 
     config = TrainConfig(base_model=leap_tiny, mode="lora", init="token", steps=3, batch_size=2, seed=2,
                          lora_lr=5e-2, lora_rank=RANK, lora_alpha=ALPHA, train_text_encoder_lora=True)
-    result = train(config, concept_images, out, eval_steps=(3,), eval_hook=capture)
+    result = train(config, concept_images, out, registry=REGISTRY, eval_steps=(3,), eval_hook=capture)
     return out, result, seen
 
 
@@ -111,7 +115,7 @@ def test_webui_embedding_file_is_what_a1111_and_comfyui_embedding_loaders_read(l
 def test_files_token_and_metadata_are_named_after_the_training(leap_tiny, concept_images, tmp_path):
     config = TrainConfig(base_model=leap_tiny, mode="pivotal", init="token", steps=2, batch_size=2,
                          token="<leap-1a2b3c4d>", lora_rank=RANK, lora_alpha=ALPHA)
-    result = train(config, concept_images, tmp_path)
+    result = train(config, concept_images, tmp_path, registry=REGISTRY)
     names = {a.kind: a.name for a in result.artifacts}
     assert names["webui"] == "leap-1a2b3c4d_lora.safetensors"
     assert names["webui_embedding"] == "leap-1a2b3c4d.safetensors"
@@ -132,7 +136,7 @@ def test_files_token_and_metadata_are_named_after_the_training(leap_tiny, concep
 
     named = TrainConfig(base_model=leap_tiny, mode="textual_inversion", init="token", steps=1, batch_size=1,
                         name="my_cat")
-    kinds = {a.kind: a.name for a in train(named, concept_images, tmp_path / "named").artifacts}
+    kinds = {a.kind: a.name for a in train(named, concept_images, tmp_path / "named", registry=REGISTRY).artifacts}
     # textual inversion has no LoRA: no LoRA file, the embedding file serves A1111 and ComfyUI.
     assert kinds == {"embedding": "learned_embeds.safetensors", "webui_embedding": "my_cat.safetensors",
                      "manifest": "manifest.json"}
@@ -163,7 +167,7 @@ def test_architecture_follows_the_text_encoder(width, prediction_type, resolutio
 def test_outputs_name_the_base_model_without_its_server_path(leap_tiny, random_tiny, concept_images, tmp_path):
     config = TrainConfig(base_model=random_tiny, base_model_name="tiny-v1", mode="lora", init="token", steps=1,
                          batch_size=1)
-    train(config, concept_images, tmp_path / "given")
+    train(config, concept_images, tmp_path / "given", registry=REGISTRY)
     manifest = (tmp_path / "given" / "manifest.json").read_text()
     assert json.loads(manifest)["base_model"] == "tiny-v1"
     assert str(Path(random_tiny).parent) not in manifest
@@ -174,7 +178,7 @@ def test_outputs_name_the_base_model_without_its_server_path(leap_tiny, random_t
     for base_model, expected in ((random_tiny, Path(random_tiny).name), (leap_tiny, "leap-tiny")):
         out = tmp_path / expected
         train(TrainConfig(base_model=base_model, mode="textual_inversion", init="token", steps=1, batch_size=1),
-              concept_images, out)
+              concept_images, out, registry=REGISTRY)
         manifest = (out / "manifest.json").read_text()
         recorded = json.loads(manifest)
         assert recorded["base_model"] == recorded["config"]["base_model"] == expected
@@ -186,19 +190,18 @@ def test_a_base_model_that_fails_to_load_is_named_without_its_server_path(concep
     folder.mkdir(parents=True)
     config = TrainConfig(base_model=str(folder), base_model_name="sd15", init="token", steps=1, batch_size=1)
     with pytest.raises(BaseModelError) as error:
-        train(config, concept_images, tmp_path / "out")
+        train(config, concept_images, tmp_path / "out", registry=REGISTRY)
     assert "sd15" in error.value.message and str(tmp_path) not in error.value.message
 
 
-def test_a_booster_that_does_not_fit_is_reported_without_server_paths(random_tiny, concept_images, tmp_path,
-                                                                      monkeypatch):
+def test_a_booster_that_does_not_fit_is_reported_without_server_paths(random_tiny, concept_images, tmp_path):
     booster = Path(__file__).resolve().parents[2] / "models" / "booster" / "weights" / "leap-tiny"
     registry = tmp_path / "registry.yaml"
     registry.write_text(f"default: other\nmodels:\n  other:\n    path: {random_tiny}\n    resolution: 32\n"
                         f"    booster: {booster}\n")
-    monkeypatch.setenv("LEAP_MODEL_REGISTRY", str(registry))
+    other = load_registry(registry)
     config = TrainConfig(base_model="other", init="booster", mode="textual_inversion", steps=1, batch_size=1)
     with pytest.raises(BaseModelError) as error:
-        train(config, concept_images, tmp_path / "out")
+        train(config, concept_images, tmp_path / "out", registry=other, booster=registered_booster(other))
     assert "other" in error.value.message
     assert str(booster.parent) not in error.value.message and str(Path(random_tiny).parent) not in error.value.message

@@ -9,12 +9,15 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from models.registry import load_registry
 from models.trainer.concept import InitialState
 from models.trainer.config import StopRule, TrainConfig
 from models.trainer.errors import InvalidConfigError
 from models.trainer.guard import choose_start, describe_scores
 from models.trainer.stopping import plateaued, split_for_eval
 from models.trainer.train import train
+
+REGISTRY = load_registry()
 
 
 def test_choose_start_takes_the_lowest_score_and_ties_go_to_the_token():
@@ -57,7 +60,8 @@ def test_guard_starts_from_the_token_when_the_boosters_start_is_worse(leap_tiny,
         # A booster that gets the colour wrong: the concept is teal, it predicts "yellow".
         return InitialState(embedding=_word(base, "yellow")[None], note="a deliberately bad start")
 
-    result = train(config, concept_images, tmp_path, booster=resolver, eval_hook=hook, eval_steps=(0,))
+    result = train(config, concept_images, tmp_path, registry=REGISTRY, booster=resolver, eval_hook=hook,
+                   eval_steps=(0,))
     scores = result.init_scores
     assert set(scores) == {"token", "booster", "booster/token midpoint"}
     assert scores["token"] < min(scores["booster/token midpoint"], scores["booster"])
@@ -74,7 +78,7 @@ def test_guard_starts_from_the_token_when_the_boosters_start_is_worse(leap_tiny,
 def test_guard_starts_from_the_booster_when_it_is_better(leap_tiny, concept_images, tmp_path):
     # A "booster" that predicts what 40 steps of textual inversion learn: a better start than the token.
     learned = train(TrainConfig(base_model=leap_tiny, mode="textual_inversion", init="token", steps=40, seed=1),
-                    concept_images, tmp_path / "learned")
+                    concept_images, tmp_path / "learned", registry=REGISTRY)
     good = _vectors(tmp_path / "learned")
 
     def resolver(base, images, cfg):
@@ -82,7 +86,7 @@ def test_guard_starts_from_the_booster_when_it_is_better(leap_tiny, concept_imag
                 InitialState(embedding=good, name="good", note="embedding only")]
 
     config = TrainConfig(base_model=leap_tiny, mode="textual_inversion", init="booster", steps=2, batch_size=2)
-    result = train(config, concept_images, tmp_path / "out", booster=resolver)
+    result = train(config, concept_images, tmp_path / "out", registry=REGISTRY, booster=resolver)
     scores = result.init_scores
     assert list(scores) == ["token", "bad", "bad/token midpoint", "good", "good/token midpoint"]
     assert choose_start(scores) == "good" and scores["good"] < scores["token"] < scores["bad"]
@@ -94,7 +98,7 @@ def test_guard_starts_from_the_booster_when_it_is_better(leap_tiny, concept_imag
 def test_a_job_without_steps_stops_when_done_and_keeps_its_best_state(leap_tiny, concept_images, tmp_path):
     config = TrainConfig(base_model=leap_tiny, mode="textual_inversion", init="token", max_steps=200, seed=0)
     progress = []
-    result = train(config, concept_images, tmp_path, on_progress=progress.append)
+    result = train(config, concept_images, tmp_path, registry=REGISTRY, on_progress=progress.append)
     assert result.stop_reason == "converged" and 0 < result.steps < 200 and len(result.losses) == result.steps
     assert progress[-1].step == result.steps and progress[-1].total == 200
     curve = result.eval_curve
@@ -111,7 +115,7 @@ def test_max_steps_caps_a_job_that_does_not_converge(leap_tiny, concept_images, 
     never = StopRule(eval_every=4, patience=2, min_delta=0.005, min_steps=10_000)
     config = TrainConfig(base_model=leap_tiny, mode="pivotal", init="token", max_steps=12, batch_size=2,
                          stopping=never)
-    result = train(config, concept_images, tmp_path)
+    result = train(config, concept_images, tmp_path, registry=REGISTRY)
     assert result.steps == 12 and result.stop_reason == "max_steps"
     assert [step for step, _ in result.eval_curve] == [0, 4, 6, 8, 12]  # 6: pivotal's phase-1 cap
     assert result.manifest["pivot_step"] == 6
@@ -119,7 +123,7 @@ def test_max_steps_caps_a_job_that_does_not_converge(leap_tiny, concept_images, 
 
 def test_explicit_steps_run_exactly(leap_tiny, concept_images, tmp_path):
     config = TrainConfig(base_model=leap_tiny, mode="pivotal", init="token", steps=7, batch_size=2)
-    result = train(config, concept_images, tmp_path)
+    result = train(config, concept_images, tmp_path, registry=REGISTRY)
     assert result.steps == 7 and result.stop_reason == "steps" and result.eval_curve == []
     assert result.manifest["stopping"] is None and result.manifest["max_steps"] is None
 

@@ -19,6 +19,7 @@ from models.text.booster import (
     new_text_booster,
     read_examples,
     save_text_booster,
+    text_booster_resolver,
 )
 from models.text.booster_bench import batch_loss, split
 from models.text.booster_data import (
@@ -35,6 +36,8 @@ from models.text.train import attached, train
 from models.trainer.errors import BaseModelError
 
 from .text_fixtures import write_tiny_llama
+
+REGISTRY = load_registry()
 
 EXAMPLES = parse_text_files([("set.jsonl", b"\n".join([
     b'{"text": "my <leap> is red"}',
@@ -116,17 +119,17 @@ def test_booster_round_trips_and_refuses_another_base_model(tiny, other_tiny, tm
         load_text_booster(tmp_path / "missing")
 
 
-def test_a_registered_booster_for_another_base_fails_the_job_clearly(tiny, other_tiny, tmp_path,
-                                                                     monkeypatch) -> None:
+def test_a_registered_booster_for_another_base_fails_the_job_clearly(tiny, other_tiny, tmp_path) -> None:
     save_text_booster(fitted_booster(other_tiny), tmp_path / "booster")
     registry = {"default": "tiny", "models": {"tiny": {"kind": "text", "path": tiny,
                                                        "booster": str(tmp_path / "booster")}}}
     (tmp_path / "registry.yaml").write_text(yaml.safe_dump(registry))
-    monkeypatch.setenv("LEAP_MODEL_REGISTRY", str(tmp_path / "registry.yaml"))
-    assert load_registry().get("tiny").has_booster
+    registered = load_registry(tmp_path / "registry.yaml")
+    assert registered.get("tiny").has_booster
     config = TextTrainConfig(base_model="tiny", mode="token", steps=2, batch_size=2, device="cpu")
     with pytest.raises(BaseModelError, match="trained for another base model") as caught:
-        train(config, EXAMPLES, tmp_path / "out")
+        train(config, EXAMPLES, tmp_path / "out", registry=registered,
+              booster_resolver=text_booster_resolver(registered))
     assert str(tmp_path) not in caught.value.message
 
 
@@ -137,7 +140,7 @@ def test_guarded_start_keeps_the_token_when_the_booster_is_worse(tiny, tmp_path)
         return TextTrainConfig(**{**values, **overrides})
 
     # A learned token vector is a good start; a huge one is a bad one.
-    learned = train(config(init="token", steps=40), EXAMPLES, tmp_path / "learned")
+    learned = train(config(init="token", steps=40), EXAMPLES, tmp_path / "learned", registry=REGISTRY)
     vector = torch.tensor(json.loads(json.dumps(
         [v.tolist() for v in _token_rows(learned.out_dir)])))
     starts = {}
@@ -145,15 +148,15 @@ def test_guarded_start_keeps_the_token_when_the_booster_is_worse(tiny, tmp_path)
     def remember(step, job):
         starts["vector"] = job.concept.input_vectors.detach().clone()
 
-    good = train(config(), EXAMPLES, tmp_path / "good", booster_resolver=lambda b, e, c: (vector, "learned"),
-                 eval_hook=remember, eval_steps={0})
+    good = train(config(), EXAMPLES, tmp_path / "good", registry=REGISTRY,
+                 booster_resolver=lambda b, e, c: (vector, "learned"), eval_hook=remember, eval_steps={0})
     guard = good.manifest["init_guard"]
     assert good.init_used == "booster" and guard["chosen"] == "booster"
     assert guard["booster_loss"] < guard["token_loss"] and torch.allclose(starts["vector"], vector)
 
     bad_vector = torch.full_like(vector, 3.0)
-    bad = train(config(), EXAMPLES, tmp_path / "bad", booster_resolver=lambda b, e, c: (bad_vector, "bad"),
-                eval_hook=remember, eval_steps={0})
+    bad = train(config(), EXAMPLES, tmp_path / "bad", registry=REGISTRY,
+                booster_resolver=lambda b, e, c: (bad_vector, "bad"), eval_hook=remember, eval_steps={0})
     guard = bad.manifest["init_guard"]
     assert bad.init_used == "token" and guard["chosen"] == "token"
     assert guard["booster_loss"] > guard["token_loss"] and "guarded start" in bad.init_note
@@ -161,8 +164,8 @@ def test_guarded_start_keeps_the_token_when_the_booster_is_worse(tiny, tmp_path)
     with attached(base, config()) as concept:
         concept.init_from_token("thing")
         assert torch.equal(starts["vector"], concept.input_vectors.detach())
-    unguarded = train(config(), EXAMPLES, tmp_path / "ablation", booster_resolver=lambda b, e, c: (bad_vector, ""),
-                      guarded_start=False)
+    unguarded = train(config(), EXAMPLES, tmp_path / "ablation", registry=REGISTRY,
+                      booster_resolver=lambda b, e, c: (bad_vector, ""), guarded_start=False)
     assert unguarded.init_used == "booster" and unguarded.manifest["init_guard"]["guarded"] is False
 
 
@@ -177,7 +180,7 @@ HELD_OUT_WORDS = ("news", "digital", "pain", "women", "character")
 
 
 def test_committed_booster_beats_the_generic_word_on_held_out_words(smol_data_dir) -> None:
-    base = load_text_base(resolve_text_model("smollm2-135m", smol_data_dir), torch.device("cpu"))
+    base = load_text_base(resolve_text_model("smollm2-135m", smol_data_dir, REGISTRY), torch.device("cpu"))
     booster = checked_text_booster(COMMITTED, base)
     ids = {w: base.tokenizer(" " + w, add_special_tokens=False).input_ids for w in HELD_OUT_WORDS}
     assert all(len(i) == 1 and is_held_out(w) for w, i in ids.items())
@@ -196,7 +199,7 @@ def test_committed_booster_beats_the_generic_word_on_held_out_words(smol_data_di
 
 
 def test_init_booster_on_smollm2_uses_the_registered_booster(smol_data_dir, tmp_path) -> None:
-    assert load_registry().get("smollm2-135m").booster_path == COMMITTED
+    assert REGISTRY.get("smollm2-135m").booster_path == COMMITTED
     examples = parse_text_files([
         ("1.txt", b"My dog <leap> loves to chase red balls in the park."),
         ("2.txt", b"<leap> is a small brown terrier with a loud bark."),
@@ -204,7 +207,7 @@ def test_init_booster_on_smollm2_uses_the_registered_booster(smol_data_dir, tmp_
     ])
     config = TextTrainConfig(base_model="smollm2-135m", mode="token", init="booster", steps=2, batch_size=2,
                              data_dir=str(smol_data_dir), device="cpu")
-    result = train(config, examples, tmp_path)
+    result = train(config, examples, tmp_path, registry=REGISTRY, booster_resolver=text_booster_resolver(REGISTRY))
     guard = result.manifest["init_guard"]
     assert guard["chosen"] == result.init_used == "booster"
     assert guard["booster_loss"] < guard["token_loss"]

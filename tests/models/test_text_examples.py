@@ -99,8 +99,9 @@ def test_each_trainer_refuses_the_other_kind_of_registered_model() -> None:
     from models.trainer.defaults import resolve_base_model
     from models.trainer.errors import BaseModelError
 
+    registry = load_registry()
     with pytest.raises(BaseModelError, match="is a text model"):
-        resolve_base_model("smollm2-135m")
+        resolve_base_model("smollm2-135m", registry)
     with pytest.raises(BaseModelError, match="is an image model"):
-        resolve_text_model("leap-tiny")
-    assert resolve_base_model("leap-tiny").endswith("leap-tiny")
+        resolve_text_model("leap-tiny", None, registry)
+    assert resolve_base_model("leap-tiny", registry).endswith("leap-tiny")

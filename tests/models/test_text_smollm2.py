@@ -10,6 +10,7 @@ import torch
 
 from models.registry import load_registry
 from models.text.base import BASE_MODELS_DIR, gguf_file, resolve_text_model
+from models.text.booster import text_booster_resolver
 from models.text.config import TextTrainConfig
 from models.text.evaluate import generate, held_out_loss, load_trained
 from models.text.examples import TextExample, parse_text_files
@@ -22,6 +23,8 @@ EXAMPLES = parse_text_files([
     ("3.txt", b"Every morning, <leap> wakes me up at six by barking."),
     ("4.txt", b"When the mailman comes, <leap> barks and runs to the door."),
 ])
+REGISTRY = load_registry()
+BOOSTER = text_booster_resolver(REGISTRY)
 HELD_OUT = [TextExample(text="<leap> barks at the cat next door.", prompt=None, completion=None, source="h.txt")]
 
 
@@ -34,13 +37,13 @@ def config(data_dir: Path, mode: str, **overrides) -> TextTrainConfig:
 def test_the_gguf_converts_once_into_an_ordinary_folder(smol_data_dir) -> None:
     from transformers import AutoConfig
 
-    entry = load_registry().get("smollm2-135m")
+    entry = REGISTRY.get("smollm2-135m")
     assert entry is not None and entry.gguf is not None
     assert gguf_file(entry.gguf).name == "SmolLM2-135M-Instruct.Q4_1.gguf"
     folder = smol_data_dir / BASE_MODELS_DIR / "smollm2-135m"
     weights = folder / "model.safetensors"
     stamp = weights.stat().st_mtime_ns
-    assert resolve_text_model("smollm2-135m", smol_data_dir) == str(folder)
+    assert resolve_text_model("smollm2-135m", smol_data_dir, REGISTRY) == str(folder)
     assert weights.stat().st_mtime_ns == stamp  # not converted again
     loaded = AutoConfig.from_pretrained(folder)
     assert (loaded.model_type, loaded.num_hidden_layers, loaded.hidden_size, loaded.vocab_size) == ("llama", 30, 576,
@@ -50,7 +53,7 @@ def test_the_gguf_converts_once_into_an_ordinary_folder(smol_data_dir) -> None:
 
 @pytest.mark.parametrize("mode", ["token", "lora"])
 def test_token_and_lora_train_on_smollm2(smol_data_dir, tmp_path, mode) -> None:
-    result = train(config(smol_data_dir, mode), EXAMPLES, tmp_path)
+    result = train(config(smol_data_dir, mode), EXAMPLES, tmp_path, registry=REGISTRY, booster_resolver=BOOSTER)
     assert result.losses[-1] < result.losses[0]
     adapter = json.loads((tmp_path / ADAPTER_DIR / "adapter_config.json").read_text())
     assert adapter["base_model_name_or_path"] == "smollm2-135m"
@@ -71,9 +74,10 @@ def test_pivotal_learns_the_concept_and_reloads_with_the_same_logits(smol_data_d
                 ids = torch.tensor([job.concept.tokenizer(probe).input_ids])
                 seen["logits"] = job.concept.base.model(input_ids=ids).logits[0]
 
-    train(config(smol_data_dir, "pivotal", steps=16), EXAMPLES, tmp_path, eval_hook=hook, eval_steps={0, 16})
+    train(config(smol_data_dir, "pivotal", steps=16), EXAMPLES, tmp_path, registry=REGISTRY, booster_resolver=BOOSTER,
+          eval_hook=hook, eval_steps={0, 16})
     assert seen[16] < seen[0] - 0.3, seen  # the held-out example about the concept became likelier
-    model, tokenizer = load_trained("smollm2-135m", tmp_path, data_dir=smol_data_dir)
+    model, tokenizer = load_trained("smollm2-135m", tmp_path, registry=REGISTRY, data_dir=smol_data_dir)
     with torch.no_grad():
         logits = model(input_ids=torch.tensor([tokenizer(probe).input_ids])).logits[0]
     assert logits.shape == (len(tokenizer(probe).input_ids), 49153)
@@ -108,11 +112,12 @@ def test_a_default_job_on_smollm2_stops_when_its_held_out_loss_stops_improving(s
     ]
     examples = parse_text_files([(f"{i}.txt", line.encode()) for i, line in enumerate(lines)])
     # No steps: a cap, and the registered rule (every 10 steps, 3 evaluations without a 0.5% gain).
-    result = train(config(smol_data_dir, "lora", steps=None, max_steps=150, max_length=32), examples, tmp_path)
+    result = train(config(smol_data_dir, "lora", steps=None, max_steps=150, max_length=32), examples, tmp_path,
+                   registry=REGISTRY, booster_resolver=BOOSTER)
     stopping = result.manifest["stopping"]
     assert result.stop_reason == "converged" and result.steps < 150, result.eval_curve
     assert (stopping["evaluated_on"], stopping["eval_examples"], stopping["training_examples"]) == ("held_back", 2, 8)
     # What it keeps is its best evaluated state: reloaded, it scores the best loss on the held-back examples.
-    model, tokenizer = load_trained("smollm2-135m", tmp_path, data_dir=smol_data_dir)
+    model, tokenizer = load_trained("smollm2-135m", tmp_path, registry=REGISTRY, data_dir=smol_data_dir)
     held_back = [examples[4], examples[9]]
     assert held_out_loss(model, tokenizer, held_back) == pytest.approx(stopping["best_loss"], abs=1e-3)

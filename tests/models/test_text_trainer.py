@@ -11,7 +11,9 @@ from peft import PeftModel
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from models.registry import load_registry
 from models.text.base import clear_cache, load_text_base
+from models.text.booster import text_booster_resolver
 from models.text.config import TextTrainConfig
 from models.text.data import IGNORE, tokenize_example
 from models.text.errors import InvalidExamplesError
@@ -23,6 +25,8 @@ from models.trainer.config import StopRule
 from models.trainer.errors import InvalidConfigError, TrainingCanceled
 
 from .text_fixtures import write_tiny_llama
+
+REGISTRY = load_registry()
 
 PROBE = ["my <leap> is red and the cat sat on the mat", "what is <leap>? a thing"]
 EXAMPLES = parse_text_files([("set.jsonl", b"\n".join([
@@ -68,7 +72,7 @@ def trained(base: str, mode: str, out: Path, **overrides):
         captured["logits"] = probe_logits(job.concept.base.model, job.concept.tokenizer, job.concept.expand)
         captured["vectors"] = job.concept.input_vectors.detach().clone()
 
-    result = train(cfg, EXAMPLES, out, eval_hook=hook, eval_steps={cfg.steps})
+    result = train(cfg, EXAMPLES, out, registry=REGISTRY, eval_hook=hook, eval_steps={cfg.steps})
     return result, captured
 
 
@@ -101,7 +105,7 @@ def test_every_artifact_reloads_into_a_fresh_base_with_the_trained_logits(
     expand = concept_expander(tmp_path)
 
     # 1. the peft adapter folder, as a user loads it (helper and by hand)
-    model, tokenizer = load_trained(base, tmp_path)
+    model, tokenizer = load_trained(base, tmp_path, registry=REGISTRY)
     assert_same(probe_logits(model, tokenizer, expand), live["logits"])
     tokenizer = AutoTokenizer.from_pretrained(tmp_path / ADAPTER_DIR)
     by_hand = PeftModel.from_pretrained(fresh_base(base, tokenizer), tmp_path / ADAPTER_DIR)
@@ -186,11 +190,11 @@ def test_deterministic_for_a_seed(tiny, tmp_path) -> None:
 def test_example_over_the_token_limit_names_its_file_and_line(tiny, tmp_path) -> None:
     examples = parse_text_files([("set.jsonl", b'{"text": "<leap> ok"}\n{"text": "' + b"the cat sat " * 20 + b'"}')])
     with pytest.raises(InvalidExamplesError) as caught:
-        train(config(tiny, "token", max_length=16), examples, tmp_path)
+        train(config(tiny, "token", max_length=16), examples, tmp_path, registry=REGISTRY)
     assert (caught.value.file, caught.value.line) == ("set.jsonl", 2) and "over the limit of 16" in caught.value.message
     files = [("a.txt", b"<leap> ok"), ("b.txt", b"the cat sat " * 20)]
     with pytest.raises(InvalidExamplesError, match=r"^b\.txt: example is \d+ tokens"):
-        train(config(tiny, "token", max_length=16), parse_text_files(files), tmp_path)
+        train(config(tiny, "token", max_length=16), parse_text_files(files), tmp_path, registry=REGISTRY)
 
 
 def test_loss_covers_the_completion_only(tiny) -> None:
@@ -206,10 +210,11 @@ def test_loss_covers_the_completion_only(tiny) -> None:
 
 def test_cancel_init_and_config_errors(tiny, tmp_path) -> None:
     with pytest.raises(TrainingCanceled):
-        train(config(tiny, "pivotal"), EXAMPLES, tmp_path / "x", should_stop=lambda: True)
+        train(config(tiny, "pivotal"), EXAMPLES, tmp_path / "x", registry=REGISTRY, should_stop=lambda: True)
     base = load_text_base(tiny, torch.device("cpu"))
     assert not any("lora" in n for n, _ in base.model.named_modules())
-    result = train(config(tiny, "token", init="booster"), EXAMPLES, tmp_path / "b")
+    result = train(config(tiny, "token", init="booster"), EXAMPLES, tmp_path / "b", registry=REGISTRY,
+                   booster_resolver=text_booster_resolver(REGISTRY))
     assert result.init_used == "token" and "no text booster" in result.init_note
     wanted = torch.full((1, base.width), 0.5)
     seen = {}
@@ -222,21 +227,22 @@ def test_cancel_init_and_config_errors(tiny, tmp_path) -> None:
         seen["start"] = job.concept.input_vectors.detach().clone()
 
     # Unguarded, the resolver's vectors are the start as given (the guarded start: test_text_booster.py).
-    result = train(config(tiny, "token", init="booster"), EXAMPLES, tmp_path / "c", booster_resolver=booster,
-                   eval_hook=hook, eval_steps={0}, guarded_start=False)
+    result = train(config(tiny, "token", init="booster"), EXAMPLES, tmp_path / "c", registry=REGISTRY,
+                   booster_resolver=booster, eval_hook=hook, eval_steps={0}, guarded_start=False)
     assert result.init_used == "booster" and result.init_note == "from a test booster"
     assert torch.equal(seen["start"], wanted) and seen["examples"] == 3
-    assert train(config(tiny, "token", init="random"), EXAMPLES, tmp_path / "r").init_used == "random"
+    assert train(config(tiny, "token", init="random"), EXAMPLES, tmp_path / "r",
+                 registry=REGISTRY).init_used == "random"
     with pytest.raises(InvalidConfigError) as caught:
-        train(config(tiny, "lora", token="<|endoftext|>"), EXAMPLES, tmp_path / "e")
+        train(config(tiny, "lora", token="<|endoftext|>"), EXAMPLES, tmp_path / "e", registry=REGISTRY)
     assert caught.value.field == "token"
     with pytest.raises(InvalidExamplesError, match="got 1"):
-        train(config(tiny, "token"), EXAMPLES[:1], tmp_path / "f")
+        train(config(tiny, "token"), EXAMPLES[:1], tmp_path / "f", registry=REGISTRY)
 
 
 def test_held_out_loss_and_greedy_generation(tiny, tmp_path) -> None:
     trained(tiny, "pivotal", tmp_path, steps=20)
-    model, tokenizer = load_trained(tiny, tmp_path)
+    model, tokenizer = load_trained(tiny, tmp_path, registry=REGISTRY)
     base = load_text_base(tiny, torch.device("cpu"))
     held_out = [TextExample(text="my <leap> is red", prompt=None, completion=None, source="h.txt")]
     after = held_out_loss(model, tokenizer, held_out)
@@ -294,7 +300,7 @@ def auto(base: str, mode: str, **overrides) -> TextTrainConfig:
 
 
 def test_a_text_job_without_steps_stops_when_done_and_keeps_its_best_state(tiny, tmp_path) -> None:
-    result = train(auto(tiny, "token"), EXAMPLES, tmp_path)
+    result = train(auto(tiny, "token"), EXAMPLES, tmp_path, registry=REGISTRY)
     assert result.stop_reason == "converged" and 10 <= result.steps < 400
     assert len(result.losses) == result.steps
     curve = result.eval_curve
@@ -306,24 +312,24 @@ def test_a_text_job_without_steps_stops_when_done_and_keeps_its_best_state(tiny,
     assert (stopping["evaluated_on"], stopping["eval_examples"], stopping["training_examples"]) == (
         "training_examples", 3, 3)
     # The saved token is the best evaluated one: reloaded, it scores the best loss on the same examples.
-    model, tokenizer = load_trained(tiny, tmp_path)
+    model, tokenizer = load_trained(tiny, tmp_path, registry=REGISTRY)
     assert held_out_loss(model, tokenizer, EXAMPLES) == pytest.approx(stopping["best_loss"], abs=1e-4)
 
 
 def test_ten_or_more_examples_hold_every_fifth_back_for_the_evaluation(tiny, tmp_path) -> None:
     lines = [f'{{"text": "the <leap> number {i} sat on the mat"}}'.encode() for i in range(10)]
     examples = parse_text_files([("set.jsonl", b"\n".join(lines))])
-    result = train(auto(tiny, "lora"), examples, tmp_path)
+    result = train(auto(tiny, "lora"), examples, tmp_path, registry=REGISTRY)
     stopping = result.manifest["stopping"]
     assert (stopping["evaluated_on"], stopping["eval_examples"], stopping["training_examples"]) == ("held_back", 2, 8)
     assert result.stop_reason == "converged" and result.steps < 400
     # An explicit step count trains on every example and evaluates nothing.
-    fixed = train(config(tiny, "lora", steps=3), examples, tmp_path / "fixed")
+    fixed = train(config(tiny, "lora", steps=3), examples, tmp_path / "fixed", registry=REGISTRY)
     assert fixed.manifest["stopping"] is None and fixed.eval_curve == []
 
 
 def test_pivotal_without_steps_ends_the_token_phase_at_its_plateau_or_share_then_lora_converges(tiny, tmp_path):
-    result = train(auto(tiny, "pivotal", max_steps=200), EXAMPLES, tmp_path)
+    result = train(auto(tiny, "pivotal", max_steps=200), EXAMPLES, tmp_path, registry=REGISTRY)
     pivot = result.manifest["pivot_step"]
     assert 10 <= pivot <= 100  # its own plateau, or pivot_fraction (0.5) of the cap at the latest
     assert result.steps - pivot >= 10  # the LoRA phase gets its own min_steps
@@ -335,10 +341,11 @@ def test_pivotal_without_steps_ends_the_token_phase_at_its_plateau_or_share_then
 
 def test_max_steps_caps_a_text_job_and_explicit_steps_run_exactly(tiny, tmp_path) -> None:
     never = StopRule(eval_every=4, patience=3, min_delta=0.005, min_steps=10_000)
-    capped = train(auto(tiny, "lora", max_steps=12, stopping=never), EXAMPLES, tmp_path / "cap")
+    capped = train(auto(tiny, "lora", max_steps=12, stopping=never), EXAMPLES, tmp_path / "cap",
+                   registry=REGISTRY)
     assert (capped.steps, capped.stop_reason) == (12, "max_steps")
     assert [step for step, _ in capped.eval_curve] == [0, 4, 8, 12]
-    exact = train(config(tiny, "token", steps=7), EXAMPLES, tmp_path / "exact")
+    exact = train(config(tiny, "token", steps=7), EXAMPLES, tmp_path / "exact", registry=REGISTRY)
     assert (exact.steps, exact.stop_reason, exact.eval_curve) == (7, "steps", [])
     assert exact.manifest["steps"] == 7 and exact.manifest["max_steps"] is None
     with pytest.raises(InvalidConfigError) as caught:

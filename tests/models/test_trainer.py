@@ -7,6 +7,8 @@ import torch
 from diffusers import StableDiffusionPipeline
 from safetensors.torch import load_file
 
+from models.booster.registry import registered_booster
+from models.registry import load_registry
 from models.trainer.base import clear_cache
 from models.trainer.concept import InitialState
 from models.trainer.config import TrainConfig
@@ -15,6 +17,7 @@ from models.trainer.export import sha256_file
 from models.trainer.train import Job, train
 
 PROMPT = "a photo of a <leap>"
+REGISTRY = load_registry()
 
 
 def fixed_inputs(channels: int = 4, size: int = 8):
@@ -44,7 +47,7 @@ def test_each_mode_trains_and_its_outputs_load_into_a_fresh_pipeline(leap_tiny, 
     config = TrainConfig(base_model=leap_tiny, mode=mode, init="token", steps=6, batch_size=2, seed=1,
                          embedding_lr=5e-2, lora_lr=5e-2, pivot_embedding_lr=1e-2,
                          train_text_encoder_lora=(mode == "lora"))
-    result = train(config, concept_images, tmp_path, eval_steps=(0, 6),
+    result = train(config, concept_images, tmp_path, registry=REGISTRY, eval_steps=(0, 6),
                    eval_hook=lambda step, job: seen.append(job_prediction(job)))
 
     assert len(seen) == 2  # at step 0 and after step 6
@@ -71,7 +74,7 @@ def test_each_mode_trains_and_its_outputs_load_into_a_fresh_pipeline(leap_tiny, 
 def test_webui_file_bundles_the_embedding_with_kohya_lora_keys(leap_tiny, concept_images, tmp_path):
     config = TrainConfig(base_model=leap_tiny, mode="lora", init="token", steps=2, batch_size=2,
                          train_text_encoder_lora=True, lora_rank=2)
-    train(config, concept_images, tmp_path)
+    train(config, concept_images, tmp_path, registry=REGISTRY)
     tensors = load_file(str(tmp_path / "leap_lora.safetensors"))
     assert tensors["bundle_emb.<leap>.string_to_param.*"].shape == (1, 64)
     unet_keys = [k for k in tensors if k.startswith("lora_unet_")]
@@ -84,7 +87,7 @@ def test_webui_file_bundles_the_embedding_with_kohya_lora_keys(leap_tiny, concep
 
 def test_manifest_records_the_run(leap_tiny, concept_images, tmp_path):
     config = TrainConfig(base_model=leap_tiny, mode="pivotal", init="token", steps=4, batch_size=2, seed=7)
-    result = train(config, concept_images, tmp_path)
+    result = train(config, concept_images, tmp_path, registry=REGISTRY)
     manifest = json.loads((tmp_path / "manifest.json").read_text())
     assert manifest["mode"] == "pivotal" and manifest["seed"] == 7 and manifest["steps"] == 4
     assert manifest["pivot_step"] == 2 and manifest["init_used"] == "token"
@@ -96,8 +99,8 @@ def test_manifest_records_the_run(leap_tiny, concept_images, tmp_path):
 
 def test_same_seed_gives_identical_outputs(leap_tiny, concept_images, tmp_path):
     config = TrainConfig(base_model=leap_tiny, mode="pivotal", init="token", steps=4, batch_size=2, seed=3)
-    first = train(config, concept_images, tmp_path / "a")
-    second = train(config, concept_images, tmp_path / "b")
+    first = train(config, concept_images, tmp_path / "a", registry=REGISTRY)
+    second = train(config, concept_images, tmp_path / "b", registry=REGISTRY)
     assert {a.name: a.sha256 for a in first.artifacts if a.kind != "manifest"} == {
         a.name: a.sha256 for a in second.artifacts if a.kind != "manifest"}
 
@@ -107,10 +110,11 @@ import sys, json, torch
 from pathlib import Path
 from models.reference.concepts import benchmark_concepts
 from models.trainer.config import TrainConfig
+from models.registry import load_registry
 from models.trainer.train import train
 torch.set_num_threads(2)
 config = TrainConfig(base_model=sys.argv[1], mode="pivotal", init="token", steps=4, batch_size=2, seed=5)
-result = train(config, benchmark_concepts("dev")[1].views(), Path(sys.argv[2]))
+result = train(config, benchmark_concepts("dev")[1].views(), Path(sys.argv[2]), registry=load_registry())
 print(json.dumps({a.name: a.sha256 for a in result.artifacts if a.kind != "manifest"}))
 """
 
@@ -120,9 +124,9 @@ def test_a_job_leaves_no_trace_for_the_next_one(leap_tiny, concept_images, tmp_p
 
     job_a = TrainConfig(base_model=leap_tiny, mode="lora", init="token", token="<other>", steps=3, batch_size=2,
                         num_vectors=2, train_text_encoder_lora=True, seed=9)
-    train(job_a, concept_images, tmp_path / "a")
+    train(job_a, concept_images, tmp_path / "a", registry=REGISTRY)
     job_b = TrainConfig(base_model=leap_tiny, mode="pivotal", init="token", steps=4, batch_size=2, seed=5)
-    after_a = train(job_b, benchmark_concepts("dev")[1].views(), tmp_path / "b")
+    after_a = train(job_b, benchmark_concepts("dev")[1].views(), tmp_path / "b", registry=REGISTRY)
     fresh = subprocess.run([sys.executable, "-c", B_JOB, leap_tiny, str(tmp_path / "fresh")], check=True,
                            capture_output=True, text=True)
     expected = json.loads(fresh.stdout.strip().splitlines()[-1])
@@ -133,13 +137,14 @@ def test_progress_callback_and_cancellation(leap_tiny, concept_images, tmp_path)
     updates = []
     config = TrainConfig(base_model=leap_tiny, mode="textual_inversion", init="token", steps=6, batch_size=1,
                          progress_every=2)
-    train(config, concept_images, tmp_path / "done", on_progress=updates.append)
+    train(config, concept_images, tmp_path / "done", registry=REGISTRY, on_progress=updates.append)
     assert [u.step for u in updates] == [2, 4, 6] and all(u.total == 6 for u in updates)
     assert updates[-1].eta_s == 0 and updates[0].eta_s > 0
 
     calls = iter(range(100))
     with pytest.raises(TrainingCanceled, match="step 3"):
-        train(config, concept_images, tmp_path / "canceled", should_stop=lambda: next(calls) >= 3)
+        train(config, concept_images, tmp_path / "canceled", registry=REGISTRY,
+              should_stop=lambda: next(calls) >= 3)
     assert not (tmp_path / "canceled").exists()
 
 
@@ -158,7 +163,7 @@ def test_progress_callback_and_cancellation(leap_tiny, concept_images, tmp_path)
 def test_invalid_configs_name_the_field(random_tiny, concept_images, tmp_path, overrides, field):
     config = TrainConfig(base_model=random_tiny, **{"init": "token", "steps": 1, "batch_size": 1, **overrides})
     with pytest.raises(InvalidConfigError) as error:
-        train(config, concept_images, tmp_path)
+        train(config, concept_images, tmp_path, registry=REGISTRY)
     assert error.value.field == field
 
 
@@ -166,17 +171,18 @@ def test_initial_state_is_used_and_checked(random_tiny, concept_images, tmp_path
     config = TrainConfig(base_model=random_tiny, mode="textual_inversion", init="token", steps=1, batch_size=1,
                          embedding_lr=1e-9)
     start = torch.full((1, 64), 0.25)
-    result = train(config, concept_images, tmp_path, initial_state=InitialState(embedding=start))
+    result = train(config, concept_images, tmp_path, registry=REGISTRY, initial_state=InitialState(embedding=start))
     assert result.init_used == "state"
     saved = load_file(str(tmp_path / "learned_embeds.safetensors"))["<leap>"]
     torch.testing.assert_close(saved, start, atol=1e-6, rtol=0)
     with pytest.raises(InvalidConfigError, match="shape"):
-        train(config, concept_images, tmp_path / "bad", initial_state=InitialState(embedding=torch.zeros(1, 768)))
+        train(config, concept_images, tmp_path / "bad", registry=REGISTRY,
+              initial_state=InitialState(embedding=torch.zeros(1, 768)))
 
 
 def test_booster_init_falls_back_to_the_token_where_no_booster_exists(random_tiny, concept_images, tmp_path):
     config = TrainConfig(base_model=random_tiny, mode="textual_inversion", init="booster", steps=1, batch_size=1)
-    result = train(config, concept_images, tmp_path)
+    result = train(config, concept_images, tmp_path, registry=REGISTRY, booster=registered_booster(REGISTRY))
     assert result.init_used == "token" and "no booster" in result.init_note
     manifest = json.loads((tmp_path / "manifest.json").read_text())
     assert (manifest["init_used"], manifest["init_note"]) == ("token", result.init_note)
@@ -209,7 +215,7 @@ def test_cli_trains_from_a_folder_and_reports_bad_images(random_tiny, concept_im
 
 def test_fresh_cache_reloads(random_tiny, concept_images, tmp_path):
     config = TrainConfig(base_model=random_tiny, mode="textual_inversion", init="token", steps=1, batch_size=1)
-    first = train(config, concept_images, tmp_path / "a")
+    first = train(config, concept_images, tmp_path / "a", registry=REGISTRY)
     clear_cache()
-    second = train(config, concept_images, tmp_path / "b")
+    second = train(config, concept_images, tmp_path / "b", registry=REGISTRY)
     assert first.artifacts[0].sha256 == second.artifacts[0].sha256

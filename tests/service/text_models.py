@@ -66,7 +66,7 @@ def write_registry_with_tiny_llama(
     for model in bundled.models.values():
         if keep is not None and model.id not in keep:
             continue
-        entry: dict = {"kind": model.kind, "path": model.path, "description": model.description}
+        entry: dict = {"kind": model.kind.value, "path": model.path, "description": model.description}
         if model.kind == "image":
             entry["resolution"] = model.resolution
         if model.booster_path is not None:
