@@ -178,8 +178,12 @@ def test_stream_sends_snapshot_every_progress_event_logs_and_final_status_then_c
     driver.join(timeout=30)
     check_stream(received, steps=12)
     full = received[0][1]
-    assert full == client.get(f"/v1/trainings/{training_id}", headers=tenant.headers).json() | {
+    final = client.get(f"/v1/trainings/{training_id}", headers=tenant.headers).json()
+    url = final["urls"]["get"]
+    assert full == final | {
         "status": "queued",
+        "queue_position": 1,
+        "urls": final["urls"] | {"cancel": f"{url}/cancel", "stream": f"{url}/stream"},
         "progress": full["progress"],
         "started_at": None,
         "finished_at": None,
