@@ -19,7 +19,8 @@ from celery.signals import worker_process_init
 from sqlalchemy.orm import Session
 
 from app.db import Database, create_database, unit_of_work
-from app.outbox.service import Sender, bind_sender
+from app.ids import uuid_or_none
+from app.outbox.sender import Sender, bind_sender
 from app.settings import Settings, get_settings
 from app.storage import Storage, make_storage
 from models.registry import Registry, load_registry
@@ -131,8 +132,26 @@ def _preload_text_model(model_id: str, runtime: WorkerRuntime, device: Any) -> N
 
 def parse_task_id(task: str, value: str) -> uuid.UUID | None:
     """A task's id argument as a UUID; a malformed one is logged and the message dropped (None)."""
-    try:
-        return uuid.UUID(value)
-    except ValueError:
+    parsed = uuid_or_none(value)
+    if parsed is None:
         logging.getLogger(__name__).error("%s got a malformed id %r; dropped", task, value)
-        return None
+    return parsed
+
+
+def run_by_id(
+    task: str,
+    raw_id: str,
+    body: Callable[[Session, uuid.UUID, Settings], str],
+    *,
+    what: str,
+    logger: logging.Logger,
+) -> None:
+    """A task whose body acts on one row by id in one unit of work: parse the id (a malformed one is
+    logged and dropped), run the body, log the outcome it returns as `<what> <id>: <outcome>`."""
+    parsed = parse_task_id(task, raw_id)
+    if parsed is None:
+        return
+    runtime = get_runtime()
+    with runtime.unit_of_work() as session:
+        outcome = body(session, parsed, runtime.settings)
+    logger.info("%s %s: %s", what, raw_id, outcome)
