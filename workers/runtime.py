@@ -23,6 +23,7 @@ from app.ids import uuid_or_none
 from app.outbox.sender import Sender, bind_sender
 from app.settings import Settings, get_settings
 from app.storage import Storage, make_storage
+from models.enums import Kind
 from models.registry import Registry, load_registry
 from models.trainer.config import TrainResult
 from workers.celery_app import make_sender
@@ -101,9 +102,9 @@ def _preload_models(**_: Any) -> None:
     if not entries:
         return
     kinds = {entry.kind for entry in entries}
-    if "image" in kinds:
+    if Kind.IMAGE in kinds:
         load_trainer(runtime.settings.trainer)
-    if "text" in kinds:
+    if Kind.TEXT in kinds:
         load_trainer(runtime.settings.text_trainer)
     from models.trainer.base import load_base, pick_device
 
@@ -111,7 +112,7 @@ def _preload_models(**_: Any) -> None:
     logger = logging.getLogger(__name__)
     for entry in entries:
         try:
-            if entry.kind == "text":
+            if entry.kind == Kind.TEXT:
                 _preload_text_model(entry.id, runtime, device)
             else:
                 load_base(entry.path, device)
