@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 
 from fastapi import Request
 from sqlalchemy import Engine, create_engine, event, select
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 
@@ -32,6 +33,30 @@ def lock_by_id(session: Session, model: type[_Row], row_id: Any) -> _Row | None:
         .execution_options(populate_existing=True)
     )
     return session.scalars(query).one_or_none()
+
+
+def lock_due(session: Session, model: type[_Row], *, status: str, due_before: Any, limit: int) -> list[_Row]:
+    """Rows in `status` whose next_attempt_at is at or before `due_before`, oldest first, locked for
+    update; rows another worker holds are skipped (they are being worked on)."""
+    query = (
+        select(model)
+        .where(model.status == status, model.next_attempt_at <= due_before)  # type: ignore[attr-defined]
+        .order_by(model.next_attempt_at)  # type: ignore[attr-defined]
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    )
+    return list(session.scalars(query))
+
+
+def insert_ignoring_conflict(
+    session: Session, model: type[Any], values: dict[str, Any], *, index_elements: list[str], returning: Any
+) -> Any | None:
+    """INSERT ... ON CONFLICT (index_elements) DO NOTHING RETURNING `returning` (Postgres or SQLite);
+    the returned value, or None when a conflicting row already existed (nothing written)."""
+    insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
+    statement = insert(model).values(**values).on_conflict_do_nothing(index_elements=index_elements)
+    row = session.execute(statement.returning(returning)).first()
+    return None if row is None else row[0]
 
 
 @dataclass(frozen=True)

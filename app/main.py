@@ -20,7 +20,7 @@ from app.health.metrics import HttpMetricsMiddleware, TrainingCollector
 from app.health.routes import router as health_router
 from app.memory import release_large_buffers
 from app.options import OptionsMiddleware
-from app.outbox.service import bind_sender
+from app.outbox.sender import bind_sender
 from app.settings import Settings, get_settings
 from app.storage import make_storage
 from app.storage.routes import router as files_router

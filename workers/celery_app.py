@@ -6,10 +6,8 @@ from typing import Any
 
 from celery import Celery
 
+from app import task_names
 from app.settings import Settings, get_settings
-
-RUN_TRAINING = "trainings.run"
-SWEEP = "sweeper.sweep"
 
 
 def broker_options(settings: Settings) -> dict[str, Any]:
@@ -66,7 +64,7 @@ def create_celery(settings: Settings) -> Celery:
         worker_hijack_root_logger=False,
         beat_schedule={
             "sweep": {
-                "task": SWEEP,
+                "task": task_names.SWEEP,
                 "schedule": settings.sweeper_interval.total_seconds(),
                 "options": {
                     "queue": settings.maintenance_queue,

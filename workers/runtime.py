@@ -19,9 +19,11 @@ from celery.signals import worker_process_init
 from sqlalchemy.orm import Session
 
 from app.db import Database, create_database, unit_of_work
-from app.outbox.service import Sender, bind_sender
+from app.ids import uuid_or_none
+from app.outbox.sender import Sender, bind_sender
 from app.settings import Settings, get_settings
 from app.storage import Storage, make_storage
+from models.enums import Kind
 from models.registry import Registry, load_registry
 from models.trainer.config import TrainResult
 from workers.celery_app import make_sender
@@ -100,9 +102,9 @@ def _preload_models(**_: Any) -> None:
     if not entries:
         return
     kinds = {entry.kind for entry in entries}
-    if "image" in kinds:
+    if Kind.IMAGE in kinds:
         load_trainer(runtime.settings.trainer)
-    if "text" in kinds:
+    if Kind.TEXT in kinds:
         load_trainer(runtime.settings.text_trainer)
     from models.trainer.base import load_base, pick_device
 
@@ -110,7 +112,7 @@ def _preload_models(**_: Any) -> None:
     logger = logging.getLogger(__name__)
     for entry in entries:
         try:
-            if entry.kind == "text":
+            if entry.kind == Kind.TEXT:
                 _preload_text_model(entry.id, runtime, device)
             else:
                 load_base(entry.path, device)
@@ -131,8 +133,26 @@ def _preload_text_model(model_id: str, runtime: WorkerRuntime, device: Any) -> N
 
 def parse_task_id(task: str, value: str) -> uuid.UUID | None:
     """A task's id argument as a UUID; a malformed one is logged and the message dropped (None)."""
-    try:
-        return uuid.UUID(value)
-    except ValueError:
+    parsed = uuid_or_none(value)
+    if parsed is None:
         logging.getLogger(__name__).error("%s got a malformed id %r; dropped", task, value)
-        return None
+    return parsed
+
+
+def run_by_id(
+    task: str,
+    raw_id: str,
+    body: Callable[[Session, uuid.UUID, Settings], str],
+    *,
+    what: str,
+    logger: logging.Logger,
+) -> None:
+    """A task whose body acts on one row by id in one unit of work: parse the id (a malformed one is
+    logged and dropped), run the body, log the outcome it returns as `<what> <id>: <outcome>`."""
+    parsed = parse_task_id(task, raw_id)
+    if parsed is None:
+        return
+    runtime = get_runtime()
+    with runtime.unit_of_work() as session:
+        outcome = body(session, parsed, runtime.settings)
+    logger.info("%s %s: %s", what, raw_id, outcome)

@@ -5,20 +5,20 @@ from __future__ import annotations
 
 from celery import shared_task
 
-from app.billing import service as billing
+from app import task_names
+from app.billing import relay as billing_relay
 from app.trainings import lifecycle, orphans
 from app.webhooks import delivery as webhook_delivery
-from workers.celery_app import SWEEP
 from workers.runtime import get_runtime
 
 
-@shared_task(name=SWEEP, acks_late=True, ignore_result=True)
+@shared_task(name=task_names.SWEEP, acks_late=True, ignore_result=True)
 def sweep() -> None:
     """Run one sweep (beat schedules it every LEAP_SWEEPER_INTERVAL)."""
     runtime = get_runtime()
     with runtime.unit_of_work() as session:
         webhook_delivery.resend_stale(session, settings=runtime.settings)
-        billing.resend_stale(session, settings=runtime.settings)
+        billing_relay.resend_stale(session, settings=runtime.settings)
     with runtime.unit_of_work() as session:
         lifecycle.sweep(session, settings=runtime.settings, storage=runtime.storage, send=runtime.send)
         orphans.purge_orphan_inputs(session, storage=runtime.storage, settings=runtime.settings)

@@ -19,15 +19,15 @@ from typing import Any
 from celery import Task, shared_task
 from sqlalchemy.exc import InterfaceError, OperationalError
 
+from app import task_names
 from app.storage import StorageError
 from app.trainings import lifecycle, logs
-from app.trainings.service import artifacts_prefix, build_config, build_text_config
+from app.trainings.jobs import artifacts_prefix, build_config, build_text_config
 from models.text.examples import parse_text_files
 from models.trainer.config import Progress, TrainResult
 from models.trainer.errors import TrainerError, TrainingCanceled
 from models.trainer.images import ImageSource, decode_images
-from workers.celery_app import RUN_TRAINING
-from workers.runtime import WorkerRuntime, get_runtime, load_trainer
+from workers.runtime import WorkerRuntime, get_runtime, load_trainer, parse_task_id
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +41,7 @@ class ClaimUnavailable(Exception):
     """The database could not be reached to claim the training; the message is sent again later."""
 
 
-@shared_task(name=RUN_TRAINING, acks_late=True, ignore_result=True, bind=True, max_retries=None)
+@shared_task(name=task_names.RUN_TRAINING, acks_late=True, ignore_result=True, bind=True, max_retries=None)
 def run_training(self: Task, training_id: str) -> None:
     """Run one training by id; a duplicate or late message finds nothing to claim and returns."""
     runtime = get_runtime()
@@ -157,9 +157,8 @@ def _device_name() -> str:
 
 
 def _run_training(runtime: WorkerRuntime, training_id: str) -> None:
-    parsed = lifecycle.parse_training_id(training_id)
+    parsed = parse_task_id(task_names.RUN_TRAINING, training_id)
     if parsed is None:
-        logger.error("trainings.run got a malformed id %r; dropped", training_id)
         return
     try:
         with runtime.unit_of_work() as session:

@@ -6,19 +6,20 @@ import logging
 
 from celery import shared_task
 
-from app.billing import service as billing
-from workers.runtime import get_runtime, parse_task_id
+from app import task_names
+from app.billing import relay as billing_relay
+from workers.runtime import run_by_id
 
 logger = logging.getLogger(__name__)
 
 
-@shared_task(name=billing.RELAY_TASK, acks_late=True, ignore_result=True)
+@shared_task(name=task_names.RELAY_USAGE, acks_late=True, ignore_result=True)
 def relay(delivery_id: str) -> None:
     """Relay one billing delivery by id; a duplicate finds it locked, done or not yet due."""
-    parsed = parse_task_id(billing.RELAY_TASK, delivery_id)
-    if parsed is None:
-        return
-    runtime = get_runtime()
-    with runtime.unit_of_work() as session:
-        outcome = billing.relay(session, delivery_id=parsed, settings=runtime.settings)
-    logger.info("billing delivery %s: %s", delivery_id, outcome)
+    run_by_id(
+        task_names.RELAY_USAGE,
+        delivery_id,
+        lambda session, parsed, settings: billing_relay.relay(session, delivery_id=parsed, settings=settings),
+        what="billing delivery",
+        logger=logger,
+    )

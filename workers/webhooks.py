@@ -6,21 +6,20 @@ import logging
 
 from celery import shared_task
 
-from app.webhooks import delivery, service
-from workers.runtime import get_runtime, parse_task_id
+from app import task_names
+from app.webhooks import delivery
+from workers.runtime import run_by_id
 
 logger = logging.getLogger(__name__)
 
-DELIVER = service.DELIVER_TASK
 
-
-@shared_task(name=DELIVER, acks_late=True, ignore_result=True)
+@shared_task(name=task_names.DELIVER_WEBHOOK, acks_late=True, ignore_result=True)
 def deliver(delivery_id: str) -> None:
     """Attempt one webhook delivery by id; a duplicate finds it locked, done or not yet due."""
-    parsed = parse_task_id(DELIVER, delivery_id)
-    if parsed is None:
-        return
-    runtime = get_runtime()
-    with runtime.unit_of_work() as session:
-        outcome = delivery.attempt(session, delivery_id=parsed, settings=runtime.settings)
-    logger.info("webhook delivery %s: %s", delivery_id, outcome)
+    run_by_id(
+        task_names.DELIVER_WEBHOOK,
+        delivery_id,
+        lambda session, parsed, settings: delivery.attempt(session, delivery_id=parsed, settings=settings),
+        what="webhook delivery",
+        logger=logger,
+    )

@@ -7,24 +7,18 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import select, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from app.db import lock_by_id
+from app.db import insert_ignoring_conflict, lock_by_id, lock_due
+from app.enums import BillingDeliveryStatus
 from app.orm import BillingDelivery, Tenant, UsageRecord
 
 
 def insert_once(session: Session, values: dict[str, Any]) -> uuid.UUID | None:
     """A delivery of a record to a sink, unless it exists; the new id or None."""
-    insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
-    statement = (
-        insert(BillingDelivery)
-        .values(**values)
-        .on_conflict_do_nothing(index_elements=["usage_record_id", "sink"])
-        .returning(BillingDelivery.id)
+    return insert_ignoring_conflict(
+        session, BillingDelivery, values, index_elements=["usage_record_id", "sink"], returning=BillingDelivery.id
     )
-    row = session.execute(statement).first()
-    return None if row is None else row[0]
 
 
 def lock(session: Session, delivery_id: uuid.UUID) -> BillingDelivery | None:
@@ -58,7 +52,7 @@ def reset_for_records(session: Session, record_ids: list[uuid.UUID], *, now: dat
     statement = (
         update(BillingDelivery)
         .where(BillingDelivery.usage_record_id.in_(record_ids))
-        .values(status="pending", attempts=0, next_attempt_at=now, last_error=None)
+        .values(status=BillingDeliveryStatus.PENDING, attempts=0, next_attempt_at=now, last_error=None)
         .returning(BillingDelivery.id)
     )
     return [row[0] for row in session.execute(statement)]
@@ -73,11 +67,4 @@ def for_records(session: Session, record_ids: list[uuid.UUID]) -> list[BillingDe
 
 def lock_stale_pending(session: Session, *, due_before: datetime, limit: int) -> list[BillingDelivery]:
     """Pending deliveries due before a time that no worker is relaying (their rows are unlocked)."""
-    query = (
-        select(BillingDelivery)
-        .where(BillingDelivery.status == "pending", BillingDelivery.next_attempt_at <= due_before)
-        .order_by(BillingDelivery.next_attempt_at)
-        .limit(limit)
-        .with_for_update(skip_locked=True)
-    )
-    return list(session.scalars(query))
+    return lock_due(session, BillingDelivery, status=BillingDeliveryStatus.PENDING, due_before=due_before, limit=limit)

@@ -8,6 +8,7 @@ from datetime import datetime
 from sqlalchemy import ForeignKey, Integer, String, Text, UniqueConstraint, Uuid
 from sqlalchemy.orm import Mapped, mapped_column
 
+from app.enums import BillingDeliveryStatus
 from app.orm.base import Base, UTCDateTime, new_id, utcnow
 
 
@@ -20,7 +21,7 @@ class BillingDelivery(Base):
     tenant_id: Mapped[uuid.UUID] = mapped_column(Uuid, ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
     sink: Mapped[str] = mapped_column(String(32))
     """webhook (the signed usage.recorded event) or stripe (Billing Meter Events)."""
-    status: Mapped[str] = mapped_column(String(16), default="pending")
+    status: Mapped[str] = mapped_column(String(16), default=BillingDeliveryStatus.PENDING)
     """pending, delivered or failed (a permanent error, or retries used up)."""
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     next_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)

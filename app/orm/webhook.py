@@ -9,6 +9,7 @@ from typing import Any
 from sqlalchemy import Boolean, ForeignKey, Index, Integer, String, Text, Uuid
 from sqlalchemy.orm import Mapped, mapped_column
 
+from app.enums import WebhookDeliveryStatus
 from app.orm.base import Base, JSONType, UTCDateTime, new_id, utcnow
 
 
@@ -63,7 +64,7 @@ class WebhookDelivery(Base):
     """None: the training's own webhook_url, signed with the tenant's webhook secret."""
     training_id: Mapped[uuid.UUID | None] = mapped_column(Uuid, nullable=True)
     url: Mapped[str] = mapped_column(Text)
-    status: Mapped[str] = mapped_column(String(16), default="pending")
+    status: Mapped[str] = mapped_column(String(16), default=WebhookDeliveryStatus.PENDING)
     """pending, succeeded, failed (retries used up or a permanent error) or canceled (endpoint gone)."""
     attempt_count: Mapped[int] = mapped_column(Integer, default=0)
     """Attempts since the delivery was (re)started; picks the next backoff step."""

@@ -9,32 +9,18 @@ from __future__ import annotations
 
 import logging
 from datetime import datetime, timedelta
-from typing import Any, Protocol
+from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.db import on_commit
 from app.orm.base import utcnow
 from app.outbox import repository
+from app.outbox.sender import _SENDER_KEY, Sender, bind_sender
 
 logger = logging.getLogger(__name__)
 
-
-class Sender(Protocol):
-    """send(task_name, args, queue, **options): hands one message to the broker. Options, passed
-    only when set: `priority` (int) and `eta` (an aware datetime: deliver it then)."""
-
-    def __call__(self, task: str, args: list[Any], queue: str, /, **options: Any) -> None: ...
-
-
-_SENDER_KEY = "leap_outbox_sender"
-
-
-def bind_sender(session_factory: sessionmaker[Session], send: Sender) -> None:
-    """Make sessions from this factory send their outbox messages right after commit."""
-    info = dict(session_factory.kw.get("info") or {})
-    info[_SENDER_KEY] = (send, session_factory)
-    session_factory.configure(info=info)
+__all__ = ["Sender", "bind_sender", "enqueue", "purge", "relay_pending"]
 
 
 def enqueue(

@@ -1,4 +1,4 @@
-"""The storage interface and the factory that picks an implementation from LEAP_STORAGE_URL."""
+"""The storage interface: what every implementation (local folder, S3) offers; `factory` picks one."""
 
 from __future__ import annotations
 
@@ -7,9 +7,6 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Protocol
-from urllib.parse import urlparse
-
-from app.settings import Settings
 
 
 class StorageError(Exception):
@@ -58,17 +55,3 @@ def validate_key(key: str) -> str:
     if not key or key.startswith("/") or any(part in ("", ".", "..") for part in parts):
         raise StorageError(f"invalid storage key {key!r}")
     return key
-
-
-def make_storage(settings: Settings) -> Storage:
-    """S3Storage for s3://bucket/prefix, LocalStorage for file:///path (the embedded default)."""
-    url = urlparse(settings.resolved_storage_url)
-    if url.scheme == "s3":
-        from app.storage.s3 import S3Storage
-
-        return S3Storage(settings, bucket=url.netloc, prefix=url.path.strip("/"))
-    if url.scheme == "file":
-        from app.storage.local import LocalStorage
-
-        return LocalStorage(Path(url.path), secret=settings.signing_secret.get_secret_value())
-    raise ValueError(f"LEAP_STORAGE_URL must be s3://bucket[/prefix] or file:///path, got {settings.storage_url!r}")

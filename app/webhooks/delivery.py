@@ -13,6 +13,8 @@ from datetime import datetime, timedelta
 
 from sqlalchemy.orm import Session
 
+from app import task_names
+from app.enums import WebhookDeliveryStatus
 from app.orm import WebhookAttempt, WebhookDelivery, WebhookEndpoint
 from app.orm.base import utcnow
 from app.outbox import service as outbox
@@ -53,14 +55,14 @@ def attempt(
     delivery = repository.lock_delivery(session, delivery_id)
     if delivery is None:
         return "locked-or-missing"
-    if delivery.status != "pending":
+    if delivery.status != WebhookDeliveryStatus.PENDING:
         return "done"
     if delivery.next_attempt_at is not None and delivery.next_attempt_at > now + EARLY_TOLERANCE:
         return "not-due"  # an early duplicate; the outbox sends the scheduled one
     endpoint = repository.lock_endpoint(session, delivery.endpoint_id) if delivery.endpoint_id else None
     if delivery.endpoint_id is not None and (endpoint is None or not endpoint.enabled):
-        _complete(delivery, "canceled", now, error="endpoint disabled or deleted")
-        return "canceled"
+        _complete(delivery, WebhookDeliveryStatus.CANCELED, now, error="endpoint disabled or deleted")
+        return WebhookDeliveryStatus.CANCELED.value
     event = repository.get_event(session, delivery.event_id)
     assert event is not None
     body = service.body_of(event)
@@ -97,10 +99,10 @@ def attempt(
     delivery.last_status_code = outcome.status_code
     delivery.last_error = outcome.error
     if outcome.success:
-        _complete(delivery, "succeeded", now)
+        _complete(delivery, WebhookDeliveryStatus.SUCCEEDED, now)
         if endpoint is not None:
             endpoint.consecutive_failures = 0
-        return "succeeded"
+        return WebhookDeliveryStatus.SUCCEEDED.value
     if endpoint is not None:
         endpoint.consecutive_failures += 1
         if outcome.status_code == 410:
@@ -114,13 +116,13 @@ def attempt(
             )
     delay = None if outcome.status_code == 410 or _final(outcome) else retry_delay(delivery.attempt_count, settings)
     if delay is None or (endpoint is not None and not endpoint.enabled):
-        _complete(delivery, "failed", now)
-        return "failed"
+        _complete(delivery, WebhookDeliveryStatus.FAILED, now)
+        return WebhookDeliveryStatus.FAILED.value
     delivery.next_attempt_at = now + delay
     # Sent now with the due time as its ETA; if the worker holding it dies, the sweeper sends it again.
     outbox.enqueue(
         session,
-        task=service.DELIVER_TASK,
+        task=task_names.DELIVER_WEBHOOK,
         args=[str(delivery.id)],
         queue=settings.maintenance_queue,
         delay=delay,
@@ -129,7 +131,9 @@ def attempt(
     return "retrying"
 
 
-def _complete(delivery: WebhookDelivery, status: str, now: datetime, *, error: str | None = None) -> None:
+def _complete(
+    delivery: WebhookDelivery, status: WebhookDeliveryStatus, now: datetime, *, error: str | None = None
+) -> None:
     delivery.status, delivery.completed_at, delivery.next_attempt_at = status, now, None
     if error is not None:
         delivery.last_error = error
@@ -143,7 +147,9 @@ def resend_stale(session: Session, *, settings: Settings, limit: int = 500) -> i
     stale = repository.lock_stale_pending(session, due_before=now - settings.delivery_resend_after, limit=limit)
     for delivery in stale:
         delivery.next_attempt_at = now
-        outbox.enqueue(session, task=service.DELIVER_TASK, args=[str(delivery.id)], queue=settings.maintenance_queue)
+        outbox.enqueue(
+            session, task=task_names.DELIVER_WEBHOOK, args=[str(delivery.id)], queue=settings.maintenance_queue
+        )
     if stale:
         logger.warning("sent %d stale webhook deliveries again", len(stale))
     return len(stale)

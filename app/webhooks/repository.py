@@ -8,10 +8,10 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import select
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from app.db import lock_by_id
+from app.db import insert_ignoring_conflict, lock_by_id, lock_due
+from app.enums import WebhookDeliveryStatus
 from app.orm import Tenant, WebhookAttempt, WebhookDelivery, WebhookEndpoint, WebhookEvent
 
 
@@ -54,9 +54,8 @@ def tenant_for_update(session: Session, tenant_id: uuid.UUID) -> Tenant | None:
 
 def add_event_once(session: Session, values: dict[str, Any]) -> bool:
     """Insert an event unless one with its id exists; True when inserted."""
-    insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
-    statement = insert(WebhookEvent).values(**values).on_conflict_do_nothing(index_elements=["id"])
-    return session.execute(statement.returning(WebhookEvent.id)).first() is not None
+    inserted = insert_ignoring_conflict(session, WebhookEvent, values, index_elements=["id"], returning=WebhookEvent.id)
+    return inserted is not None
 
 
 def get_event(session: Session, event_id: str) -> WebhookEvent | None:
@@ -136,11 +135,4 @@ def add_attempt(session: Session, attempt: WebhookAttempt) -> None:
 
 def lock_stale_pending(session: Session, *, due_before: datetime, limit: int) -> list[WebhookDelivery]:
     """Pending deliveries due before a time that no worker is attempting (their rows are unlocked)."""
-    query = (
-        select(WebhookDelivery)
-        .where(WebhookDelivery.status == "pending", WebhookDelivery.next_attempt_at <= due_before)
-        .order_by(WebhookDelivery.next_attempt_at)
-        .limit(limit)
-        .with_for_update(skip_locked=True)
-    )
-    return list(session.scalars(query))
+    return lock_due(session, WebhookDelivery, status=WebhookDeliveryStatus.PENDING, due_before=due_before, limit=limit)
