@@ -10,6 +10,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
+from app import task_names
 from app.enums import WebhookDeliveryStatus
 from app.errors import NotFound, ValidationFailed
 from app.ids import id_or_404
@@ -20,7 +21,6 @@ from app.settings import Settings
 from app.tenants.service import Principal
 from app.webhooks import repository, schemas, signing, ssrf
 
-DELIVER_TASK = "webhooks.deliver"
 MAX_PAGE_SIZE = 100
 
 
@@ -180,7 +180,9 @@ def emit(
                 created_at=now,
             ),
         )
-        outbox.enqueue(session, task=DELIVER_TASK, args=[str(delivery.id)], queue=settings.maintenance_queue)
+        outbox.enqueue(
+            session, task=task_names.DELIVER_WEBHOOK, args=[str(delivery.id)], queue=settings.maintenance_queue
+        )
     return event_id
 
 
@@ -236,7 +238,7 @@ def redeliver(session: Session, *, principal: Principal, delivery_id: str, setti
     delivery.status, delivery.attempt_count, delivery.next_attempt_at = WebhookDeliveryStatus.PENDING, 0, now
     delivery.completed_at = None
     session.flush()
-    outbox.enqueue(session, task=DELIVER_TASK, args=[str(delivery.id)], queue=settings.maintenance_queue)
+    outbox.enqueue(session, task=task_names.DELIVER_WEBHOOK, args=[str(delivery.id)], queue=settings.maintenance_queue)
     return delivery
 
 
