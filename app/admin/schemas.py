@@ -26,8 +26,7 @@ class TenantUpdate(TenantLimits):
 
 
 class Tenant(BaseModel):
-    """A tenant as the API shows it; read from its row (`Tenant.model_validate(row)`)."""
-
+    # Read from the row: Tenant.model_validate(row).
     model_config = ConfigDict(from_attributes=True)
 
     id: Id
@@ -47,8 +46,7 @@ class ApiKeyCreate(RequestModel):
 
 
 class ApiKey(BaseModel):
-    """An API key without its secret; read from its row (`ApiKey.model_validate(row)`)."""
-
+    # Read from the row (its secret hash is not a field): ApiKey.model_validate(row).
     model_config = ConfigDict(from_attributes=True)
 
     id: Id

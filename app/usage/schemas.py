@@ -15,8 +15,7 @@ GroupBy = Literal["day", "base_model"]
 
 
 class UsageRecord(BaseModel):
-    """A ledger record as the API, the export and the usage.recorded event show it; read from its row."""
-
+    # The API's, the export's and the usage.recorded event's view of a row: UsageRecord.model_validate(row).
     model_config = ConfigDict(from_attributes=True)
 
     id: Id = Field(description="Also the idempotency identifier sent to billing sinks.")

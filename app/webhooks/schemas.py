@@ -39,8 +39,7 @@ class EndpointUpdate(RequestModel):
 
 
 class Endpoint(BaseModel):
-    """An endpoint as the API shows it; read from its row (`Endpoint.model_validate(row)`)."""
-
+    # Read from the row: Endpoint.model_validate(row) (EndpointWithSecret adds its secret).
     model_config = ConfigDict(from_attributes=True)
 
     id: Id
@@ -64,8 +63,7 @@ class EndpointList(BaseModel):
 
 
 class Secret(BaseModel):
-    """An endpoint's signing secret (read from its row), or the tenant's."""
-
+    # An endpoint's (Secret.model_validate(row)) or the tenant's.
     model_config = ConfigDict(from_attributes=True)
 
     secret: str = Field(description="whsec_ secret")
