@@ -11,20 +11,24 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from app.ids import uuid_or_none
 from app.settings import Settings, get_settings
+from app.tenants.local_key import ensure_local_key, local_key_path
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
 
 cli = typer.Typer(help="LEAP: fine-tune Stable Diffusion on a few images, as a service.", no_args_is_help=True)
 tenants_cli = typer.Typer(help="Create and list tenants (admin).", no_args_is_help=True)
 keys_cli = typer.Typer(help="Create, list and revoke API keys (admin).", no_args_is_help=True)
 cli.add_typer(tenants_cli, name="tenants")
 cli.add_typer(keys_cli, name="keys")
-
-LOCAL_KEY_FILE = "api-key"
 
 
 def _settings() -> Settings:
@@ -115,26 +119,6 @@ def worker(
     app.worker_main(worker_argv(queues, concurrency=concurrency, pool=pool, beat=beat, loglevel=loglevel))
 
 
-def ensure_local_key(settings: Settings) -> str:
-    """Embedded default: a tenant "local" and a key kept in the data folder, created on first run."""
-    from app.db import create_database, unit_of_work
-    from app.tenants import service
-
-    key_file = settings.data_dir / LOCAL_KEY_FILE
-    if key_file.is_file():
-        return key_file.read_text().strip()
-    database = create_database(settings)
-    try:
-        with unit_of_work(database.session_factory) as session:
-            tenant = service.create_tenant(session, name="local")
-            _, plaintext = service.create_api_key(session, tenant_id=tenant.id, name="local")
-    finally:
-        database.dispose()
-    key_file.write_text(plaintext + "\n")
-    key_file.chmod(0o600)
-    return plaintext
-
-
 @cli.command()
 def serve(
     host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
@@ -150,7 +134,7 @@ def serve(
     upgrade_database(settings)
     if settings.is_embedded:
         key = ensure_local_key(settings)
-        typer.echo(f"API key (tenant 'local'): {key}  (also in {settings.data_dir / LOCAL_KEY_FILE})")
+        typer.echo(f"API key (tenant 'local'): {key}  (also in {local_key_path(settings.data_dir)})")
     from models.registry import load_registry
 
     # The training worker imports the trainer and loads the default base model at start; other
@@ -255,11 +239,29 @@ def demo(
 
 
 def _uuid(value: str, what: str) -> uuid.UUID:
-    try:
-        return uuid.UUID(value)
-    except ValueError:
+    parsed = uuid_or_none(value)
+    if parsed is None:
         typer.echo(f"error: {value!r} is not a {what} id", err=True)
-        raise typer.Exit(2) from None
+        raise typer.Exit(2)
+    return parsed
+
+
+@contextlib.contextmanager
+def _admin_session() -> Iterator[Session]:
+    """A unit of work on LEAP_DATABASE_URL for an admin command: it commits when the block ends, a
+    LeapError is printed as `error: <message>` (exit 1), and the engine is always disposed."""
+    from app.db import create_database, unit_of_work
+    from app.errors import LeapError
+
+    database = create_database(_settings())
+    try:
+        with unit_of_work(database.session_factory) as session:
+            yield session
+    except LeapError as error:
+        typer.echo(f"error: {error.message}", err=True)
+        raise typer.Exit(1) from None
+    finally:
+        database.dispose()
 
 
 @tenants_cli.command("create")
@@ -272,8 +274,6 @@ def tenants_create(
     stripe_customer_id: Annotated[str | None, typer.Option(help="Stripe customer billed for usage.")] = None,
 ) -> None:
     """Create a tenant and print its id (the same service as POST /v1/admin/tenants)."""
-    from app.db import create_database, unit_of_work
-    from app.errors import LeapError
     from app.tenants import service
 
     options = {
@@ -281,26 +281,18 @@ def tenants_create(
         "monthly_unit_limit": monthly_unit_limit,
         "stripe_customer_id": stripe_customer_id,
     }
-    database = create_database(_settings())
-    try:
-        with unit_of_work(database.session_factory) as session:
-            tenant = service.create_tenant(
-                session, name=name, **{key: value for key, value in options.items() if value is not None}
-            )
-            typer.echo(str(tenant.id))
-    except LeapError as error:
-        typer.echo(f"error: {error.message}", err=True)
-        raise typer.Exit(1) from None
+    limits = {key: value for key, value in options.items() if value is not None}
+    with _admin_session() as session:
+        tenant = service.create_tenant(session, name=name, **limits)
+    typer.echo(str(tenant.id))
 
 
 @tenants_cli.command("list")
 def tenants_list() -> None:
     """List tenants: id, created_at, name."""
-    from app.db import create_database, unit_of_work
     from app.tenants import service
 
-    database = create_database(_settings())
-    with unit_of_work(database.session_factory) as session:
+    with _admin_session() as session:
         for tenant in service.list_tenants(session):
             typer.echo(f"{tenant.id}\t{tenant.created_at.isoformat()}\t{tenant.name}")
 
@@ -308,54 +300,36 @@ def tenants_list() -> None:
 @keys_cli.command("create")
 def keys_create(tenant_id: str, name: Annotated[str, typer.Option(help="A label for the key.")] = "") -> None:
     """Create an API key for a tenant; the key is printed once and never stored."""
-    from app.db import create_database, unit_of_work
-    from app.errors import LeapError
     from app.tenants import service
 
-    database = create_database(_settings())
-    try:
-        with unit_of_work(database.session_factory) as session:
-            _, plaintext = service.create_api_key(session, tenant_id=_uuid(tenant_id, "tenant"), name=name)
-    except LeapError as error:
-        typer.echo(f"error: {error.message}", err=True)
-        raise typer.Exit(1) from None
+    tenant = _uuid(tenant_id, "tenant")
+    with _admin_session() as session:
+        _, plaintext = service.create_api_key(session, tenant_id=tenant, name=name)
     typer.echo(plaintext)
 
 
 @keys_cli.command("list")
 def keys_list(tenant_id: str) -> None:
     """List a tenant's keys: id, prefix, created_at, revoked_at, name."""
-    from app.db import create_database, unit_of_work
-    from app.errors import LeapError
     from app.tenants import service
 
-    database = create_database(_settings())
-    try:
-        with unit_of_work(database.session_factory) as session:
-            for key in service.list_api_keys(session, tenant_id=_uuid(tenant_id, "tenant")):
-                revoked = key.revoked_at.isoformat() if key.revoked_at else "-"
-                typer.echo(f"{key.id}\tleap_live_{key.prefix}_…\t{key.created_at.isoformat()}\t{revoked}\t{key.name}")
-    except LeapError as error:
-        typer.echo(f"error: {error.message}", err=True)
-        raise typer.Exit(1) from None
+    tenant = _uuid(tenant_id, "tenant")
+    with _admin_session() as session:
+        for key in service.list_api_keys(session, tenant_id=tenant):
+            revoked = key.revoked_at.isoformat() if key.revoked_at else "-"
+            typer.echo(f"{key.id}\tleap_live_{key.prefix}_…\t{key.created_at.isoformat()}\t{revoked}\t{key.name}")
 
 
 @keys_cli.command("revoke")
 def keys_revoke(key_id: str) -> None:
     """Revoke an API key; requests with it fail at once."""
-    from app.db import create_database, unit_of_work
-    from app.errors import LeapError
     from app.tenants import rate_limit, service
 
-    settings = _settings()
-    rate_limit.watch_revocations(settings)  # tell the API processes sharing its Redis
-    database = create_database(settings)
-    try:
-        with unit_of_work(database.session_factory) as session:
-            service.revoke_api_key(session, key_id=_uuid(key_id, "key"))
-    except LeapError as error:
-        typer.echo(f"error: {error.message}", err=True)
-        raise typer.Exit(1) from None
+    key = _uuid(key_id, "key")
+    # Once committed, the revocation is announced to the API processes sharing this Redis.
+    rate_limit.watch_revocations(_settings())
+    with _admin_session() as session:
+        service.revoke_api_key(session, key_id=key)
     typer.echo("revoked")
 
 

@@ -20,7 +20,9 @@ from rich.console import Console
 
 from app.client import ApiError, LeapClient
 from app.client.progress import follow
+from app.enums import TrainingStatus
 from app.settings import get_settings
+from app.tenants.local_key import ensure_local_key
 
 SAMPLES_DIR = Path(__file__).resolve().parent.parent / "models" / "reference" / "samples"
 PROMPTS = ("a photo of {token}", "a close-up picture of {token}")
@@ -91,7 +93,6 @@ def _grid(base_model: str, artifacts: Path, token: str, out: Path) -> None:
 
 def run_demo(*, steps: int | None, out: Path, port: int) -> int:
     """Run the demo; returns the process exit code."""
-    from app.cli import ensure_local_key
     from app.db import upgrade_database
 
     samples = sorted(SAMPLES_DIR.glob("*.png"))
@@ -114,7 +115,7 @@ def run_demo(*, steps: int | None, out: Path, port: int) -> int:
                 return 1
             console.print(f"submitted {len(samples)} images: training {created.id}")
             training = follow(client, created.id, console)
-            if training.status != "succeeded" or training.usage is None or training.started_at is None:
+            if training.status != TrainingStatus.SUCCEEDED or training.usage is None or training.started_at is None:
                 console.print(f"[red]training {training.status}: {training.error}")
                 return 1
             queued = (training.started_at - training.created_at).total_seconds()

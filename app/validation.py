@@ -32,6 +32,9 @@ def _iso_only(value: Any) -> Any:
 # A date-time given as ISO 8601 text only.
 IsoDatetime = Annotated[datetime, BeforeValidator(_iso_only)]
 
+# An id as text: read models validate the ORM's uuid.UUID into it (the JSON schema stays a string).
+Id = Annotated[str, BeforeValidator(str)]
+
 
 def nul_path(value: Any, path: str = "") -> str | None:
     """Where in a (nested) value a NUL character is, e.g. `['a'][0]`; None when there is none."""

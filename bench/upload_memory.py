@@ -36,9 +36,9 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from app.cli import ensure_local_key  # noqa: E402
 from app.db import upgrade_database  # noqa: E402
 from app.settings import Settings  # noqa: E402
+from app.tenants.local_key import ensure_local_key  # noqa: E402
 
 MIB = 1024 * 1024
 

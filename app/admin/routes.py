@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query, Response
@@ -10,8 +9,8 @@ from fastapi import APIRouter, Query, Response
 from app.admin import schemas
 from app.billing import service as billing
 from app.deps import SettingsDep
-from app.errors import NotFound, error_responses
-from app.orm import ApiKey, Tenant
+from app.errors import error_responses
+from app.ids import id_or_404
 from app.tenants import service as tenants
 from app.tenants.auth import AdminDep, SessionDep
 from app.usage import schemas as usage_schemas
@@ -19,35 +18,6 @@ from app.usage import service as usage
 from app.validation import IsoDatetime
 
 router = APIRouter(prefix="/v1/admin", tags=["admin"])
-
-
-def _id(value: str, what: str) -> uuid.UUID:
-    try:
-        return uuid.UUID(value)
-    except ValueError as error:
-        raise NotFound(f"{what} {value} not found") from error
-
-
-def tenant_view(tenant: Tenant) -> schemas.Tenant:
-    return schemas.Tenant(
-        id=str(tenant.id),
-        name=tenant.name,
-        created_at=tenant.created_at,
-        max_concurrent_trainings=tenant.max_concurrent_trainings,
-        monthly_unit_limit=tenant.monthly_unit_limit,
-        stripe_customer_id=tenant.stripe_customer_id,
-    )
-
-
-def key_view(api_key: ApiKey) -> schemas.ApiKey:
-    return schemas.ApiKey(
-        id=str(api_key.id),
-        tenant_id=str(api_key.tenant_id),
-        name=api_key.name,
-        prefix=api_key.prefix,
-        created_at=api_key.created_at,
-        revoked_at=api_key.revoked_at,
-    )
 
 
 @router.post(
@@ -59,19 +29,19 @@ def key_view(api_key: ApiKey) -> schemas.ApiKey:
 )
 def create_tenant(body: schemas.TenantCreate, _: AdminDep, session: SessionDep) -> schemas.Tenant:
     limits = body.model_dump(exclude_unset=True, exclude={"name"})
-    return tenant_view(tenants.create_tenant(session, name=body.name, **limits))
+    return schemas.Tenant.model_validate(tenants.create_tenant(session, name=body.name, **limits))
 
 
 @router.get("/tenants", response_model=schemas.TenantList, summary="List tenants", responses=error_responses(401))
 def list_tenants(_: AdminDep, session: SessionDep) -> schemas.TenantList:
-    return schemas.TenantList(data=[tenant_view(tenant) for tenant in tenants.list_tenants(session)])
+    return schemas.TenantList(data=[schemas.Tenant.model_validate(tenant) for tenant in tenants.list_tenants(session)])
 
 
 @router.get(
     "/tenants/{tenant_id}", response_model=schemas.Tenant, summary="Get a tenant", responses=error_responses(401, 404)
 )
 def get_tenant(tenant_id: str, _: AdminDep, session: SessionDep) -> schemas.Tenant:
-    return tenant_view(tenants.get_tenant(session, _id(tenant_id, "tenant")))
+    return schemas.Tenant.model_validate(tenants.get_tenant(session, id_or_404(tenant_id, "tenant")))
 
 
 @router.patch(
@@ -82,7 +52,9 @@ def get_tenant(tenant_id: str, _: AdminDep, session: SessionDep) -> schemas.Tena
 )
 def update_tenant(tenant_id: str, body: schemas.TenantUpdate, _: AdminDep, session: SessionDep) -> schemas.Tenant:
     changes = body.model_dump(exclude_unset=True)
-    return tenant_view(tenants.update_tenant(session, tenant_id=_id(tenant_id, "tenant"), changes=changes))
+    return schemas.Tenant.model_validate(
+        tenants.update_tenant(session, tenant_id=id_or_404(tenant_id, "tenant"), changes=changes)
+    )
 
 
 @router.post(
@@ -93,8 +65,8 @@ def update_tenant(tenant_id: str, body: schemas.TenantUpdate, _: AdminDep, sessi
     responses=error_responses(401, 404, 422),
 )
 def create_key(tenant_id: str, body: schemas.ApiKeyCreate, _: AdminDep, session: SessionDep) -> schemas.ApiKeyCreated:
-    api_key, plaintext = tenants.create_api_key(session, tenant_id=_id(tenant_id, "tenant"), name=body.name)
-    return schemas.ApiKeyCreated(**key_view(api_key).model_dump(), key=plaintext)
+    api_key, plaintext = tenants.create_api_key(session, tenant_id=id_or_404(tenant_id, "tenant"), name=body.name)
+    return schemas.ApiKeyCreated(**schemas.ApiKey.model_validate(api_key).model_dump(), key=plaintext)
 
 
 @router.get(
@@ -104,8 +76,8 @@ def create_key(tenant_id: str, body: schemas.ApiKeyCreate, _: AdminDep, session:
     responses=error_responses(401, 404),
 )
 def list_keys(tenant_id: str, _: AdminDep, session: SessionDep) -> schemas.ApiKeyList:
-    keys = tenants.list_api_keys(session, tenant_id=_id(tenant_id, "tenant"))
-    return schemas.ApiKeyList(data=[key_view(api_key) for api_key in keys])
+    keys = tenants.list_api_keys(session, tenant_id=id_or_404(tenant_id, "tenant"))
+    return schemas.ApiKeyList(data=[schemas.ApiKey.model_validate(api_key) for api_key in keys])
 
 
 @router.post(
@@ -115,7 +87,7 @@ def list_keys(tenant_id: str, _: AdminDep, session: SessionDep) -> schemas.ApiKe
     responses=error_responses(401, 404),
 )
 def revoke_key(key_id: str, _: AdminDep, session: SessionDep) -> schemas.ApiKey:
-    return key_view(tenants.revoke_api_key(session, key_id=_id(key_id, "API key")))
+    return schemas.ApiKey.model_validate(tenants.revoke_api_key(session, key_id=id_or_404(key_id, "API key")))
 
 
 @router.get(
@@ -135,7 +107,9 @@ def export_usage(
     tenant_id: Annotated[str | None, Query(description="One tenant; default: all")] = None,
     format: Annotated[Literal["json", "csv"], Query(description="json or csv")] = "json",
 ) -> usage_schemas.UsageExport | Response:
-    records = usage.export(session, tenant_id=_id(tenant_id, "tenant") if tenant_id else None, start=start, end=end)
+    records = usage.export(
+        session, tenant_id=id_or_404(tenant_id, "tenant") if tenant_id else None, start=start, end=end
+    )
     if format == "csv":
         return Response(usage.to_csv(records), media_type="text/csv")
     return usage_schemas.UsageExport(data=records)
@@ -154,7 +128,7 @@ def replay_billing(
     replayed = billing.replay(
         session,
         settings=settings,
-        tenant_id=_id(body.tenant_id, "tenant") if body.tenant_id else None,
+        tenant_id=id_or_404(body.tenant_id, "tenant") if body.tenant_id else None,
         start=body.start,
         end=body.end,
     )

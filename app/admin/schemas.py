@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
-from app.validation import Int32, IsoDatetime, RequestModel
+from app.validation import Id, Int32, IsoDatetime, RequestModel
 
 
 class TenantLimits(RequestModel):
@@ -26,7 +26,10 @@ class TenantUpdate(TenantLimits):
 
 
 class Tenant(BaseModel):
-    id: str
+    # Read from the row: Tenant.model_validate(row).
+    model_config = ConfigDict(from_attributes=True)
+
+    id: Id
     name: str
     created_at: datetime
     max_concurrent_trainings: int | None
@@ -43,8 +46,11 @@ class ApiKeyCreate(RequestModel):
 
 
 class ApiKey(BaseModel):
-    id: str
-    tenant_id: str
+    # Read from the row (its secret hash is not a field): ApiKey.model_validate(row).
+    model_config = ConfigDict(from_attributes=True)
+
+    id: Id
+    tenant_id: Id
     name: str
     prefix: str = Field(description="Public part: the key reads leap_live_<prefix>_<secret>.")
     created_at: datetime

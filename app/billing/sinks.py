@@ -49,7 +49,7 @@ class WebhookSink:
             session,
             tenant_id=record.tenant_id,
             event_type="usage.recorded",
-            data={"object": "usage_record", **UsageRecordView.from_row(record).model_dump(mode="json")},
+            data={"object": "usage_record", **UsageRecordView.model_validate(record).model_dump(mode="json")},
             settings=self.settings,
             training_id=record.training_id,
             event_id=usage_event_id(record),

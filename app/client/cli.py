@@ -7,7 +7,6 @@ tab-separated rows, or JSON with --json); progress and errors go to stderr as `e
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Callable
 from enum import IntEnum
 from functools import wraps
@@ -20,9 +19,13 @@ from rich.console import Console
 
 from app.client.client import ApiError, ChecksumMismatch, LeapClient, NoInputs, Unreachable, WaitTimeout, input_files
 from app.client.progress import state_text, steps_text
+from app.enums import TrainingStatus
+from app.tenants.local_key import LOCAL_KEY_FILE, read_local_key
 from app.trainings.schemas import Training, TrainingForm
+from models.enums import Kind, StopReason
 
 DEFAULT_URL = "http://127.0.0.1:8000"
+DEFAULT_DATA_DIR = Path(".leap")
 
 
 class ExitCode(IntEnum):
@@ -102,18 +105,24 @@ KeyOption = Annotated[
         "--api-key",
         envvar="LEAP_API_KEY",
         show_default=False,
-        help="API key (default: the key `leap serve` wrote to LEAP_DATA_DIR/api-key).",
+        help=f"API key (default: the key `leap serve` wrote to {LOCAL_KEY_FILE} in --data-dir).",
+    ),
+]
+DataDirOption = Annotated[
+    Path,
+    typer.Option(
+        "--data-dir",
+        envvar="LEAP_DATA_DIR",
+        help="The embedded server's data folder, where `leap serve` keeps its API key.",
     ),
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print the API's JSON instead of text.")]
 
 
-def open_client(url: str, api_key: str | None) -> LeapClient:
-    """A client for url with the given key, or the embedded server's local key."""
+def open_client(url: str, api_key: str | None, *, data_dir: Path) -> LeapClient:
+    """A client for url with the given key, or the embedded server's local key kept in data_dir."""
     if not api_key:
-        key_file = Path(os.environ.get("LEAP_DATA_DIR", ".leap")) / "api-key"
-        if key_file.is_file():
-            api_key = key_file.read_text().strip()
+        api_key = read_local_key(data_dir)
     if not api_key:
         raise fail(ExitCode.USAGE, "no_api_key", "set LEAP_API_KEY or pass --api-key")
     return LeapClient(url, api_key, poll_interval_max=2.0)
@@ -147,9 +156,9 @@ def _steps_run(training: Training) -> str:
     """How many steps ran and why it stopped, e.g. "stopped early at step 35 of 400 (converged)"."""
     steps = training.usage.steps if training.usage else training.progress.step
     cap = training.parameters.get("max_steps") or training.progress.total
-    if training.stop_reason == "converged":
+    if training.stop_reason == StopReason.CONVERGED:
         return f"stopped early at step {steps}" + (f" of {cap}" if cap and cap != steps else "") + " (converged)"
-    if training.stop_reason == "max_steps":
+    if training.stop_reason == StopReason.MAX_STEPS:
         return f"{steps} steps (reached max_steps without converging)"
     return f"{steps} steps"
 
@@ -165,7 +174,9 @@ def _describe(training: Training) -> str:
         ("base model", f"{training.base_model} ({training.kind}: {training.mode}, token {training.token})"),
         (
             "inputs",
-            f"{training.example_count} text examples" if training.kind == "text" else f"{training.image_count} images",
+            f"{training.example_count} text examples"
+            if training.kind == Kind.TEXT
+            else f"{training.image_count} images",
         ),
         ("init", init + (f" ({training.init_note})" if training.init_note else "")),
         ("progress", f"{steps_text(progress.step, progress.total)}, loss {loss}"),
@@ -228,6 +239,7 @@ def submit_command(
     ] = None,
     url: UrlOption = DEFAULT_URL,
     api_key: KeyOption = None,
+    data_dir: DataDirOption = DEFAULT_DATA_DIR,
     steps: Annotated[int | None, typer.Option(help="Run exactly this many steps (default: stop when done).")] = None,
     max_steps: Annotated[
         int | None, typer.Option(help="Without --steps: the cap on a training that stops when done.")
@@ -297,7 +309,7 @@ def submit_command(
     }
     _check_form(form)
     files = _inputs(inputs) if inputs is not None else []
-    with open_client(url, api_key) as client:
+    with open_client(url, api_key, data_dir=data_dir) as client:
         training = client.submit(
             files, idempotency_key=idempotency_key, images_url=images_url, examples_url=examples_url, **form
         )
@@ -312,7 +324,7 @@ def submit_command(
         from app.client.progress import follow
 
         training = follow(client, training.id, stderr, timeout=timeout)
-        if training.status != "succeeded":
+        if training.status != TrainingStatus.SUCCEEDED:
             if as_json:
                 _print_json(training.model_dump(mode="json"))
             raise _unsuccessful(training)
@@ -332,10 +344,11 @@ def status_command(
     training_id: Annotated[str, typer.Argument(help="The training id.")],
     url: UrlOption = DEFAULT_URL,
     api_key: KeyOption = None,
+    data_dir: DataDirOption = DEFAULT_DATA_DIR,
     as_json: JsonOption = False,
 ) -> None:
     """Show one training: status, progress, error, usage and artifacts."""
-    with open_client(url, api_key) as client:
+    with open_client(url, api_key, data_dir=data_dir) as client:
         training = client.get(training_id)
     typer.echo(json.dumps(training.model_dump(mode="json"), indent=2) if as_json else _describe(training))
 
@@ -344,12 +357,13 @@ def status_command(
 def list_command(
     url: UrlOption = DEFAULT_URL,
     api_key: KeyOption = None,
+    data_dir: DataDirOption = DEFAULT_DATA_DIR,
     status: Annotated[str | None, typer.Option(help="Only trainings in this state.")] = None,
     limit: Annotated[int, typer.Option(help="At most this many (newest first).", min=1)] = 20,
     as_json: JsonOption = False,
 ) -> None:
     """List your trainings, newest first: id, status, created_at, base_model, steps, loss (tab-separated)."""
-    with open_client(url, api_key) as client:
+    with open_client(url, api_key, data_dir=data_dir) as client:
         trainings = []
         for training in client.iter_trainings(status=status, page_size=min(limit, 100)):
             trainings.append(training)
@@ -367,12 +381,13 @@ def cancel_command(
     training_id: Annotated[str, typer.Argument(help="The training id.")],
     url: UrlOption = DEFAULT_URL,
     api_key: KeyOption = None,
+    data_dir: DataDirOption = DEFAULT_DATA_DIR,
     wait: Annotated[bool, typer.Option("--wait/--no-wait", help="Wait until it has stopped.")] = False,
     timeout: Annotated[float | None, typer.Option(help="Give up waiting after this many seconds.")] = None,
     as_json: JsonOption = False,
 ) -> None:
     """Cancel a training (idempotent) and print its status; a finished training stays as it is."""
-    with open_client(url, api_key) as client:
+    with open_client(url, api_key, data_dir=data_dir) as client:
         training = client.cancel(training_id)
         if wait:
             training = client.wait(training_id, timeout=timeout)
@@ -384,12 +399,13 @@ def download_command(
     training_id: Annotated[str, typer.Argument(help="The training id.")],
     url: UrlOption = DEFAULT_URL,
     api_key: KeyOption = None,
+    data_dir: DataDirOption = DEFAULT_DATA_DIR,
     out: Annotated[Path | None, typer.Option(help="Artifacts folder (default: leap-out/<id>).")] = None,
 ) -> None:
     """Download a succeeded training's artifacts, verifying each sha256; prints each file's path."""
-    with open_client(url, api_key) as client:
+    with open_client(url, api_key, data_dir=data_dir) as client:
         training = client.get(training_id)
-        if training.status != "succeeded":
+        if training.status != TrainingStatus.SUCCEEDED:
             raise _unsuccessful(training)
         _download(client, training, out, as_json=False)
 
@@ -399,6 +415,7 @@ def logs_command(
     training_id: Annotated[str, typer.Argument(help="The training id.")],
     url: UrlOption = DEFAULT_URL,
     api_key: KeyOption = None,
+    data_dir: DataDirOption = DEFAULT_DATA_DIR,
     after: Annotated[int, typer.Option(help="Only lines after this seq.", min=0)] = 0,
     follow: Annotated[
         bool, typer.Option("--follow", "-f", help="Keep printing new lines until the training finishes.")
@@ -413,7 +430,7 @@ def logs_command(
         else:
             typer.echo(f"{line['seq']}\t{line['at']}\t{line['level']}\t{line['message']}")
 
-    with open_client(url, api_key) as client:
+    with open_client(url, api_key, data_dir=data_dir) as client:
         last = after
         for line in client.iter_logs(training_id, after=after):
             show(line.model_dump(mode="json"))

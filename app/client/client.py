@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import mimetypes
-import random
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
@@ -17,10 +16,11 @@ from typing import Any
 
 import httpx
 
+from app.backoff import backoff_seconds
 from app.base_models.schemas import BaseModelList
+from app.enums import FINISHED_STATUSES
 from app.trainings.schemas import Artifact, Training, TrainingList, TrainingLogLine, TrainingLogPage
 
-FINISHED = frozenset({"succeeded", "failed", "canceled"})
 RETRY_STATUSES = frozenset({429, 503})
 USER_AGENT = "leap-client/0.1"
 
@@ -89,7 +89,7 @@ class ChecksumMismatch(ClientError):
 
 def is_finished(training: Training) -> bool:
     """Whether the training reached a final state (succeeded, failed, canceled)."""
-    return training.status in FINISHED
+    return training.status in FINISHED_STATUSES
 
 
 def retry_after_seconds(response: httpx.Response) -> float | None:
@@ -218,7 +218,7 @@ class LeapClient:
     # -- transport -------------------------------------------------------------------------
 
     def _delay(self, attempt: int, response: httpx.Response | None) -> float:
-        backoff = min(self.backoff_max, self.backoff * 2**attempt) * random.uniform(0.5, 1.0)
+        backoff = backoff_seconds(attempt, base=self.backoff, cap=self.backoff_max, jitter=(0.5, 1.0))
         asked = retry_after_seconds(response) if response is not None else None
         return min(self.max_retry_wait, max(backoff, asked or 0.0))
 

@@ -7,6 +7,7 @@ from rich.progress import BarColumn, Progress, ProgressColumn, Task, TextColumn,
 from rich.text import Text
 
 from app.client.client import LeapClient
+from app.enums import TrainingStatus
 from app.trainings.schemas import Training
 
 
@@ -17,7 +18,7 @@ def steps_text(step: int, total: float | None) -> str:
 
 def state_text(training: Training) -> str:
     """The status, with the queue position while queued: `queued #3`."""
-    if training.status == "queued" and training.queue_position is not None:
+    if training.status == TrainingStatus.QUEUED and training.queue_position is not None:
         return f"queued #{training.queue_position}"
     return training.status
 
@@ -40,7 +41,7 @@ def follow(client: LeapClient, training_id: str, console: Console, *, timeout: f
         TimeRemainingColumn(),
     )
     with Progress(*columns, console=console, transient=False) as bar:
-        task = bar.add_task("queued", total=None, loss="-")
+        task = bar.add_task(TrainingStatus.QUEUED, total=None, loss="-")
 
         def update(training: Training) -> None:
             progress = training.progress

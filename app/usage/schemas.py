@@ -5,21 +5,26 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
-from app.orm import UsageRecord as UsageRecordRow
+from app.enums import TrainingStatus
+from app.validation import Id
+from models.enums import Kind, Mode
 
 GroupBy = Literal["day", "base_model"]
 
 
 class UsageRecord(BaseModel):
-    id: str = Field(description="Also the idempotency identifier sent to billing sinks.")
-    tenant_id: str
-    training_id: str
-    status: str
+    # The API's, the export's and the usage.recorded event's view of a row: UsageRecord.model_validate(row).
+    model_config = ConfigDict(from_attributes=True)
+
+    id: Id = Field(description="Also the idempotency identifier sent to billing sinks.")
+    tenant_id: Id
+    training_id: Id
+    status: TrainingStatus
     base_model: str
-    kind: str = Field(description="image or text.")
-    mode: str
+    kind: Kind = Field(description="image or text.")
+    mode: Mode
     device: str
     device_class: str
     steps: int
@@ -29,27 +34,6 @@ class UsageRecord(BaseModel):
     billable_units: int
     started_at: datetime
     finished_at: datetime
-
-    @classmethod
-    def from_row(cls, record: UsageRecordRow) -> UsageRecord:
-        return cls(
-            id=str(record.id),
-            tenant_id=str(record.tenant_id),
-            training_id=str(record.training_id),
-            status=record.status,
-            base_model=record.base_model,
-            kind=record.kind,
-            mode=record.mode,
-            device=record.device,
-            device_class=record.device_class,
-            steps=record.steps,
-            images=record.images,
-            examples=record.examples,
-            compute_seconds=record.compute_seconds,
-            billable_units=record.billable_units,
-            started_at=record.started_at,
-            finished_at=record.finished_at,
-        )
 
 
 class UsageTotals(BaseModel):

@@ -15,19 +15,27 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy.orm import Session
 
 from app.billing import service as billing
+from app.enums import FINISHED_STATUSES
 from app.errors import PaymentRequired, ValidationFailed
 from app.orm import UsageRecord
 from app.orm.base import utcnow
 from app.settings import Settings
 from app.tenants import service as tenants
 from app.usage import prices, repository, schemas
+from models.enums import Kind
 
-FINAL_STATUSES = ("succeeded", "failed", "canceled")
 MAX_REPORT_DAYS = 366
 
 
 def estimate_units(
-    settings: Settings, *, mode: str, base_model: str, steps: int, images: int, kind: str = "image", examples: int = 0
+    settings: Settings,
+    *,
+    mode: str,
+    base_model: str,
+    steps: int,
+    images: int,
+    kind: str = Kind.IMAGE,
+    examples: int = 0,
 ) -> int:
     """Billable units of a training that runs all its steps (device multiplier assumed 1)."""
     return prices.billable_units(
@@ -78,7 +86,7 @@ def record_final_usage(session: Session, *, training_id: uuid.UUID, settings: Se
     """Write the training's one usage record in the caller's transaction (the one that set its
     final state). None when it never started, is not finished, or already has its record."""
     training = repository.get_training(session, training_id)
-    if training is None or training.started_at is None or training.status not in FINAL_STATUSES:
+    if training is None or training.started_at is None or training.status not in FINISHED_STATUSES:
         return None
     finished_at = training.finished_at or utcnow()
     steps = training.usage_steps if training.usage_steps is not None else training.progress_step
@@ -150,10 +158,6 @@ def _check_period(
     return start, end
 
 
-def view(record: UsageRecord) -> schemas.UsageRecord:
-    return schemas.UsageRecord.from_row(record)
-
-
 def _add(totals: schemas.UsageTotals, record: UsageRecord) -> None:
     totals.trainings += 1
     totals.steps += record.steps
@@ -201,7 +205,8 @@ def export(
 ) -> list[schemas.UsageRecord]:
     """Ledger records of one tenant (or all) finished in [start, end), any length of period."""
     start, end = _check_period(start, end, max_days=None)
-    return [view(record) for record in repository.in_period(session, tenant_id=tenant_id, start=start, end=end)]
+    records = repository.in_period(session, tenant_id=tenant_id, start=start, end=end)
+    return [schemas.UsageRecord.model_validate(record) for record in records]
 
 
 def to_csv(records: list[schemas.UsageRecord]) -> str:

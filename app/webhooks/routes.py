@@ -25,7 +25,7 @@ def create_endpoint(
     body: schemas.EndpointCreate, principal: PrincipalDep, session: SessionDep, settings: SettingsDep
 ) -> schemas.EndpointWithSecret:
     endpoint = service.create_endpoint(session, principal=principal, request=body, settings=settings)
-    return service.endpoint_with_secret(endpoint)
+    return schemas.EndpointWithSecret.model_validate(endpoint)
 
 
 @router.get(
@@ -36,7 +36,7 @@ def create_endpoint(
 )
 def list_endpoints(principal: PrincipalDep, session: SessionDep) -> schemas.EndpointList:
     endpoints = service.list_endpoints(session, principal=principal)
-    return schemas.EndpointList(data=[service.endpoint_view(endpoint) for endpoint in endpoints])
+    return schemas.EndpointList(data=[schemas.Endpoint.model_validate(endpoint) for endpoint in endpoints])
 
 
 @router.get(
@@ -46,7 +46,7 @@ def list_endpoints(principal: PrincipalDep, session: SessionDep) -> schemas.Endp
     responses=error_responses(401, 404, 429),
 )
 def get_endpoint(endpoint_id: str, principal: PrincipalDep, session: SessionDep) -> schemas.Endpoint:
-    return service.endpoint_view(service.get_endpoint(session, principal=principal, endpoint_id=endpoint_id))
+    return schemas.Endpoint.model_validate(service.get_endpoint(session, principal=principal, endpoint_id=endpoint_id))
 
 
 @router.patch(
@@ -65,7 +65,7 @@ def update_endpoint(
     endpoint = service.update_endpoint(
         session, principal=principal, endpoint_id=endpoint_id, request=body, settings=settings
     )
-    return service.endpoint_view(endpoint)
+    return schemas.Endpoint.model_validate(endpoint)
 
 
 @router.delete(
@@ -88,7 +88,7 @@ def delete_endpoint(endpoint_id: str, principal: PrincipalDep, session: SessionD
 )
 def get_endpoint_secret(endpoint_id: str, principal: PrincipalDep, session: SessionDep) -> schemas.Secret:
     endpoint = service.get_endpoint(session, principal=principal, endpoint_id=endpoint_id)
-    return schemas.Secret(secret=endpoint.secret, previous_secret_expires_at=endpoint.previous_secret_expires_at)
+    return schemas.Secret.model_validate(endpoint)
 
 
 @router.post(
@@ -101,7 +101,7 @@ def rotate_secret(
     endpoint_id: str, principal: PrincipalDep, session: SessionDep, settings: SettingsDep
 ) -> schemas.Secret:
     endpoint = service.rotate_secret(session, principal=principal, endpoint_id=endpoint_id, settings=settings)
-    return schemas.Secret(secret=endpoint.secret, previous_secret_expires_at=endpoint.previous_secret_expires_at)
+    return schemas.Secret.model_validate(endpoint)
 
 
 @router.get(

@@ -5,9 +5,10 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
-from app.validation import RequestModel
+from app.enums import WebhookDeliveryStatus
+from app.validation import Id, RequestModel
 
 TrainingEventType = Literal[
     "training.queued",
@@ -20,7 +21,6 @@ TRAINING_EVENT_TYPES: tuple[str, ...] = TrainingEventType.__args__  # type: igno
 """The events a training's own webhook_url can receive (its webhook_events_filter picks among them)."""
 EventType = Literal[TrainingEventType, "usage.recorded"]
 EVENT_TYPES: tuple[str, ...] = EventType.__args__  # type: ignore[attr-defined]
-DeliveryStatus = Literal["pending", "succeeded", "failed", "canceled"]
 
 
 class EndpointCreate(RequestModel):
@@ -39,7 +39,10 @@ class EndpointUpdate(RequestModel):
 
 
 class Endpoint(BaseModel):
-    id: str
+    # Read from the row: Endpoint.model_validate(row) (EndpointWithSecret adds its secret).
+    model_config = ConfigDict(from_attributes=True)
+
+    id: Id
     url: str
     description: str
     event_types: list[str]
@@ -60,11 +63,16 @@ class EndpointList(BaseModel):
 
 
 class Secret(BaseModel):
+    # An endpoint's (Secret.model_validate(row)) or the tenant's.
+    model_config = ConfigDict(from_attributes=True)
+
     secret: str = Field(description="whsec_ secret")
     previous_secret_expires_at: datetime | None = None
 
 
 class Attempt(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
     attempted_at: datetime
     success: bool
     status_code: int | None
@@ -73,20 +81,27 @@ class Attempt(BaseModel):
     error: str | None
 
 
-class Delivery(BaseModel):
-    id: str
+class DeliveryRow(BaseModel):
+    """What a delivery's own row says; `Delivery` adds its event and attempts."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    id: Id
     event_id: str = Field(description="The webhook-id header (the same on every retry).")
-    event_type: str
-    endpoint_id: str | None = Field(description="null: the training's own webhook_url.")
-    training_id: str | None
+    endpoint_id: Id | None = Field(description="null: the training's own webhook_url.")
+    training_id: Id | None
     url: str
-    status: DeliveryStatus
+    status: WebhookDeliveryStatus
     attempt_count: int
     next_attempt_at: datetime | None
     last_status_code: int | None
     last_error: str | None
     created_at: datetime
     completed_at: datetime | None
+
+
+class Delivery(DeliveryRow):
+    event_type: str
     attempts: list[Attempt]
     payload: dict = Field(description="The body sent: {type, timestamp, data}.")  # type: ignore[type-arg]
 

@@ -10,23 +10,18 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
+from app import task_names
+from app.enums import WebhookDeliveryStatus
 from app.errors import NotFound, ValidationFailed
-from app.orm import WebhookAttempt, WebhookDelivery, WebhookEndpoint, WebhookEvent
+from app.ids import id_or_404
+from app.orm import WebhookDelivery, WebhookEndpoint, WebhookEvent
 from app.orm.base import utcnow
 from app.outbox import service as outbox
 from app.settings import Settings
 from app.tenants.service import Principal
 from app.webhooks import repository, schemas, signing, ssrf
 
-DELIVER_TASK = "webhooks.deliver"
 MAX_PAGE_SIZE = 100
-
-
-def _parse_id(value: str, what: str) -> uuid.UUID:
-    try:
-        return uuid.UUID(value)
-    except ValueError as error:
-        raise NotFound(f"{what} {value} not found") from error
 
 
 def check_url(url: str, settings: Settings) -> str:
@@ -58,7 +53,7 @@ def create_endpoint(
 def get_endpoint(session: Session, *, principal: Principal, endpoint_id: str) -> WebhookEndpoint:
     """One of the caller's endpoints; another tenant's id is not found."""
     endpoint = repository.get_endpoint_for_tenant(
-        session, tenant_id=principal.tenant_id, endpoint_id=_parse_id(endpoint_id, "webhook endpoint")
+        session, tenant_id=principal.tenant_id, endpoint_id=id_or_404(endpoint_id, "webhook endpoint")
     )
     if endpoint is None:
         raise NotFound(f"webhook endpoint {endpoint_id} not found")
@@ -179,13 +174,15 @@ def emit(
                 endpoint_id=endpoint_id,
                 training_id=training_id,
                 url=url,
-                status="pending",
+                status=WebhookDeliveryStatus.PENDING,
                 attempt_count=0,
                 next_attempt_at=now,
                 created_at=now,
             ),
         )
-        outbox.enqueue(session, task=DELIVER_TASK, args=[str(delivery.id)], queue=settings.maintenance_queue)
+        outbox.enqueue(
+            session, task=task_names.DELIVER_WEBHOOK, args=[str(delivery.id)], queue=settings.maintenance_queue
+        )
     return event_id
 
 
@@ -206,13 +203,12 @@ def list_deliveries(
     limit: int,
 ) -> list[schemas.Delivery]:
     """The caller's deliveries with their attempts, newest first."""
-    if endpoint_id is not None:
-        get_endpoint(session, principal=principal, endpoint_id=endpoint_id)
+    endpoint = get_endpoint(session, principal=principal, endpoint_id=endpoint_id) if endpoint_id is not None else None
     deliveries = repository.list_deliveries(
         session,
         tenant_id=principal.tenant_id,
-        endpoint_id=uuid.UUID(endpoint_id) if endpoint_id else None,
-        training_id=_parse_id(training_id, "training") if training_id else None,
+        endpoint_id=endpoint.id if endpoint is not None else None,
+        training_id=id_or_404(training_id, "training") if training_id else None,
         limit=limit,
     )
     return present(session, deliveries)
@@ -221,7 +217,7 @@ def list_deliveries(
 def get_delivery(session: Session, *, principal: Principal, delivery_id: str) -> WebhookDelivery:
     """One of the caller's deliveries."""
     delivery = repository.get_delivery_for_tenant(
-        session, tenant_id=principal.tenant_id, delivery_id=_parse_id(delivery_id, "webhook delivery")
+        session, tenant_id=principal.tenant_id, delivery_id=id_or_404(delivery_id, "webhook delivery")
     )
     if delivery is None:
         raise NotFound(f"webhook delivery {delivery_id} not found")
@@ -239,22 +235,11 @@ def redeliver(session: Session, *, principal: Principal, delivery_id: str, setti
                 details={"endpoint_id": str(endpoint.id), "disabled_reason": endpoint.disabled_reason},
             )
     now = utcnow()
-    delivery.status, delivery.attempt_count, delivery.next_attempt_at = "pending", 0, now
+    delivery.status, delivery.attempt_count, delivery.next_attempt_at = WebhookDeliveryStatus.PENDING, 0, now
     delivery.completed_at = None
     session.flush()
-    outbox.enqueue(session, task=DELIVER_TASK, args=[str(delivery.id)], queue=settings.maintenance_queue)
+    outbox.enqueue(session, task=task_names.DELIVER_WEBHOOK, args=[str(delivery.id)], queue=settings.maintenance_queue)
     return delivery
-
-
-def _attempt_view(attempt: WebhookAttempt) -> schemas.Attempt:
-    return schemas.Attempt(
-        attempted_at=attempt.attempted_at,
-        success=attempt.success,
-        status_code=attempt.status_code,
-        latency_ms=attempt.latency_ms,
-        response_body=attempt.response_body,
-        error=attempt.error,
-    )
 
 
 def present(session: Session, deliveries: list[WebhookDelivery]) -> list[schemas.Delivery]:
@@ -263,40 +248,10 @@ def present(session: Session, deliveries: list[WebhookDelivery]) -> list[schemas
     events = repository.events_by_id(session, sorted({delivery.event_id for delivery in deliveries}))
     return [
         schemas.Delivery(
-            id=str(delivery.id),
-            event_id=delivery.event_id,
+            **schemas.DeliveryRow.model_validate(delivery).model_dump(),
             event_type=events[delivery.event_id].type,
-            endpoint_id=str(delivery.endpoint_id) if delivery.endpoint_id else None,
-            training_id=str(delivery.training_id) if delivery.training_id else None,
-            url=delivery.url,
-            status=delivery.status,  # type: ignore[arg-type]
-            attempt_count=delivery.attempt_count,
-            next_attempt_at=delivery.next_attempt_at,
-            last_status_code=delivery.last_status_code,
-            last_error=delivery.last_error,
-            created_at=delivery.created_at,
-            completed_at=delivery.completed_at,
-            attempts=[_attempt_view(attempt) for attempt in attempts.get(delivery.id, [])],
+            attempts=[schemas.Attempt.model_validate(attempt) for attempt in attempts.get(delivery.id, [])],
             payload=events[delivery.event_id].payload,
         )
         for delivery in deliveries
     ]
-
-
-def endpoint_view(endpoint: WebhookEndpoint) -> schemas.Endpoint:
-    return schemas.Endpoint(
-        id=str(endpoint.id),
-        url=endpoint.url,
-        description=endpoint.description,
-        event_types=list(endpoint.event_types),
-        enabled=endpoint.enabled,
-        disabled_reason=endpoint.disabled_reason,
-        disabled_at=endpoint.disabled_at,
-        consecutive_failures=endpoint.consecutive_failures,
-        previous_secret_expires_at=endpoint.previous_secret_expires_at,
-        created_at=endpoint.created_at,
-    )
-
-
-def endpoint_with_secret(endpoint: WebhookEndpoint) -> schemas.EndpointWithSecret:
-    return schemas.EndpointWithSecret(**endpoint_view(endpoint).model_dump(), secret=endpoint.secret)
