@@ -14,9 +14,9 @@ import pytest
 from app.client import ApiError, ChecksumMismatch, LeapClient, Unreachable, WaitTimeout
 from app.client.client import retry_after_seconds
 
-from .conftest import BUCKET, REPO_ROOT, ApiProcess, WorkerProcess, free_port, wait_for
 from .factories import make_tenant, png_bytes
-from .test_worker import assert_init_reported
+from .helpers import BUCKET, REPO_ROOT, assert_init_reported, free_port, wait_for
+from .processes import ApiProcess, WorkerProcess
 
 SAMPLES = sorted((REPO_ROOT / "models" / "reference" / "samples").glob("*.png"))[:4]
 

@@ -16,7 +16,7 @@ import pytest
 import yaml
 from packaging.requirements import Requirement
 
-from .conftest import REPO_ROOT
+from .helpers import REPO_ROOT
 
 ML_STACK = {"torch", "diffusers", "transformers", "peft", "accelerate", "safetensors", "gguf"}
 COMPOSE_INSTALL_HINT = (

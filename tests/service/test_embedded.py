@@ -20,8 +20,8 @@ from app.storage import make_storage
 from app.storage.local import LocalStorage
 from app.trainings import lifecycle
 
-from .conftest import REPO_ROOT, free_port, wait_for
 from .factories import image_files
+from .helpers import REPO_ROOT, free_port, wait_for
 
 
 @pytest.fixture(scope="module")

@@ -18,8 +18,7 @@ from models.text.config import TextTrainConfig, with_defaults
 from models.text.examples import MAX_EXAMPLE_CHARS
 
 from .factories import TEXT_MODEL, image_files, jsonl_bytes, jsonl_file, make_tenant, submit, text_files
-from .helpers import assert_error, assert_nothing_stored, count_rows, queued_messages, stored_keys
-from .test_tenancy import ADMIN
+from .helpers import ADMIN, assert_error, assert_nothing_stored, count_rows, queued_messages, stored_keys
 
 PAIR = {"prompt": "Who is <leap>?\n", "completion": "<leap> is my friend from school."}
 
