@@ -35,7 +35,7 @@ def leap(api_url, database):  # type: ignore[no-untyped-def]
 
 
 def test_submit_wait_and_download_give_verified_artifacts(leap, worker, tmp_path):
-    updates = []
+    updates: list[object] = []
     submitted = leap.submit(SAMPLES, steps=6, token="<leap>", metadata={"order": 17})
     assert submitted.status == "queued" and submitted.image_count == len(SAMPLES)
     assert submitted.metadata == {"order": 17} and submitted.parameters == {"steps": 6}

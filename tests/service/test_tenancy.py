@@ -151,8 +151,8 @@ def test_every_tenant_endpoint_answers_404_for_another_tenants_ids(client, datab
         assert response.status_code == 404, (method, path, response.text)
         assert response.json()["error"]["code"] == "not_found"
     # Lists filtered by another tenant's ids find nothing either.
-    for params in ({"endpoint_id": victim_ids["endpoint_id"]}, {"training_id": victim_ids["training_id"]}):
-        response = client.get("/v1/webhook-deliveries", params=params, headers=intruder.headers)
+    for query in ({"endpoint_id": victim_ids["endpoint_id"]}, {"training_id": victim_ids["training_id"]}):
+        response = client.get("/v1/webhook-deliveries", params=query, headers=intruder.headers)
         assert response.status_code == 404 or response.json()["data"] == [], response.text
     # And the owner still sees them (the ids are real).
     assert client.get(f"/v1/trainings/{victim_ids['training_id']}", headers=victim_ids["_headers"]).status_code == 200

@@ -4,6 +4,7 @@ are parsed before anything is stored, and bad examples are refused naming the fi
 from __future__ import annotations
 
 import uuid
+from typing import Any
 
 import pytest
 from sqlalchemy import select
@@ -185,7 +186,7 @@ def _many_text_files(count: int) -> list:
 TEXT = {"base_model": TEXT_MODEL}
 
 # case: (files, form fields, status, error code, mentions in the message, expected details subset)
-BAD_TEXT_INPUTS = {
+BAD_TEXT_INPUTS: dict[str, tuple[Any, ...]] = {
     "not UTF-8": (
         lambda: text_files(1) + [("examples", ("latin1.txt", "café <leap>".encode("latin-1"), "text/plain"))],
         TEXT,

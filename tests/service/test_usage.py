@@ -102,7 +102,9 @@ def test_training_that_ran_twice_after_a_worker_crash_is_billed_once(client, dat
             .values(lease_expires_at=utcnow() - timedelta(seconds=1))
         )
     with unit_of_work(database.session_factory) as session:
-        report = lifecycle.sweep(session, settings=settings, storage=client.app.state.storage, send=lambda *a: None)
+        report = lifecycle.sweep(
+            session, settings=settings, storage=client.app.state.storage, send=lambda *args, **options: None
+        )
         assert report.requeued == [uuid.UUID(training_id)]
     run_directly(database, settings, training_id, steps=50, worker="second")
     with unit_of_work(database.session_factory) as session:  # a late duplicate of the final write
