@@ -1,5 +1,8 @@
-"""Service test infrastructure: a throwaway Postgres database migrated by Alembic, a Redis
-database, moto's S3 server as a subprocess, the API in-process and real Celery workers."""
+"""Service test fixtures: a throwaway Postgres database migrated by Alembic, a Redis database, moto's
+S3 server as a subprocess, the API in-process and in a real process, and the webhook receiver, API,
+delivery worker and outbox relay that webhook tests share. Plain functions and constants are in
+helpers.py, the `leap worker`/`leap api` subprocesses in processes.py; test modules import from
+those (and factories.py, receivers.py), never from each other or from this file."""
 
 from __future__ import annotations
 
