@@ -28,9 +28,12 @@ demo: venv
 test: venv
 	$(VENV)/bin/pytest
 
+# Linters, as CI runs them: ruff's rules and its formatting, and mypy over the code and the tests
+# (--explicit-package-bases: tests/ has no __init__.py, so tests/models would clash with models/).
 lint: venv
 	$(VENV)/bin/ruff check app workers models tests
-	$(VENV)/bin/mypy
+	$(VENV)/bin/ruff format --check app workers models tests
+	$(VENV)/bin/mypy --explicit-package-bases app workers models tests
 
 openapi: venv
 	$(PY) -m app.openapi_export > openapi.yaml

@@ -1,23 +1,19 @@
-"""Service test infrastructure: a throwaway Postgres database migrated by Alembic, a Redis
-database, moto's S3 server as a subprocess, the API in-process and real Celery workers."""
+"""Service test fixtures: a throwaway Postgres database migrated by Alembic, a Redis database, moto's
+S3 server as a subprocess, the API in-process and in a real process, and the webhook receiver, API,
+delivery worker and outbox relay that webhook tests share. Plain functions and constants are in
+helpers.py, the `leap worker`/`leap api` subprocesses in processes.py; test modules import from
+those (and factories.py, receivers.py), never from each other or from this file."""
 
 from __future__ import annotations
 
-import contextlib
-import json
 import os
 import random
-import secrets
-import signal
-import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import timedelta
-from pathlib import Path
 
-import boto3
 import httpx
 import psycopg
 import pytest
@@ -30,43 +26,12 @@ from app.db import Database, create_database, upgrade_database
 from app.main import create_app
 from app.settings import Settings
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-PG_ADMIN_DSN = os.environ.get("LEAP_TEST_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/postgres")
+from .helpers import BUCKET, free_port, outbox_relay, s3_client, throwaway_database, wait_for
+from .processes import ApiProcess, WorkerProcess
+from .receivers import Receiver
+
 REDIS_BASE = os.environ.get("LEAP_TEST_REDIS", "redis://127.0.0.1:6379")
-BUCKET = "leap-test"
 TABLES = ("artifacts", "trainings", "api_keys", "tenants", "outbox_messages")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_for(predicate, timeout: float, interval: float = 0.1, message: str = "condition"):  # type: ignore[no-untyped-def]
-    """Poll until predicate() is truthy; return its value."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {message}")
-        time.sleep(interval)
-
-
-@contextlib.contextmanager
-def throwaway_database(prefix: str) -> Iterator[str]:
-    """A new, empty Postgres database (SQLAlchemy URL), dropped afterwards."""
-    name = f"{prefix}_{secrets.token_hex(4)}"
-    with psycopg.connect(PG_ADMIN_DSN, autocommit=True) as connection:
-        connection.execute(f'CREATE DATABASE "{name}"')
-    base = PG_ADMIN_DSN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://", 1)
-    try:
-        yield f"{base}/{name}"
-    finally:
-        with psycopg.connect(PG_ADMIN_DSN, autocommit=True) as connection:
-            connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @pytest.fixture(scope="session")
@@ -103,14 +68,6 @@ def s3_endpoint() -> Iterator[str]:
 
     try:
         wait_for(up, timeout=30, message="moto server")
-        s3 = boto3.client(
-            "s3",
-            endpoint_url=endpoint,
-            region_name="us-east-1",
-            aws_access_key_id="test",
-            aws_secret_access_key="test",
-        )
-        s3.create_bucket(Bucket=BUCKET)
         yield endpoint
     finally:
         process.terminate()
@@ -139,25 +96,9 @@ def settings(postgres_url: str, redis_url: str, s3_endpoint: str, tmp_path_facto
         retry_backoff=timedelta(seconds=1),
         outbox_grace=timedelta(seconds=0),
     )
+    s3_client(settings).create_bucket(Bucket=BUCKET)
     upgrade_database(settings)
     return settings
-
-
-def settings_env(settings: Settings) -> dict[str, str]:
-    """The LEAP_* environment that reproduces `settings` in a subprocess."""
-    env = {key: value for key, value in os.environ.items() if not key.startswith("LEAP_")}
-    for name, value in settings.model_dump().items():
-        if value is None:
-            continue
-        if isinstance(value, timedelta):
-            value = value.total_seconds()
-        elif isinstance(value, dict | list):
-            value = json.dumps(value, default=lambda item: item.total_seconds())
-        elif hasattr(value, "get_secret_value"):
-            value = value.get_secret_value()
-        env[f"LEAP_{name.upper()}"] = str(value)
-    env["PYTHONPATH"] = str(REPO_ROOT)
-    return env
 
 
 @pytest.fixture(scope="session")
@@ -197,112 +138,11 @@ def _clean_state(request: pytest.FixtureRequest) -> Iterator[None]:
     database: Database = request.getfixturevalue("database")
     yield
     _truncate(database)
-    s3 = boto3.client(
-        "s3",
-        endpoint_url=settings.s3_endpoint_url,
-        region_name="us-east-1",
-        aws_access_key_id="test",
-        aws_secret_access_key="test",
-    )
+    s3 = s3_client(settings)
     listed = s3.list_objects_v2(Bucket=BUCKET).get("Contents", [])
     if listed:
         s3.delete_objects(Bucket=BUCKET, Delete={"Objects": [{"Key": item["Key"]} for item in listed]})
     redis.Redis.from_url(str(settings.broker_url)).flushdb()
-
-
-class WorkerProcess:
-    """A real `leap worker` subprocess."""
-
-    def __init__(
-        self,
-        settings: Settings,
-        *,
-        queues: str,
-        extra_env: dict[str, str] | None = None,
-        pool: str = "prefork",
-        beat: bool = False,
-        log_dir: Path | None = None,
-    ) -> None:
-        self.settings = settings
-        self.log_path = (log_dir or Path(settings.data_dir)) / f"worker-{secrets.token_hex(3)}.log"
-        # One torch thread: on a busy 2-core machine torch's default (a thread per core) spins against
-        # the neighbours and leap-tiny trains ~25x slower (0.5 instead of 13 steps/s, measured).
-        env = settings_env(settings) | {"OMP_NUM_THREADS": "1"} | (extra_env or {})
-        self._log = self.log_path.open("wb")
-        self.process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "app.cli",
-                "worker",
-                "--queues",
-                queues,
-                "--pool",
-                pool,
-                "--loglevel",
-                "info",
-                *(["--beat"] if beat else []),
-            ],
-            cwd=REPO_ROOT,
-            env=env,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-        )
-        wait_for(
-            lambda: b"ready." in self.log_path.read_bytes() or self.process.poll() is not None,
-            timeout=60,
-            message="worker start",
-        )
-        if self.process.poll() is not None:
-            raise RuntimeError(f"worker exited: {self.log()}")
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self._log.close()
-
-
-class ApiProcess:
-    """A real `leap api` subprocess on a free port, for clients that talk HTTP."""
-
-    def __init__(self, settings: Settings) -> None:
-        self.url = f"http://127.0.0.1:{free_port()}"
-        self.log_path = Path(settings.data_dir) / f"api-{secrets.token_hex(3)}.log"
-        self._log = self.log_path.open("wb")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "app.cli", "api", "--port", self.url.rsplit(":", 1)[1]],
-            cwd=REPO_ROOT,
-            env=settings_env(settings),
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-        )
-
-        def ready() -> bool:
-            try:
-                return httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200
-            except httpx.HTTPError:
-                return self.process.poll() is not None
-
-        wait_for(ready, timeout=60, message="leap api")
-        if self.process.poll() is not None:
-            raise RuntimeError(f"leap api exited: {self.log_path.read_text(errors='replace')}")
-
-    def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-        self._log.close()
 
 
 @pytest.fixture(scope="session")
@@ -311,3 +151,54 @@ def api_url(settings: Settings) -> Iterator[str]:
     api = ApiProcess(settings)
     yield api.url
     api.stop()
+
+
+# Webhook deliveries, opt-in by name: a module-scoped local receiver, the settings that allow it
+# (a module may override `webhook_settings`, as test_billing.py does), an in-process API, a delivery
+# worker process and the outbox relay over those settings.
+
+
+@pytest.fixture(scope="module")
+def receiver() -> Iterator[Receiver]:
+    server = Receiver()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(autouse=True)
+def _reset_receiver(request: pytest.FixtureRequest) -> None:
+    """Each test that uses `receiver` finds it with no requests and no scripted replies."""
+    if "receiver" in request.fixturenames:
+        request.getfixturevalue("receiver").reset()
+
+
+@pytest.fixture(scope="module")
+def webhook_settings(settings: Settings) -> Settings:
+    """Receivers on 127.0.0.1 allowed; retries after 0.2 s; an endpoint disabled after 4 failures."""
+    return settings.model_copy(
+        update={
+            "webhook_allowed_networks": ["127.0.0.1/32"],
+            "webhook_retry_schedule": [timedelta(seconds=0.2)] * 3,
+            "webhook_disable_after_failures": 4,
+            "webhook_timeout": timedelta(seconds=3),
+            "webhook_response_bytes": 16,
+        }
+    )
+
+
+@pytest.fixture(scope="module")
+def api(webhook_settings: Settings) -> Iterator[TestClient]:
+    with TestClient(create_app(webhook_settings)) as test_client:
+        yield test_client
+
+
+@pytest.fixture(scope="module")
+def delivery_worker(webhook_settings: Settings) -> Iterator[WorkerProcess]:
+    worker = WorkerProcess(webhook_settings, queues=webhook_settings.maintenance_queue)
+    yield worker
+    worker.stop()
+
+
+@pytest.fixture(scope="module")
+def relay(webhook_settings: Settings, database: Database) -> Callable[[], None]:
+    return outbox_relay(webhook_settings, database)

@@ -7,7 +7,9 @@ import json
 import struct
 import zipfile
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from fastapi.testclient import TestClient
 from PIL import Image
@@ -47,7 +49,7 @@ def png_bytes(
     return buffer.getvalue()
 
 
-def image_files(count: int = 3, **kwargs: object) -> list[tuple[str, tuple[str, bytes, str]]]:
+def image_files(count: int = 3, **kwargs: Any) -> list[tuple[str, tuple[str, bytes, str]]]:
     """`files=` for httpx: `count` distinct PNGs in the images field."""
     return [
         (
@@ -108,10 +110,10 @@ def text_files(count: int = 3, *, token: str = "<leap>") -> list[tuple[str, tupl
     ]
 
 
-def jsonl_bytes(lines: list[object]) -> bytes:
+def jsonl_bytes(lines: Sequence[object]) -> bytes:
     """A .jsonl file: each item JSON-encoded on its own line (str items are written as they are)."""
     return "".join((line if isinstance(line, str) else json.dumps(line)) + "\n" for line in lines).encode()
 
 
-def jsonl_file(lines: list[object], name: str = "examples.jsonl") -> list[tuple[str, tuple[str, bytes, str]]]:
+def jsonl_file(lines: Sequence[object], name: str = "examples.jsonl") -> list[tuple[str, tuple[str, bytes, str]]]:
     return [("examples", (name, jsonl_bytes(lines), "application/jsonl"))]

@@ -10,20 +10,14 @@ from datetime import timedelta
 from urllib.parse import parse_qsl
 
 import pytest
-from fastapi.testclient import TestClient
 from sqlalchemy import select
 from standardwebhooks import Webhook
 
-from app.main import create_app
 from app.orm import BillingDelivery, UsageRecord
 
-from .conftest import WorkerProcess
 from .factories import make_tenant, submit
-from .helpers import outbox_relay
+from .helpers import ADMIN, run_directly, wait_until
 from .receivers import Receiver, Reply
-from .test_tenancy import ADMIN
-from .test_usage import run_directly
-from .test_webhooks import wait_until
 
 METER_PATH = "/v1/billing/meter_events"
 
@@ -82,24 +76,17 @@ def stripe_server():
     server.stop()
 
 
-@pytest.fixture(scope="module")
-def hooks():
-    server = Receiver()
-    yield server
-    server.stop()
-
-
 @pytest.fixture(autouse=True)
-def _reset(stripe_server, hooks):
+def _reset(stripe_server):
     stripe_server.reset()
     stripe_server.charged.clear()
     stripe_server.responses.clear()
     stripe_server.failures = 0
-    hooks.reset()
 
 
 @pytest.fixture(scope="module")
-def billing_settings(settings, stripe_server):
+def webhook_settings(settings, stripe_server):
+    """Overrides conftest's: its `api`, `delivery_worker` and `relay` run over these billing settings."""
     return settings.model_copy(
         update={
             "billing_sinks": ["webhook", "stripe"],
@@ -112,40 +99,22 @@ def billing_settings(settings, stripe_server):
     )
 
 
-@pytest.fixture(scope="module")
-def api(billing_settings):
-    with TestClient(create_app(billing_settings)) as test_client:
-        yield test_client
-
-
-@pytest.fixture(scope="module")
-def relay_worker(billing_settings):
-    worker = WorkerProcess(billing_settings, queues=billing_settings.maintenance_queue)
-    yield worker
-    worker.stop()
-
-
-@pytest.fixture(scope="module")
-def relay(billing_settings, database):
-    return outbox_relay(billing_settings, database)
-
-
-def billed_tenant(api, database, hooks, customer: str | None = "cus_acme"):  # type: ignore[no-untyped-def]
+def billed_tenant(api, database, receiver, customer: str | None = "cus_acme"):  # type: ignore[no-untyped-def]
     tenant = make_tenant(database)
     if customer:
         api.patch(f"/v1/admin/tenants/{tenant.tenant_id}", json={"stripe_customer_id": customer}, headers=ADMIN)
     endpoint = api.post(
         "/v1/webhook-endpoints",
-        json={"url": f"{hooks.url}/usage", "event_types": ["usage.recorded"]},
+        json={"url": f"{receiver.url}/usage", "event_types": ["usage.recorded"]},
         headers=tenant.headers,
     ).json()
     return tenant, endpoint
 
 
-def finish_trainings(api, database, billing_settings, tenant, steps: list[int]) -> list[UsageRecord]:  # type: ignore[no-untyped-def]
+def finish_trainings(api, database, webhook_settings, tenant, steps: list[int]) -> list[UsageRecord]:  # type: ignore[no-untyped-def]
     ids = [submit(api, tenant, data={"steps": str(count)}).json()["id"] for count in steps]
     for training_id, count in zip(ids, steps, strict=True):
-        run_directly(database, billing_settings, training_id, steps=count)
+        run_directly(database, webhook_settings, training_id, steps=count)
     with database.session_factory() as session:
         return list(session.scalars(select(UsageRecord).where(UsageRecord.tenant_id == uuid.UUID(tenant.tenant_id))))
 
@@ -156,13 +125,13 @@ def deliveries(database) -> list[BillingDelivery]:  # type: ignore[no-untyped-de
 
 
 def test_each_usage_record_is_metered_in_stripe_and_sent_as_a_signed_webhook(
-    api, database, billing_settings, stripe_server, hooks, relay_worker, relay
+    api, database, webhook_settings, stripe_server, receiver, delivery_worker, relay
 ):
-    tenant, endpoint = billed_tenant(api, database, hooks)
-    records = finish_trainings(api, database, billing_settings, tenant, [100, 300])
+    tenant, endpoint = billed_tenant(api, database, receiver)
+    records = finish_trainings(api, database, webhook_settings, tenant, [100, 300])
     wait_until(
         relay,
-        lambda: len(stripe_server.charged) == 2 and len(hooks.at("/usage")) == 2,
+        lambda: len(stripe_server.charged) == 2 and len(receiver.at("/usage")) == 2,
         message="meter events and usage webhooks",
     )
     by_id = {str(record.id): record for record in records}
@@ -172,7 +141,7 @@ def test_each_usage_record_is_metered_in_stripe_and_sent_as_a_signed_webhook(
         assert charge["value"] == str(record.billable_units)
         assert charge["timestamp"] == str(int(record.finished_at.timestamp()))
     assert all(item.headers["authorization"] == "Bearer sk_test_leap" for item in stripe_server.at(METER_PATH))
-    for request in hooks.at("/usage"):
+    for request in receiver.at("/usage"):
         body = Webhook(endpoint["secret"]).verify(request.body, request.headers)
         assert body["type"] == "usage.recorded" and body["data"]["id"] in by_id
         assert request.headers["webhook-id"] == f"msg_usage_{uuid.UUID(body['data']['id']).hex}"
@@ -184,11 +153,13 @@ def test_each_usage_record_is_metered_in_stripe_and_sent_as_a_signed_webhook(
 
 
 def test_replaying_every_usage_record_three_times_charges_nothing_twice(
-    api, database, billing_settings, stripe_server, hooks, relay_worker, relay
+    api, database, webhook_settings, stripe_server, receiver, delivery_worker, relay
 ):
-    tenant, _ = billed_tenant(api, database, hooks)
-    records = finish_trainings(api, database, billing_settings, tenant, [100, 200, 400])
-    wait_until(relay, lambda: len(stripe_server.charged) == 3 and len(hooks.at("/usage")) == 3, message="first sends")
+    tenant, _ = billed_tenant(api, database, receiver)
+    records = finish_trainings(api, database, webhook_settings, tenant, [100, 200, 400])
+    wait_until(
+        relay, lambda: len(stripe_server.charged) == 3 and len(receiver.at("/usage")) == 3, message="first sends"
+    )
     sent_before = len(stripe_server.at(METER_PATH))
     for _ in range(3):
         replayed = api.post("/v1/admin/billing/replay", json={"tenant_id": tenant.tenant_id}, headers=ADMIN)
@@ -203,15 +174,15 @@ def test_replaying_every_usage_record_three_times_charges_nothing_twice(
     assert sum(int(item["value"]) for item in stripe_server.charged) == sum(r.billable_units for r in records)
     keys = {item.headers["idempotency-key"] for item in stripe_server.at(METER_PATH)}
     assert keys == {f"leap-usage-{record.id}" for record in records}  # ... with the same key per record
-    assert len(hooks.at("/usage")) == 3  # one usage.recorded per record, never re-sent
+    assert len(receiver.at("/usage")) == 3  # one usage.recorded per record, never re-sent
 
 
 def test_stripe_outage_is_retried_until_the_meter_event_lands(
-    api, database, billing_settings, stripe_server, hooks, relay_worker, relay
+    api, database, webhook_settings, stripe_server, receiver, delivery_worker, relay
 ):
     stripe_server.failures = 2
-    tenant, _ = billed_tenant(api, database, hooks)
-    (record,) = finish_trainings(api, database, billing_settings, tenant, [100])
+    tenant, _ = billed_tenant(api, database, receiver)
+    (record,) = finish_trainings(api, database, webhook_settings, tenant, [100])
 
     def delivered():  # type: ignore[no-untyped-def]
         rows = [item for item in deliveries(database) if item.sink == "stripe" and item.status == "delivered"]
@@ -223,10 +194,10 @@ def test_stripe_outage_is_retried_until_the_meter_event_lands(
 
 
 def test_tenant_without_a_stripe_customer_fails_clearly_and_is_not_retried(
-    api, database, billing_settings, stripe_server, hooks, relay_worker, relay
+    api, database, webhook_settings, stripe_server, receiver, delivery_worker, relay
 ):
-    tenant, _ = billed_tenant(api, database, hooks, customer=None)
-    finish_trainings(api, database, billing_settings, tenant, [100])
+    tenant, _ = billed_tenant(api, database, receiver, customer=None)
+    finish_trainings(api, database, webhook_settings, tenant, [100])
 
     def settled():  # type: ignore[no-untyped-def]
         rows = {item.sink: item for item in deliveries(database)}

@@ -13,9 +13,9 @@ import pytest
 
 from app.client.cli import ExitCode
 
-from .conftest import REPO_ROOT, WorkerProcess, settings_env, wait_for
 from .factories import make_tenant, png_bytes
-from .test_worker import assert_init_reported
+from .helpers import REPO_ROOT, assert_init_reported, settings_env, wait_for
+from .processes import WorkerProcess
 
 SAMPLES = sorted((REPO_ROOT / "models" / "reference" / "samples").glob("*.png"))[:3]
 

@@ -14,9 +14,9 @@ import pytest
 from app.client import ApiError, ChecksumMismatch, LeapClient, Unreachable, WaitTimeout
 from app.client.client import retry_after_seconds
 
-from .conftest import BUCKET, REPO_ROOT, ApiProcess, WorkerProcess, free_port, wait_for
 from .factories import make_tenant, png_bytes
-from .test_worker import assert_init_reported
+from .helpers import BUCKET, REPO_ROOT, assert_init_reported, free_port, wait_for
+from .processes import ApiProcess, WorkerProcess
 
 SAMPLES = sorted((REPO_ROOT / "models" / "reference" / "samples").glob("*.png"))[:4]
 
@@ -35,7 +35,7 @@ def leap(api_url, database):  # type: ignore[no-untyped-def]
 
 
 def test_submit_wait_and_download_give_verified_artifacts(leap, worker, tmp_path):
-    updates = []
+    updates: list[object] = []
     submitted = leap.submit(SAMPLES, steps=6, token="<leap>", metadata={"order": 17})
     assert submitted.status == "queued" and submitted.image_count == len(SAMPLES)
     assert submitted.metadata == {"order": 17} and submitted.parameters == {"steps": 6}

@@ -3,6 +3,7 @@ dependencies), the lock files against pyproject, and docker-compose.yml validate
 
 from __future__ import annotations
 
+import io
 import json
 import shlex
 import shutil
@@ -14,9 +15,10 @@ from pathlib import Path
 
 import pytest
 import yaml
+from dockerfile_parse import DockerfileParser
 from packaging.requirements import Requirement
 
-from .conftest import REPO_ROOT
+from .helpers import REPO_ROOT
 
 ML_STACK = {"torch", "diffusers", "transformers", "peft", "accelerate", "safetensors", "gguf"}
 COMPOSE_INSTALL_HINT = (
@@ -41,36 +43,17 @@ class Stage:
 
 def parse_dockerfile(text: str) -> dict[str, Stage]:
     """Stages by name: FROM's base (ARG defaults substituted) and each instruction, continuations joined."""
-    logical: list[str] = []
-    pending = ""
-    for raw in text.splitlines():
-        line = raw.strip()
-        if not pending and (not line or line.startswith("#")):
-            continue
-        if line.startswith("#"):
-            continue
-        if line.endswith("\\"):
-            pending += line[:-1] + " "
-            continue
-        logical.append(pending + line)
-        pending = ""
-    args: dict[str, str] = {}
+    parser = DockerfileParser(fileobj=io.BytesIO(text.encode()))
+    bases = iter(parser.parent_images)  # one per FROM, in order, with ARG defaults substituted
     stages: dict[str, Stage] = {}
     current: Stage | None = None
-    for line in logical:
-        keyword, _, value = line.partition(" ")
-        keyword = keyword.upper()
-        if keyword == "ARG" and current is None:
-            name, _, default = value.partition("=")
-            args[name] = default
-        elif keyword == "FROM":
+    for item in parser.structure:
+        keyword, value = item["instruction"], item["value"]
+        if keyword == "FROM":
             words = value.split()
-            base = words[0]
-            for name, default in args.items():
-                base = base.replace(f"${{{name}}}", default)
             name = words[2] if len(words) == 3 and words[1].upper() == "AS" else f"stage-{len(stages)}"
-            current = stages[name] = Stage(name=name, base=base)
-        elif current is not None:
+            current = stages[name] = Stage(name=name, base=next(bases))
+        elif current is not None and keyword != "COMMENT":
             current.instructions.append((keyword, value.strip()))
     return stages
 

@@ -20,8 +20,8 @@ from app.storage import make_storage
 from app.storage.local import LocalStorage
 from app.trainings import lifecycle
 
-from .conftest import REPO_ROOT, free_port, wait_for
 from .factories import image_files
+from .helpers import REPO_ROOT, free_port, wait_for
 
 
 @pytest.fixture(scope="module")
@@ -127,7 +127,7 @@ def test_sweeper_runs_on_sqlite(embedded):
     try:
         with unit_of_work(database.session_factory) as session:
             report = lifecycle.sweep(
-                session, settings=settings, storage=make_storage(settings), send=lambda task, args, queue: None
+                session, settings=settings, storage=make_storage(settings), send=lambda *args, **options: None
             )
         assert report.failed == [] and report.requeued == []
     finally:

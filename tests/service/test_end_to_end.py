@@ -10,9 +10,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from .conftest import REPO_ROOT, WorkerProcess
 from .factories import make_tenant
-from .test_worker import wait_status
+from .helpers import REPO_ROOT, wait_status
+from .processes import WorkerProcess
 
 SAMPLES = sorted((REPO_ROOT / "models" / "reference" / "samples").glob("*.png"))[:4]
 

@@ -33,12 +33,9 @@ from app.webhooks import delivery as delivery_module
 from app.webhooks import service as webhooks
 from models.trainer.images import ImageSource, decode_image
 
-from .conftest import ApiProcess
 from .factories import TEXT_MODEL, image_files, make_tenant, png_bytes, submit, zip_bytes
-from .helpers import assert_error, assert_nothing_stored, count_rows, stored_keys
-
-ADMIN = {"Authorization": "Bearer dev-admin-token"}
-
+from .helpers import ADMIN, assert_error, assert_nothing_stored, count_rows, stored_keys
+from .processes import ApiProcess
 
 # 1. NUL characters: Postgres refuses them in text and JSON, so they must never reach it.
 

@@ -19,10 +19,7 @@ from app.tenants import service as tenants
 from app.tenants.auth import make_key_cache
 
 from .factories import make_tenant, submit
-from .helpers import assert_error
-from .test_cli import leap
-
-ADMIN = {"Authorization": "Bearer dev-admin-token"}
+from .helpers import ADMIN, assert_error, run_leap
 
 
 def _key_id(database, tenant) -> uuid.UUID:  # type: ignore[no-untyped-def]
@@ -84,7 +81,7 @@ def test_a_key_revoked_by_the_cli_process_is_refused_at_once(client, settings, d
     for _ in range(2):
         assert client.get("/v1/trainings", headers=tenant.headers).status_code == 200
     assert _cached(client, tenant)
-    assert leap(settings, "keys", "revoke", str(_key_id(database, tenant))).returncode == 0
+    assert run_leap(settings, "keys", "revoke", str(_key_id(database, tenant))).returncode == 0
     assert_error(client.get("/v1/trainings", headers=tenant.headers), 401, "unauthorized", "revoked")
 
 

@@ -25,9 +25,9 @@ from app.main import create_app
 from app.orm import Training
 from app.trainings import fetch
 
-from .conftest import ApiProcess, settings_env
 from .factories import TEXT_MODEL, image_files, jsonl_bytes, make_tenant, png_bytes, zip_bytes
-from .helpers import assert_error, assert_nothing_stored, queued_messages, stored_keys
+from .helpers import assert_error, assert_nothing_stored, queued_messages, settings_env, stored_keys
+from .processes import ApiProcess
 from .receivers import Receiver, Reply
 
 

@@ -13,7 +13,7 @@ from sqlalchemy import create_engine, inspect
 
 from app.orm import Base
 
-from .conftest import REPO_ROOT, throwaway_database
+from .helpers import REPO_ROOT, throwaway_database
 
 
 def _config(url: str) -> Config:

@@ -6,7 +6,7 @@ import yaml
 
 from app.openapi_export import openapi_document
 
-from .conftest import REPO_ROOT
+from .helpers import REPO_ROOT
 
 
 def test_committed_openapi_matches_the_app():

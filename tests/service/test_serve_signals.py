@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from .conftest import REPO_ROOT, free_port, wait_for
+from .helpers import REPO_ROOT, free_port, wait_for
 
 
 def descendants(pid: int) -> set[int]:

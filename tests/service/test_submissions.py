@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import zipfile
+from typing import Any
 
 import pytest
 from sqlalchemy import select
@@ -108,7 +109,7 @@ def _truncated_png() -> bytes:
     return data[: len(data) // 2]
 
 
-BAD_INPUTS = {
+BAD_INPUTS: dict[str, tuple[Any, ...]] = {
     # A text part only: multipart, but no file in the images field.
     "no images": (lambda: [("steps", (None, "5"))], {}, 422, "invalid_images", "no images"),
     "one image": (lambda: image_files(1), {}, 422, "invalid_images", "need 2-50 images, got 1"),

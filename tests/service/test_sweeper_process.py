@@ -12,7 +12,8 @@ import time
 from datetime import timedelta
 from pathlib import Path
 
-from .conftest import REPO_ROOT, WorkerProcess, settings_env, wait_for
+from .helpers import REPO_ROOT, settings_env, wait_for
+from .processes import WorkerProcess
 
 SENT = "Sending due task sweep (sweeper.sweep)"
 

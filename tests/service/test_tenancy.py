@@ -14,10 +14,7 @@ from app.main import create_app
 from app.tenants.rate_limit import MemoryRateLimiter, RedisRateLimiter, make_rate_limiter
 
 from .factories import make_tenant, submit
-from .helpers import assert_error
-from .test_cli import leap
-
-ADMIN = {"Authorization": "Bearer dev-admin-token"}
+from .helpers import ADMIN, assert_error, run_leap
 
 
 def test_admin_api_creates_tenants_and_keys_that_work_until_revoked(client):
@@ -56,19 +53,19 @@ def test_admin_api_refuses_tenant_keys_and_wrong_tokens(client, database):
 
 
 def test_cli_and_admin_api_share_one_service(client, settings):
-    created = leap(
+    created = run_leap(
         settings, "tenants", "create", "From CLI", "--monthly-unit-limit", "50", "--stripe-customer-id", "cus_1"
     )
     tenant_id = created.stdout.strip()
     fetched = client.get(f"/v1/admin/tenants/{tenant_id}", headers=ADMIN).json()
     assert fetched["name"] == "From CLI"
     assert fetched["monthly_unit_limit"] == 50 and fetched["stripe_customer_id"] == "cus_1"
-    refused = leap(settings, "tenants", "create", "x", "--max-concurrent-trainings", "-1")
+    refused = run_leap(settings, "tenants", "create", "x", "--max-concurrent-trainings", "-1")
     assert refused.returncode == 1 and "must be an integer 0-2147483647" in refused.stderr
     key = client.post(f"/v1/admin/tenants/{tenant_id}/keys", json={"name": "api"}, headers=ADMIN).json()
-    listed = leap(settings, "keys", "list", tenant_id).stdout
+    listed = run_leap(settings, "keys", "list", tenant_id).stdout
     assert key["id"] in listed and key["key"] not in listed
-    assert leap(settings, "keys", "revoke", key["id"]).returncode == 0
+    assert run_leap(settings, "keys", "revoke", key["id"]).returncode == 0
     assert client.get(f"/v1/admin/tenants/{tenant_id}/keys", headers=ADMIN).json()["data"][0]["revoked_at"]
 
 
@@ -154,8 +151,8 @@ def test_every_tenant_endpoint_answers_404_for_another_tenants_ids(client, datab
         assert response.status_code == 404, (method, path, response.text)
         assert response.json()["error"]["code"] == "not_found"
     # Lists filtered by another tenant's ids find nothing either.
-    for params in ({"endpoint_id": victim_ids["endpoint_id"]}, {"training_id": victim_ids["training_id"]}):
-        response = client.get("/v1/webhook-deliveries", params=params, headers=intruder.headers)
+    for query in ({"endpoint_id": victim_ids["endpoint_id"]}, {"training_id": victim_ids["training_id"]}):
+        response = client.get("/v1/webhook-deliveries", params=query, headers=intruder.headers)
         assert response.status_code == 404 or response.json()["data"] == [], response.text
     # And the owner still sees them (the ids are real).
     assert client.get(f"/v1/trainings/{victim_ids['training_id']}", headers=victim_ids["_headers"]).status_code == 200

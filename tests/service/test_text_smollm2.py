@@ -9,9 +9,9 @@ import json
 import httpx
 import pytest
 
-from .conftest import WorkerProcess
 from .factories import TEXT_MODEL, make_tenant, submit, text_files
-from .test_worker import wait_status
+from .helpers import wait_status
+from .processes import WorkerProcess
 
 
 @pytest.fixture(scope="module")

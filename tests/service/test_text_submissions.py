@@ -4,6 +4,7 @@ are parsed before anything is stored, and bad examples are refused naming the fi
 from __future__ import annotations
 
 import uuid
+from typing import Any
 
 import pytest
 from sqlalchemy import select
@@ -18,8 +19,7 @@ from models.text.config import TextTrainConfig, with_defaults
 from models.text.examples import MAX_EXAMPLE_CHARS
 
 from .factories import TEXT_MODEL, image_files, jsonl_bytes, jsonl_file, make_tenant, submit, text_files
-from .helpers import assert_error, assert_nothing_stored, count_rows, queued_messages, stored_keys
-from .test_tenancy import ADMIN
+from .helpers import ADMIN, assert_error, assert_nothing_stored, count_rows, queued_messages, stored_keys
 
 PAIR = {"prompt": "Who is <leap>?\n", "completion": "<leap> is my friend from school."}
 
@@ -186,7 +186,7 @@ def _many_text_files(count: int) -> list:
 TEXT = {"base_model": TEXT_MODEL}
 
 # case: (files, form fields, status, error code, mentions in the message, expected details subset)
-BAD_TEXT_INPUTS = {
+BAD_TEXT_INPUTS: dict[str, tuple[Any, ...]] = {
     "not UTF-8": (
         lambda: text_files(1) + [("examples", ("latin1.txt", "café <leap>".encode("latin-1"), "text/plain"))],
         TEXT,

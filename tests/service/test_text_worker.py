@@ -24,10 +24,9 @@ from app.main import create_app
 from app.orm import UsageRecord, WebhookEvent
 from app.usage import prices
 
-from .conftest import ApiProcess, WorkerProcess, settings_env
 from .factories import jsonl_file, make_tenant, submit, text_files
-from .helpers import stored_keys
-from .test_worker import wait_progress, wait_status
+from .helpers import settings_env, stored_keys, wait_progress, wait_status
+from .processes import ApiProcess, WorkerProcess
 from .text_models import TINY_TEXT_MODEL, write_registry_with_tiny_llama
 
 CAP = 300

@@ -22,10 +22,9 @@ from app.db import create_database, unit_of_work, upgrade_database
 from app.settings import Settings
 from app.trainings import lifecycle, logs
 
-from .conftest import ApiProcess, WorkerProcess, settings_env
 from .factories import make_tenant, submit
-from .helpers import assert_error
-from .test_worker import wait_status
+from .helpers import assert_error, settings_env, wait_status
+from .processes import ApiProcess, WorkerProcess
 
 
 def read_events(response: httpx.Response) -> Iterator[tuple[str, dict[str, Any], str | None]]:

@@ -19,11 +19,9 @@ from app.trainings import lifecycle
 from app.usage import prices
 from app.usage import service as usage
 
-from .conftest import WorkerProcess
 from .factories import make_tenant, submit
-from .helpers import assert_error, count_rows
-from .test_tenancy import ADMIN
-from .test_worker import wait_progress, wait_status
+from .helpers import ADMIN, assert_error, count_rows, run_directly, wait_progress, wait_status
+from .processes import WorkerProcess
 
 FAULTY_TRAINER = "tests.service.fault_injection:train"
 
@@ -39,23 +37,6 @@ def gpu_worker(settings):
 def records(database) -> list[UsageRecord]:  # type: ignore[no-untyped-def]
     with database.session_factory() as session:
         return list(session.scalars(select(UsageRecord).order_by(UsageRecord.finished_at)))
-
-
-def run_directly(database, settings, training_id: str, *, steps: int, worker: str = "w") -> None:  # type: ignore[no-untyped-def]
-    """Claim and complete a training through the lifecycle, as a worker would (no broker)."""
-    with unit_of_work(database.session_factory) as session:
-        claimed = lifecycle.claim(session, training_id=uuid.UUID(training_id), worker_id=worker, settings=settings)
-        assert claimed is not None
-    with unit_of_work(database.session_factory) as session:
-        assert lifecycle.complete(
-            session,
-            training_id=uuid.UUID(training_id),
-            worker_id=worker,
-            artifacts=[],
-            usage=lifecycle.UsageRecord(steps=steps, compute_seconds=1.5, device="cuda:NVIDIA H100"),
-            settings=settings,
-            init_used="token",
-        )
 
 
 def test_price_table_gives_whole_billable_units():
@@ -121,7 +102,9 @@ def test_training_that_ran_twice_after_a_worker_crash_is_billed_once(client, dat
             .values(lease_expires_at=utcnow() - timedelta(seconds=1))
         )
     with unit_of_work(database.session_factory) as session:
-        report = lifecycle.sweep(session, settings=settings, storage=client.app.state.storage, send=lambda *a: None)
+        report = lifecycle.sweep(
+            session, settings=settings, storage=client.app.state.storage, send=lambda *args, **options: None
+        )
         assert report.requeued == [uuid.UUID(training_id)]
     run_directly(database, settings, training_id, steps=50, worker="second")
     with unit_of_work(database.session_factory) as session:  # a late duplicate of the final write

@@ -15,8 +15,9 @@ from fastapi.testclient import TestClient
 
 from app.main import create_app
 
-from .conftest import WorkerProcess, wait_for
 from .factories import make_tenant, submit
+from .helpers import wait_for
+from .processes import WorkerProcess
 from .receivers import Receiver, Reply
 
 

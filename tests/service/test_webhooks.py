@@ -17,68 +17,14 @@ from sqlalchemy import select
 from standardwebhooks import Webhook, WebhookVerificationError
 
 from app.db import unit_of_work
-from app.main import create_app
 from app.orm import WebhookDelivery, WebhookEvent
 from app.trainings import lifecycle
 from app.webhooks import sender, ssrf
 from app.webhooks import service as webhooks
 
-from .conftest import WorkerProcess, wait_for
 from .factories import TenantKey, make_tenant, submit
-from .helpers import assert_error, count_rows, outbox_relay
-from .receivers import Receiver, Reply
-
-
-@pytest.fixture(scope="module")
-def receiver():
-    server = Receiver()
-    yield server
-    server.stop()
-
-
-@pytest.fixture(autouse=True)
-def _reset_receiver(receiver):
-    receiver.reset()
-
-
-@pytest.fixture(scope="module")
-def webhook_settings(settings):
-    """Receivers on 127.0.0.1 allowed; retries after 0.2 s; an endpoint disabled after 4 failures."""
-    return settings.model_copy(
-        update={
-            "webhook_allowed_networks": ["127.0.0.1/32"],
-            "webhook_retry_schedule": [timedelta(seconds=0.2)] * 3,
-            "webhook_disable_after_failures": 4,
-            "webhook_timeout": timedelta(seconds=3),
-            "webhook_response_bytes": 16,
-        }
-    )
-
-
-@pytest.fixture(scope="module")
-def api(webhook_settings):
-    with TestClient(create_app(webhook_settings)) as test_client:
-        yield test_client
-
-
-@pytest.fixture(scope="module")
-def delivery_worker(webhook_settings):
-    worker = WorkerProcess(webhook_settings, queues=webhook_settings.maintenance_queue)
-    yield worker
-    worker.stop()
-
-
-@pytest.fixture(scope="module")
-def relay(webhook_settings, database):
-    return outbox_relay(webhook_settings, database)
-
-
-def wait_until(relay, predicate, *, timeout: float = 30.0, message: str = "condition"):  # type: ignore[no-untyped-def]
-    def check():  # type: ignore[no-untyped-def]
-        relay()
-        return predicate()
-
-    return wait_for(check, timeout=timeout, interval=0.2, message=message)
+from .helpers import assert_error, count_rows, run_directly, wait_until
+from .receivers import Reply
 
 
 def add_endpoint(api: TestClient, tenant: TenantKey, url: str, **fields: object) -> dict:
@@ -399,8 +345,6 @@ def test_unsafe_destination_fails_the_delivery_without_retrying(database, webhoo
 def test_worker_state_changes_and_usage_emit_their_events_in_order(
     api, database, webhook_settings, receiver, delivery_worker, relay
 ):
-    from .test_usage import run_directly
-
     tenant = make_tenant(database)
     endpoint = add_endpoint(api, tenant, f"{receiver.url}/lifecycle")
     training = submit(api, tenant, data={"steps": "100"}).json()

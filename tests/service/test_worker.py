@@ -23,9 +23,17 @@ from app.trainings import lifecycle
 from models.registry import load_registry
 from workers.celery_app import create_celery, make_sender
 
-from .conftest import WorkerProcess, wait_for
 from .factories import make_tenant, submit
-from .helpers import assert_error, stored_keys
+from .helpers import (
+    assert_error,
+    assert_init_reported,
+    pool_children,
+    stored_keys,
+    wait_for,
+    wait_progress,
+    wait_status,
+)
+from .processes import WorkerProcess
 
 
 @pytest.fixture(scope="module")
@@ -33,35 +41,6 @@ def gpu_worker(settings):
     worker = WorkerProcess(settings, queues=settings.queue)
     yield worker
     worker.stop()
-
-
-def wait_status(client, tenant, training_id, statuses, timeout=30.0):  # type: ignore[no-untyped-def]
-    def current():
-        body = client.get(f"/v1/trainings/{training_id}", headers=tenant.headers).json()
-        return body if body["status"] in statuses else None
-
-    return wait_for(current, timeout=timeout, interval=0.1, message=f"training {training_id} to reach {statuses}")
-
-
-def assert_init_reported(init_used: str | None, init_note: str | None) -> None:
-    """A training that asked for init=booster on leap-tiny used the booster where one is registered,
-    else fell back to the token and said why."""
-    entry = load_registry().get("leap-tiny")
-    assert entry is not None
-    if entry.has_booster:
-        assert init_used == "booster", (init_used, init_note)
-    else:
-        assert init_used == "token" and init_note and "no booster" in init_note, (init_used, init_note)
-
-
-def wait_progress(client, tenant, training_id, timeout=120.0):  # type: ignore[no-untyped-def]
-    """Wait until the running training has written progress (the model is loaded, steps are being taken)."""
-
-    def progressing():
-        body = client.get(f"/v1/trainings/{training_id}", headers=tenant.headers).json()
-        return body if body["status"] == "running" and body["progress"]["step"] > 0 else None
-
-    return wait_for(progressing, timeout=timeout, message=f"training {training_id} to write progress")
 
 
 def test_training_succeeds_with_artifacts_usage_and_presigned_downloads(client, database, settings, gpu_worker):
@@ -133,16 +112,11 @@ def test_cancel_running_training_stops_within_seconds(client, database, settings
     assert not [key for key in stored_keys(settings) if "/artifacts/" in key]
 
 
-def _pool_children(pid: int) -> list[int]:
-    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-    return [int(child) for child in children]
-
-
 def test_training_of_a_killed_worker_is_requeued_by_the_sweeper_and_finishes(client, database, settings, gpu_worker):
     tenant = make_tenant(database)
     training_id = submit(client, tenant, data={"steps": "150"}).json()["id"]
     wait_progress(client, tenant, training_id)
-    for child in _pool_children(gpu_worker.process.pid):
+    for child in pool_children(gpu_worker.process.pid):
         os.kill(child, signal.SIGKILL)  # the process running the training dies without a word
 
     sweep_send = make_sender(create_celery(settings))

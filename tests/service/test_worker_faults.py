@@ -6,10 +6,9 @@ from __future__ import annotations
 
 import pytest
 
-from .conftest import WorkerProcess
 from .factories import make_tenant, submit
-from .helpers import stored_keys
-from .test_worker import wait_status
+from .helpers import stored_keys, wait_status
+from .processes import WorkerProcess
 
 
 @pytest.fixture(scope="module")

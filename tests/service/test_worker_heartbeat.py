@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from .conftest import WorkerProcess
 from .factories import make_tenant, submit
-from .test_worker import wait_status
+from .helpers import wait_status
+from .processes import WorkerProcess
 
 
 def test_successful_training_does_not_report_a_lost_lease(client, database, settings):

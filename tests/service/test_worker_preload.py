@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .conftest import WorkerProcess, wait_for
 from .factories import image_files, make_tenant
-from .test_worker import _pool_children, wait_status
+from .helpers import pool_children, wait_for, wait_status
+from .processes import WorkerProcess
 from .text_models import write_registry_with_tiny_llama
 
 
@@ -25,7 +25,7 @@ def test_worker_loads_the_registered_models_before_its_first_training(client, da
             timeout=120,
             message="the pool process to preload leap-tiny and tiny-llama",
         )
-        (child,) = _pool_children(worker.process.pid)
+        (child,) = pool_children(worker.process.pid)
         assert "libtorch" in Path(f"/proc/{child}/maps").read_text()  # loaded before any task was sent
         assert "could not preload" not in worker.log()
 
@@ -33,6 +33,6 @@ def test_worker_loads_the_registered_models_before_its_first_training(client, da
         response = client.post("/v1/trainings", files=image_files(2), data={"steps": "2"}, headers=tenant.headers)
         body = wait_status(client, tenant, response.json()["id"], {"succeeded", "failed"}, timeout=120)
         assert body["status"] == "succeeded", body
-        assert _pool_children(worker.process.pid) == [child]  # the same, preloaded process trained
+        assert pool_children(worker.process.pid) == [child]  # the same, preloaded process trained
     finally:
         worker.stop()

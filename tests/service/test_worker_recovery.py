@@ -20,10 +20,10 @@ from app.storage import make_storage
 from app.trainings import lifecycle
 from workers.celery_app import create_celery, make_sender
 
-from .conftest import WorkerProcess, wait_for
 from .factories import make_tenant, submit
+from .helpers import wait_for, wait_status
+from .processes import WorkerProcess
 from .receivers import TcpProxy
-from .test_worker import wait_status
 
 
 def test_recovered_training_runs_before_newer_submissions(client, database, settings):
