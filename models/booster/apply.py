@@ -54,8 +54,9 @@ class BatchedConcepts:
         self.lora: dict[str, torch.Tensor] = {}
         modules = dict(base.unet.named_modules())
         self.targets = sorted({key.rsplit(".lora_", 1)[0] for key in layout})
-        self._placeholders = PlaceholderHooks(base.text_encoder.get_input_embeddings(),
-                                              is_placeholder=self._is_placeholder, vectors=self._vectors)
+        self._placeholders = PlaceholderHooks(
+            base.text_encoder.get_input_embeddings(), is_placeholder=self._is_placeholder, vectors=self._vectors
+        )
         self.hooks: list[torch.utils.hooks.RemovableHandle] = []
         for name in self.targets:
             self.hooks.append(modules[name].register_forward_hook(self._lora_hook(name)))
@@ -91,6 +92,7 @@ class BatchedConcepts:
             grouped = x.reshape(sets, -1, x.shape[-1])
             delta = torch.bmm(torch.bmm(grouped, a.transpose(1, 2)), b.transpose(1, 2))
             return output + delta.reshape(output.shape).to(output.dtype)
+
         return hook
 
     def close(self) -> None:
@@ -100,8 +102,9 @@ class BatchedConcepts:
         self.hooks = []
 
 
-def per_row_denoising_loss(base: BaseComponents, latents: torch.Tensor, ids: torch.Tensor, noise: torch.Tensor,
-                           timesteps: torch.Tensor) -> torch.Tensor:
+def per_row_denoising_loss(
+    base: BaseComponents, latents: torch.Tensor, ids: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor
+) -> torch.Tensor:
     """The denoising loss of each batch row ([rows]), with whatever BatchedConcepts has set."""
     scheduler = base.noise_scheduler
     prediction = base.unet(scheduler.add_noise(latents, noise, timesteps), timesteps, base.text_encoder(ids)[0]).sample

@@ -75,8 +75,10 @@ def schedule(steps: int, every: int) -> list[int]:
 
 
 def world_items(split: str, count: int) -> list[Item]:
-    return [Item(b.name, "world" if split == "val" else "dev", b.views(), b.held_out_views())
-            for b in benchmark_concepts(split)[:count]]
+    return [
+        Item(b.name, "world" if split == "val" else "dev", b.views(), b.held_out_views())
+        for b in benchmark_concepts(split)[:count]
+    ]
 
 
 def family_items(families: Sequence[str], per_family: int, seed: int, group: str) -> list[Item]:
@@ -125,14 +127,29 @@ Resolver = Callable[..., Any]
 
 def booster_resolver(directory: Path, use_lora: bool | None, registry: Registry) -> Resolver:
     """The trainer's booster hook for one booster folder (not necessarily the registered one)."""
+
     def resolve(base, images, config):
         return initial_state_from(checked_booster(directory, base, registry), images, config, use_lora=use_lora)
+
     return resolve
 
 
-def run_curve(base_model: str, item: Item, *, mode: str, init: str, steps: int, seed: int, rates: dict[str, float],
-              eval_steps: list[int], out_dir: Path, registry: Registry, num_vectors: int = 1,
-              resolver: Resolver | None = None, state_from: Resolver | None = None) -> Curve:
+def run_curve(
+    base_model: str,
+    item: Item,
+    *,
+    mode: str,
+    init: str,
+    steps: int,
+    seed: int,
+    rates: dict[str, float],
+    eval_steps: list[int],
+    out_dir: Path,
+    registry: Registry,
+    num_vectors: int = 1,
+    resolver: Resolver | None = None,
+    state_from: Resolver | None = None,
+) -> Curve:
     """One run with held-out loss at `eval_steps`. `resolver`: the trainer's booster hook (init="booster":
     the trainer's guarded start picks among token and booster candidates); `state_from`: start exactly
     from the booster's prediction, unguarded (the trainer's initial_state)."""
@@ -143,8 +160,15 @@ def run_curve(base_model: str, item: Item, *, mode: str, init: str, steps: int, 
     def hook(step: int, job) -> None:
         curve.losses[step] = held_out(job.concept)
 
-    config = TrainConfig(base_model=base_model, mode=mode, init=init, steps=steps, seed=seed,  # type: ignore[arg-type]
-                         num_vectors=num_vectors, **rates)  # type: ignore[arg-type]
+    config = TrainConfig(
+        base_model=base_model,
+        mode=mode,
+        init=init,
+        steps=steps,
+        seed=seed,  # type: ignore[arg-type]
+        num_vectors=num_vectors,
+        **rates,
+    )  # type: ignore[arg-type]
     kwargs: dict[str, Any] = {"booster": resolver} if resolver is not None else {}
     if state_from is not None:
         kwargs["initial_state"] = state_from(base, item.views, config)
@@ -155,24 +179,51 @@ def run_curve(base_model: str, item: Item, *, mode: str, init: str, steps: int, 
 
 SWEEPS = {
     "textual_inversion": [{"embedding_lr": lr} for lr in (5e-3, 1e-2, 2e-2, 5e-2)],
-    "pivotal": [{"embedding_lr": emb, "pivot_embedding_lr": emb / 10, "lora_lr": lora}
-                for emb, lora in ((1e-2, 3e-3), (2e-2, 1e-3), (2e-2, 3e-3), (5e-2, 3e-3))],
+    "pivotal": [
+        {"embedding_lr": emb, "pivot_embedding_lr": emb / 10, "lora_lr": lora}
+        for emb, lora in ((1e-2, 3e-3), (2e-2, 1e-3), (2e-2, 3e-3), (5e-2, 3e-3))
+    ],
 }
 
 
-def speed_sweep(base_model: str, mode: str, grid: list[dict[str, float]], items: list[Item], *, steps: int,
-                eval_steps: list[int], out_dir: Path, num_vectors: int,
-                registry: Registry) -> tuple[dict[str, float], list[dict]]:
+def speed_sweep(
+    base_model: str,
+    mode: str,
+    grid: list[dict[str, float]],
+    items: list[Item],
+    *,
+    steps: int,
+    eval_steps: list[int],
+    out_dir: Path,
+    num_vectors: int,
+    registry: Registry,
+) -> tuple[dict[str, float], list[dict]]:
     """Pick the baseline's rates by fewest median steps to within 2% of the best any sweep point reaches."""
-    curves = [[run_curve(base_model, item, mode=mode, init="token", steps=steps, seed=0, rates=rates,
-                         eval_steps=eval_steps, out_dir=out_dir, num_vectors=num_vectors, registry=registry)
-               for item in items]
-              for rates in grid]
+    curves = [
+        [
+            run_curve(
+                base_model,
+                item,
+                mode=mode,
+                init="token",
+                steps=steps,
+                seed=0,
+                rates=rates,
+                eval_steps=eval_steps,
+                out_dir=out_dir,
+                num_vectors=num_vectors,
+                registry=registry,
+            )
+            for item in items
+        ]
+        for rates in grid
+    ]
     return fastest_rates(grid, [[curve.losses for curve in row] for row in curves], steps, mode)
 
 
-def fastest_rates(grid: list[dict[str, float]], losses: list[list[dict[int, float]]], steps: int,
-                  label: str = "") -> tuple[dict[str, float], list[dict]]:
+def fastest_rates(
+    grid: list[dict[str, float]], losses: list[list[dict[int, float]]], steps: int, label: str = ""
+) -> tuple[dict[str, float], list[dict]]:
     """losses[rate][concept] = {step: held-out loss}; the rate with the fewest median steps to within 2%
     of the best loss any rate reaches on that concept (never reaching it counts as 2 x steps)."""
     concepts = range(len(losses[0]))
@@ -181,9 +232,14 @@ def fastest_rates(grid: list[dict[str, float]], losses: list[list[dict[int, floa
     for r, rates in enumerate(grid):
         reached = [next((s for s, v in sorted(losses[r][i].items()) if v <= best[i] * 1.02), None) for i in concepts]
         counted = [s if s is not None else 2 * steps for s in reached]
-        results.append({"rates": rates, "steps_to_best_any_plus_2pct": reached,
-                        "median_steps": statistics.median(counted),
-                        "mean_final_loss": statistics.fmean(losses[r][i][steps] for i in concepts)})
+        results.append(
+            {
+                "rates": rates,
+                "steps_to_best_any_plus_2pct": reached,
+                "median_steps": statistics.median(counted),
+                "mean_final_loss": statistics.fmean(losses[r][i][steps] for i in concepts),
+            }
+        )
         print(f"  sweep {label} {rates}: steps {reached}, final {results[-1]['mean_final_loss']:.5f}", flush=True)
     chosen = min(results, key=lambda r: (r["median_steps"], r["mean_final_loss"]))
     return chosen["rates"], results
@@ -205,8 +261,13 @@ def spread(values: list[float] | list[float | None]) -> dict[str, float | None]:
     if not values:
         return {"median": None, "q1": None, "q3": None, "min": None, "max": None}
     quartiles = statistics.quantiles(values, n=4, method="inclusive") if len(values) >= 2 else [values[0]] * 3
-    return {"median": statistics.median(values), "q1": quartiles[0], "q3": quartiles[2],
-            "min": min(values), "max": max(values)}
+    return {
+        "median": statistics.median(values),
+        "q1": quartiles[0],
+        "q3": quartiles[2],
+        "min": min(values),
+        "max": max(values),
+    }
 
 
 def summarise(runs: list[dict], variant: str) -> dict:
@@ -216,20 +277,25 @@ def summarise(runs: list[dict], variant: str) -> dict:
     final_ratio = per_concept(runs, lambda r: r["variants"][variant]["final"] / r["token"]["final"])
     start_ratio = per_concept(runs, lambda r: r["variants"][variant]["zero_step"] / r["token"]["zero_step"])
     return {
-        "concepts": len(speed), "runs": len(runs),
+        "concepts": len(speed),
+        "runs": len(runs),
         "speedup": spread([v for v in speed.values() if v is not None]),
         "speedup_by_concept": speed,
         "missed_target_runs": sum(r["variants"][variant]["steps"] is None for r in runs),
-        "baseline_steps": spread([v for v in per_concept(runs, lambda r: r["token"]["steps"]).values()
-                                  if v is not None]),
-        "booster_steps": spread([v for v in per_concept(runs, lambda r: r["variants"][variant]["steps"]).values()
-                                 if v is not None]),
-        "zero_step_loss": {"token": spread(list(per_concept(runs, lambda r: r["token"]["zero_step"]).values())),
-                           "booster": spread(list(per_concept(runs, lambda r: r["variants"][variant]["zero_step"])
-                                                  .values()))},
-        "final_loss": {"token": spread(list(per_concept(runs, lambda r: r["token"]["final"]).values())),
-                       "booster": spread(list(per_concept(runs, lambda r: r["variants"][variant]["final"])
-                                              .values()))},
+        "baseline_steps": spread(
+            [v for v in per_concept(runs, lambda r: r["token"]["steps"]).values() if v is not None]
+        ),
+        "booster_steps": spread(
+            [v for v in per_concept(runs, lambda r: r["variants"][variant]["steps"]).values() if v is not None]
+        ),
+        "zero_step_loss": {
+            "token": spread(list(per_concept(runs, lambda r: r["token"]["zero_step"]).values())),
+            "booster": spread(list(per_concept(runs, lambda r: r["variants"][variant]["zero_step"]).values())),
+        },
+        "final_loss": {
+            "token": spread(list(per_concept(runs, lambda r: r["token"]["final"]).values())),
+            "booster": spread(list(per_concept(runs, lambda r: r["variants"][variant]["final"]).values())),
+        },
         "final_ratio_by_concept": final_ratio,
         "concepts_final_worse_by_over_1pct": sorted(k for k, v in final_ratio.items() if v and v > 1.01),
         "worst_final_ratio": max((v for v in final_ratio.values() if v), default=None),
@@ -238,8 +304,15 @@ def summarise(runs: list[dict], variant: str) -> dict:
     }
 
 
-def compare_starts(base_model: str, groups: dict[str, list[Item]], boosters: list[Path], modes: list[str],
-                   vector_counts: list[int], out_dir: Path, registry: Registry) -> dict:
+def compare_starts(
+    base_model: str,
+    groups: dict[str, list[Item]],
+    boosters: list[Path],
+    modes: list[str],
+    vector_counts: list[int],
+    out_dir: Path,
+    registry: Registry,
+) -> dict:
     """Zero-step held-out loss of token init and of each booster (and, for pivotal, each booster's
     prediction with and without its LoRA): no training, so it is cheap enough to gate a new booster."""
     eval_steps = [0]
@@ -251,16 +324,28 @@ def compare_starts(base_model: str, groups: dict[str, list[Item]], boosters: lis
             for group, items in groups.items():
                 rows: list[dict[str, Any]] = []
                 for item in items:
-                    common = dict(mode=mode, steps=1, seed=0, rates={}, eval_steps=eval_steps, out_dir=out_dir,
-                                  num_vectors=count, registry=registry)
-                    row = {"concept": item.name,
-                           "token": run_curve(base_model, item, init="token", **common).losses[0]}  # type: ignore[arg-type]
+                    common = dict(
+                        mode=mode,
+                        steps=1,
+                        seed=0,
+                        rates={},
+                        eval_steps=eval_steps,
+                        out_dir=out_dir,
+                        num_vectors=count,
+                        registry=registry,
+                    )
+                    row = {"concept": item.name, "token": run_curve(base_model, item, init="token", **common).losses[0]}  # type: ignore[arg-type]
                     for directory in boosters:
                         lora_choices = (None, False) if mode != "textual_inversion" else (None,)
                         for use_lora in lora_choices:
                             name = str(directory) + ("" if use_lora is None else " (embedding only)")
-                            curve = run_curve(base_model, item, init="booster", state_from=booster_resolver(
-                                directory, use_lora, registry), **common)  # type: ignore[arg-type]
+                            curve = run_curve(
+                                base_model,
+                                item,
+                                init="booster",
+                                state_from=booster_resolver(directory, use_lora, registry),
+                                **common,
+                            )  # type: ignore[arg-type]
                             row[name] = curve.losses[0]
                     rows.append(row)
                 names = [k for k in rows[0] if k != "concept"]
@@ -268,11 +353,15 @@ def compare_starts(base_model: str, groups: dict[str, list[Item]], boosters: lis
                     "rows": rows,
                     "median_ratio_to_token": {n: statistics.median(r[n] / r["token"] for r in rows) for n in names},
                     "better_than_token": {n: sum(r[n] < r["token"] for r in rows) for n in names},
-                    "concepts": len(rows)}
+                    "concepts": len(rows),
+                }
                 for n in names:
-                    print(f"  [{key}] {group} {n}: median start/token "
-                          f"{report[key][group]['median_ratio_to_token'][n]:.4f}, better on "
-                          f"{report[key][group]['better_than_token'][n]}/{len(rows)}", flush=True)
+                    print(
+                        f"  [{key}] {group} {n}: median start/token "
+                        f"{report[key][group]['median_ratio_to_token'][n]:.4f}, better on "
+                        f"{report[key][group]['better_than_token'][n]}/{len(rows)}",
+                        flush=True,
+                    )
     return report
 
 
@@ -289,17 +378,34 @@ def main() -> None:
     parser.add_argument("--per-family", type=int, default=2, help="concepts per held-out family")
     parser.add_argument("--skimage-images", nargs="+", default=list(SKIMAGE_IMAGES[:2]))
     parser.add_argument("--sweep-world", type=int, default=2, help="world dev concepts in the rate sweep")
-    parser.add_argument("--sweep-families", nargs="*", default=["noise"],
-                        help="training families with one dev concept each in the rate sweep")
+    parser.add_argument(
+        "--sweep-families",
+        nargs="*",
+        default=["noise"],
+        help="training families with one dev concept each in the rate sweep",
+    )
     parser.add_argument("--rates", type=json.loads, help="skip the sweep: these baseline rates (JSON object)")
     parser.add_argument("--booster", type=Path, help="booster folder (default: the registered one)")
-    parser.add_argument("--use-lora", choices=("auto", "yes", "no"), default="auto",
-                        help="auto: as the booster's config says; yes/no override it (ablation)")
-    parser.add_argument("--variants", nargs="+", default=["booster", "booster+guard"],
-                        help="booster: start exactly from the prediction (unguarded); booster+guard: init=booster, "
-                             "the trainer's guarded start")
-    parser.add_argument("--starts-only", type=Path, nargs="+", metavar="BOOSTER",
-                        help="only compare the zero-step held-out loss of these boosters with token init")
+    parser.add_argument(
+        "--use-lora",
+        choices=("auto", "yes", "no"),
+        default="auto",
+        help="auto: as the booster's config says; yes/no override it (ablation)",
+    )
+    parser.add_argument(
+        "--variants",
+        nargs="+",
+        default=["booster", "booster+guard"],
+        help="booster: start exactly from the prediction (unguarded); booster+guard: init=booster, "
+        "the trainer's guarded start",
+    )
+    parser.add_argument(
+        "--starts-only",
+        type=Path,
+        nargs="+",
+        metavar="BOOSTER",
+        help="only compare the zero-step held-out loss of these boosters with token init",
+    )
     parser.add_argument("--json", type=Path, default=Path("bench/results/booster_generalisation.json"))
     parser.add_argument("--work-dir", type=Path, default=Path("runs/booster-benchmark"))
     parser.add_argument("--threads", type=int, default=1)
@@ -326,21 +432,34 @@ def main() -> None:
             except ImportError:
                 notes.append("scikit-image is not installed: the skimage group was skipped")
     if args.starts_only:
-        gate: dict[str, Any] = {"benchmark": "booster starts (zero-step held-out loss)", "base_model": args.base_model,
-                  "groups": {name: [item.name for item in items] for name, items in groups.items()}, "notes": notes,
-                  "results": compare_starts(args.base_model, groups, args.starts_only, args.modes, args.num_vectors,
-                                            args.work_dir, registry)}
+        gate: dict[str, Any] = {
+            "benchmark": "booster starts (zero-step held-out loss)",
+            "base_model": args.base_model,
+            "groups": {name: [item.name for item in items] for name, items in groups.items()},
+            "notes": notes,
+            "results": compare_starts(
+                args.base_model, groups, args.starts_only, args.modes, args.num_vectors, args.work_dir, registry
+            ),
+        }
         write(args.json, gate)
         print(f"wrote {args.json}")
         return
     dev = world_items("dev", args.sweep_world) + family_items(args.sweep_families, 1, FAMILY_SEED + 1, "dev")
     defaults = registered_defaults(args.base_model, registry)
     report: dict[str, Any] = {
-        "benchmark": "booster speed-up (speed-tuned baseline)", "base_model": args.base_model,
-        "booster": str(directory), "booster_training": load_booster(Path(directory)).config.training,
-        "use_lora": args.use_lora, "steps": args.steps, "seeds": args.seeds, "variants": args.variants,
+        "benchmark": "booster speed-up (speed-tuned baseline)",
+        "base_model": args.base_model,
+        "booster": str(directory),
+        "booster_training": load_booster(Path(directory)).config.training,
+        "use_lora": args.use_lora,
+        "steps": args.steps,
+        "seeds": args.seeds,
+        "variants": args.variants,
         "groups": {name: [item.name for item in items] for name, items in groups.items()},
-        "sweep_concepts": [item.name for item in dev], "notes": notes, "results": {}}
+        "sweep_concepts": [item.name for item in dev],
+        "notes": notes,
+        "results": {},
+    }
     eval_steps = schedule(args.steps, args.eval_every)
     for mode in args.modes:
         for num_vectors in args.num_vectors:
@@ -352,44 +471,86 @@ def main() -> None:
             else:
                 print(f"[{key}] speed sweep on {len(dev)} development concepts", flush=True)
                 grid = SWEEPS[mode] + ([default_rates] if default_rates and default_rates not in SWEEPS[mode] else [])
-                rates, sweep_results = speed_sweep(args.base_model, mode, grid, dev, steps=args.steps,
-                                                   eval_steps=eval_steps, out_dir=args.work_dir,
-                                                   num_vectors=num_vectors, registry=registry)
-            entry: dict[str, Any] = {"baseline_rates": rates, "service_default_rates": default_rates,
-                                     "sweep": sweep_results, "groups": {}}
+                rates, sweep_results = speed_sweep(
+                    args.base_model,
+                    mode,
+                    grid,
+                    dev,
+                    steps=args.steps,
+                    eval_steps=eval_steps,
+                    out_dir=args.work_dir,
+                    num_vectors=num_vectors,
+                    registry=registry,
+                )
+            entry: dict[str, Any] = {
+                "baseline_rates": rates,
+                "service_default_rates": default_rates,
+                "sweep": sweep_results,
+                "groups": {},
+            }
             report["results"][key] = entry
             for group, items in groups.items():
                 runs: list[dict] = []
                 entry["groups"][group] = {"runs": runs}
                 for item in items:
                     for seed in range(args.seeds):
-                        common = dict(mode=mode, steps=args.steps, seed=seed, rates=rates, eval_steps=eval_steps,
-                                      out_dir=args.work_dir, num_vectors=num_vectors, registry=registry)
+                        common = dict(
+                            mode=mode,
+                            steps=args.steps,
+                            seed=seed,
+                            rates=rates,
+                            eval_steps=eval_steps,
+                            out_dir=args.work_dir,
+                            num_vectors=num_vectors,
+                            registry=registry,
+                        )
                         token = run_curve(args.base_model, item, init="token", **common)  # type: ignore[arg-type]
                         target = min(token.losses.values()) * 1.02
                         record: dict[str, Any] = {
-                            "concept": item.name, "seed": seed, "target_loss": target,
-                            "token": {"steps": token.steps_to(target), "zero_step": token.losses[0],
-                                      "final": token.losses[args.steps], "curve": token.losses},
-                            "variants": {}}
+                            "concept": item.name,
+                            "seed": seed,
+                            "target_loss": target,
+                            "token": {
+                                "steps": token.steps_to(target),
+                                "zero_step": token.losses[0],
+                                "final": token.losses[args.steps],
+                                "curve": token.losses,
+                            },
+                            "variants": {},
+                        }
                         for variant in args.variants:
                             guarded = variant == "booster+guard"
-                            boosted = run_curve(args.base_model, item, init="booster",  # type: ignore[arg-type]
-                                                resolver=resolver if guarded else None,
-                                                state_from=None if guarded else resolver, **common)
+                            boosted = run_curve(
+                                args.base_model,
+                                item,
+                                init="booster",  # type: ignore[arg-type]
+                                resolver=resolver if guarded else None,
+                                state_from=None if guarded else resolver,
+                                **common,
+                            )
                             steps = boosted.steps_to(target)
                             base_steps = record["token"]["steps"]
-                            speedup = (max(base_steps, 1) / max(steps, 1)
-                                       if steps is not None and base_steps is not None else None)
+                            speedup = (
+                                max(base_steps, 1) / max(steps, 1)
+                                if steps is not None and base_steps is not None
+                                else None
+                            )
                             record["variants"][variant] = {
-                                "steps": steps, "zero_step": boosted.losses[0], "final": boosted.losses[args.steps],
+                                "steps": steps,
+                                "zero_step": boosted.losses[0],
+                                "final": boosted.losses[args.steps],
                                 "speedup": speedup,
-                                "init_used": boosted.init_used, "init_note": boosted.init_note,
-                                "curve": boosted.losses}
+                                "init_used": boosted.init_used,
+                                "init_note": boosted.init_note,
+                                "curve": boosted.losses,
+                            }
                         runs.append(record)
                         shown = {v: r["steps"] for v, r in record["variants"].items()}
-                        print(f"  [{key}] {group} {item.name} seed {seed}: token {record['token']['steps']} steps, "
-                              f"{shown}", flush=True)
+                        print(
+                            f"  [{key}] {group} {item.name} seed {seed}: token {record['token']['steps']} steps, "
+                            f"{shown}",
+                            flush=True,
+                        )
                     entry["groups"][group]["summary"] = {v: summarise(runs, v) for v in args.variants}
                     report["wall_seconds"] = round(time.time() - started, 1)
                     write(args.json, report)
@@ -411,23 +572,46 @@ def table_rows(report: dict) -> list[tuple[str, ...]]:
     for key, entry in report["results"].items():
         for group, results in entry["groups"].items():
             for variant, s in results.get("summary", {}).items():
+
                 def f(value, digits=4):
                     return "-" if value is None else f"{value:.{digits}f}"
-                rows.append((
-                    key, group, variant, str(s["concepts"]), str(entry["baseline_rates"]),
-                    f(s["baseline_steps"]["median"], 0), f(s["booster_steps"]["median"], 0),
-                    f"{f(s['speedup']['median'], 1)}x ({f(s['speedup']['q1'], 1)}-{f(s['speedup']['q3'], 1)})",
-                    f"{f(s['zero_step_loss']['token']['median'])}/{f(s['zero_step_loss']['booster']['median'])}",
-                    f"{f(s['final_loss']['token']['median'])}/{f(s['final_loss']['booster']['median'])}",
-                    f"{f(s['worst_final_ratio'], 3)}", str(len(s["concepts_start_worse"])),
-                    str(s["missed_target_runs"])))
+
+                rows.append(
+                    (
+                        key,
+                        group,
+                        variant,
+                        str(s["concepts"]),
+                        str(entry["baseline_rates"]),
+                        f(s["baseline_steps"]["median"], 0),
+                        f(s["booster_steps"]["median"], 0),
+                        f"{f(s['speedup']['median'], 1)}x ({f(s['speedup']['q1'], 1)}-{f(s['speedup']['q3'], 1)})",
+                        f"{f(s['zero_step_loss']['token']['median'])}/{f(s['zero_step_loss']['booster']['median'])}",
+                        f"{f(s['final_loss']['token']['median'])}/{f(s['final_loss']['booster']['median'])}",
+                        f"{f(s['worst_final_ratio'], 3)}",
+                        str(len(s["concepts_start_worse"])),
+                        str(s["missed_target_runs"]),
+                    )
+                )
     return rows
 
 
 def print_table(report: dict) -> None:
-    columns = ("mode/vectors", "group", "variant", "concepts", "baseline rates", "base steps", "boost steps",
-               "speed-up (IQR)", "start loss token/boost", "final loss token/boost", "worst final ratio",
-               "start worse", "missed")
+    columns = (
+        "mode/vectors",
+        "group",
+        "variant",
+        "concepts",
+        "baseline rates",
+        "base steps",
+        "boost steps",
+        "speed-up (IQR)",
+        "start loss token/boost",
+        "final loss token/boost",
+        "worst final ratio",
+        "start worse",
+        "missed",
+    )
     rows = [columns, *table_rows(report)]
     widths = [max(len(row[i]) for row in rows) for i in range(len(columns))]
     for row in rows:

@@ -36,8 +36,9 @@ def single_token_words(base: BaseComponents, limit: int, words: list[str] | None
     return whole[:limit]
 
 
-def build(base: BaseComponents, words: list[str], out_dir: Path, *, images_per_word: int, steps: int,
-          guidance_scale: float) -> dict:
+def build(
+    base: BaseComponents, words: list[str], out_dir: Path, *, images_per_word: int, steps: int, guidance_scale: float
+) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
     index_path = out_dir / INDEX_FILE
     index = json.loads(index_path.read_text()) if index_path.exists() else {"words": {}}
@@ -53,8 +54,7 @@ def build(base: BaseComponents, words: list[str], out_dir: Path, *, images_per_w
             name = f"{word}-{i}.png"
             image.save(out_dir / name)
             files.append(name)
-        index["words"][word] = {"token_id": base.tokenizer(word, add_special_tokens=False).input_ids[0],
-                                "files": files}
+        index["words"][word] = {"token_id": base.tokenizer(word, add_special_tokens=False).input_ids[0], "files": files}
         index_path.write_text(json.dumps(index, indent=1))  # after every word: a rerun resumes
     return index
 
@@ -66,8 +66,10 @@ def hash_seed(word: str, i: int) -> int:
 def load_sets(directory: Path) -> list[tuple[str, list[Image.Image]]]:
     """(word, images) for every word of a built dataset."""
     index = json.loads((directory / INDEX_FILE).read_text())
-    return [(word, [Image.open(directory / name).convert("RGB") for name in entry["files"]])
-            for word, entry in index["words"].items()]
+    return [
+        (word, [Image.open(directory / name).convert("RGB") for name in entry["files"]])
+        for word, entry in index["words"].items()
+    ]
 
 
 def main() -> None:
@@ -87,8 +89,9 @@ def main() -> None:
     given = args.word_list.read_text().split() if args.word_list else None
     words = single_token_words(base, args.words, given)
     with torch.no_grad():
-        index = build(base, words, args.out, images_per_word=args.images, steps=args.steps,
-                      guidance_scale=args.guidance)
+        index = build(
+            base, words, args.out, images_per_word=args.images, steps=args.steps, guidance_scale=args.guidance
+        )
     print(f"{len(index['words'])} words in {args.out}")
 
 

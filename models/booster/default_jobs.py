@@ -38,30 +38,60 @@ MODES = ("textual_inversion", "pivotal")
 REFERENCE_STEPS = 400
 
 
-def run_job(base_model: str, item: BenchmarkConcept, *, mode: str, init: str, seed: int, steps: int | None,
-            rule: StopRule, held_out: HeldOutLoss, registry: Registry) -> dict[str, Any]:
+def run_job(
+    base_model: str,
+    item: BenchmarkConcept,
+    *,
+    mode: str,
+    init: str,
+    seed: int,
+    steps: int | None,
+    rule: StopRule,
+    held_out: HeldOutLoss,
+    registry: Registry,
+) -> dict[str, Any]:
     """One training; its steps, stop reason, wall time and final held-out loss."""
     final: dict[str, float] = {}
 
     def on_finish(job: Job) -> None:
         final["loss"] = held_out(job.concept)
 
-    config = TrainConfig(base_model=base_model, mode=mode, init=init, seed=seed, steps=steps,  # type: ignore[arg-type]
-                         stopping=rule)
+    config = TrainConfig(
+        base_model=base_model,
+        mode=mode,
+        init=init,
+        seed=seed,
+        steps=steps,  # type: ignore[arg-type]
+        stopping=rule,
+    )
     with tempfile.TemporaryDirectory() as out:
         started = time.perf_counter()
-        result = train(config, item.views(), Path(out), registry=registry, booster=registered_booster(registry),
-                       on_finish=on_finish)
+        result = train(
+            config,
+            item.views(),
+            Path(out),
+            registry=registry,
+            booster=registered_booster(registry),
+            on_finish=on_finish,
+        )
         wall = time.perf_counter() - started
-    return {"concept": item.name, "mode": mode, "init": init, "seed": seed, "steps": result.steps,
-            "stop_reason": result.stop_reason, "init_used": result.init_used, "init_scores": result.init_scores,
-            "wall_s": round(wall, 3), "held_out_loss": round(final["loss"], 6),
-            "curve": result.eval_curve}
+    return {
+        "concept": item.name,
+        "mode": mode,
+        "init": init,
+        "seed": seed,
+        "steps": result.steps,
+        "stop_reason": result.stop_reason,
+        "init_used": result.init_used,
+        "init_scores": result.init_scores,
+        "wall_s": round(wall, 3),
+        "held_out_loss": round(final["loss"], 6),
+        "curve": result.eval_curve,
+    }
 
 
 def spread(values: list[float]) -> dict[str, float]:
-    return {"median": round(statistics.median(values), 4), "min": round(min(values), 4),
-            "max": round(max(values), 4)}
+    return {"median": round(statistics.median(values), 4), "min": round(min(values), 4), "max": round(max(values), 4)}
 
 
 def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -69,8 +99,11 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
     summary: dict[str, Any] = {}
     for mode in MODES:
         keyed = {(r["concept"], r["seed"], r["init"]): r for r in runs if r["mode"] == mode}
-        pairs = [(keyed[(c, s, "token")], keyed[(c, s, "booster")], keyed[(c, s, "reference")])
-                 for (c, s, i) in keyed if i == "token" and (c, s, "booster") in keyed and (c, s, "reference") in keyed]
+        pairs = [
+            (keyed[(c, s, "token")], keyed[(c, s, "booster")], keyed[(c, s, "reference")])
+            for (c, s, i) in keyed
+            if i == "token" and (c, s, "booster") in keyed and (c, s, "reference") in keyed
+        ]
         if not pairs:
             continue
         summary[mode] = {
@@ -93,12 +126,16 @@ def table(summary: dict[str, Any]) -> str:
         f = (lambda v: f"{v * 100:+.2f}%") if pct else (lambda v: f"{v:g}")
         return f"{f(d['median'])} [{f(d['min'])}, {f(d['max'])}]"
 
-    lines = [f"{'mode':<18} {'token steps':<22} {'booster steps':<22} {'booster/token':<26} "
-             f"{'token loss vs 400':<30} {'booster loss vs 400':<30}"]
+    lines = [
+        f"{'mode':<18} {'token steps':<22} {'booster steps':<22} {'booster/token':<26} "
+        f"{'token loss vs 400':<30} {'booster loss vs 400':<30}"
+    ]
     for mode, s in summary.items():
-        lines.append(f"{mode:<18} {fmt(s['token_steps']):<22} {fmt(s['booster_steps']):<22} "
-                     f"{fmt(s['booster_over_token_steps']):<26} {fmt(s['token_loss_vs_400'], True):<30} "
-                     f"{fmt(s['booster_loss_vs_400'], True):<30}")
+        lines.append(
+            f"{mode:<18} {fmt(s['token_steps']):<22} {fmt(s['booster_steps']):<22} "
+            f"{fmt(s['booster_over_token_steps']):<26} {fmt(s['token_loss_vs_400'], True):<30} "
+            f"{fmt(s['booster_loss_vs_400'], True):<30}"
+        )
     return "\n".join(lines)
 
 
@@ -118,8 +155,13 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    rule = replace(StopRule(), eval_every=args.eval_every, patience=args.patience, min_delta=args.min_delta,
-                   min_steps=args.min_steps)
+    rule = replace(
+        StopRule(),
+        eval_every=args.eval_every,
+        patience=args.patience,
+        min_delta=args.min_delta,
+        min_steps=args.min_steps,
+    )
     items = benchmark_concepts(args.split)
     items = items[: args.concepts] if args.concepts else items
     registry = load_registry()
@@ -132,14 +174,36 @@ def main() -> None:
         for mode in args.modes.split(","):
             for seed in range(args.seeds):
                 for init in ("token", "booster"):
-                    runs.append(run_job(args.base_model, item, mode=mode, init=init, seed=seed, steps=None,
-                                        rule=rule, held_out=held_out, registry=registry))
+                    runs.append(
+                        run_job(
+                            args.base_model,
+                            item,
+                            mode=mode,
+                            init=init,
+                            seed=seed,
+                            steps=None,
+                            rule=rule,
+                            held_out=held_out,
+                            registry=registry,
+                        )
+                    )
                     print(json.dumps({k: v for k, v in runs[-1].items() if k != "curve"}), flush=True)
                 reference = references.get((item.name, mode, seed))
                 if reference is None and not args.no_reference:
-                    reference = {**run_job(args.base_model, item, mode=mode, init="token", seed=seed,
-                                           steps=REFERENCE_STEPS, rule=rule, held_out=held_out, registry=registry),
-                                 "init": "reference"}
+                    reference = {
+                        **run_job(
+                            args.base_model,
+                            item,
+                            mode=mode,
+                            init="token",
+                            seed=seed,
+                            steps=REFERENCE_STEPS,
+                            rule=rule,
+                            held_out=held_out,
+                            registry=registry,
+                        ),
+                        "init": "reference",
+                    }
                     print(json.dumps({k: v for k, v in reference.items() if k != "curve"}), flush=True)
                 if reference is not None:
                     runs.append(reference)
@@ -147,10 +211,20 @@ def main() -> None:
     print(table(summary))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        report = {"base_model": args.base_model, "split": args.split, "seeds": args.seeds,
-                  "rule": {"eval_every": rule.eval_every, "patience": rule.patience, "min_delta": rule.min_delta,
-                           "min_steps": rule.min_steps},
-                  "device": str(base.device), "summary": summary, "runs": runs}
+        report = {
+            "base_model": args.base_model,
+            "split": args.split,
+            "seeds": args.seeds,
+            "rule": {
+                "eval_every": rule.eval_every,
+                "patience": rule.patience,
+                "min_delta": rule.min_delta,
+                "min_steps": rule.min_steps,
+            },
+            "device": str(base.device),
+            "summary": summary,
+            "runs": runs,
+        }
         args.json.write_text(json.dumps(report, indent=2))
 
 

@@ -132,8 +132,12 @@ def _view_checker(p, rng, size):
 
 
 def _draw_stripes(rng):
-    return {"colours": [_colour(rng), _colour(rng)], "period": float(rng.uniform(0.12, 0.35)),
-            "angle": float(rng.uniform(0, math.pi)), "duty": float(rng.uniform(0.3, 0.7))}
+    return {
+        "colours": [_colour(rng), _colour(rng)],
+        "period": float(rng.uniform(0.12, 0.35)),
+        "angle": float(rng.uniform(0, math.pi)),
+        "duty": float(rng.uniform(0.3, 0.7)),
+    }
 
 
 def _view_stripes(p, rng, size):
@@ -153,16 +157,28 @@ def _draw_gradient(rng):
 def _view_gradient(p, rng, size):
     if p["radial"]:
         cx, cy = rng.uniform(0.3, 0.7, size=2)
-        return _two_tone(p, rng, size, lambda u, v: np.clip(
-            1 - 1.4 * np.hypot(*np.meshgrid(np.linspace(0, 1, u.shape[1]) - cx, np.linspace(0, 1, u.shape[0]) - cy)),
-            0, 1))
+        return _two_tone(
+            p,
+            rng,
+            size,
+            lambda u, v: np.clip(
+                1
+                - 1.4 * np.hypot(*np.meshgrid(np.linspace(0, 1, u.shape[1]) - cx, np.linspace(0, 1, u.shape[0]) - cy)),
+                0,
+                1,
+            ),
+        )
     return _two_tone(p, rng, size, lambda u, v: np.clip(u - u.min(), 0, 1) / max(np.ptp(u), 1e-6))
 
 
 def _draw_noise(rng):
     """Natural-like textures: clouds, terrain, marble/bark veins in a random 3-colour palette."""
-    return {"palette": [_colour(rng), _colour(rng), _colour(rng)], "octaves": int(rng.integers(2, 6)),
-            "persistence": float(rng.uniform(0.35, 0.7)), "veins": bool(rng.random() < 0.35)}
+    return {
+        "palette": [_colour(rng), _colour(rng), _colour(rng)],
+        "octaves": int(rng.integers(2, 6)),
+        "persistence": float(rng.uniform(0.35, 0.7)),
+        "veins": bool(rng.random() < 0.35),
+    }
 
 
 def _view_noise(p, rng, size):
@@ -173,8 +189,9 @@ def _view_noise(p, rng, size):
     palette = [_jitter(rng, c) for c in p["palette"]]
     low = np.clip(value * 2, 0, 1)[..., None]
     high = np.clip(value * 2 - 1, 0, 1)[..., None]
-    canvas = np.where(value[..., None] < 0.5, palette[0] * (1 - low) + palette[1] * low,
-                      palette[1] * (1 - high) + palette[2] * high)
+    canvas = np.where(
+        value[..., None] < 0.5, palette[0] * (1 - low) + palette[1] * low, palette[1] * (1 - high) + palette[2] * high
+    )
     return _finish(canvas + rng.normal(0, 3, size=(big, big, 3)), size)
 
 
@@ -184,13 +201,22 @@ def _draw_blobs(rng):
 
 def _view_blobs(p, rng, size):
     big = size * SUPER
+
     def draw(d):
         for _ in range(p["count"]):
             r = rng.uniform(0.1, 0.25) * big
             x, y = rng.uniform(r, big - r, size=2)
             d.ellipse([x - r, y - r * rng.uniform(0.6, 1.0), x + r, y + r], fill=255)
-    mask = np.asarray(Image.fromarray((_mask(big, draw) * 255).astype(np.uint8)).filter(
-        ImageFilter.GaussianBlur(p["soft"] * SUPER)), dtype=np.float64) / 255.0
+
+    mask = (
+        np.asarray(
+            Image.fromarray((_mask(big, draw) * 255).astype(np.uint8)).filter(
+                ImageFilter.GaussianBlur(p["soft"] * SUPER)
+            ),
+            dtype=np.float64,
+        )
+        / 255.0
+    )
     return _finish(_composite(rng, big, mask, _jitter(rng, p["colour"])), size)
 
 
@@ -227,16 +253,25 @@ def _view_glyph(p, rng, size):
     big = size * SUPER
     font = ImageFont.truetype(str(FONT_DIR / p["font"]), int(big * rng.uniform(0.55, 0.8)))
     layer = Image.new("L", (big, big), 0)
-    ImageDraw.Draw(layer).text((big / 2 + rng.uniform(-3, 3) * SUPER, big / 2 + rng.uniform(-3, 3) * SUPER),
-                               p["char"], fill=255, font=font, anchor="mm")
+    ImageDraw.Draw(layer).text(
+        (big / 2 + rng.uniform(-3, 3) * SUPER, big / 2 + rng.uniform(-3, 3) * SUPER),
+        p["char"],
+        fill=255,
+        font=font,
+        anchor="mm",
+    )
     layer = layer.rotate(float(rng.uniform(-20, 20)), resample=Image.Resampling.BILINEAR)
     mask = np.asarray(layer, dtype=np.float64) / 255.0
     return _finish(_composite(rng, big, mask, _jitter(rng, p["colour"])), size)
 
 
 def _draw_face(rng):
-    return {"skin": _colour(rng), "features": _colour(rng), "smile": bool(rng.random() < 0.6),
-            "width": float(rng.uniform(0.7, 1.0))}
+    return {
+        "skin": _colour(rng),
+        "features": _colour(rng),
+        "smile": bool(rng.random() < 0.6),
+        "width": float(rng.uniform(0.7, 1.0)),
+    }
 
 
 def _view_face(p, rng, size):
@@ -244,13 +279,16 @@ def _view_face(p, rng, size):
     scale, cx, cy, _ = _pose(rng, big, 0.32, 0.44)
     w, h = scale * p["width"], scale
     head = _mask(big, lambda d: d.ellipse([cx - w, cy - h, cx + w, cy + h], fill=255))
+
     def features(d):
         for side in (-1, 1):
             ex, ey, er = cx + side * 0.4 * w, cy - 0.25 * h, 0.14 * scale
             d.ellipse([ex - er, ey - er, ex + er, ey + er], fill=255)
         box = [cx - 0.45 * w, cy + 0.05 * h, cx + 0.45 * w, cy + 0.6 * h]
-        d.arc(box, 20, 160, fill=255, width=max(1, int(0.1 * scale))) if p["smile"] else \
-            d.line([box[0], cy + 0.45 * h, box[2], cy + 0.45 * h], fill=255, width=max(1, int(0.1 * scale)))
+        d.arc(box, 20, 160, fill=255, width=max(1, int(0.1 * scale))) if p["smile"] else d.line(
+            [box[0], cy + 0.45 * h, box[2], cy + 0.45 * h], fill=255, width=max(1, int(0.1 * scale))
+        )
+
     marks = _mask(big, features) * head
     canvas = _composite(rng, big, head, _jitter(rng, p["skin"]))
     canvas = canvas * (1 - marks[..., None]) + _jitter(rng, p["features"]) * marks[..., None]
@@ -258,8 +296,11 @@ def _view_face(p, rng, size):
 
 
 def _draw_voronoi(rng):
-    return {"palette": [_colour(rng) for _ in range(3)], "cells": int(rng.integers(5, 14)),
-            "edges": bool(rng.random() < 0.5)}
+    return {
+        "palette": [_colour(rng) for _ in range(3)],
+        "cells": int(rng.integers(5, 14)),
+        "edges": bool(rng.random() < 0.5),
+    }
 
 
 def _view_voronoi(p, rng, size):

@@ -57,8 +57,14 @@ class ImageEncoder(nn.Module):
         layers: list[nn.Module] = []
         previous = 3
         for out in channels:
-            layers += [nn.Conv2d(previous, out, 3, padding=1), nn.GroupNorm(8, out), nn.SiLU(),
-                       nn.Conv2d(out, out, 3, padding=1, stride=2), nn.GroupNorm(8, out), nn.SiLU()]
+            layers += [
+                nn.Conv2d(previous, out, 3, padding=1),
+                nn.GroupNorm(8, out),
+                nn.SiLU(),
+                nn.Conv2d(out, out, 3, padding=1, stride=2),
+                nn.GroupNorm(8, out),
+                nn.SiLU(),
+            ]
             previous = out
         self.layers = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten())
 
@@ -71,11 +77,16 @@ class Booster(nn.Module):
         super().__init__()
         self.config = config
         self.encoder = ImageEncoder(config.feature_width)
-        self.mlp = nn.Sequential(nn.Linear(2 * config.feature_width, config.hidden_width), nn.SiLU(),
-                                 nn.Linear(config.hidden_width, config.hidden_width), nn.SiLU())
+        self.mlp = nn.Sequential(
+            nn.Linear(2 * config.feature_width, config.hidden_width),
+            nn.SiLU(),
+            nn.Linear(config.hidden_width, config.hidden_width),
+            nn.SiLU(),
+        )
         self.embedding_head = nn.Linear(config.hidden_width, config.num_vectors * config.embedding_width)
-        self.vector_heads = nn.ModuleDict({str(n): nn.Linear(config.hidden_width, n * config.embedding_width)
-                                           for n in config.vector_heads})
+        self.vector_heads = nn.ModuleDict(
+            {str(n): nn.Linear(config.hidden_width, n * config.embedding_width) for n in config.vector_heads}
+        )
         self.coefficient_head = nn.Linear(config.hidden_width, config.basis_size)
         self.lora_basis = nn.Parameter(torch.randn(config.basis_size, config.lora_numel) * 1e-3)
         self.lora_mean = nn.Parameter(torch.zeros(config.lora_numel))

@@ -50,7 +50,8 @@ def checked_booster(directory: Path, base: BaseComponents, registry: Registry) -
         logger.warning("booster %s does not fit %s: embedding width", directory, base.source)
         raise BaseModelError(
             f"booster was trained for {trained_for} (embedding width {config.embedding_width}); "
-            f"this base model's width is {base.embedding_width}")
+            f"this base model's width is {base.embedding_width}"
+        )
     if config.base_fingerprint != base_fingerprint(base):
         logger.warning("booster %s does not fit %s: base fingerprint", directory, base.source)
         raise BaseModelError(f"booster was trained for {trained_for}, a different base model")
@@ -58,8 +59,9 @@ def checked_booster(directory: Path, base: BaseComponents, registry: Registry) -
 
 
 @torch.no_grad()
-def predict(booster: Booster, images: Sequence[Image.Image],
-            num_vectors: int | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor], str]:
+def predict(
+    booster: Booster, images: Sequence[Image.Image], num_vectors: int | None = None
+) -> tuple[torch.Tensor, dict[str, torch.Tensor], str]:
     """(embedding [num_vectors, width], LoRA tensors, a note) for one job's images.
 
     A count with its own head gets distinct vectors; any other count gets the single-vector
@@ -75,13 +77,16 @@ def predict(booster: Booster, images: Sequence[Image.Image],
         one = booster.vectors(hidden, booster.config.num_vectors)[0]
         embedding = one[torch.arange(wanted) % one.shape[0]]
         counts = ", ".join(str(n) for n in booster.supported_vectors())
-        note = (f"the booster predicts distinct vectors for {counts} vector(s) only: its {one.shape[0]}-vector "
-                f"prediction was copied into all {wanted} slots")
+        note = (
+            f"the booster predicts distinct vectors for {counts} vector(s) only: its {one.shape[0]}-vector "
+            f"prediction was copied into all {wanted} slots"
+        )
     return embedding, booster.unflatten_lora(lora[0]), note
 
 
-def booster_initial_state(base: BaseComponents, images: Sequence[Image.Image], config: TrainConfig,
-                          registry: Registry) -> InitialState | None:
+def booster_initial_state(
+    base: BaseComponents, images: Sequence[Image.Image], config: TrainConfig, registry: Registry
+) -> InitialState | None:
     """The booster's starting point for this job, or None where the base model has no booster."""
     directory = registered_booster_path(base, registry)
     if directory is None:
@@ -98,8 +103,9 @@ def registered_booster(registry: Registry) -> BoosterResolver:
     return partial(booster_initial_state, registry=registry)
 
 
-def initial_state_from(booster: Booster, images: Sequence[Image.Image], config: TrainConfig, *,
-                       use_lora: bool | None = None) -> InitialState:
+def initial_state_from(
+    booster: Booster, images: Sequence[Image.Image], config: TrainConfig, *, use_lora: bool | None = None
+) -> InitialState:
     """A job's starting point from a loaded booster (`use_lora` overrides its config, for ablations)."""
     vectors, lora, vector_note = predict(booster, images, config.num_vectors)
     use_lora = booster.config.use_lora if use_lora is None else use_lora
@@ -112,7 +118,9 @@ def initial_state_from(booster: Booster, images: Sequence[Image.Image], config: 
     if not use_lora:
         return InitialState(embedding=vectors, note=noted(f"embedding only: {booster.config.use_lora_note}"))
     if config.lora_rank != booster.config.lora_rank:
-        note = (f"embedding only: the booster predicts rank-{booster.config.lora_rank} LoRA, "
-                f"the job asked for rank {config.lora_rank}")
+        note = (
+            f"embedding only: the booster predicts rank-{booster.config.lora_rank} LoRA, "
+            f"the job asked for rank {config.lora_rank}"
+        )
         return InitialState(embedding=vectors, note=noted(note))
     return InitialState(embedding=vectors, unet_lora=lora, note=noted())

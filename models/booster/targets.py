@@ -51,9 +51,18 @@ INDEX_FILE = "targets.json"
 TOKEN = "<fit>"
 
 
-def fit_embeddings(base: BaseComponents, image_sets: Sequence[Sequence[Image.Image]], *, steps: int, lr: float,
-                   rows_per_set: int = 4, seed: int = 0, prior: float = 0.0,
-                   average_from: float = 0.75, num_vectors: int = 1) -> tuple[torch.Tensor, list[float]]:
+def fit_embeddings(
+    base: BaseComponents,
+    image_sets: Sequence[Sequence[Image.Image]],
+    *,
+    steps: int,
+    lr: float,
+    rows_per_set: int = 4,
+    seed: int = 0,
+    prior: float = 0.0,
+    average_from: float = 0.75,
+    num_vectors: int = 1,
+) -> tuple[torch.Tensor, list[float]]:
     """Fitted token vectors per image set ([sets, width], or [sets, num_vectors, width] when num_vectors > 1)
     and each set's mean loss over the last quarter."""
     tokenizer = copy.deepcopy(base.tokenizer)
@@ -78,13 +87,21 @@ def fit_embeddings(base: BaseComponents, image_sets: Sequence[Sequence[Image.Ima
                 flip = torch.rand(rows_per_set, generator=generator) < 0.5
                 sample.append(latent.sample(index, flip, generator))
             batch = torch.cat(sample).to(base.device)
-            prompts = [OBJECT_TEMPLATES[int(i)].format(" ".join(tokens))
-                       for i in torch.randint(0, len(OBJECT_TEMPLATES), (batch.shape[0],), generator=generator)]
-            ids = tokenizer(prompts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
-                            return_tensors="pt").input_ids.to(base.device)
+            prompts = [
+                OBJECT_TEMPLATES[int(i)].format(" ".join(tokens))
+                for i in torch.randint(0, len(OBJECT_TEMPLATES), (batch.shape[0],), generator=generator)
+            ]
+            ids = tokenizer(
+                prompts,
+                padding="max_length",
+                max_length=tokenizer.model_max_length,
+                truncation=True,
+                return_tensors="pt",
+            ).input_ids.to(base.device)
             noise = torch.randn(batch.shape, generator=generator).to(base.device)
-            timesteps = torch.randint(0, base.noise_scheduler.config.num_train_timesteps, (batch.shape[0],),
-                                      generator=generator).to(base.device)
+            timesteps = torch.randint(
+                0, base.noise_scheduler.config.num_train_timesteps, (batch.shape[0],), generator=generator
+            ).to(base.device)
             batched.set(embedding, {}, rows_per_set=rows_per_set)
             per_row = per_row_denoising_loss(base, batch, ids, noise, timesteps)
             per_set = per_row.view(sets, rows_per_set).mean(1)
@@ -183,14 +200,25 @@ def main() -> None:
     parser.add_argument("--data", type=Path, help="fit a word-set dataset (models.booster.dataset) instead")
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--lr", type=float, default=0.005)
-    parser.add_argument("--prior", type=float, default=0.01,
-                        help="L2 pull towards the token init: picks one optimum among equally good ones")
+    parser.add_argument(
+        "--prior",
+        type=float,
+        default=0.01,
+        help="L2 pull towards the token init: picks one optimum among equally good ones",
+    )
     parser.add_argument("--chunk", type=int, default=64, help="sets fitted together (one UNet batch)")
-    parser.add_argument("--families", nargs="+", default=["world"],
-                        help="concept families (models.booster.families), 'train' for all of TRAIN_FAMILIES")
+    parser.add_argument(
+        "--families",
+        nargs="+",
+        default=["world"],
+        help="concept families (models.booster.families), 'train' for all of TRAIN_FAMILIES",
+    )
     parser.add_argument("--num-vectors", type=int, default=1, help="token vectors fitted per concept")
-    parser.add_argument("--from-index", type=Path,
-                        help="fit the concepts of another target set's index (e.g. multi-vector fits of the same sets)")
+    parser.add_argument(
+        "--from-index",
+        type=Path,
+        help="fit the concepts of another target set's index (e.g. multi-vector fits of the same sets)",
+    )
     parser.add_argument("--rows", type=int, default=4, help="noised samples per set per step")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
@@ -217,9 +245,17 @@ def main() -> None:
             entries = world_sets(args.concepts, args.views, args.seed)
         else:
             entries = family_sets(args.concepts, args.views, args.seed, families)
-        index = {"base_model": args.base_model, "steps": args.steps, "lr": args.lr, "prior": args.prior,
-                 "rows": args.rows, "num_vectors": args.num_vectors, "families": families,
-                 "data": str(args.data) if args.data else "families", "entries": entries}
+        index = {
+            "base_model": args.base_model,
+            "steps": args.steps,
+            "lr": args.lr,
+            "prior": args.prior,
+            "rows": args.rows,
+            "num_vectors": args.num_vectors,
+            "families": families,
+            "data": str(args.data) if args.data else "families",
+            "entries": entries,
+        }
         index_path.write_text(json.dumps(index))
     entries = index["entries"]
     words = dict(load_sets(args.data)) if args.data else {}
@@ -228,15 +264,31 @@ def main() -> None:
     if weights_path.exists():
         done = load_file(str(weights_path))
         fitted, losses = list(done["embeddings"]), done["losses"].tolist()
-    chunks = tqdm(range(len(fitted), len(entries), args.chunk), desc="fitting", unit="chunk",
-                  initial=len(fitted) // args.chunk, total=-(-len(entries) // args.chunk))
+    chunks = tqdm(
+        range(len(fitted), len(entries), args.chunk),
+        desc="fitting",
+        unit="chunk",
+        initial=len(fitted) // args.chunk,
+        total=-(-len(entries) // args.chunk),
+    )
     for start in chunks:
         chunk = entries[start : start + args.chunk]
-        image_sets = [words[entry["word"]] if "word" in entry else
-                      [render_entry(entry, seed, base.resolution) for seed in entry["seeds"]] for entry in chunk]
-        embeddings, chunk_losses = fit_embeddings(base, image_sets, steps=args.steps, lr=args.lr, prior=args.prior,
-                                                  seed=args.seed * 7919 + start, rows_per_set=args.rows,
-                                                  num_vectors=args.num_vectors)
+        image_sets = [
+            words[entry["word"]]
+            if "word" in entry
+            else [render_entry(entry, seed, base.resolution) for seed in entry["seeds"]]
+            for entry in chunk
+        ]
+        embeddings, chunk_losses = fit_embeddings(
+            base,
+            image_sets,
+            steps=args.steps,
+            lr=args.lr,
+            prior=args.prior,
+            seed=args.seed * 7919 + start,
+            rows_per_set=args.rows,
+            num_vectors=args.num_vectors,
+        )
         fitted += list(embeddings)
         losses += chunk_losses
         tmp = weights_path.with_suffix(".tmp")

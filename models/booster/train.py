@@ -70,12 +70,18 @@ from models.trainer.defaults import resolve_base_model
 TOKEN = "<booster>"
 
 
-def make_booster(base: BaseComponents, base_model: str, *, rank: int, image_size: int,
-                 vector_heads: list[int] | None = None) -> Booster:
-    config = BoosterConfig(base_model=base_model, base_fingerprint=base_fingerprint(base),
-                           embedding_width=base.embedding_width, lora_rank=rank,
-                           lora_layout=lora_layout(base, rank), image_size=image_size,
-                           vector_heads=list(vector_heads or []))
+def make_booster(
+    base: BaseComponents, base_model: str, *, rank: int, image_size: int, vector_heads: list[int] | None = None
+) -> Booster:
+    config = BoosterConfig(
+        base_model=base_model,
+        base_fingerprint=base_fingerprint(base),
+        embedding_width=base.embedding_width,
+        lora_rank=rank,
+        lora_layout=lora_layout(base, rank),
+        image_size=image_size,
+        vector_heads=list(vector_heads or []),
+    )
     return Booster(config, initial_embedding=word_embedding(base))
 
 
@@ -94,9 +100,18 @@ class SetSampler:
     With a teacher share, world sets are drawn fresh and flagged for distillation (target: the
     teacher booster's prediction on the same views)."""
 
-    def __init__(self, base: BaseComponents, targets: Path | None, data: Path | None, *, views: int,
-                 world_share: float, pool_views: int = 16, vector_targets: list[Path] | None = None,
-                 teacher_share: float = 0.0) -> None:
+    def __init__(
+        self,
+        base: BaseComponents,
+        targets: Path | None,
+        data: Path | None,
+        *,
+        views: int,
+        world_share: float,
+        pool_views: int = 16,
+        vector_targets: list[Path] | None = None,
+        teacher_share: float = 0.0,
+    ) -> None:
         self.base, self.views, self.world_share, self.teacher_share = base, views, world_share, teacher_share
         self.excluded = [item.concept for item in benchmark_concepts()]
         # Fitted concepts get a fixed pool of renders, drawn once: rendering dominates a regression-only step.
@@ -157,29 +172,63 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--checkpoint-every", type=int, default=250)
-    parser.add_argument("--targets", type=Path,
-                        help="fitted targets (models.booster.targets): their sets regress onto the fitted embeddings")
+    parser.add_argument(
+        "--targets",
+        type=Path,
+        help="fitted targets (models.booster.targets): their sets regress onto the fitted embeddings",
+    )
     parser.add_argument("--pool-views", type=int, default=16, help="renders kept per fitted concept")
-    parser.add_argument("--min-input-views", type=int, default=3,
-                        help="each step feeds a random number of views in [this, --input-views]: jobs vary")
+    parser.add_argument(
+        "--min-input-views",
+        type=int,
+        default=3,
+        help="each step feeds a random number of views in [this, --input-views]: jobs vary",
+    )
     parser.add_argument("--data", type=Path, help="a dataset from models.booster.dataset (word sets)")
-    parser.add_argument("--world-share", type=float, default=1.0,
-                        help="share of sets drawn from the world renderer when --data is given (else 1)")
-    parser.add_argument("--embedding-weight", type=float, default=0.5,
-                        help="weight of the embedding regression loss (word embedding or fitted target)")
-    parser.add_argument("--vector-targets", type=Path, nargs="*", default=[],
-                        help="targets fitted with 2, 4, ... vectors on the first concepts of --targets "
-                             "(targets --from-index --num-vectors n): trains a head per count")
-    parser.add_argument("--teacher", type=Path,
-                        help="a trained booster whose predictions on fresh world concepts are extra regression targets")
+    parser.add_argument(
+        "--world-share",
+        type=float,
+        default=1.0,
+        help="share of sets drawn from the world renderer when --data is given (else 1)",
+    )
+    parser.add_argument(
+        "--embedding-weight",
+        type=float,
+        default=0.5,
+        help="weight of the embedding regression loss (word embedding or fitted target)",
+    )
+    parser.add_argument(
+        "--vector-targets",
+        type=Path,
+        nargs="*",
+        default=[],
+        help="targets fitted with 2, 4, ... vectors on the first concepts of --targets "
+        "(targets --from-index --num-vectors n): trains a head per count",
+    )
+    parser.add_argument(
+        "--teacher",
+        type=Path,
+        help="a trained booster whose predictions on fresh world concepts are extra regression targets",
+    )
     parser.add_argument("--teacher-share", type=float, default=0.25, help="share of sets the teacher labels")
-    parser.add_argument("--no-lora", metavar="WHY",
-                        help="mark the booster embedding-only (use_lora false), with this reason for the manifest")
+    parser.add_argument(
+        "--no-lora",
+        metavar="WHY",
+        help="mark the booster embedding-only (use_lora false), with this reason for the manifest",
+    )
     parser.add_argument("--init-from", type=Path, help="start from this trained booster (same base model)")
-    parser.add_argument("--train-only", choices=("all", "lora"), default="all",
-                        help="lora: train only the LoRA head end to end, the embedding path stays as it is")
-    parser.add_argument("--denoise-weight", type=float, default=1.0,
-                        help="weight of the end-to-end denoising loss; 0 skips the base model (regression only)")
+    parser.add_argument(
+        "--train-only",
+        choices=("all", "lora"),
+        default="all",
+        help="lora: train only the LoRA head end to end, the embedding path stays as it is",
+    )
+    parser.add_argument(
+        "--denoise-weight",
+        type=float,
+        default=1.0,
+        help="weight of the end-to-end denoising loss; 0 skips the base model (regression only)",
+    )
     return parser
 
 
@@ -197,19 +246,26 @@ class _Run:
     sampler: SetSampler
 
 
-def _build(args: argparse.Namespace, base: BaseComponents, device: torch.device,
-           parser: argparse.ArgumentParser) -> tuple[Booster, Booster | None]:
+def _build(
+    args: argparse.Namespace, base: BaseComponents, device: torch.device, parser: argparse.ArgumentParser
+) -> tuple[Booster, Booster | None]:
     """The booster to train (fresh, or from --init-from) and the --teacher, if any."""
     vector_heads = sorted({int(load_targets(path)[1].shape[1]) for path in args.vector_targets})
-    booster = make_booster(base, args.base_model, rank=args.rank, image_size=args.image_size,
-                           vector_heads=vector_heads).to(device)
+    booster = make_booster(
+        base, args.base_model, rank=args.rank, image_size=args.image_size, vector_heads=vector_heads
+    ).to(device)
     teacher = load_booster(args.teacher).to(device) if args.teacher else None
     if args.init_from is not None:
         start_from = load_booster(args.init_from)
         if (start_from.config.base_fingerprint, start_from.config.lora_layout, start_from.config.image_size) != (
-                booster.config.base_fingerprint, booster.config.lora_layout, booster.config.image_size):
-            parser.error(f"--init-from {args.init_from} was trained for {start_from.config.base_model} "
-                         f"(or another rank or image size), not for {args.base_model} as configured here")
+            booster.config.base_fingerprint,
+            booster.config.lora_layout,
+            booster.config.image_size,
+        ):
+            parser.error(
+                f"--init-from {args.init_from} was trained for {start_from.config.base_model} "
+                f"(or another rank or image size), not for {args.base_model} as configured here"
+            )
         booster.load_state_dict(start_from.state_dict(), strict=False)
     return booster, teacher
 
@@ -231,11 +287,19 @@ def _resume(checkpoint: Path, booster: Booster, optimizer: torch.optim.Optimizer
     return state["step"], state.get("wall_seconds", 0.0)
 
 
-def _checkpoint(checkpoint: Path, booster: Booster, optimizer: torch.optim.Optimizer, step: int,
-                wall_seconds: float) -> None:
+def _checkpoint(
+    checkpoint: Path, booster: Booster, optimizer: torch.optim.Optimizer, step: int, wall_seconds: float
+) -> None:
     tmp = checkpoint.with_suffix(".tmp")
-    torch.save({"booster": booster.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
-                "wall_seconds": wall_seconds}, tmp)
+    torch.save(
+        {
+            "booster": booster.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "step": step,
+            "wall_seconds": wall_seconds,
+        },
+        tmp,
+    )
     tmp.replace(checkpoint)
 
 
@@ -260,29 +324,40 @@ def _step_loss(run: _Run, rng: np.random.Generator, generator: torch.Generator) 
     return loss
 
 
-def _denoising_loss(run: _Run, drawn: list[tuple[list[Image.Image], Targets | None, bool]], embedding: torch.Tensor,
-                    lora_flat: torch.Tensor, rng: np.random.Generator, generator: torch.Generator) -> torch.Tensor:
+def _denoising_loss(
+    run: _Run,
+    drawn: list[tuple[list[Image.Image], Targets | None, bool]],
+    embedding: torch.Tensor,
+    lora_flat: torch.Tensor,
+    rng: np.random.Generator,
+    generator: torch.Generator,
+) -> torch.Tensor:
     """The base model's denoising loss on each set's target views with the predicted concept applied."""
     args, base, device, tokenizer = run.args, run.base, run.device, run.tokenizer
     views = args.input_views + args.target_views
-    target_pixels = images_to_tensor([img for images, _, _ in drawn for img in images[args.input_views : views]],
-                                     base.resolution)
+    target_pixels = images_to_tensor(
+        [img for images, _, _ in drawn for img in images[args.input_views : views]], base.resolution
+    )
     with torch.no_grad():
         latents = base.vae.encode(target_pixels.to(device)).latent_dist.sample()
         latents = latents * base.vae.config.scaling_factor
     run.batched.set(embedding, run.booster.unflatten_lora(lora_flat), rows_per_set=args.target_views)
-    prompts = [OBJECT_TEMPLATES[int(i)].format(TOKEN) for i in rng.integers(0, len(OBJECT_TEMPLATES),
-                                                                            size=latents.shape[0])]
-    ids = tokenizer(prompts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
-                    return_tensors="pt").input_ids.to(device)
+    prompts = [
+        OBJECT_TEMPLATES[int(i)].format(TOKEN) for i in rng.integers(0, len(OBJECT_TEMPLATES), size=latents.shape[0])
+    ]
+    ids = tokenizer(
+        prompts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt"
+    ).input_ids.to(device)
     noise = torch.randn(latents.shape, generator=generator).to(device)
-    timesteps = torch.randint(0, base.noise_scheduler.config.num_train_timesteps, (latents.shape[0],),
-                              generator=generator).to(device)
+    timesteps = torch.randint(
+        0, base.noise_scheduler.config.num_train_timesteps, (latents.shape[0],), generator=generator
+    ).to(device)
     return per_row_denoising_loss(base, latents, ids, noise, timesteps).mean()
 
 
-def _targets(run: _Run, drawn: list[tuple[list[Image.Image], Targets | None, bool]],
-             inputs: torch.Tensor) -> list[Targets | None]:
+def _targets(
+    run: _Run, drawn: list[tuple[list[Image.Image], Targets | None, bool]], inputs: torch.Tensor
+) -> list[Targets | None]:
     """Each set's regression targets: its own, or the teacher's prediction for sets the teacher labels."""
     targets: list[Targets | None] = [wanted for _, wanted, _ in drawn]
     taught = [i for i, (_, _, by_teacher) in enumerate(drawn) if by_teacher]
@@ -294,8 +369,9 @@ def _targets(run: _Run, drawn: list[tuple[list[Image.Image], Targets | None, boo
     return targets
 
 
-def _add_regression_loss(run: _Run, loss: torch.Tensor, hidden: torch.Tensor,
-                         targets: list[Targets | None]) -> torch.Tensor:
+def _add_regression_loss(
+    run: _Run, loss: torch.Tensor, hidden: torch.Tensor, targets: list[Targets | None]
+) -> torch.Tensor:
     """`loss` plus the weighted regression of each vector count's prediction onto the sets that have targets."""
     for count in run.booster.supported_vectors():
         rows = [i for i, wanted in enumerate(targets) if wanted is not None and count in wanted]
@@ -314,8 +390,10 @@ def _save(args: argparse.Namespace, booster: Booster, wall_seconds: float) -> No
         booster.config.use_lora, booster.config.use_lora_note = False, args.no_lora
     booster.config.training = {**{k: str(v) for k, v in vars(args).items()}, "wall_seconds": round(wall_seconds, 1)}
     booster.cpu().save(args.out)
-    print(f"saved {args.out} ({sum(p.numel() for p in booster.parameters()) / 1e6:.2f}M parameters)"
-          f" config={asdict(booster.config)['base_model']}")
+    print(
+        f"saved {args.out} ({sum(p.numel() for p in booster.parameters()) / 1e6:.2f}M parameters)"
+        f" config={asdict(booster.config)['base_model']}"
+    )
 
 
 def main() -> None:
@@ -340,9 +418,16 @@ def main() -> None:
     tokenizer.add_tokens([TOKEN])
     batched = BatchedConcepts(base, tokenizer.convert_tokens_to_ids(TOKEN), booster.config.lora_layout)
     views = args.input_views + args.target_views
-    sampler = SetSampler(base, args.targets, args.data, views=views, world_share=args.world_share,
-                         pool_views=max(views, args.pool_views), vector_targets=args.vector_targets,
-                         teacher_share=args.teacher_share if teacher is not None else 0.0)
+    sampler = SetSampler(
+        base,
+        args.targets,
+        args.data,
+        views=views,
+        world_share=args.world_share,
+        pool_views=max(views, args.pool_views),
+        vector_targets=args.vector_targets,
+        teacher_share=args.teacher_share if teacher is not None else 0.0,
+    )
     run = _Run(args, base, booster, teacher, device, tokenizer, batched, sampler)
     rng = np.random.default_rng([args.seed, start])
     generator = torch.Generator().manual_seed(args.seed * 7919 + start)

@@ -33,12 +33,19 @@ class AttributeClassifier(nn.Module):
         super().__init__()
 
         def block(cin: int, cout: int) -> nn.Sequential:
-            return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1), nn.BatchNorm2d(cout), nn.ReLU(),
-                                 nn.Conv2d(cout, cout, 3, padding=1), nn.BatchNorm2d(cout), nn.ReLU(),
-                                 nn.MaxPool2d(2))
+            return nn.Sequential(
+                nn.Conv2d(cin, cout, 3, padding=1),
+                nn.BatchNorm2d(cout),
+                nn.ReLU(),
+                nn.Conv2d(cout, cout, 3, padding=1),
+                nn.BatchNorm2d(cout),
+                nn.ReLU(),
+                nn.MaxPool2d(2),
+            )
 
-        self.features = nn.Sequential(block(3, 32), block(32, 64), block(64, 128), nn.AdaptiveAvgPool2d(1),
-                                      nn.Flatten())
+        self.features = nn.Sequential(
+            block(3, 32), block(32, 64), block(64, 128), nn.AdaptiveAvgPool2d(1), nn.Flatten()
+        )
         self.shape = nn.Linear(128, len(SHAPES))
         self.colour = nn.Linear(128, len(COLOURS))
         self.pattern = nn.Linear(128, len(PATTERNS))
@@ -128,9 +135,17 @@ def main() -> None:
     concepts = [Concept.named(s, c, p) for s in SHAPES for c in COLOURS for p in PATTERNS]
     images = [render(c, 10**9 + int(rng.integers(10**6))) for c in concepts]
     predictions = classify(model, images)
-    accuracy = {key: float(np.mean([p[key] == getattr(c, "colour_name" if key == "colour" else key)
-                                    for p, c in zip(predictions, concepts, strict=True)]))
-                for key in ("shape", "colour", "pattern")}
+    accuracy = {
+        key: float(
+            np.mean(
+                [
+                    p[key] == getattr(c, "colour_name" if key == "colour" else key)
+                    for p, c in zip(predictions, concepts, strict=True)
+                ]
+            )
+        )
+        for key in ("shape", "colour", "pattern")
+    }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     save_file(model.state_dict(), str(args.out))
     (args.out.parent / "classifier.json").write_text(json.dumps({"render_accuracy": accuracy}, indent=2))

@@ -1,7 +1,7 @@
 """Draw a picture grid: one row per caption, renderer ground truth first, then one image per seed.
 
-    python -m models.reference.grid --out grid.png
-    python -m models.reference.grid --caption "a photo of a red striped star" --seeds 0 1 2 3
+python -m models.reference.grid --out grid.png
+python -m models.reference.grid --caption "a photo of a red striped star" --seeds 0 1 2 3
 """
 
 from __future__ import annotations
@@ -48,8 +48,10 @@ def draw_grid(rows: list[tuple[str, Image.Image | None, list[Image.Image]]], cel
         draw.text((6, top + cell // 2 - 6), caption.replace("a photo of a ", ""), fill="black")
         for column, image in enumerate([truth, *images]):
             if image is not None:
-                grid.paste(image.resize((cell - 4, cell - 4), Image.Resampling.NEAREST),
-                           (label_width + column * cell + 2, top + 2))
+                grid.paste(
+                    image.resize((cell - 4, cell - 4), Image.Resampling.NEAREST),
+                    (label_width + column * cell + 2, top + 2),
+                )
     return grid
 
 
@@ -68,8 +70,9 @@ def main() -> None:
     for caption in args.caption or DEFAULT_CAPTIONS:
         concept = concept_of(caption)
         truth = render(concept, 0) if concept else None
-        rows.append((caption, truth, generate(pipeline, caption, args.seeds, steps=args.steps,
-                                              guidance_scale=args.guidance)))
+        rows.append(
+            (caption, truth, generate(pipeline, caption, args.seeds, steps=args.steps, guidance_scale=args.guidance))
+        )
     draw_grid(rows).save(args.out)
     print(f"wrote {args.out}")
 

@@ -39,15 +39,18 @@ def load_pipeline(path: str) -> StableDiffusionPipeline:
 
 
 @torch.no_grad()
-def generate(pipeline: StableDiffusionPipeline, caption: str, seeds: list[int], *, steps: int = 25,
-             guidance_scale: float = 7.0):
+def generate(
+    pipeline: StableDiffusionPipeline, caption: str, seeds: list[int], *, steps: int = 25, guidance_scale: float = 7.0
+):
     generators = [torch.Generator().manual_seed(seed) for seed in seeds]
-    return pipeline([caption] * len(seeds), num_inference_steps=steps, guidance_scale=guidance_scale,
-                    generator=generators).images
+    return pipeline(
+        [caption] * len(seeds), num_inference_steps=steps, guidance_scale=guidance_scale, generator=generators
+    ).images
 
 
-def evaluate(pipeline: StableDiffusionPipeline, concepts: dict[str, list[Concept]], seeds: list[int],
-             **sampling) -> dict[str, dict[str, float]]:
+def evaluate(
+    pipeline: StableDiffusionPipeline, concepts: dict[str, list[Concept]], seeds: list[int], **sampling
+) -> dict[str, dict[str, float]]:
     classifier = load_classifier()
     results: dict[str, dict[str, float]] = {}
     for split, items in concepts.items():
@@ -60,9 +63,12 @@ def evaluate(pipeline: StableDiffusionPipeline, concepts: dict[str, list[Concept
             truth = [render(concept, 10**8 + seed) for seed in seeds]
             for key, value in score(classifier, truth, concept).items():
                 reference[key] += value / len(items)
-        results[split] = {"concepts": len(items), "images": len(items) * len(seeds),
-                          **{k: round(v, 4) for k, v in totals.items()},
-                          **{f"renderer_{k}": round(v, 4) for k, v in reference.items()}}
+        results[split] = {
+            "concepts": len(items),
+            "images": len(items) * len(seeds),
+            **{k: round(v, 4) for k, v in totals.items()},
+            **{f"renderer_{k}": round(v, 4) for k, v in reference.items()},
+        }
     return results
 
 
@@ -77,18 +83,28 @@ def main() -> None:
     torch.set_num_threads(2)
     started = time.time()
     pipeline = load_pipeline(args.weights)
-    results = evaluate(pipeline, evaluation_concepts(), list(range(args.seeds)), steps=args.steps,
-                       guidance_scale=args.guidance)
-    print(f"{'split':10} {'concepts':>8} {'images':>7} {'shape':>7} {'colour':>7} {'pattern':>8}   "
-          f"(renderer truth: shape/colour/pattern)")
+    results = evaluate(
+        pipeline, evaluation_concepts(), list(range(args.seeds)), steps=args.steps, guidance_scale=args.guidance
+    )
+    print(
+        f"{'split':10} {'concepts':>8} {'images':>7} {'shape':>7} {'colour':>7} {'pattern':>8}   "
+        f"(renderer truth: shape/colour/pattern)"
+    )
     for split, row in results.items():
-        print(f"{split:10} {row['concepts']:>8} {row['images']:>7} {row['shape']:>7.1%} {row['colour']:>7.1%} "
-              f"{row['pattern']:>8.1%}   ({row['renderer_shape']:.0%}/{row['renderer_colour']:.0%}/"
-              f"{row['renderer_pattern']:.0%})")
-    report = {"benchmark": "leap-tiny quality", "weights": args.weights, "seeds": args.seeds,
-              "sampler": {"scheduler": "DDIM", "steps": args.steps, "guidance_scale": args.guidance},
-              "targets": {"seen": 0.8, "held_out": 0.6}, "results": results,
-              "wall_seconds": round(time.time() - started, 1)}
+        print(
+            f"{split:10} {row['concepts']:>8} {row['images']:>7} {row['shape']:>7.1%} {row['colour']:>7.1%} "
+            f"{row['pattern']:>8.1%}   ({row['renderer_shape']:.0%}/{row['renderer_colour']:.0%}/"
+            f"{row['renderer_pattern']:.0%})"
+        )
+    report = {
+        "benchmark": "leap-tiny quality",
+        "weights": args.weights,
+        "seeds": args.seeds,
+        "sampler": {"scheduler": "DDIM", "steps": args.steps, "guidance_scale": args.guidance},
+        "targets": {"seen": 0.8, "held_out": 0.6},
+        "results": results,
+        "wall_seconds": round(time.time() - started, 1),
+    }
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(report, indent=2))
     print(f"wrote {args.json}")

@@ -17,9 +17,43 @@ from pathlib import Path
 from models.reference.world import COLOURS, PATTERNS, SHAPES
 
 TEMPLATE_WORDS = (
-    "a", "an", "the", "of", "in", "on", "with", "and", "photo", "picture", "rendering", "painting", "artwork",
-    "image", "drawing", "cropped", "clean", "close", "up", "bright", "dark", "good", "nice", "small", "large",
-    "big", "style", "object", "thing", "shape", "coloured", "colored", "this", "that", "one", "my", "weird",
+    "a",
+    "an",
+    "the",
+    "of",
+    "in",
+    "on",
+    "with",
+    "and",
+    "photo",
+    "picture",
+    "rendering",
+    "painting",
+    "artwork",
+    "image",
+    "drawing",
+    "cropped",
+    "clean",
+    "close",
+    "up",
+    "bright",
+    "dark",
+    "good",
+    "nice",
+    "small",
+    "large",
+    "big",
+    "style",
+    "object",
+    "thing",
+    "shape",
+    "coloured",
+    "colored",
+    "this",
+    "that",
+    "one",
+    "my",
+    "weird",
     "cool",
 )
 MODEL_MAX_LENGTH = 32
@@ -94,8 +128,13 @@ def write_tokenizer(out_dir: Path) -> Path:
     (out_dir / "merges.txt").write_text("\n".join(lines) + "\n")
     special = {"bos_token": BOS, "eos_token": EOS, "unk_token": EOS, "pad_token": EOS}
     (out_dir / "special_tokens_map.json").write_text(json.dumps(special, indent=2))
-    config = {"tokenizer_class": "CLIPTokenizer", "model_max_length": MODEL_MAX_LENGTH,
-              "do_lower_case": True, "errors": "replace", **special}
+    config = {
+        "tokenizer_class": "CLIPTokenizer",
+        "model_max_length": MODEL_MAX_LENGTH,
+        "do_lower_case": True,
+        "errors": "replace",
+        **special,
+    }
     (out_dir / "tokenizer_config.json").write_text(json.dumps(config, indent=2))
     return out_dir
 

@@ -90,8 +90,13 @@ def training_concepts(rng: np.random.Generator, count: int, config: ReferenceTra
     for _ in range(count):
         if rng.random() < config.random_colour_share:
             rgb = tuple(int(v) for v in rng.integers(0, 256, size=3))
-            concepts.append(Concept(shape=str(rng.choice(SHAPES)), colour=rgb,  # type: ignore[arg-type]
-                                    pattern=str(rng.choice(PATTERNS))))
+            concepts.append(
+                Concept(
+                    shape=str(rng.choice(SHAPES)),
+                    colour=rgb,  # type: ignore[arg-type]
+                    pattern=str(rng.choice(PATTERNS)),
+                )
+            )
         else:
             concepts.append(named[int(rng.integers(0, len(named)))])
     return concepts
@@ -146,8 +151,7 @@ def train_vae(config: ReferenceTrainConfig, checkpoints: Checkpoints) -> Autoenc
         optimizer.step()
         progress.set_postfix(loss=f"{loss.item():.4f}")
         if (step + 1) % config.checkpoint_every == 0 or step + 1 == config.vae_steps:
-            checkpoints.save("vae", {"model": vae.state_dict(), "optimizer": optimizer.state_dict(),
-                                     "step": step + 1})
+            checkpoints.save("vae", {"model": vae.state_dict(), "optimizer": optimizer.state_dict(), "step": step + 1})
     vae.eval().requires_grad_(False)
     return vae
 
@@ -206,8 +210,10 @@ def train_denoiser(config: ReferenceTrainConfig, tokenizer, dataset: dict, check
         ema_unet.load_state_dict(state["ema_unet"])
         optimizer.load_state_dict(state["optimizer"])
         start = state["step"]
-    concepts = [Concept(shape=s, colour=tuple(c), pattern=p, colour_name=n)  # type: ignore[arg-type]
-                for s, c, p, n in dataset["concepts"]]
+    concepts = [
+        Concept(shape=s, colour=tuple(c), pattern=p, colour_name=n)  # type: ignore[arg-type]
+        for s, c, p, n in dataset["concepts"]
+    ]
     latent_mean = dataset["latent_mean"].float()
     latent_std = dataset["latent_std"].float()
     scale = dataset["scaling_factor"]
@@ -216,12 +222,12 @@ def train_denoiser(config: ReferenceTrainConfig, tokenizer, dataset: dict, check
     progress = tqdm(range(start, config.unet_steps), initial=start, total=config.unet_steps, desc="unet+text")
     for step in progress:
         index = torch.randint(0, len(concepts), (config.unet_batch,), generator=generator)
-        latents = latent_mean[index] + latent_std[index] * torch.randn(
-            latent_mean[index].shape, generator=generator)
+        latents = latent_mean[index] + latent_std[index] * torch.randn(latent_mean[index].shape, generator=generator)
         latents = latents * scale
         captions = [describe(concepts[int(i)], rng, config) for i in index]
-        ids = tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length,
-                        truncation=True, return_tensors="pt").input_ids
+        ids = tokenizer(
+            captions, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt"
+        ).input_ids
         noise = torch.randn(latents.shape, generator=generator)
         timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (latents.shape[0],), generator=generator)
         noisy = scheduler.add_noise(latents, noise, timesteps)
@@ -242,10 +248,17 @@ def train_denoiser(config: ReferenceTrainConfig, tokenizer, dataset: dict, check
                     e.lerp_(p, 1 - decay)
         progress.set_postfix(loss=f"{loss.item():.4f}")
         if (step + 1) % config.checkpoint_every == 0 or step + 1 == config.unet_steps:
-            checkpoints.save("denoiser", {
-                "text_encoder": text_encoder.state_dict(), "unet": unet.state_dict(),
-                "ema_text_encoder": ema_text_encoder.state_dict(), "ema_unet": ema_unet.state_dict(),
-                "optimizer": optimizer.state_dict(), "step": step + 1})
+            checkpoints.save(
+                "denoiser",
+                {
+                    "text_encoder": text_encoder.state_dict(),
+                    "unet": unet.state_dict(),
+                    "ema_text_encoder": ema_text_encoder.state_dict(),
+                    "ema_unet": ema_unet.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "step": step + 1,
+                },
+            )
     return ema_text_encoder, ema_unet
 
 
@@ -272,15 +285,21 @@ def main() -> None:
 
     vae.register_to_config(scaling_factor=dataset["scaling_factor"])
     pipeline = StableDiffusionPipeline(
-        vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
-        scheduler=make_sample_scheduler(), safety_checker=None, feature_extractor=None,
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=make_sample_scheduler(),
+        safety_checker=None,
+        feature_extractor=None,
         requires_safety_checker=False,
     )
     pipeline.save_pretrained(args.out, safe_serialization=True)
     # transformers writes only tokenizer.json; keep the CLIP BPE files beside it too.
     write_tokenizer(args.out / "tokenizer")
-    (args.out / "leap_tiny_training.json").write_text(json.dumps(
-        {"config": asdict(config), "wall_seconds": round(time.time() - started, 1)}, indent=2))
+    (args.out / "leap_tiny_training.json").write_text(
+        json.dumps({"config": asdict(config), "wall_seconds": round(time.time() - started, 1)}, indent=2)
+    )
     print(f"saved {args.out} in {time.time() - started:.0f}s")
 
 

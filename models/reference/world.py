@@ -82,8 +82,9 @@ def _shape_points(shape: str) -> list[list[tuple[float, float]]]:
         return [[(0.0, -1.0), (0.62, 0.0), (0.0, 1.0), (-0.62, 0.0)]]
     if shape == "cross":
         w = 0.32
-        return [[(-w, -1), (w, -1), (w, -w), (1, -w), (1, w), (w, w), (w, 1), (-w, 1), (-w, w),
-                 (-1, w), (-1, -w), (-w, -w)]]
+        return [
+            [(-w, -1), (w, -1), (w, -w), (1, -w), (1, w), (w, w), (w, 1), (-w, 1), (-w, w), (-1, w), (-1, -w), (-w, -w)]
+        ]
     if shape == "heart":
         points = []
         for t in np.linspace(0, 2 * math.pi, 64, endpoint=False):
@@ -135,8 +136,15 @@ def _background(size: int, rng: np.random.Generator) -> np.ndarray:
 
 def render(concept: Concept, seed: int, size: int = 32) -> Image.Image:
     """Render one view of a concept; identical for identical (concept, seed, size)."""
-    rng = np.random.default_rng([seed, size, *concept.colour, SHAPES.index(concept.shape) if concept.shape
-                                 in SHAPES else 99, PATTERNS.index(concept.pattern)])
+    rng = np.random.default_rng(
+        [
+            seed,
+            size,
+            *concept.colour,
+            SHAPES.index(concept.shape) if concept.shape in SHAPES else 99,
+            PATTERNS.index(concept.pattern),
+        ]
+    )
     big = size * SUPERSAMPLE
     scale = rng.uniform(0.28, 0.42) * big
     angle = rng.uniform(-0.5, 0.5) if concept.shape in ("heart", "triangle") else rng.uniform(0, 2 * math.pi)

@@ -50,8 +50,18 @@ def bench_examples(tokenizer, example_tokens: int) -> list[TextExample]:
     return examples
 
 
-def measure(base_model: str, mode: str, *, steps: int, warmup: int, batch_size: int, example_tokens: int,
-            lora_targets: str, data_dir: str | None, registry: Registry) -> dict:
+def measure(
+    base_model: str,
+    mode: str,
+    *,
+    steps: int,
+    warmup: int,
+    batch_size: int,
+    example_tokens: int,
+    lora_targets: str,
+    data_dir: str | None,
+    registry: Registry,
+) -> dict:
     device = pick_device()
     stamps: list[float] = []
     if device.type == "cuda":
@@ -59,24 +69,44 @@ def measure(base_model: str, mode: str, *, steps: int, warmup: int, batch_size: 
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(resolve_text_model(base_model, data_dir, registry))
-    config = TextTrainConfig(base_model=base_model, mode=mode, init="token", steps=warmup + steps,  # type: ignore[arg-type]
-                             batch_size=batch_size, lora_targets=lora_targets, max_length=example_tokens + 8,  # type: ignore[arg-type]
-                             data_dir=data_dir)
+    config = TextTrainConfig(
+        base_model=base_model,
+        mode=mode,
+        init="token",
+        steps=warmup + steps,  # type: ignore[arg-type]
+        batch_size=batch_size,
+        lora_targets=lora_targets,
+        max_length=example_tokens + 8,  # type: ignore[arg-type]
+        data_dir=data_dir,
+    )
     with tempfile.TemporaryDirectory() as out:
-        result = train(config, bench_examples(tokenizer, example_tokens), Path(out), registry=registry,
-                       on_progress=lambda _: stamps.append(time.perf_counter()))
+        result = train(
+            config,
+            bench_examples(tokenizer, example_tokens),
+            Path(out),
+            registry=registry,
+            on_progress=lambda _: stamps.append(time.perf_counter()),
+        )
     timed = stamps[warmup:]
     rates = [1.0 / (b - a) for a, b in zip(timed, timed[1:], strict=False) if b > a]
-    peak = (torch.cuda.max_memory_allocated() if device.type == "cuda"
-            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
-    return {"mode": mode, "device": str(device), "batch_size": batch_size,
-            "tokens_per_example": round(result.manifest["num_tokens"] / result.manifest["num_examples"], 1),
-            "lora_targets": lora_targets if mode != "token" else None, "timed_steps": steps,
-            "steps_per_second_median": statistics.median(rates) if rates else None,
-            "steps_per_second_mean": (len(timed) - 1) / (timed[-1] - timed[0]) if len(timed) > 1 else None,
-            "peak_memory_bytes": peak,
-            # ru_maxrss only grows: on CPU later modes report the process's peak so far (the base included).
-            "peak_memory_kind": "cuda max_memory_allocated" if device.type == "cuda" else "process max RSS so far"}
+    peak = (
+        torch.cuda.max_memory_allocated()
+        if device.type == "cuda"
+        else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    )
+    return {
+        "mode": mode,
+        "device": str(device),
+        "batch_size": batch_size,
+        "tokens_per_example": round(result.manifest["num_tokens"] / result.manifest["num_examples"], 1),
+        "lora_targets": lora_targets if mode != "token" else None,
+        "timed_steps": steps,
+        "steps_per_second_median": statistics.median(rates) if rates else None,
+        "steps_per_second_mean": (len(timed) - 1) / (timed[-1] - timed[0]) if len(timed) > 1 else None,
+        "peak_memory_bytes": peak,
+        # ru_maxrss only grows: on CPU later modes report the process's peak so far (the base included).
+        "peak_memory_kind": "cuda max_memory_allocated" if device.type == "cuda" else "process max RSS so far",
+    }
 
 
 def main() -> None:
@@ -101,19 +131,36 @@ def main() -> None:
 
         base_model = write_random_causal_lm(args.qwen_random, shape="qwen2.5-0.5b")
     registry = load_registry()
-    rows = [measure(base_model, mode, steps=args.steps, warmup=args.warmup, batch_size=args.batch_size,
-                    example_tokens=args.example_tokens, lora_targets=args.lora_targets, data_dir=args.data_dir,
-                    registry=registry)
-            for mode in args.modes]
+    rows = [
+        measure(
+            base_model,
+            mode,
+            steps=args.steps,
+            warmup=args.warmup,
+            batch_size=args.batch_size,
+            example_tokens=args.example_tokens,
+            lora_targets=args.lora_targets,
+            data_dir=args.data_dir,
+            registry=registry,
+        )
+        for mode in args.modes
+    ]
     print(f"{'mode':8} {'device':7} {'batch':>5} {'tokens':>6} {'steps/s (median)':>17} {'peak memory':>12}")
     for row in rows:
         rate = row["steps_per_second_median"]
-        print(f"{row['mode']:8} {row['device']:7} {row['batch_size']:>5} {row['tokens_per_example']:>6} "
-              f"{rate if rate is None else round(rate, 2)!s:>17} {row['peak_memory_bytes'] / 2**20:>9.0f} MiB")
-    report = {"benchmark": "text trainer speed", "base_model": "qwen2.5-0.5b-random" if args.qwen_random else
-              args.base_model, "host": platform.node(), "torch": torch.__version__,
-              "threads": torch.get_num_threads(),
-              "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None, "results": rows}
+        print(
+            f"{row['mode']:8} {row['device']:7} {row['batch_size']:>5} {row['tokens_per_example']:>6} "
+            f"{rate if rate is None else round(rate, 2)!s:>17} {row['peak_memory_bytes'] / 2**20:>9.0f} MiB"
+        )
+    report = {
+        "benchmark": "text trainer speed",
+        "base_model": "qwen2.5-0.5b-random" if args.qwen_random else args.base_model,
+        "host": platform.node(),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+        "results": rows,
+    }
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(report, indent=2))
     print(f"wrote {args.json}")

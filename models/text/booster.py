@@ -84,8 +84,9 @@ def _read_text(example: TextExample, token: str) -> str:
 
 
 @torch.no_grad()
-def read_examples(base: TextBase, examples: Sequence[TextExample], *, token: str, middle_layer: int,
-                  batch_size: int = 32) -> torch.Tensor:
+def read_examples(
+    base: TextBase, examples: Sequence[TextExample], *, token: str, middle_layer: int, batch_size: int = 32
+) -> torch.Tensor:
     """Per-example features [examples, 3 * width] from the frozen base (see the module docstring)."""
     tokenizer = base.tokenizer
     probe = PROBE.format(read=READ_WORD)
@@ -105,7 +106,7 @@ def read_examples(base: TextBase, examples: Sequence[TextExample], *, token: str
     out = []
     body = base.model.get_decoder() if hasattr(base.model, "get_decoder") else base.model.model
     for start in range(0, len(rows), batch_size):
-        chunk = rows[start:start + batch_size]
+        chunk = rows[start : start + batch_size]
         width = max(len(ids) for ids, _ in chunk)
         batch_ids = torch.tensor([r + [pad] * (width - len(r)) for r, _ in chunk], device=base.device)
         mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r, _ in chunk], device=base.device)
@@ -162,10 +163,16 @@ class TextBooster(torch.nn.Module):
 def new_text_booster(base: TextBase, base_model: str) -> TextBooster:
     """An unfitted booster for this base model."""
     config = base.model.config
-    return TextBooster(TextBoosterConfig(
-        base_model=base_model, base_fingerprint=text_fingerprint(base), embedding_width=base.width,
-        num_layers=int(config.num_hidden_layers), vocab_size=int(base.model.get_input_embeddings().weight.shape[0]),
-        middle_layer=default_middle_layer(base)))
+    return TextBooster(
+        TextBoosterConfig(
+            base_model=base_model,
+            base_fingerprint=text_fingerprint(base),
+            embedding_width=base.width,
+            num_layers=int(config.num_hidden_layers),
+            vocab_size=int(base.model.get_input_embeddings().weight.shape[0]),
+            middle_layer=default_middle_layer(base),
+        )
+    )
 
 
 def save_text_booster(booster: TextBooster, directory: Path) -> list[Path]:
@@ -204,12 +211,14 @@ def checked_text_booster(directory: Path, base: TextBase) -> TextBooster:
     if config.embedding_width != base.width:
         raise BaseModelError(
             f"text booster {directory} was trained for {config.base_model} (embedding width "
-            f"{config.embedding_width}); this base model's width is {base.width}")
+            f"{config.embedding_width}); this base model's width is {base.width}"
+        )
     fingerprint = text_fingerprint(base)
     if config.base_fingerprint != fingerprint:
         raise BaseModelError(
             f"text booster {directory} was trained for {config.base_model} (fingerprint {config.base_fingerprint}), "
-            f"a different base model than {base.source} (fingerprint {fingerprint})")
+            f"a different base model than {base.source} (fingerprint {fingerprint})"
+        )
     return booster
 
 
@@ -223,8 +232,9 @@ def registered_text_booster_path(base: TextBase, base_model: str, registry: Regi
     return entry.booster_path
 
 
-def text_booster_vectors(base: TextBase, examples: Sequence[TextExample], config: TextTrainConfig,
-                         registry: Registry) -> tuple[torch.Tensor, str] | None:
+def text_booster_vectors(
+    base: TextBase, examples: Sequence[TextExample], config: TextTrainConfig, registry: Registry
+) -> tuple[torch.Tensor, str] | None:
     """The registered booster's start for a job ([num_vectors, width], note), or None without one."""
     directory = registered_text_booster_path(base, config.base_model, registry)
     if directory is None:

@@ -74,13 +74,15 @@ def batch_loss(model, tokenizer, examples, expand=lambda t: t) -> float:
 def icl_loss(base, train_examples, held_out) -> float:
     """In-context learning: the job's examples in the prompt, no training."""
     context = "\n".join(e.full_text for e in train_examples) + "\n"
-    prompted = [TextExample(text=None, prompt=context + e.prompt, completion=e.completion, source=e.source)
-                for e in held_out]
+    prompted = [
+        TextExample(text=None, prompt=context + e.prompt, completion=e.completion, source=e.source) for e in held_out
+    ]
     return batch_loss(base.model, base.tokenizer, prompted)
 
 
-def run(config: TextTrainConfig, examples, held_out, *, registry: Registry, resolver=None, guard=True,
-        stop_below=None) -> dict:
+def run(
+    config: TextTrainConfig, examples, held_out, *, registry: Registry, resolver=None, guard=True, stop_below=None
+) -> dict:
     """One training run; held-out loss on the step grid (stops early once below `stop_below`)."""
     curve: dict[int, float] = {}
     grid = eval_grid(config.steps or 0)
@@ -92,13 +94,26 @@ def run(config: TextTrainConfig, examples, held_out, *, registry: Registry, reso
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as out:
         try:
-            result = train(config, examples, Path(out), registry=registry, booster_resolver=resolver, eval_hook=hook,
-                           eval_steps=grid, should_stop=stop, guarded_start=guard)
+            result = train(
+                config,
+                examples,
+                Path(out),
+                registry=registry,
+                booster_resolver=resolver,
+                eval_hook=hook,
+                eval_steps=grid,
+                should_stop=stop,
+                guarded_start=guard,
+            )
             init_used, guard_scores = result.init_used, result.manifest.get("init_guard")
         except TrainingCanceled:
             init_used, guard_scores = "stopped early", None
-    return {"curve": curve, "init_used": init_used, "guard": guard_scores,
-            "seconds": round(time.perf_counter() - started, 1)}
+    return {
+        "curve": curve,
+        "init_used": init_used,
+        "guard": guard_scores,
+        "seconds": round(time.perf_counter() - started, 1),
+    }
 
 
 def steps_to(curve: dict[int, float], target: float) -> int | None:
@@ -110,8 +125,17 @@ def sweep(base_model, data_dir, mode, points, concepts, steps, registry: Registr
     curves = {}
     for index, point in enumerate(points):
         for name, examples, held_out in concepts:
-            config = TextTrainConfig(base_model=base_model, mode=mode, init=Init.TOKEN, steps=steps, batch_size=4,
-                                     seed=0, device="cpu", data_dir=data_dir, **point)
+            config = TextTrainConfig(
+                base_model=base_model,
+                mode=mode,
+                init=Init.TOKEN,
+                steps=steps,
+                batch_size=4,
+                seed=0,
+                device="cpu",
+                data_dir=data_dir,
+                **point,
+            )
             curves[(index, name)] = run(config, examples, held_out, registry=registry)["curve"]
     best = {name: min(min(curves[(i, name)].values()) for i in range(len(points))) for name, _, _ in concepts}
     scores = []
@@ -134,7 +158,7 @@ def concept_sets(base, args) -> list[tuple[str, str, object]]:
 def split(concept, seed: int):
     order = list(range(len(concept.texts)))
     random.Random(seed).shuffle(order)
-    return concept.examples(order[:SHOTS]), concept.held_out(order[SHOTS:2 * SHOTS])
+    return concept.examples(order[:SHOTS]), concept.held_out(order[SHOTS : 2 * SHOTS])
 
 
 def median(values):
@@ -149,22 +173,29 @@ def summarise(records: list[dict], mode: str) -> dict:
         by_concept.setdefault(r["concept"], []).append(r)
     per_concept = []
     for name, runs in by_concept.items():
-        per_concept.append({
-            "concept": name, "kind": runs[0]["kind"],
-            "speedup": median([r["speedup"] for r in runs]),
-            "shuffled_speedup": median([r.get("shuffled_speedup") for r in runs]),
-            "baseline_steps": median([r["baseline_steps"] for r in runs]),
-            "booster_steps": median([r["booster_steps"] for r in runs]),
-            "zero_step_generic": median([r["baseline_curve"]["0"] for r in runs]),
-            "zero_step_booster": median([r["booster_curve"]["0"] for r in runs]),
-            "final_baseline": median([r["baseline_final"] for r in runs]),
-            "final_booster": median([r["booster_final"] for r in runs]),
-            "icl": median([r["icl"] for r in runs]),
-            "booster_chosen": sum(r["booster_init_used"] == "booster" for r in runs), "seeds": len(runs)})
+        per_concept.append(
+            {
+                "concept": name,
+                "kind": runs[0]["kind"],
+                "speedup": median([r["speedup"] for r in runs]),
+                "shuffled_speedup": median([r.get("shuffled_speedup") for r in runs]),
+                "baseline_steps": median([r["baseline_steps"] for r in runs]),
+                "booster_steps": median([r["booster_steps"] for r in runs]),
+                "zero_step_generic": median([r["baseline_curve"]["0"] for r in runs]),
+                "zero_step_booster": median([r["booster_curve"]["0"] for r in runs]),
+                "final_baseline": median([r["baseline_final"] for r in runs]),
+                "final_booster": median([r["booster_final"] for r in runs]),
+                "icl": median([r["icl"] for r in runs]),
+                "booster_chosen": sum(r["booster_init_used"] == "booster" for r in runs),
+                "seeds": len(runs),
+            }
+        )
     zero_wins = [c["zero_step_booster"] < c["zero_step_generic"] for c in per_concept]
     final_ratio = [c["final_booster"] / c["final_baseline"] for c in per_concept]
     return {
-        "mode": mode, "concepts": len(per_concept), "per_concept": per_concept,
+        "mode": mode,
+        "concepts": len(per_concept),
+        "per_concept": per_concept,
         "median_speedup": median([c["speedup"] for c in per_concept]),
         "median_shuffled_speedup": median([c["shuffled_speedup"] for c in per_concept]),
         "zero_step_better_than_generic": sum(zero_wins) / max(len(zero_wins), 1),
@@ -176,8 +207,8 @@ def summarise(records: list[dict], mode: str) -> dict:
         "worst_final_ratio_booster_over_baseline": max(final_ratio) if final_ratio else None,
         "median_final_booster": median([c["final_booster"] for c in per_concept]),
         "median_icl": median([c["icl"] for c in per_concept]),
-        "booster_final_at_or_below_icl": sum(c["final_booster"] <= c["icl"] for c in per_concept) / max(
-            len(per_concept), 1),
+        "booster_final_at_or_below_icl": sum(c["final_booster"] <= c["icl"] for c in per_concept)
+        / max(len(per_concept), 1),
     }
 
 
@@ -196,8 +227,11 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=Path("bench/results/text_booster.json"))
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--report-only", action="store_true", help="summarise the cache, run nothing new")
-    parser.add_argument("--stop-when-done", action="store_true",
-                        help="default jobs (no steps) with token and booster starts against a long run")
+    parser.add_argument(
+        "--stop-when-done",
+        action="store_true",
+        help="default jobs (no steps) with token and booster starts against a long run",
+    )
     parser.add_argument("--long-steps", type=int, default=200, help="--stop-when-done: the long run's steps")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -219,12 +253,15 @@ def main() -> None:
         def resolve(base_, examples, config):
             vector = booster.predict(base_, examples, PLACEHOLDER)
             return vector.expand(config.num_vectors, -1).clone(), f"bench booster ({concept})"
+
         return resolve
 
     sweep_points = {
         "token": [{"embedding_lr": lr} for lr in (0.01, 0.03, 0.1)],
-        "pivotal": [{"embedding_lr": lr, "lora_lr": lora, "pivot_embedding_lr": lr / 10}
-                    for lr, lora in ((0.01, 1e-3), (0.03, 1e-3), (0.1, 3e-3))],
+        "pivotal": [
+            {"embedding_lr": lr, "lora_lr": lora, "pivot_embedding_lr": lr / 10}
+            for lr, lora in ((0.01, 1e-3), (0.03, 1e-3), (0.1, 3e-3))
+        ],
     }
     sweeps = {}
     for mode in args.modes:
@@ -252,56 +289,111 @@ def main() -> None:
                 examples, held_out = split(concept, seed)
                 other = concepts[(index + 1) % len(concepts)]
                 other_examples, _ = split(other[2], seed)
-                common = {"base_model": args.base_model, "mode": mode, "steps": args.steps, "batch_size": 4,
-                          "seed": seed, "device": "cpu", "data_dir": args.data_dir, **sweeps[mode]["chosen"]}
+                common = {
+                    "base_model": args.base_model,
+                    "mode": mode,
+                    "steps": args.steps,
+                    "batch_size": 4,
+                    "seed": seed,
+                    "device": "cpu",
+                    "data_dir": args.data_dir,
+                    **sweeps[mode]["chosen"],
+                }
                 baseline = run(TextTrainConfig(init=Init.TOKEN, **common), examples, held_out, registry=registry)
                 target = TARGET * min(baseline["curve"].values())
-                boosted = run(TextTrainConfig(init=Init.BOOSTER, **common), examples, held_out, registry=registry,
-                              resolver=resolver_for(name))
-                record = {"key": key, "mode": mode, "kind": kind, "concept": name, "seed": seed,
-                          "baseline_curve": baseline["curve"], "booster_curve": boosted["curve"],
-                          "booster_init_used": boosted["init_used"], "guard": boosted["guard"],
-                          "baseline_steps": steps_to(baseline["curve"], target),
-                          "booster_steps": steps_to(boosted["curve"], target),
-                          "baseline_final": baseline["curve"][args.steps],
-                          "booster_final": boosted["curve"][args.steps],
-                          "icl": icl_loss(base, examples, held_out),
-                          "seconds": baseline["seconds"] + boosted["seconds"]}
-                record["speedup"] = (record["baseline_steps"] / max(record["booster_steps"], 1)
-                                     if record["booster_steps"] is not None else 0.0)
+                boosted = run(
+                    TextTrainConfig(init=Init.BOOSTER, **common),
+                    examples,
+                    held_out,
+                    registry=registry,
+                    resolver=resolver_for(name),
+                )
+                record = {
+                    "key": key,
+                    "mode": mode,
+                    "kind": kind,
+                    "concept": name,
+                    "seed": seed,
+                    "baseline_curve": baseline["curve"],
+                    "booster_curve": boosted["curve"],
+                    "booster_init_used": boosted["init_used"],
+                    "guard": boosted["guard"],
+                    "baseline_steps": steps_to(baseline["curve"], target),
+                    "booster_steps": steps_to(boosted["curve"], target),
+                    "baseline_final": baseline["curve"][args.steps],
+                    "booster_final": boosted["curve"][args.steps],
+                    "icl": icl_loss(base, examples, held_out),
+                    "seconds": baseline["seconds"] + boosted["seconds"],
+                }
+                record["speedup"] = (
+                    record["baseline_steps"] / max(record["booster_steps"], 1)
+                    if record["booster_steps"] is not None
+                    else 0.0
+                )
                 if mode == "token":
-                    shuffled = run(TextTrainConfig(init=Init.BOOSTER, **common), examples, held_out, registry=registry,
-                                   resolver=lambda b, e, c, o=other_examples, r=resolver_for(other[1]): r(b, o, c),
-                                   guard=False, stop_below=target)
+                    shuffled = run(
+                        TextTrainConfig(init=Init.BOOSTER, **common),
+                        examples,
+                        held_out,
+                        registry=registry,
+                        resolver=lambda b, e, c, o=other_examples, r=resolver_for(other[1]): r(b, o, c),
+                        guard=False,
+                        stop_below=target,
+                    )
                     record["shuffled_curve"] = shuffled["curve"]
                     record["shuffled_steps"] = steps_to(shuffled["curve"], target)
-                    record["shuffled_speedup"] = (record["baseline_steps"] / max(record["shuffled_steps"], 1)
-                                                  if record["shuffled_steps"] is not None else 0.0)
+                    record["shuffled_speedup"] = (
+                        record["baseline_steps"] / max(record["shuffled_steps"], 1)
+                        if record["shuffled_steps"] is not None
+                        else 0.0
+                    )
                 record = json.loads(json.dumps(record))  # int curve keys become strings, as when cached
                 with args.cache.open("a") as handle:
                     handle.write(json.dumps(record) + "\n")
                 records.append(record)
-                print(f"{key}: baseline {record['baseline_steps']} steps, booster {record['booster_steps']} "
-                      f"({record['booster_init_used']}), zero-step {record['baseline_curve']['0']:.3f} -> "
-                      f"{record['booster_curve']['0']:.3f}, final {record['baseline_final']:.3f} / "
-                      f"{record['booster_final']:.3f}, icl {record['icl']:.3f}", flush=True)
+                print(
+                    f"{key}: baseline {record['baseline_steps']} steps, booster {record['booster_steps']} "
+                    f"({record['booster_init_used']}), zero-step {record['baseline_curve']['0']:.3f} -> "
+                    f"{record['booster_curve']['0']:.3f}, final {record['baseline_final']:.3f} / "
+                    f"{record['booster_final']:.3f}, icl {record['icl']:.3f}",
+                    flush=True,
+                )
     summaries = [summarise(records, mode) for mode in args.modes]
-    print(f"\n{'mode':8} {'speed-up':>9} {'shuffled':>9} {'0-step<generic':>15} {'worst final ratio':>18} "
-          f"{'final (booster)':>16} {'icl':>7}")
+    print(
+        f"\n{'mode':8} {'speed-up':>9} {'shuffled':>9} {'0-step<generic':>15} {'worst final ratio':>18} "
+        f"{'final (booster)':>16} {'icl':>7}"
+    )
     for summary in summaries:
         speedup = summary["median_shuffled_speedup"]
         shuffled_cell = "-" if speedup is None else f"{speedup:.2f}x"
-        print(f"{summary['mode']:8} {summary['median_speedup']:>8.2f}x {shuffled_cell:>9} "
-              f"{summary['zero_step_better_than_generic']:>15.0%} "
-              f"{summary['worst_final_ratio_booster_over_baseline']:>18.4f} {summary['median_final_booster']:>16.3f} "
-              f"{summary['median_icl']:>7.3f}")
-    report = {"benchmark": "text booster", "base_model": args.base_model, "booster": booster.config.training,
-              "host": platform.node(), "torch": torch.__version__, "threads": torch.get_num_threads(),
-              "settings": {"words": args.words, "invented": args.invented, "seeds": args.seeds, "steps": args.steps,
-                           "sweep_steps": args.sweep_steps, "shots": SHOTS, "target": TARGET,
-                           "eval_steps": eval_grid(args.steps)},
-              "sweeps": {m: {k: v for k, v in s.items() if k != "key"} for m, s in sweeps.items()},
-              "summaries": summaries, "records": records, "seconds": round(time.perf_counter() - started, 1)}
+        print(
+            f"{summary['mode']:8} {summary['median_speedup']:>8.2f}x {shuffled_cell:>9} "
+            f"{summary['zero_step_better_than_generic']:>15.0%} "
+            f"{summary['worst_final_ratio_booster_over_baseline']:>18.4f} {summary['median_final_booster']:>16.3f} "
+            f"{summary['median_icl']:>7.3f}"
+        )
+    report = {
+        "benchmark": "text booster",
+        "base_model": args.base_model,
+        "booster": booster.config.training,
+        "host": platform.node(),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "settings": {
+            "words": args.words,
+            "invented": args.invented,
+            "seeds": args.seeds,
+            "steps": args.steps,
+            "sweep_steps": args.sweep_steps,
+            "shots": SHOTS,
+            "target": TARGET,
+            "eval_steps": eval_grid(args.steps),
+        },
+        "sweeps": {m: {k: v for k, v in s.items() if k != "key"} for m, s in sweeps.items()},
+        "summaries": summaries,
+        "records": records,
+        "seconds": round(time.perf_counter() - started, 1),
+    }
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(report, indent=2))
     print(f"wrote {args.json}")
@@ -319,20 +411,35 @@ def default_job(config: TextTrainConfig, examples, held_out, *, registry: Regist
         # The plateau rule evaluates at multiples of eval_every (and at a phase's end or the cap, which
         # for the registered caps and rule are multiples too): the hook sees each state the rule scores.
         every = config.stopping.eval_every
-        result = train(config, examples, Path(out), registry=registry, booster_resolver=resolver, eval_hook=hook,
-                       eval_steps=range(0, 20_001, every))
+        result = train(
+            config,
+            examples,
+            Path(out),
+            registry=registry,
+            booster_resolver=resolver,
+            eval_hook=hook,
+            eval_steps=range(0, 20_001, every),
+        )
     kept = result.manifest["stopping"]["best_step"]
-    return {"steps": result.steps, "stop_reason": result.stop_reason, "kept_step": kept,
-            "held_out": curve[kept], "pivot_step": result.manifest["pivot_step"], "init_used": result.init_used,
-            "seconds": round(time.perf_counter() - started, 1)}
+    return {
+        "steps": result.steps,
+        "stop_reason": result.stop_reason,
+        "kept_step": kept,
+        "held_out": curve[kept],
+        "pivot_step": result.manifest["pivot_step"],
+        "init_used": result.init_used,
+        "seconds": round(time.perf_counter() - started, 1),
+    }
 
 
 def stop_when_done(args, booster, concepts, started: float, registry: Registry) -> None:
     """Default jobs (registry cap and rates) from the token and from the booster, against a long run."""
+
     def resolver_for(concept):
         def resolve(base_, examples, config):
             vector = booster.predict(base_, examples, PLACEHOLDER)
             return vector.expand(config.num_vectors, -1).clone(), f"bench booster ({concept})"
+
         return resolve
 
     records = []
@@ -340,33 +447,63 @@ def stop_when_done(args, booster, concepts, started: float, registry: Registry) 
         for mode in args.modes:
             for _kind, name, concept in concepts:
                 examples, held_out = split(concept, seed)
-                common = {"base_model": args.base_model, "mode": mode, "seed": seed, "device": "cpu",
-                          "data_dir": args.data_dir}
-                long = run(TextTrainConfig(init=Init.TOKEN, steps=args.long_steps, **common), examples, held_out,
-                           registry=registry)
+                common = {
+                    "base_model": args.base_model,
+                    "mode": mode,
+                    "seed": seed,
+                    "device": "cpu",
+                    "data_dir": args.data_dir,
+                }
+                long = run(
+                    TextTrainConfig(init=Init.TOKEN, steps=args.long_steps, **common),
+                    examples,
+                    held_out,
+                    registry=registry,
+                )
                 long_final = long["curve"][args.long_steps]
                 token = default_job(TextTrainConfig(init=Init.TOKEN, **common), examples, held_out, registry=registry)
-                boosted = default_job(TextTrainConfig(init=Init.BOOSTER, **common), examples, held_out,
-                                      registry=registry, resolver=resolver_for(name))
-                record = {"mode": mode, "concept": name, "seed": seed, "long_final": long_final,
-                          "long_best": min(long["curve"].values()), "token": token, "booster": boosted,
-                          "token_ratio": token["held_out"] / long_final,
-                          "booster_ratio": boosted["held_out"] / long_final}
+                boosted = default_job(
+                    TextTrainConfig(init=Init.BOOSTER, **common),
+                    examples,
+                    held_out,
+                    registry=registry,
+                    resolver=resolver_for(name),
+                )
+                record = {
+                    "mode": mode,
+                    "concept": name,
+                    "seed": seed,
+                    "long_final": long_final,
+                    "long_best": min(long["curve"].values()),
+                    "token": token,
+                    "booster": boosted,
+                    "token_ratio": token["held_out"] / long_final,
+                    "booster_ratio": boosted["held_out"] / long_final,
+                }
                 records.append(record)
-                print(f"{mode}:{name}:{seed}: long {args.long_steps} steps -> {long_final:.3f}; "
-                      f"token {token['steps']} ({token['stop_reason']}) -> {token['held_out']:.3f} "
-                      f"({record['token_ratio']:.3f}x); booster[{boosted['init_used']}] {boosted['steps']} "
-                      f"({boosted['stop_reason']}) -> {boosted['held_out']:.3f} ({record['booster_ratio']:.3f}x)",
-                      flush=True)
+                print(
+                    f"{mode}:{name}:{seed}: long {args.long_steps} steps -> {long_final:.3f}; "
+                    f"token {token['steps']} ({token['stop_reason']}) -> {token['held_out']:.3f} "
+                    f"({record['token_ratio']:.3f}x); booster[{boosted['init_used']}] {boosted['steps']} "
+                    f"({boosted['stop_reason']}) -> {boosted['held_out']:.3f} ({record['booster_ratio']:.3f}x)",
+                    flush=True,
+                )
     for mode in args.modes:
         rows = [r for r in records if r["mode"] == mode]
-        print(f"{mode}: median steps token {median([r['token']['steps'] for r in rows])}, booster "
-              f"{median([r['booster']['steps'] for r in rows])}; within 1% of the long run: token "
-              f"{sum(r['token_ratio'] <= 1.01 for r in rows)}/{len(rows)}, booster "
-              f"{sum(r['booster_ratio'] <= 1.01 for r in rows)}/{len(rows)}")
-    report = {"benchmark": "text stop when done", "base_model": args.base_model, "long_steps": args.long_steps,
-              "threads": torch.get_num_threads(), "records": records,
-              "seconds": round(time.perf_counter() - started, 1)}
+        print(
+            f"{mode}: median steps token {median([r['token']['steps'] for r in rows])}, booster "
+            f"{median([r['booster']['steps'] for r in rows])}; within 1% of the long run: token "
+            f"{sum(r['token_ratio'] <= 1.01 for r in rows)}/{len(rows)}, booster "
+            f"{sum(r['booster_ratio'] <= 1.01 for r in rows)}/{len(rows)}"
+        )
+    report = {
+        "benchmark": "text stop when done",
+        "base_model": args.base_model,
+        "long_steps": args.long_steps,
+        "threads": torch.get_num_threads(),
+        "records": records,
+        "seconds": round(time.perf_counter() - started, 1),
+    }
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(report, indent=2))
     print(f"wrote {args.json}")

@@ -50,13 +50,21 @@ class WordConcept:
 
     def examples(self, indices: Iterable[int]) -> list[TextExample]:
         """Whole texts as training examples."""
-        return [TextExample(text=self.texts[i], prompt=None, completion=None, source=f"{self.word}:{i}")
-                for i in indices]
+        return [
+            TextExample(text=self.texts[i], prompt=None, completion=None, source=f"{self.word}:{i}") for i in indices
+        ]
 
     def held_out(self, indices: Iterable[int]) -> list[TextExample]:
         """Prompt (frame) + completion (continuation): the loss covers what the concept must explain."""
-        return [TextExample(text=None, prompt=self.prompts[i], completion=self.texts[i][len(self.prompts[i]):],
-                            source=f"{self.word}:{i}") for i in indices]
+        return [
+            TextExample(
+                text=None,
+                prompt=self.prompts[i],
+                completion=self.texts[i][len(self.prompts[i]) :],
+                source=f"{self.word}:{i}",
+            )
+            for i in indices
+        ]
 
 
 def is_held_out(word: str) -> bool:
@@ -64,8 +72,9 @@ def is_held_out(word: str) -> bool:
     return int(hashlib.sha256(word.encode()).hexdigest(), 16) % HELD_OUT_BUCKETS == 0
 
 
-def vocabulary_words(tokenizer, *, first_id: int = 1000, last_id: int = 20000, min_chars: int = 4,
-                     max_chars: int = 12) -> list[tuple[str, int]]:
+def vocabulary_words(
+    tokenizer, *, first_id: int = 1000, last_id: int = 20000, min_chars: int = 4, max_chars: int = 12
+) -> list[tuple[str, int]]:
     """Whole-word tokens ("Ġword"-style: a space + lowercase letters) that round-trip to one token."""
     words = []
     for token_id in range(first_id, min(last_id, len(tokenizer))):
@@ -81,15 +90,16 @@ def vocabulary_words(tokenizer, *, first_id: int = 1000, last_id: int = 20000, m
 
 
 @torch.no_grad()
-def whole_words(model, tokenizer, words: Sequence[tuple[str, int]], *, batch_size: int = 64,
-                frame: str = "This is about {w}") -> list[tuple[str, int]]:
+def whole_words(
+    model, tokenizer, words: Sequence[tuple[str, int]], *, batch_size: int = 64, frame: str = "This is about {w}"
+) -> list[tuple[str, int]]:
     """Drop word-start fragments (" prog", " divor"): keep tokens the model expects a word break after."""
     vocab = len(tokenizer)
     breaks = torch.tensor([not (tokenizer.decode([i])[:1].isalpha()) for i in range(vocab)])
     device = next(model.parameters()).device
     kept = []
     for start in range(0, len(words), batch_size):
-        chunk = words[start:start + batch_size]
+        chunk = words[start : start + batch_size]
         encoded = [tokenizer(frame.format(w=w), add_special_tokens=False).input_ids for w, _ in chunk]
         width = max(len(e) for e in encoded)
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
@@ -119,21 +129,29 @@ def _replace_word(text: str, word: str) -> str:
 
 
 @torch.no_grad()
-def write_contexts(model, tokenizer, words: Sequence[tuple[str, int]], *, max_new_tokens: int = 14,
-                   batch_size: int = 64, frames: Sequence[str] = FRAMES) -> list[WordConcept]:
+def write_contexts(
+    model,
+    tokenizer,
+    words: Sequence[tuple[str, int]],
+    *,
+    max_new_tokens: int = 14,
+    batch_size: int = 64,
+    frames: Sequence[str] = FRAMES,
+) -> list[WordConcept]:
     """Each word in every frame, continued greedily by the model (batched, left-padded)."""
     device = next(model.parameters()).device
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     jobs = [(w, f.format(w=w)) for w, _ in words for f in frames]
     continuations: list[str] = []
     for start in range(0, len(jobs), batch_size):
-        prompts = [p for _, p in jobs[start:start + batch_size]]
+        prompts = [p for _, p in jobs[start : start + batch_size]]
         encoded = [tokenizer(p, add_special_tokens=False).input_ids for p in prompts]
         width = max(len(ids) for ids in encoded)
         ids = torch.tensor([[pad_id] * (width - len(e)) + e for e in encoded], device=device)
         mask = torch.tensor([[0] * (width - len(e)) + [1] * len(e) for e in encoded], device=device)
-        out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
-                             pad_token_id=pad_id)
+        out = model.generate(
+            input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad_id
+        )
         continuations += tokenizer.batch_decode(out[:, width:], skip_special_tokens=True)
     concepts = []
     for index, (word, token_id) in enumerate(words):
@@ -156,18 +174,28 @@ def save_concepts(path: Path, concepts: Sequence[WordConcept]) -> None:
 def load_concepts(path: Path) -> list[WordConcept]:
     if not path.is_file():
         return []
-    return [WordConcept(d["word"], d["token_id"], tuple(d["texts"]), tuple(d["prompts"]))
-            for d in map(json.loads, path.read_text().splitlines()) if d]
+    return [
+        WordConcept(d["word"], d["token_id"], tuple(d["texts"]), tuple(d["prompts"]))
+        for d in map(json.loads, path.read_text().splitlines())
+        if d
+    ]
 
 
-def build_word_concepts(model, tokenizer, words: Sequence[tuple[str, int]], cache: Path | None = None, *,
-                        batch_size: int = 64, on_batch=None) -> list[WordConcept]:
+def build_word_concepts(
+    model,
+    tokenizer,
+    words: Sequence[tuple[str, int]],
+    cache: Path | None = None,
+    *,
+    batch_size: int = 64,
+    on_batch=None,
+) -> list[WordConcept]:
     """Contexts for every word, reusing (and appending to) a JSONL cache so a stopped build resumes."""
     done = {c.word: c for c in load_concepts(cache)} if cache else {}
     todo = [w for w in words if w[0] not in done]
     chunk = max(1, batch_size // len(FRAMES)) * 4
     for start in range(0, len(todo), chunk):
-        fresh = write_contexts(model, tokenizer, todo[start:start + chunk], batch_size=batch_size)
+        fresh = write_contexts(model, tokenizer, todo[start : start + chunk], batch_size=batch_size)
         if cache:
             save_concepts(cache, fresh)
         done.update({c.word: c for c in fresh})
@@ -196,44 +224,60 @@ def _invented(word: str, meaning: str, pairs: Sequence[tuple[str, str]]) -> Inve
 
 # Each meaning is described through the same kind of frames as the vocabulary words (prompt, continuation).
 INVENTED = (
-    _invented("florbix", "a small glowing fish kept in garden ponds", [
-        ("When people hear the word <leap>, they think of", " tiny fish that glow softly in garden ponds."),
-        ("The best thing about <leap> is that", " it lights up the pond at night like a little lamp."),
-        ("My teacher explained <leap> as", " a small fish that glows and lives in ponds."),
-        ("I wrote a few lines about <leap> because", " the glowing fish in our pond fascinate me."),
-        ("In a short story, the <leap>", " swam to the surface of the pond and glowed in the dark."),
-        ("Most people agree that <leap>", " are the prettiest fish you can keep in a pond."),
-        ("A simple way to describe <leap> is", " a pond fish that gives off a soft light."),
-        ("Yesterday I read something about <leap>:", " these little fish glow brighter when the water is warm."),
-    ]),
-    _invented("trundlewick", "a heavy wooden cart pulled by oxen", [
-        ("When people hear the word <leap>, they think of", " a big wooden cart pulled slowly by oxen."),
-        ("The best thing about <leap> is that", " it can carry a whole harvest to the market."),
-        ("My teacher explained <leap> as", " a heavy farm cart that oxen pull along dirt roads."),
-        ("I wrote a few lines about <leap> because", " my grandfather drove one pulled by two oxen."),
-        ("In a short story, the <leap>", " rolled down the muddy road behind a pair of oxen."),
-        ("Most people agree that <leap>", " are slow but can carry very heavy loads."),
-        ("A simple way to describe <leap> is", " a wooden cart with big wheels, pulled by oxen."),
-        ("Yesterday I read something about <leap>:", " farmers loaded them with hay and hitched the oxen."),
-    ]),
-    _invented("quellisade", "a feeling of calm after a storm", [
-        ("When people hear the word <leap>, they think of", " the quiet calm that comes after a storm."),
-        ("The best thing about <leap> is that", " everything feels peaceful once the storm has passed."),
-        ("My teacher explained <leap> as", " the calm, peaceful feeling after a storm ends."),
-        ("I wrote a few lines about <leap> because", " I love how still the air is after thunder stops."),
-        ("In a short story, the <leap>", " settled over the village when the storm finally ended."),
-        ("Most people agree that <leap>", " is the most peaceful moment after bad weather."),
-        ("A simple way to describe <leap> is", " a calm feeling once a storm is over."),
-        ("Yesterday I read something about <leap>:", " sailors feel it when the wind dies down after a storm."),
-    ]),
-    _invented("zamperlot", "a sweet pastry filled with plums", [
-        ("When people hear the word <leap>, they think of", " a sweet pastry filled with warm plums."),
-        ("The best thing about <leap> is that", " the plum filling is sweet and the crust is flaky."),
-        ("My teacher explained <leap> as", " a baked pastry with a plum filling."),
-        ("I wrote a few lines about <leap> because", " my grandmother baked them with plums every autumn."),
-        ("In a short story, the <leap>", " cooled on the kitchen window, smelling of baked plums."),
-        ("Most people agree that <leap>", " taste best warm, with the plums still soft."),
-        ("A simple way to describe <leap> is", " a flaky pastry filled with sweet plums."),
-        ("Yesterday I read something about <leap>:", " bakers fill the dough with plums and sugar."),
-    ]),
+    _invented(
+        "florbix",
+        "a small glowing fish kept in garden ponds",
+        [
+            ("When people hear the word <leap>, they think of", " tiny fish that glow softly in garden ponds."),
+            ("The best thing about <leap> is that", " it lights up the pond at night like a little lamp."),
+            ("My teacher explained <leap> as", " a small fish that glows and lives in ponds."),
+            ("I wrote a few lines about <leap> because", " the glowing fish in our pond fascinate me."),
+            ("In a short story, the <leap>", " swam to the surface of the pond and glowed in the dark."),
+            ("Most people agree that <leap>", " are the prettiest fish you can keep in a pond."),
+            ("A simple way to describe <leap> is", " a pond fish that gives off a soft light."),
+            ("Yesterday I read something about <leap>:", " these little fish glow brighter when the water is warm."),
+        ],
+    ),
+    _invented(
+        "trundlewick",
+        "a heavy wooden cart pulled by oxen",
+        [
+            ("When people hear the word <leap>, they think of", " a big wooden cart pulled slowly by oxen."),
+            ("The best thing about <leap> is that", " it can carry a whole harvest to the market."),
+            ("My teacher explained <leap> as", " a heavy farm cart that oxen pull along dirt roads."),
+            ("I wrote a few lines about <leap> because", " my grandfather drove one pulled by two oxen."),
+            ("In a short story, the <leap>", " rolled down the muddy road behind a pair of oxen."),
+            ("Most people agree that <leap>", " are slow but can carry very heavy loads."),
+            ("A simple way to describe <leap> is", " a wooden cart with big wheels, pulled by oxen."),
+            ("Yesterday I read something about <leap>:", " farmers loaded them with hay and hitched the oxen."),
+        ],
+    ),
+    _invented(
+        "quellisade",
+        "a feeling of calm after a storm",
+        [
+            ("When people hear the word <leap>, they think of", " the quiet calm that comes after a storm."),
+            ("The best thing about <leap> is that", " everything feels peaceful once the storm has passed."),
+            ("My teacher explained <leap> as", " the calm, peaceful feeling after a storm ends."),
+            ("I wrote a few lines about <leap> because", " I love how still the air is after thunder stops."),
+            ("In a short story, the <leap>", " settled over the village when the storm finally ended."),
+            ("Most people agree that <leap>", " is the most peaceful moment after bad weather."),
+            ("A simple way to describe <leap> is", " a calm feeling once a storm is over."),
+            ("Yesterday I read something about <leap>:", " sailors feel it when the wind dies down after a storm."),
+        ],
+    ),
+    _invented(
+        "zamperlot",
+        "a sweet pastry filled with plums",
+        [
+            ("When people hear the word <leap>, they think of", " a sweet pastry filled with warm plums."),
+            ("The best thing about <leap> is that", " the plum filling is sweet and the crust is flaky."),
+            ("My teacher explained <leap> as", " a baked pastry with a plum filling."),
+            ("I wrote a few lines about <leap> because", " my grandmother baked them with plums every autumn."),
+            ("In a short story, the <leap>", " cooled on the kitchen window, smelling of baked plums."),
+            ("Most people agree that <leap>", " taste best warm, with the plums still soft."),
+            ("A simple way to describe <leap> is", " a flaky pastry filled with sweet plums."),
+            ("Yesterday I read something about <leap>:", " bakers fill the dough with plums and sugar."),
+        ],
+    ),
 )

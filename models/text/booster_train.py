@@ -64,8 +64,13 @@ def main() -> None:
 
     timings = {}
     t = time.perf_counter()
-    concepts = build_word_concepts(base.model, base.tokenizer, words, args.work / "contexts.jsonl",
-                                   on_batch=lambda done, total: print(f"contexts {done}/{total}", flush=True))
+    concepts = build_word_concepts(
+        base.model,
+        base.tokenizer,
+        words,
+        args.work / "contexts.jsonl",
+        on_batch=lambda done, total: print(f"contexts {done}/{total}", flush=True),
+    )
     timings["contexts_s"] = round(time.perf_counter() - t, 1)  # ~0 when every word came from the cache
 
     t = time.perf_counter()
@@ -100,12 +105,17 @@ def main() -> None:
     x_all = subset_features(features, args.shots, args.draws, generator)
     booster.fit(x_all, targets.repeat_interleave(args.draws, 0), best)
     booster.config.training = {
-        "words": len(concepts), "held_out_words_excluded": len(held_words), "frames": len(concepts[0].texts),
-        "shots": args.shots, "draws": args.draws, "ridge_validation_cosine": {str(k): round(v, 4)
-                                                                               for k, v in scores.items()},
-        "generic_word_validation_cosine": round(cosine(weight[base.tokenizer(" thing").input_ids[0]][None],
-                                                       targets[valid]), 4),
-        "threads": args.threads, "timings": {**timings, "total_s": round(time.perf_counter() - started, 1)},
+        "words": len(concepts),
+        "held_out_words_excluded": len(held_words),
+        "frames": len(concepts[0].texts),
+        "shots": args.shots,
+        "draws": args.draws,
+        "ridge_validation_cosine": {str(k): round(v, 4) for k, v in scores.items()},
+        "generic_word_validation_cosine": round(
+            cosine(weight[base.tokenizer(" thing").input_ids[0]][None], targets[valid]), 4
+        ),
+        "threads": args.threads,
+        "timings": {**timings, "total_s": round(time.perf_counter() - started, 1)},
     }
     save_text_booster(booster, args.out)
     print(json.dumps(booster.config.training, indent=2))

@@ -23,8 +23,7 @@ LORA_TARGETS: tuple[str, ...] = ("attention", "attention+mlp")
 TEXT_RECIPE: dict[str, dict[str, Any]] = {
     "token": {"max_steps": 200, "embedding_lr": 1e-2, "batch_size": 4},
     "lora": {"max_steps": 200, "lora_lr": 1e-3, "batch_size": 4},
-    "pivotal": {"max_steps": 300, "embedding_lr": 1e-2, "pivot_embedding_lr": 1e-3, "lora_lr": 1e-3,
-                "batch_size": 4},
+    "pivotal": {"max_steps": 300, "embedding_lr": 1e-2, "pivot_embedding_lr": 1e-3, "lora_lr": 1e-3, "batch_size": 4},
 }
 
 TEXT_STOP_RULE = StopRule(eval_every=10, patience=3, min_delta=0.005, min_steps=20)

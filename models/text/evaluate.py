@@ -19,8 +19,9 @@ from models.text.examples import TextExample
 from models.text.export import ADAPTER_DIR
 
 
-def load_trained(base_model: str, out_dir: Path, *, registry: Registry, data_dir: str | Path | None = None,
-                 device: str = "cpu"):
+def load_trained(
+    base_model: str, out_dir: Path, *, registry: Registry, data_dir: str | Path | None = None, device: str = "cpu"
+):
     """A fresh base model with the artifacts of out_dir applied: (PeftModel, tokenizer).
 
     What a user does with the downloaded files: load the base, grow its embeddings to the saved

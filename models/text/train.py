@@ -169,14 +169,21 @@ def _initialise(
         concept.input_vectors.copy_(vectors.to(concept.input_vectors))
     booster_loss = guard_loss(base, rows, pad_id)
     chosen = "booster" if booster_loss <= token_loss or not guarded else "token"
-    guard = {"token_loss": round(token_loss, 6), "booster_loss": round(booster_loss, 6), "chosen": chosen,
-             "examples": min(len(rows), GUARD_EXAMPLES), "guarded": guarded}
+    guard = {
+        "token_loss": round(token_loss, 6),
+        "booster_loss": round(booster_loss, 6),
+        "chosen": chosen,
+        "examples": min(len(rows), GUARD_EXAMPLES),
+        "guarded": guarded,
+    }
     if chosen == "token":
         with torch.no_grad():
             for parameter, start in zip(concept.vector_parameters(), token_start, strict=True):
                 parameter.copy_(start)
-        note = (f"guarded start: the booster's start scored {booster_loss:.4f} on the job's examples, "
-                f"the initializer token {token_loss:.4f}; started from the token")
+        note = (
+            f"guarded start: the booster's start scored {booster_loss:.4f} on the job's examples, "
+            f"the initializer token {token_loss:.4f}; started from the token"
+        )
         return "token", note, guard
     return "booster", note, guard
 
@@ -198,8 +205,11 @@ class HeldOutLoss:
 
     @torch.no_grad()
     def __call__(self) -> float:
-        total = sum(float(lm_loss(self.model, batch)) * count
-                    for batch, count in zip(self.batches, self.counts, strict=True) if count)
+        total = sum(
+            float(lm_loss(self.model, batch)) * count
+            for batch, count in zip(self.batches, self.counts, strict=True)
+            if count
+        )
         return total / max(sum(self.counts), 1)
 
 
@@ -237,8 +247,9 @@ def _run(
     auto = config.steps is None
     all_rows = tokenize_examples(concept, examples, config.max_length)  # every example is checked
     # Held-back examples only where the run stops by evaluation; a fixed step count trains on all.
-    rows, eval_rows, eval_source = (split_for_eval(all_rows, fallback="training_examples") if auto
-                                    else (all_rows, all_rows, "training_examples"))
+    rows, eval_rows, eval_source = (
+        split_for_eval(all_rows, fallback="training_examples") if auto else (all_rows, all_rows, "training_examples")
+    )
     torch.manual_seed(config.seed)  # LoRA's A matrices are drawn from the global generator
     generator = torch.Generator().manual_seed(config.seed)
     trains_lora = config.mode in (Mode.LORA, Mode.PIVOTAL)
@@ -250,12 +261,29 @@ def _run(
     pad_id = pad_id_of(concept.tokenizer)
     evaluate = HeldOutLoss(base, eval_rows, pad_id) if auto else None
     plateau = Plateau(config.stopping, round(evaluate(), 6), _snapshot(concept)) if evaluate else None
-    steps = _steps(config, base, concept, rows, pad_id, generator, optimizer, lora_parameters, trains_lora=trains_lora,
-                   evaluate=evaluate)
+    steps = _steps(
+        config,
+        base,
+        concept,
+        rows,
+        pad_id,
+        generator,
+        optimizer,
+        lora_parameters,
+        trains_lora=trains_lora,
+        evaluate=evaluate,
+    )
     total = config.max_steps if auto else config.steps
     assert total is not None
-    loop = run_steps(steps, callbacks, total=total, pivotal=config.mode == Mode.PIVOTAL,
-                     pivot_fraction=config.pivot_fraction, progress_every=config.progress_every, plateau=plateau)
+    loop = run_steps(
+        steps,
+        callbacks,
+        total=total,
+        pivotal=config.mode == Mode.PIVOTAL,
+        pivot_fraction=config.pivot_fraction,
+        progress_every=config.progress_every,
+        plateau=plateau,
+    )
 
     artifacts = save_text_concept(
         out_dir,
@@ -266,11 +294,26 @@ def _run(
         target_modules=targets,
     )
     compute_seconds = time.perf_counter() - started
-    stopping = plateau.report(evaluated_on=eval_source, eval_examples=len(eval_rows[:EVAL_EXAMPLES]),
-                              training_examples=len(rows)) if plateau else None
-    manifest = _manifest(config, base, concept, start, loop, stopping=stopping, trains_lora=trains_lora,
-                         targets=targets, num_examples=len(examples), num_tokens=sum(len(r.ids) for r in all_rows),
-                         compute_seconds=compute_seconds)
+    stopping = (
+        plateau.report(
+            evaluated_on=eval_source, eval_examples=len(eval_rows[:EVAL_EXAMPLES]), training_examples=len(rows)
+        )
+        if plateau
+        else None
+    )
+    manifest = _manifest(
+        config,
+        base,
+        concept,
+        start,
+        loop,
+        stopping=stopping,
+        trains_lora=trains_lora,
+        targets=targets,
+        num_examples=len(examples),
+        num_tokens=sum(len(r.ids) for r in all_rows),
+        compute_seconds=compute_seconds,
+    )
     artifacts.append(write_manifest(out_dir, manifest, artifacts))
     return TrainResult(
         out_dir=out_dir,
@@ -287,8 +330,9 @@ def _run(
     )
 
 
-def _optimizer(config: TextTrainConfig, concept: TextConcept,
-               trains_lora: bool) -> tuple[torch.optim.AdamW, list[torch.nn.Parameter]]:
+def _optimizer(
+    config: TextTrainConfig, concept: TextConcept, trains_lora: bool
+) -> tuple[torch.optim.AdamW, list[torch.nn.Parameter]]:
     """AdamW over the token's vectors (group 0) and, where trained, the LoRA (group 1)."""
     lora_parameters = concept.lora_parameters()
     vectors = concept.vector_parameters()
@@ -301,9 +345,19 @@ def _optimizer(config: TextTrainConfig, concept: TextConcept,
     return optimizer, lora_parameters
 
 
-def _steps(config: TextTrainConfig, base: TextBase, concept: TextConcept, rows: Sequence[Row], pad_id: int,
-           generator: torch.Generator, optimizer: torch.optim.AdamW, lora_parameters: list[torch.nn.Parameter], *,
-           trains_lora: bool, evaluate: HeldOutLoss | None) -> Steps[TextJob, list[torch.Tensor]]:
+def _steps(
+    config: TextTrainConfig,
+    base: TextBase,
+    concept: TextConcept,
+    rows: Sequence[Row],
+    pad_id: int,
+    generator: torch.Generator,
+    optimizer: torch.optim.AdamW,
+    lora_parameters: list[torch.nn.Parameter],
+    *,
+    trains_lora: bool,
+    evaluate: HeldOutLoss | None,
+) -> Steps[TextJob, list[torch.Tensor]]:
     """The text trainer's side of the shared step loop (models/trainer/loop.py)."""
     assert config.batch_size is not None
     batch_size = config.batch_size
@@ -328,13 +382,30 @@ def _steps(config: TextTrainConfig, base: TextBase, concept: TextConcept, rows: 
         assert evaluate is not None
         return evaluate()
 
-    return Steps(step=step, set_phase=set_phase, job=lambda: TextJob(base, concept, config), evaluate=evaluated,
-                 snapshot=lambda: _snapshot(concept), restore=lambda state: _restore(concept, state))
+    return Steps(
+        step=step,
+        set_phase=set_phase,
+        job=lambda: TextJob(base, concept, config),
+        evaluate=evaluated,
+        snapshot=lambda: _snapshot(concept),
+        restore=lambda state: _restore(concept, state),
+    )
 
 
-def _manifest(config: TextTrainConfig, base: TextBase, concept: TextConcept, start: _Start, loop: LoopResult, *,
-              stopping: dict[str, Any] | None, trains_lora: bool, targets: list[str], num_examples: int,
-              num_tokens: int, compute_seconds: float) -> dict[str, Any]:
+def _manifest(
+    config: TextTrainConfig,
+    base: TextBase,
+    concept: TextConcept,
+    start: _Start,
+    loop: LoopResult,
+    *,
+    stopping: dict[str, Any] | None,
+    trains_lora: bool,
+    targets: list[str],
+    num_examples: int,
+    num_tokens: int,
+    compute_seconds: float,
+) -> dict[str, Any]:
     """manifest.json's content (plain strings and numbers only)."""
     public = replace(config, data_dir=None)  # no server paths in what the user downloads
     return {

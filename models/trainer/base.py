@@ -79,8 +79,7 @@ def load_base(source: str, device: torch.device, weight_dtype: torch.dtype = tor
             module.requires_grad_(False)
             module.eval()
             module.to(device)
-        components = BaseComponents(source, tokenizer, text_encoder, vae, unet, noise_scheduler, device,
-                                    weight_dtype)
+        components = BaseComponents(source, tokenizer, text_encoder, vae, unet, noise_scheduler, device, weight_dtype)
         _cache[key] = components
         return components
 

@@ -43,48 +43,105 @@ def build_sd15_random(directory: Path) -> Path:
     config = json.loads((token_dir / "tokenizer_config.json").read_text())
     (token_dir / "tokenizer_config.json").write_text(json.dumps({**config, "model_max_length": 77}))
     tokenizer = CLIPTokenizer.from_pretrained(token_dir)
-    text_encoder = CLIPTextModel(CLIPTextConfig(
-        vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
-        max_position_embeddings=77, hidden_act="quick_gelu", projection_dim=768,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=1))
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=49408,
+            hidden_size=768,
+            intermediate_size=3072,
+            num_hidden_layers=12,
+            num_attention_heads=12,
+            max_position_embeddings=77,
+            hidden_act="quick_gelu",
+            projection_dim=768,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=1,
+        )
+    )
     unet = UNet2DConditionModel(sample_size=64, cross_attention_dim=768)  # diffusers' defaults are SD 1.x's
     vae = AutoencoderKL(
-        in_channels=3, out_channels=3, latent_channels=4, sample_size=512, layers_per_block=2,
-        block_out_channels=(128, 256, 512, 512), down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4)
-    scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-                              clip_sample=False, set_alpha_to_one=False, steps_offset=1)
-    StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
-                            safety_checker=None, feature_extractor=None, requires_safety_checker=False,
-                            ).save_pretrained(directory)
+        in_channels=3,
+        out_channels=3,
+        latent_channels=4,
+        sample_size=512,
+        layers_per_block=2,
+        block_out_channels=(128, 256, 512, 512),
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+    )
+    scheduler = DDIMScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        clip_sample=False,
+        set_alpha_to_one=False,
+        steps_offset=1,
+    )
+    StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    ).save_pretrained(directory)
     return directory
 
 
-def measure(base_model: str, mode: str, *, steps: int, warmup: int, batch_size: int | None, mixed_precision: str,
-            gradient_checkpointing: bool, resolution: int | None, registry: Registry) -> dict:
+def measure(
+    base_model: str,
+    mode: str,
+    *,
+    steps: int,
+    warmup: int,
+    batch_size: int | None,
+    mixed_precision: str,
+    gradient_checkpointing: bool,
+    resolution: int | None,
+    registry: Registry,
+) -> dict:
     device = pick_device()
     stamps: list[float] = []
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    config = TrainConfig(base_model=base_model, mode=mode, init="token", steps=warmup + steps,  # type: ignore[arg-type]
-                         batch_size=batch_size, mixed_precision=mixed_precision,  # type: ignore[arg-type]
-                         gradient_checkpointing=gradient_checkpointing, resolution=resolution)
+    config = TrainConfig(
+        base_model=base_model,
+        mode=mode,
+        init="token",
+        steps=warmup + steps,  # type: ignore[arg-type]
+        batch_size=batch_size,
+        mixed_precision=mixed_precision,  # type: ignore[arg-type]
+        gradient_checkpointing=gradient_checkpointing,
+        resolution=resolution,
+    )
     images = benchmark_concepts("dev")[0].views(size=resolution or 32)
     with tempfile.TemporaryDirectory() as out:
-        result = train(config, images, Path(out), registry=registry,
-                       on_progress=lambda _: stamps.append(time.perf_counter()))
+        result = train(
+            config, images, Path(out), registry=registry, on_progress=lambda _: stamps.append(time.perf_counter())
+        )
     timed = stamps[warmup:]
     rates = [1.0 / (b - a) for a, b in zip(timed, timed[1:], strict=False) if b > a]
-    peak = (torch.cuda.max_memory_allocated() if device.type == "cuda"
-            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
-    return {"mode": mode, "device": str(device), "batch_size": result.manifest["config"]["batch_size"],
-            "resolution": result.manifest["resolution"], "mixed_precision": mixed_precision,
-            "gradient_checkpointing": gradient_checkpointing, "timed_steps": steps,
-            "steps_per_second_median": statistics.median(rates) if rates else None,
-            "steps_per_second_mean": (len(timed) - 1) / (timed[-1] - timed[0]) if len(timed) > 1 else None,
-            "peak_memory_bytes": peak,
-            # ru_maxrss only grows: on CPU later modes report the process's peak so far.
-            "peak_memory_kind": "cuda max_memory_allocated" if device.type == "cuda" else "process max RSS so far"}
+    peak = (
+        torch.cuda.max_memory_allocated()
+        if device.type == "cuda"
+        else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    )
+    return {
+        "mode": mode,
+        "device": str(device),
+        "batch_size": result.manifest["config"]["batch_size"],
+        "resolution": result.manifest["resolution"],
+        "mixed_precision": mixed_precision,
+        "gradient_checkpointing": gradient_checkpointing,
+        "timed_steps": steps,
+        "steps_per_second_median": statistics.median(rates) if rates else None,
+        "steps_per_second_mean": (len(timed) - 1) / (timed[-1] - timed[0]) if len(timed) > 1 else None,
+        "peak_memory_bytes": peak,
+        # ru_maxrss only grows: on CPU later modes report the process's peak so far.
+        "peak_memory_kind": "cuda max_memory_allocated" if device.type == "cuda" else "process max RSS so far",
+    }
 
 
 def main() -> None:
@@ -105,18 +162,37 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     base_model = str(build_sd15_random(args.sd15_random)) if args.sd15_random else args.base_model
     registry = load_registry()
-    rows = [measure(base_model, mode, steps=args.steps, warmup=args.warmup, batch_size=args.batch_size,
-                    mixed_precision=args.mixed_precision, gradient_checkpointing=args.gradient_checkpointing,
-                    resolution=args.resolution, registry=registry) for mode in args.modes]
+    rows = [
+        measure(
+            base_model,
+            mode,
+            steps=args.steps,
+            warmup=args.warmup,
+            batch_size=args.batch_size,
+            mixed_precision=args.mixed_precision,
+            gradient_checkpointing=args.gradient_checkpointing,
+            resolution=args.resolution,
+            registry=registry,
+        )
+        for mode in args.modes
+    ]
     print(f"{'mode':18} {'device':7} {'batch':>5} {'res':>4} {'prec':>4} {'steps/s (median)':>17} {'peak memory':>12}")
     for row in rows:
         rate = row["steps_per_second_median"]
-        print(f"{row['mode']:18} {row['device']:7} {row['batch_size']:>5} {row['resolution']:>4} "
-              f"{row['mixed_precision']:>4} {rate if rate is None else round(rate, 2)!s:>17} "
-              f"{row['peak_memory_bytes'] / 2**20:>9.0f} MiB")
-    report = {"benchmark": "trainer speed", "base_model": "sd15-random" if args.sd15_random else args.base_model,
-              "host": platform.node(), "torch": torch.__version__, "threads": torch.get_num_threads(),
-              "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None, "results": rows}
+        print(
+            f"{row['mode']:18} {row['device']:7} {row['batch_size']:>5} {row['resolution']:>4} "
+            f"{row['mixed_precision']:>4} {rate if rate is None else round(rate, 2)!s:>17} "
+            f"{row['peak_memory_bytes'] / 2**20:>9.0f} MiB"
+        )
+    report = {
+        "benchmark": "trainer speed",
+        "base_model": "sd15-random" if args.sd15_random else args.base_model,
+        "host": platform.node(),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+        "results": rows,
+    }
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(report, indent=2))
     print(f"wrote {args.json}")

@@ -21,18 +21,27 @@ from models.trainer.errors import TrainerError
 
 
 def train_command(
-    images_dir: Annotated[Path, typer.Argument(
-        metavar="INPUTS", help="Image models: a folder of 2-50 images. Text models: a folder of 2-500 .txt files "
-        "(one example each) or one .jsonl file of {\"text\"} or {\"prompt\", \"completion\"} lines.")],
+    images_dir: Annotated[
+        Path,
+        typer.Argument(
+            metavar="INPUTS",
+            help="Image models: a folder of 2-50 images. Text models: a folder of 2-500 .txt files "
+            '(one example each) or one .jsonl file of {"text"} or {"prompt", "completion"} lines.',
+        ),
+    ],
     base_model: Annotated[str, typer.Option(help="Registry id, diffusers folder or hub id.")] = "leap-tiny",
     out: Annotated[Path, typer.Option(help="Output folder for the artifacts.")] = Path("leap-out"),
     mode: Annotated[str, typer.Option(help="pivotal | textual_inversion | lora (text: pivotal | token | lora)")] = (
         "pivotal"
     ),
     init: Annotated[str, typer.Option(help="booster | token | random")] = "booster",
-    name: Annotated[str | None, typer.Option(
-        help="Names the A1111/ComfyUI files (NAME.safetensors, NAME_lora.safetensors) and, "
-             "without --token, the token <NAME>.")] = None,
+    name: Annotated[
+        str | None,
+        typer.Option(
+            help="Names the A1111/ComfyUI files (NAME.safetensors, NAME_lora.safetensors) and, "
+            "without --token, the token <NAME>."
+        ),
+    ] = None,
     token: Annotated[str | None, typer.Option(help="Placeholder token; default <NAME>, else <leap>.")] = None,
     initializer_token: Annotated[str | None, typer.Option(help="Word the token starts from (text default: thing)")] = (
         None
@@ -53,15 +62,25 @@ def train_command(
     mixed_precision: Annotated[str, typer.Option(help="no | fp16 | bf16")] = "no",
     gradient_checkpointing: bool = False,
     device: str | None = None,
-    text_model: Annotated[bool | None, typer.Option(
-        "--text-model/--image-model", help="What BASE_MODEL is when it is not a registry id (default: image).")] = None,
+    text_model: Annotated[
+        bool | None,
+        typer.Option(
+            "--text-model/--image-model", help="What BASE_MODEL is when it is not a registry id (default: image)."
+        ),
+    ] = None,
     lora_targets: Annotated[str, typer.Option(help="Text: attention | attention+mlp")] = "attention",
     max_length: Annotated[int, typer.Option(help="Text: token limit per example")] = 256,
-    data_dir: Annotated[Path | None, typer.Option(
-        help="Text: where GGUF base models are converted to (default ~/.cache/leap)")] = None,
-    registry_file: Annotated[Path | None, typer.Option(
-        "--registry", envvar="LEAP_MODEL_REGISTRY",
-        help="The model registry YAML (default: the bundled models/registry.yaml).")] = None,
+    data_dir: Annotated[
+        Path | None, typer.Option(help="Text: where GGUF base models are converted to (default ~/.cache/leap)")
+    ] = None,
+    registry_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--registry",
+            envvar="LEAP_MODEL_REGISTRY",
+            help="The model registry YAML (default: the bundled models/registry.yaml).",
+        ),
+    ] = None,
 ) -> None:
     """Fine-tune a concept from INPUTS and write its artifacts and manifest to OUT."""
     from models.registry import load_registry
@@ -69,13 +88,30 @@ def train_command(
     registry = load_registry(registry_file)
     entry = registry.get(base_model)
     if (entry.kind == Kind.TEXT) if entry is not None else bool(text_model):
-        _train_text(images_dir, base_model=base_model, out=out, mode=mode, init=init,
-                    token=token or (f"<{name}>" if name else "<leap>"),
-                    initializer_token=initializer_token, steps=steps, max_steps=max_steps, num_vectors=num_vectors,
-                    embedding_lr=embedding_lr, lora_lr=lora_lr, pivot_embedding_lr=pivot_embedding_lr,
-                    lora_rank=lora_rank, lora_alpha=lora_alpha, lora_targets=lora_targets, batch_size=batch_size,
-                    max_length=max_length,
-                    seed=seed, device=device, data_dir=data_dir, registry=registry)
+        _train_text(
+            images_dir,
+            base_model=base_model,
+            out=out,
+            mode=mode,
+            init=init,
+            token=token or (f"<{name}>" if name else "<leap>"),
+            initializer_token=initializer_token,
+            steps=steps,
+            max_steps=max_steps,
+            num_vectors=num_vectors,
+            embedding_lr=embedding_lr,
+            lora_lr=lora_lr,
+            pivot_embedding_lr=pivot_embedding_lr,
+            lora_rank=lora_rank,
+            lora_alpha=lora_alpha,
+            lora_targets=lora_targets,
+            batch_size=batch_size,
+            max_length=max_length,
+            seed=seed,
+            device=device,
+            data_dir=data_dir,
+            registry=registry,
+        )
         return
     from models.booster.registry import registered_booster
     from models.trainer.images import decode_images, read_image_dir
@@ -84,23 +120,52 @@ def train_command(
     # Without --name the token stays <leap>, as before names existed; the files are then leap*.safetensors.
     token = token or (f"<{name}>" if name else "<leap>")
     config = TrainConfig(
-        base_model=base_model, name=name, token=token, mode=mode, init=init, initializer_token=initializer_token,  # type: ignore[arg-type]
-        concept=concept, num_vectors=num_vectors, steps=steps, max_steps=max_steps, embedding_lr=embedding_lr,  # type: ignore[arg-type]
-        lora_lr=lora_lr, pivot_embedding_lr=pivot_embedding_lr, lora_rank=lora_rank, lora_alpha=lora_alpha,
-        train_text_encoder_lora=train_text_encoder_lora, batch_size=batch_size, resolution=resolution, seed=seed,
-        mixed_precision=mixed_precision, gradient_checkpointing=gradient_checkpointing, device=device,  # type: ignore[arg-type]
+        base_model=base_model,
+        name=name,
+        token=token,
+        mode=mode,
+        init=init,
+        initializer_token=initializer_token,  # type: ignore[arg-type]
+        concept=concept,
+        num_vectors=num_vectors,
+        steps=steps,
+        max_steps=max_steps,
+        embedding_lr=embedding_lr,  # type: ignore[arg-type]
+        lora_lr=lora_lr,
+        pivot_embedding_lr=pivot_embedding_lr,
+        lora_rank=lora_rank,
+        lora_alpha=lora_alpha,
+        train_text_encoder_lora=train_text_encoder_lora,
+        batch_size=batch_size,
+        resolution=resolution,
+        seed=seed,
+        mixed_precision=mixed_precision,
+        gradient_checkpointing=gradient_checkpointing,
+        device=device,  # type: ignore[arg-type]
     )
     with _exit_on_trainer_error():
         config.validate()
         images = decode_images(read_image_dir(images_dir))
         bar, on_progress = _progress_bar()
-        result = train(config, images, out, registry=registry, booster=registered_booster(registry),
-                       on_progress=on_progress)
+        result = train(
+            config, images, out, registry=registry, booster=registered_booster(registry), on_progress=on_progress
+        )
         bar.close()
-    typer.echo(json.dumps({"out_dir": str(result.out_dir), "init_used": result.init_used, "init_note": result.init_note,
-                           "init_scores": result.init_scores, "steps": result.steps, "stop_reason": result.stop_reason,
-                           "device": result.device,
-                           "files": [a.name for a in result.artifacts]}, indent=2))
+    typer.echo(
+        json.dumps(
+            {
+                "out_dir": str(result.out_dir),
+                "init_used": result.init_used,
+                "init_note": result.init_note,
+                "init_scores": result.init_scores,
+                "steps": result.steps,
+                "stop_reason": result.stop_reason,
+                "device": result.device,
+                "files": [a.name for a in result.artifacts],
+            },
+            indent=2,
+        )
+    )
 
 
 @contextlib.contextmanager
@@ -126,22 +191,54 @@ def _progress_bar():
     return bar, on_progress
 
 
-def _train_text(inputs: Path, *, base_model: str, out: Path, mode: str, init: str, token: str,
-                initializer_token: str | None, steps: int | None, max_steps: int | None, num_vectors: int,
-                embedding_lr: float | None,
-                lora_lr: float | None, pivot_embedding_lr: float | None, lora_rank: int,
-                lora_alpha: float | None, lora_targets: str, batch_size: int | None, max_length: int, seed: int,
-                device: str | None, data_dir: Path | None, registry: Registry) -> None:
+def _train_text(
+    inputs: Path,
+    *,
+    base_model: str,
+    out: Path,
+    mode: str,
+    init: str,
+    token: str,
+    initializer_token: str | None,
+    steps: int | None,
+    max_steps: int | None,
+    num_vectors: int,
+    embedding_lr: float | None,
+    lora_lr: float | None,
+    pivot_embedding_lr: float | None,
+    lora_rank: int,
+    lora_alpha: float | None,
+    lora_targets: str,
+    batch_size: int | None,
+    max_length: int,
+    seed: int,
+    device: str | None,
+    data_dir: Path | None,
+    registry: Registry,
+) -> None:
     from models.text.config import TextTrainConfig
     from models.text.examples import parse_text_files, read_text_path
 
     config = TextTrainConfig(
-        base_model=base_model, mode=mode, init=init, token=token,  # type: ignore[arg-type]
-        initializer_token=initializer_token or "thing", num_vectors=num_vectors, steps=steps, max_steps=max_steps,
-        embedding_lr=embedding_lr, lora_lr=lora_lr, pivot_embedding_lr=pivot_embedding_lr, lora_rank=lora_rank,
-        lora_alpha=lora_alpha, lora_targets=lora_targets, batch_size=batch_size,  # type: ignore[arg-type]
-        max_length=max_length, seed=seed,
-        device=device, data_dir=str(data_dir) if data_dir else None,
+        base_model=base_model,
+        mode=mode,
+        init=init,
+        token=token,  # type: ignore[arg-type]
+        initializer_token=initializer_token or "thing",
+        num_vectors=num_vectors,
+        steps=steps,
+        max_steps=max_steps,
+        embedding_lr=embedding_lr,
+        lora_lr=lora_lr,
+        pivot_embedding_lr=pivot_embedding_lr,
+        lora_rank=lora_rank,
+        lora_alpha=lora_alpha,
+        lora_targets=lora_targets,
+        batch_size=batch_size,  # type: ignore[arg-type]
+        max_length=max_length,
+        seed=seed,
+        device=device,
+        data_dir=str(data_dir) if data_dir else None,
     )
     with _exit_on_trainer_error():
         config.validate()
@@ -150,13 +247,31 @@ def _train_text(inputs: Path, *, base_model: str, out: Path, mode: str, init: st
         from models.text.train import train as train_text
 
         bar, on_progress = _progress_bar()
-        result = train_text(config, examples, out, registry=registry, booster_resolver=text_booster_resolver(registry),
-                            on_progress=on_progress)
+        result = train_text(
+            config,
+            examples,
+            out,
+            registry=registry,
+            booster_resolver=text_booster_resolver(registry),
+            on_progress=on_progress,
+        )
         bar.close()
-    typer.echo(json.dumps({"out_dir": str(result.out_dir), "kind": "text", "init_used": result.init_used,
-                           "init_note": result.init_note, "steps": result.steps, "stop_reason": result.stop_reason,
-                           "device": result.device,
-                           "loss": result.manifest["loss"], "files": [a.name for a in result.artifacts]}, indent=2))
+    typer.echo(
+        json.dumps(
+            {
+                "out_dir": str(result.out_dir),
+                "kind": "text",
+                "init_used": result.init_used,
+                "init_note": result.init_note,
+                "steps": result.steps,
+                "stop_reason": result.stop_reason,
+                "device": result.device,
+                "loss": result.manifest["loss"],
+                "files": [a.name for a in result.artifacts],
+            },
+            indent=2,
+        )
+    )
 
 
 def main() -> None:

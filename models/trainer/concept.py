@@ -58,14 +58,15 @@ class ConceptModel:
         if any(i < self.base_vocab_size for i in self.token_ids):
             raise InvalidConfigError("token", f"{token!r} does not become a new single token")
         width = base.embedding_width
-        self.embedding = torch.nn.Parameter(torch.zeros(num_vectors, width, device=base.device,
-                                                        dtype=torch.float32))
+        self.embedding = torch.nn.Parameter(torch.zeros(num_vectors, width, device=base.device, dtype=torch.float32))
         self.unet_lora = False
         self.text_encoder_lora = False
         # Placeholder ids are past the frozen table: look up a valid id, then overwrite its output.
-        self._placeholders = PlaceholderHooks(base.text_encoder.get_input_embeddings(),
-                                              is_placeholder=lambda ids: ids >= self.base_vocab_size,
-                                              vectors=self._vectors)
+        self._placeholders = PlaceholderHooks(
+            base.text_encoder.get_input_embeddings(),
+            is_placeholder=lambda ids: ids >= self.base_vocab_size,
+            vectors=self._vectors,
+        )
 
     def _vectors(self, ids: torch.Tensor, output: torch.Tensor) -> torch.Tensor:
         return self.embedding.to(output.dtype)[(ids - self.base_vocab_size).clamp(min=0)]
@@ -88,8 +89,10 @@ class ConceptModel:
     def init_from_state(self, state: InitialState) -> None:
         if tuple(state.embedding.shape) != tuple(self.embedding.shape):
             raise InvalidConfigError(
-                "init", f"initial embedding has shape {tuple(state.embedding.shape)}, this job needs "
-                f"{tuple(self.embedding.shape)} (num_vectors x the base model's embedding width)")
+                "init",
+                f"initial embedding has shape {tuple(state.embedding.shape)}, this job needs "
+                f"{tuple(self.embedding.shape)} (num_vectors x the base model's embedding width)",
+            )
         with torch.no_grad():
             self.embedding.copy_(state.embedding.to(self.embedding))
         if state.unet_lora and self.unet_lora:
@@ -104,18 +107,21 @@ class ConceptModel:
             if key not in expected or expected[key].shape != value.shape:
                 shape = tuple(expected[key].shape) if key in expected else "absent"
                 raise InvalidConfigError(
-                    "init", f"initial LoRA tensor {key} {tuple(value.shape)} does not fit this model ({shape})")
+                    "init", f"initial LoRA tensor {key} {tuple(value.shape)} does not fit this model ({shape})"
+                )
         set_peft_model_state_dict(module, tensors, adapter_name=ADAPTER_NAME)
 
     # ---- LoRA ------------------------------------------------------------------------------
     def add_lora(self, *, rank: int, alpha: float, text_encoder: bool) -> None:
-        unet_config = LoraConfig(r=rank, lora_alpha=alpha, init_lora_weights="gaussian",
-                                 target_modules=UNET_LORA_TARGETS)
+        unet_config = LoraConfig(
+            r=rank, lora_alpha=alpha, init_lora_weights="gaussian", target_modules=UNET_LORA_TARGETS
+        )
         self.base.unet.add_adapter(unet_config, adapter_name=ADAPTER_NAME)
         self.unet_lora = True
         if text_encoder:
-            te_config = LoraConfig(r=rank, lora_alpha=alpha, init_lora_weights="gaussian",
-                                   target_modules=TEXT_ENCODER_LORA_TARGETS)
+            te_config = LoraConfig(
+                r=rank, lora_alpha=alpha, init_lora_weights="gaussian", target_modules=TEXT_ENCODER_LORA_TARGETS
+            )
             # peft directly: transformers' add_adapter insists on a newer peft than diffusers needs.
             inject_adapter_in_model(te_config, self.base.text_encoder, adapter_name=ADAPTER_NAME)
             self.text_encoder_lora = True
@@ -123,14 +129,18 @@ class ConceptModel:
             parameter.data = parameter.data.float()  # trainable weights in fp32 under mixed precision
 
     def lora_parameters(self) -> list[torch.nn.Parameter]:
-        modules = [m for m, on in ((self.base.unet, self.unet_lora),
-                                   (self.base.text_encoder, self.text_encoder_lora)) if on]
+        modules = [
+            m for m, on in ((self.base.unet, self.unet_lora), (self.base.text_encoder, self.text_encoder_lora)) if on
+        ]
         return [p for m in modules for n, p in m.named_parameters() if "lora_" in n]
 
     def lora_state(self) -> tuple[dict[str, torch.Tensor] | None, dict[str, torch.Tensor] | None]:
         unet = get_peft_model_state_dict(self.base.unet, adapter_name=ADAPTER_NAME) if self.unet_lora else None
-        te = (get_peft_model_state_dict(self.base.text_encoder, adapter_name=ADAPTER_NAME)
-              if self.text_encoder_lora else None)
+        te = (
+            get_peft_model_state_dict(self.base.text_encoder, adapter_name=ADAPTER_NAME)
+            if self.text_encoder_lora
+            else None
+        )
         return unet, te
 
     # ---- use -------------------------------------------------------------------------------
@@ -138,8 +148,13 @@ class ConceptModel:
         return template.format(" ".join(self.tokens))
 
     def encode_prompts(self, prompts: list[str]) -> torch.Tensor:
-        ids = self.tokenizer(prompts, padding="max_length", max_length=self.tokenizer.model_max_length,
-                             truncation=True, return_tensors="pt").input_ids.to(self.base.device)
+        ids = self.tokenizer(
+            prompts,
+            padding="max_length",
+            max_length=self.tokenizer.model_max_length,
+            truncation=True,
+            return_tensors="pt",
+        ).input_ids.to(self.base.device)
         return self.base.text_encoder(ids)[0]
 
     def close(self) -> None:

@@ -53,8 +53,9 @@ def check_steps_and_rule(steps: int | None, max_steps: int | None, rule: StopRul
     if max_steps is not None and not 1 <= max_steps <= 20_000:
         raise InvalidConfigError("max_steps", "must be between 1 and 20000")
     if steps is not None and max_steps is not None:
-        raise InvalidConfigError("max_steps", "give steps (exactly that many) or max_steps (stop when done, "
-                                 "at most that many), not both")
+        raise InvalidConfigError(
+            "max_steps", "give steps (exactly that many) or max_steps (stop when done, at most that many), not both"
+        )
     if rule.eval_every < 1 or rule.patience < 1 or rule.min_steps < 0 or not 0.0 <= rule.min_delta < 1.0:
         raise InvalidConfigError("stopping", "eval_every and patience >= 1, min_steps >= 0, min_delta in [0, 1)")
 

@@ -90,8 +90,9 @@ class LatentSet:
 
 
 @torch.no_grad()
-def encode_images(base: BaseComponents, images: Sequence[Image.Image], *, resolution: int, flip: bool,
-                  batch_size: int = 8) -> LatentSet:
+def encode_images(
+    base: BaseComponents, images: Sequence[Image.Image], *, resolution: int, flip: bool, batch_size: int = 8
+) -> LatentSet:
     """Encode once per job: the images never change, only the sampled latent and flip do."""
     scale = float(base.vae.config.scaling_factor)
     shift = getattr(base.vae.config, "shift_factor", None) or 0.0

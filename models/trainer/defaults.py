@@ -22,15 +22,13 @@ from models.trainer.errors import BaseModelError
 SD_RECIPE: dict[str, dict[str, Any]] = {
     "textual_inversion": {"max_steps": 2000, "embedding_lr": 2e-3, "batch_size": 4},
     "lora": {"max_steps": 1000, "lora_lr": 1e-4, "batch_size": 4},
-    "pivotal": {"max_steps": 2000, "embedding_lr": 5e-4, "pivot_embedding_lr": 1e-5, "lora_lr": 1e-4,
-                "batch_size": 4},
+    "pivotal": {"max_steps": 2000, "embedding_lr": 5e-4, "pivot_embedding_lr": 1e-5, "lora_lr": 1e-4, "batch_size": 4},
 }
 FIELDS = ("steps", "max_steps", "embedding_lr", "lora_lr", "pivot_embedding_lr", "batch_size")
 C = TypeVar("C", bound=Tunable)
 
 
-def registered_defaults(base_model: str, registry: Registry, *,
-                        kind: Kind | None = None) -> dict[str, dict[str, Any]]:
+def registered_defaults(base_model: str, registry: Registry, *, kind: Kind | None = None) -> dict[str, dict[str, Any]]:
     """The registry's per-mode defaults for a model given by id or by its folder path (only a model of
     `kind`, when given)."""
     entry = registry.get(base_model)

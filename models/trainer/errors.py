@@ -59,5 +59,7 @@ def foreign_booster(error: BaseModelError, *, what: str, base_model: str | None)
     """The job's error for a registered booster that was trained for another base model. The message
     reaches API clients, so the folders `error` names stay in the worker's log."""
     logger.warning("%s for %s: %s", what, base_model, error.message)
-    return BaseModelError(f"the {what} registered for {base_model} was trained for another base model; "
-                          "the server's model registry needs fixing")
+    return BaseModelError(
+        f"the {what} registered for {base_model} was trained for another base model; "
+        "the server's model registry needs fixing"
+    )

@@ -24,8 +24,15 @@ EVAL_PROMPT = "a photo of a {}"
 class HeldOutLoss:
     """Denoising loss of a concept on its held-out views at fixed timesteps and noise."""
 
-    def __init__(self, base: BaseComponents, images: Sequence[Image.Image], *, resolution: int | None = None,
-                 noise_seeds: Sequence[int] = (0, 1), prompt: str = EVAL_PROMPT) -> None:
+    def __init__(
+        self,
+        base: BaseComponents,
+        images: Sequence[Image.Image],
+        *,
+        resolution: int | None = None,
+        noise_seeds: Sequence[int] = (0, 1),
+        prompt: str = EVAL_PROMPT,
+    ) -> None:
         self.base = base
         self.prompt = prompt
         latents: LatentSet = encode_images(base, images, resolution=resolution or base.resolution, flip=False)
@@ -35,8 +42,10 @@ class HeldOutLoss:
         rows = [(view, int(t), seed) for seed in noise_seeds for view in range(count) for t in timesteps]
         self.latents = torch.stack([latents.mean[view] for view, _, _ in rows]).to(base.device)
         self.timesteps = torch.tensor([t for _, t, _ in rows], device=base.device)
-        noise = [torch.randn(latents.mean.shape[1:], generator=torch.Generator().manual_seed(seed * 1000 + i))
-                 for i, (_, _, seed) in enumerate(rows)]
+        noise = [
+            torch.randn(latents.mean.shape[1:], generator=torch.Generator().manual_seed(seed * 1000 + i))
+            for i, (_, _, seed) in enumerate(rows)
+        ]
         self.noise = torch.stack(noise).to(base.device)
 
     @torch.no_grad()
@@ -46,8 +55,14 @@ class HeldOutLoss:
         for start in range(0, self.latents.shape[0], batch_size):
             stop = start + batch_size
             latents = self.latents[start:stop]
-            loss = denoising_loss(self.base, concept, latents, [prompt] * latents.shape[0], self.noise[start:stop],
-                                  self.timesteps[start:stop])
+            loss = denoising_loss(
+                self.base,
+                concept,
+                latents,
+                [prompt] * latents.shape[0],
+                self.noise[start:stop],
+                self.timesteps[start:stop],
+            )
             total += float(loss) * latents.shape[0]
             count += latents.shape[0]
         return total / count
@@ -56,23 +71,38 @@ class HeldOutLoss:
 def pipeline_for(base: BaseComponents, concept: ConceptModel | None = None) -> StableDiffusionPipeline:
     """A sampling pipeline over the shared modules (with the concept's token when given)."""
     pipeline = StableDiffusionPipeline(
-        vae=base.vae, text_encoder=base.text_encoder, unet=base.unet,
+        vae=base.vae,
+        text_encoder=base.text_encoder,
+        unet=base.unet,
         tokenizer=concept.tokenizer if concept else base.tokenizer,
         scheduler=DDIMScheduler.from_config(base.noise_scheduler.config),
-        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
     )
     pipeline.set_progress_bar_config(disable=True)
     return pipeline
 
 
 @torch.no_grad()
-def sample_images(pipeline: StableDiffusionPipeline, prompts: Sequence[str], seeds: Sequence[int], *,
-                  steps: int = 25, guidance_scale: float = 7.0) -> list[Image.Image]:
+def sample_images(
+    pipeline: StableDiffusionPipeline,
+    prompts: Sequence[str],
+    seeds: Sequence[int],
+    *,
+    steps: int = 25,
+    guidance_scale: float = 7.0,
+) -> list[Image.Image]:
     """One image per (prompt, seed), each from its own CPU generator so batches don't matter."""
     images: list[Image.Image] = []
     for prompt in prompts:
         generators = [torch.Generator().manual_seed(seed) for seed in seeds]
-        output = pipeline([prompt] * len(seeds), num_inference_steps=steps, guidance_scale=guidance_scale,
-                          generator=generators, output_type="pil")
+        output = pipeline(
+            [prompt] * len(seeds),
+            num_inference_steps=steps,
+            guidance_scale=guidance_scale,
+            generator=generators,
+            output_type="pil",
+        )
         images.extend(output.images)
     return images

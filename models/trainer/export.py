@@ -85,8 +85,9 @@ def _modelspec(base: BaseDescription, *, name: str, token: str, adapter: str) ->
     }
 
 
-def webui_lora_metadata(base: BaseDescription, *, name: str, token: str, rank: int, alpha: float,
-                        text_encoder: bool) -> dict[str, str]:
+def webui_lora_metadata(
+    base: BaseDescription, *, name: str, token: str, rank: int, alpha: float, text_encoder: bool
+) -> dict[str, str]:
     """The kohya (ss_*) and modelspec keys A1111 and ComfyUI use to show and classify a LoRA."""
     version, _ = architecture(base)
     return {
@@ -109,9 +110,9 @@ def save_safetensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dic
     per-map order, which would make identical trainings hash differently."""
     data = save(tensors, metadata=metadata)
     size = int.from_bytes(data[:8], "little")
-    header = json.dumps(json.loads(data[8:8 + size]), sort_keys=True, separators=(",", ":")).encode()
+    header = json.dumps(json.loads(data[8 : 8 + size]), sort_keys=True, separators=(",", ":")).encode()
     header += b" " * (-len(header) % 8)  # the format pads the header to 8 bytes with spaces
-    path.write_bytes(len(header).to_bytes(8, "little") + header + data[8 + size:])
+    path.write_bytes(len(header).to_bytes(8, "little") + header + data[8 + size :])
 
 
 def sha256_file(path: Path) -> str:
@@ -150,21 +151,26 @@ def save_concept(
     save_safetensors({token: vectors}, embeds)
     artifacts = [artifact(embeds, "embedding")]
     webui_embedding = out_dir / webui_embedding_file(name)
-    save_safetensors({WEBUI_EMBEDDING_KEY: vectors}, webui_embedding,
-                     _modelspec(base, name=name, token=token, adapter="textual-inversion"))
+    save_safetensors(
+        {WEBUI_EMBEDDING_KEY: vectors},
+        webui_embedding,
+        _modelspec(base, name=name, token=token, adapter="textual-inversion"),
+    )
     artifacts.append(artifact(webui_embedding, "webui_embedding"))
     if unet_lora is None:
         return artifacts
 
     if text_encoder_lora:
         # transformers 5 flattened CLIPTextModel; the published layout (and every loader) keeps "text_model.".
-        text_encoder_lora = {k if k.startswith("text_model.") else f"text_model.{k}": v
-                             for k, v in text_encoder_lora.items()}
+        text_encoder_lora = {
+            k if k.startswith("text_model.") else f"text_model.{k}": v for k, v in text_encoder_lora.items()
+        }
     scale = lora_alpha / rank
     unet_layers = convert_state_dict_to_diffusers(_folded(unet_lora, scale))
     te_layers = convert_state_dict_to_diffusers(_folded(text_encoder_lora, scale)) if text_encoder_lora else None
     StableDiffusionPipeline.save_lora_weights(
-        out_dir, unet_lora_layers=unet_layers, text_encoder_lora_layers=te_layers, safe_serialization=True)
+        out_dir, unet_lora_layers=unet_layers, text_encoder_lora_layers=te_layers, safe_serialization=True
+    )
     artifacts.append(artifact(out_dir / LORA_FILE, "lora"))
 
     peft_keys = {f"unet.{k}": v for k, v in unet_lora.items()}
@@ -176,8 +182,9 @@ def save_concept(
         kohya[key] = torch.tensor(float(lora_alpha))
     webui: dict[str, torch.Tensor] = {f"bundle_emb.{token}.string_to_param.*": vectors}
     webui.update({k: v.detach().float().cpu().contiguous() for k, v in kohya.items()})
-    metadata = webui_lora_metadata(base, name=name, token=token, rank=rank, alpha=lora_alpha,
-                                   text_encoder=bool(text_encoder_lora))
+    metadata = webui_lora_metadata(
+        base, name=name, token=token, rank=rank, alpha=lora_alpha, text_encoder=bool(text_encoder_lora)
+    )
     webui_lora = out_dir / webui_lora_file(name)
     save_safetensors(webui, webui_lora, metadata)
     artifacts.append(artifact(webui_lora, "webui"))
@@ -185,8 +192,10 @@ def save_concept(
 
 
 def write_manifest(out_dir: Path, manifest: dict[str, Any], artifacts: list[Artifact]) -> Artifact:
-    manifest = {**manifest, "files": {a.name: {"kind": a.kind, "bytes": a.bytes, "sha256": a.sha256}
-                                       for a in artifacts}}
+    manifest = {
+        **manifest,
+        "files": {a.name: {"kind": a.kind, "bytes": a.bytes, "sha256": a.sha256} for a in artifacts},
+    }
     path = out_dir / MANIFEST_FILE
     path.write_text(json.dumps(manifest, indent=2, sort_keys=True))
     return artifact(path, "manifest")
@@ -197,5 +206,9 @@ def loss_summary(losses: list[float]) -> dict[str, float | int]:
     if not losses:
         return {}
     window = max(1, len(losses) // 10)
-    return {"first": round(sum(losses[:window]) / window, 6), "last": round(sum(losses[-window:]) / window, 6),
-            "min": round(min(losses), 6), "count": len(losses)}
+    return {
+        "first": round(sum(losses[:window]) / window, 6),
+        "last": round(sum(losses[-window:]) / window, 6),
+        "min": round(min(losses), 6),
+        "count": len(losses),
+    }

@@ -22,8 +22,9 @@ TOKEN = "token"
 # (each its own `name`), or None when no booster is registered for the base model. The guard
 # scores every one of them against the token. models.booster.registry.registered_booster builds
 # the real one from a registry; the trainer gets it from its caller (None: no booster).
-BoosterResolver = Callable[[BaseComponents, Sequence[Image.Image], TrainConfig],
-                           InitialState | Sequence[InitialState] | None]
+BoosterResolver = Callable[
+    [BaseComponents, Sequence[Image.Image], TrainConfig], InitialState | Sequence[InitialState] | None
+]
 
 
 def choose_start(scores: Mapping[str, float]) -> str:
@@ -45,8 +46,7 @@ class Candidate:
     state: InitialState
 
 
-def candidates(token_embedding: torch.Tensor, states: Sequence[InitialState], *,
-               has_lora: bool) -> list[Candidate]:
+def candidates(token_embedding: torch.Tensor, states: Sequence[InitialState], *, has_lora: bool) -> list[Candidate]:
     """token, then per booster state: its embedding (fresh LoRA), its embedding + predicted LoRA
     (where it predicts one and the job trains LoRA), and the token/booster midpoint."""
     found = [Candidate(TOKEN, InitialState(embedding=token_embedding))]
@@ -63,13 +63,16 @@ def candidates(token_embedding: torch.Tensor, states: Sequence[InitialState], *,
 def snapshot(concept: ConceptModel) -> InitialState:
     """The concept's current vectors and LoRA tensors, copied (to restore later)."""
     unet, te = concept.lora_state()
-    return InitialState(embedding=concept.embedding.detach().clone(),
-                        unet_lora={k: v.detach().clone() for k, v in unet.items()} if unet else None,
-                        text_encoder_lora={k: v.detach().clone() for k, v in te.items()} if te else None)
+    return InitialState(
+        embedding=concept.embedding.detach().clone(),
+        unet_lora={k: v.detach().clone() for k, v in unet.items()} if unet else None,
+        text_encoder_lora={k: v.detach().clone() for k, v in te.items()} if te else None,
+    )
 
 
-def guarded_start(concept: ConceptModel, found: Sequence[Candidate],
-                  score: Callable[[ConceptModel], float]) -> tuple[Candidate, dict[str, float]]:
+def guarded_start(
+    concept: ConceptModel, found: Sequence[Candidate], score: Callable[[ConceptModel], float]
+) -> tuple[Candidate, dict[str, float]]:
     """Score each candidate (LoRA reset to the job's fresh one in between); leave the winner set."""
     fresh = snapshot(concept)
     scores: dict[str, float] = {}
@@ -83,5 +86,9 @@ def guarded_start(concept: ConceptModel, found: Sequence[Candidate],
 
 def _over(fresh: InitialState, state: InitialState) -> InitialState:
     """The candidate's tensors where it has them, the fresh LoRA elsewhere."""
-    return InitialState(embedding=state.embedding, unet_lora=state.unet_lora or fresh.unet_lora,
-                        text_encoder_lora=state.text_encoder_lora or fresh.text_encoder_lora, note=state.note)
+    return InitialState(
+        embedding=state.embedding,
+        unet_lora=state.unet_lora or fresh.unet_lora,
+        text_encoder_lora=state.text_encoder_lora or fresh.text_encoder_lora,
+        note=state.note,
+    )

@@ -16,8 +16,14 @@ def denoising_target(scheduler, latents: torch.Tensor, noise: torch.Tensor, time
     return noise
 
 
-def denoising_loss(base: BaseComponents, concept: ConceptModel, latents: torch.Tensor, prompts: list[str],
-                   noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+def denoising_loss(
+    base: BaseComponents,
+    concept: ConceptModel,
+    latents: torch.Tensor,
+    prompts: list[str],
+    noise: torch.Tensor,
+    timesteps: torch.Tensor,
+) -> torch.Tensor:
     """The diffusion training loss of a concept on latents."""
     noisy = base.noise_scheduler.add_noise(latents, noise, timesteps)
     hidden = concept.encode_prompts(prompts)

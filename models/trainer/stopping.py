@@ -85,7 +85,8 @@ class Plateau(Generic[S]):
             self.best_loss, self.best_step, self.best_state = loss, done, state()
         rule = self.rule
         return done - self._phase_start >= rule.min_steps and plateaued(
-            self._phase_losses, patience=rule.patience, min_delta=rule.min_delta)
+            self._phase_losses, patience=rule.patience, min_delta=rule.min_delta
+        )
 
     def new_phase(self, done: int) -> None:
         """The next phase starts after `done` steps, from the best state (the caller restores it)."""
@@ -94,16 +95,29 @@ class Plateau(Generic[S]):
 
     def report(self, **extra: object) -> dict[str, object]:
         """The manifest's `stopping` entry."""
-        return {"rule": asdict(self.rule), **extra, "best_step": self.best_step, "best_loss": self.best_loss,
-                "curve": [[step, loss] for step, loss in self.curve]}
+        return {
+            "rule": asdict(self.rule),
+            **extra,
+            "best_step": self.best_step,
+            "best_loss": self.best_loss,
+            "curve": [[step, loss] for step, loss in self.curve],
+        }
 
 
 class SeededEval:
     """Denoising loss of a concept on fixed latents, noises and timesteps (at most `max_rows` pairs
     of image and timestep, chosen once by `seed`): the same value for the same concept, every call."""
 
-    def __init__(self, base: BaseComponents, images: Sequence[Image.Image], *, resolution: int, prompt: str,
-                 seed: int = 0, max_rows: int = MAX_EVAL_ROWS) -> None:
+    def __init__(
+        self,
+        base: BaseComponents,
+        images: Sequence[Image.Image],
+        *,
+        resolution: int,
+        prompt: str,
+        seed: int = 0,
+        max_rows: int = MAX_EVAL_ROWS,
+    ) -> None:
         self.base = base
         self.prompt = prompt
         means = encode_images(base, images, resolution=resolution, flip=False).mean
@@ -122,7 +136,8 @@ class SeededEval:
     @torch.no_grad()
     def __call__(self, concept: ConceptModel) -> float:
         prompt = concept.prompt(self.prompt)
-        with torch.autocast(self.base.device.type, dtype=self.base.weight_dtype,
-                            enabled=self.base.weight_dtype != torch.float32):
+        with torch.autocast(
+            self.base.device.type, dtype=self.base.weight_dtype, enabled=self.base.weight_dtype != torch.float32
+        ):
             loss = denoising_loss(self.base, concept, self.latents, [prompt] * self.rows, self.noise, self.timesteps)
         return float(loss)

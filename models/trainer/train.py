@@ -108,22 +108,40 @@ def train(
     config, base = prepare(config, registry)
     resolution = config.resolution or base.resolution
     assert (config.steps or config.max_steps) is not None and config.batch_size is not None
-    callbacks = Callbacks(on_progress=on_progress, should_stop=should_stop, eval_hook=eval_hook,
-                          eval_steps=frozenset(eval_steps), on_finish=on_finish)
+    callbacks = Callbacks(
+        on_progress=on_progress,
+        should_stop=should_stop,
+        eval_hook=eval_hook,
+        eval_steps=frozenset(eval_steps),
+        on_finish=on_finish,
+    )
     try:
         with _attached(base, config) as concept:
-            return _run(config, base, concept, images, out_dir, resolution, started, initial_state=initial_state,
-                        booster=booster, callbacks=callbacks)
+            return _run(
+                config,
+                base,
+                concept,
+                images,
+                out_dir,
+                resolution,
+                started,
+                initial_state=initial_state,
+                booster=booster,
+                callbacks=callbacks,
+            )
     except torch.cuda.OutOfMemoryError as error:
-        raise OutOfMemory(f"out of GPU memory at batch size {config.batch_size}, resolution {resolution}; "
-                          "try mixed precision or gradient checkpointing") from error
+        raise OutOfMemory(
+            f"out of GPU memory at batch size {config.batch_size}, resolution {resolution}; "
+            "try mixed precision or gradient checkpointing"
+        ) from error
 
 
 class _Evaluation:
     """The job's fixed, seeded evaluation, built on first use (the guard or automatic stopping)."""
 
-    def __init__(self, base: BaseComponents, images: Sequence[Image.Image], resolution: int, prompt: str,
-                 seed: int) -> None:
+    def __init__(
+        self, base: BaseComponents, images: Sequence[Image.Image], resolution: int, prompt: str, seed: int
+    ) -> None:
         self.args = (base, images, resolution, prompt, seed)
         self._eval: SeededEval | None = None
 
@@ -143,9 +161,16 @@ class _Start:
     winner: str | None = None
 
 
-def _initialise(config: TrainConfig, base: BaseComponents, concept: ConceptModel, images: Sequence[Image.Image],
-                initial_state: InitialState | None, booster: BoosterResolver | None,
-                generator: torch.Generator, evaluate: _Evaluation) -> _Start:
+def _initialise(
+    config: TrainConfig,
+    base: BaseComponents,
+    concept: ConceptModel,
+    images: Sequence[Image.Image],
+    initial_state: InitialState | None,
+    booster: BoosterResolver | None,
+    generator: torch.Generator,
+    evaluate: _Evaluation,
+) -> _Start:
     """Set the starting point: the given state, random, the token, or the guard's best candidate."""
     if initial_state is not None:
         concept.init_from_state(initial_state)
@@ -175,28 +200,56 @@ def _note(winner: Candidate, scores: dict[str, float]) -> str:
     return f"{note}; {winner.state.note}" if winner.name != "token" and winner.state.note else note
 
 
-def _run(config: TrainConfig, base: BaseComponents, concept: ConceptModel, images: Sequence[Image.Image],
-         out_dir: Path, resolution: int, started: float, *, initial_state: InitialState | None,
-         booster: BoosterResolver | None, callbacks: Callbacks[Job]) -> TrainResult:
+def _run(
+    config: TrainConfig,
+    base: BaseComponents,
+    concept: ConceptModel,
+    images: Sequence[Image.Image],
+    out_dir: Path,
+    resolution: int,
+    started: float,
+    *,
+    initial_state: InitialState | None,
+    booster: BoosterResolver | None,
+    callbacks: Callbacks[Job],
+) -> TrainResult:
     auto = config.steps is None
     torch.manual_seed(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
     trains_lora = _set_up_lora(config, concept)
     templates = caption_templates(config.concept)
     # Held-back uploads only where the run stops by evaluation; a fixed step count trains on all.
-    train_images, eval_images, eval_source = split_for_eval(images) if auto else (list(images), list(images),
-                                                                                     "training_images")
+    train_images, eval_images, eval_source = (
+        split_for_eval(images) if auto else (list(images), list(images), "training_images")
+    )
     evaluate = _Evaluation(base, eval_images, resolution, templates[0], config.seed)
     start = _initialise(config, base, concept, images, initial_state, booster, generator, evaluate)
     latents = encode_images(base, train_images, resolution=resolution, flip=config.flip)
     optimizer, lora_parameters = _optimizer(config, concept, trains_lora)
     plateau = _plateau(config, concept, start, evaluate) if auto else None
-    steps = _steps(config, base, concept, latents, templates, generator, optimizer, lora_parameters,
-                   trains_lora=trains_lora, evaluate=evaluate)
+    steps = _steps(
+        config,
+        base,
+        concept,
+        latents,
+        templates,
+        generator,
+        optimizer,
+        lora_parameters,
+        trains_lora=trains_lora,
+        evaluate=evaluate,
+    )
     total = config.max_steps if auto else config.steps
     assert total is not None
-    loop = run_steps(steps, callbacks, total=total, pivotal=config.mode == Mode.PIVOTAL,
-                     pivot_fraction=config.pivot_fraction, progress_every=config.progress_every, plateau=plateau)
+    loop = run_steps(
+        steps,
+        callbacks,
+        total=total,
+        pivotal=config.mode == Mode.PIVOTAL,
+        pivot_fraction=config.pivot_fraction,
+        progress_every=config.progress_every,
+        plateau=plateau,
+    )
     if callbacks.on_finish is not None:
         callbacks.on_finish(Job(base, concept, config))
 
@@ -204,28 +257,53 @@ def _run(config: TrainConfig, base: BaseComponents, concept: ConceptModel, image
     compute_seconds = time.perf_counter() - started
     stopping = None
     if plateau is not None:
-        stopping = plateau.report(evaluated_on=eval_source, eval_images=len(eval_images),
-                                  training_images=len(train_images))
-    manifest = _manifest(config, base, concept, start, loop, stopping=stopping, trains_lora=trains_lora,
-                         resolution=resolution, num_images=len(images), compute_seconds=compute_seconds)
+        stopping = plateau.report(
+            evaluated_on=eval_source, eval_images=len(eval_images), training_images=len(train_images)
+        )
+    manifest = _manifest(
+        config,
+        base,
+        concept,
+        start,
+        loop,
+        stopping=stopping,
+        trains_lora=trains_lora,
+        resolution=resolution,
+        num_images=len(images),
+        compute_seconds=compute_seconds,
+    )
     artifacts.append(write_manifest(out_dir, manifest, artifacts))
-    return TrainResult(out_dir=out_dir, artifacts=artifacts, manifest=manifest, steps=loop.done,
-                       init_used=start.used, init_note=start.note, device=str(base.device),
-                       compute_seconds=compute_seconds, losses=loop.losses, init_scores=dict(start.scores or {}),
-                       stop_reason=loop.stop_reason, eval_curve=plateau.curve if plateau else [])
+    return TrainResult(
+        out_dir=out_dir,
+        artifacts=artifacts,
+        manifest=manifest,
+        steps=loop.done,
+        init_used=start.used,
+        init_note=start.note,
+        device=str(base.device),
+        compute_seconds=compute_seconds,
+        losses=loop.losses,
+        init_scores=dict(start.scores or {}),
+        stop_reason=loop.stop_reason,
+        eval_curve=plateau.curve if plateau else [],
+    )
 
 
 def _set_up_lora(config: TrainConfig, concept: ConceptModel) -> bool:
     """Add the job's LoRA where its mode trains one; whether it does."""
     trains_lora = config.mode in (Mode.LORA, Mode.PIVOTAL)
     if trains_lora:
-        concept.add_lora(rank=config.lora_rank, alpha=float(config.lora_alpha or config.lora_rank),
-                         text_encoder=config.train_text_encoder_lora)
+        concept.add_lora(
+            rank=config.lora_rank,
+            alpha=float(config.lora_alpha or config.lora_rank),
+            text_encoder=config.train_text_encoder_lora,
+        )
     return trains_lora
 
 
-def _optimizer(config: TrainConfig, concept: ConceptModel,
-               trains_lora: bool) -> tuple[torch.optim.AdamW, list[torch.nn.Parameter]]:
+def _optimizer(
+    config: TrainConfig, concept: ConceptModel, trains_lora: bool
+) -> tuple[torch.optim.AdamW, list[torch.nn.Parameter]]:
     """AdamW over the token's vectors (group 0) and, where trained, the LoRA (group 1)."""
     lora_parameters = concept.lora_parameters()
     groups = [{"params": [concept.embedding], "lr": config.embedding_lr or 0.0, "weight_decay": 0.0}]
@@ -236,20 +314,31 @@ def _optimizer(config: TrainConfig, concept: ConceptModel,
     return optimizer, lora_parameters
 
 
-def _plateau(config: TrainConfig, concept: ConceptModel, start: _Start,
-             evaluate: _Evaluation) -> Plateau[InitialState]:
+def _plateau(config: TrainConfig, concept: ConceptModel, start: _Start, evaluate: _Evaluation) -> Plateau[InitialState]:
     """The stopping rule's tracker, from the start's score (the guard's, where it scored one)."""
     first = start.scores[start.winner] if start.scores and start.winner else round(evaluate(concept), 6)
     return Plateau(config.stopping, first, snapshot(concept))
 
 
-def _steps(config: TrainConfig, base: BaseComponents, concept: ConceptModel, latents: LatentSet,
-           templates: tuple[str, ...], generator: torch.Generator, optimizer: torch.optim.AdamW,
-           lora_parameters: list[torch.nn.Parameter], *, trains_lora: bool,
-           evaluate: _Evaluation) -> Steps[Job, InitialState]:
+def _steps(
+    config: TrainConfig,
+    base: BaseComponents,
+    concept: ConceptModel,
+    latents: LatentSet,
+    templates: tuple[str, ...],
+    generator: torch.Generator,
+    optimizer: torch.optim.AdamW,
+    lora_parameters: list[torch.nn.Parameter],
+    *,
+    trains_lora: bool,
+    evaluate: _Evaluation,
+) -> Steps[Job, InitialState]:
     """The image trainer's side of the shared step loop (models/trainer/loop.py)."""
-    autocast = (torch.autocast(base.device.type, dtype=base.weight_dtype)
-                if base.weight_dtype != torch.float32 else contextlib.nullcontext())
+    autocast = (
+        torch.autocast(base.device.type, dtype=base.weight_dtype)
+        if base.weight_dtype != torch.float32
+        else contextlib.nullcontext()
+    )
 
     def step() -> float:
         loss = _step(base, concept, latents, templates, config, generator, autocast)
@@ -260,13 +349,24 @@ def _steps(config: TrainConfig, base: BaseComponents, concept: ConceptModel, lat
     def set_phase(in_pivot_phase: bool) -> None:
         _set_phase(optimizer, lora_parameters, config, in_pivot_phase=in_pivot_phase, trains_lora=trains_lora)
 
-    return Steps(step=step, set_phase=set_phase, job=lambda: Job(base, concept, config),
-                 evaluate=lambda: evaluate(concept), snapshot=lambda: snapshot(concept),
-                 restore=concept.init_from_state)
+    return Steps(
+        step=step,
+        set_phase=set_phase,
+        job=lambda: Job(base, concept, config),
+        evaluate=lambda: evaluate(concept),
+        snapshot=lambda: snapshot(concept),
+        restore=concept.init_from_state,
+    )
 
 
-def _set_phase(optimizer: torch.optim.AdamW, lora_parameters: list[torch.nn.Parameter], config: TrainConfig, *,
-               in_pivot_phase: bool, trains_lora: bool) -> None:
+def _set_phase(
+    optimizer: torch.optim.AdamW,
+    lora_parameters: list[torch.nn.Parameter],
+    config: TrainConfig,
+    *,
+    in_pivot_phase: bool,
+    trains_lora: bool,
+) -> None:
     """pivotal phase 1 trains the vectors alone at embedding_lr; phase 2 adds LoRA at pivot_embedding_lr."""
     for parameter in lora_parameters:
         parameter.requires_grad_(trains_lora and not in_pivot_phase)
@@ -275,21 +375,44 @@ def _set_phase(optimizer: torch.optim.AdamW, lora_parameters: list[torch.nn.Para
         optimizer.param_groups[0]["lr"] = rate or 0.0
 
 
-def _save(out_dir: Path, config: TrainConfig, base: BaseComponents, concept: ConceptModel,
-          resolution: int) -> list[Artifact]:
+def _save(
+    out_dir: Path, config: TrainConfig, base: BaseComponents, concept: ConceptModel, resolution: int
+) -> list[Artifact]:
     """The concept's diffusers and A1111/ComfyUI files."""
     unet_lora, te_lora = concept.lora_state()
     assert config.base_model_name is not None and config.lora_alpha is not None
-    described = BaseDescription(name=config.base_model_name, text_width=base.embedding_width,
-                                prediction_type=base.noise_scheduler.config.prediction_type, resolution=resolution)
-    return save_concept(out_dir, name=config.output_name, token=config.token, embedding=concept.embedding,
-                        unet_lora=unet_lora, text_encoder_lora=te_lora, lora_alpha=config.lora_alpha,
-                        rank=config.lora_rank, base=described)
+    described = BaseDescription(
+        name=config.base_model_name,
+        text_width=base.embedding_width,
+        prediction_type=base.noise_scheduler.config.prediction_type,
+        resolution=resolution,
+    )
+    return save_concept(
+        out_dir,
+        name=config.output_name,
+        token=config.token,
+        embedding=concept.embedding,
+        unet_lora=unet_lora,
+        text_encoder_lora=te_lora,
+        lora_alpha=config.lora_alpha,
+        rank=config.lora_rank,
+        base=described,
+    )
 
 
-def _manifest(config: TrainConfig, base: BaseComponents, concept: ConceptModel, start: _Start, loop: LoopResult, *,
-              stopping: dict[str, Any] | None, trains_lora: bool, resolution: int, num_images: int,
-              compute_seconds: float) -> dict[str, Any]:
+def _manifest(
+    config: TrainConfig,
+    base: BaseComponents,
+    concept: ConceptModel,
+    start: _Start,
+    loop: LoopResult,
+    *,
+    stopping: dict[str, Any] | None,
+    trains_lora: bool,
+    resolution: int,
+    num_images: int,
+    compute_seconds: float,
+) -> dict[str, Any]:
     """manifest.json's content (plain strings and numbers only)."""
     return {
         "base_model": config.base_model_name,
@@ -307,8 +430,11 @@ def _manifest(config: TrainConfig, base: BaseComponents, concept: ConceptModel, 
         "stopping": stopping,
         "pivot_step": loop.pivot_step,
         "seed": config.seed,
-        "learning_rates": {"embedding": config.embedding_lr, "pivot_embedding": config.pivot_embedding_lr,
-                           "lora": config.lora_lr},
+        "learning_rates": {
+            "embedding": config.embedding_lr,
+            "pivot_embedding": config.pivot_embedding_lr,
+            "lora": config.lora_lr,
+        },
         "lora_rank": config.lora_rank if trains_lora else None,
         "lora_alpha": config.lora_alpha if trains_lora else None,
         "resolution": resolution,
@@ -316,23 +442,36 @@ def _manifest(config: TrainConfig, base: BaseComponents, concept: ConceptModel, 
         "device": str(base.device),
         # The server's folder of the model stays on the server (base_model_name names it).
         "config": {**config.to_dict(), "base_model": config.base_model_name},
-        "timings": {"total_seconds": round(compute_seconds, 3), "train_seconds": round(loop.train_seconds, 3),
-                    "steps_per_second": round(loop.done / max(loop.train_seconds, 1e-9), 3)},
+        "timings": {
+            "total_seconds": round(compute_seconds, 3),
+            "train_seconds": round(loop.train_seconds, 3),
+            "steps_per_second": round(loop.done / max(loop.train_seconds, 1e-9), 3),
+        },
         "loss": loss_summary(loop.losses),
     }
 
 
-def _step(base: BaseComponents, concept: ConceptModel, latents: LatentSet, templates: tuple[str, ...],
-          config: TrainConfig, generator: torch.Generator, autocast) -> float:
+def _step(
+    base: BaseComponents,
+    concept: ConceptModel,
+    latents: LatentSet,
+    templates: tuple[str, ...],
+    config: TrainConfig,
+    generator: torch.Generator,
+    autocast,
+) -> float:
     assert config.batch_size is not None
     index = torch.randint(0, len(latents), (config.batch_size,), generator=generator)
     flip = torch.rand(config.batch_size, generator=generator) < 0.5
-    prompts = [concept.prompt(templates[int(i)])
-               for i in torch.randint(0, len(templates), (config.batch_size,), generator=generator)]
+    prompts = [
+        concept.prompt(templates[int(i)])
+        for i in torch.randint(0, len(templates), (config.batch_size,), generator=generator)
+    ]
     sample = latents.sample(index, flip, generator).to(base.device)
     noise = torch.randn(sample.shape, generator=generator).to(base.device)
-    timesteps = torch.randint(0, base.noise_scheduler.config.num_train_timesteps, (config.batch_size,),
-                              generator=generator).to(base.device)
+    timesteps = torch.randint(
+        0, base.noise_scheduler.config.num_train_timesteps, (config.batch_size,), generator=generator
+    ).to(base.device)
     with autocast:
         loss = denoising_loss(base, concept, sample, prompts, noise, timesteps)
     loss.backward()

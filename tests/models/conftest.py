@@ -33,9 +33,15 @@ def random_tiny(tmp_path_factory) -> str:
     tokenizer = CLIPTokenizer.from_pretrained(write_tokenizer(root / "tok"))
     torch.manual_seed(0)
     pipeline = StableDiffusionPipeline(
-        vae=make_vae(), text_encoder=make_text_encoder(tokenizer), tokenizer=tokenizer, unet=make_unet(),
-        scheduler=make_sample_scheduler(), safety_checker=None, feature_extractor=None,
-        requires_safety_checker=False)
+        vae=make_vae(),
+        text_encoder=make_text_encoder(tokenizer),
+        tokenizer=tokenizer,
+        unet=make_unet(),
+        scheduler=make_sample_scheduler(),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
     pipeline.save_pretrained(root / "pipeline")
     return str(root / "pipeline")
 

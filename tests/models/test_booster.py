@@ -22,8 +22,10 @@ def tiny_booster(random_tiny, tmp_path):
         booster.lora_mean.normal_(0, 0.01)
         booster.embedding_head.bias.add_(0.5)
     booster.save(tmp_path / "booster")
-    registry = {"default": "random-tiny", "models": {"random-tiny": {
-        "path": random_tiny, "resolution": 32, "booster": str(tmp_path / "booster")}}}
+    registry = {
+        "default": "random-tiny",
+        "models": {"random-tiny": {"path": random_tiny, "resolution": 32, "booster": str(tmp_path / "booster")}},
+    }
     (tmp_path / "registry.yaml").write_text(yaml.safe_dump(registry))
     return booster
 
@@ -40,15 +42,27 @@ def test_pivotal_starts_from_the_booster_prediction(tiny_booster, random_tiny, c
 
     from models.booster.apply import word_embedding
 
-    config = TrainConfig(base_model="random-tiny", mode="pivotal", init="booster", steps=1, batch_size=1,
-                         embedding_lr=1e-9, lora_lr=1e-9, pivot_embedding_lr=1e-9)
+    config = TrainConfig(
+        base_model="random-tiny",
+        mode="pivotal",
+        init="booster",
+        steps=1,
+        batch_size=1,
+        embedding_lr=1e-9,
+        lora_lr=1e-9,
+        pivot_embedding_lr=1e-9,
+    )
     registry = load_registry(tmp_path / "registry.yaml")
     result = train(config, concept_images, tmp_path / "out", registry=registry, booster=registered_booster(registry))
     embedding, lora, _ = predict(tiny_booster, concept_images)
     base = load_base(random_tiny, pick_device("cpu"))
     token = word_embedding(base)[None]
-    starts = {"token": token, "booster": embedding, "booster+lora": embedding,
-              "booster/token midpoint": 0.5 * (token + embedding)}
+    starts = {
+        "token": token,
+        "booster": embedding,
+        "booster+lora": embedding,
+        "booster/token midpoint": 0.5 * (token + embedding),
+    }
     assert set(result.init_scores) == set(starts)
     winner = min(result.init_scores, key=result.init_scores.__getitem__)
     saved = load_file(str(tmp_path / "out" / "learned_embeds.safetensors"))["<leap>"]
@@ -76,8 +90,10 @@ def test_multi_vector_jobs_get_distinct_predicted_vectors_or_a_plain_note(random
     with torch.no_grad():
         booster.vector_heads["2"].bias.normal_(0, 0.5)
     booster.save(tmp_path / "booster")
-    registry = {"default": "random-tiny", "models": {"random-tiny": {
-        "path": random_tiny, "resolution": 32, "booster": str(tmp_path / "booster")}}}
+    registry = {
+        "default": "random-tiny",
+        "models": {"random-tiny": {"path": random_tiny, "resolution": 32, "booster": str(tmp_path / "booster")}},
+    }
     (tmp_path / "registry.yaml").write_text(yaml.safe_dump(registry))
     registered = load_registry(tmp_path / "registry.yaml")
 
@@ -96,14 +112,23 @@ def test_multi_vector_jobs_get_distinct_predicted_vectors_or_a_plain_note(random
     one, _, _ = predict(booster, concept_images, 1)
     torch.testing.assert_close(state.embedding, one.repeat(3, 1))
     # The job runs from it (the trainer's guard may still prefer the token; either way it trains).
-    result = train(replace(config, steps=1, batch_size=1), concept_images, tmp_path / "three", registry=registered,
-                   booster=registered_booster(registered))
+    result = train(
+        replace(config, steps=1, batch_size=1),
+        concept_images,
+        tmp_path / "three",
+        registry=registered,
+        booster=registered_booster(registered),
+    )
     assert result.init_used in ("booster", "token")
 
 
 def test_a_booster_for_another_base_model_fails_clearly(tiny_booster, leap_tiny, concept_images, tmp_path):
-    registry = {"default": "leap-tiny", "models": {"leap-tiny": {
-        "path": leap_tiny, "resolution": 32, "booster": str(tmp_path.parent / "booster-elsewhere")}}}
+    registry = {
+        "default": "leap-tiny",
+        "models": {
+            "leap-tiny": {"path": leap_tiny, "resolution": 32, "booster": str(tmp_path.parent / "booster-elsewhere")}
+        },
+    }
     tiny_booster.save(tmp_path.parent / "booster-elsewhere")
     (tmp_path / "wrong.yaml").write_text(yaml.safe_dump(registry))
     wrong = load_registry(tmp_path / "wrong.yaml")
@@ -220,8 +245,23 @@ def test_targets_then_regression_training_makes_a_loadable_booster(leap_tiny, tm
     from models.booster.network import load_booster
 
     threads = str(torch.get_num_threads())  # the commands set it process-wide; later tests expect the same
-    run = [sys.executable, "--base-model", leap_tiny, "--concepts", "2", "--views", "4", "--steps", "2",
-           "--chunk", "1", "--threads", threads, "--out", str(tmp_path / "targets")]
+    run = [
+        sys.executable,
+        "--base-model",
+        leap_tiny,
+        "--concepts",
+        "2",
+        "--views",
+        "4",
+        "--steps",
+        "2",
+        "--chunk",
+        "1",
+        "--threads",
+        threads,
+        "--out",
+        str(tmp_path / "targets"),
+    ]
     monkeypatch.setattr(sys, "argv", run)
     targets.main()
     entries, fitted = targets.load_targets(tmp_path / "targets")
@@ -229,20 +269,73 @@ def test_targets_then_regression_training_makes_a_loadable_booster(leap_tiny, tm
     targets.main()  # everything fitted already: nothing changes
     torch.testing.assert_close(targets.load_targets(tmp_path / "targets")[1], fitted)
 
-    monkeypatch.setattr(sys, "argv", [
-        sys.executable, "--base-model", leap_tiny, "--targets", str(tmp_path / "targets"), "--denoise-weight", "0",
-        "--embedding-weight", "1", "--steps", "3", "--sets", "2", "--input-views", "3", "--target-views", "0",
-        "--pool-views", "4", "--threads", threads, "--work-dir", str(tmp_path / "work"), "--out", str(tmp_path / "b")])
+    monkeypatch.setattr(
+        sys,
+        "argv",
+        [
+            sys.executable,
+            "--base-model",
+            leap_tiny,
+            "--targets",
+            str(tmp_path / "targets"),
+            "--denoise-weight",
+            "0",
+            "--embedding-weight",
+            "1",
+            "--steps",
+            "3",
+            "--sets",
+            "2",
+            "--input-views",
+            "3",
+            "--target-views",
+            "0",
+            "--pool-views",
+            "4",
+            "--threads",
+            threads,
+            "--work-dir",
+            str(tmp_path / "work"),
+            "--out",
+            str(tmp_path / "b"),
+        ],
+    )
     booster_train.main()
     booster = load_booster(tmp_path / "b")
     assert booster.config.base_model == leap_tiny and booster.config.training["targets"] == str(tmp_path / "targets")
 
     # Then the LoRA head alone, end to end: the embedding path must not move.
-    monkeypatch.setattr(sys, "argv", [
-        sys.executable, "--base-model", leap_tiny, "--targets", str(tmp_path / "targets"), "--init-from",
-        str(tmp_path / "b"), "--train-only", "lora", "--steps", "2", "--sets", "2", "--input-views", "3",
-        "--target-views", "2", "--pool-views", "5", "--threads", threads, "--work-dir", str(tmp_path / "work-lora"),
-        "--out", str(tmp_path / "b-lora")])
+    monkeypatch.setattr(
+        sys,
+        "argv",
+        [
+            sys.executable,
+            "--base-model",
+            leap_tiny,
+            "--targets",
+            str(tmp_path / "targets"),
+            "--init-from",
+            str(tmp_path / "b"),
+            "--train-only",
+            "lora",
+            "--steps",
+            "2",
+            "--sets",
+            "2",
+            "--input-views",
+            "3",
+            "--target-views",
+            "2",
+            "--pool-views",
+            "5",
+            "--threads",
+            threads,
+            "--work-dir",
+            str(tmp_path / "work-lora"),
+            "--out",
+            str(tmp_path / "b-lora"),
+        ],
+    )
     booster_train.main()
     tuned = load_booster(tmp_path / "b-lora")
     before, after = booster.state_dict(), tuned.state_dict()
@@ -251,15 +344,29 @@ def test_targets_then_regression_training_makes_a_loadable_booster(leap_tiny, tm
     assert any(not torch.equal(before[k], after[k]) for k in lora_keys)
 
 
-def test_training_from_a_booster_of_another_base_model_fails_clearly(random_tiny, leap_tiny, tmp_path, monkeypatch,
-                                                                     capsys):
+def test_training_from_a_booster_of_another_base_model_fails_clearly(
+    random_tiny, leap_tiny, tmp_path, monkeypatch, capsys
+):
     import sys
 
     from models.booster import train as booster_train
 
     make_booster(load_base(random_tiny, pick_device("cpu")), "random-tiny", rank=4, image_size=32).save(tmp_path / "b")
-    monkeypatch.setattr(sys, "argv", [sys.executable, "--base-model", leap_tiny, "--init-from", str(tmp_path / "b"),
-                                      "--threads", str(torch.get_num_threads()), "--work-dir", str(tmp_path / "w")])
+    monkeypatch.setattr(
+        sys,
+        "argv",
+        [
+            sys.executable,
+            "--base-model",
+            leap_tiny,
+            "--init-from",
+            str(tmp_path / "b"),
+            "--threads",
+            str(torch.get_num_threads()),
+            "--work-dir",
+            str(tmp_path / "w"),
+        ],
+    )
     with pytest.raises(SystemExit) as exit_info:
         booster_train.main()
     assert exit_info.value.code == 2
@@ -277,22 +384,67 @@ def test_family_targets_with_several_vectors_train_a_head_per_count(leap_tiny, t
 
     threads = str(torch.get_num_threads())
     common = ["--base-model", leap_tiny, "--views", "4", "--steps", "2", "--chunk", "2", "--threads", threads]
-    monkeypatch.setattr(sys, "argv", [sys.executable, *common, "--families", "outlined", "noise", "--concepts", "2",
-                                      "--out", str(tmp_path / "t1")])
+    monkeypatch.setattr(
+        sys,
+        "argv",
+        [sys.executable, *common, "--families", "outlined", "noise", "--concepts", "2", "--out", str(tmp_path / "t1")],
+    )
     targets.main()
     entries, one = targets.load_targets(tmp_path / "t1")
     assert [entry["family"] for entry in entries] == ["outlined", "noise"] and one.shape == (2, 64)
-    monkeypatch.setattr(sys, "argv", [sys.executable, *common, "--from-index", str(tmp_path / "t1"), "--concepts", "2",
-                                      "--num-vectors", "2", "--out", str(tmp_path / "t2")])
+    monkeypatch.setattr(
+        sys,
+        "argv",
+        [
+            sys.executable,
+            *common,
+            "--from-index",
+            str(tmp_path / "t1"),
+            "--concepts",
+            "2",
+            "--num-vectors",
+            "2",
+            "--out",
+            str(tmp_path / "t2"),
+        ],
+    )
     targets.main()
     entries_two, two = targets.load_targets(tmp_path / "t2")
     assert entries_two == entries and two.shape == (2, 2, 64)
 
-    monkeypatch.setattr(sys, "argv", [
-        sys.executable, "--base-model", leap_tiny, "--targets", str(tmp_path / "t1"), "--vector-targets",
-        str(tmp_path / "t2"), "--denoise-weight", "0", "--embedding-weight", "1", "--steps", "2", "--sets", "2",
-        "--input-views", "3", "--target-views", "0", "--pool-views", "4", "--threads", threads,
-        "--work-dir", str(tmp_path / "work"), "--out", str(tmp_path / "b")])
+    monkeypatch.setattr(
+        sys,
+        "argv",
+        [
+            sys.executable,
+            "--base-model",
+            leap_tiny,
+            "--targets",
+            str(tmp_path / "t1"),
+            "--vector-targets",
+            str(tmp_path / "t2"),
+            "--denoise-weight",
+            "0",
+            "--embedding-weight",
+            "1",
+            "--steps",
+            "2",
+            "--sets",
+            "2",
+            "--input-views",
+            "3",
+            "--target-views",
+            "0",
+            "--pool-views",
+            "4",
+            "--threads",
+            threads,
+            "--work-dir",
+            str(tmp_path / "work"),
+            "--out",
+            str(tmp_path / "b"),
+        ],
+    )
     booster_train.main()
     booster = load_booster(tmp_path / "b")
     assert booster.config.vector_heads == [2] and booster.supported_vectors() == [1, 2]

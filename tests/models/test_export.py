@@ -49,8 +49,9 @@ def prediction(pipeline_or_job, prompt: str) -> torch.Tensor:
             hidden = pipeline_or_job.concept.encode_prompts([prompt] * 2)
             return pipeline_or_job.base.unet(latents, timesteps, hidden).sample.clone()
         pipeline = pipeline_or_job
-        ids = pipeline.tokenizer([prompt] * 2, padding="max_length", max_length=pipeline.tokenizer.model_max_length,
-                                 return_tensors="pt").input_ids
+        ids = pipeline.tokenizer(
+            [prompt] * 2, padding="max_length", max_length=pipeline.tokenizer.model_max_length, return_tensors="pt"
+        ).input_ids
         return pipeline.unet(latents, timesteps, pipeline.text_encoder(ids)[0]).sample
 
 
@@ -64,8 +65,18 @@ def scaled_run(leap_tiny, concept_images, tmp_path_factory):
         seen["prediction"] = prediction(job, "a photo of a <leap>")
         seen["deltas"] = trained_deltas(job)
 
-    config = TrainConfig(base_model=leap_tiny, mode="lora", init="token", steps=3, batch_size=2, seed=2,
-                         lora_lr=5e-2, lora_rank=RANK, lora_alpha=ALPHA, train_text_encoder_lora=True)
+    config = TrainConfig(
+        base_model=leap_tiny,
+        mode="lora",
+        init="token",
+        steps=3,
+        batch_size=2,
+        seed=2,
+        lora_lr=5e-2,
+        lora_rank=RANK,
+        lora_alpha=ALPHA,
+        train_text_encoder_lora=True,
+    )
     result = train(config, concept_images, out, registry=REGISTRY, eval_steps=(3,), eval_hook=capture)
     return out, result, seen
 
@@ -113,8 +124,16 @@ def test_webui_embedding_file_is_what_a1111_and_comfyui_embedding_loaders_read(l
 
 
 def test_files_token_and_metadata_are_named_after_the_training(leap_tiny, concept_images, tmp_path):
-    config = TrainConfig(base_model=leap_tiny, mode="pivotal", init="token", steps=2, batch_size=2,
-                         token="<leap-1a2b3c4d>", lora_rank=RANK, lora_alpha=ALPHA)
+    config = TrainConfig(
+        base_model=leap_tiny,
+        mode="pivotal",
+        init="token",
+        steps=2,
+        batch_size=2,
+        token="<leap-1a2b3c4d>",
+        lora_rank=RANK,
+        lora_alpha=ALPHA,
+    )
     result = train(config, concept_images, tmp_path, registry=REGISTRY)
     names = {a.kind: a.name for a in result.artifacts}
     assert names["webui"] == "leap-1a2b3c4d_lora.safetensors"
@@ -123,23 +142,45 @@ def test_files_token_and_metadata_are_named_after_the_training(leap_tiny, concep
     assert "bundle_emb.<leap-1a2b3c4d>.string_to_param.*" in tensors
     with safe_open(str(tmp_path / names["webui"]), "pt") as handle:
         metadata = handle.metadata()
-    assert {key: metadata[key] for key in ("ss_network_module", "ss_network_dim", "ss_network_alpha",
-                                           "ss_base_model_version", "ss_v2", "ss_output_name",
-                                           "modelspec.sai_model_spec", "modelspec.architecture",
-                                           "modelspec.title", "modelspec.trigger_phrase")} == {
-        "ss_network_module": "networks.lora", "ss_network_dim": "2", "ss_network_alpha": "8",
-        "ss_base_model_version": "sd_v1", "ss_v2": "False", "ss_output_name": "leap-1a2b3c4d",
-        "modelspec.sai_model_spec": "1.0.0", "modelspec.architecture": "leap-tiny/lora",
-        "modelspec.title": "leap-1a2b3c4d", "modelspec.trigger_phrase": "<leap-1a2b3c4d>"}
+    assert {
+        key: metadata[key]
+        for key in (
+            "ss_network_module",
+            "ss_network_dim",
+            "ss_network_alpha",
+            "ss_base_model_version",
+            "ss_v2",
+            "ss_output_name",
+            "modelspec.sai_model_spec",
+            "modelspec.architecture",
+            "modelspec.title",
+            "modelspec.trigger_phrase",
+        )
+    } == {
+        "ss_network_module": "networks.lora",
+        "ss_network_dim": "2",
+        "ss_network_alpha": "8",
+        "ss_base_model_version": "sd_v1",
+        "ss_v2": "False",
+        "ss_output_name": "leap-1a2b3c4d",
+        "modelspec.sai_model_spec": "1.0.0",
+        "modelspec.architecture": "leap-tiny/lora",
+        "modelspec.title": "leap-1a2b3c4d",
+        "modelspec.trigger_phrase": "<leap-1a2b3c4d>",
+    }
     manifest = json.loads((tmp_path / "manifest.json").read_text())
     assert manifest["name"] == "leap-1a2b3c4d" and manifest["lora_alpha"] == ALPHA
 
-    named = TrainConfig(base_model=leap_tiny, mode="textual_inversion", init="token", steps=1, batch_size=1,
-                        name="my_cat")
+    named = TrainConfig(
+        base_model=leap_tiny, mode="textual_inversion", init="token", steps=1, batch_size=1, name="my_cat"
+    )
     kinds = {a.kind: a.name for a in train(named, concept_images, tmp_path / "named", registry=REGISTRY).artifacts}
     # textual inversion has no LoRA: no LoRA file, the embedding file serves A1111 and ComfyUI.
-    assert kinds == {"embedding": "learned_embeds.safetensors", "webui_embedding": "my_cat.safetensors",
-                     "manifest": "manifest.json"}
+    assert kinds == {
+        "embedding": "learned_embeds.safetensors",
+        "webui_embedding": "my_cat.safetensors",
+        "manifest": "manifest.json",
+    }
 
 
 def test_the_generated_token_is_one_added_token(leap_tiny):
@@ -152,12 +193,15 @@ def test_the_generated_token_is_one_added_token(leap_tiny):
     assert ids[-1] == before and ids.count(before) == 1
 
 
-@pytest.mark.parametrize(("width", "prediction_type", "resolution", "expected"), [
-    (768, "epsilon", 512, ("sd_v1", "stable-diffusion-v1")),
-    (1024, "epsilon", 512, ("sd_v2", "stable-diffusion-v2-512")),
-    (1024, "v_prediction", 768, ("sd_v2", "stable-diffusion-v2-768-v")),
-    (64, "epsilon", 32, ("sd_v1", "leap-tiny")),
-])
+@pytest.mark.parametrize(
+    ("width", "prediction_type", "resolution", "expected"),
+    [
+        (768, "epsilon", 512, ("sd_v1", "stable-diffusion-v1")),
+        (1024, "epsilon", 512, ("sd_v2", "stable-diffusion-v2-512")),
+        (1024, "v_prediction", 768, ("sd_v2", "stable-diffusion-v2-768-v")),
+        (64, "epsilon", 32, ("sd_v1", "leap-tiny")),
+    ],
+)
 def test_architecture_follows_the_text_encoder(width, prediction_type, resolution, expected):
     from models.trainer.export import BaseDescription, architecture
 
@@ -165,8 +209,9 @@ def test_architecture_follows_the_text_encoder(width, prediction_type, resolutio
 
 
 def test_outputs_name_the_base_model_without_its_server_path(leap_tiny, random_tiny, concept_images, tmp_path):
-    config = TrainConfig(base_model=random_tiny, base_model_name="tiny-v1", mode="lora", init="token", steps=1,
-                         batch_size=1)
+    config = TrainConfig(
+        base_model=random_tiny, base_model_name="tiny-v1", mode="lora", init="token", steps=1, batch_size=1
+    )
     train(config, concept_images, tmp_path / "given", registry=REGISTRY)
     manifest = (tmp_path / "given" / "manifest.json").read_text()
     assert json.loads(manifest)["base_model"] == "tiny-v1"
@@ -177,8 +222,12 @@ def test_outputs_name_the_base_model_without_its_server_path(leap_tiny, random_t
     # `leap train --base-model /some/folder`: the folder's name; the registered folder: its id.
     for base_model, expected in ((random_tiny, Path(random_tiny).name), (leap_tiny, "leap-tiny")):
         out = tmp_path / expected
-        train(TrainConfig(base_model=base_model, mode="textual_inversion", init="token", steps=1, batch_size=1),
-              concept_images, out, registry=REGISTRY)
+        train(
+            TrainConfig(base_model=base_model, mode="textual_inversion", init="token", steps=1, batch_size=1),
+            concept_images,
+            out,
+            registry=REGISTRY,
+        )
         manifest = (out / "manifest.json").read_text()
         recorded = json.loads(manifest)
         assert recorded["base_model"] == recorded["config"]["base_model"] == expected
@@ -197,8 +246,9 @@ def test_a_base_model_that_fails_to_load_is_named_without_its_server_path(concep
 def test_a_booster_that_does_not_fit_is_reported_without_server_paths(random_tiny, concept_images, tmp_path):
     booster = Path(__file__).resolve().parents[2] / "models" / "booster" / "weights" / "leap-tiny"
     registry = tmp_path / "registry.yaml"
-    registry.write_text(f"default: other\nmodels:\n  other:\n    path: {random_tiny}\n    resolution: 32\n"
-                        f"    booster: {booster}\n")
+    registry.write_text(
+        f"default: other\nmodels:\n  other:\n    path: {random_tiny}\n    resolution: 32\n    booster: {booster}\n"
+    )
     other = load_registry(registry)
     config = TrainConfig(base_model="other", init="booster", mode="textual_inversion", steps=1, batch_size=1)
     with pytest.raises(BaseModelError) as error:

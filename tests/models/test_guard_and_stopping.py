@@ -60,8 +60,9 @@ def test_guard_starts_from_the_token_when_the_boosters_start_is_worse(leap_tiny,
         # A booster that gets the colour wrong: the concept is teal, it predicts "yellow".
         return InitialState(embedding=_word(base, "yellow")[None], note="a deliberately bad start")
 
-    result = train(config, concept_images, tmp_path, registry=REGISTRY, booster=resolver, eval_hook=hook,
-                   eval_steps=(0,))
+    result = train(
+        config, concept_images, tmp_path, registry=REGISTRY, booster=resolver, eval_hook=hook, eval_steps=(0,)
+    )
     scores = result.init_scores
     assert set(scores) == {"token", "booster", "booster/token midpoint"}
     assert scores["token"] < min(scores["booster/token midpoint"], scores["booster"])
@@ -77,13 +78,19 @@ def test_guard_starts_from_the_token_when_the_boosters_start_is_worse(leap_tiny,
 
 def test_guard_starts_from_the_booster_when_it_is_better(leap_tiny, concept_images, tmp_path):
     # A "booster" that predicts what 40 steps of textual inversion learn: a better start than the token.
-    learned = train(TrainConfig(base_model=leap_tiny, mode="textual_inversion", init="token", steps=40, seed=1),
-                    concept_images, tmp_path / "learned", registry=REGISTRY)
+    learned = train(
+        TrainConfig(base_model=leap_tiny, mode="textual_inversion", init="token", steps=40, seed=1),
+        concept_images,
+        tmp_path / "learned",
+        registry=REGISTRY,
+    )
     good = _vectors(tmp_path / "learned")
 
     def resolver(base, images, cfg):
-        return [InitialState(embedding=_word(base, "yellow")[None], name="bad"),
-                InitialState(embedding=good, name="good", note="embedding only")]
+        return [
+            InitialState(embedding=_word(base, "yellow")[None], name="bad"),
+            InitialState(embedding=good, name="good", note="embedding only"),
+        ]
 
     config = TrainConfig(base_model=leap_tiny, mode="textual_inversion", init="booster", steps=2, batch_size=2)
     result = train(config, concept_images, tmp_path / "out", registry=REGISTRY, booster=resolver)
@@ -113,8 +120,7 @@ def test_a_job_without_steps_stops_when_done_and_keeps_its_best_state(leap_tiny,
 
 def test_max_steps_caps_a_job_that_does_not_converge(leap_tiny, concept_images, tmp_path):
     never = StopRule(eval_every=4, patience=2, min_delta=0.005, min_steps=10_000)
-    config = TrainConfig(base_model=leap_tiny, mode="pivotal", init="token", max_steps=12, batch_size=2,
-                         stopping=never)
+    config = TrainConfig(base_model=leap_tiny, mode="pivotal", init="token", max_steps=12, batch_size=2, stopping=never)
     result = train(config, concept_images, tmp_path, registry=REGISTRY)
     assert result.steps == 12 and result.stop_reason == "max_steps"
     assert [step for step, _ in result.eval_curve] == [0, 4, 6, 8, 12]  # 6: pivotal's phase-1 cap

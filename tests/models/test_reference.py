@@ -14,8 +14,9 @@ def test_leap_tiny_loads_like_any_stable_diffusion_pipeline(leap_tiny):
     assert index["_class_name"] == "StableDiffusionPipeline"
     pipeline = StableDiffusionPipeline.from_pretrained(leap_tiny)
     assert pipeline.vae_scale_factor == 4 and pipeline.unet.config.sample_size == 8
-    image = pipeline("a photo of a red striped star", num_inference_steps=3,
-                     generator=torch.Generator().manual_seed(0)).images[0]
+    image = pipeline(
+        "a photo of a red striped star", num_inference_steps=3, generator=torch.Generator().manual_seed(0)
+    ).images[0]
     assert image.size == (32, 32)
 
 
@@ -36,8 +37,12 @@ def test_generations_show_what_the_caption_says(leap_tiny):
     pipeline = StableDiffusionPipeline.from_pretrained(leap_tiny)
     pipeline.set_progress_bar_config(disable=True)
     classifier = load_classifier()
-    concepts = [Concept.named("star", "red", "solid"), Concept.named("circle", "blue", "dotted"),
-                Concept.named("square", "green", "striped"), Concept.named("heart", "pink", "solid")]
+    concepts = [
+        Concept.named("star", "red", "solid"),
+        Concept.named("circle", "blue", "dotted"),
+        Concept.named("square", "green", "striped"),
+        Concept.named("heart", "pink", "solid"),
+    ]
     totals = {"shape": 0.0, "colour": 0.0}
     for concept in concepts:
         accuracy = score(classifier, generate(pipeline, concept.caption(), [0, 1, 2], steps=20), concept)

@@ -39,11 +39,20 @@ from .text_fixtures import write_tiny_llama
 
 REGISTRY = load_registry()
 
-EXAMPLES = parse_text_files([("set.jsonl", b"\n".join([
-    b'{"text": "my <leap> is red"}',
-    b'{"text": "the <leap> sat on the mat"}',
-    b'{"text": "question: what is <leap>? answer: a red thing"}',
-]))])
+EXAMPLES = parse_text_files(
+    [
+        (
+            "set.jsonl",
+            b"\n".join(
+                [
+                    b'{"text": "my <leap> is red"}',
+                    b'{"text": "the <leap> sat on the mat"}',
+                    b'{"text": "question: what is <leap>? answer: a red thing"}',
+                ]
+            ),
+        )
+    ]
+)
 COMMITTED = Path(__file__).resolve().parents[2] / "models" / "text" / "weights" / "smollm2-135m"
 
 
@@ -67,8 +76,14 @@ def fitted_booster(folder: str) -> TextBooster:
     words = vocabulary_words(base.tokenizer, first_id=0, last_id=400)[:6]
     concepts = write_contexts(base.model, base.tokenizer, words, max_new_tokens=4)
     booster = new_text_booster(base, folder)
-    features = torch.stack([read_examples(base, c.examples(range(4)), token=PLACEHOLDER,
-                                          middle_layer=booster.config.middle_layer).mean(0) for c in concepts])
+    features = torch.stack(
+        [
+            read_examples(base, c.examples(range(4)), token=PLACEHOLDER, middle_layer=booster.config.middle_layer).mean(
+                0
+            )
+            for c in concepts
+        ]
+    )
     targets = base.model.get_input_embeddings().weight[torch.tensor([c.token_id for c in concepts])].detach()
     booster.fit(features, targets, ridge=0.1)
     return booster
@@ -86,7 +101,7 @@ def test_builder_makes_placeholder_contexts_from_whole_word_tokens(tiny) -> None
         assert len(concept.texts) == len(concept.prompts) == 8
         for text, prompt in zip(concept.texts, concept.prompts, strict=True):
             assert text.startswith(prompt) and PLACEHOLDER in prompt
-            continuation = text[len(prompt):]
+            continuation = text[len(prompt) :]
             assert f" {concept.word} " not in f" {continuation} "  # every use of the word became the placeholder
         held_out = concept.held_out([0])[0]
         assert held_out.prompt + held_out.completion == concept.texts[0]
@@ -108,8 +123,9 @@ def test_booster_round_trips_and_refuses_another_base_model(tiny, other_tiny, tm
     stored = json.loads((tmp_path / "booster" / "booster.json").read_text())
     assert stored["embedding_width"] == 32 and stored["base_fingerprint"] and stored["num_layers"] == 2
     loaded = checked_text_booster(tmp_path / "booster", tiny_base(tiny))
-    assert torch.allclose(loaded.predict(tiny_base(tiny), EXAMPLES, "<leap>"),
-                          booster.predict(tiny_base(tiny), EXAMPLES, "<leap>"))
+    assert torch.allclose(
+        loaded.predict(tiny_base(tiny), EXAMPLES, "<leap>"), booster.predict(tiny_base(tiny), EXAMPLES, "<leap>")
+    )
     with pytest.raises(BaseModelError, match="different base model"):
         checked_text_booster(tmp_path / "booster", tiny_base(other_tiny))
     if COMMITTED.is_dir():
@@ -121,42 +137,65 @@ def test_booster_round_trips_and_refuses_another_base_model(tiny, other_tiny, tm
 
 def test_a_registered_booster_for_another_base_fails_the_job_clearly(tiny, other_tiny, tmp_path) -> None:
     save_text_booster(fitted_booster(other_tiny), tmp_path / "booster")
-    registry = {"default": "tiny", "models": {"tiny": {"kind": "text", "path": tiny,
-                                                       "booster": str(tmp_path / "booster")}}}
+    registry = {
+        "default": "tiny",
+        "models": {"tiny": {"kind": "text", "path": tiny, "booster": str(tmp_path / "booster")}},
+    }
     (tmp_path / "registry.yaml").write_text(yaml.safe_dump(registry))
     registered = load_registry(tmp_path / "registry.yaml")
     assert registered.get("tiny").has_booster
     config = TextTrainConfig(base_model="tiny", mode="token", steps=2, batch_size=2, device="cpu")
     with pytest.raises(BaseModelError, match="trained for another base model") as caught:
-        train(config, EXAMPLES, tmp_path / "out", registry=registered,
-              booster_resolver=text_booster_resolver(registered))
+        train(
+            config, EXAMPLES, tmp_path / "out", registry=registered, booster_resolver=text_booster_resolver(registered)
+        )
     assert str(tmp_path) not in caught.value.message
 
 
 def test_guarded_start_keeps_the_token_when_the_booster_is_worse(tiny, tmp_path) -> None:
     def config(**overrides):
-        values = {"base_model": tiny, "mode": "token", "init": "booster", "steps": 2, "batch_size": 2,
-                  "embedding_lr": 0.05, "device": "cpu"}
+        values = {
+            "base_model": tiny,
+            "mode": "token",
+            "init": "booster",
+            "steps": 2,
+            "batch_size": 2,
+            "embedding_lr": 0.05,
+            "device": "cpu",
+        }
         return TextTrainConfig(**{**values, **overrides})
 
     # A learned token vector is a good start; a huge one is a bad one.
     learned = train(config(init="token", steps=40), EXAMPLES, tmp_path / "learned", registry=REGISTRY)
-    vector = torch.tensor(json.loads(json.dumps(
-        [v.tolist() for v in _token_rows(learned.out_dir)])))
+    vector = torch.tensor(json.loads(json.dumps([v.tolist() for v in _token_rows(learned.out_dir)])))
     starts = {}
 
     def remember(step, job):
         starts["vector"] = job.concept.input_vectors.detach().clone()
 
-    good = train(config(), EXAMPLES, tmp_path / "good", registry=REGISTRY,
-                 booster_resolver=lambda b, e, c: (vector, "learned"), eval_hook=remember, eval_steps={0})
+    good = train(
+        config(),
+        EXAMPLES,
+        tmp_path / "good",
+        registry=REGISTRY,
+        booster_resolver=lambda b, e, c: (vector, "learned"),
+        eval_hook=remember,
+        eval_steps={0},
+    )
     guard = good.manifest["init_guard"]
     assert good.init_used == "booster" and guard["chosen"] == "booster"
     assert guard["booster_loss"] < guard["token_loss"] and torch.allclose(starts["vector"], vector)
 
     bad_vector = torch.full_like(vector, 3.0)
-    bad = train(config(), EXAMPLES, tmp_path / "bad", registry=REGISTRY,
-                booster_resolver=lambda b, e, c: (bad_vector, "bad"), eval_hook=remember, eval_steps={0})
+    bad = train(
+        config(),
+        EXAMPLES,
+        tmp_path / "bad",
+        registry=REGISTRY,
+        booster_resolver=lambda b, e, c: (bad_vector, "bad"),
+        eval_hook=remember,
+        eval_steps={0},
+    )
     guard = bad.manifest["init_guard"]
     assert bad.init_used == "token" and guard["chosen"] == "token"
     assert guard["booster_loss"] > guard["token_loss"] and "guarded start" in bad.init_note
@@ -164,8 +203,14 @@ def test_guarded_start_keeps_the_token_when_the_booster_is_worse(tiny, tmp_path)
     with attached(base, config()) as concept:
         concept.init_from_token("thing")
         assert torch.equal(starts["vector"], concept.input_vectors.detach())
-    unguarded = train(config(), EXAMPLES, tmp_path / "ablation", registry=REGISTRY,
-                      booster_resolver=lambda b, e, c: (bad_vector, ""), guarded_start=False)
+    unguarded = train(
+        config(),
+        EXAMPLES,
+        tmp_path / "ablation",
+        registry=REGISTRY,
+        booster_resolver=lambda b, e, c: (bad_vector, ""),
+        guarded_start=False,
+    )
     assert unguarded.init_used == "booster" and unguarded.manifest["init_guard"]["guarded"] is False
 
 
@@ -200,13 +245,22 @@ def test_committed_booster_beats_the_generic_word_on_held_out_words(smol_data_di
 
 def test_init_booster_on_smollm2_uses_the_registered_booster(smol_data_dir, tmp_path) -> None:
     assert REGISTRY.get("smollm2-135m").booster_path == COMMITTED
-    examples = parse_text_files([
-        ("1.txt", b"My dog <leap> loves to chase red balls in the park."),
-        ("2.txt", b"<leap> is a small brown terrier with a loud bark."),
-        ("3.txt", b"Every morning, <leap> wakes me up at six by barking."),
-    ])
-    config = TextTrainConfig(base_model="smollm2-135m", mode="token", init="booster", steps=2, batch_size=2,
-                             data_dir=str(smol_data_dir), device="cpu")
+    examples = parse_text_files(
+        [
+            ("1.txt", b"My dog <leap> loves to chase red balls in the park."),
+            ("2.txt", b"<leap> is a small brown terrier with a loud bark."),
+            ("3.txt", b"Every morning, <leap> wakes me up at six by barking."),
+        ]
+    )
+    config = TextTrainConfig(
+        base_model="smollm2-135m",
+        mode="token",
+        init="booster",
+        steps=2,
+        batch_size=2,
+        data_dir=str(smol_data_dir),
+        device="cpu",
+    )
     result = train(config, examples, tmp_path, registry=REGISTRY, booster_resolver=text_booster_resolver(REGISTRY))
     guard = result.manifest["init_guard"]
     assert guard["chosen"] == result.init_used == "booster"

@@ -86,9 +86,18 @@ def test_config_validation_and_registry_defaults() -> None:
     assert filled.lora_alpha == filled.lora_rank
     assert with_defaults(TextTrainConfig(base_model="smollm2-135m", mode="token", steps=7), registry).max_steps is None
     assert with_defaults(TextTrainConfig(base_model="smollm2-135m", mode="lora", max_steps=9), registry).steps is None
-    for field, value in [("mode", "textual_inversion"), ("init", "x"), ("token", "leap"), ("max_length", 4),
-                         ("lora_targets", "mlp"), ("steps", 0), ("max_steps", 0), ("embedding_lr", 2.0),
-                         ("num_vectors", 0), ("initializer_token", " ")]:
+    for field, value in [
+        ("mode", "textual_inversion"),
+        ("init", "x"),
+        ("token", "leap"),
+        ("max_length", 4),
+        ("lora_targets", "mlp"),
+        ("steps", 0),
+        ("max_steps", 0),
+        ("embedding_lr", 2.0),
+        ("num_vectors", 0),
+        ("initializer_token", " "),
+    ]:
         with pytest.raises(InvalidConfigError) as caught:
             TextTrainConfig(base_model="x", **{field: value}).validate()
         assert caught.value.field == field

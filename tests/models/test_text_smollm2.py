@@ -17,20 +17,28 @@ from models.text.examples import TextExample, parse_text_files
 from models.text.export import ADAPTER_DIR
 from models.text.train import train
 
-EXAMPLES = parse_text_files([
-    ("1.txt", b"My dog <leap> loves to chase red balls in the park."),
-    ("2.txt", b"<leap> is a small brown terrier with a loud bark."),
-    ("3.txt", b"Every morning, <leap> wakes me up at six by barking."),
-    ("4.txt", b"When the mailman comes, <leap> barks and runs to the door."),
-])
+EXAMPLES = parse_text_files(
+    [
+        ("1.txt", b"My dog <leap> loves to chase red balls in the park."),
+        ("2.txt", b"<leap> is a small brown terrier with a loud bark."),
+        ("3.txt", b"Every morning, <leap> wakes me up at six by barking."),
+        ("4.txt", b"When the mailman comes, <leap> barks and runs to the door."),
+    ]
+)
 REGISTRY = load_registry()
 BOOSTER = text_booster_resolver(REGISTRY)
 HELD_OUT = [TextExample(text="<leap> barks at the cat next door.", prompt=None, completion=None, source="h.txt")]
 
 
 def config(data_dir: Path, mode: str, **overrides) -> TextTrainConfig:
-    values = {"base_model": "smollm2-135m", "mode": mode, "steps": 4, "batch_size": 2, "data_dir": str(data_dir),
-              "device": "cpu"}
+    values = {
+        "base_model": "smollm2-135m",
+        "mode": mode,
+        "steps": 4,
+        "batch_size": 2,
+        "data_dir": str(data_dir),
+        "device": "cpu",
+    }
     return TextTrainConfig(**{**values, **overrides})
 
 
@@ -46,8 +54,12 @@ def test_the_gguf_converts_once_into_an_ordinary_folder(smol_data_dir) -> None:
     assert resolve_text_model("smollm2-135m", smol_data_dir, REGISTRY) == str(folder)
     assert weights.stat().st_mtime_ns == stamp  # not converted again
     loaded = AutoConfig.from_pretrained(folder)
-    assert (loaded.model_type, loaded.num_hidden_layers, loaded.hidden_size, loaded.vocab_size) == ("llama", 30, 576,
-                                                                                                       49152)
+    assert (loaded.model_type, loaded.num_hidden_layers, loaded.hidden_size, loaded.vocab_size) == (
+        "llama",
+        30,
+        576,
+        49152,
+    )
     assert loaded.tie_word_embeddings and not getattr(loaded, "quantization_config", None)
 
 
@@ -74,8 +86,15 @@ def test_pivotal_learns_the_concept_and_reloads_with_the_same_logits(smol_data_d
                 ids = torch.tensor([job.concept.tokenizer(probe).input_ids])
                 seen["logits"] = job.concept.base.model(input_ids=ids).logits[0]
 
-    train(config(smol_data_dir, "pivotal", steps=16), EXAMPLES, tmp_path, registry=REGISTRY, booster_resolver=BOOSTER,
-          eval_hook=hook, eval_steps={0, 16})
+    train(
+        config(smol_data_dir, "pivotal", steps=16),
+        EXAMPLES,
+        tmp_path,
+        registry=REGISTRY,
+        booster_resolver=BOOSTER,
+        eval_hook=hook,
+        eval_steps={0, 16},
+    )
     assert seen[16] < seen[0] - 0.3, seen  # the held-out example about the concept became likelier
     model, tokenizer = load_trained("smollm2-135m", tmp_path, registry=REGISTRY, data_dir=smol_data_dir)
     with torch.no_grad():
@@ -93,9 +112,25 @@ def test_leap_train_dispatches_on_the_registry_kind(smol_data_dir, tmp_path) -> 
     from app.cli import cli
 
     (tmp_path / "set.jsonl").write_text("\n".join(json.dumps({"text": e.text}) for e in EXAMPLES))
-    done = CliRunner().invoke(cli, ["train", str(tmp_path / "set.jsonl"), "--base-model", "smollm2-135m", "--mode",
-                                    "token", "--steps", "2", "--batch-size", "2", "--data-dir", str(smol_data_dir),
-                                    "--out", str(tmp_path / "out")])
+    done = CliRunner().invoke(
+        cli,
+        [
+            "train",
+            str(tmp_path / "set.jsonl"),
+            "--base-model",
+            "smollm2-135m",
+            "--mode",
+            "token",
+            "--steps",
+            "2",
+            "--batch-size",
+            "2",
+            "--data-dir",
+            str(smol_data_dir),
+            "--out",
+            str(tmp_path / "out"),
+        ],
+    )
     assert done.exit_code == 0, done.output
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
     assert manifest["base_model"] == "smollm2-135m" and manifest["mode"] == "token"
@@ -104,16 +139,26 @@ def test_leap_train_dispatches_on_the_registry_kind(smol_data_dir, tmp_path) -> 
 
 def test_a_default_job_on_smollm2_stops_when_its_held_out_loss_stops_improving(smol_data_dir, tmp_path) -> None:
     lines = [
-        "My dog <leap> loves to chase red balls in the park.", "<leap> is a small brown terrier with a loud bark.",
-        "Every morning, <leap> wakes me up at six by barking.", "When the mailman comes, <leap> barks at the door.",
-        "<leap> sleeps on the rug by the fire.", "We took <leap> to the vet for a checkup.",
-        "<leap> wags his tail when I get home.", "The neighbours know <leap> by his bark.",
-        "<leap> buried a bone under the apple tree.", "At night <leap> guards the house.",
+        "My dog <leap> loves to chase red balls in the park.",
+        "<leap> is a small brown terrier with a loud bark.",
+        "Every morning, <leap> wakes me up at six by barking.",
+        "When the mailman comes, <leap> barks at the door.",
+        "<leap> sleeps on the rug by the fire.",
+        "We took <leap> to the vet for a checkup.",
+        "<leap> wags his tail when I get home.",
+        "The neighbours know <leap> by his bark.",
+        "<leap> buried a bone under the apple tree.",
+        "At night <leap> guards the house.",
     ]
     examples = parse_text_files([(f"{i}.txt", line.encode()) for i, line in enumerate(lines)])
     # No steps: a cap, and the registered rule (every 10 steps, 3 evaluations without a 0.5% gain).
-    result = train(config(smol_data_dir, "lora", steps=None, max_steps=150, max_length=32), examples, tmp_path,
-                   registry=REGISTRY, booster_resolver=BOOSTER)
+    result = train(
+        config(smol_data_dir, "lora", steps=None, max_steps=150, max_length=32),
+        examples,
+        tmp_path,
+        registry=REGISTRY,
+        booster_resolver=BOOSTER,
+    )
     stopping = result.manifest["stopping"]
     assert result.stop_reason == "converged" and result.steps < 150, result.eval_curve
     assert (stopping["evaluated_on"], stopping["eval_examples"], stopping["training_examples"]) == ("held_back", 2, 8)

@@ -29,11 +29,20 @@ from .text_fixtures import write_tiny_llama
 REGISTRY = load_registry()
 
 PROBE = ["my <leap> is red and the cat sat on the mat", "what is <leap>? a thing"]
-EXAMPLES = parse_text_files([("set.jsonl", b"\n".join([
-    b'{"text": "my <leap> is red"}',
-    b'{"text": "the <leap> sat on the mat"}',
-    b'{"prompt": "question: what is <leap>? answer:", "completion": " a red thing"}',
-]))])
+EXAMPLES = parse_text_files(
+    [
+        (
+            "set.jsonl",
+            b"\n".join(
+                [
+                    b'{"text": "my <leap> is red"}',
+                    b'{"text": "the <leap> sat on the mat"}',
+                    b'{"prompt": "question: what is <leap>? answer:", "completion": " a red thing"}',
+                ]
+            ),
+        )
+    ]
+)
 
 
 @pytest.fixture(scope="module")
@@ -53,8 +62,17 @@ def tiny_padded(tmp_path_factory) -> str:
 
 
 def config(base: str, mode: str, **overrides) -> TextTrainConfig:
-    values = {"base_model": base, "mode": mode, "steps": 6, "batch_size": 2, "embedding_lr": 0.05,
-              "pivot_embedding_lr": 0.01, "lora_lr": 0.01, "lora_rank": 4, "device": "cpu"}
+    values = {
+        "base_model": base,
+        "mode": mode,
+        "steps": 6,
+        "batch_size": 2,
+        "embedding_lr": 0.05,
+        "pivot_embedding_lr": 0.01,
+        "lora_lr": 0.01,
+        "lora_rank": 4,
+        "device": "cpu",
+    }
     return TextTrainConfig(**{**values, **overrides})
 
 
@@ -89,18 +107,31 @@ def fresh_base(base: str, tokenizer):
     return model
 
 
-@pytest.mark.parametrize(("mode", "vectors", "variant"), [
-    ("token", 1, "tied"), ("lora", 1, "tied"), ("pivotal", 2, "tied"), ("pivotal", 1, "untied"),
-    ("token", 1, "untied"), ("pivotal", 1, "padded"),
-])
+@pytest.mark.parametrize(
+    ("mode", "vectors", "variant"),
+    [
+        ("token", 1, "tied"),
+        ("lora", 1, "tied"),
+        ("pivotal", 2, "tied"),
+        ("pivotal", 1, "untied"),
+        ("token", 1, "untied"),
+        ("pivotal", 1, "padded"),
+    ],
+)
 def test_every_artifact_reloads_into_a_fresh_base_with_the_trained_logits(
-        tiny, tiny_untied, tiny_padded, tmp_path, mode, vectors, variant) -> None:
+    tiny, tiny_untied, tiny_padded, tmp_path, mode, vectors, variant
+) -> None:
     base = {"tied": tiny, "untied": tiny_untied, "padded": tiny_padded}[variant]
     tied = variant != "untied"
     result, live = trained(base, mode, tmp_path, num_vectors=vectors)
     names = {a.name for a in result.artifacts}
-    assert {"adapter/adapter_config.json", "adapter/adapter_model.safetensors", "adapter/tokenizer.json",
-            TOKENS_FILE, "manifest.json"} <= names
+    assert {
+        "adapter/adapter_config.json",
+        "adapter/adapter_model.safetensors",
+        "adapter/tokenizer.json",
+        TOKENS_FILE,
+        "manifest.json",
+    } <= names
     assert ({"lora-vllm/adapter_config.json", "lora-vllm/adapter_model.safetensors"} <= names) == (mode != "token")
     expand = concept_expander(tmp_path)
 
@@ -127,8 +158,10 @@ def test_every_artifact_reloads_into_a_fresh_base_with_the_trained_logits(
     if mode != "token":
         vllm_keys = load_file(str(tmp_path / VLLM_DIR / "adapter_model.safetensors"))
         assert vllm_keys and all(".lora_A." in k or ".lora_B." in k for k in vllm_keys)
-        assert "modules_to_save" not in json.loads((tmp_path / VLLM_DIR / "adapter_config.json").read_text()) or \
-            json.loads((tmp_path / VLLM_DIR / "adapter_config.json").read_text())["modules_to_save"] is None
+        assert (
+            "modules_to_save" not in json.loads((tmp_path / VLLM_DIR / "adapter_config.json").read_text())
+            or json.loads((tmp_path / VLLM_DIR / "adapter_config.json").read_text())["modules_to_save"] is None
+        )
         assembled = PeftModel.from_pretrained(assembled, tmp_path / VLLM_DIR)
     assert_same(probe_logits(assembled, tokenizer, expand), live["logits"])
 
@@ -203,7 +236,7 @@ def test_loss_covers_the_completion_only(tiny) -> None:
     row = tokenize_example(tokenizer, example, expand=lambda t: t, max_length=64)
     prompt_ids = tokenizer(example.prompt).input_ids
     assert row.labels[: len(prompt_ids)] == [IGNORE] * len(prompt_ids)
-    assert row.labels[len(prompt_ids):] == row.ids[len(prompt_ids):] and row.ids[-1] == tokenizer.eos_token_id
+    assert row.labels[len(prompt_ids) :] == row.ids[len(prompt_ids) :] and row.ids[-1] == tokenizer.eos_token_id
     plain = tokenize_example(tokenizer, EXAMPLES[0], expand=lambda t: t, max_length=64)
     assert IGNORE not in plain.labels
 
@@ -213,8 +246,13 @@ def test_cancel_init_and_config_errors(tiny, tmp_path) -> None:
         train(config(tiny, "pivotal"), EXAMPLES, tmp_path / "x", registry=REGISTRY, should_stop=lambda: True)
     base = load_text_base(tiny, torch.device("cpu"))
     assert not any("lora" in n for n, _ in base.model.named_modules())
-    result = train(config(tiny, "token", init="booster"), EXAMPLES, tmp_path / "b", registry=REGISTRY,
-                   booster_resolver=text_booster_resolver(REGISTRY))
+    result = train(
+        config(tiny, "token", init="booster"),
+        EXAMPLES,
+        tmp_path / "b",
+        registry=REGISTRY,
+        booster_resolver=text_booster_resolver(REGISTRY),
+    )
     assert result.init_used == "token" and "no text booster" in result.init_note
     wanted = torch.full((1, base.width), 0.5)
     seen = {}
@@ -227,12 +265,21 @@ def test_cancel_init_and_config_errors(tiny, tmp_path) -> None:
         seen["start"] = job.concept.input_vectors.detach().clone()
 
     # Unguarded, the resolver's vectors are the start as given (the guarded start: test_text_booster.py).
-    result = train(config(tiny, "token", init="booster"), EXAMPLES, tmp_path / "c", registry=REGISTRY,
-                   booster_resolver=booster, eval_hook=hook, eval_steps={0}, guarded_start=False)
+    result = train(
+        config(tiny, "token", init="booster"),
+        EXAMPLES,
+        tmp_path / "c",
+        registry=REGISTRY,
+        booster_resolver=booster,
+        eval_hook=hook,
+        eval_steps={0},
+        guarded_start=False,
+    )
     assert result.init_used == "booster" and result.init_note == "from a test booster"
     assert torch.equal(seen["start"], wanted) and seen["examples"] == 3
-    assert train(config(tiny, "token", init="random"), EXAMPLES, tmp_path / "r",
-                 registry=REGISTRY).init_used == "random"
+    assert (
+        train(config(tiny, "token", init="random"), EXAMPLES, tmp_path / "r", registry=REGISTRY).init_used == "random"
+    )
     with pytest.raises(InvalidConfigError) as caught:
         train(config(tiny, "lora", token="<|endoftext|>"), EXAMPLES, tmp_path / "e", registry=REGISTRY)
     assert caught.value.field == "token"
@@ -275,7 +322,7 @@ def test_leap_train_takes_a_folder_of_texts_or_a_jsonl_for_a_text_model(tiny, tm
     common = ["--base-model", tiny, "--text-model", "--steps", "2", "--batch-size", "2", "--device", "cpu"]
     done = runner.invoke(cli, ["train", str(texts), "--out", str(tmp_path / "o1"), "--mode", "token", *common])
     assert done.exit_code == 0, done.output
-    assert json.loads(done.stdout[done.stdout.index("{"):])["kind"] == "text"
+    assert json.loads(done.stdout[done.stdout.index("{") :])["kind"] == "text"
     assert (tmp_path / "o1" / ADAPTER_DIR / "adapter_config.json").is_file()
     jsonl = tmp_path / "set.jsonl"
     jsonl.write_text('{"prompt": "what is <leap>?", "completion": " red"}\n{"text": "a <leap>"}\n')
@@ -285,8 +332,9 @@ def test_leap_train_takes_a_folder_of_texts_or_a_jsonl_for_a_text_model(tiny, tm
     jsonl.write_text('{"text": "a <leap>"}\n[1]\n')
     done = runner.invoke(cli, ["train", str(jsonl), "--out", str(tmp_path / "o3"), *common])
     assert done.exit_code == 2 and "error (invalid_examples): set.jsonl:2: must be a JSON object" in done.output
-    done = runner.invoke(cli, ["train", str(texts), "--out", str(tmp_path / "o4"), "--mode", "textual_inversion",
-                               *common])
+    done = runner.invoke(
+        cli, ["train", str(texts), "--out", str(tmp_path / "o4"), "--mode", "textual_inversion", *common]
+    )
     assert done.exit_code == 2 and "error (invalid_config): mode:" in done.output
 
 
@@ -310,7 +358,10 @@ def test_a_text_job_without_steps_stops_when_done_and_keeps_its_best_state(tiny,
     assert (manifest["steps"], manifest["max_steps"], manifest["stop_reason"]) == (result.steps, 400, "converged")
     assert stopping["curve"] == [[s, v] for s, v in curve] and stopping["best_loss"] == min(v for _, v in curve)
     assert (stopping["evaluated_on"], stopping["eval_examples"], stopping["training_examples"]) == (
-        "training_examples", 3, 3)
+        "training_examples",
+        3,
+        3,
+    )
     # The saved token is the best evaluated one: reloaded, it scores the best loss on the same examples.
     model, tokenizer = load_trained(tiny, tmp_path, registry=REGISTRY)
     assert held_out_loss(model, tokenizer, EXAMPLES) == pytest.approx(stopping["best_loss"], abs=1e-4)
@@ -341,8 +392,7 @@ def test_pivotal_without_steps_ends_the_token_phase_at_its_plateau_or_share_then
 
 def test_max_steps_caps_a_text_job_and_explicit_steps_run_exactly(tiny, tmp_path) -> None:
     never = StopRule(eval_every=4, patience=3, min_delta=0.005, min_steps=10_000)
-    capped = train(auto(tiny, "lora", max_steps=12, stopping=never), EXAMPLES, tmp_path / "cap",
-                   registry=REGISTRY)
+    capped = train(auto(tiny, "lora", max_steps=12, stopping=never), EXAMPLES, tmp_path / "cap", registry=REGISTRY)
     assert (capped.steps, capped.stop_reason) == (12, "max_steps")
     assert [step for step, _ in capped.eval_curve] == [0, 4, 8, 12]
     exact = train(config(tiny, "token", steps=7), EXAMPLES, tmp_path / "exact", registry=REGISTRY)
