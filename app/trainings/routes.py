@@ -13,6 +13,7 @@ from starlette.concurrency import run_in_threadpool
 
 from app.db import read_only, unit_of_work
 from app.deps import ArtifactLinksDep, RegistryDep, SettingsDep, StorageDep, artifact_links
+from app.enums import TrainingStatus
 from app.errors import error_responses
 from app.tenants.auth import PrincipalDep, SessionDep, bearer, resolve_principal
 from app.trainings import logs, schemas, service, stream, uploads
@@ -114,7 +115,7 @@ async def list_trainings(
     request: Request,
     links: ArtifactLinksDep,
     _credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
-    status: Annotated[schemas.Status | None, Query(description="Only trainings in this state")] = None,
+    status: Annotated[TrainingStatus | None, Query(description="Only trainings in this state")] = None,
     cursor: Annotated[str | None, Query(description="next_cursor of the previous page")] = None,
     limit: Annotated[int, Query(ge=1, le=service.MAX_PAGE_SIZE)] = 20,
 ) -> Response:

@@ -31,10 +31,11 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 
+from app.enums import FINISHED_STATUSES
 from app.orm import Training
-from app.orm.training import FINISHED_STATUSES
 from app.settings import Settings
 from app.trainings import live, logs, repository, schemas, service
+from app.trainings.presenter import ArtifactLinks
 
 logger = logging.getLogger(__name__)
 
@@ -297,7 +298,7 @@ def make_event_hub(settings: Settings, session_factory: sessionmaker[Session]) -
 
 
 def read_snapshot(
-    session_factory: sessionmaker[Session], training_id: uuid.UUID, links: service.ArtifactLinks
+    session_factory: sessionmaker[Session], training_id: uuid.UUID, links: ArtifactLinks
 ) -> Snapshot | None:
     """The training's API view and cursors, from one short session (run in the thread pool)."""
     with session_factory() as session:
@@ -337,7 +338,7 @@ class TrainingStream:
     hub: EventHub
     session_factory: sessionmaker[Session]
     training_id: uuid.UUID
-    links: service.ArtifactLinks
+    links: ArtifactLinks
     keepalive_seconds: float
     last_event_id: int | None = None
     recheck_on_keepalive: bool = True

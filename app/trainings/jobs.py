@@ -1,0 +1,107 @@
+"""What the API and the worker share about a training's job: where its files live, the broker
+priorities of its messages, and the trainer's config built from the row's choices.
+
+Imports only models.* (torch-free), so the worker reaches it without the API's services."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from models.enums import Kind
+from models.registry import Registry
+from models.text.config import TextTrainConfig
+from models.trainer.config import TrainConfig
+from models.trainer.errors import InvalidConfigError
+
+# Broker priorities of training messages. On Redis the lowest number is served first (kombu keeps a
+# list per priority step and pops them in order), so a training put back after a crash or a
+# transient failure runs before newly submitted ones. The embedded filesystem broker ignores them.
+RECOVERED_PRIORITY = 0
+NEW_PRIORITY = 3
+
+
+def training_prefix(training_id: uuid.UUID) -> str:
+    return f"trainings/{training_id}"
+
+
+def inputs_prefix(training_id: uuid.UUID) -> str:
+    return f"{training_prefix(training_id)}/inputs"
+
+
+def artifacts_prefix(training_id: uuid.UUID) -> str:
+    return f"{training_prefix(training_id)}/artifacts"
+
+
+def build_config(
+    *, base_model: str, token: str, mode: str, init: str, parameters: dict[str, Any], registry: Registry
+) -> TrainConfig:
+    """The trainer's config: the registered model's folder and the caller's choices; the trainer
+    fills what is unset from the model's registered defaults."""
+    entry = registry.get(base_model)
+    if entry is None:
+        raise InvalidConfigError("base_model", f"{base_model!r} is not registered on this server")
+    config = TrainConfig(
+        base_model=entry.path,
+        base_model_name=base_model,
+        token=token,
+        mode=mode,  # type: ignore[arg-type]
+        init=init,  # type: ignore[arg-type]
+        **parameters,
+    )
+    config.validate()
+    return config
+
+
+def build_text_config(
+    *,
+    base_model: str,
+    token: str,
+    mode: str,
+    init: str,
+    parameters: dict[str, Any],
+    registry: Registry,
+    data_dir: str | None = None,
+) -> TextTrainConfig:
+    """The text trainer's config: the registry id (the trainer resolves and, for a GGUF release,
+    converts it once into data_dir) and the caller's choices; unset values are the model's defaults."""
+    entry = registry.get(base_model)
+    if entry is None or entry.kind != Kind.TEXT:
+        raise InvalidConfigError("base_model", f"{base_model!r} is not a text model registered on this server")
+    config = TextTrainConfig(
+        base_model=entry.id,
+        token=token,
+        mode=mode,  # type: ignore[arg-type]
+        init=init,  # type: ignore[arg-type]
+        data_dir=data_dir,
+        **parameters,  # type: ignore[arg-type]
+    )
+    config.validate()
+    return config
+
+
+def job_config(
+    *,
+    kind: str,
+    base_model: str,
+    token: str,
+    mode: str,
+    init: str,
+    parameters: dict[str, Any],
+    registry: Registry,
+    data_dir: str | None = None,
+) -> TrainConfig | TextTrainConfig:
+    """The config of a job of this kind (image or text); data_dir only matters to a text job."""
+    if kind == Kind.TEXT:
+        return build_text_config(
+            base_model=base_model,
+            token=token,
+            mode=mode,
+            init=init,
+            parameters=parameters,
+            registry=registry,
+            data_dir=data_dir,
+        )
+    return build_config(
+        base_model=base_model, token=token, mode=mode, init=init, parameters=parameters, registry=registry
+    )
