@@ -197,20 +197,28 @@ def complete(
                 for item in artifacts
             ],
         )
-        events.finished(session, training_id=training_id, settings=settings)
         # The final progress write (steps run of steps run) is a progress event like the others.
         final = {"step": usage.steps, "total": usage.steps, "loss": _last_loss(session, training_id), "eta_s": 0.0}
         live.publish_after_commit(
             session, settings=settings, training_id=training_id, event="progress", data=live.progress_data(final, now)
         )
-        logs.status_changed(
+        _announce(
             session,
             training_id=training_id,
-            status=TrainingStatus.SUCCEEDED,
             settings=settings,
+            status=TrainingStatus.SUCCEEDED,
             lines=_outcome_notes(init_used, init_note, stop_reason, usage, len(artifacts)),
         )
     return finished
+
+
+def _announce(
+    session: Session, *, training_id: uuid.UUID, settings: Settings, status: TrainingStatus, lines: list[logs.LogLine]
+) -> None:
+    """A final state was written: its usage record and webhook event, then its status and log lines
+    (published live after the commit)."""
+    events.finished(session, training_id=training_id, settings=settings)
+    logs.status_changed(session, training_id=training_id, status=status, settings=settings, lines=lines)
 
 
 def _last_loss(session: Session, training_id: uuid.UUID) -> float | None:
@@ -259,14 +267,8 @@ def fail(
         },
     )
     if finished:
-        events.finished(session, training_id=training_id, settings=settings)
-        logs.status_changed(
-            session,
-            training_id=training_id,
-            status=TrainingStatus.FAILED,
-            settings=settings,
-            lines=[logs.error(f"failed ({code}): {message}")],
-        )
+        lines = [logs.error(f"failed ({code}): {message}")]
+        _announce(session, training_id=training_id, settings=settings, status=TrainingStatus.FAILED, lines=lines)
     return finished
 
 
@@ -285,15 +287,9 @@ def cancel(
         },
     )
     if finished:
-        events.finished(session, training_id=training_id, settings=settings)
         steps = f" after {usage.steps} steps" if usage is not None else ""
-        logs.status_changed(
-            session,
-            training_id=training_id,
-            status=TrainingStatus.CANCELED,
-            settings=settings,
-            lines=[logs.warning(f"canceled while running{steps}")],
-        )
+        lines = [logs.warning(f"canceled while running{steps}")]
+        _announce(session, training_id=training_id, settings=settings, status=TrainingStatus.CANCELED, lines=lines)
     return finished
 
 
