@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from fastapi.responses import StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials
+from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
 from app.db import read_only, unit_of_work
@@ -29,12 +30,33 @@ async def read_submission(request: Request, settings: SettingsDep) -> AsyncItera
         submission.close()  # the spooled files
 
 
+def _form_schema(model: type[BaseModel]) -> dict[str, Any]:
+    """The JSON schema of a form model for openapi_extra, its enums (Mode, Init) written inline: a
+    `#/$defs/...` reference would point at the root of openapi.yaml, which has no $defs."""
+    schema = model.model_json_schema()
+    defs = schema.pop("$defs", {})
+
+    def inline(node: Any) -> Any:
+        if isinstance(node, dict):
+            ref = node.get("$ref")
+            if isinstance(ref, str) and ref.startswith("#/$defs/"):
+                rest = {key: value for key, value in node.items() if key != "$ref"}
+                node = {**rest, **defs[ref.removeprefix("#/$defs/")]}
+            return {key: inline(value) for key, value in node.items()}
+        if isinstance(node, list):
+            return [inline(item) for item in node]
+        return node
+
+    result: dict[str, Any] = inline(schema)
+    return result
+
+
 _request_body = {
     "requestBody": {
         "required": True,
         "content": {
-            "multipart/form-data": {"schema": schemas.TrainingRequest.model_json_schema()},
-            "application/x-www-form-urlencoded": {"schema": schemas.TrainingFieldsRequest.model_json_schema()},
+            "multipart/form-data": {"schema": _form_schema(schemas.TrainingRequest)},
+            "application/x-www-form-urlencoded": {"schema": _form_schema(schemas.TrainingFieldsRequest)},
         },
     }
 }
