@@ -196,13 +196,9 @@ def create_training(
         steps=steps,
         estimated_units=estimated_units,
     )
-    if not repository.insert_training(session, values):
-        # A concurrent request with the same Idempotency-Key won the race.
-        storage.delete_prefix(jobs.inputs_prefix(training_id))
-        existing = repository.find_by_idempotency_key(session, tenant_id=principal.tenant_id, key=idempotency_key or "")
-        if existing is None:  # pragma: no cover - the conflicting row always exists
-            raise RuntimeError("idempotency conflict without a row")
-        return _replay(existing, fingerprint), False
+    raced = _insert_or_replay(session, values, principal=principal, fingerprint=fingerprint, storage=storage)
+    if raced is not None:
+        return raced, False
     _enqueue(session, training_id, settings)
     training = repository.get(session, training_id)
     assert training is not None
@@ -317,6 +313,21 @@ def _row_values(
         "created_at": utcnow(),
         "estimated_units": estimated_units,
     }
+
+
+def _insert_or_replay(
+    session: Session, values: dict[str, Any], *, principal: Principal, fingerprint: str, storage: Storage
+) -> Training | None:
+    """Insert the row; None when it was written. When a concurrent request with the same
+    Idempotency-Key won the race, delete these inputs and return that request's training."""
+    if repository.insert_training(session, values):
+        return None
+    storage.delete_prefix(jobs.inputs_prefix(values["id"]))
+    key = values["idempotency_key"] or ""
+    existing = repository.find_by_idempotency_key(session, tenant_id=principal.tenant_id, key=key)
+    if existing is None:  # pragma: no cover - the conflicting row always exists
+        raise RuntimeError("idempotency conflict without a row")
+    return _replay(existing, fingerprint)
 
 
 def _enqueue(session: Session, training_id: uuid.UUID, settings: Settings) -> None:
