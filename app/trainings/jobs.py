@@ -1,14 +1,11 @@
-"""What the API and the worker share about a training's job: where its files live, the broker
-priorities of its messages, and the trainer's config built from the row's choices.
-
-Imports only models.* (torch-free), so the worker reaches it without the API's services."""
+"""What the API and the worker share about a training's job: storage prefixes, broker priorities and
+the trainer's config. Imports only the torch-free parts of models."""
 
 from __future__ import annotations
 
 import uuid
 from typing import Any
 
-from models.enums import Kind
 from models.registry import Registry
 from models.text.config import TextTrainConfig
 from models.trainer.config import TrainConfig
@@ -21,16 +18,16 @@ RECOVERED_PRIORITY = 0
 NEW_PRIORITY = 3
 
 
-def training_prefix(training_id: uuid.UUID) -> str:
-    return f"trainings/{training_id}"
-
-
 def inputs_prefix(training_id: uuid.UUID) -> str:
-    return f"{training_prefix(training_id)}/inputs"
+    return f"trainings/{training_id}/inputs"
 
 
 def artifacts_prefix(training_id: uuid.UUID) -> str:
-    return f"{training_prefix(training_id)}/artifacts"
+    return f"trainings/{training_id}/artifacts"
+
+
+def training_prefix(training_id: uuid.UUID) -> str:
+    return f"trainings/{training_id}"
 
 
 def build_config(
@@ -66,7 +63,7 @@ def build_text_config(
     """The text trainer's config: the registry id (the trainer resolves and, for a GGUF release,
     converts it once into data_dir) and the caller's choices; unset values are the model's defaults."""
     entry = registry.get(base_model)
-    if entry is None or entry.kind != Kind.TEXT:
+    if entry is None or entry.kind != "text":
         raise InvalidConfigError("base_model", f"{base_model!r} is not a text model registered on this server")
     config = TextTrainConfig(
         base_model=entry.id,
@@ -91,8 +88,8 @@ def job_config(
     registry: Registry,
     data_dir: str | None = None,
 ) -> TrainConfig | TextTrainConfig:
-    """The config of a job of this kind (image or text); data_dir only matters to a text job."""
-    if kind == Kind.TEXT:
+    """The config of a training of this kind (text or image); `data_dir` is used by text trainings."""
+    if kind == "text":
         return build_text_config(
             base_model=base_model,
             token=token,
