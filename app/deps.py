@@ -12,7 +12,7 @@ from fastapi import Depends, Request
 
 from app.settings import Settings
 from app.storage import Storage
-from app.trainings.service import ArtifactLinks
+from app.trainings.presenter import ArtifactLinks
 from models.registry import Registry
 
 

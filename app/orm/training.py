@@ -20,11 +20,12 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
+from app.enums import FINISHED_STATUSES, TrainingStatus
 from app.orm.base import Base, JSONType, UTCDateTime, new_id, utcnow
+from models.enums import Kind
 
-STATUSES = ("queued", "running", "succeeded", "failed", "canceled")
-KINDS = ("image", "text")
-FINISHED_STATUSES = ("succeeded", "failed", "canceled")
+STATUSES = tuple(status.value for status in TrainingStatus)
+KINDS = tuple(kind.value for kind in Kind)
 
 
 class Training(Base):
@@ -42,20 +43,20 @@ class Training(Base):
             "attempts",
             "created_at",
             "id",
-            postgresql_where=text("status = 'queued'"),
-            sqlite_where=text("status = 'queued'"),
+            postgresql_where=text(f"status = '{TrainingStatus.QUEUED.value}'"),
+            sqlite_where=text(f"status = '{TrainingStatus.QUEUED.value}'"),
         ),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=new_id)
     tenant_id: Mapped[uuid.UUID] = mapped_column(Uuid, ForeignKey("tenants.id", ondelete="CASCADE"))
-    status: Mapped[str] = mapped_column(String(16), default="queued")
+    status: Mapped[str] = mapped_column(String(16), default=TrainingStatus.QUEUED.value)
     idempotency_key: Mapped[str | None] = mapped_column(String(255), nullable=True)
     request_fingerprint: Mapped[str] = mapped_column(String(64))
     """SHA-256 of the parameters and image bytes; a reused Idempotency-Key must match it."""
 
     base_model: Mapped[str] = mapped_column(String(100))
-    kind: Mapped[str] = mapped_column(String(16), default="image", server_default="image")
+    kind: Mapped[str] = mapped_column(String(16), default=Kind.IMAGE.value, server_default=Kind.IMAGE.value)
     """image or text: the base model's kind at submission (the registry may change later)."""
     mode: Mapped[str] = mapped_column(String(32))
     init: Mapped[str] = mapped_column(String(16))
@@ -117,3 +118,40 @@ class Training(Base):
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     artifacts_expired_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+    @property
+    def progress(self) -> dict[str, Any]:
+        """Its progress as the API shows it: step, total, loss, eta_s."""
+        return {
+            "step": self.progress_step,
+            "total": self.progress_total,
+            "loss": self.progress_loss,
+            "eta_s": self.progress_eta_s,
+        }
+
+    @property
+    def error(self) -> dict[str, str] | None:
+        """{code, message} once it failed or was canceled with an error code; None otherwise."""
+        if self.status in (TrainingStatus.FAILED, TrainingStatus.CANCELED) and self.error_code:
+            return {"code": self.error_code, "message": self.error_message or ""}
+        return None
+
+    @property
+    def usage(self) -> dict[str, Any] | None:
+        """What it used (steps, compute_seconds, device) once recorded; None before."""
+        if self.usage_steps is None:
+            return None
+        return {
+            "steps": self.usage_steps,
+            "compute_seconds": self.usage_compute_seconds or 0.0,
+            "device": self.usage_device or "",
+        }
+
+    @property
+    def input_urls(self) -> list[str]:
+        """The URLs its inputs were fetched from, once each, in order; empty for uploaded files."""
+        return list(dict.fromkeys(item["source_url"] for item in self.inputs if "source_url" in item))
+
+    @property
+    def finished(self) -> bool:
+        return self.status in FINISHED_STATUSES

@@ -8,6 +8,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
+from app.enums import TrainingStatus
 from app.orm import Training
 from app.settings import Settings
 from app.trainings import presenter, repository
@@ -17,7 +18,7 @@ from app.webhooks import service as webhooks
 
 def event_type(training: Training) -> str:
     """training.queued, training.started (while running), training.succeeded, .failed or .canceled."""
-    return f"training.{'started' if training.status == 'running' else training.status}"
+    return f"training.{'started' if training.status == TrainingStatus.RUNNING else training.status}"
 
 
 def event_data(session: Session, training: Training, settings: Settings) -> dict[str, Any]:

@@ -35,6 +35,7 @@ from app.trainings.uploads import (
     UploadedFile,
 )
 from app.webhooks import ssrf
+from models.enums import Kind
 from models.trainer.images import MAX_IMAGES
 
 USER_AGENT = "LEAP-Fetch/1.0"
@@ -208,7 +209,7 @@ def fetch_inputs(
     """Download the submission's input URLs into its `files` (images_url) or `examples`
     (examples_url). The fetched bytes of one field count against the limit of an upload of that
     kind: LEAP_MAX_UPLOAD_BYTES for images, LEAP_MAX_TEXT_FILE_BYTES for text examples."""
-    wanted = IMAGES_URL_FIELD if kind == "image" else EXAMPLES_URL_FIELD
+    wanted = IMAGES_URL_FIELD if kind == Kind.IMAGE else EXAMPLES_URL_FIELD
     for field, urls in submission.urls.items():
         if field != wanted:
             raise ValidationFailed(

@@ -8,7 +8,6 @@ finished or running training twice, and a worker that lost its lease cannot over
 from __future__ import annotations
 
 import logging
-import random
 import uuid
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -16,13 +15,17 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
+from app import task_names
+from app.backoff import backoff_seconds
+from app.enums import TrainingStatus
 from app.orm import Artifact
 from app.orm.base import utcnow
 from app.outbox import service as outbox
 from app.settings import Settings
 from app.storage import Storage
 from app.trainings import events, live, logs, repository
-from app.trainings.service import RECOVERED_PRIORITY, RUN_TASK, training_prefix
+from app.trainings.jobs import RECOVERED_PRIORITY, training_prefix
+from models.enums import Kind, StopReason
 
 logger = logging.getLogger(__name__)
 
@@ -39,7 +42,7 @@ class ClaimedTraining:
     init: str
     parameters: dict[str, Any]
     inputs: list[dict[str, Any]]
-    kind: str = "image"
+    kind: str = Kind.IMAGE
     """image or text: which trainer runs it and how its inputs are read."""
 
 
@@ -65,13 +68,6 @@ class UsageRecord:
     device: str
 
 
-def parse_training_id(training_id: str) -> uuid.UUID | None:
-    try:
-        return uuid.UUID(str(training_id))
-    except ValueError:
-        return None
-
-
 def claim(session: Session, *, training_id: uuid.UUID, worker_id: str, settings: Settings) -> ClaimedTraining | None:
     """queued -> running with a fresh lease; None when finished, canceled or held by another worker."""
     now = utcnow()
@@ -84,7 +80,7 @@ def claim(session: Session, *, training_id: uuid.UUID, worker_id: str, settings:
     logs.status_changed(
         session,
         training_id=training.id,
-        status="running",
+        status=TrainingStatus.RUNNING,
         settings=settings,
         lines=[logs.info(f"claimed by worker {worker_id} (attempt {training.attempts})")],
     )
@@ -169,7 +165,7 @@ def complete(
         training_id=training_id,
         worker_id=worker_id,
         values={
-            "status": "succeeded",
+            "status": TrainingStatus.SUCCEEDED,
             "finished_at": now,
             "init_used": init_used,
             "init_note": init_note or None,
@@ -201,20 +197,28 @@ def complete(
                 for item in artifacts
             ],
         )
-        events.finished(session, training_id=training_id, settings=settings)
         # The final progress write (steps run of steps run) is a progress event like the others.
         final = {"step": usage.steps, "total": usage.steps, "loss": _last_loss(session, training_id), "eta_s": 0.0}
         live.publish_after_commit(
             session, settings=settings, training_id=training_id, event="progress", data=live.progress_data(final, now)
         )
-        logs.status_changed(
+        _announce(
             session,
             training_id=training_id,
-            status="succeeded",
             settings=settings,
+            status=TrainingStatus.SUCCEEDED,
             lines=_outcome_notes(init_used, init_note, stop_reason, usage, len(artifacts)),
         )
     return finished
+
+
+def _announce(
+    session: Session, *, training_id: uuid.UUID, settings: Settings, status: TrainingStatus, lines: list[logs.LogLine]
+) -> None:
+    """A final state was written: its usage record and webhook event, then its status and log lines
+    (published live after the commit)."""
+    events.finished(session, training_id=training_id, settings=settings)
+    logs.status_changed(session, training_id=training_id, status=status, settings=settings, lines=lines)
 
 
 def _last_loss(session: Session, training_id: uuid.UUID) -> float | None:
@@ -226,11 +230,12 @@ def _outcome_notes(
     init_used: str, init_note: str, stop_reason: str | None, usage: UsageRecord, artifacts: int
 ) -> list[logs.LogLine]:
     start = f"started from {init_used}" + (f": {init_note}" if init_note else "")
-    reason = {
-        "converged": "its evaluation loss stopped improving",
-        "max_steps": "it reached max_steps",
-        "steps": "the requested steps ran out",
-    }.get(stop_reason or "", stop_reason or "done")
+    reasons: dict[str, str] = {
+        StopReason.CONVERGED: "its evaluation loss stopped improving",
+        StopReason.MAX_STEPS: "it reached max_steps",
+        StopReason.STEPS: "the requested steps ran out",
+    }
+    reason = reasons.get(stop_reason or "", stop_reason or "done")
     return [
         logs.info(start),
         logs.info(f"stopped after {usage.steps} steps: {reason}"),
@@ -254,7 +259,7 @@ def fail(
         training_id=training_id,
         worker_id=worker_id,
         values={
-            "status": "failed",
+            "status": TrainingStatus.FAILED,
             "finished_at": utcnow(),
             "error_code": code,
             "error_message": message[:2000],
@@ -262,14 +267,8 @@ def fail(
         },
     )
     if finished:
-        events.finished(session, training_id=training_id, settings=settings)
-        logs.status_changed(
-            session,
-            training_id=training_id,
-            status="failed",
-            settings=settings,
-            lines=[logs.error(f"failed ({code}): {message}")],
-        )
+        lines = [logs.error(f"failed ({code}): {message}")]
+        _announce(session, training_id=training_id, settings=settings, status=TrainingStatus.FAILED, lines=lines)
     return finished
 
 
@@ -282,32 +281,28 @@ def cancel(
         training_id=training_id,
         worker_id=worker_id,
         values={
-            "status": "canceled",
-            "finished_at": utcnow(),
-            "stop_reason": "canceled",
-            "error_code": "canceled",
-            "error_message": "canceled while running",
+            **repository.canceled_values(utcnow(), "canceled while running"),
+            "stop_reason": StopReason.CANCELED,
             **_usage_values(usage),
         },
     )
     if finished:
-        events.finished(session, training_id=training_id, settings=settings)
         steps = f" after {usage.steps} steps" if usage is not None else ""
-        logs.status_changed(
-            session,
-            training_id=training_id,
-            status="canceled",
-            settings=settings,
-            lines=[logs.warning(f"canceled while running{steps}")],
-        )
+        lines = [logs.warning(f"canceled while running{steps}")]
+        _announce(session, training_id=training_id, settings=settings, status=TrainingStatus.CANCELED, lines=lines)
     return finished
 
 
 def retry_delay(attempts: int, settings: Settings) -> timedelta:
     """Exponential backoff with a cap and up to 25% jitter."""
-    base = settings.retry_backoff.total_seconds() * 2 ** max(attempts - 1, 0)
-    capped = min(base, settings.retry_backoff_max.total_seconds())
-    return timedelta(seconds=capped * (1 + random.random() * 0.25))
+    return timedelta(
+        seconds=backoff_seconds(
+            max(attempts - 1, 0),
+            base=settings.retry_backoff.total_seconds(),
+            cap=settings.retry_backoff_max.total_seconds(),
+            jitter=(1.0, 1.25),
+        )
+    )
 
 
 def retry_or_fail(
@@ -334,7 +329,7 @@ def retry_or_fail(
         delay = retry_delay(failures, settings)
         outbox.enqueue(
             session,
-            task=RUN_TASK,
+            task=task_names.RUN_TRAINING,
             args=[str(training_id)],
             queue=settings.queue,
             delay=delay,
@@ -343,7 +338,7 @@ def retry_or_fail(
         logs.status_changed(
             session,
             training_id=training_id,
-            status="queued",
+            status=TrainingStatus.QUEUED,
             settings=settings,
             lines=[
                 logs.warning(
@@ -375,9 +370,21 @@ class SweepReport:
 
 def _sweep_notes(session: Session, report: SweepReport, settings: Settings) -> None:
     notes = [
-        (report.requeued, "queued", logs.warning("the worker running it stopped renewing its lease; requeued")),
-        (report.failed, "failed", logs.error("the worker running it stopped renewing its lease too often; failed")),
-        (report.canceled, "canceled", logs.warning("canceled: its worker stopped after the cancel request")),
+        (
+            report.requeued,
+            TrainingStatus.QUEUED,
+            logs.warning("the worker running it stopped renewing its lease; requeued"),
+        ),
+        (
+            report.failed,
+            TrainingStatus.FAILED,
+            logs.error("the worker running it stopped renewing its lease too often; failed"),
+        ),
+        (
+            report.canceled,
+            TrainingStatus.CANCELED,
+            logs.warning("canceled: its worker stopped after the cancel request"),
+        ),
     ]
     for training_ids, status, line in notes:
         for training_id in training_ids:
@@ -395,7 +402,11 @@ def sweep(session: Session, *, settings: Settings, storage: Storage, send: outbo
     report.requeued = repository.requeue_expired(session, now=now, max_attempts=settings.max_attempts)
     for training_id in report.requeued:
         outbox.enqueue(
-            session, task=RUN_TASK, args=[str(training_id)], queue=settings.queue, priority=RECOVERED_PRIORITY
+            session,
+            task=task_names.RUN_TRAINING,
+            args=[str(training_id)],
+            queue=settings.queue,
+            priority=RECOVERED_PRIORITY,
         )
     report.failed = repository.fail_expired(
         session,

@@ -9,23 +9,17 @@ from datetime import datetime
 
 from sqlalchemy.orm import Session
 
+from app.ids import uuid_or_none
 from app.orm.base import utcnow
 from app.settings import Settings
 from app.storage import Storage, StorageError
 from app.trainings import repository
-from app.trainings.service import inputs_prefix
+from app.trainings.jobs import inputs_prefix
 
 logger = logging.getLogger(__name__)
 
 TRAININGS_FOLDER = "trainings"
 BATCH = 500
-
-
-def _parse(name: str) -> uuid.UUID | None:
-    try:
-        return uuid.UUID(name)
-    except ValueError:
-        return None
 
 
 def _newest_input(storage: Storage, training_id: uuid.UUID) -> datetime | None:
@@ -42,7 +36,9 @@ def purge_orphan_inputs(
     cutoff = now - settings.orphan_input_grace
     purged: list[uuid.UUID] = []
     try:
-        folders = [parsed for name in storage.list_folders(TRAININGS_FOLDER) if (parsed := _parse(name)) is not None]
+        folders = [
+            parsed for name in storage.list_folders(TRAININGS_FOLDER) if (parsed := uuid_or_none(name)) is not None
+        ]
         for start in range(0, len(folders), BATCH):
             batch = folders[start : start + BATCH]
             known = repository.existing_ids(session, batch)

@@ -10,6 +10,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
+from app.enums import TrainingStatus
 from app.orm import Artifact, Training
 from app.orm.base import utcnow
 from app.storage import Storage
@@ -43,7 +44,7 @@ def training_url(training_id: uuid.UUID | str, public_url: str | None) -> str:
 def training_urls(training: Training, public_url: str | None) -> schemas.TrainingUrls:
     """Its endpoints; cancel and stream only while it has not finished (as Replicate does)."""
     base = training_url(training.id, public_url)
-    active = training.status not in schemas.FINISHED
+    active = not training.finished
     return schemas.TrainingUrls(
         get=base,
         cancel=f"{base}/cancel" if active else None,
@@ -60,8 +61,12 @@ def present(
 
     At most two queries: the artifacts of succeeded trainings, and one indexed count of the queue
     ahead of the queued ones; polls of running trainings need neither."""
-    artifacts = repository.artifacts_for(session, [item.id for item in trainings if item.status == "succeeded"])
-    positions = repository.queue_positions(session, [item for item in trainings if item.status == "queued"])
+    artifacts = repository.artifacts_for(
+        session, [item.id for item in trainings if item.status == TrainingStatus.SUCCEEDED]
+    )
+    positions = repository.queue_positions(
+        session, [item for item in trainings if item.status == TrainingStatus.QUEUED]
+    )
     return [
         _view(training, artifacts.get(training.id, []), positions.get(training.id), public_url, links)
         for training in trainings
@@ -74,6 +79,24 @@ def webhook_data(session: Session, training: Training, *, public_url: str | None
     return view.model_dump(mode="json")
 
 
+def _view(
+    training: Training,
+    artifacts: list[Artifact],
+    queue_position: int | None,
+    public_url: str | None,
+    links: ArtifactLinks | None,
+) -> schemas.Training:
+    state = schemas.TrainingState.model_validate(training)
+    return schemas.Training.model_validate(
+        {
+            **dict(state),
+            "queue_position": queue_position,
+            "artifacts": [_artifact_view(artifact, links) for artifact in artifacts],
+            "urls": training_urls(training, public_url),
+        }
+    )
+
+
 def _artifact_view(artifact: Artifact, links: ArtifactLinks | None) -> schemas.Artifact:
     url, expires_at = links.link(artifact) if links is not None else (None, None)
     return schemas.Artifact(
@@ -83,65 +106,4 @@ def _artifact_view(artifact: Artifact, links: ArtifactLinks | None) -> schemas.A
         sha256=artifact.sha256,
         url=url,
         expires_at=expires_at,
-    )
-
-
-def _view(
-    training: Training,
-    artifacts: list[Artifact],
-    queue_position: int | None,
-    public_url: str | None,
-    links: ArtifactLinks | None,
-) -> schemas.Training:
-    error = None
-    if training.status in ("failed", "canceled") and training.error_code:
-        error = schemas.TrainingError(code=training.error_code, message=training.error_message or "")
-    usage = None
-    if training.usage_steps is not None:
-        usage = schemas.Usage(
-            steps=training.usage_steps,
-            compute_seconds=training.usage_compute_seconds or 0.0,
-            device=training.usage_device or "",
-        )
-    return schemas.Training(
-        id=str(training.id),
-        status=training.status,  # type: ignore[arg-type]
-        base_model=training.base_model,
-        kind=training.kind,  # type: ignore[arg-type]
-        mode=training.mode,
-        init=training.init,
-        init_used=training.init_used,
-        init_note=training.init_note,
-        init_scores=training.init_scores,
-        stop_reason=training.stop_reason,  # type: ignore[arg-type]
-        eval_curve=[schemas.EvalPoint(step=int(step), loss=loss) for step, loss in training.eval_curve]
-        if training.eval_curve
-        else None,
-        token=training.token,
-        parameters=training.parameters,
-        image_count=training.image_count,
-        input_urls=list(dict.fromkeys(item["source_url"] for item in training.inputs if "source_url" in item)),
-        skipped_files=list(training.skipped_files or []),
-        example_count=training.example_count,
-        estimated_units=training.estimated_units,
-        queue_position=queue_position,
-        progress=schemas.Progress(
-            step=training.progress_step,
-            total=training.progress_total,
-            loss=training.progress_loss,
-            eta_s=training.progress_eta_s,
-        ),
-        error=error,
-        usage=usage,
-        artifacts=[_artifact_view(artifact, links) for artifact in artifacts],
-        attempts=training.attempts,
-        webhook_url=training.webhook_url,
-        webhook_events_filter=training.webhook_events_filter,
-        metadata=training.metadata_,
-        created_at=training.created_at,
-        started_at=training.started_at,
-        finished_at=training.finished_at,
-        cancel_requested_at=training.cancel_requested_at,
-        artifacts_expired_at=training.artifacts_expired_at,
-        urls=training_urls(training, public_url),
     )

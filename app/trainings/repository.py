@@ -12,6 +12,7 @@ from sqlalchemy import Select, bindparam, case, delete, func, or_, select, tuple
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, aliased
 
+from app.enums import ACTIVE_STATUSES, TrainingStatus
 from app.orm import Artifact, Training
 
 
@@ -61,7 +62,7 @@ def list_for_tenant(
 
 def count_active(session: Session, *, tenant_id: uuid.UUID) -> int:
     """The tenant's queued and running trainings."""
-    query = select(func.count()).where(Training.tenant_id == tenant_id, Training.status.in_(("queued", "running")))
+    query = select(func.count()).where(Training.tenant_id == tenant_id, Training.status.in_(ACTIVE_STATUSES))
     return int(session.scalar(query) or 0)
 
 
@@ -72,7 +73,12 @@ def _queue_positions_query() -> Select[uuid.UUID, int]:
     before = tuple_(ahead.created_at, ahead.id) < tuple_(Training.created_at, Training.id)
 
     def count(*conditions: Any) -> Any:
-        return select(func.count()).select_from(ahead).where(ahead.status == "queued", *conditions).scalar_subquery()
+        return (
+            select(func.count())
+            .select_from(ahead)
+            .where(ahead.status == TrainingStatus.QUEUED, *conditions)
+            .scalar_subquery()
+        )
 
     recovered_ahead = count(ahead.attempts > 0, or_(Training.attempts == 0, before))
     new_ahead = count(ahead.attempts == 0, Training.attempts == 0, before)
@@ -103,17 +109,21 @@ def artifacts_for(session: Session, training_ids: list[uuid.UUID]) -> dict[uuid.
     return grouped
 
 
+def canceled_values(now: datetime, message: str) -> dict[str, Any]:
+    """The columns every cancel writes (each transition adds its own); `message` says when it happened."""
+    return {
+        "status": TrainingStatus.CANCELED,
+        "finished_at": now,
+        "error_code": "canceled",
+        "error_message": message,
+    }
+
+
 def cancel_if_queued(session: Session, *, training_id: uuid.UUID, now: datetime) -> bool:
     statement = (
         update(Training)
-        .where(Training.id == training_id, Training.status == "queued")
-        .values(
-            status="canceled",
-            cancel_requested_at=now,
-            finished_at=now,
-            error_code="canceled",
-            error_message="canceled before it started",
-        )
+        .where(Training.id == training_id, Training.status == TrainingStatus.QUEUED)
+        .values(cancel_requested_at=now, **canceled_values(now, "canceled before it started"))
         .returning(Training.id)
     )
     return session.execute(statement).first() is not None
@@ -122,7 +132,11 @@ def cancel_if_queued(session: Session, *, training_id: uuid.UUID, now: datetime)
 def request_cancel_if_running(session: Session, *, training_id: uuid.UUID, now: datetime) -> bool:
     statement = (
         update(Training)
-        .where(Training.id == training_id, Training.status == "running", Training.cancel_requested_at.is_(None))
+        .where(
+            Training.id == training_id,
+            Training.status == TrainingStatus.RUNNING,
+            Training.cancel_requested_at.is_(None),
+        )
         .values(cancel_requested_at=now)
         .returning(Training.id)
     )
@@ -135,9 +149,9 @@ def claim(
     """queued -> running for this worker, atomically; None if it is not queued any more."""
     statement = (
         update(Training)
-        .where(Training.id == training_id, Training.status == "queued")
+        .where(Training.id == training_id, Training.status == TrainingStatus.QUEUED)
         .values(
-            status="running",
+            status=TrainingStatus.RUNNING,
             worker_id=worker_id,
             lease_expires_at=now + lease,
             attempts=Training.attempts + 1,
@@ -167,7 +181,7 @@ def heartbeat(
         values.update(progress_updated_at=now, **{f"progress_{key}": value for key, value in progress.items()})
     statement = (
         update(Training)
-        .where(Training.id == training_id, Training.worker_id == worker_id, Training.status == "running")
+        .where(Training.id == training_id, Training.worker_id == worker_id, Training.status == TrainingStatus.RUNNING)
         .values(**values)
         .returning(Training.cancel_requested_at)
     )
@@ -179,7 +193,7 @@ def finish(session: Session, *, training_id: uuid.UUID, worker_id: str, values: 
     """running -> a final state, only if this worker still holds the lease."""
     statement = (
         update(Training)
-        .where(Training.id == training_id, Training.worker_id == worker_id, Training.status == "running")
+        .where(Training.id == training_id, Training.worker_id == worker_id, Training.status == TrainingStatus.RUNNING)
         .values(lease_expires_at=None, **values)
         .returning(Training.id)
     )
@@ -196,11 +210,11 @@ def requeue_transient(
         .where(
             Training.id == training_id,
             Training.worker_id == worker_id,
-            Training.status == "running",
+            Training.status == TrainingStatus.RUNNING,
             Training.transient_failing_since.is_(None) | (Training.transient_failing_since > now - window),
         )
         .values(
-            status="queued",
+            status=TrainingStatus.QUEUED,
             worker_id=None,
             lease_expires_at=None,
             error_message=message,
@@ -219,7 +233,7 @@ def add_artifacts(session: Session, artifacts: list[Artifact]) -> None:
 
 
 def _expired(now: datetime) -> Any:
-    return (Training.status == "running") & (Training.lease_expires_at < now)
+    return (Training.status == TrainingStatus.RUNNING) & (Training.lease_expires_at < now)
 
 
 def _crashed_claims() -> Any:
@@ -232,13 +246,7 @@ def cancel_expired(session: Session, *, now: datetime) -> list[uuid.UUID]:
     statement = (
         update(Training)
         .where(_expired(now), Training.cancel_requested_at.is_not(None))
-        .values(
-            status="canceled",
-            finished_at=now,
-            lease_expires_at=None,
-            error_code="canceled",
-            error_message="canceled",
-        )
+        .values(lease_expires_at=None, **canceled_values(now, "canceled"))
         .returning(Training.id)
     )
     return [row[0] for row in session.execute(statement)]
@@ -248,7 +256,7 @@ def requeue_expired(session: Session, *, now: datetime, max_attempts: int) -> li
     statement = (
         update(Training)
         .where(_expired(now), _crashed_claims() < max_attempts)
-        .values(status="queued", worker_id=None, lease_expires_at=None)
+        .values(status=TrainingStatus.QUEUED, worker_id=None, lease_expires_at=None)
         .returning(Training.id)
     )
     return [row[0] for row in session.execute(statement)]
@@ -259,7 +267,7 @@ def fail_expired(session: Session, *, now: datetime, max_attempts: int, message:
         update(Training)
         .where(_expired(now), _crashed_claims() >= max_attempts)
         .values(
-            status="failed",
+            status=TrainingStatus.FAILED,
             finished_at=now,
             lease_expires_at=None,
             error_code="worker_lost",

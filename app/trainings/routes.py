@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from fastapi.responses import StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials
+from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
 from app.db import read_only, unit_of_work
 from app.deps import ArtifactLinksDep, RegistryDep, SettingsDep, StorageDep, artifact_links
+from app.enums import TrainingStatus
 from app.errors import error_responses
 from app.tenants.auth import PrincipalDep, SessionDep, bearer, resolve_principal
 from app.trainings import logs, schemas, service, stream, uploads
@@ -28,12 +30,33 @@ async def read_submission(request: Request, settings: SettingsDep) -> AsyncItera
         submission.close()  # the spooled files
 
 
+def _form_schema(model: type[BaseModel]) -> dict[str, Any]:
+    """The JSON schema of a form model for openapi_extra, its enums (Mode, Init) written inline: a
+    `#/$defs/...` reference would point at the root of openapi.yaml, which has no $defs."""
+    schema = model.model_json_schema()
+    defs = schema.pop("$defs", {})
+
+    def inline(node: Any) -> Any:
+        if isinstance(node, dict):
+            ref = node.get("$ref")
+            if isinstance(ref, str) and ref.startswith("#/$defs/"):
+                rest = {key: value for key, value in node.items() if key != "$ref"}
+                node = {**rest, **defs[ref.removeprefix("#/$defs/")]}
+            return {key: inline(value) for key, value in node.items()}
+        if isinstance(node, list):
+            return [inline(item) for item in node]
+        return node
+
+    result: dict[str, Any] = inline(schema)
+    return result
+
+
 _request_body = {
     "requestBody": {
         "required": True,
         "content": {
-            "multipart/form-data": {"schema": schemas.TrainingRequest.model_json_schema()},
-            "application/x-www-form-urlencoded": {"schema": schemas.TrainingFieldsRequest.model_json_schema()},
+            "multipart/form-data": {"schema": _form_schema(schemas.TrainingRequest)},
+            "application/x-www-form-urlencoded": {"schema": _form_schema(schemas.TrainingFieldsRequest)},
         },
     }
 }
@@ -114,7 +137,7 @@ async def list_trainings(
     request: Request,
     links: ArtifactLinksDep,
     _credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
-    status: Annotated[schemas.Status | None, Query(description="Only trainings in this state")] = None,
+    status: Annotated[TrainingStatus | None, Query(description="Only trainings in this state")] = None,
     cursor: Annotated[str | None, Query(description="next_cursor of the previous page")] = None,
     limit: Annotated[int, Query(ge=1, le=service.MAX_PAGE_SIZE)] = 20,
 ) -> Response:

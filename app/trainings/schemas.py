@@ -3,21 +3,21 @@
 from __future__ import annotations
 
 import json
+import uuid
 from datetime import datetime
 from typing import Any, Literal
 from urllib.parse import urlparse
 
-from pydantic import BaseModel, Field, Json, ValidationInfo, field_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, Json, ValidationInfo, field_validator
 
+from app.enums import TrainingStatus
 from app.validation import RequestModel
 from app.webhooks.schemas import TRAINING_EVENT_TYPES, TrainingEventType
+from models.enums import Init, Kind, Mode, StopReason
 from models.trainer.config import TOKEN_PATTERN
 
-Status = Literal["queued", "running", "succeeded", "failed", "canceled"]
-Kind = Literal["image", "text"]
 TEXT_ONLY_FIELDS = ("max_length", "lora_targets")
 IMAGE_ONLY_FIELDS: tuple[str, ...] = ()  # every image option applies to text models too
-FINISHED: tuple[Status, ...] = ("succeeded", "failed", "canceled")
 
 WEBHOOK_EVENTS_FILTER_DESCRIPTION = (
     "The events sent to this training's webhook_url, among "
@@ -62,13 +62,13 @@ class TrainingForm(RequestModel):
         "from the training's id, for an image model; <leap> for a text model (its examples write it).",
         pattern=TOKEN_PATTERN.pattern,
     )
-    mode: Literal["pivotal", "textual_inversion", "lora", "token"] = Field(
-        "pivotal",
+    mode: Mode = Field(
+        Mode.PIVOTAL,
         description="pivotal: embedding then embedding + LoRA; or one of the two alone. Image models: "
         "pivotal, textual_inversion or lora; text models: pivotal, token or lora.",
     )
-    init: Literal["booster", "token", "random"] = Field(
-        "booster",
+    init: Init = Field(
+        Init.BOOSTER,
         description="How the embedding starts: the base model's booster (falls back to token), "
         "the initializer word's embedding, or random.",
     )
@@ -250,16 +250,19 @@ class TrainingUrls(BaseModel):
     logs: str = Field(description="GET: its log lines.")
 
 
-class Training(BaseModel):
-    """A training, as every endpoint returns it and as every training.* webhook carries it in `data`."""
+class TrainingState(BaseModel):
+    """A training as its row has it (pydantic reads the ORM row's attributes, `progress`, `error`, `usage`
+    and `input_urls` included); Training adds what the API adds: queue_position, artifacts, urls."""
+
+    model_config = ConfigDict(from_attributes=True)
 
     object: Literal["training"] = "training"
     id: str
-    status: Status
+    status: TrainingStatus
     base_model: str
     kind: Kind = Field(description="image or text: the base model's kind, which decides the inputs and modes.")
-    mode: str
-    init: str = Field(description="The requested initialisation.")
+    mode: Mode
+    init: Init = Field(description="The requested initialisation.")
     init_used: str | None = Field(
         description="The initialisation actually used, set once it ran: booster, token, random or state."
     )
@@ -273,7 +276,7 @@ class Training(BaseModel):
         description="init=booster: the guard's loss of each candidate start (token, booster, booster+lora, "
         "booster/token midpoint) on the job's images; the lowest started.",
     )
-    stop_reason: Literal["converged", "max_steps", "steps", "canceled"] | None = Field(
+    stop_reason: StopReason | None = Field(
         None,
         description="Why it stopped: converged (its evaluation stopped improving), max_steps (the cap), steps "
         "(an explicit step count ran out) or canceled; null until it finished running.",
@@ -308,18 +311,47 @@ class Training(BaseModel):
     progress: Progress
     error: TrainingError | None
     usage: Usage | None
-    artifacts: list[Artifact]
+    artifacts: list[Artifact] = Field(default_factory=list)
     attempts: int
     webhook_url: str | None
     webhook_events_filter: list[str] | None = Field(
         None, description="The events sent to webhook_url; null: every training event."
     )
-    metadata: dict[str, Any]
+    metadata: dict[str, Any] = Field(validation_alias=AliasChoices("metadata_", "metadata"))
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
     cancel_requested_at: datetime | None
     artifacts_expired_at: datetime | None
+    urls: TrainingUrls | None = None
+
+    @field_validator("id", mode="before")
+    @classmethod
+    def _id_text(cls, value: Any) -> Any:
+        return str(value) if isinstance(value, uuid.UUID) else value
+
+    @field_validator("eval_curve", mode="before")
+    @classmethod
+    def _eval_points(cls, value: Any) -> Any:
+        # The row stores [[step, loss], ...]; the API's JSON has {step, loss} objects.
+        if not value:
+            return None
+        return [
+            {"step": int(point[0]), "loss": point[1]} if isinstance(point, list | tuple) else point for point in value
+        ]
+
+    @field_validator("skipped_files", mode="before")
+    @classmethod
+    def _no_skipped(cls, value: Any) -> Any:
+        return [] if value is None else value
+
+
+class Training(TrainingState):
+    """A training, as every endpoint returns it and as every training.* webhook carries it in `data`."""
+
+    model_config = ConfigDict(from_attributes=False)
+
+    artifacts: list[Artifact]
     urls: TrainingUrls
 
 

@@ -6,6 +6,7 @@ import base64
 import hashlib
 import json
 import uuid
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import PurePosixPath
 from typing import Any
@@ -13,8 +14,11 @@ from typing import Any
 from pydantic import ValidationError
 from sqlalchemy.orm import Session
 
+from app import task_names
 from app.db import on_rollback
+from app.enums import TrainingStatus
 from app.errors import IdempotencyKeyReused, NotFound, RateLimited, ServiceUnavailable, ValidationFailed
+from app.ids import id_or_404
 from app.orm import Training
 from app.orm.base import utcnow
 from app.outbox import service as outbox
@@ -22,38 +26,18 @@ from app.settings import Settings
 from app.storage import Storage, StorageError
 from app.tenants import service as tenants
 from app.tenants.service import Principal
-from app.trainings import events, fetch, logs, presenter, repository, schemas, text_uploads, uploads
+from app.trainings import events, fetch, jobs, logs, presenter, repository, schemas, text_uploads, uploads
 from app.trainings.presenter import ArtifactLinks
 from app.usage import service as usage
 from app.webhooks import service as webhooks
+from models.enums import IMAGE_MODES, TEXT_MODES, Kind, Mode
 from models.registry import BaseModel, Registry
-from models.text.config import MODES as TEXT_MODES
 from models.text.config import TextTrainConfig
 from models.text.config import with_defaults as text_with_defaults
-from models.trainer.config import MODES as IMAGE_MODES
-from models.trainer.config import TrainConfig
 from models.trainer.defaults import with_defaults
 from models.trainer.errors import InvalidConfigError
 
-RUN_TASK = "trainings.run"
-# Broker priorities of training messages. On Redis the lowest number is served first (kombu keeps a
-# list per priority step and pops them in order), so a training put back after a crash or a
-# transient failure runs before newly submitted ones. The embedded filesystem broker ignores them.
-RECOVERED_PRIORITY = 0
-NEW_PRIORITY = 3
 MAX_PAGE_SIZE = 100
-
-
-def inputs_prefix(training_id: uuid.UUID) -> str:
-    return f"trainings/{training_id}/inputs"
-
-
-def artifacts_prefix(training_id: uuid.UUID) -> str:
-    return f"trainings/{training_id}/artifacts"
-
-
-def training_prefix(training_id: uuid.UUID) -> str:
-    return f"trainings/{training_id}"
 
 
 TEXT_TOKEN = "<leap>"
@@ -95,55 +79,8 @@ def _parse_form(fields: dict[str, str], registry: Registry, settings: Settings) 
     return form
 
 
-def build_config(
-    *, base_model: str, token: str, mode: str, init: str, parameters: dict[str, Any], registry: Registry
-) -> TrainConfig:
-    """The trainer's config: the registered model's folder and the caller's choices; the trainer
-    fills what is unset from the model's registered defaults."""
-    entry = registry.get(base_model)
-    if entry is None:
-        raise InvalidConfigError("base_model", f"{base_model!r} is not registered on this server")
-    config = TrainConfig(
-        base_model=entry.path,
-        base_model_name=base_model,
-        token=token,
-        mode=mode,  # type: ignore[arg-type]
-        init=init,  # type: ignore[arg-type]
-        **parameters,
-    )
-    config.validate()
-    return config
-
-
-def build_text_config(
-    *,
-    base_model: str,
-    token: str,
-    mode: str,
-    init: str,
-    parameters: dict[str, Any],
-    registry: Registry,
-    data_dir: str | None = None,
-) -> TextTrainConfig:
-    """The text trainer's config: the registry id (the trainer resolves and, for a GGUF release,
-    converts it once into data_dir) and the caller's choices; unset values are the model's defaults."""
-    entry = registry.get(base_model)
-    if entry is None or entry.kind != "text":
-        raise InvalidConfigError("base_model", f"{base_model!r} is not a text model registered on this server")
-    config = TextTrainConfig(
-        base_model=entry.id,
-        token=token,
-        mode=mode,  # type: ignore[arg-type]
-        init=init,  # type: ignore[arg-type]
-        data_dir=data_dir,
-        **parameters,  # type: ignore[arg-type]
-    )
-    config.validate()
-    return config
-
-
-def _modes(kind: str) -> tuple[str, ...]:
-    return TEXT_MODES if kind == "text" else IMAGE_MODES
+def _modes(kind: str) -> tuple[Mode, ...]:
+    return TEXT_MODES if kind == Kind.TEXT else IMAGE_MODES
 
 
 def _check_kind_fields(form: schemas.TrainingForm, model: BaseModel) -> None:
@@ -153,11 +90,11 @@ def _check_kind_fields(form: schemas.TrainingForm, model: BaseModel) -> None:
     modes = _modes(model.kind)
     if form.mode not in modes:
         raise ValidationFailed(
-            f"mode: {form.mode!r} is not a mode of {model.id}, a {model.kind} model; use {', '.join(modes)}",
+            f"mode: {form.mode.value!r} is not a mode of {model.id}, a {model.kind} model; use {', '.join(modes)}",
             details={"field": "mode", "kind": model.kind, "modes": list(modes)},
         )
     other_fields: tuple[str, ...]
-    if model.kind == "text":
+    if model.kind == Kind.TEXT:
         other_fields, message = schemas.IMAGE_ONLY_FIELDS, "only for image models; {model} is a text model"
     else:
         other_fields, message = schemas.TEXT_ONLY_FIELDS, "only for text models; {model} is an image model"
@@ -192,6 +129,21 @@ def _replay(existing: Training, fingerprint: str) -> Training:
     return existing
 
 
+@dataclass(frozen=True)
+class _Inputs:
+    """A submission's checked inputs: decoded images (image model) or text files and their examples'
+    count (text model), and the SHA-256 of each, which the request's fingerprint covers."""
+
+    collected: uploads.CollectedImages | None
+    text_files: list[tuple[str, bytes]]
+    example_count: int | None
+    hashes: list[str]
+
+    @property
+    def image_count(self) -> int:
+        return len(self.collected.images) if self.collected is not None else 0
+
+
 def create_training(
     session: Session,
     *,
@@ -210,139 +162,203 @@ def create_training(
     """
     idempotency_key = _check_idempotency_key(idempotency_key)
     form = _parse_form(submission.fields, registry, settings)
-    base_model_id = form.base_model or registry.default_id
-    model = registry.get(base_model_id)
+    model = registry.get(form.base_model or registry.default_id)
     assert model is not None  # _parse_form refused unknown ids
     _check_kind_fields(form, model)
-    # Inputs given by URL are downloaded now and then checked exactly as uploaded files are; the
-    # fingerprint below covers their bytes, not the URLs (a fresh presigned URL is the same request).
-    fetch.fetch_inputs(submission, kind=model.kind, settings=settings)
-    url_field = next(iter(submission.urls), None)
-    collected: uploads.CollectedImages | None = None
-    text_files: list[tuple[str, bytes]] = []
-    example_count: int | None = None
-    if model.kind == "text":
-        with fetch.naming(url_field):
-            text_files, examples = text_uploads.collect_examples(
-                submission.files, submission.examples, model=model, token=form.token or TEXT_TOKEN, settings=settings
-            )
-        example_count = len(examples)
-        hashes = [hashlib.sha256(data).hexdigest() for _, data in text_files]
-    else:
-        text_uploads.refuse_text_for_image_model(submission.files, submission.examples, model)
-        with fetch.naming(url_field):
-            collected = uploads.collect_images(submission.files, settings)
-            hashes = [image.sha256() for image in collected.images]
-    fingerprint = _fingerprint(submission.fields, hashes)
-    if idempotency_key is not None:
-        existing = repository.find_by_idempotency_key(session, tenant_id=principal.tenant_id, key=idempotency_key)
-        if existing is not None:
-            return _replay(existing, fingerprint), False
+    inputs = _collect_inputs(submission, model, form, settings)
+    fingerprint = _fingerprint(submission.fields, inputs.hashes)
+    replayed = _replay_if_known(session, principal, idempotency_key, fingerprint)
+    if replayed is not None:
+        return replayed, False
 
-    parameters = form.hyperparameters()
     training_id = uuid.uuid4()
     # Text examples spell the concept's token themselves, so a text training keeps the documented <leap>.
-    token = form.token or (TEXT_TOKEN if model.kind == "text" else default_token(training_id))
-    steps = _planned_steps(
-        base_model=base_model_id, token=token, form=form, parameters=parameters, kind=model.kind, registry=registry
-    )
-    image_count = len(collected.images) if collected is not None else 0
-    estimated_units = usage.estimate_units(
-        settings,
-        mode=form.mode,
-        base_model=base_model_id,
-        steps=steps,
-        images=image_count,
-        kind=model.kind,
-        examples=example_count or 0,
-    )
+    token = form.token or (TEXT_TOKEN if model.kind == Kind.TEXT else default_token(training_id))
+    steps = _planned_steps(base_model=model.id, token=token, form=form, kind=model.kind, registry=registry)
+    estimated_units = _estimate(settings, form, model, steps, inputs)
     # A quick refusal before the work of decoding and storing; checked again under the lock below.
     _check_limits(session, principal=principal, settings=settings, estimated_units=estimated_units, lock=False)
-
-    if collected is not None:
-        with fetch.naming(url_field), uploads.clean_copies(collected.images, settings) as copies:
-            inputs = _store_inputs(session, training_id=training_id, copies=copies, storage=storage)
-    else:
-        inputs = _store_text_inputs(session, training_id=training_id, files=text_files, hashes=hashes, storage=storage)
-    _record_sources(inputs, fetch.source_urls(submission))
+    stored = _store(session, training_id, submission, inputs, storage, settings)
     # The tenant's row is locked only now, for the few statements left: submissions of one tenant
     # queue behind each other for milliseconds, not for each other's decoding and uploads.
     _check_limits(session, principal=principal, settings=settings, estimated_units=estimated_units, lock=True)
 
-    now = utcnow()
-    created = repository.insert_training(
-        session,
-        {
-            "id": training_id,
-            "tenant_id": principal.tenant_id,
-            "status": "queued",
-            "idempotency_key": idempotency_key,
-            "request_fingerprint": fingerprint,
-            "base_model": base_model_id,
-            "kind": model.kind,
-            "mode": form.mode,
-            "init": form.init,
-            "token": token,
-            "parameters": parameters,
-            "webhook_url": form.webhook_url,
-            "webhook_events_filter": form.webhook_events_filter,
-            "metadata_": form.metadata or {},
-            "inputs": inputs,
-            "skipped_files": collected.skipped if collected is not None else [],
-            "image_count": image_count,
-            "example_count": example_count,
-            "progress_step": 0,
-            "progress_total": steps or None,  # shown while queued; the worker writes the same number
-            "attempts": 0,
-            "created_at": now,
-            "estimated_units": estimated_units,
-        },
+    values = _row_values(
+        training_id=training_id,
+        principal=principal,
+        idempotency_key=idempotency_key,
+        fingerprint=fingerprint,
+        model=model,
+        form=form,
+        token=token,
+        inputs=inputs,
+        stored=stored,
+        steps=steps,
+        estimated_units=estimated_units,
     )
-    if not created:
-        # A concurrent request with the same Idempotency-Key won the race.
-        storage.delete_prefix(inputs_prefix(training_id))
-        existing = repository.find_by_idempotency_key(session, tenant_id=principal.tenant_id, key=idempotency_key or "")
-        if existing is None:  # pragma: no cover - the conflicting row always exists
-            raise RuntimeError("idempotency conflict without a row")
-        return _replay(existing, fingerprint), False
-    outbox.enqueue(session, task=RUN_TASK, args=[str(training_id)], queue=settings.queue, priority=NEW_PRIORITY)
-    events.queued(session, training_id=training_id, settings=settings)
+    raced = _insert_or_replay(session, values, principal=principal, fingerprint=fingerprint, storage=storage)
+    if raced is not None:
+        return raced, False
+    _enqueue(session, training_id, settings)
     training = repository.get(session, training_id)
     assert training is not None
     return training, True
 
 
-def _planned_steps(
+def _url_field(submission: uploads.Submission) -> str | None:
+    """images_url or examples_url when the inputs were given by URL (refusals name it)."""
+    return next(iter(submission.urls), None)
+
+
+def _collect_inputs(
+    submission: uploads.Submission, model: BaseModel, form: schemas.TrainingForm, settings: Settings
+) -> _Inputs:
+    """Download inputs given by URL, then check them exactly as uploaded files are (the fingerprint
+    covers their bytes, not the URLs: a fresh presigned URL is the same request)."""
+    fetch.fetch_inputs(submission, kind=model.kind, settings=settings)
+    if model.kind == Kind.TEXT:
+        with fetch.naming(_url_field(submission)):
+            text_files, examples = text_uploads.collect_examples(
+                submission.files, submission.examples, model=model, token=form.token or TEXT_TOKEN, settings=settings
+            )
+        hashes = [hashlib.sha256(data).hexdigest() for _, data in text_files]
+        return _Inputs(collected=None, text_files=text_files, example_count=len(examples), hashes=hashes)
+    text_uploads.refuse_text_for_image_model(submission.files, submission.examples, model)
+    with fetch.naming(_url_field(submission)):
+        collected = uploads.collect_images(submission.files, settings)
+        hashes = [image.sha256() for image in collected.images]
+    return _Inputs(collected=collected, text_files=[], example_count=None, hashes=hashes)
+
+
+def _replay_if_known(
+    session: Session, principal: Principal, idempotency_key: str | None, fingerprint: str
+) -> Training | None:
+    """The training an earlier request with this Idempotency-Key created (409 if it was another request)."""
+    if idempotency_key is None:
+        return None
+    existing = repository.find_by_idempotency_key(session, tenant_id=principal.tenant_id, key=idempotency_key)
+    return _replay(existing, fingerprint) if existing is not None else None
+
+
+def _estimate(settings: Settings, form: schemas.TrainingForm, model: BaseModel, steps: int, inputs: _Inputs) -> int:
+    """Billable units of the training if it runs all its planned steps."""
+    return usage.estimate_units(
+        settings,
+        mode=form.mode,
+        base_model=model.id,
+        steps=steps,
+        images=inputs.image_count,
+        kind=model.kind,
+        examples=inputs.example_count or 0,
+    )
+
+
+def _store(
+    session: Session,
+    training_id: uuid.UUID,
+    submission: uploads.Submission,
+    inputs: _Inputs,
+    storage: Storage,
+    settings: Settings,
+) -> list[dict[str, Any]]:
+    """Store the inputs (clean copies of images, text files as uploaded) with the URL each came from."""
+    if inputs.collected is not None:
+        with fetch.naming(_url_field(submission)), uploads.clean_copies(inputs.collected.images, settings) as copies:
+            stored = _store_inputs(session, training_id=training_id, copies=copies, storage=storage)
+    else:
+        stored = _store_text_inputs(
+            session, training_id=training_id, files=inputs.text_files, hashes=inputs.hashes, storage=storage
+        )
+    _record_sources(stored, fetch.source_urls(submission))
+    return stored
+
+
+def _row_values(
     *,
-    base_model: str,
-    token: str,
+    training_id: uuid.UUID,
+    principal: Principal,
+    idempotency_key: str | None,
+    fingerprint: str,
+    model: BaseModel,
     form: schemas.TrainingForm,
-    parameters: dict[str, Any],
-    kind: str,
-    registry: Registry,
-) -> int:
+    token: str,
+    inputs: _Inputs,
+    stored: list[dict[str, Any]],
+    steps: int,
+    estimated_units: int,
+) -> dict[str, Any]:
+    """The new row: queued, with the caller's choices and its stored inputs."""
+    return {
+        "id": training_id,
+        "tenant_id": principal.tenant_id,
+        "status": TrainingStatus.QUEUED,
+        "idempotency_key": idempotency_key,
+        "request_fingerprint": fingerprint,
+        "base_model": model.id,
+        "kind": model.kind,
+        "mode": form.mode,
+        "init": form.init,
+        "token": token,
+        "parameters": form.hyperparameters(),
+        "webhook_url": form.webhook_url,
+        "webhook_events_filter": form.webhook_events_filter,
+        "metadata_": form.metadata or {},
+        "inputs": stored,
+        "skipped_files": inputs.collected.skipped if inputs.collected is not None else [],
+        "image_count": inputs.image_count,
+        "example_count": inputs.example_count,
+        "progress_step": 0,
+        "progress_total": steps or None,  # shown while queued; the worker writes the same number
+        "attempts": 0,
+        "created_at": utcnow(),
+        "estimated_units": estimated_units,
+    }
+
+
+def _insert_or_replay(
+    session: Session, values: dict[str, Any], *, principal: Principal, fingerprint: str, storage: Storage
+) -> Training | None:
+    """Insert the row; None when it was written. When a concurrent request with the same
+    Idempotency-Key won the race, delete these inputs and return that request's training."""
+    if repository.insert_training(session, values):
+        return None
+    storage.delete_prefix(jobs.inputs_prefix(values["id"]))
+    key = values["idempotency_key"] or ""
+    existing = repository.find_by_idempotency_key(session, tenant_id=principal.tenant_id, key=key)
+    if existing is None:  # pragma: no cover - the conflicting row always exists
+        raise RuntimeError("idempotency conflict without a row")
+    return _replay(existing, fingerprint)
+
+
+def _enqueue(session: Session, training_id: uuid.UUID, settings: Settings) -> None:
+    """Its run message (sent after commit) and its training.queued event."""
+    outbox.enqueue(
+        session,
+        task=task_names.RUN_TRAINING,
+        args=[str(training_id)],
+        queue=settings.queue,
+        priority=jobs.NEW_PRIORITY,
+    )
+    events.queued(session, training_id=training_id, settings=settings)
+
+
+def _planned_steps(*, base_model: str, token: str, form: schemas.TrainingForm, kind: str, registry: Registry) -> int:
     """The steps the training will run (the caller's, else the model's default); 422 on a bad config."""
     try:
-        if kind == "text":
-            text_config = build_text_config(
-                base_model=base_model,
-                token=token,
-                mode=form.mode,
-                init=form.init,
-                parameters=parameters,
-                registry=registry,
-            )
-            text_filled = text_with_defaults(text_config, registry)
-            return text_filled.steps or text_filled.max_steps or 0  # a training that stops when done: its cap
-        config = build_config(
+        config = jobs.job_config(
+            kind=kind,
             base_model=base_model,
             token=token,
             mode=form.mode,
             init=form.init,
-            parameters=parameters,
+            parameters=form.hyperparameters(),
             registry=registry,
         )
-        filled = with_defaults(config, registry)
+        filled = (
+            text_with_defaults(config, registry)
+            if isinstance(config, TextTrainConfig)
+            else with_defaults(config, registry)
+        )
         return filled.steps or filled.max_steps or 0  # a training that stops when done: its cap
     except InvalidConfigError as error:
         raise ValidationFailed(str(error), details={"field": error.field}) from error
@@ -360,7 +376,7 @@ def _delete_inputs_on_rollback(session: Session, *, training_id: uuid.UUID, stor
     # Registered before the first write so a failure part-way through leaves nothing behind (a
     # process killed here leaves the prefix to the sweeper's orphan clean-up).
     def delete_inputs() -> None:
-        storage.delete_prefix(inputs_prefix(training_id))
+        storage.delete_prefix(jobs.inputs_prefix(training_id))
 
     on_rollback(session, delete_inputs)
 
@@ -373,7 +389,7 @@ def _store_text_inputs(
     inputs = []
     for index, ((name, data), digest) in enumerate(zip(files, hashes, strict=True)):
         suffix = PurePosixPath(name).suffix.lower()
-        key = f"{inputs_prefix(training_id)}/{uploads.storage_name(index, name, suffix)}"
+        key = f"{jobs.inputs_prefix(training_id)}/{uploads.storage_name(index, name, suffix)}"
         try:
             storage.put_bytes(key, data)
         except StorageError as error:
@@ -389,7 +405,7 @@ def _store_inputs(
     _delete_inputs_on_rollback(session, training_id=training_id, storage=storage)
     inputs = []
     for index, copy in enumerate(copies):
-        key = f"{inputs_prefix(training_id)}/{uploads.storage_name(index, copy.name)}"
+        key = f"{jobs.inputs_prefix(training_id)}/{uploads.storage_name(index, copy.name)}"
         try:
             storage.put_file(key, copy.path, content_type="image/png")
         except StorageError as error:
@@ -425,16 +441,11 @@ def _check_limits(
     )
 
 
-def _parse_id(training_id: str) -> uuid.UUID:
-    try:
-        return uuid.UUID(training_id)
-    except ValueError as error:
-        raise NotFound(f"training {training_id} not found") from error
-
-
 def get_training(session: Session, *, principal: Principal, training_id: str) -> Training:
     """One of the caller's trainings; another tenant's id is simply not found."""
-    training = repository.get_for_tenant(session, tenant_id=principal.tenant_id, training_id=_parse_id(training_id))
+    training = repository.get_for_tenant(
+        session, tenant_id=principal.tenant_id, training_id=id_or_404(training_id, "training")
+    )
     if training is None:
         raise NotFound(f"training {training_id} not found")
     return training
@@ -475,7 +486,7 @@ def cancel_training(session: Session, *, principal: Principal, training_id: str,
         logs.status_changed(
             session,
             training_id=training.id,
-            status="canceled",
+            status=TrainingStatus.CANCELED,
             settings=settings,
             lines=[logs.warning("canceled before it started")],
         )

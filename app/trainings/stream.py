@@ -31,10 +31,11 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 
+from app.enums import FINISHED_STATUSES
 from app.orm import Training
-from app.orm.training import FINISHED_STATUSES
 from app.settings import Settings
 from app.trainings import live, logs, repository, schemas, service
+from app.trainings.presenter import ArtifactLinks
 
 logger = logging.getLogger(__name__)
 
@@ -92,8 +93,11 @@ class EventHub(Protocol):
 
 
 class _Registry:
+    """The streams of each training, and the one background task that feeds them."""
+
     def __init__(self) -> None:
         self.subscriptions: dict[uuid.UUID, set[Subscription]] = defaultdict(set)
+        self._task: asyncio.Task[None] | None = None
 
     def add(self, subscription: Subscription) -> None:
         self.subscriptions[subscription.training_id].add(subscription)
@@ -105,6 +109,13 @@ class _Registry:
             if not streams:
                 del self.subscriptions[subscription.training_id]
 
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+            self._task = None
+
 
 class RedisEventHub(_Registry):
     """One Redis subscription per API process, fanned out to its streams by training id."""
@@ -112,7 +123,6 @@ class RedisEventHub(_Registry):
     def __init__(self, url: str) -> None:
         super().__init__()
         self.url = url
-        self._task: asyncio.Task[None] | None = None
         self._ready = asyncio.Event()
 
     async def open(self, training_id: uuid.UUID, read_snapshot: SnapshotReader) -> tuple[Snapshot | None, Subscription]:
@@ -173,13 +183,6 @@ class RedisEventHub(_Registry):
             for subscription in streams:
                 subscription.put(event)
 
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._task
-            self._task = None
-
 
 @dataclass(frozen=True)
 class _Row:
@@ -199,7 +202,6 @@ class PollingEventHub(_Registry):
         super().__init__()
         self.session_factory = session_factory
         self.interval = interval
-        self._task: asyncio.Task[None] | None = None
 
     async def open(self, training_id: uuid.UUID, read_snapshot: SnapshotReader) -> tuple[Snapshot | None, Subscription]:
         snapshot = await read_snapshot()
@@ -280,13 +282,6 @@ class PollingEventHub(_Registry):
             subscription.status = row.status
             subscription.put(("status", {"status": row.status}))
 
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._task
-            self._task = None
-
 
 def make_event_hub(settings: Settings, session_factory: sessionmaker[Session]) -> EventHub:
     """Redis pub/sub when there is a Redis for events, else the database poller."""
@@ -297,7 +292,7 @@ def make_event_hub(settings: Settings, session_factory: sessionmaker[Session]) -
 
 
 def read_snapshot(
-    session_factory: sessionmaker[Session], training_id: uuid.UUID, links: service.ArtifactLinks
+    session_factory: sessionmaker[Session], training_id: uuid.UUID, links: ArtifactLinks
 ) -> Snapshot | None:
     """The training's API view and cursors, from one short session (run in the thread pool)."""
     with session_factory() as session:
@@ -337,7 +332,7 @@ class TrainingStream:
     hub: EventHub
     session_factory: sessionmaker[Session]
     training_id: uuid.UUID
-    links: service.ArtifactLinks
+    links: ArtifactLinks
     keepalive_seconds: float
     last_event_id: int | None = None
     recheck_on_keepalive: bool = True

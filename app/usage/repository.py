@@ -10,6 +10,7 @@ from sqlalchemy import func, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
+from app.enums import ACTIVE_STATUSES
 from app.orm import Training, UsageRecord
 
 
@@ -52,7 +53,7 @@ def units_in_period(session: Session, *, tenant_id: uuid.UUID, start: datetime, 
 def estimated_units_of_active(session: Session, *, tenant_id: uuid.UUID) -> int:
     """Estimates of the tenant's queued and running trainings (not yet in the ledger)."""
     query = select(func.coalesce(func.sum(Training.estimated_units), 0)).where(
-        Training.tenant_id == tenant_id, Training.status.in_(("queued", "running"))
+        Training.tenant_id == tenant_id, Training.status.in_(ACTIVE_STATUSES)
     )
     return int(session.scalar(query) or 0)
 
