@@ -71,11 +71,9 @@ def _grid(base_model: str, artifacts: Path, token: str, out: Path) -> None:
     prompts = [prompt.format(token=token) for prompt in PROMPTS]
     before = sample_images(pipeline, prompts, SEEDS)
     if (artifacts / "learned_embeds.safetensors").is_file():
-        pipeline.load_textual_inversion(str(artifacts / "learned_embeds.safetensors"), token=token)  # type: ignore[attr-defined]
+        pipeline.load_textual_inversion(str(artifacts / "learned_embeds.safetensors"), token=token)
     if (artifacts / "pytorch_lora_weights.safetensors").is_file():
-        pipeline.load_lora_weights(  # type: ignore[attr-defined]
-            str(artifacts), weight_name="pytorch_lora_weights.safetensors"
-        )
+        pipeline.load_lora_weights(str(artifacts), weight_name="pytorch_lora_weights.safetensors")
     after = sample_images(pipeline, prompts, SEEDS)
 
     cell, label = 128, 200

@@ -17,15 +17,15 @@ from models.registry import Registry
 
 
 async def get_app_settings(request: Request) -> Settings:
-    return request.app.state.settings  # type: ignore[no-any-return]
+    return request.app.state.settings
 
 
 async def get_storage(request: Request) -> Storage:
-    return request.app.state.storage  # type: ignore[no-any-return]
+    return request.app.state.storage
 
 
 async def get_registry(request: Request) -> Registry:
-    return request.app.state.registry  # type: ignore[no-any-return]
+    return request.app.state.registry
 
 
 SettingsDep = Annotated[Settings, Depends(get_app_settings)]

@@ -71,7 +71,7 @@ def build_text_config(
         mode=mode,  # type: ignore[arg-type]
         init=init,  # type: ignore[arg-type]
         data_dir=data_dir,
-        **parameters,  # type: ignore[arg-type]
+        **parameters,
     )
     config.validate()
     return config

@@ -103,7 +103,7 @@ class DeliveryRow(BaseModel):
 class Delivery(DeliveryRow):
     event_type: str
     attempts: list[Attempt]
-    payload: dict = Field(description="The body sent: {type, timestamp, data}.")  # type: ignore[type-arg]
+    payload: dict = Field(description="The body sent: {type, timestamp, data}.")
 
 
 class DeliveryList(BaseModel):

@@ -162,13 +162,13 @@ def run_curve(
 
     config = TrainConfig(
         base_model=base_model,
-        mode=mode,
-        init=init,
+        mode=mode,  # type: ignore[arg-type]
+        init=init,  # type: ignore[arg-type]
         steps=steps,
-        seed=seed,  # type: ignore[arg-type]
+        seed=seed,
         num_vectors=num_vectors,
-        **rates,
-    )  # type: ignore[arg-type]
+        **rates,  # type: ignore[arg-type]
+    )
     kwargs: dict[str, Any] = {"booster": resolver} if resolver is not None else {}
     if state_from is not None:
         kwargs["initial_state"] = state_from(base, item.views, config)
@@ -344,8 +344,8 @@ def compare_starts(
                                 item,
                                 init="booster",
                                 state_from=booster_resolver(directory, use_lora, registry),
-                                **common,
-                            )  # type: ignore[arg-type]
+                                **common,  # type: ignore[arg-type]
+                            )
                             row[name] = curve.losses[0]
                     rows.append(row)
                 names = [k for k in rows[0] if k != "concept"]
@@ -504,7 +504,7 @@ def main() -> None:
                             num_vectors=num_vectors,
                             registry=registry,
                         )
-                        token = run_curve(args.base_model, item, init="token", **common)  # type: ignore[arg-type]
+                        token = run_curve(args.base_model, item, init="token", **common)
                         target = min(token.losses.values()) * 1.02
                         record: dict[str, Any] = {
                             "concept": item.name,
@@ -523,7 +523,7 @@ def main() -> None:
                             boosted = run_curve(
                                 args.base_model,
                                 item,
-                                init="booster",  # type: ignore[arg-type]
+                                init="booster",
                                 resolver=resolver if guarded else None,
                                 state_from=None if guarded else resolver,
                                 **common,

@@ -58,10 +58,10 @@ def run_job(
 
     config = TrainConfig(
         base_model=base_model,
-        mode=mode,
-        init=init,
+        mode=mode,  # type: ignore[arg-type]
+        init=init,  # type: ignore[arg-type]
         seed=seed,
-        steps=steps,  # type: ignore[arg-type]
+        steps=steps,
         stopping=rule,
     )
     with tempfile.TemporaryDirectory() as out:

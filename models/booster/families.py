@@ -241,7 +241,7 @@ def _draw_world(rng):
 
 
 def _view_world(p, rng, size):
-    concept = Concept(shape=p["shape"], colour=tuple(p["colour"]), pattern=p["pattern"])  # type: ignore[arg-type]
+    concept = Concept(shape=p["shape"], colour=tuple(p["colour"]), pattern=p["pattern"])
     return render(concept, int(rng.integers(2**31)), size)
 
 

@@ -210,10 +210,7 @@ def train_denoiser(config: ReferenceTrainConfig, tokenizer, dataset: dict, check
         ema_unet.load_state_dict(state["ema_unet"])
         optimizer.load_state_dict(state["optimizer"])
         start = state["step"]
-    concepts = [
-        Concept(shape=s, colour=tuple(c), pattern=p, colour_name=n)  # type: ignore[arg-type]
-        for s, c, p, n in dataset["concepts"]
-    ]
+    concepts = [Concept(shape=s, colour=tuple(c), pattern=p, colour_name=n) for s, c, p, n in dataset["concepts"]]
     latent_mean = dataset["latent_mean"].float()
     latent_std = dataset["latent_std"].float()
     scale = dataset["scaling_factor"]

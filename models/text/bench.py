@@ -71,12 +71,12 @@ def measure(
     tokenizer = AutoTokenizer.from_pretrained(resolve_text_model(base_model, data_dir, registry))
     config = TextTrainConfig(
         base_model=base_model,
-        mode=mode,
-        init="token",
-        steps=warmup + steps,  # type: ignore[arg-type]
+        mode=mode,  # type: ignore[arg-type]
+        init="token",  # type: ignore[arg-type]
+        steps=warmup + steps,
         batch_size=batch_size,
-        lora_targets=lora_targets,
-        max_length=example_tokens + 8,  # type: ignore[arg-type]
+        lora_targets=lora_targets,  # type: ignore[arg-type]
+        max_length=example_tokens + 8,
         data_dir=data_dir,
     )
     with tempfile.TemporaryDirectory() as out:

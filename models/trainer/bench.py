@@ -108,9 +108,9 @@ def measure(
         torch.cuda.reset_peak_memory_stats()
     config = TrainConfig(
         base_model=base_model,
-        mode=mode,
-        init="token",
-        steps=warmup + steps,  # type: ignore[arg-type]
+        mode=mode,  # type: ignore[arg-type]
+        init="token",  # type: ignore[arg-type]
+        steps=warmup + steps,
         batch_size=batch_size,
         mixed_precision=mixed_precision,  # type: ignore[arg-type]
         gradient_checkpointing=gradient_checkpointing,

@@ -123,14 +123,14 @@ def train_command(
         base_model=base_model,
         name=name,
         token=token,
-        mode=mode,
-        init=init,
-        initializer_token=initializer_token,  # type: ignore[arg-type]
-        concept=concept,
+        mode=mode,  # type: ignore[arg-type]
+        init=init,  # type: ignore[arg-type]
+        initializer_token=initializer_token,
+        concept=concept,  # type: ignore[arg-type]
         num_vectors=num_vectors,
         steps=steps,
         max_steps=max_steps,
-        embedding_lr=embedding_lr,  # type: ignore[arg-type]
+        embedding_lr=embedding_lr,
         lora_lr=lora_lr,
         pivot_embedding_lr=pivot_embedding_lr,
         lora_rank=lora_rank,
@@ -139,9 +139,9 @@ def train_command(
         batch_size=batch_size,
         resolution=resolution,
         seed=seed,
-        mixed_precision=mixed_precision,
+        mixed_precision=mixed_precision,  # type: ignore[arg-type]
         gradient_checkpointing=gradient_checkpointing,
-        device=device,  # type: ignore[arg-type]
+        device=device,
     )
     with _exit_on_trainer_error():
         config.validate()
@@ -221,9 +221,9 @@ def _train_text(
 
     config = TextTrainConfig(
         base_model=base_model,
-        mode=mode,
-        init=init,
-        token=token,  # type: ignore[arg-type]
+        mode=mode,  # type: ignore[arg-type]
+        init=init,  # type: ignore[arg-type]
+        token=token,
         initializer_token=initializer_token or "thing",
         num_vectors=num_vectors,
         steps=steps,
@@ -233,8 +233,8 @@ def _train_text(
         pivot_embedding_lr=pivot_embedding_lr,
         lora_rank=lora_rank,
         lora_alpha=lora_alpha,
-        lora_targets=lora_targets,
-        batch_size=batch_size,  # type: ignore[arg-type]
+        lora_targets=lora_targets,  # type: ignore[arg-type]
+        batch_size=batch_size,
         max_length=max_length,
         seed=seed,
         device=device,
