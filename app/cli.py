@@ -336,7 +336,7 @@ def keys_revoke(key_id: str) -> None:
 def _register_train_command() -> None:
     # `leap train` lives in the ML core; imported here only for its signature (no torch at import).
     try:
-        from models.trainer.cli import train_command
+        from models.trainer.command import train_command
     except ImportError as error:  # a slim API install without the trainer
         if error.name and not error.name.startswith("models"):
             raise
@@ -348,8 +348,8 @@ _register_train_command()
 
 
 def _register_client_commands() -> None:
-    # submit, status, list, cancel, download: the API over HTTP (app/client/cli.py).
-    from app.client.cli import COMMANDS
+    # submit, status, list, cancel, download: the API over HTTP (app/client/commands.py).
+    from app.client.commands import COMMANDS
 
     for name, command in COMMANDS.items():
         cli.command(name)(command)

@@ -60,7 +60,7 @@ def _grid(base_model: str, artifacts: Path, token: str, out: Path) -> None:
     from PIL import Image, ImageDraw
 
     from models.registry import load_registry
-    from models.trainer.base import load_base
+    from models.trainer.base_model import load_base
     from models.trainer.evaluate import pipeline_for, sample_images
 
     entry = load_registry(get_settings().model_registry).get(base_model)

@@ -31,7 +31,7 @@ python3 -m models.booster.dataset --base-model /tmp/sd15 --out /tmp/sd15-words -
   --images 8 --steps 4
 python3 -m models.booster.targets --base-model /tmp/sd15 --data /tmp/sd15-words --steps 4 --chunk 2 \
   --out /tmp/sd15-targets 2>&1 | tail -n 1
-python3 -m models.booster.train --base-model /tmp/sd15 --data /tmp/sd15-words --targets /tmp/sd15-targets \
+python3 -m models.booster.train_booster --base-model /tmp/sd15 --data /tmp/sd15-words --targets /tmp/sd15-targets \
   --world-share 0 --steps 4 --sets 2 --image-size 128 --out /tmp/sd15-booster --work-dir /tmp/sd15-booster-work \
   2>&1 | tail -n 3
 ls -la /tmp/sd15-booster && cp /tmp/sd15-booster/booster.json "$out/sd15_booster_config.json"

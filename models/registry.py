@@ -33,7 +33,7 @@ class GgufSource:
 
 
 @dataclass(frozen=True)
-class BaseModel:
+class RegisteredModel:
     """One registered base model."""
 
     id: str
@@ -57,9 +57,9 @@ class BaseModel:
 @dataclass(frozen=True)
 class Registry:
     default_id: str
-    models: dict[str, BaseModel]
+    models: dict[str, RegisteredModel]
 
-    def get(self, model_id: str) -> BaseModel | None:
+    def get(self, model_id: str) -> RegisteredModel | None:
         return self.models.get(model_id)
 
 
@@ -77,7 +77,7 @@ def load_registry(path: Path | None = None) -> Registry:
     path = path or DEFAULT_REGISTRY_PATH
     raw = yaml.safe_load(path.read_text()) or {}
     base = path.resolve().parent
-    models: dict[str, BaseModel] = {}
+    models: dict[str, RegisteredModel] = {}
     for model_id, entry in (raw.get("models") or {}).items():
         booster = entry.get("booster")
         raw_kind = entry.get("kind", Kind.IMAGE.value)
@@ -85,7 +85,7 @@ def load_registry(path: Path | None = None) -> Registry:
             raise ValueError(f"{path}: model {model_id!r} has kind {raw_kind!r}, not one of {', '.join(KINDS)}")
         kind = Kind(raw_kind)
         gguf = entry.get("gguf")
-        models[model_id] = BaseModel(
+        models[model_id] = RegisteredModel(
             id=model_id,
             path=_resolve(base, entry["path"]),
             # Image models need their resolution; text models have none.

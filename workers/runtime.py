@@ -106,7 +106,7 @@ def _preload_models(**_: Any) -> None:
         load_trainer(runtime.settings.trainer)
     if Kind.TEXT in kinds:
         load_trainer(runtime.settings.text_trainer)
-    from models.trainer.base import load_base, pick_device
+    from models.trainer.base_model import load_base, pick_device
 
     device = pick_device()
     logger = logging.getLogger(__name__)
@@ -125,7 +125,7 @@ def _preload_models(**_: Any) -> None:
 def _preload_text_model(model_id: str, runtime: WorkerRuntime, device: Any) -> None:
     # The folder the text trainer resolves too (a GGUF release is converted once into the data
     # directory), so its per-process cache finds the model already loaded.
-    from models.text.base import load_text_base, resolve_text_model
+    from models.text.base_model import load_text_base, resolve_text_model
 
     source = resolve_text_model(model_id, str(runtime.settings.data_dir.resolve()), runtime.registry)
     load_text_base(source, device)

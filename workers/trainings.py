@@ -258,7 +258,7 @@ def _prepare_images(
     )
     sources = [ImageSource(name=item["name"], data=runtime.storage.get_bytes(item["key"])) for item in claimed.inputs]
     images = decode_images(sources, max_pixels=runtime.settings.max_image_pixels)
-    from models.booster.registry import registered_booster  # torch: imported by the task, not at import
+    from models.booster.resolver import registered_booster  # torch: imported by the task, not at import
 
     trainer = partial(
         load_trainer(runtime.settings.trainer), registry=runtime.registry, booster=registered_booster(runtime.registry)

@@ -6,7 +6,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from app.settings import Settings
-from app.storage.base import Storage
+from app.storage.interface import Storage
 
 
 def make_storage(settings: Settings) -> Storage:

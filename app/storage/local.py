@@ -13,7 +13,7 @@ from typing import BinaryIO
 from urllib.parse import quote, urlencode
 
 from app.storage import signing
-from app.storage.base import StorageError, StoredObject, validate_key
+from app.storage.interface import StorageError, StoredObject, validate_key
 
 FILES_ROUTE = "/v1/files/"
 

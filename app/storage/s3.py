@@ -13,7 +13,7 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
 from app.settings import Settings
-from app.storage.base import StorageError, StoredObject, validate_key
+from app.storage.interface import StorageError, StoredObject, validate_key
 from app.storage.signing import content_disposition
 
 # Large files go up in 8 MiB parts, two at a time: boto3's default of ten buffers 80 MiB per upload,

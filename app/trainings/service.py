@@ -31,7 +31,7 @@ from app.trainings.presenter import ArtifactLinks
 from app.usage import service as usage
 from app.webhooks import service as webhooks
 from models.enums import IMAGE_MODES, TEXT_MODES, Kind, Mode
-from models.registry import BaseModel, Registry
+from models.registry import RegisteredModel, Registry
 from models.text.config import TextTrainConfig
 from models.text.config import with_defaults as text_with_defaults
 from models.trainer.defaults import with_defaults
@@ -83,7 +83,7 @@ def _modes(kind: str) -> tuple[Mode, ...]:
     return TEXT_MODES if kind == Kind.TEXT else IMAGE_MODES
 
 
-def _check_kind_fields(form: schemas.TrainingForm, model: BaseModel) -> None:
+def _check_kind_fields(form: schemas.TrainingForm, model: RegisteredModel) -> None:
     """422 naming the field when it belongs to the other kind: a mode such as token for an image
     model, a text-only option (max_length, lora_targets) for an image model, an image-only one (none
     today) for a text model."""
@@ -211,7 +211,7 @@ def _url_field(submission: uploads.Submission) -> str | None:
 
 
 def _collect_inputs(
-    submission: uploads.Submission, model: BaseModel, form: schemas.TrainingForm, settings: Settings
+    submission: uploads.Submission, model: RegisteredModel, form: schemas.TrainingForm, settings: Settings
 ) -> _Inputs:
     """Download inputs given by URL, then check them exactly as uploaded files are (the fingerprint
     covers their bytes, not the URLs: a fresh presigned URL is the same request)."""
@@ -240,7 +240,9 @@ def _replay_if_known(
     return _replay(existing, fingerprint) if existing is not None else None
 
 
-def _estimate(settings: Settings, form: schemas.TrainingForm, model: BaseModel, steps: int, inputs: _Inputs) -> int:
+def _estimate(
+    settings: Settings, form: schemas.TrainingForm, model: RegisteredModel, steps: int, inputs: _Inputs
+) -> int:
     """Billable units of the training if it runs all its planned steps."""
     return usage.estimate_units(
         settings,
@@ -279,7 +281,7 @@ def _row_values(
     principal: Principal,
     idempotency_key: str | None,
     fingerprint: str,
-    model: BaseModel,
+    model: RegisteredModel,
     form: schemas.TrainingForm,
     token: str,
     inputs: _Inputs,

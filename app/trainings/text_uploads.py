@@ -11,7 +11,7 @@ from pathlib import PurePosixPath
 from app.errors import InvalidExamples, InvalidImages, PayloadTooLarge
 from app.settings import Settings
 from app.trainings.uploads import EXAMPLES_FIELD, IMAGES_FIELD, UploadedFile
-from models.registry import BaseModel
+from models.registry import RegisteredModel
 from models.text.errors import InvalidExamplesError
 from models.text.examples import JSONL_SUFFIX, MAX_EXAMPLES, MIN_EXAMPLES, TEXT_SUFFIX, TextExample, parse_text_files
 
@@ -22,7 +22,9 @@ def _suffix(name: str) -> str:
     return PurePosixPath(name).suffix.lower()
 
 
-def refuse_text_for_image_model(images: list[UploadedFile], examples: list[UploadedFile], model: BaseModel) -> None:
+def refuse_text_for_image_model(
+    images: list[UploadedFile], examples: list[UploadedFile], model: RegisteredModel
+) -> None:
     """422 invalid_images when text examples are sent to an image model, naming the file."""
     text_files = examples or [upload for upload in images if _suffix(upload.filename) in TEXT_SUFFIXES]
     if text_files:
@@ -34,7 +36,7 @@ def refuse_text_for_image_model(images: list[UploadedFile], examples: list[Uploa
         )
 
 
-def _refuse_images_for_text_model(images: list[UploadedFile], model: BaseModel) -> None:
+def _refuse_images_for_text_model(images: list[UploadedFile], model: RegisteredModel) -> None:
     if images:
         name = images[0].filename
         raise InvalidExamples(
@@ -64,7 +66,7 @@ def _check_sizes(examples: list[UploadedFile], settings: Settings) -> None:
 
 
 def collect_examples(
-    images: list[UploadedFile], examples: list[UploadedFile], *, model: BaseModel, token: str, settings: Settings
+    images: list[UploadedFile], examples: list[UploadedFile], *, model: RegisteredModel, token: str, settings: Settings
 ) -> tuple[list[tuple[str, bytes]], list[TextExample]]:
     """The (name, bytes) of the files to store (as uploaded) and the examples they hold: 2-500 .txt
     files or one .jsonl, each parsed.

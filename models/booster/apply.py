@@ -12,7 +12,7 @@ import hashlib
 import torch
 import torch.nn.functional as F
 
-from models.trainer.base import BaseComponents
+from models.trainer.base_model import BaseComponents
 from models.trainer.concept import ConceptModel
 from models.trainer.loss import denoising_target
 from models.trainer.placeholders import PlaceholderHooks

@@ -43,10 +43,10 @@ from PIL import Image
 
 from models.booster.families import HELD_OUT_FAMILIES, draw_family_concept, render_family
 from models.booster.network import load_booster
-from models.booster.registry import checked_booster, initial_state_from, registered_booster_path
+from models.booster.resolver import checked_booster, initial_state_from, registered_booster_path
 from models.reference.concepts import benchmark_concepts
 from models.registry import Registry, load_registry
-from models.trainer.base import load_base, pick_device
+from models.trainer.base_model import load_base, pick_device
 from models.trainer.config import TrainConfig
 from models.trainer.defaults import registered_defaults, resolve_base_model
 from models.trainer.evaluate import HeldOutLoss

@@ -20,7 +20,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from models.registry import load_registry
-from models.trainer.base import BaseComponents, load_base, pick_device, weight_dtype_for
+from models.trainer.base_model import BaseComponents, load_base, pick_device, weight_dtype_for
 from models.trainer.defaults import resolve_base_model
 from models.trainer.evaluate import pipeline_for, sample_images
 

@@ -25,10 +25,10 @@ from typing import Any
 
 import torch
 
-from models.booster.registry import registered_booster
+from models.booster.resolver import registered_booster
 from models.reference.concepts import BenchmarkConcept, benchmark_concepts
 from models.registry import Registry, load_registry
-from models.trainer.base import load_base, pick_device
+from models.trainer.base_model import load_base, pick_device
 from models.trainer.config import StopRule, TrainConfig
 from models.trainer.defaults import resolve_base_model
 from models.trainer.evaluate import HeldOutLoss

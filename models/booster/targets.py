@@ -42,7 +42,7 @@ from models.booster.families import FAMILIES, HELD_OUT_FAMILIES, TRAIN_FAMILIES,
 from models.reference.concepts import benchmark_concepts
 from models.reference.world import COLOURS, PATTERNS, SHAPES, Concept, render
 from models.registry import load_registry
-from models.trainer.base import BaseComponents, load_base, pick_device
+from models.trainer.base_model import BaseComponents, load_base, pick_device
 from models.trainer.concept import placeholder_tokens
 from models.trainer.data import OBJECT_TEMPLATES, encode_images
 from models.trainer.defaults import resolve_base_model

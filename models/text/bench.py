@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from models.registry import Registry, load_registry
-from models.text.base import pick_device, resolve_text_model
+from models.text.base_model import pick_device, resolve_text_model
 from models.text.config import MODES, TextTrainConfig
 from models.text.examples import TextExample
 from models.text.train import train

@@ -31,7 +31,7 @@ from safetensors.torch import load_file, save_file
 
 from models.enums import Kind
 from models.registry import Registry
-from models.text.base import TextBase
+from models.text.base_model import TextBase
 from models.text.config import TextTrainConfig
 from models.text.examples import TextExample
 from models.trainer.errors import BaseModelError, foreign_booster

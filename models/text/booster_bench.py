@@ -38,7 +38,7 @@ import torch
 
 from models.enums import Init
 from models.registry import Registry, load_registry
-from models.text.base import load_text_base, resolve_text_model
+from models.text.base_model import load_text_base, resolve_text_model
 from models.text.booster import checked_text_booster
 from models.text.booster_data import (
     INVENTED,

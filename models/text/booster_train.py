@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from models.registry import load_registry
-from models.text.base import load_text_base, resolve_text_model
+from models.text.base_model import load_text_base, resolve_text_model
 from models.text.booster import new_text_booster, read_examples, save_text_booster
 from models.text.booster_data import PLACEHOLDER, build_word_concepts, split_words, vocabulary_words
 

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from diffusers.utils.peft_utils import recurse_remove_peft_layers
 from peft import LoraConfig, get_peft_model_state_dict, inject_adapter_in_model
 
-from models.text.base import TextBase
+from models.text.base_model import TextBase
 from models.trainer.concept import placeholder_tokens
 from models.trainer.errors import InvalidConfigError
 from models.trainer.placeholders import PlaceholderHooks

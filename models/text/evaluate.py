@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from models.registry import Registry
-from models.text.base import resolve_text_model
+from models.text.base_model import resolve_text_model
 from models.text.data import collate, lm_loss, pad_id_of, tokenize_example
 from models.text.examples import TextExample
 from models.text.export import ADAPTER_DIR

@@ -30,7 +30,7 @@ import torch
 
 from models.enums import Init, Mode
 from models.registry import Registry
-from models.text.base import TextBase, load_text_base, pick_device, resolve_text_model
+from models.text.base_model import TextBase, load_text_base, pick_device, resolve_text_model
 from models.text.booster import TextBoosterResolver
 from models.text.concept import TextConcept, lora_target_modules
 from models.text.config import TextTrainConfig, with_defaults

@@ -1,3 +1,3 @@
-from models.trainer.cli import main
+from models.trainer.command import main
 
 main()

@@ -23,7 +23,7 @@ import torch
 
 from models.reference.concepts import benchmark_concepts
 from models.registry import Registry, load_registry
-from models.trainer.base import pick_device
+from models.trainer.base_model import pick_device
 from models.trainer.config import TrainConfig
 from models.trainer.train import train
 

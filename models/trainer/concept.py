@@ -15,7 +15,7 @@ import torch
 from diffusers.utils.peft_utils import recurse_remove_peft_layers
 from peft import LoraConfig, get_peft_model_state_dict, inject_adapter_in_model, set_peft_model_state_dict
 
-from models.trainer.base import BaseComponents
+from models.trainer.base_model import BaseComponents
 from models.trainer.errors import InvalidConfigError
 from models.trainer.placeholders import PlaceholderHooks
 

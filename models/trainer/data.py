@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
-from models.trainer.base import BaseComponents
+from models.trainer.base_model import BaseComponents
 from models.trainer.images import center_crop_resize
 
 # diffusers' textual_inversion example (imagenet_templates_small / imagenet_style_templates_small).

@@ -12,7 +12,7 @@ import torch
 from diffusers import DDIMScheduler, StableDiffusionPipeline
 from PIL import Image
 
-from models.trainer.base import BaseComponents
+from models.trainer.base_model import BaseComponents
 from models.trainer.concept import ConceptModel
 from models.trainer.data import LatentSet, encode_images
 from models.trainer.loss import denoising_loss

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 from PIL import Image
 
-from models.trainer.base import BaseComponents
+from models.trainer.base_model import BaseComponents
 from models.trainer.concept import ConceptModel, InitialState
 from models.trainer.config import TrainConfig
 
@@ -20,7 +20,7 @@ TOKEN = "token"
 
 # A booster resolver maps (base components, images, config) to an initial state, or to several
 # (each its own `name`), or None when no booster is registered for the base model. The guard
-# scores every one of them against the token. models.booster.registry.registered_booster builds
+# scores every one of them against the token. models.booster.resolver.registered_booster builds
 # the real one from a registry; the trainer gets it from its caller (None: no booster).
 BoosterResolver = Callable[
     [BaseComponents, Sequence[Image.Image], TrainConfig], InitialState | Sequence[InitialState] | None

@@ -20,7 +20,7 @@ from typing import Generic, TypeVar
 import torch
 from PIL import Image
 
-from models.trainer.base import BaseComponents
+from models.trainer.base_model import BaseComponents
 from models.trainer.concept import ConceptModel
 from models.trainer.config import StopRule
 from models.trainer.data import encode_images

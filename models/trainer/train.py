@@ -28,7 +28,7 @@ from PIL import Image
 
 from models.enums import Init, Mode
 from models.registry import Registry
-from models.trainer.base import BaseComponents, load_base, pick_device, weight_dtype_for
+from models.trainer.base_model import BaseComponents, load_base, pick_device, weight_dtype_for
 from models.trainer.concept import ConceptModel, InitialState
 from models.trainer.config import Artifact, LoopResult, Progress, TrainConfig, TrainResult
 from models.trainer.data import LatentSet, caption_templates, encode_images
@@ -101,7 +101,7 @@ def train(
     """Train one concept and write its artifacts to out_dir (`on_finish` sees the final state first).
 
     `registry` names the base models and their defaults; `booster` gives init=booster its candidates
-    (models.booster.registry.registered_booster(registry)); without one the run starts from the token."""
+    (models.booster.resolver.registered_booster(registry)); without one the run starts from the token."""
     started = time.perf_counter()
     if not MIN_IMAGES <= len(images) <= MAX_IMAGES:
         raise InvalidImagesError(f"need {MIN_IMAGES}-{MAX_IMAGES} images, got {len(images)}")

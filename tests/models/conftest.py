@@ -55,7 +55,7 @@ def concept_images() -> list[Image.Image]:
 def smol_data_dir(tmp_path_factory) -> Path:
     """A data directory holding SmolLM2 converted from the wheel's GGUF (once per test session)."""
     from models.registry import load_registry
-    from models.text.base import resolve_text_model
+    from models.text.base_model import resolve_text_model
 
     data_dir = tmp_path_factory.mktemp("leap-data")
     resolve_text_model("smollm2-135m", data_dir, load_registry())

@@ -2,10 +2,10 @@ import pytest
 import torch
 import yaml
 
-from models.booster.registry import booster_initial_state, predict, registered_booster
-from models.booster.train import make_booster
+from models.booster.resolver import booster_initial_state, predict, registered_booster
+from models.booster.train_booster import make_booster
 from models.registry import load_registry
-from models.trainer.base import load_base, pick_device
+from models.trainer.base_model import load_base, pick_device
 from models.trainer.config import TrainConfig
 from models.trainer.errors import BaseModelError
 from models.trainer.train import train
@@ -143,7 +143,7 @@ def test_the_committed_leap_tiny_booster_fits_leap_tiny_and_reads_the_images(lea
     Whether it speeds training up is measured by models.booster.benchmark, not here."""
     from pathlib import Path
 
-    from models.booster.registry import checked_booster, registered_booster_path
+    from models.booster.resolver import checked_booster, registered_booster_path
     from models.reference.concepts import benchmark_concepts
 
     base = load_base(leap_tiny, pick_device("cpu"))
@@ -175,7 +175,7 @@ def test_the_committed_booster_starts_closer_to_the_optimum_than_the_token(leap_
     average; the speed-up, and the held-out families, are benchmarked (models.booster.benchmark)."""
     from models.booster.apply import word_embedding
     from models.booster.benchmark import FAMILY_SEED, family_items, world_items
-    from models.booster.registry import checked_booster, registered_booster_path
+    from models.booster.resolver import checked_booster, registered_booster_path
     from models.trainer.concept import ConceptModel, InitialState
     from models.trainer.evaluate import HeldOutLoss
 
@@ -241,7 +241,7 @@ def test_targets_then_regression_training_makes_a_loadable_booster(leap_tiny, tm
     import sys
 
     from models.booster import targets
-    from models.booster import train as booster_train
+    from models.booster import train_booster as booster_train
     from models.booster.network import load_booster
 
     threads = str(torch.get_num_threads())  # the commands set it process-wide; later tests expect the same
@@ -349,7 +349,7 @@ def test_training_from_a_booster_of_another_base_model_fails_clearly(
 ):
     import sys
 
-    from models.booster import train as booster_train
+    from models.booster import train_booster as booster_train
 
     make_booster(load_base(random_tiny, pick_device("cpu")), "random-tiny", rank=4, image_size=32).save(tmp_path / "b")
     monkeypatch.setattr(
@@ -378,7 +378,7 @@ def test_family_targets_with_several_vectors_train_a_head_per_count(leap_tiny, t
     import sys
 
     from models.booster import targets
-    from models.booster import train as booster_train
+    from models.booster import train_booster as booster_train
     from models.booster.network import load_booster
     from models.reference.concepts import benchmark_concepts
 
@@ -486,7 +486,7 @@ def test_the_benchmark_tunes_the_baseline_for_speed_not_final_loss():
 
 
 def test_the_booster_learning_rate_decays_by_a_cosine_from_its_peak_to_five_percent():
-    from models.booster.train import get_lr
+    from models.booster.train_booster import get_lr
 
     assert get_lr(0, steps=100, peak=1e-3) == pytest.approx(1e-3)
     assert get_lr(50, steps=100, peak=1e-3) == pytest.approx(1e-3 * (0.05 + 0.95 * 0.5))

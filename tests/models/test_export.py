@@ -11,7 +11,7 @@ from peft.tuners.lora import LoraLayer
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from models.booster.registry import registered_booster
+from models.booster.resolver import registered_booster
 from models.registry import load_registry
 from models.trainer.concept import ADAPTER_NAME
 from models.trainer.config import TrainConfig

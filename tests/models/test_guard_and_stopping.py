@@ -71,7 +71,7 @@ def test_guard_starts_from_the_token_when_the_boosters_start_is_worse(leap_tiny,
     assert manifest["init_used"] == "token" and manifest["init_scores"] == scores
     assert "token scored lowest" in manifest["init_note"]
     # It really started from the token: the initializer word's embedding, not the booster's.
-    from models.trainer.base import load_base, pick_device
+    from models.trainer.base_model import load_base, pick_device
 
     assert torch.allclose(starts["embedding"][0], _word(load_base(leap_tiny, pick_device()), "object"))
 

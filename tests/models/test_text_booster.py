@@ -11,7 +11,7 @@ import torch
 import yaml
 
 from models.registry import load_registry
-from models.text.base import load_text_base, resolve_text_model
+from models.text.base_model import load_text_base, resolve_text_model
 from models.text.booster import (
     TextBooster,
     checked_text_booster,

@@ -104,7 +104,7 @@ def test_config_validation_and_registry_defaults() -> None:
 
 
 def test_each_trainer_refuses_the_other_kind_of_registered_model() -> None:
-    from models.text.base import resolve_text_model
+    from models.text.base_model import resolve_text_model
     from models.trainer.defaults import resolve_base_model
     from models.trainer.errors import BaseModelError
 

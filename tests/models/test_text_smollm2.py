@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from models.registry import load_registry
-from models.text.base import BASE_MODELS_DIR, gguf_file, resolve_text_model
+from models.text.base_model import BASE_MODELS_DIR, gguf_file, resolve_text_model
 from models.text.booster import text_booster_resolver
 from models.text.config import TextTrainConfig
 from models.text.evaluate import generate, held_out_loss, load_trained

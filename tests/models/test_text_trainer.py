@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from models.registry import load_registry
-from models.text.base import clear_cache, load_text_base
+from models.text.base_model import clear_cache, load_text_base
 from models.text.booster import text_booster_resolver
 from models.text.config import TextTrainConfig
 from models.text.data import IGNORE, tokenize_example

@@ -7,9 +7,9 @@ import torch
 from diffusers import StableDiffusionPipeline
 from safetensors.torch import load_file
 
-from models.booster.registry import registered_booster
+from models.booster.resolver import registered_booster
 from models.registry import load_registry
-from models.trainer.base import clear_cache
+from models.trainer.base_model import clear_cache
 from models.trainer.concept import InitialState
 from models.trainer.config import TrainConfig
 from models.trainer.errors import InvalidConfigError, TrainingCanceled

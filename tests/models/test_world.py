@@ -1,7 +1,7 @@
 import numpy as np
 
 from models.reference.concepts import HELD_OUT_VIEWS, TRAIN_VIEWS, benchmark_concepts
-from models.reference.train import ReferenceTrainConfig, training_concepts
+from models.reference.train_tiny import ReferenceTrainConfig, training_concepts
 from models.reference.world import COLOURS, PATTERNS, SHAPES, Concept, is_held_out, mix_colours, render
 
 

@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from app.client.cli import ExitCode
+from app.client.commands import ExitCode
 
 from .factories import make_tenant, png_bytes
 from .helpers import REPO_ROOT, assert_init_reported, settings_env, wait_for

@@ -57,7 +57,7 @@ def test_submitted_images_train_leap_tiny_and_the_artifacts_load_in_diffusers(
     import torch
 
     from models.registry import load_registry
-    from models.trainer.base import load_base
+    from models.trainer.base_model import load_base
     from models.trainer.evaluate import pipeline_for
 
     entry = load_registry(settings.model_registry).get("leap-tiny")

@@ -19,7 +19,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import select
 
 from app.client import LeapClient
-from app.client.cli import ExitCode
+from app.client.commands import ExitCode
 from app.errors import LeapError
 from app.main import create_app
 from app.orm import Training

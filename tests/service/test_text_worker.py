@@ -18,8 +18,8 @@ from fastapi.testclient import TestClient
 from sqlalchemy import select
 
 from app.client import LeapClient
-from app.client.cli import ExitCode
 from app.client.client import artifact_path
+from app.client.commands import ExitCode
 from app.main import create_app
 from app.orm import UsageRecord, WebhookEvent
 from app.usage import prices

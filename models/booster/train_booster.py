@@ -2,11 +2,11 @@
 
     python -m models.booster.targets --families outlined twocolour checker stripes gradient noise blobs rings \
         --out runs/h11-targets-n1                                      # 1. fitted targets (+ --num-vectors 2, 4)
-    python -m models.booster.train --base-model leap-tiny --targets runs/h11-targets-n1 \
+    python -m models.booster.train_booster --base-model leap-tiny --targets runs/h11-targets-n1 \
         --vector-targets runs/h11-targets-n2 runs/h11-targets-n4 --teacher PREVIOUS_BOOSTER \
         --denoise-weight 0 --embedding-weight 1 --sets 32 --input-views 8 --target-views 0 --steps 1000 \
         --no-lora "why"                                                 # 2. regression (README: the exact recipe)
-    python -m models.booster.train --base-model leap-tiny --targets runs/booster-targets/leap-tiny \
+    python -m models.booster.train_booster --base-model leap-tiny --targets runs/booster-targets/leap-tiny \
         --init-from models/booster/weights/leap-tiny --train-only lora --sets 8 --input-views 8 \
         --target-views 4 --steps 2400 --work-dir runs/booster-lora-leap-tiny
 
@@ -63,7 +63,7 @@ from models.booster.targets import draw_concept, load_targets, render_entry
 from models.reference.concepts import benchmark_concepts
 from models.reference.world import render
 from models.registry import load_registry
-from models.trainer.base import BaseComponents, load_base, pick_device
+from models.trainer.base_model import BaseComponents, load_base, pick_device
 from models.trainer.data import OBJECT_TEMPLATES, images_to_tensor
 from models.trainer.defaults import resolve_base_model
 

