@@ -6,6 +6,7 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
+from models.enums import Kind
 from models.registry import Registry
 from models.text.config import TextTrainConfig
 from models.trainer.config import TrainConfig
@@ -63,7 +64,7 @@ def build_text_config(
     """The text trainer's config: the registry id (the trainer resolves and, for a GGUF release,
     converts it once into data_dir) and the caller's choices; unset values are the model's defaults."""
     entry = registry.get(base_model)
-    if entry is None or entry.kind != "text":
+    if entry is None or entry.kind != Kind.TEXT:
         raise InvalidConfigError("base_model", f"{base_model!r} is not a text model registered on this server")
     config = TextTrainConfig(
         base_model=entry.id,
@@ -89,7 +90,7 @@ def job_config(
     data_dir: str | None = None,
 ) -> TrainConfig | TextTrainConfig:
     """The config of a training of this kind (text or image); `data_dir` is used by text trainings."""
-    if kind == "text":
+    if kind == Kind.TEXT:
         return build_text_config(
             base_model=base_model,
             token=token,

@@ -273,17 +273,7 @@ def _run(
         trains_lora=trains_lora,
         evaluate=evaluate,
     )
-    total = config.max_steps if auto else config.steps
-    assert total is not None
-    loop = run_steps(
-        steps,
-        callbacks,
-        total=total,
-        pivotal=config.mode == Mode.PIVOTAL,
-        pivot_fraction=config.pivot_fraction,
-        progress_every=config.progress_every,
-        plateau=plateau,
-    )
+    loop = run_steps(steps, callbacks, config, plateau=plateau)
 
     artifacts = save_text_concept(
         out_dir,

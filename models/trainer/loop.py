@@ -10,9 +10,9 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Generic, Literal, TypeVar
+from typing import Generic, Literal, Protocol, TypeVar
 
-from models.enums import StopReason
+from models.enums import Mode, StopReason
 from models.trainer.config import LoopResult, Progress
 from models.trainer.errors import TrainingCanceled
 from models.trainer.stopping import Plateau
@@ -47,17 +47,29 @@ class Steps(Generic[J, S]):
     restore: Callable[[S], None]
 
 
+class LoopConfig(Protocol):
+    """What the loop reads of either trainer's config."""
+
+    @property
+    def steps(self) -> int | None: ...
+    @property
+    def max_steps(self) -> int | None: ...
+    @property
+    def mode(self) -> str: ...
+    @property
+    def pivot_fraction(self) -> float: ...
+    @property
+    def progress_every(self) -> int: ...
+
+
 def run_steps(
-    steps: Steps[J, S],
-    callbacks: Callbacks[J],
-    *,
-    total: int,
-    pivotal: bool,
-    pivot_fraction: float,
-    progress_every: int,
-    plateau: Plateau[S] | None,
+    steps: Steps[J, S], callbacks: Callbacks[J], config: LoopConfig, *, plateau: Plateau[S] | None
 ) -> LoopResult:
-    """Step until `total`, or until the plateau rule says done; with a rule, end on its best state."""
+    """Step until `steps` (exactly), or with a plateau rule until it says done or `max_steps`, ending on
+    the rule's best state."""
+    total = config.max_steps if plateau is not None else config.steps
+    assert total is not None
+    pivotal, pivot_fraction, progress_every = config.mode == Mode.PIVOTAL, config.pivot_fraction, config.progress_every
     pivot_step = int(total * pivot_fraction) if pivotal else 0  # with a rule: the cap on phase 1
     losses: list[float] = []
     stop_reason = StopReason.MAX_STEPS.value if plateau is not None else StopReason.STEPS.value
