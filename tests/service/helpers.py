@@ -213,6 +213,17 @@ def assert_init_reported(init_used: str | None, init_note: str | None) -> None:
 
 
 def pool_children(pid: int) -> list[int]:
-    """The child processes of `pid` (a prefork worker's pool)."""
-    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    """The child processes of `pid` (a prefork worker's pool); none once it is gone."""
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except (FileNotFoundError, ProcessLookupError):  # gone before the open, or between open and read
+        return []
     return [int(child) for child in children]
+
+
+def alive(pid: int) -> bool:
+    """Whether `pid` runs (a zombie does not)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except (FileNotFoundError, ProcessLookupError):
+        return False

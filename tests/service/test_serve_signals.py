@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from .helpers import REPO_ROOT, free_port, wait_for
+from .helpers import REPO_ROOT, alive, free_port, pool_children, wait_for
 
 
 def descendants(pid: int) -> set[int]:
@@ -20,23 +20,11 @@ def descendants(pid: int) -> set[int]:
     found: set[int] = set()
     pending = [pid]
     while pending:
-        current = pending.pop()
-        try:
-            children = Path(f"/proc/{current}/task/{current}/children").read_text().split()
-        except FileNotFoundError:
-            continue
-        for child in map(int, children):
+        for child in pool_children(pending.pop()):
             if child not in found:
                 found.add(child)
                 pending.append(child)
     return found
-
-
-def alive(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
-    except FileNotFoundError:
-        return False
 
 
 def start_serve(data_dir: Path) -> tuple[subprocess.Popen[bytes], set[int]]:

@@ -12,7 +12,7 @@ import time
 from datetime import timedelta
 from pathlib import Path
 
-from .helpers import REPO_ROOT, settings_env, wait_for
+from .helpers import REPO_ROOT, alive, pool_children, settings_env, wait_for
 from .processes import WorkerProcess
 
 SENT = "Sending due task sweep (sweeper.sweep)"
@@ -29,17 +29,6 @@ def _sweeper(settings, data_dir: Path, log_dir: Path) -> WorkerProcess:  # type:
     )
 
 
-def _children(pid: int) -> list[int]:
-    return [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
-
-
-def _alive(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
-    except FileNotFoundError:
-        return False
-
-
 def test_two_beats_never_both_send_and_a_killed_sweeper_takes_its_beat_along(settings, tmp_path):
     for name in ("first", "second"):
         (tmp_path / name).mkdir()
@@ -54,10 +43,10 @@ def test_two_beats_never_both_send_and_a_killed_sweeper_takes_its_beat_along(set
         standby = second if leader is first else first
         assert "another beat sends; standing by" in standby.log()
 
-        (beat,) = _children(leader.process.pid)  # solo pool: the only child is the embedded beat
+        (beat,) = pool_children(leader.process.pid)  # solo pool: the only child is the embedded beat
         os.kill(leader.process.pid, signal.SIGKILL)
         leader.process.wait()
-        wait_for(lambda: not _alive(beat), timeout=10, message="the orphaned beat to exit")
+        wait_for(lambda: not alive(beat), timeout=10, message="the orphaned beat to exit")
         wait_for(lambda: SENT in standby.log(), timeout=15, message="the other beat to take over")
     finally:
         for sweeper in (first, second):
