@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
 import logging
 from collections.abc import AsyncIterator, Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,6 +15,7 @@ from typing import Any, TypeVar
 from fastapi import Request
 from sqlalchemy import Engine, create_engine, event, select
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 
@@ -22,6 +26,7 @@ logger = logging.getLogger(__name__)
 _AFTER_COMMIT = "leap_after_commit"
 _AFTER_ROLLBACK = "leap_after_rollback"
 _Row = TypeVar("_Row")
+_Result = TypeVar("_Result")
 
 
 def lock_by_id(session: Session, model: type[_Row], row_id: Any) -> _Row | None:
@@ -65,10 +70,16 @@ class Database:
     session_factory: sessionmaker[Session]
     read_session_factory: sessionmaker[Session]
     """Autocommit sessions for requests that only read (a poll): no BEGIN and COMMIT round trips.
-    Each statement sees committed data; never write through them."""
+    Each statement sees committed data; never write through them. Use them through `read`."""
+    read_engine: Engine
+    read_threads: ThreadPoolExecutor
+    """Where the API runs reads (`read_in_thread`): no more threads than pooled read connections,
+    so a burst of polls waits here, not in the pool's checkout timeout."""
 
     def dispose(self) -> None:
+        self.read_threads.shutdown(wait=False)
         self.engine.dispose()
+        self.read_engine.dispose()
 
 
 def create_database(settings: Settings) -> Database:
@@ -88,10 +99,20 @@ def create_database(settings: Settings) -> Database:
     engine = create_engine(url, **kwargs)
     if url.startswith("sqlite"):
         event.listen(engine, "connect", _sqlite_pragmas)
+        read_engine: Engine = engine.execution_options(isolation_level="AUTOCOMMIT")
+    else:
+        # Reads (every poll) get a pool of their own, autocommit from the start: no isolation
+        # level set and reset, no rollback on return and no pre-ping per checkout, each a round
+        # trip or its price in CPU. A connection that died meanwhile fails its read, which `read`
+        # then runs once more on a fresh one.
+        kwargs.update(pool_pre_ping=False, isolation_level="AUTOCOMMIT", pool_reset_on_return=None)
+        read_engine = create_engine(url, **kwargs)
     return Database(
         engine=engine,
         session_factory=sessionmaker(engine, expire_on_commit=False),
-        read_session_factory=sessionmaker(engine.execution_options(isolation_level="AUTOCOMMIT")),
+        read_session_factory=sessionmaker(read_engine),
+        read_engine=read_engine,
+        read_threads=ThreadPoolExecutor(max_workers=settings.database_pool_size, thread_name_prefix="leap-read"),
     )
 
 
@@ -177,6 +198,27 @@ def read_only(database: Database) -> Iterator[Session]:
         yield session
     finally:
         session.close()
+
+
+def read(database: Database, work: Callable[[Session], _Result]) -> _Result:
+    """`work` on a read_only session; run again, once, when its connection turned out to be dead
+    (the database restarted or closed it): read connections are not pinged before use."""
+    try:
+        with read_only(database) as session:
+            return work(session)
+    except DBAPIError as error:
+        if not error.connection_invalidated:
+            raise
+        logger.info("a read connection was dead; reading again on a fresh one")
+    with read_only(database) as session:
+        return work(session)
+
+
+async def read_in_thread(database: Database, work: Callable[[Session], _Result]) -> _Result:
+    """`read(database, work)` from the event loop, on the database's read threads: one hop for the
+    whole request (authentication, query, serialisation), cheaper than anyio's per-call thread hop."""
+    context = contextvars.copy_context()
+    return await asyncio.get_running_loop().run_in_executor(database.read_threads, context.run, read, database, work)
 
 
 def upgrade_database(settings: Settings, revision: str = "head") -> None:

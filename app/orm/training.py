@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Mapping
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import (
     CheckConstraint,
@@ -28,7 +29,62 @@ STATUSES = tuple(status.value for status in TrainingStatus)
 KINDS = tuple(kind.value for kind in Kind)
 
 
-class Training(Base):
+class _Columns(Protocol):
+    status: str
+    inputs: list[dict[str, Any]]
+    progress_step: int
+    progress_total: int | None
+    progress_loss: float | None
+    progress_eta_s: float | None
+    error_code: str | None
+    error_message: str | None
+    usage_steps: int | None
+    usage_compute_seconds: float | None
+    usage_device: str | None
+
+
+class TrainingFacts:
+    """What a training's columns say, derived the same way from an ORM Training and a TrainingRecord."""
+
+    @property
+    def progress(self: _Columns) -> dict[str, Any]:
+        """Its progress as the API shows it: step, total, loss, eta_s."""
+        return {
+            "step": self.progress_step,
+            "total": self.progress_total,
+            "loss": self.progress_loss,
+            "eta_s": self.progress_eta_s,
+        }
+
+    @property
+    def error(self: _Columns) -> dict[str, str] | None:
+        """{code, message} once it failed or was canceled with an error code; None otherwise."""
+        if self.status in (TrainingStatus.FAILED, TrainingStatus.CANCELED) and self.error_code:
+            return {"code": self.error_code, "message": self.error_message or ""}
+        return None
+
+    @property
+    def usage(self: _Columns) -> dict[str, Any] | None:
+        """What it used (steps, compute_seconds, device) once recorded; None before."""
+        if self.usage_steps is None:
+            return None
+        return {
+            "steps": self.usage_steps,
+            "compute_seconds": self.usage_compute_seconds or 0.0,
+            "device": self.usage_device or "",
+        }
+
+    @property
+    def input_urls(self: _Columns) -> list[str]:
+        """The URLs its inputs were fetched from, once each, in order; empty for uploaded files."""
+        return list(dict.fromkeys(item["source_url"] for item in self.inputs if "source_url" in item))
+
+    @property
+    def finished(self: _Columns) -> bool:
+        return self.status in FINISHED_STATUSES
+
+
+class Training(Base, TrainingFacts):
     __tablename__ = "trainings"
     __table_args__ = (
         CheckConstraint(f"status IN ({', '.join(repr(s) for s in STATUSES)})", name="status"),
@@ -119,39 +175,15 @@ class Training(Base):
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     artifacts_expired_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
 
-    @property
-    def progress(self) -> dict[str, Any]:
-        """Its progress as the API shows it: step, total, loss, eta_s."""
-        return {
-            "step": self.progress_step,
-            "total": self.progress_total,
-            "loss": self.progress_loss,
-            "eta_s": self.progress_eta_s,
-        }
 
-    @property
-    def error(self) -> dict[str, str] | None:
-        """{code, message} once it failed or was canceled with an error code; None otherwise."""
-        if self.status in (TrainingStatus.FAILED, TrainingStatus.CANCELED) and self.error_code:
-            return {"code": self.error_code, "message": self.error_message or ""}
-        return None
+class TrainingRecord(TrainingFacts):
+    """A trainings row read without the ORM (polls and lists, the hot path): its columns as
+    attributes named as on Training (metadata_ included), and its queue_position, which the same
+    query computes (None once it is not queued)."""
 
-    @property
-    def usage(self) -> dict[str, Any] | None:
-        """What it used (steps, compute_seconds, device) once recorded; None before."""
-        if self.usage_steps is None:
-            return None
-        return {
-            "steps": self.usage_steps,
-            "compute_seconds": self.usage_compute_seconds or 0.0,
-            "device": self.usage_device or "",
-        }
+    def __init__(self, columns: Mapping[str, Any]) -> None:
+        self.__dict__.update(columns)
+        self.queue_position: int | None = columns["queue_position"]
 
-    @property
-    def input_urls(self) -> list[str]:
-        """The URLs its inputs were fetched from, once each, in order; empty for uploaded files."""
-        return list(dict.fromkeys(item["source_url"] for item in self.inputs if "source_url" in item))
-
-    @property
-    def finished(self) -> bool:
-        return self.status in FINISHED_STATUSES
+    def __getattr__(self, name: str) -> Any:  # the columns, set above (for type checkers)
+        raise AttributeError(name)

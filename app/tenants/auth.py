@@ -8,7 +8,7 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
-from app.db import get_session, read_only
+from app.db import get_session, read
 from app.settings import Settings
 from app.tenants import keys, rate_limit
 from app.tenants.service import Principal, authenticate, authenticate_admin
@@ -74,8 +74,7 @@ def current_principal(
 ) -> Principal:
     """The tenant behind the request's Bearer key (401 otherwise; 429 past the key's rate limit).
     Reads the key on a short autocommit session of its own (none at all for a cached key)."""
-    with read_only(request.app.state.database) as session:
-        return resolve_principal(request, session)
+    return read(request.app.state.database, lambda session: resolve_principal(request, session))
 
 
 PrincipalDep = Annotated[Principal, Depends(current_principal)]

@@ -4,6 +4,7 @@ training.* webhook carries in its `data` (the same pydantic model, encoded the s
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -13,6 +14,7 @@ from sqlalchemy.orm import Session
 from app.enums import TrainingStatus
 from app.orm import Artifact, Training
 from app.orm.base import utcnow
+from app.orm.training import TrainingRecord
 from app.storage import Storage
 from app.trainings import repository, schemas
 
@@ -41,7 +43,7 @@ def training_url(training_id: uuid.UUID | str, public_url: str | None) -> str:
     return f"{(public_url or '').rstrip('/')}/v1/trainings/{training_id}"
 
 
-def training_urls(training: Training, public_url: str | None) -> schemas.TrainingUrls:
+def training_urls(training: Training | TrainingRecord, public_url: str | None) -> schemas.TrainingUrls:
     """Its endpoints; cancel and stream only while it has not finished (as Replicate does)."""
     base = training_url(training.id, public_url)
     active = not training.finished
@@ -54,23 +56,32 @@ def training_urls(training: Training, public_url: str | None) -> schemas.Trainin
 
 
 def present(
-    session: Session, trainings: list[Training], *, public_url: str | None, links: ArtifactLinks | None
+    session: Session,
+    trainings: Sequence[Training | TrainingRecord],
+    *,
+    public_url: str | None,
+    links: ArtifactLinks | None,
 ) -> list[schemas.Training]:
-    """The API views of trainings. With links, artifacts carry presigned URLs; without (webhooks: a
-    payload is stored and may be sent long after a link expired) their url and expires_at are null.
+    """The API views of trainings, ORM objects or records (polls and lists read records, which carry
+    their queue position). With links, artifacts carry presigned URLs; without (webhooks: a payload
+    is stored and may be sent long after a link expired) their url and expires_at are null.
 
-    At most two queries: the artifacts of succeeded trainings, and one indexed count of the queue
-    ahead of the queued ones; polls of running trainings need neither."""
+    At most two queries: the artifacts of succeeded trainings, and for queued ORM trainings one
+    indexed count of the queue ahead; polls of queued or running trainings need neither."""
     artifacts = repository.artifacts_for(
         session, [item.id for item in trainings if item.status == TrainingStatus.SUCCEEDED]
     )
     positions = repository.queue_positions(
-        session, [item for item in trainings if item.status == TrainingStatus.QUEUED]
+        session, [item for item in trainings if isinstance(item, Training) and item.status == TrainingStatus.QUEUED]
     )
     return [
-        _view(training, artifacts.get(training.id, []), positions.get(training.id), public_url, links)
+        _view(training, artifacts.get(training.id, []), _position(training, positions), public_url, links)
         for training in trainings
     ]
+
+
+def _position(training: Training | TrainingRecord, positions: dict[uuid.UUID, int]) -> int | None:
+    return training.queue_position if isinstance(training, TrainingRecord) else positions.get(training.id)
 
 
 def webhook_data(session: Session, training: Training, *, public_url: str | None) -> dict[str, Any]:
@@ -80,7 +91,7 @@ def webhook_data(session: Session, training: Training, *, public_url: str | None
 
 
 def _view(
-    training: Training,
+    training: Training | TrainingRecord,
     artifacts: list[Artifact],
     queue_position: int | None,
     public_url: str | None,

@@ -8,12 +8,14 @@ from collections import defaultdict
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Select, bindparam, case, delete, func, or_, select, tuple_, update
+from sqlalchemy import ColumnElement, FromClause, Select, bindparam, case, delete, func, or_, select, tuple_, update
+from sqlalchemy import inspect as sa_inspect
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.orm import Session, aliased
+from sqlalchemy.orm import Session
 
 from app.enums import ACTIVE_STATUSES, TrainingStatus
 from app.orm import Artifact, Training
+from app.orm.training import TrainingRecord
 
 
 def insert_training(session: Session, values: dict[str, Any]) -> bool:
@@ -42,56 +44,101 @@ def find_by_idempotency_key(session: Session, *, tenant_id: uuid.UUID, key: str)
     return session.scalars(query).one_or_none()
 
 
-def list_for_tenant(
-    session: Session,
-    *,
-    tenant_id: uuid.UUID,
-    status: str | None,
-    before: tuple[datetime, uuid.UUID] | None,
-    limit: int,
-) -> list[Training]:
-    """Newest first; `before` is the (created_at, id) of the last row of the previous page."""
-    query: Select[Training] = select(Training).where(Training.tenant_id == tenant_id)
-    if status is not None:
-        query = query.where(Training.status == status)
-    if before is not None:
-        query = query.where(tuple_(Training.created_at, Training.id) < tuple_(*before))
-    query = query.order_by(Training.created_at.desc(), Training.id.desc()).limit(limit)
-    return list(session.scalars(query))
-
-
 def count_active(session: Session, *, tenant_id: uuid.UUID) -> int:
     """The tenant's queued and running trainings."""
     query = select(func.count()).where(Training.tenant_id == tenant_id, Training.status.in_(ACTIVE_STATUSES))
     return int(session.scalar(query) or 0)
 
 
-@functools.cache
-def _queue_positions_query() -> Select[uuid.UUID, int]:
-    # Built once: an aliased entity's columns cost milliseconds to adapt, on every poll otherwise.
-    ahead = aliased(Training, name="ahead")
-    before = tuple_(ahead.created_at, ahead.id) < tuple_(Training.created_at, Training.id)
+def _queue_position(training: FromClause) -> ColumnElement[Any]:
+    """1-based place of a queued `training` row in the whole queue, in the order workers claim
+    them: trainings put back after a claim (attempts > 0, broker priority RECOVERED_PRIORITY) before
+    new ones, each group oldest first; NULL when it is not queued. Two counts, each a range of the
+    partial index of queued rows (attempts, created_at, id), however long the history grows."""
+    ahead = Training.__table__.alias("ahead")
+    before = tuple_(ahead.c.created_at, ahead.c.id) < tuple_(training.c.created_at, training.c.id)
 
     def count(*conditions: Any) -> Any:
         return (
             select(func.count())
             .select_from(ahead)
-            .where(ahead.status == TrainingStatus.QUEUED, *conditions)
+            .where(ahead.c.status == TrainingStatus.QUEUED, *conditions)
             .scalar_subquery()
         )
 
-    recovered_ahead = count(ahead.attempts > 0, or_(Training.attempts == 0, before))
-    new_ahead = count(ahead.attempts == 0, Training.attempts == 0, before)
-    return select(Training.id, recovered_ahead + new_ahead + 1).where(
-        Training.id.in_(bindparam("training_ids", expanding=True))
+    recovered_ahead = count(ahead.c.attempts > 0, or_(training.c.attempts == 0, before))
+    new_ahead = count(ahead.c.attempts == 0, training.c.attempts == 0, before)
+    return case((training.c.status == TrainingStatus.QUEUED, recovered_ahead + new_ahead + 1), else_=None)
+
+
+# What the API shows of a training (app.trainings.schemas.TrainingState): the columns a record
+# carries. Fewer columns cost less to describe and decode on every poll.
+_VIEW_COLUMNS = (
+    "id", "status", "base_model", "kind", "mode", "init", "init_used", "init_note", "init_scores",
+    "stop_reason", "eval_curve", "token", "parameters", "webhook_url", "webhook_events_filter",
+    "metadata_", "inputs", "skipped_files", "image_count", "example_count", "progress_step",
+    "progress_total", "progress_loss", "progress_eta_s", "attempts", "cancel_requested_at",
+    "error_code", "error_message", "usage_steps", "usage_compute_seconds", "usage_device",
+    "estimated_units", "created_at", "started_at", "finished_at", "artifacts_expired_at",
+)  # fmt: skip
+
+
+@functools.cache
+def _records_query() -> Select[Any]:
+    # Built once, so it is compiled and its cache key generated once. Columns are labelled by
+    # their attribute names on Training, so a TrainingRecord reads like the ORM object.
+    trainings = Training.__table__
+    attributes = sa_inspect(Training).column_attrs
+    columns = [trainings.c[attributes[name].columns[0].key].label(name) for name in _VIEW_COLUMNS]
+    return select(*columns, _queue_position(trainings).label("queue_position"))
+
+
+@functools.cache
+def _record_query() -> Select[Any]:
+    trainings = Training.__table__
+    return _records_query().where(
+        trainings.c.id == bindparam("training_id"), trainings.c.tenant_id == bindparam("tenant_id")
+    )
+
+
+def record_for_tenant(session: Session, *, tenant_id: uuid.UUID, training_id: uuid.UUID) -> TrainingRecord | None:
+    """One training as a TrainingRecord, with its queue position, in one query and without the ORM
+    (the poll's read)."""
+    parameters = {"training_id": training_id, "tenant_id": tenant_id}
+    row = session.connection().execute(_record_query(), parameters).one_or_none()
+    return None if row is None else TrainingRecord(row._asdict())
+
+
+def records_for_tenant(
+    session: Session,
+    *,
+    tenant_id: uuid.UUID,
+    status: str | None,
+    before: tuple[datetime, uuid.UUID] | None,
+    limit: int,
+) -> list[TrainingRecord]:
+    """Newest first, as TrainingRecords with their queue positions; `before` is the (created_at, id)
+    of the last row of the previous page."""
+    trainings = Training.__table__
+    query = _records_query().where(trainings.c.tenant_id == tenant_id)
+    if status is not None:
+        query = query.where(trainings.c.status == status)
+    if before is not None:
+        query = query.where(tuple_(trainings.c.created_at, trainings.c.id) < tuple_(*before))
+    query = query.order_by(trainings.c.created_at.desc(), trainings.c.id.desc()).limit(limit)
+    return [TrainingRecord(row._asdict()) for row in session.connection().execute(query)]
+
+
+@functools.cache
+def _queue_positions_query() -> Select[Any]:
+    trainings = Training.__table__
+    return select(trainings.c.id, _queue_position(trainings)).where(
+        trainings.c.id.in_(bindparam("training_ids", expanding=True))
     )
 
 
 def queue_positions(session: Session, trainings: list[Training]) -> dict[uuid.UUID, int]:
-    """1-based places of these queued trainings in the whole queue, in the order workers claim them:
-    trainings put back after a claim (attempts > 0, broker priority RECOVERED_PRIORITY) before new
-    ones, each group oldest first. One query for any number of them: two counts, each a range of the
-    partial index of queued rows (attempts, created_at, id), however long the history grows."""
+    """The queue positions (see _queue_position) of these queued trainings, in one query."""
     if not trainings:
         return {}
     rows = session.execute(_queue_positions_query(), {"training_ids": [training.id for training in trainings]})

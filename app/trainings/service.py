@@ -6,6 +6,7 @@ import base64
 import hashlib
 import json
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import PurePosixPath
@@ -21,6 +22,7 @@ from app.errors import IdempotencyKeyReused, NotFound, RateLimited, ServiceUnava
 from app.ids import id_or_404
 from app.orm import Training
 from app.orm.base import utcnow
+from app.orm.training import TrainingRecord
 from app.outbox import service as outbox
 from app.settings import Settings
 from app.storage import Storage, StorageError
@@ -453,7 +455,17 @@ def get_training(session: Session, *, principal: Principal, training_id: str) ->
     return training
 
 
-def _encode_cursor(training: Training) -> str:
+def read_training(session: Session, *, principal: Principal, training_id: str) -> TrainingRecord:
+    """get_training for a poll: the row and its queue position in one query, without the ORM."""
+    record = repository.record_for_tenant(
+        session, tenant_id=principal.tenant_id, training_id=id_or_404(training_id, "training")
+    )
+    if record is None:
+        raise NotFound(f"training {training_id} not found")
+    return record
+
+
+def _encode_cursor(training: TrainingRecord) -> str:
     raw = json.dumps([training.created_at.isoformat(), str(training.id)]).encode()
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
@@ -469,10 +481,10 @@ def _decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
 
 def list_trainings(
     session: Session, *, principal: Principal, status: str | None, cursor: str | None, limit: int
-) -> tuple[list[Training], str | None]:
+) -> tuple[list[TrainingRecord], str | None]:
     """The caller's trainings, newest first, one page at a time."""
     before = _decode_cursor(cursor) if cursor else None
-    rows = repository.list_for_tenant(
+    rows = repository.records_for_tenant(
         session, tenant_id=principal.tenant_id, status=status, before=before, limit=limit + 1
     )
     page = rows[:limit]
@@ -519,6 +531,8 @@ def training_logs(
     )
 
 
-def present(session: Session, trainings: list[Training], *, links: ArtifactLinks) -> list[schemas.Training]:
+def present(
+    session: Session, trainings: Sequence[Training | TrainingRecord], *, links: ArtifactLinks
+) -> list[schemas.Training]:
     """API views of trainings, with presigned artifact URLs (presenter.present: webhooks use it too)."""
     return presenter.present(session, trainings, public_url=links.public_url, links=links)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import uuid
 from datetime import timedelta
 
+import psycopg
 import redis
 from fastapi.testclient import TestClient
 
@@ -150,3 +151,39 @@ def test_an_unreachable_redis_bypasses_the_cache(settings, database):
             tenant_repository.revoke_api_key(session, _key_id(database, tenant), now=utcnow())  # no announcement
         # Without the generation the cache cannot be trusted: the key is read from the database.
         assert_error(api.get("/v1/trainings", headers=tenant.headers), 401, "unauthorized", "revoked")
+
+
+def test_a_poll_reads_again_when_its_pooled_connection_died(client, database, settings):
+    """Read connections skip the pre-ping: a connection the database closed fails its read once,
+    which runs again on a fresh connection; the client sees nothing but its training."""
+    tenant = make_tenant(database)
+    training_id = submit(client, tenant).json()["id"]
+    read_engine = client.app.state.database.read_engine  # type: ignore[attr-defined]
+    assert client.get(f"/v1/trainings/{training_id}", headers=tenant.headers).status_code == 200
+    assert read_engine.pool.checkedin() >= 1  # the connection that read it waits in the pool
+    url = settings.resolved_database_url.replace("postgresql+psycopg://", "postgresql://", 1)
+    with psycopg.connect(url, autocommit=True) as admin:
+        killed = admin.execute(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        ).fetchone()
+    assert killed is not None and killed[0] >= 1
+    for path in (f"/v1/trainings/{training_id}", "/v1/trainings"):
+        response = client.get(path, headers=tenant.headers)
+        assert response.status_code == 200, response.text
+    assert client.get(f"/v1/trainings/{training_id}", headers=tenant.headers).json()["status"] == "queued"
+
+
+def test_a_poll_shows_exactly_what_the_submission_returned(client, database):
+    """Polls and lists read rows without the ORM; the training they show is the one the ORM path
+    (submission, cancel, webhooks) presents, field for field."""
+    tenant = make_tenant(database)
+    submitted = submit(client, tenant, data={"metadata": '{"team": "a"}', "webhook_url": "https://example.com/h"})
+    created = submitted.json()
+    polled = client.get(f"/v1/trainings/{created['id']}", headers=tenant.headers).json()
+    (listed,) = client.get("/v1/trainings", headers=tenant.headers).json()["data"]
+    assert polled == created == listed
+    assert polled["queue_position"] >= 1 and polled["metadata"] == {"team": "a"}
+    canceled = client.post(f"/v1/trainings/{created['id']}/cancel", headers=tenant.headers).json()
+    assert client.get(f"/v1/trainings/{created['id']}", headers=tenant.headers).json() == canceled
+    assert canceled["queue_position"] is None and canceled["error"]["code"] == "canceled"
