@@ -42,11 +42,9 @@ def _emit(session: Session, training: Training, settings: Settings) -> None:
     )
 
 
-def queued(session: Session, *, training_id: uuid.UUID, settings: Settings) -> None:
-    """A new training was accepted: training.queued."""
-    training = repository.get(session, training_id)
-    if training is not None:
-        _emit(session, training, settings)
+def queued(session: Session, training: Training, *, settings: Settings) -> None:
+    """A new training was accepted (its row just written): training.queued."""
+    _emit(session, training, settings)
 
 
 def started(session: Session, *, training_id: uuid.UUID, settings: Settings) -> None:

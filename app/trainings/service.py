@@ -201,9 +201,9 @@ def create_training(
     raced = _insert_or_replay(session, values, principal=principal, fingerprint=fingerprint, storage=storage)
     if raced is not None:
         return raced, False
-    _enqueue(session, training_id, settings)
     training = repository.get(session, training_id)
     assert training is not None
+    _enqueue(session, training, settings)
     return training, True
 
 
@@ -334,16 +334,16 @@ def _insert_or_replay(
     return _replay(existing, fingerprint)
 
 
-def _enqueue(session: Session, training_id: uuid.UUID, settings: Settings) -> None:
+def _enqueue(session: Session, training: Training, settings: Settings) -> None:
     """Its run message (sent after commit) and its training.queued event."""
     outbox.enqueue(
         session,
         task=task_names.RUN_TRAINING,
-        args=[str(training_id)],
+        args=[str(training.id)],
         queue=settings.queue,
         priority=jobs.NEW_PRIORITY,
     )
-    events.queued(session, training_id=training_id, settings=settings)
+    events.queued(session, training, settings=settings)
 
 
 def _planned_steps(*, base_model: str, token: str, form: schemas.TrainingForm, kind: str, registry: Registry) -> int:
