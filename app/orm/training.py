@@ -181,9 +181,10 @@ class TrainingRecord(TrainingFacts):
     attributes named as on Training (metadata_ included), and its queue_position, which the same
     query computes (None once it is not queued)."""
 
+    queue_position: int | None
+
     def __init__(self, columns: Mapping[str, Any]) -> None:
-        self.__dict__.update(columns)
-        self.queue_position: int | None = columns["queue_position"]
+        self.__dict__.update(columns)  # the query's columns, queue_position among them
 
     def __getattr__(self, name: str) -> Any:  # the columns, set above (for type checkers)
         raise AttributeError(name)
