@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import logging
+import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -13,8 +14,9 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from fastapi import Request
-from sqlalchemy import Engine, create_engine, event, select
+from sqlalchemy import Engine, Select, create_engine, event, select
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
@@ -75,6 +77,8 @@ class Database:
     read_threads: ThreadPoolExecutor
     """Where the API runs reads (`read_in_thread`): no more threads than pooled read connections,
     so a burst of polls waits here, not in the pool's checkout timeout."""
+    loop_reads: LoopReads | None = None
+    """Reads on the event loop itself (Postgres only): the poll's one query, without a thread."""
 
     def dispose(self) -> None:
         self.read_threads.shutdown(wait=False)
@@ -107,12 +111,18 @@ def create_database(settings: Settings) -> Database:
         # then runs once more on a fresh one.
         kwargs.update(pool_pre_ping=False, isolation_level="AUTOCOMMIT", pool_reset_on_return=None)
         read_engine = create_engine(url, **kwargs)
+    loop_reads = None
+    if engine.dialect.driver == "psycopg":
+        _, connect_kwargs = engine.dialect.create_connect_args(engine.url)
+        size = settings.database_pool_size
+        loop_reads = LoopReads(engine.dialect, dict(connect_kwargs), size=size, recycle_seconds=1800)
     return Database(
         engine=engine,
         session_factory=sessionmaker(engine, expire_on_commit=False),
         read_session_factory=sessionmaker(read_engine),
         read_engine=read_engine,
         read_threads=ThreadPoolExecutor(max_workers=settings.database_pool_size, thread_name_prefix="leap-read"),
+        loop_reads=loop_reads,
     )
 
 
@@ -219,6 +229,115 @@ async def read_in_thread(database: Database, work: Callable[[Session], _Result])
     whole request (authentication, query, serialisation), cheaper than anyio's per-call thread hop."""
     context = contextvars.copy_context()
     return await asyncio.get_running_loop().run_in_executor(database.read_threads, context.run, read, database, work)
+
+
+@dataclass
+class DriverStatement:
+    """A Core select compiled once for the driver: its SQL, its fixed parameters, its column names,
+    and the columns' result processors (found from the first result's column types, then kept)."""
+
+    sql: str
+    fixed: dict[str, Any]
+    names: tuple[str, ...]
+    types: tuple[Any, ...]
+    processors: tuple[Callable[[Any], Any] | None, ...] | None = None
+
+    @classmethod
+    def compile(cls, statement: Select[Any], dialect: Dialect) -> DriverStatement:
+        compiled = statement.compile(dialect=dialect)
+        columns = statement.selected_columns
+        names = tuple(str(column.key) for column in columns)
+        return cls(str(compiled), dict(compiled.params), names, tuple(column.type for column in columns))
+
+    def learn_types(self, description: Any, dialect: Dialect) -> None:
+        """Find the result processors from a result's column types (the DBAPI's description, whose
+        columns psycopg builds anew each time it is read: so only once)."""
+        self.processors = tuple(
+            type_.dialect_impl(dialect).result_processor(dialect, column.type_code)
+            for type_, column in zip(self.types, description, strict=True)
+        )
+
+    def row(self, values: tuple[Any, ...]) -> dict[str, Any]:
+        assert self.processors is not None, "learn_types first"
+        return {
+            name: value if process is None or value is None else process(value)
+            for name, value, process in zip(self.names, values, self.processors, strict=True)
+        }
+
+
+@dataclass
+class _LoopConnections:
+    loop: asyncio.AbstractEventLoop
+    slots: asyncio.Semaphore
+    idle: list[tuple[Any, float]]  # (psycopg.AsyncConnection, opened at)
+
+
+class LoopReads:
+    """Autocommit psycopg connections used on the event loop, for the poll's query: with no thread
+    hop and no SQLAlchemy execution around it, the poll's read costs a third of the CPU.
+
+    At most `size` connections per event loop (an API process has one). A connection is dropped
+    when a read on it fails or is cancelled, and after `recycle_seconds`; a read that failed
+    because its connection had died (the database restarted) runs once more on a new one."""
+
+    def __init__(self, dialect: Dialect, connect_kwargs: dict[str, Any], *, size: int, recycle_seconds: float) -> None:
+        self.dialect = dialect
+        self.connect_kwargs = connect_kwargs
+        self.size = size
+        self.recycle_seconds = recycle_seconds
+        self._state: _LoopConnections | None = None
+
+    def _connections(self) -> _LoopConnections:
+        loop = asyncio.get_running_loop()
+        state = self._state
+        if state is None or state.loop is not loop:
+            if state is not None:  # another loop's (a test client's): unusable here
+                for connection, _ in state.idle:
+                    connection.pgconn.finish()
+            state = self._state = _LoopConnections(loop, asyncio.Semaphore(self.size), [])
+        return state
+
+    @property
+    def idle_connections(self) -> int:
+        return 0 if self._state is None else len(self._state.idle)
+
+    async def _connect(self) -> Any:
+        import psycopg
+
+        return await psycopg.AsyncConnection.connect(**self.connect_kwargs, autocommit=True)
+
+    async def fetch_one(self, statement: DriverStatement, parameters: dict[str, Any]) -> dict[str, Any] | None:
+        """The statement's first row as {column name: value}, None when there is none."""
+        import psycopg
+
+        state = self._connections()
+        async with state.slots:
+            for attempt in (1, 2):
+                connection, opened = state.idle.pop() if state.idle else (await self._connect(), time.monotonic())
+                try:
+                    async with connection.cursor() as cursor:
+                        await cursor.execute(statement.sql, {**statement.fixed, **parameters})
+                        values = await cursor.fetchone()
+                        if statement.processors is None:
+                            statement.learn_types(cursor.description, self.dialect)
+                except BaseException as error:
+                    dead = connection.broken
+                    connection.pgconn.finish()  # its state is unknown: never reuse it
+                    if attempt == 1 and dead and isinstance(error, psycopg.OperationalError):
+                        logger.info("a loop read connection was dead; reading again on a new one")
+                        continue
+                    raise
+                if time.monotonic() - opened < self.recycle_seconds:
+                    state.idle.append((connection, opened))
+                else:
+                    await connection.close()
+                return None if values is None else statement.row(values)
+        raise AssertionError("unreachable")
+
+    async def close(self) -> None:
+        state, self._state = self._state, None
+        for connection, _ in state.idle if state is not None else ():
+            await connection.close()
 
 
 def upgrade_database(settings: Settings, revision: str = "head") -> None:

@@ -56,6 +56,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         yield
         await event_hub.stop()
+        await app.state.rate_limiter.close_on_loop()
+        if database.loop_reads is not None:
+            await database.loop_reads.close()
         database.dispose()
 
     app = FastAPI(title="LEAP", version=API_VERSION, description=DESCRIPTION, lifespan=lifespan)

@@ -8,7 +8,7 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
-from app.db import get_session, read
+from app.db import get_session, read, read_in_thread
 from app.settings import Settings
 from app.tenants import keys, rate_limit
 from app.tenants.service import Principal, authenticate, authenticate_admin
@@ -32,13 +32,14 @@ def make_key_cache(settings: Settings, limiter: rate_limit.RateLimiter) -> keys.
     return keys.VerifiedKeys(ttl_seconds=ttl)
 
 
-def resolve_principal(request: Request, session: Session) -> Principal:
+def resolve_principal(request: Request, session: Session, *, counted: rate_limit.Decision | None = None) -> Principal:
     """The tenant behind the request's Bearer key (401 otherwise; 429 past the key's rate limit).
 
     Blocking (database and Redis): call it from a worker thread. A key verified within
     LEAP_API_KEY_CACHE_TTL costs no database query, only the rate limit's Redis round trip, which
     also returns the revocation generation: if a key was revoked since, the cache is dropped and
-    the key checked in the database again."""
+    the key checked in the database again. `counted`: this request's rate-limit decision, when
+    resolve_principal_on_loop took it already."""
     authorization = request.headers.get("authorization")
     state = request.app.state
     limiter: rate_limit.RateLimiter = state.rate_limiter
@@ -49,13 +50,15 @@ def resolve_principal(request: Request, session: Session) -> Principal:
         rate_limit.check(limiter, api_key_id=str(principal.api_key_id), limit=limit)
         return principal
     digest = keys.digest(authorization)
-    decision = None
-    cached = cache.get(digest)
-    if cached is not None:
-        decision = limiter.hit(str(cached.api_key_id))
-        if decision.revocation_generation is not None and decision.revocation_generation == cached.generation:
-            rate_limit.refuse_if_limited(decision, limit=limit)
-            return Principal(tenant_id=cached.tenant_id, api_key_id=cached.api_key_id)
+    decision = counted
+    if decision is None:
+        cached = cache.get(digest)
+        if cached is not None:
+            decision = limiter.hit(str(cached.api_key_id))
+            verified = _still_verified(cached, decision, limit=limit)
+            if verified is not None:
+                return verified
+    if decision is not None:
         cache.observe(decision.revocation_generation)  # a key was revoked: forget them all
     generation = cache.generation  # seen before the database read
     principal = authenticate(session, authorization=authorization)
@@ -66,6 +69,32 @@ def resolve_principal(request: Request, session: Session) -> Principal:
         cache.put(digest, tenant_id=principal.tenant_id, api_key_id=principal.api_key_id, generation=generation)
     rate_limit.refuse_if_limited(decision, limit=limit)
     return principal
+
+
+def _still_verified(cached: keys.VerifiedKey, decision: rate_limit.Decision, *, limit: int) -> Principal | None:
+    """The cached key's principal when no key was revoked since it was verified (429 past its rate
+    limit); None when it must be checked in the database again."""
+    if decision.revocation_generation is None or decision.revocation_generation != cached.generation:
+        return None
+    rate_limit.refuse_if_limited(decision, limit=limit)
+    return Principal(tenant_id=cached.tenant_id, api_key_id=cached.api_key_id)
+
+
+async def resolve_principal_on_loop(request: Request) -> Principal:
+    """resolve_principal from the event loop: a key in the verified-key cache costs one rate-limit
+    round trip on the loop and no thread; any other is checked in the database on a read thread."""
+    authorization = request.headers.get("authorization")
+    state = request.app.state
+    cache: keys.VerifiedKeys | None = state.verified_keys
+    counted = None
+    if cache is not None and authorization:
+        cached = cache.get(keys.digest(authorization))
+        if cached is not None:
+            counted = await state.rate_limiter.hit_on_loop(str(cached.api_key_id))
+            principal = _still_verified(cached, counted, limit=state.settings.rate_limit_requests)
+            if principal is not None:
+                return principal
+    return await read_in_thread(state.database, lambda session: resolve_principal(request, session, counted=counted))
 
 
 def current_principal(

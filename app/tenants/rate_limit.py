@@ -6,15 +6,18 @@ were verified under (app.tenants.keys.VerifiedKeys), so a revoked key is refused
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import secrets
 import threading
 import time
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import redis
+import redis.asyncio as redis_asyncio
+from redis.commands.core import AsyncScript
 
 from app.errors import RateLimited
 from app.settings import Settings
@@ -37,10 +40,24 @@ class RateLimiter(Protocol):
         """Count one request for `key`; refuse it when the window's budget is spent."""
         ...
 
+    async def hit_on_loop(self, key: str) -> Decision:
+        """hit() from the event loop, without blocking it."""
+        ...
+
+    async def close_on_loop(self) -> None:
+        """Close what hit_on_loop opened on the running loop (the API's shutdown)."""
+        ...
+
 
 class NoLimit:
     def hit(self, key: str) -> Decision:
         return Decision(allowed=True, retry_after_seconds=0, revocation_generation=keys.local_generation())
+
+    async def hit_on_loop(self, key: str) -> Decision:
+        return self.hit(key)
+
+    async def close_on_loop(self) -> None:
+        pass
 
 
 class MemoryRateLimiter:
@@ -62,6 +79,12 @@ class MemoryRateLimiter:
             self._counts[(key, window)] = count
         return _decide(count, self.limit, now, window, self.window_seconds, keys.local_generation())
 
+    async def hit_on_loop(self, key: str) -> Decision:
+        return self.hit(key)  # no I/O
+
+    async def close_on_loop(self) -> None:
+        pass
+
 
 # KEYS: the window's counter, the revocation counter. ARGV: counter TTL, 1 to count (0: limit off).
 _HIT = """
@@ -79,23 +102,47 @@ class RedisRateLimiter:
     revocation generation, in one round trip (EVALSHA). limit 0 only reads the generation."""
 
     def __init__(self, url: str, *, limit: int, window_seconds: float) -> None:
+        self.url = url
         self.client = _client(url)
         self.limit = limit
         self.window_seconds = window_seconds
         self._script = self.client.register_script(_HIT)
+        self._loop_script: tuple[asyncio.AbstractEventLoop, AsyncScript] | None = None
 
-    def hit(self, key: str) -> Decision:
+    def _arguments(self, key: str) -> tuple[float, int, list[str], list[int]]:
         now = time.time()
         window = int(now // self.window_seconds)
-        redis_key = f"leap:rate:{key}:{window}"
+        keys_ = [f"leap:rate:{key}:{window}", REVOCATIONS_KEY]
+        return now, window, keys_, [math.ceil(self.window_seconds) + 1, int(self.limit > 0)]
+
+    def hit(self, key: str) -> Decision:
+        now, window, keys_, args = self._arguments(key)
         try:
-            count, generation = self._script(
-                keys=[redis_key, REVOCATIONS_KEY], args=[math.ceil(self.window_seconds) + 1, int(self.limit > 0)]
-            )
+            count, generation = self._script(keys=keys_, args=args)
         except redis.RedisError:
             # Fail open: an unreachable limiter must not take the API down with it (nor can cached
             # keys be trusted without the revocation generation: they are checked in the database).
             return Decision(allowed=True, retry_after_seconds=0)
+        return self._decision(count, generation, now, window)
+
+    async def hit_on_loop(self, key: str) -> Decision:
+        now, window, keys_, args = self._arguments(key)
+        loop = asyncio.get_running_loop()
+        if self._loop_script is None or self._loop_script[0] is not loop:  # a client per event loop
+            client = redis_asyncio.Redis.from_url(self.url, socket_connect_timeout=2, socket_timeout=2)
+            self._loop_script = (loop, client.register_script(_HIT))
+        try:
+            count, generation = await self._loop_script[1](keys=keys_, args=args)
+        except redis.RedisError:
+            return Decision(allowed=True, retry_after_seconds=0)  # fail open, as hit()
+        return self._decision(count, generation, now, window)
+
+    async def close_on_loop(self) -> None:
+        held, self._loop_script = self._loop_script, None
+        if held is not None and held[0] is asyncio.get_running_loop():
+            await held[1].registered_client.aclose()
+
+    def _decision(self, count: Any, generation: Any, now: float, window: int) -> Decision:
         if self.limit <= 0:
             return Decision(allowed=True, retry_after_seconds=0, revocation_generation=int(generation))
         return _decide(int(count), self.limit, now, window, self.window_seconds, int(generation))

@@ -80,6 +80,12 @@ def present(
     ]
 
 
+def record_view(record: TrainingRecord, *, public_url: str | None, links: ArtifactLinks | None) -> schemas.Training:
+    """present() of a record whose status has no artifacts to show (not succeeded): no query."""
+    assert record.status != TrainingStatus.SUCCEEDED, "a succeeded training's artifacts need present()"
+    return _view(record, [], record.queue_position, public_url, links)
+
+
 def _position(training: Training | TrainingRecord, positions: dict[uuid.UUID, int]) -> int | None:
     return training.queue_position if isinstance(training, TrainingRecord) else positions.get(training.id)
 

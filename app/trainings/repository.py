@@ -11,8 +11,10 @@ from typing import Any
 from sqlalchemy import ColumnElement, FromClause, Select, bindparam, case, delete, func, or_, select, tuple_, update
 from sqlalchemy import inspect as sa_inspect
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import Session
 
+from app.db import Database, DriverStatement, read_in_thread
 from app.enums import ACTIVE_STATUSES, TrainingStatus
 from app.orm import Artifact, Training
 from app.orm.training import TrainingRecord
@@ -107,6 +109,24 @@ def record_for_tenant(session: Session, *, tenant_id: uuid.UUID, training_id: uu
     parameters = {"training_id": training_id, "tenant_id": tenant_id}
     row = session.connection().execute(_record_query(), parameters).one_or_none()
     return None if row is None else TrainingRecord(row._asdict())
+
+
+@functools.cache
+def _record_statement(dialect: Dialect) -> DriverStatement:
+    return DriverStatement.compile(_record_query(), dialect)
+
+
+async def read_record(database: Database, *, tenant_id: uuid.UUID, training_id: uuid.UUID) -> TrainingRecord | None:
+    """record_for_tenant from the event loop: read on the loop itself where the database allows it
+    (Postgres), else on a read thread."""
+    reads = database.loop_reads
+    if reads is None:
+        return await read_in_thread(
+            database, lambda session: record_for_tenant(session, tenant_id=tenant_id, training_id=training_id)
+        )
+    parameters = {"training_id": training_id, "tenant_id": tenant_id}
+    row = await reads.fetch_one(_record_statement(reads.dialect), parameters)
+    return None if row is None else TrainingRecord(row)
 
 
 def records_for_tenant(

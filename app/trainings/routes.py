@@ -16,7 +16,7 @@ from app.db import read_in_thread, unit_of_work
 from app.deps import ArtifactLinksDep, RegistryDep, SettingsDep, StorageDep, artifact_links
 from app.enums import TrainingStatus
 from app.errors import error_responses
-from app.tenants.auth import PrincipalDep, SessionDep, bearer, resolve_principal
+from app.tenants.auth import PrincipalDep, SessionDep, bearer, resolve_principal, resolve_principal_on_loop
 from app.trainings import logs, schemas, service, stream, uploads
 
 router = APIRouter(prefix="/v1/trainings", tags=["trainings"])
@@ -168,15 +168,14 @@ async def get_training(
     request: Request,
     training_id: str,
 ) -> Response:
-    # The hot path (clients poll this): authentication, rate limit, one query (row and queue
-    # position, no ORM) and serialisation in one worker-thread call, on an autocommit read session.
-    def poll(session: Session) -> Response:
-        principal = resolve_principal(request, session)
-        training = service.read_training(session, principal=principal, training_id=training_id)
-        view = service.present(session, [training], links=artifact_links(request))[0]
-        return Response(view.model_dump_json(by_alias=True), media_type="application/json")
-
-    return await read_in_thread(request.app.state.database, poll)
+    # The hot path (clients poll this): a cached key's check and the one query (row and queue
+    # position, no ORM) run on the event loop itself where the database allows it (Postgres);
+    # otherwise each runs on a read thread.
+    principal = await resolve_principal_on_loop(request)
+    view = await service.poll_training(
+        request.app.state.database, principal=principal, training_id=training_id, links=artifact_links(request)
+    )
+    return Response(view.model_dump_json(by_alias=True), media_type="application/json")
 
 
 @router.post(

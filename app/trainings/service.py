@@ -16,7 +16,7 @@ from pydantic import ValidationError
 from sqlalchemy.orm import Session
 
 from app import task_names
-from app.db import on_rollback
+from app.db import Database, on_rollback, read_in_thread
 from app.enums import TrainingStatus
 from app.errors import IdempotencyKeyReused, NotFound, RateLimited, ServiceUnavailable, ValidationFailed
 from app.ids import id_or_404
@@ -455,14 +455,19 @@ def get_training(session: Session, *, principal: Principal, training_id: str) ->
     return training
 
 
-def read_training(session: Session, *, principal: Principal, training_id: str) -> TrainingRecord:
-    """get_training for a poll: the row and its queue position in one query, without the ORM."""
-    record = repository.record_for_tenant(
-        session, tenant_id=principal.tenant_id, training_id=id_or_404(training_id, "training")
+async def poll_training(
+    database: Database, *, principal: Principal, training_id: str, links: ArtifactLinks
+) -> schemas.Training:
+    """get_training and present for a poll: the row and its queue position in one query, without
+    the ORM, read from the event loop; a succeeded training's artifacts take one more query."""
+    record = await repository.read_record(
+        database, tenant_id=principal.tenant_id, training_id=id_or_404(training_id, "training")
     )
     if record is None:
         raise NotFound(f"training {training_id} not found")
-    return record
+    if record.status == TrainingStatus.SUCCEEDED:
+        return await read_in_thread(database, lambda session: present(session, [record], links=links)[0])
+    return presenter.record_view(record, public_url=links.public_url, links=links)
 
 
 def _encode_cursor(training: TrainingRecord) -> str:

@@ -155,12 +155,16 @@ def test_an_unreachable_redis_bypasses_the_cache(settings, database):
 
 def test_a_poll_reads_again_when_its_pooled_connection_died(client, database, settings):
     """Read connections skip the pre-ping: a connection the database closed fails its read once,
-    which runs again on a fresh connection; the client sees nothing but its training."""
+    which runs again on a fresh connection; the client sees nothing but its training. Polls read
+    on the event loop's own connections, lists on the read threads' pool: both are covered."""
     tenant = make_tenant(database)
     training_id = submit(client, tenant).json()["id"]
     read_engine = client.app.state.database.read_engine  # type: ignore[attr-defined]
+    loop_reads = client.app.state.database.loop_reads  # type: ignore[attr-defined]
     assert client.get(f"/v1/trainings/{training_id}", headers=tenant.headers).status_code == 200
-    assert read_engine.pool.checkedin() >= 1  # the connection that read it waits in the pool
+    assert client.get("/v1/trainings", headers=tenant.headers).status_code == 200
+    # the connections that read them wait for the next reads
+    assert read_engine.pool.checkedin() >= 1 and loop_reads.idle_connections >= 1
     url = settings.resolved_database_url.replace("postgresql+psycopg://", "postgresql://", 1)
     with psycopg.connect(url, autocommit=True) as admin:
         killed = admin.execute(
