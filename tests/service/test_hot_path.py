@@ -128,6 +128,21 @@ def test_the_rate_limit_trips_on_cached_keys(settings, database):
         assert_error(api.get("/v1/trainings", headers=tenant.headers), 429, "rate_limited")
 
 
+def test_a_poll_that_rechecks_a_cached_key_counts_once(settings, database):
+    """A revocation elsewhere sends a cached key back to the database: the poll that finds out
+    (its rate-limit hit taken on the event loop) is still counted once, not again on the thread."""
+    limited = settings.model_copy(update={"rate_limit_requests": 4, "rate_limit_window": timedelta(minutes=1)})
+    with TestClient(create_app(limited)) as api:
+        tenant = make_tenant(database)
+        for _ in range(2):  # the second one caches the key
+            assert api.get(f"/v1/trainings/{uuid.uuid4()}", headers=tenant.headers).status_code == 404
+        assert _cached(api, tenant)
+        redis.Redis.from_url(settings.broker_url).set(rate_limit.REVOCATIONS_KEY, uuid.uuid4().int >> 66)
+        for _ in range(2):  # the first of these goes back to the database
+            assert api.get(f"/v1/trainings/{uuid.uuid4()}", headers=tenant.headers).status_code == 404
+        assert_error(api.get(f"/v1/trainings/{uuid.uuid4()}", headers=tenant.headers), 429, "rate_limited")
+
+
 def test_a_wrong_secret_is_refused_even_when_its_prefix_is_cached(client, database):
     tenant = make_tenant(database)
     for _ in range(2):
