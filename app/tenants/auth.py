@@ -8,7 +8,7 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
-from app.db import get_session, read, read_in_thread
+from app.db import get_session, read_in_thread
 from app.settings import Settings
 from app.tenants import keys, rate_limit
 from app.tenants.service import Principal, authenticate, authenticate_admin
@@ -97,13 +97,13 @@ async def resolve_principal_on_loop(request: Request) -> Principal:
     return await read_in_thread(state.database, lambda session: resolve_principal(request, session, counted=counted))
 
 
-def current_principal(
+async def current_principal(
     request: Request,
     _credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
 ) -> Principal:
-    """The tenant behind the request's Bearer key (401 otherwise; 429 past the key's rate limit).
-    Reads the key on a short autocommit session of its own (none at all for a cached key)."""
-    return read(request.app.state.database, lambda session: resolve_principal(request, session))
+    """The tenant behind the request's Bearer key (401 otherwise; 429 past the key's rate limit):
+    resolve_principal_on_loop, so a cached key costs no thread and a checked one its own short read."""
+    return await resolve_principal_on_loop(request)
 
 
 PrincipalDep = Annotated[Principal, Depends(current_principal)]

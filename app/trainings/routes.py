@@ -16,13 +16,13 @@ from app.db import read_in_thread, unit_of_work
 from app.deps import ArtifactLinksDep, RegistryDep, SettingsDep, StorageDep, artifact_links
 from app.enums import TrainingStatus
 from app.errors import error_responses
-from app.tenants.auth import PrincipalDep, SessionDep, bearer, resolve_principal, resolve_principal_on_loop
+from app.tenants.auth import PrincipalDep, SessionDep, bearer, resolve_principal_on_loop
 from app.trainings import logs, schemas, service, stream, uploads
 
 router = APIRouter(prefix="/v1/trainings", tags=["trainings"])
 
-# The polled routes authenticate inside their one thread call (resolve_principal), not through a
-# dependency, which costs FastAPI a dependency solve per request; openapi.yaml still says how.
+# The polled routes authenticate by calling resolve_principal_on_loop, not through a dependency,
+# which costs FastAPI a dependency solve per request; openapi.yaml still says how.
 BEARER_SECURITY: dict[str, Any] = {"security": [{bearer.scheme_name: []}]}
 
 
@@ -145,9 +145,11 @@ async def list_trainings(
     cursor: Annotated[str | None, Query(description="next_cursor of the previous page")] = None,
     limit: Annotated[int, Query(ge=1, le=service.MAX_PAGE_SIZE)] = 20,
 ) -> Response:
-    # Like a poll: authentication, rate limit, query and serialisation in one worker-thread call.
+    # Like a poll: the key checked from the event loop, then the query and serialisation in one
+    # read-thread call (run once more, on its own, if its connection was dead).
+    principal = await resolve_principal_on_loop(request)
+
     def list_page(session: Session) -> Response:
-        principal = resolve_principal(request, session)
         trainings, next_cursor = service.list_trainings(
             session, principal=principal, status=status, cursor=cursor, limit=limit
         )

@@ -167,6 +167,14 @@ def create_training(
     model = registry.get(form.base_model or registry.default_id)
     assert model is not None  # _parse_form refused unknown ids
     _check_kind_fields(form, model)
+    if (
+        idempotency_key is None
+        or repository.find_by_idempotency_key(session, tenant_id=principal.tenant_id, key=idempotency_key) is None
+    ):
+        # Refuse a tenant at its limits before downloading, decoding or storing any input; this
+        # job's estimate is known only after, and checked with the limits under the lock below.
+        # (A retried request with a known Idempotency-Key replays first.)
+        _check_limits(session, principal=principal, settings=settings, estimated_units=0, lock=False)
     inputs = _collect_inputs(submission, model, form, settings)
     fingerprint = _fingerprint(submission.fields, inputs.hashes)
     replayed = _replay_if_known(session, principal, idempotency_key, fingerprint)
@@ -178,8 +186,6 @@ def create_training(
     token = form.token or (TEXT_TOKEN if model.kind == Kind.TEXT else default_token(training_id))
     steps = _planned_steps(base_model=model.id, token=token, form=form, kind=model.kind, registry=registry)
     estimated_units = _estimate(settings, form, model, steps, inputs)
-    # A quick refusal before the work of decoding and storing; checked again under the lock below.
-    _check_limits(session, principal=principal, settings=settings, estimated_units=estimated_units, lock=False)
     stored = _store(session, training_id, submission, inputs, storage, settings)
     # The tenant's row is locked only now, for the few statements left: submissions of one tenant
     # queue behind each other for milliseconds, not for each other's decoding and uploads.

@@ -26,7 +26,7 @@ from app.orm import Training
 from app.trainings import fetch
 
 from .factories import TEXT_MODEL, image_files, jsonl_bytes, make_tenant, png_bytes, zip_bytes
-from .helpers import assert_error, assert_nothing_stored, queued_messages, settings_env, stored_keys
+from .helpers import ADMIN, assert_error, assert_nothing_stored, queued_messages, settings_env, stored_keys
 from .processes import ApiProcess
 from .receivers import Receiver, Reply
 
@@ -344,6 +344,22 @@ def test_idempotency_covers_the_fetched_bytes(api, database, files_server):  # t
     files_server.on("/set.zip", Reply(body=zip_bytes({"a.png": png_bytes(color=(9, 9, 9)), "b.png": png_bytes()})))
     third = post_fields(api, tenant, [("images_url", url)], headers=key)
     assert_error(third, 409, "idempotency_key_reused")
+
+
+def test_a_tenant_at_its_limit_is_refused_before_anything_is_fetched(api, database, files_server):  # type: ignore[no-untyped-def]
+    tenant = make_tenant(database)
+    api.patch(f"/v1/admin/tenants/{tenant.tenant_id}", json={"max_concurrent_trainings": 1}, headers=ADMIN)
+    url = f"{files_server.url}/set.zip"
+    files_server.on("/set.zip", Reply(body=image_zip()), Reply(body=image_zip()))
+    key = {"Idempotency-Key": "at-limit-1"}
+    first = post_fields(api, tenant, [("images_url", url)], headers=key)
+    assert first.status_code == 202, first.text
+    assert len(files_server.at("/set.zip")) == 1
+    assert_error(post_fields(api, tenant, [("images_url", url)]), 429, "rate_limited", "limit 1")
+    assert len(files_server.at("/set.zip")) == 1  # refused before downloading
+    # A retry of the accepted request still replays it (fetched again: the fingerprint needs the bytes).
+    replay = post_fields(api, tenant, [("images_url", url)], headers=key)
+    assert replay.status_code == 202 and replay.json()["id"] == first.json()["id"]
 
 
 def test_dns_failure_and_private_resolution_name_the_field(url_settings):  # type: ignore[no-untyped-def]
