@@ -12,7 +12,7 @@ from pydantic import BaseModel
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
-from app.db import read_in_thread, unit_of_work
+from app.db import read, read_in_thread, unit_of_work
 from app.deps import ArtifactLinksDep, RegistryDep, SettingsDep, StorageDep, artifact_links
 from app.enums import TrainingStatus
 from app.errors import error_responses
@@ -111,8 +111,17 @@ async def create_training(
     # The key is checked (above) before the body is read. The unit of work then runs in one
     # worker-thread call, commit included, so the tenant's row lock is never held across a hop
     # back to the event loop (which serialised one tenant's submissions under load).
+    database = request.app.state.database
+
     def create() -> tuple[schemas.Training, bool]:
-        with unit_of_work(request.app.state.database.session_factory) as session:
+        # On a read connection: no transaction is held open while the inputs download and decode.
+        read(
+            database,
+            lambda session: service.refuse_at_limits(
+                session, principal=principal, idempotency_key=idempotency_key, settings=settings
+            ),
+        )
+        with unit_of_work(database.session_factory) as session:
             training, created = service.create_training(
                 session,
                 principal=principal,

@@ -167,14 +167,6 @@ def create_training(
     model = registry.get(form.base_model or registry.default_id)
     assert model is not None  # _parse_form refused unknown ids
     _check_kind_fields(form, model)
-    if (
-        idempotency_key is None
-        or repository.find_by_idempotency_key(session, tenant_id=principal.tenant_id, key=idempotency_key) is None
-    ):
-        # Refuse a tenant at its limits before downloading, decoding or storing any input; this
-        # job's estimate is known only after, and checked with the limits under the lock below.
-        # (A retried request with a known Idempotency-Key replays first.)
-        _check_limits(session, principal=principal, settings=settings, estimated_units=0, lock=False)
     inputs = _collect_inputs(submission, model, form, settings)
     fingerprint = _fingerprint(submission.fields, inputs.hashes)
     replayed = _replay_if_known(session, principal, idempotency_key, fingerprint)
@@ -211,6 +203,17 @@ def create_training(
     assert training is not None
     _enqueue(session, training, settings)
     return training, True
+
+
+def refuse_at_limits(
+    session: Session, *, principal: Principal, idempotency_key: str | None, settings: Settings
+) -> None:
+    """429 or 402 for a tenant already at its limits, before a submission's inputs are downloaded,
+    decoded or stored (create_training checks the job's own estimate under the lock once they are
+    known). A request whose Idempotency-Key is known goes on, to be replayed or refused with 409."""
+    key = _check_idempotency_key(idempotency_key)
+    if key is None or repository.find_by_idempotency_key(session, tenant_id=principal.tenant_id, key=key) is None:
+        _check_limits(session, principal=principal, settings=settings, estimated_units=0, lock=False)
 
 
 def _url_field(submission: uploads.Submission) -> str | None:
