@@ -21,6 +21,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 
+from app.errors import ServiceUnavailable
 from app.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -276,15 +277,25 @@ class LoopReads:
     """Autocommit psycopg connections used on the event loop, for the poll's query: with no thread
     hop and no SQLAlchemy execution around it, the poll's read costs a third of the CPU.
 
-    At most `size` connections per event loop (an API process has one). A connection is dropped
+    At most `size` connections per event loop (an API process has one); a read that waits
+    `checkout_timeout` for one is answered 503. A connection is dropped
     when a read on it fails or is cancelled, and after `recycle_seconds`; a read that failed
     because its connection had died (the database restarted) runs once more on a new one."""
 
-    def __init__(self, dialect: Dialect, connect_kwargs: dict[str, Any], *, size: int, recycle_seconds: float) -> None:
+    def __init__(
+        self,
+        dialect: Dialect,
+        connect_kwargs: dict[str, Any],
+        *,
+        size: int,
+        recycle_seconds: float,
+        checkout_timeout: float = 30.0,
+    ) -> None:
         self.dialect = dialect
         self.connect_kwargs = connect_kwargs
         self.size = size
         self.recycle_seconds = recycle_seconds
+        self.checkout_timeout = checkout_timeout  # as SQLAlchemy's pool_timeout; then 503
         self._state: _LoopConnections | None = None
 
     def _connections(self) -> _LoopConnections:
@@ -311,7 +322,12 @@ class LoopReads:
         import psycopg
 
         state = self._connections()
-        async with state.slots:
+        try:
+            async with asyncio.timeout(self.checkout_timeout):
+                await state.slots.acquire()
+        except TimeoutError:
+            raise ServiceUnavailable("every database connection of this API process is busy; retry later") from None
+        try:
             for attempt in (1, 2):
                 connection, opened = state.idle.pop() if state.idle else (await self._connect(), time.monotonic())
                 try:
@@ -332,6 +348,8 @@ class LoopReads:
                 else:
                     await connection.close()
                 return None if values is None else statement.row(values)
+        finally:
+            state.slots.release()
         raise AssertionError("unreachable")
 
     async def close(self) -> None:

@@ -173,7 +173,7 @@ async def list_trainings(
     response_model=schemas.Training,
     summary="Get a training",
     openapi_extra=BEARER_SECURITY,
-    responses=error_responses(401, 404, 429),
+    responses=error_responses(401, 404, 429, 503),
 )
 async def get_training(
     request: Request,

@@ -4,14 +4,18 @@ another tenant's training stays not found, and the rate limit still trips on cac
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from datetime import timedelta
 
 import psycopg
+import pytest
 import redis
 from fastapi.testclient import TestClient
+from sqlalchemy import func, literal, select
 
-from app.db import unit_of_work
+from app.db import DriverStatement, LoopReads, unit_of_work
+from app.errors import ServiceUnavailable
 from app.main import create_app
 from app.orm.base import utcnow
 from app.tenants import keys, rate_limit
@@ -191,6 +195,25 @@ def test_a_poll_reads_again_when_its_pooled_connection_died(client, database, se
         response = client.get(path, headers=tenant.headers)
         assert response.status_code == 200, response.text
     assert client.get(f"/v1/trainings/{training_id}", headers=tenant.headers).json()["status"] == "queued"
+
+
+def test_a_loop_read_waits_for_a_connection_at_most_its_checkout_timeout(database):
+    """Past the loop pool's size a read waits, then gets 503 (not an endless wait, nor a 500)."""
+    pool = database.loop_reads
+    reads = LoopReads(pool.dialect, pool.connect_kwargs, size=1, recycle_seconds=60, checkout_timeout=0.2)
+    slow = DriverStatement.compile(select(func.pg_sleep(1).label("slept"), literal(7).label("seven")), pool.dialect)
+
+    async def two_reads() -> dict | None:  # type: ignore[type-arg]
+        first = asyncio.create_task(reads.fetch_one(slow, {}))
+        await asyncio.sleep(0.1)  # the first holds the only connection
+        with pytest.raises(ServiceUnavailable, match="busy"):
+            await reads.fetch_one(slow, {})
+        row = await first
+        await reads.close()
+        return row
+
+    row = asyncio.run(two_reads())
+    assert row is not None and row["seven"] == 7
 
 
 def test_a_poll_shows_exactly_what_the_submission_returned(client, database):
