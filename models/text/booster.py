@@ -1,6 +1,13 @@
 """The text booster: a few example texts -> the new token's starting embedding, read by the frozen base.
 
-An À La Carte-style reader (Khodak et al. 2018): each example is read by the frozen base model
+Two readers propose candidate starts, and the job's own loss picks one of them (`TextBooster.start`):
+
+- retrieval: the frozen base reads each example with the token replaced by a neutral word and a
+  probe appended that asks for a word ("... is another word for \""); the log-probabilities of the
+  base model's whole-word tokens after each probe, minus their average over training words' texts
+  (calibration: without it "the", "a" and quotes win every time), are summed over the examples and
+  probes. The top words' input embeddings, and their softmax-weighted mean, are candidates.
+- regression: an À La Carte-style reader (Khodak et al. 2018): each example is read by the frozen base model
 with the concept token replaced by a neutral word (READ_WORD), and a probe sentence appended that
 asks which word it stood for. Three hidden states per example, averaged over the examples:
 
@@ -10,7 +17,10 @@ asks which word it stood for. Three hidden states per example, averaged over the
 
 With tied embeddings the final-normed states live in the embedding space already; a ridge
 regression (a linear map + bias over standardised features) fitted on the base model's own
-vocabulary maps them to the word's input embedding. It is stored beside a JSON file naming the
+vocabulary maps them to the word's input embedding; the prediction is one more candidate.
+
+Each candidate is scored by the trainer's scorer: the loss on the examples the booster was given,
+with the job's token set to it; the lowest wins. It is stored beside a JSON file naming the
 base model, its fingerprint and dimensions; a different base model is refused (BaseModelError).
 
 The booster predicts one vector; a job with num_vectors > 1 starts every vector from it.
@@ -36,16 +46,29 @@ from models.text.config import TextTrainConfig
 from models.text.examples import TextExample
 from models.trainer.errors import BaseModelError, foreign_booster
 
-# A booster resolver maps (base, examples, config) to initial token vectors [num_vectors, width] with a
-# note, or None when no text booster is registered for the base model. text_booster_resolver builds the
-# real one from a registry; the text trainer gets it from its caller (None: no booster).
-TextBoosterResolver = Callable[[TextBase, Sequence[TextExample], TextTrainConfig], "tuple[torch.Tensor, str] | None"]
+# The job's mean loss on `examples` with its token's vectors set to `vector` ([width]); the trainer
+# builds it from the job's own forward hooks, so a booster can score candidate starts.
+StartScorer = Callable[[torch.Tensor, Sequence[TextExample]], float]
+
+# A booster resolver maps (base, examples, config, scorer) to initial token vectors [num_vectors, width]
+# with a note, or None when no text booster is registered for the base model. text_booster_resolver
+# builds the real one from a registry; the text trainer gets it from its caller (None: no booster).
+TextBoosterResolver = Callable[
+    [TextBase, Sequence[TextExample], TextTrainConfig, StartScorer], "tuple[torch.Tensor, str] | None"
+]
 
 CONFIG_FILE = "booster.json"
 WEIGHTS_FILE = "booster.safetensors"
 READ_WORD = "something"
 PROBE = '\nIn the text above, "{read}" stands for the word'
 FEATURES = ("before", "probe", "middle")
+# (word standing in for the token, probe): each asks for one word after an opening quote.
+RETRIEVAL_PROBES = (
+    ("something", '\nIn the text above, "something" is another word for "'),
+    ("___", '\nThe missing word (___) in the text above is "'),
+    ("it", '\nOne word for what this text is about: "'),
+)
+RETRIEVED_WORDS = 16
 
 
 @dataclass
@@ -62,6 +85,10 @@ class TextBoosterConfig:
     probe: str = PROBE
     features: list[str] = field(default_factory=lambda: list(FEATURES))
     ridge: float = 1.0
+    retrieval_probes: list[list[str]] = field(default_factory=list)
+    retrieval_vocabulary: int = 0
+    """How many whole-word token ids retrieval ranks (0: no retrieval, the regression alone)."""
+    retrieved_words: int = RETRIEVED_WORDS
     num_vectors_note: str = "predicts one vector; a job with num_vectors > 1 starts every vector from it"
     training: dict = field(default_factory=dict)
     """How it was trained: words, examples per read, timings, validation figures."""
@@ -121,11 +148,33 @@ def read_examples(
     return torch.cat(out)
 
 
+@torch.no_grad()
+def final_states(base: TextBase, texts: Sequence[str], batch_size: int = 32) -> torch.Tensor:
+    """The final-normed hidden state at each text's last token [texts, width] (right-padded batches)."""
+    tokenizer = base.tokenizer
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
+    body = base.model.get_decoder() if hasattr(base.model, "get_decoder") else base.model.model
+    encoded = [tokenizer(t, add_special_tokens=False).input_ids for t in texts]
+    out = []
+    for start in range(0, len(encoded), batch_size):
+        chunk = encoded[start : start + batch_size]
+        width = max(len(ids) for ids in chunk)
+        ids = torch.tensor([e + [pad] * (width - len(e)) for e in chunk], device=base.device)
+        mask = torch.tensor([[1] * len(e) + [0] * (width - len(e)) for e in chunk], device=base.device)
+        hidden = body(input_ids=ids, attention_mask=mask).last_hidden_state.float()
+        last = torch.tensor([len(e) - 1 for e in chunk], device=base.device)
+        out.append(hidden[torch.arange(len(chunk), device=base.device), last].cpu())
+    return torch.cat(out)
+
+
 class TextBooster(torch.nn.Module):
-    """Standardised averaged features -> one embedding vector (a linear map + bias)."""
+    """Standardised averaged features -> one embedding vector (a linear map + bias), and the retrieval
+    reader's vocabulary and calibration (see the module docstring)."""
 
     feature_mean: torch.Tensor
     feature_std: torch.Tensor
+    vocabulary_ids: torch.Tensor
+    probe_prior: torch.Tensor
 
     def __init__(self, config: TextBoosterConfig) -> None:
         super().__init__()
@@ -134,6 +183,9 @@ class TextBooster(torch.nn.Module):
         self.register_buffer("feature_mean", torch.zeros(features))
         self.register_buffer("feature_std", torch.ones(features))
         self.linear = torch.nn.Linear(features, config.embedding_width)
+        words = config.retrieval_vocabulary
+        self.register_buffer("vocabulary_ids", torch.zeros(words, dtype=torch.long))
+        self.register_buffer("probe_prior", torch.zeros(len(config.retrieval_probes), words))
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         """features [concepts, F] (averaged over each concept's examples) -> [concepts, width]."""
@@ -154,10 +206,71 @@ class TextBooster(torch.nn.Module):
         self.config.ridge = ridge
 
     def predict(self, base: TextBase, examples: Sequence[TextExample], token: str) -> torch.Tensor:
-        """The token's starting embedding [width] from a concept's examples."""
+        """The regression's embedding [width] from a concept's examples."""
         features = read_examples(base, examples, token=token, middle_layer=self.config.middle_layer)
         with torch.no_grad():
             return self(features.mean(0, keepdim=True))[0]
+
+    def _probe_log_probs(self, base: TextBase, examples: Sequence[TextExample], token: str) -> torch.Tensor:
+        """[probes, examples, vocabulary]: log-probabilities of the retrieval vocabulary after each probe."""
+        probes = self.config.retrieval_probes
+        texts = [e.full_text.replace(token, fill) + probe for fill, probe in probes for e in examples]
+        states = final_states(base, texts)
+        head = base.model.get_output_embeddings().weight.detach()
+        logits = states.to(base.device) @ head.float().T
+        rows = torch.log_softmax(logits, dim=-1)[:, self.vocabulary_ids.to(base.device)].cpu()
+        return rows.reshape(len(probes), len(examples), -1)
+
+    @torch.no_grad()
+    def fit_retrieval(
+        self, base: TextBase, vocabulary_ids: Sequence[int], concepts: Sequence[Sequence[TextExample]], token: str
+    ) -> None:
+        """The retrieval vocabulary and each probe's prior: its mean log-probabilities over `concepts`' texts."""
+        self.config.retrieval_probes = [list(p) for p in RETRIEVAL_PROBES]
+        self.config.retrieval_vocabulary = len(vocabulary_ids)
+        self.vocabulary_ids = torch.tensor(list(vocabulary_ids), dtype=torch.long)
+        self.probe_prior = torch.zeros(len(RETRIEVAL_PROBES), len(vocabulary_ids))
+        total = torch.zeros_like(self.probe_prior)
+        count = 0
+        for examples in concepts:
+            rows = self._probe_log_probs(base, examples, token)
+            total += rows.sum(1)
+            count += rows.shape[1]
+        self.probe_prior = total / max(count, 1)
+
+    @torch.no_grad()
+    def retrieve(self, base: TextBase, examples: Sequence[TextExample], token: str) -> tuple[list[int], torch.Tensor]:
+        """The top retrieved token ids and their calibrated scores (summed over probes and examples)."""
+        if not self.config.retrieval_vocabulary or not examples:
+            return [], torch.zeros(0)
+        rows = self._probe_log_probs(base, examples, token)
+        scores = (rows - self.probe_prior[:, None, :]).sum((0, 1))
+        top = scores.topk(min(self.config.retrieved_words, len(scores)))
+        return self.vocabulary_ids[top.indices].tolist(), top.values
+
+    def start(
+        self, base: TextBase, examples: Sequence[TextExample], token: str, score: StartScorer
+    ) -> tuple[torch.Tensor, str]:
+        """The candidate start [width] with the lowest loss on `examples`, and a note naming it.
+
+        Candidates: the regression's prediction, the retrieved words' input embeddings and their
+        softmax-weighted mean (weights from the retrieval scores)."""
+        weight = base.model.get_input_embeddings().weight.detach().float().cpu()
+        candidates: list[tuple[str, torch.Tensor]] = [("regression", self.predict(base, examples, token).cpu())]
+        ids, scores = self.retrieve(base, examples, token)
+        if ids:
+            rows = weight[torch.tensor(ids)]
+            candidates.append(("retrieval blend", (torch.softmax(scores, 0)[:, None] * rows).sum(0)))
+            candidates += [(f"word {base.tokenizer.decode([i])!r}", row) for i, row in zip(ids, rows, strict=True)]
+        losses = [score(vector, examples) for _, vector in candidates]
+        best = min(range(len(candidates)), key=lambda i: losses[i])
+        name, vector = candidates[best]
+        regression = losses[0]
+        note = (
+            f"booster start: {name} (loss {losses[best]:.4f} on the examples; the regression's {regression:.4f}; "
+            f"{len(candidates)} candidates)"
+        )
+        return vector, note
 
 
 def new_text_booster(base: TextBase, base_model: str) -> TextBooster:
@@ -192,6 +305,8 @@ def load_text_booster(directory: Path) -> TextBooster:
     except (OSError, ValueError, TypeError) as error:
         raise BaseModelError(f"cannot read the text booster in {directory}: {error}") from error
     booster = TextBooster(config)
+    if not config.retrieval_vocabulary:  # a regression-only booster (stored before retrieval) has no such buffers
+        state = {"vocabulary_ids": booster.vocabulary_ids, "probe_prior": booster.probe_prior, **state}
     booster.load_state_dict(state)
     booster.eval()
     return booster
@@ -233,7 +348,7 @@ def registered_text_booster_path(base: TextBase, base_model: str, registry: Regi
 
 
 def text_booster_vectors(
-    base: TextBase, examples: Sequence[TextExample], config: TextTrainConfig, registry: Registry
+    base: TextBase, examples: Sequence[TextExample], config: TextTrainConfig, score: StartScorer, registry: Registry
 ) -> tuple[torch.Tensor, str] | None:
     """The registered booster's start for a job ([num_vectors, width], note), or None without one."""
     directory = registered_text_booster_path(base, config.base_model, registry)
@@ -243,8 +358,9 @@ def text_booster_vectors(
         booster = checked_text_booster(directory, base)
     except BaseModelError as error:
         raise foreign_booster(error, what="text booster", base_model=config.base_model) from error
-    vector = booster.predict(base, examples, config.token)
-    note = "" if config.num_vectors == 1 else f"the booster {booster.config.num_vectors_note}"
+    vector, note = booster.start(base, examples, config.token, score)
+    if config.num_vectors > 1:
+        note += f"; the booster {booster.config.num_vectors_note}"
     return vector.expand(config.num_vectors, -1).clone(), note
 
 

@@ -4,12 +4,14 @@
 
 Concepts: --words held-out vocabulary words (never seen by booster training) and --invented made-up
 words (booster_data.INVENTED), each with 8 texts; per seed, 4 texts are the job's examples and the
-other 4 the held-out set (loss on their continuations). For `token` and `pivotal`:
+other 4 the held-out set (loss on their continuations). The learning-rate sweep uses one more held-out
+word and the last invented concept, neither of them evaluated. For `token` and `pivotal`:
 
   baseline   init=token from the generic word "thing", the learning rate picked by a small sweep for
              speed to target (fewest steps to within 2% of the best held-out loss any sweep point reaches)
   booster    init=booster (the trainer's guarded start, so a bad prediction falls back to the token)
-  shuffled   (token only) the booster fed another concept's examples, without the guard
+  shuffled   (token only) the booster fed another concept's examples (it reads and scores its
+             candidates on those), without the guard
   icl        no training: the 4 examples in the prompt before each held-out prompt
 
 steps: the first evaluated step whose held-out loss is within 2% of the baseline's best (the same
@@ -39,10 +41,12 @@ import torch
 from models.enums import Init
 from models.registry import Registry, load_registry
 from models.text.base_model import load_text_base, resolve_text_model
-from models.text.booster import checked_text_booster
+from models.text.booster import TextBooster, checked_text_booster
 from models.text.booster_data import (
     INVENTED,
     PLACEHOLDER,
+    InventedConcept,
+    WordConcept,
     split_words,
     vocabulary_words,
     whole_words,
@@ -54,6 +58,7 @@ from models.text.examples import TextExample
 from models.text.train import train
 from models.trainer.errors import TrainingCanceled
 
+Concept = WordConcept | InventedConcept
 TARGET = 1.02
 SHOTS = 4
 
@@ -78,6 +83,16 @@ def icl_loss(base, train_examples, held_out) -> float:
         TextExample(text=None, prompt=context + e.prompt, completion=e.completion, source=e.source) for e in held_out
     ]
     return batch_loss(base.model, base.tokenizer, prompted)
+
+
+def bench_resolver(booster: TextBooster, concept: str):
+    """The booster's start for the examples it is given (the shuffled ablation gives another concept's)."""
+
+    def resolve(base, examples, config, score):
+        vector, note = booster.start(base, examples, PLACEHOLDER, score)
+        return vector.expand(config.num_vectors, -1).clone(), f"bench booster ({concept}): {note}"
+
+    return resolve
 
 
 def run(
@@ -105,13 +120,14 @@ def run(
                 should_stop=stop,
                 guarded_start=guard,
             )
-            init_used, guard_scores = result.init_used, result.manifest.get("init_guard")
+            init_used, guard_scores, note = result.init_used, result.manifest.get("init_guard"), result.init_note
         except TrainingCanceled:
-            init_used, guard_scores = "stopped early", None
+            init_used, guard_scores, note = "stopped early", None, ""
     return {
         "curve": curve,
         "init_used": init_used,
         "guard": guard_scores,
+        "init_note": note,
         "seconds": round(time.perf_counter() - started, 1),
     }
 
@@ -147,12 +163,17 @@ def sweep(base_model, data_dir, mode, points, concepts, steps, registry: Registr
     return {"points": scores, "chosen": points[chosen]}
 
 
-def concept_sets(base, args) -> list[tuple[str, str, object]]:
+def concept_sets(base, args) -> tuple[list[tuple[str, str, Concept]], list[Concept]]:
+    """(evaluated concepts, the sweep's concepts): the sweep tunes on the next held-out word and the
+    last invented concept, which are not evaluated (--invented is at most len(INVENTED) - 1)."""
     _, held = split_words(vocabulary_words(base.tokenizer))
-    held = whole_words(base.model, base.tokenizer, random.Random(1234).sample(held, 8 * args.words))
-    words = held[: args.words]
-    concepts = [("word", c.word, c) for c in write_contexts(base.model, base.tokenizer, words)]
-    return concepts + [("invented", c.word, c) for c in INVENTED[: args.invented]]
+    held = whole_words(base.model, base.tokenizer, random.Random(1234).sample(held, 8 * (args.words + 1)))
+    written = write_contexts(base.model, base.tokenizer, held[: args.words + 1])
+    concepts: list[tuple[str, str, Concept]] = [("word", c.word, c) for c in written[: args.words]]
+    invented: list[tuple[str, str, Concept]] = [
+        ("invented", c.word, c) for c in INVENTED[: min(args.invented, len(INVENTED) - 1)]
+    ]
+    return concepts + invented, [written[args.words], INVENTED[-1]]
 
 
 def split(concept, seed: int):
@@ -218,7 +239,7 @@ def main() -> None:
     parser.add_argument("--data-dir")
     parser.add_argument("--booster", type=Path, default=Path(__file__).parent / "weights" / "smollm2-135m")
     parser.add_argument("--words", type=int, default=2)
-    parser.add_argument("--invented", type=int, default=2)
+    parser.add_argument("--invented", type=int, default=3, help="at most 3: the fourth tunes the sweep")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--steps", type=int, default=24, help="the longer run's length (both starts)")
     parser.add_argument("--sweep-steps", type=int, default=24)
@@ -239,7 +260,7 @@ def main() -> None:
     registry = load_registry()
     base = load_text_base(resolve_text_model(args.base_model, args.data_dir, registry), torch.device("cpu"))
     booster = checked_text_booster(args.booster, base)
-    concepts = concept_sets(base, args)
+    concepts, sweep_concepts = concept_sets(base, args)
     if args.stop_when_done:
         stop_when_done(args, booster, concepts, started, registry)
         return
@@ -250,11 +271,7 @@ def main() -> None:
             done[record["key"]] = record
 
     def resolver_for(concept):
-        def resolve(base_, examples, config):
-            vector = booster.predict(base_, examples, PLACEHOLDER)
-            return vector.expand(config.num_vectors, -1).clone(), f"bench booster ({concept})"
-
-        return resolve
+        return bench_resolver(booster, concept)
 
     sweep_points = {
         "token": [{"embedding_lr": lr} for lr in (0.01, 0.03, 0.1)],
@@ -267,8 +284,8 @@ def main() -> None:
     for mode in args.modes:
         key = f"sweep:{mode}"
         if key not in done:
-            # One held-out word and the last invented concept (whatever --invented is), seed 0.
-            sets = [(concepts[0][1], *split(concepts[0][2], 0)), (INVENTED[-1].word, *split(INVENTED[-1], 0))]
+            # A held-out word and an invented concept that are not evaluated, seed 0.
+            sets = [(c.word, *split(c, 0)) for c in sweep_concepts]
             result = sweep(args.base_model, args.data_dir, mode, sweep_points[mode], sets, args.sweep_steps, registry)
             done[key] = {"key": key, "concepts": [name for name, _, _ in sets], **result}
             with args.cache.open("a") as handle:
@@ -317,6 +334,7 @@ def main() -> None:
                     "baseline_curve": baseline["curve"],
                     "booster_curve": boosted["curve"],
                     "booster_init_used": boosted["init_used"],
+                    "booster_init_note": boosted["init_note"],
                     "guard": boosted["guard"],
                     "baseline_steps": steps_to(baseline["curve"], target),
                     "booster_steps": steps_to(boosted["curve"], target),
@@ -336,7 +354,7 @@ def main() -> None:
                         examples,
                         held_out,
                         registry=registry,
-                        resolver=lambda b, e, c, o=other_examples, r=resolver_for(other[1]): r(b, o, c),
+                        resolver=lambda b, e, c, s, o=other_examples, r=resolver_for(other[1]): r(b, o, c, s),
                         guard=False,
                         stop_below=target,
                     )
@@ -436,11 +454,7 @@ def stop_when_done(args, booster, concepts, started: float, registry: Registry) 
     """Default jobs (registry cap and rates) from the token and from the booster, against a long run."""
 
     def resolver_for(concept):
-        def resolve(base_, examples, config):
-            vector = booster.predict(base_, examples, PLACEHOLDER)
-            return vector.expand(config.num_vectors, -1).clone(), f"bench booster ({concept})"
-
-        return resolve
+        return bench_resolver(booster, concept)
 
     records = []
     for seed in range(args.seeds):

@@ -6,8 +6,9 @@
 Steps, each cached under --work so a stopped run resumes: (1) the model writes contexts for
 --words training words (booster_data); (2) the frozen model reads every context (booster.read_examples);
 (3) ridge regressions from the average features of random --shots-example subsets to the words'
-embeddings, the ridge strength picked on 10% of the training words; (4) the refit booster is saved.
-Held-out words (booster_data.is_held_out) are never touched.
+embeddings, the ridge strength picked on 10% of the training words; (4) the retrieval reader's
+calibration: each probe's mean log-probabilities over the texts of --calibration-words training words;
+(5) the booster is saved. Held-out words (booster_data.is_held_out) are never touched.
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ def main() -> None:
     parser.add_argument("--words", type=int, default=900)
     parser.add_argument("--shots", type=int, default=4, help="examples per read (a job's typical count)")
     parser.add_argument("--draws", type=int, default=6, help="random example subsets per word")
+    parser.add_argument("--calibration-words", type=int, default=64, help="training words for the retrieval prior")
     parser.add_argument("--work", type=Path, default=Path("/tmp/leap-text-booster"))
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--threads", type=int, default=1)
@@ -104,12 +106,20 @@ def main() -> None:
     best = max(scores, key=lambda r: scores[r])
     x_all = subset_features(features, args.shots, args.draws, generator)
     booster.fit(x_all, targets.repeat_interleave(args.draws, 0), best)
+
+    t = time.perf_counter()
+    vocabulary = sorted({token_id for _, token_id in vocabulary_words(base.tokenizer)})
+    calibration = [c.examples(range(len(c.texts))) for c in concepts[: args.calibration_words]]
+    booster.fit_retrieval(base, vocabulary, calibration, PLACEHOLDER)
+    timings["retrieval_s"] = round(time.perf_counter() - t, 1)
+    print(f"retrieval prior over {len(calibration)} words in {timings['retrieval_s']}s", flush=True)
     booster.config.training = {
         "words": len(concepts),
         "held_out_words_excluded": len(held_words),
         "frames": len(concepts[0].texts),
         "shots": args.shots,
         "draws": args.draws,
+        "calibration_words": len(calibration),
         "ridge_validation_cosine": {str(k): round(v, 4) for k, v in scores.items()},
         "generic_word_validation_cosine": round(
             cosine(weight[base.tokenizer(" thing").input_ids[0]][None], targets[valid]), 4

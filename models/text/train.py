@@ -31,7 +31,7 @@ import torch
 from models.enums import Init, Mode
 from models.registry import Registry
 from models.text.base_model import TextBase, load_text_base, pick_device, resolve_text_model
-from models.text.booster import TextBoosterResolver
+from models.text.booster import StartScorer, TextBoosterResolver
 from models.text.concept import TextConcept, lora_target_modules
 from models.text.config import TextTrainConfig, with_defaults
 from models.text.data import IGNORE, Row, collate, lm_loss, pad_id_of, tokenize_example
@@ -137,6 +137,25 @@ def guard_loss(base: TextBase, rows: Sequence[Row], pad_id: int) -> float:
     return float(lm_loss(base.model, collate(list(rows[:GUARD_EXAMPLES]), pad_id, base.device)))
 
 
+def start_scorer(base: TextBase, concept: TextConcept, max_length: int) -> StartScorer:
+    """A booster's scorer: sets the token's input vectors to a candidate (left there) and returns the
+    guard's loss on (at most GUARD_EXAMPLES of) the given examples."""
+    pad_id = pad_id_of(concept.tokenizer)
+
+    @torch.no_grad()
+    def score(vector: torch.Tensor, examples: Sequence[TextExample]) -> float:
+        concept.input_vectors.copy_(vector.to(concept.input_vectors).expand_as(concept.input_vectors))
+        return guard_loss(base, tokenize_examples(concept, examples[:GUARD_EXAMPLES], max_length), pad_id)
+
+    return score
+
+
+@torch.no_grad()
+def _set_vectors(concept: TextConcept, values: Sequence[torch.Tensor]) -> None:
+    for parameter, value in zip(concept.vector_parameters(), values, strict=True):
+        parameter.copy_(value)
+
+
 def _initialise(
     config: TextTrainConfig,
     base: TextBase,
@@ -158,13 +177,17 @@ def _initialise(
     concept.init_from_token(config.initializer_token)
     if config.init != Init.BOOSTER:
         return "token", "", None
-    found = booster_resolver(base, examples, config) if booster_resolver is not None else None
-    if found is None:
-        return "token", "no text booster is registered for this base model; started from the initializer token", None
-    vectors, note = found
+    no_booster = "no text booster is registered for this base model; started from the initializer token"
+    if booster_resolver is None:
+        return "token", no_booster, None
     pad_id = pad_id_of(concept.tokenizer)
     token_start = [p.detach().clone() for p in concept.vector_parameters()]
     token_loss = guard_loss(base, rows, pad_id)
+    found = booster_resolver(base, examples, config, start_scorer(base, concept, config.max_length))
+    if found is None:
+        _set_vectors(concept, token_start)
+        return "token", no_booster, None
+    vectors, note = found
     with torch.no_grad():
         concept.input_vectors.copy_(vectors.to(concept.input_vectors))
     booster_loss = guard_loss(base, rows, pad_id)
@@ -177,9 +200,7 @@ def _initialise(
         "guarded": guarded,
     }
     if chosen == "token":
-        with torch.no_grad():
-            for parameter, start in zip(concept.vector_parameters(), token_start, strict=True):
-                parameter.copy_(start)
+        _set_vectors(concept, token_start)
         note = (
             f"guarded start: the booster's start scored {booster_loss:.4f} on the job's examples, "
             f"the initializer token {token_loss:.4f}; started from the token"
@@ -250,13 +271,16 @@ def _run(
     rows, eval_rows, eval_source = (
         split_for_eval(all_rows, fallback="training_examples") if auto else (all_rows, all_rows, "training_examples")
     )
+    trained_examples = split_for_eval(examples)[0] if auto else list(examples)  # the booster sees these rows' texts
     torch.manual_seed(config.seed)  # LoRA's A matrices are drawn from the global generator
     generator = torch.Generator().manual_seed(config.seed)
     trains_lora = config.mode in (Mode.LORA, Mode.PIVOTAL)
     targets = lora_target_modules(config.lora_targets)
     if trains_lora:
         concept.add_lora(rank=config.lora_rank, alpha=config.lora_alpha, targets=config.lora_targets)
-    start = _Start(*_initialise(config, base, concept, examples, rows, booster_resolver, generator, guarded_start))
+    start = _Start(
+        *_initialise(config, base, concept, trained_examples, rows, booster_resolver, generator, guarded_start)
+    )
     optimizer, lora_parameters = _optimizer(config, concept, trains_lora)
     pad_id = pad_id_of(concept.tokenizer)
     evaluate = HeldOutLoss(base, eval_rows, pad_id) if auto else None

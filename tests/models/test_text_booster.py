@@ -32,7 +32,7 @@ from models.text.booster_data import (
 )
 from models.text.config import TextTrainConfig
 from models.text.examples import parse_text_files
-from models.text.train import attached, train
+from models.text.train import attached, start_scorer, train
 from models.trainer.errors import BaseModelError
 
 from .text_fixtures import write_tiny_llama
@@ -86,6 +86,8 @@ def fitted_booster(folder: str) -> TextBooster:
     )
     targets = base.model.get_input_embeddings().weight[torch.tensor([c.token_id for c in concepts])].detach()
     booster.fit(features, targets, ridge=0.1)
+    # Every token of the tiny vocabulary is a candidate here (it has few whole words).
+    booster.fit_retrieval(base, range(100, 300), [c.examples(range(4)) for c in concepts], PLACEHOLDER)
     return booster
 
 
@@ -126,6 +128,8 @@ def test_booster_round_trips_and_refuses_another_base_model(tiny, other_tiny, tm
     assert torch.allclose(
         loaded.predict(tiny_base(tiny), EXAMPLES, "<leap>"), booster.predict(tiny_base(tiny), EXAMPLES, "<leap>")
     )
+    retrieved = loaded.retrieve(tiny_base(tiny), EXAMPLES, "<leap>")
+    assert retrieved[0] and retrieved[0] == booster.retrieve(tiny_base(tiny), EXAMPLES, "<leap>")[0]
     with pytest.raises(BaseModelError, match="different base model"):
         checked_text_booster(tmp_path / "booster", tiny_base(other_tiny))
     if COMMITTED.is_dir():
@@ -150,6 +154,33 @@ def test_a_registered_booster_for_another_base_fails_the_job_clearly(tiny, other
             config, EXAMPLES, tmp_path / "out", registry=registered, booster_resolver=text_booster_resolver(registered)
         )
     assert str(tmp_path) not in caught.value.message
+
+
+def test_the_start_is_the_candidate_with_the_lowest_loss(tiny) -> None:
+    base = tiny_base(tiny)
+    booster = fitted_booster(tiny)
+    ids, scores = booster.retrieve(base, EXAMPLES, "<leap>")
+    assert len(ids) == booster.config.retrieved_words and len(set(ids)) == len(ids)
+    assert torch.all(scores[:-1] >= scores[1:]) and set(ids) <= set(booster.vocabulary_ids.tolist())
+    weight = base.model.get_input_embeddings().weight.detach().float()
+    regression = booster.predict(base, EXAMPLES, "<leap>")
+    seen = []
+
+    def closest_to(target):  # a scorer whose lowest loss is at `target`
+        def score(vector, examples):
+            seen.append(len(examples))
+            return float((vector - target).norm())
+
+        return score
+
+    vector, note = booster.start(base, EXAMPLES, "<leap>", closest_to(weight[ids[3]]))
+    assert torch.equal(vector, weight[ids[3]]) and repr(base.tokenizer.decode([ids[3]])) in note
+    assert seen == [len(EXAMPLES)] * (2 + len(ids))  # the regression, the blend and every word
+    vector, note = booster.start(base, EXAMPLES, "<leap>", closest_to(regression))
+    assert torch.equal(vector, regression) and note.startswith("booster start: regression")
+    blend = (torch.softmax(scores, 0)[:, None] * weight[torch.tensor(ids)]).sum(0)
+    vector, note = booster.start(base, EXAMPLES, "<leap>", closest_to(blend + 0.01))
+    assert torch.allclose(vector, blend) and "retrieval blend" in note
 
 
 def test_guarded_start_keeps_the_token_when_the_booster_is_worse(tiny, tmp_path) -> None:
@@ -178,7 +209,7 @@ def test_guarded_start_keeps_the_token_when_the_booster_is_worse(tiny, tmp_path)
         EXAMPLES,
         tmp_path / "good",
         registry=REGISTRY,
-        booster_resolver=lambda b, e, c: (vector, "learned"),
+        booster_resolver=lambda b, e, c, s: (vector, "learned"),
         eval_hook=remember,
         eval_steps={0},
     )
@@ -192,7 +223,7 @@ def test_guarded_start_keeps_the_token_when_the_booster_is_worse(tiny, tmp_path)
         EXAMPLES,
         tmp_path / "bad",
         registry=REGISTRY,
-        booster_resolver=lambda b, e, c: (bad_vector, "bad"),
+        booster_resolver=lambda b, e, c, s: (bad_vector, "bad"),
         eval_hook=remember,
         eval_steps={0},
     )
@@ -208,7 +239,7 @@ def test_guarded_start_keeps_the_token_when_the_booster_is_worse(tiny, tmp_path)
         EXAMPLES,
         tmp_path / "ablation",
         registry=REGISTRY,
-        booster_resolver=lambda b, e, c: (bad_vector, ""),
+        booster_resolver=lambda b, e, c, s: (bad_vector, ""),
         guarded_start=False,
     )
     assert unguarded.init_used == "booster" and unguarded.manifest["init_guard"]["guarded"] is False
@@ -232,15 +263,26 @@ def test_committed_booster_beats_the_generic_word_on_held_out_words(smol_data_di
     assert all(len(base.tokenizer(" " + c.word, add_special_tokens=False).input_ids) > 1 for c in INVENTED)
     concepts = write_contexts(base.model, base.tokenizer, [(w, i[0]) for w, i in ids.items()])
     config = TextTrainConfig(base_model="smollm2-135m", mode="token", device="cpu")
-    for concept in concepts:
-        examples, held_out = split(concept, seed=0)
-        with attached(base, config) as attached_concept:
+    with attached(base, config) as attached_concept:
+        score = start_scorer(base, attached_concept, config.max_length)
+        starts = [booster.start(base, split(c, seed=0)[0], PLACEHOLDER, score)[0] for c in concepts]
+        own_is_best = 0
+        for index, concept in enumerate(concepts):
+            held_out = split(concept, seed=0)[1]
             attached_concept.init_from_token("thing")
             generic = batch_loss(base.model, attached_concept.tokenizer, held_out)
-            with torch.no_grad():
-                attached_concept.input_vectors.copy_(booster.predict(base, examples, PLACEHOLDER))
-            boosted = batch_loss(base.model, attached_concept.tokenizer, held_out)
-        assert boosted < generic, concept.word
+            losses = []
+            for start in starts:  # its own examples' start first, then every other word's
+                with torch.no_grad():
+                    attached_concept.input_vectors.copy_(start)
+                losses.append(batch_loss(base.model, attached_concept.tokenizer, held_out))
+            boosted, others = losses[index], losses[:index] + losses[index + 1 :]
+            assert boosted < generic, concept.word
+            # Concept-specific: other words' examples give this word a worse start than its own, on average
+            # and (for most words) every one of them.
+            assert boosted < sum(others) / len(others), concept.word
+            own_is_best += boosted < min(others)
+    assert own_is_best > len(concepts) / 2
 
 
 def test_init_booster_on_smollm2_uses_the_registered_booster(smol_data_dir, tmp_path) -> None:

@@ -257,8 +257,9 @@ def test_cancel_init_and_config_errors(tiny, tmp_path) -> None:
     wanted = torch.full((1, base.width), 0.5)
     seen = {}
 
-    def booster(base_, examples, cfg):
+    def booster(base_, examples, cfg, score):
         seen["examples"] = len(examples)
+        seen["wanted_loss"] = score(wanted[0], examples)
         return wanted, "from a test booster"
 
     def hook(step, job):
@@ -277,6 +278,7 @@ def test_cancel_init_and_config_errors(tiny, tmp_path) -> None:
     )
     assert result.init_used == "booster" and result.init_note == "from a test booster"
     assert torch.equal(seen["start"], wanted) and seen["examples"] == 3
+    assert seen["wanted_loss"] == pytest.approx(result.manifest["init_guard"]["booster_loss"], rel=1e-5)
     assert (
         train(config(tiny, "token", init="random"), EXAMPLES, tmp_path / "r", registry=REGISTRY).init_used == "random"
     )
