@@ -216,8 +216,8 @@ class TextBooster(torch.nn.Module):
         probes = self.config.retrieval_probes
         texts = [e.full_text.replace(token, fill) + probe for fill, probe in probes for e in examples]
         states = final_states(base, texts)
-        head = base.model.get_output_embeddings().weight.detach()
-        logits = states.to(base.device) @ head.float().T
+        head = base.model.get_output_embeddings()  # in the model's dtype: no float copy of a large head
+        logits = head(states.to(base.device, head.weight.dtype)).float()
         rows = torch.log_softmax(logits, dim=-1)[:, self.vocabulary_ids.to(base.device)].cpu()
         return rows.reshape(len(probes), len(examples), -1)
 
@@ -255,19 +255,18 @@ class TextBooster(torch.nn.Module):
 
         Candidates: the regression's prediction, the retrieved words' input embeddings and their
         softmax-weighted mean (weights from the retrieval scores)."""
-        weight = base.model.get_input_embeddings().weight.detach().float().cpu()
         candidates: list[tuple[str, torch.Tensor]] = [("regression", self.predict(base, examples, token).cpu())]
         ids, scores = self.retrieve(base, examples, token)
         if ids:
-            rows = weight[torch.tensor(ids)]
+            weight = base.model.get_input_embeddings().weight
+            rows = weight[torch.tensor(ids, device=weight.device)].detach().float().cpu()
             candidates.append(("retrieval blend", (torch.softmax(scores, 0)[:, None] * rows).sum(0)))
             candidates += [(f"word {base.tokenizer.decode([i])!r}", row) for i, row in zip(ids, rows, strict=True)]
         losses = [score(vector, examples) for _, vector in candidates]
         best = min(range(len(candidates)), key=lambda i: losses[i])
         name, vector = candidates[best]
-        regression = losses[0]
         note = (
-            f"booster start: {name} (loss {losses[best]:.4f} on the examples; the regression's {regression:.4f}; "
+            f"booster start: {name} (loss {losses[best]:.4f} on the examples; the regression's {losses[0]:.4f}; "
             f"{len(candidates)} candidates)"
         )
         return vector, note

@@ -372,9 +372,16 @@ def test_a_text_job_without_steps_stops_when_done_and_keeps_its_best_state(tiny,
 def test_ten_or_more_examples_hold_every_fifth_back_for_the_evaluation(tiny, tmp_path) -> None:
     lines = [f'{{"text": "the <leap> number {i} sat on the mat"}}'.encode() for i in range(10)]
     examples = parse_text_files([("set.jsonl", b"\n".join(lines))])
-    result = train(auto(tiny, "lora"), examples, tmp_path, registry=REGISTRY)
+    seen = []
+
+    def booster(base_, given, cfg, score):  # sees (and scores on) the trained examples only
+        seen.extend(e.text for e in given)
+        return None
+
+    result = train(auto(tiny, "lora", init="booster"), examples, tmp_path, registry=REGISTRY, booster_resolver=booster)
     stopping = result.manifest["stopping"]
     assert (stopping["evaluated_on"], stopping["eval_examples"], stopping["training_examples"]) == ("held_back", 2, 8)
+    assert len(seen) == 8 and not {examples[4].text, examples[9].text} & set(seen)
     assert result.stop_reason == "converged" and result.steps < 400
     # An explicit step count trains on every example and evaluates nothing.
     fixed = train(config(tiny, "lora", steps=3), examples, tmp_path / "fixed", registry=REGISTRY)
