@@ -9,7 +9,8 @@ word and the last invented concept, neither of them evaluated. For `token` and `
 
   baseline   init=token from the generic word "thing", the learning rate picked by a small sweep for
              speed to target (fewest steps to within 2% of the best held-out loss any sweep point reaches)
-  booster    init=booster (the trainer's guarded start, so a bad prediction falls back to the token)
+  booster    init=booster (the trainer's guarded start, so a bad prediction falls back to the token), at
+             the baseline's learning rate or at --booster-lr (e.g. the service's default)
   shuffled   (token only) the booster fed another concept's examples (it reads and scores its
              candidates on those), without the guard
   icl        no training: the 4 examples in the prompt before each held-out prompt
@@ -244,6 +245,11 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=24, help="the longer run's length (both starts)")
     parser.add_argument("--sweep-steps", type=int, default=24)
     parser.add_argument("--modes", nargs="+", default=["token", "pivotal"])
+    parser.add_argument(
+        "--booster-lr",
+        type=float,
+        help="the booster's (and shuffled) runs' embedding_lr, e.g. the service's default; default: the baseline's",
+    )
     parser.add_argument("--cache", type=Path, default=Path("/tmp/leap-text-booster-bench.jsonl"))
     parser.add_argument("--json", type=Path, default=Path("bench/results/text_booster.json"))
     parser.add_argument("--threads", type=int, default=1)
@@ -316,10 +322,11 @@ def main() -> None:
                     "data_dir": args.data_dir,
                     **sweeps[mode]["chosen"],
                 }
+                boosted_common = {**common, **({"embedding_lr": args.booster_lr} if args.booster_lr else {})}
                 baseline = run(TextTrainConfig(init=Init.TOKEN, **common), examples, held_out, registry=registry)
                 target = TARGET * min(baseline["curve"].values())
                 boosted = run(
-                    TextTrainConfig(init=Init.BOOSTER, **common),
+                    TextTrainConfig(init=Init.BOOSTER, **boosted_common),
                     examples,
                     held_out,
                     registry=registry,
@@ -350,7 +357,7 @@ def main() -> None:
                 )
                 if mode == "token":
                     shuffled = run(
-                        TextTrainConfig(init=Init.BOOSTER, **common),
+                        TextTrainConfig(init=Init.BOOSTER, **boosted_common),
                         examples,
                         held_out,
                         registry=registry,
@@ -403,6 +410,7 @@ def main() -> None:
             "seeds": args.seeds,
             "steps": args.steps,
             "sweep_steps": args.sweep_steps,
+            "booster_lr": args.booster_lr,
             "shots": SHOTS,
             "target": TARGET,
             "eval_steps": eval_grid(args.steps),
