@@ -229,8 +229,7 @@ class TextBooster(torch.nn.Module):
         self.config.retrieval_probes = [list(p) for p in RETRIEVAL_PROBES]
         self.config.retrieval_vocabulary = len(vocabulary_ids)
         self.vocabulary_ids = torch.tensor(list(vocabulary_ids), dtype=torch.long)
-        self.probe_prior = torch.zeros(len(RETRIEVAL_PROBES), len(vocabulary_ids))
-        total = torch.zeros_like(self.probe_prior)
+        total = torch.zeros(len(RETRIEVAL_PROBES), len(vocabulary_ids))
         count = 0
         for examples in concepts:
             rows = self._probe_log_probs(base, examples, token)
