@@ -276,9 +276,6 @@ def main() -> None:
             record = json.loads(line)
             done[record["key"]] = record
 
-    def resolver_for(concept):
-        return bench_resolver(booster, concept)
-
     sweep_points = {
         "token": [{"embedding_lr": lr} for lr in (0.01, 0.03, 0.1)],
         "pivotal": [
@@ -330,7 +327,7 @@ def main() -> None:
                     examples,
                     held_out,
                     registry=registry,
-                    resolver=resolver_for(name),
+                    resolver=bench_resolver(booster, name),
                 )
                 record = {
                     "key": key,
@@ -356,12 +353,13 @@ def main() -> None:
                     else 0.0
                 )
                 if mode == "token":
+                    other_booster = bench_resolver(booster, other[1])
                     shuffled = run(
                         TextTrainConfig(init=Init.BOOSTER, **boosted_common),
                         examples,
                         held_out,
                         registry=registry,
-                        resolver=lambda b, e, c, s, o=other_examples, r=resolver_for(other[1]): r(b, o, c, s),
+                        resolver=lambda b, e, c, s, o=other_examples, r=other_booster: r(b, o, c, s),
                         guard=False,
                         stop_below=target,
                     )
@@ -461,9 +459,6 @@ def default_job(config: TextTrainConfig, examples, held_out, *, registry: Regist
 def stop_when_done(args, booster, concepts, started: float, registry: Registry) -> None:
     """Default jobs (registry cap and rates) from the token and from the booster, against a long run."""
 
-    def resolver_for(concept):
-        return bench_resolver(booster, concept)
-
     records = []
     for seed in range(args.seeds):
         for mode in args.modes:
@@ -489,7 +484,7 @@ def stop_when_done(args, booster, concepts, started: float, registry: Registry) 
                     examples,
                     held_out,
                     registry=registry,
-                    resolver=resolver_for(name),
+                    resolver=bench_resolver(booster, name),
                 )
                 record = {
                     "mode": mode,

@@ -180,14 +180,14 @@ def _initialise(
     no_booster = "no text booster is registered for this base model; started from the initializer token"
     if booster_resolver is None:
         return "token", no_booster, None
-    pad_id = pad_id_of(concept.tokenizer)
     token_start = [p.detach().clone() for p in concept.vector_parameters()]
-    token_loss = guard_loss(base, rows, pad_id)
     found = booster_resolver(base, examples, config, start_scorer(base, concept, config.max_length))
+    _set_vectors(concept, token_start)  # the booster's scorer leaves its last candidate set
     if found is None:
-        _set_vectors(concept, token_start)
         return "token", no_booster, None
     vectors, note = found
+    pad_id = pad_id_of(concept.tokenizer)
+    token_loss = guard_loss(base, rows, pad_id)
     with torch.no_grad():
         concept.input_vectors.copy_(vectors.to(concept.input_vectors))
     booster_loss = guard_loss(base, rows, pad_id)
