@@ -10,7 +10,8 @@ word and the last invented concept, neither of them evaluated. For `token` and `
   baseline   init=token from the generic word "thing", the learning rate picked by a small sweep for
              speed to target (fewest steps to within 2% of the best held-out loss any sweep point reaches)
   booster    init=booster (the trainer's guarded start, so a bad prediction falls back to the token), at
-             the baseline's learning rate or at --booster-lr (e.g. the service's default)
+             the baseline's learning rate, at --booster-lr (its embedding rate), or with
+             --booster-service-rates at the registry's default rates for the mode
   shuffled   (token only) the booster fed another concept's examples (it reads and scores its
              candidates on those), without the guard
   icl        no training: the 4 examples in the prompt before each held-out prompt
@@ -250,6 +251,11 @@ def main() -> None:
         type=float,
         help="the booster's (and shuffled) runs' embedding_lr, e.g. the service's default; default: the baseline's",
     )
+    parser.add_argument(
+        "--booster-service-rates",
+        action="store_true",
+        help="the booster's (and shuffled) runs take every learning rate from the registry's defaults for the mode",
+    )
     parser.add_argument("--cache", type=Path, default=Path("/tmp/leap-text-booster-bench.jsonl"))
     parser.add_argument("--json", type=Path, default=Path("bench/results/text_booster.json"))
     parser.add_argument("--threads", type=int, default=1)
@@ -320,6 +326,8 @@ def main() -> None:
                     **sweeps[mode]["chosen"],
                 }
                 boosted_common = {**common, **({"embedding_lr": args.booster_lr} if args.booster_lr else {})}
+                if args.booster_service_rates:  # unset rates are filled from the registry (train.prepare)
+                    boosted_common = {k: v for k, v in common.items() if k not in sweeps[mode]["chosen"]}
                 baseline = run(TextTrainConfig(init=Init.TOKEN, **common), examples, held_out, registry=registry)
                 target = TARGET * min(baseline["curve"].values())
                 boosted = run(
@@ -409,6 +417,7 @@ def main() -> None:
             "steps": args.steps,
             "sweep_steps": args.sweep_steps,
             "booster_lr": args.booster_lr,
+            "booster_service_rates": args.booster_service_rates,
             "shots": SHOTS,
             "target": TARGET,
             "eval_steps": eval_grid(args.steps),
