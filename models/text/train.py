@@ -11,10 +11,12 @@ The base model is loaded once per process and shared; a job never writes to it.
 
 Without `steps` a run stops when done by the image trainer's rule (models/trainer/stopping.py):
 every `stopping.eval_every` steps it takes the loss of a fixed evaluation set (every 5th example
-held back from 10 examples on, else the job's own examples, at most EVAL_EXAMPLES of them in a
-fixed order) and stops on a plateau or at `max_steps`, keeping its best evaluated state. Pivotal:
-the token phase gets at most pivot_fraction of the cap and its own plateau check; LoRA then joins
-from the best token so far and the LoRA phase runs to its own plateau or the cap.
+held back from 10 examples on, at most EVAL_EXAMPLES of them in a fixed order) and stops on a
+plateau or at `max_steps`, keeping its best evaluated state. With 4 to 9 examples every 4th is held
+back while the run finds its best step; the job then reruns that many steps from the same start on
+all of them (`_refit`). Fewer than 4 are evaluated on themselves. Pivotal: the token phase gets at
+most pivot_fraction of the cap and its own plateau check; LoRA then joins from the best token so far
+and the LoRA phase runs to its own plateau or the cap.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import time
 from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
@@ -42,9 +44,10 @@ from models.trainer.config import LoopResult, Progress, TrainResult
 from models.trainer.errors import OutOfMemory
 from models.trainer.export import loss_summary, write_manifest
 from models.trainer.loop import Callbacks, Steps, run_steps
-from models.trainer.stopping import Plateau, split_for_eval
+from models.trainer.stopping import HOLD_BACK_MIN_IMAGES, Plateau, split_for_eval
 
 EvalHook = Callable[[int, "TextJob"], None]
+T = TypeVar("T")
 
 
 @dataclass
@@ -234,6 +237,77 @@ class HeldOutLoss:
         return total / max(sum(self.counts), 1)
 
 
+REFIT = "held_back_then_refit"
+REFIT_MIN_EXAMPLES = 4
+REFIT_HOLD_BACK_EVERY = 4
+
+
+def _eval_split(items: Sequence[T], auto: bool) -> tuple[list[T], list[T], str]:
+    """(trained, evaluated, evaluated_on) for a run: a fixed step count trains on every item; a run that
+    stops when done holds every 5th back from 10 items on (the image trainer's split). From 4 to 9, an
+    LM memorises its own examples long before it stops improving on them, so every 4th is held back
+    while the run finds its step count, and then it reruns that many steps on all of them (REFIT).
+    Fewer than 4 are trained and evaluated on themselves."""
+    if not auto:
+        return list(items), list(items), "training_examples"
+    if len(items) >= HOLD_BACK_MIN_IMAGES or len(items) < REFIT_MIN_EXAMPLES:
+        return split_for_eval(items, fallback="training_examples")
+    every = REFIT_HOLD_BACK_EVERY
+    held = [item for i, item in enumerate(items) if i % every == every - 1]
+    return [item for i, item in enumerate(items) if i % every != every - 1], held, REFIT
+
+
+def _refit(
+    config: TextTrainConfig,
+    base: TextBase,
+    concept: TextConcept,
+    rows: Sequence[Row],
+    start_state: list[torch.Tensor],
+    selection: LoopResult,
+    best_step: int,
+    callbacks: Callbacks[TextJob],
+    trains_lora: bool,
+) -> LoopResult:
+    """Rerun the selection run's schedule up to its best step (0: the start itself) from the same start,
+    fresh optimiser and seed, on every example; the result counts both runs' steps."""
+    _restore(concept, start_state)
+    optimizer, lora_parameters = _optimizer(config, concept, trains_lora)
+    generator = torch.Generator().manual_seed(config.seed)
+    steps = _steps(
+        config,
+        base,
+        concept,
+        rows,
+        pad_id_of(concept.tokenizer),
+        generator,
+        optimizer,
+        lora_parameters,
+        trains_lora=trains_lora,
+        evaluate=None,
+    )
+    on_progress = callbacks.on_progress
+    offset = selection.done
+
+    def progress(p: Progress) -> None:
+        assert on_progress is not None
+        on_progress(replace(p, step=offset + p.step, total=offset + best_step))
+
+    rerun = run_steps(
+        steps,
+        replace(callbacks, on_progress=progress if on_progress is not None else None),
+        replace(config, steps=best_step),
+        plateau=None,
+        pivot_at=min(selection.pivot_step, best_step),
+    )
+    return LoopResult(
+        done=selection.done + rerun.done,
+        losses=selection.losses + rerun.losses,
+        stop_reason=selection.stop_reason,
+        pivot_step=rerun.pivot_step,
+        train_seconds=selection.train_seconds + rerun.train_seconds,
+    )
+
+
 def _snapshot(concept: TextConcept) -> list[torch.Tensor]:
     return [p.detach().clone() for p in concept.vector_parameters() + concept.lora_parameters()]
 
@@ -268,10 +342,9 @@ def _run(
     auto = config.steps is None
     all_rows = tokenize_examples(concept, examples, config.max_length)  # every example is checked
     # Held-back examples only where the run stops by evaluation; a fixed step count trains on all.
-    rows, eval_rows, eval_source = (
-        split_for_eval(all_rows, fallback="training_examples") if auto else (all_rows, all_rows, "training_examples")
-    )
-    trained_examples = split_for_eval(examples)[0] if auto else list(examples)  # the booster sees these rows' texts
+    rows, eval_rows, eval_source = _eval_split(all_rows, auto)
+    refit = eval_source == REFIT
+    trained_examples = _eval_split(list(examples), auto)[0]  # the booster sees these rows' texts
     torch.manual_seed(config.seed)  # LoRA's A matrices are drawn from the global generator
     generator = torch.Generator().manual_seed(config.seed)
     trains_lora = config.mode in (Mode.LORA, Mode.PIVOTAL)
@@ -281,10 +354,11 @@ def _run(
     start = _Start(
         *_initialise(config, base, concept, trained_examples, rows, booster_resolver, generator, guarded_start)
     )
+    start_state = _snapshot(concept)
     optimizer, lora_parameters = _optimizer(config, concept, trains_lora)
     pad_id = pad_id_of(concept.tokenizer)
     evaluate = HeldOutLoss(base, eval_rows, pad_id) if auto else None
-    plateau = Plateau(config.stopping, round(evaluate(), 6), _snapshot(concept)) if evaluate else None
+    plateau = Plateau(config.stopping, round(evaluate(), 6), start_state) if evaluate else None
     steps = _steps(
         config,
         base,
@@ -297,7 +371,11 @@ def _run(
         trains_lora=trains_lora,
         evaluate=evaluate,
     )
-    loop = run_steps(steps, callbacks, config, plateau=plateau)
+    # A refit's first run only finds the step count: the caller's hooks see the rerun on every example.
+    loop = run_steps(steps, replace(callbacks, eval_hook=None) if refit else callbacks, config, plateau=plateau)
+    if refit:
+        assert plateau is not None
+        loop = _refit(config, base, concept, all_rows, start_state, loop, plateau.best_step, callbacks, trains_lora)
 
     artifacts = save_text_concept(
         out_dir,
@@ -310,7 +388,10 @@ def _run(
     compute_seconds = time.perf_counter() - started
     stopping = (
         plateau.report(
-            evaluated_on=eval_source, eval_examples=len(eval_rows[:EVAL_EXAMPLES]), training_examples=len(rows)
+            evaluated_on=eval_source,
+            eval_examples=len(eval_rows[:EVAL_EXAMPLES]),
+            training_examples=len(rows),
+            **({"refit_steps": plateau.best_step} if refit else {}),
         )
         if plateau
         else None

@@ -63,14 +63,21 @@ class LoopConfig(Protocol):
 
 
 def run_steps(
-    steps: Steps[J, S], callbacks: Callbacks[J], config: LoopConfig, *, plateau: Plateau[S] | None
+    steps: Steps[J, S],
+    callbacks: Callbacks[J],
+    config: LoopConfig,
+    *,
+    plateau: Plateau[S] | None,
+    pivot_at: int | None = None,
 ) -> LoopResult:
     """Step until `steps` (exactly), or with a plateau rule until it says done or `max_steps`, ending on
-    the rule's best state."""
+    the rule's best state. `pivot_at` replaces pivotal's `pivot_fraction` of the steps (a rerun of a
+    schedule another run found)."""
     total = config.max_steps if plateau is not None else config.steps
     assert total is not None
     pivotal, pivot_fraction, progress_every = config.mode == Mode.PIVOTAL, config.pivot_fraction, config.progress_every
-    pivot_step = int(total * pivot_fraction) if pivotal else 0  # with a rule: the cap on phase 1
+    # With a rule, int(total * pivot_fraction) is the cap on phase 1.
+    pivot_step = (pivot_at if pivot_at is not None else int(total * pivot_fraction)) if pivotal else 0
     losses: list[float] = []
     stop_reason = StopReason.MAX_STEPS.value if plateau is not None else StopReason.STEPS.value
     in_pivot_phase = pivotal

@@ -388,6 +388,43 @@ def test_ten_or_more_examples_hold_every_fifth_back_for_the_evaluation(tiny, tmp
     assert fixed.manifest["stopping"] is None and fixed.eval_curve == []
 
 
+def test_four_to_nine_examples_find_the_step_count_on_a_held_back_one_then_rerun_it_on_all(tiny, tmp_path) -> None:
+    lines = [f'{{"text": "the <leap> number {i} sat on the mat"}}'.encode() for i in range(4)]
+    examples = parse_text_files([("set.jsonl", b"\n".join(lines))])
+    seen, progress = [], []
+
+    def booster(base_, given, cfg, score):  # reads the examples the selection run trains on
+        seen.extend(e.text for e in given)
+        return None
+
+    result = train(
+        auto(tiny, "token", init="booster"),
+        examples,
+        tmp_path / "auto",
+        registry=REGISTRY,
+        booster_resolver=booster,
+        on_progress=progress.append,
+    )
+    stopping = result.manifest["stopping"]
+    assert (stopping["evaluated_on"], stopping["eval_examples"], stopping["training_examples"]) == (
+        "held_back_then_refit",
+        1,
+        3,
+    )
+    assert seen == [e.text for e in examples[:3]]
+    best, selection = stopping["best_step"], stopping["curve"][-1][0]
+    assert best > 0 and stopping["refit_steps"] == best
+    # Both runs are billed and reported: the selection's steps, then the rerun's.
+    assert result.steps == result.manifest["steps"] == selection + best and len(result.losses) == result.steps
+    assert (progress[-1].step, progress[-1].total) == (result.steps, result.steps)
+    # What it keeps is the rerun: the same start trained `best` steps on all 4 examples.
+    fixed = train(config(tiny, "token", steps=best), examples, tmp_path / "fixed", registry=REGISTRY)
+    assert fixed.steps == best
+    assert torch.equal(
+        load_file(tmp_path / "auto" / TOKENS_FILE)["<leap>"], load_file(tmp_path / "fixed" / TOKENS_FILE)["<leap>"]
+    )
+
+
 def test_pivotal_without_steps_ends_the_token_phase_at_its_plateau_or_share_then_lora_converges(tiny, tmp_path):
     result = train(auto(tiny, "pivotal", max_steps=200), EXAMPLES, tmp_path, registry=REGISTRY)
     pivot = result.manifest["pivot_step"]
