@@ -453,10 +453,15 @@ def default_job(config: TextTrainConfig, examples, held_out, *, registry: Regist
             eval_hook=hook,
             eval_steps=range(0, 20_001, every),
         )
-    kept = result.manifest["stopping"]["best_step"]
+    # Kept: the best evaluated step; with 4-9 examples the rerun on all of them, which the hook saw
+    # at its own steps 0..best_step, so its last state is curve[best_step] too.
+    stopping = result.manifest["stopping"]
+    kept = stopping["best_step"]
     return {
         "steps": result.steps,
         "stop_reason": result.stop_reason,
+        "evaluated_on": stopping["evaluated_on"],
+        "refit_steps": stopping.get("refit_steps"),
         "kept_step": kept,
         "held_out": curve[kept],
         "pivot_step": result.manifest["pivot_step"],

@@ -299,6 +299,8 @@ def _refit(
         plateau=None,
         pivot_at=min(selection.pivot_step, best_step),
     )
+    if on_progress is not None and rerun.done == 0 and selection.losses:  # the start itself: say it is done
+        on_progress(Progress(step=offset, total=offset, loss=selection.losses[-1], eta_s=0.0))
     return LoopResult(
         done=selection.done + rerun.done,
         losses=selection.losses + rerun.losses,

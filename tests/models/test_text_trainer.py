@@ -425,6 +425,28 @@ def test_four_to_nine_examples_find_the_step_count_on_a_held_back_one_then_rerun
     )
 
 
+def test_a_small_set_whose_training_only_hurts_keeps_its_start_and_bills_the_selection(tiny, tmp_path) -> None:
+    lines = [f'{{"text": "the <leap> number {i} sat on the mat"}}'.encode() for i in range(5)]
+    examples = parse_text_files([("set.jsonl", b"\n".join(lines))])
+    progress = []
+    # A rate that wrecks the token at every step: the held-back example is best at step 0.
+    result = train(
+        auto(tiny, "token", embedding_lr=1.0),
+        examples,
+        tmp_path / "auto",
+        registry=REGISTRY,
+        on_progress=progress.append,
+    )
+    stopping = result.manifest["stopping"]
+    assert (stopping["best_step"], stopping["refit_steps"], stopping["eval_examples"]) == (0, 0, 1)
+    assert result.stop_reason == "converged" and result.steps == stopping["curve"][-1][0] > 0
+    assert (progress[-1].step, progress[-1].total) == (result.steps, result.steps)
+    # The start: one step at a negligible rate from the same initializer token.
+    train(config(tiny, "token", steps=1, embedding_lr=1e-9), examples, tmp_path / "start", registry=REGISTRY)
+    kept, start = (load_file(tmp_path / run / TOKENS_FILE)["<leap>"] for run in ("auto", "start"))
+    assert torch.allclose(kept, start, atol=1e-6)
+
+
 def test_pivotal_without_steps_ends_the_token_phase_at_its_plateau_or_share_then_lora_converges(tiny, tmp_path):
     result = train(auto(tiny, "pivotal", max_steps=200), EXAMPLES, tmp_path, registry=REGISTRY)
     pivot = result.manifest["pivot_step"]
