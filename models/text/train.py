@@ -242,7 +242,7 @@ REFIT_MIN_EXAMPLES = 4
 REFIT_HOLD_BACK_EVERY = 4
 
 
-def _eval_split(items: Sequence[T], auto: bool) -> tuple[list[T], list[T], str]:
+def _eval_split(items: Sequence[T], *, auto: bool, can_refit: bool) -> tuple[list[T], list[T], str]:
     """(trained, evaluated, evaluated_on) for a run: a fixed step count trains on every item; a run that
     stops when done holds every 5th back from 10 items on (the image trainer's split). From 4 to 9, an
     LM memorises its own examples long before it stops improving on them, so every 4th is held back
@@ -250,7 +250,7 @@ def _eval_split(items: Sequence[T], auto: bool) -> tuple[list[T], list[T], str]:
     Fewer than 4 are trained and evaluated on themselves."""
     if not auto:
         return list(items), list(items), "training_examples"
-    if len(items) >= HOLD_BACK_MIN_IMAGES or len(items) < REFIT_MIN_EXAMPLES:
+    if len(items) >= HOLD_BACK_MIN_IMAGES or len(items) < REFIT_MIN_EXAMPLES or not can_refit:
         return split_for_eval(items, fallback="training_examples")
     every = REFIT_HOLD_BACK_EVERY
     held = [item for i, item in enumerate(items) if i % every == every - 1]
@@ -344,9 +344,11 @@ def _run(
     auto = config.steps is None
     all_rows = tokenize_examples(concept, examples, config.max_length)  # every example is checked
     # Held-back examples only where the run stops by evaluation; a fixed step count trains on all.
-    rows, eval_rows, eval_source = _eval_split(all_rows, auto)
+    # A refit's two runs share the cap (selection at most half of it), so a job never runs past max_steps.
+    can_refit = auto and (config.max_steps or 0) >= 2
+    rows, eval_rows, eval_source = _eval_split(all_rows, auto=auto, can_refit=can_refit)
     refit = eval_source == REFIT
-    trained_examples = _eval_split(list(examples), auto)[0]  # the booster sees these rows' texts
+    trained_examples = _eval_split(list(examples), auto=auto, can_refit=can_refit)[0]  # what the booster reads
     torch.manual_seed(config.seed)  # LoRA's A matrices are drawn from the global generator
     generator = torch.Generator().manual_seed(config.seed)
     trains_lora = config.mode in (Mode.LORA, Mode.PIVOTAL)
@@ -374,7 +376,13 @@ def _run(
         evaluate=evaluate,
     )
     # A refit's first run only finds the step count: the caller's hooks see the rerun on every example.
-    loop = run_steps(steps, replace(callbacks, eval_hook=None) if refit else callbacks, config, plateau=plateau)
+    loop = (
+        run_steps(
+            steps, replace(callbacks, eval_hook=None), replace(config, max_steps=config.max_steps // 2), plateau=plateau
+        )
+        if refit and config.max_steps is not None
+        else run_steps(steps, callbacks, config, plateau=plateau)
+    )
     if refit:
         assert plateau is not None
         loop = _refit(config, base, concept, all_rows, start_state, loop, plateau.best_step, callbacks, trains_lora)

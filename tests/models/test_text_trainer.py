@@ -423,6 +423,10 @@ def test_four_to_nine_examples_find_the_step_count_on_a_held_back_one_then_rerun
     assert torch.equal(
         load_file(tmp_path / "auto" / TOKENS_FILE)["<leap>"], load_file(tmp_path / "fixed" / TOKENS_FILE)["<leap>"]
     )
+    # The two runs share the cap: the selection gets half, so a job never runs past max_steps.
+    capped = train(auto(tiny, "token", max_steps=12), examples, tmp_path / "capped", registry=REGISTRY)
+    curve = capped.manifest["stopping"]["curve"]
+    assert curve[-1][0] == 6 and capped.stop_reason == "max_steps" and capped.steps <= 12
 
 
 def test_a_small_set_whose_training_only_hurts_keeps_its_start_and_bills_the_selection(tiny, tmp_path) -> None:
