@@ -369,9 +369,13 @@ def test_a_text_job_without_steps_stops_when_done_and_keeps_its_best_state(tiny,
     assert held_out_loss(model, tokenizer, EXAMPLES) == pytest.approx(stopping["best_loss"], abs=1e-4)
 
 
+def numbered_examples(count: int) -> list[TextExample]:
+    lines = [f'{{"text": "the <leap> number {i} sat on the mat"}}'.encode() for i in range(count)]
+    return parse_text_files([("set.jsonl", b"\n".join(lines))])
+
+
 def test_ten_or_more_examples_hold_every_fifth_back_for_the_evaluation(tiny, tmp_path) -> None:
-    lines = [f'{{"text": "the <leap> number {i} sat on the mat"}}'.encode() for i in range(10)]
-    examples = parse_text_files([("set.jsonl", b"\n".join(lines))])
+    examples = numbered_examples(10)
     seen = []
 
     def booster(base_, given, cfg, score):  # sees (and scores on) the trained examples only
@@ -389,8 +393,7 @@ def test_ten_or_more_examples_hold_every_fifth_back_for_the_evaluation(tiny, tmp
 
 
 def test_four_to_nine_examples_find_the_step_count_on_a_held_back_one_then_rerun_it_on_all(tiny, tmp_path) -> None:
-    lines = [f'{{"text": "the <leap> number {i} sat on the mat"}}'.encode() for i in range(4)]
-    examples = parse_text_files([("set.jsonl", b"\n".join(lines))])
+    examples = numbered_examples(4)
     seen, progress = [], []
 
     def booster(base_, given, cfg, score):  # reads the examples the selection run trains on
@@ -430,8 +433,7 @@ def test_four_to_nine_examples_find_the_step_count_on_a_held_back_one_then_rerun
 
 
 def test_a_small_set_whose_training_only_hurts_keeps_its_start_and_bills_the_selection(tiny, tmp_path) -> None:
-    lines = [f'{{"text": "the <leap> number {i} sat on the mat"}}'.encode() for i in range(5)]
-    examples = parse_text_files([("set.jsonl", b"\n".join(lines))])
+    examples = numbered_examples(5)
     progress = []
     # A rate that wrecks the token at every step: the held-back example is best at step 0.
     result = train(
