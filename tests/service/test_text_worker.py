@@ -162,6 +162,33 @@ def test_a_default_text_job_stops_when_done_and_bills_the_steps_it_ran(
     assert event["eval_curve"] == curve  # the webhook carries the API's representation
 
 
+def test_a_default_text_job_on_four_examples_bills_its_selection_run_and_its_rerun(
+    text_client, database, text_settings, text_worker
+):
+    tenant = make_tenant(database)
+    response = submit(text_client, tenant, files=text_files(4), data={"base_model": TINY_TEXT_MODEL, "mode": "token"})
+    assert response.status_code == 202, response.text
+    training_id = response.json()["id"]
+    body = wait_status(text_client, tenant, training_id, {"succeeded", "failed"}, timeout=180)
+    assert body["status"] == "succeeded", (body, text_worker.log()[-4000:])
+    manifest_url = next(a["url"] for a in body["artifacts"] if a["kind"] == "manifest")
+    manifest = httpx.get(manifest_url, timeout=30).raise_for_status().json()
+    stopping = manifest["stopping"]
+    assert (stopping["evaluated_on"], stopping["eval_examples"], stopping["training_examples"]) == (
+        "held_back_then_refit",
+        1,
+        3,
+    )
+    # The curve is the selection run's (on the held-back example); the steps are both runs'.
+    selection = body["eval_curve"][-1]["step"]
+    steps = body["usage"]["steps"]
+    assert steps == manifest["steps"] == selection + stopping["refit_steps"] <= CAP
+    assert selection <= CAP // 2 and body["progress"]["step"] == steps
+    with database.session_factory() as session:
+        record = session.scalars(select(UsageRecord).where(UsageRecord.training_id == uuid.UUID(training_id))).one()
+    assert record.steps == steps
+
+
 def test_example_over_the_token_limit_fails_the_training_naming_its_file_and_line(
     text_client, database, text_settings, text_worker
 ):
