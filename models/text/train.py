@@ -44,7 +44,7 @@ from models.trainer.config import LoopResult, Progress, TrainResult
 from models.trainer.errors import OutOfMemory
 from models.trainer.export import loss_summary, write_manifest
 from models.trainer.loop import Callbacks, Steps, run_steps
-from models.trainer.stopping import HOLD_BACK_MIN_IMAGES, Plateau, split_for_eval
+from models.trainer.stopping import HOLD_BACK_MIN_IMAGES, Plateau, hold_back, split_for_eval
 
 EvalHook = Callable[[int, "TextJob"], None]
 T = TypeVar("T")
@@ -252,9 +252,7 @@ def _eval_split(items: Sequence[T], *, auto: bool, can_refit: bool) -> tuple[lis
         return list(items), list(items), "training_examples"
     if len(items) >= HOLD_BACK_MIN_IMAGES or len(items) < REFIT_MIN_EXAMPLES or not can_refit:
         return split_for_eval(items, fallback="training_examples")
-    every = REFIT_HOLD_BACK_EVERY
-    held = [item for i, item in enumerate(items) if i % every == every - 1]
-    return [item for i, item in enumerate(items) if i % every != every - 1], held, REFIT
+    return *hold_back(items, every=REFIT_HOLD_BACK_EVERY), REFIT
 
 
 def _refit(
@@ -271,20 +269,8 @@ def _refit(
     """Rerun the selection run's schedule up to its best step (0: the start itself) from the same start,
     fresh optimiser and seed, on every example; the result counts both runs' steps."""
     _restore(concept, start_state)
-    optimizer, lora_parameters = _optimizer(config, concept, trains_lora)
     generator = torch.Generator().manual_seed(config.seed)
-    steps = _steps(
-        config,
-        base,
-        concept,
-        rows,
-        pad_id_of(concept.tokenizer),
-        generator,
-        optimizer,
-        lora_parameters,
-        trains_lora=trains_lora,
-        evaluate=None,
-    )
+    steps = _steps(config, base, concept, rows, generator, trains_lora=trains_lora, evaluate=None)
     on_progress = callbacks.on_progress
     offset = selection.done
 
@@ -359,33 +345,18 @@ def _run(
         *_initialise(config, base, concept, trained_examples, rows, booster_resolver, generator, guarded_start)
     )
     start_state = _snapshot(concept)
-    optimizer, lora_parameters = _optimizer(config, concept, trains_lora)
-    pad_id = pad_id_of(concept.tokenizer)
-    evaluate = HeldOutLoss(base, eval_rows, pad_id) if auto else None
+    evaluate = HeldOutLoss(base, eval_rows, pad_id_of(concept.tokenizer)) if auto else None
     plateau = Plateau(config.stopping, round(evaluate(), 6), start_state) if evaluate else None
-    steps = _steps(
-        config,
-        base,
-        concept,
-        rows,
-        pad_id,
-        generator,
-        optimizer,
-        lora_parameters,
-        trains_lora=trains_lora,
-        evaluate=evaluate,
-    )
-    # A refit's first run only finds the step count: the caller's hooks see the rerun on every example.
-    loop = (
-        run_steps(
-            steps, replace(callbacks, eval_hook=None), replace(config, max_steps=config.max_steps // 2), plateau=plateau
-        )
-        if refit and config.max_steps is not None
-        else run_steps(steps, callbacks, config, plateau=plateau)
-    )
+    steps = _steps(config, base, concept, rows, generator, trains_lora=trains_lora, evaluate=evaluate)
     if refit:
-        assert plateau is not None
-        loop = _refit(config, base, concept, all_rows, start_state, loop, plateau.best_step, callbacks, trains_lora)
+        assert plateau is not None and config.max_steps is not None
+        # The selection run only finds the step count: the caller's hooks see the rerun on every example.
+        selection_config = replace(config, max_steps=config.max_steps // 2)
+        selection = run_steps(steps, replace(callbacks, eval_hook=None), selection_config, plateau=plateau)
+        best = plateau.best_step
+        loop = _refit(config, base, concept, all_rows, start_state, selection, best, callbacks, trains_lora)
+    else:
+        loop = run_steps(steps, callbacks, config, plateau=plateau)
 
     artifacts = save_text_concept(
         out_dir,
@@ -455,17 +426,16 @@ def _steps(
     base: TextBase,
     concept: TextConcept,
     rows: Sequence[Row],
-    pad_id: int,
     generator: torch.Generator,
-    optimizer: torch.optim.AdamW,
-    lora_parameters: list[torch.nn.Parameter],
     *,
     trains_lora: bool,
     evaluate: HeldOutLoss | None,
 ) -> Steps[TextJob, list[torch.Tensor]]:
-    """The text trainer's side of the shared step loop (models/trainer/loop.py)."""
+    """The text trainer's side of the shared step loop (models/trainer/loop.py), with a fresh optimiser."""
     assert config.batch_size is not None
     batch_size = config.batch_size
+    optimizer, lora_parameters = _optimizer(config, concept, trains_lora)
+    pad_id = pad_id_of(concept.tokenizer)
 
     def step() -> float:
         index = torch.randint(0, len(rows), (batch_size,), generator=generator)

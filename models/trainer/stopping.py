@@ -41,9 +41,14 @@ def split_for_eval(items: Sequence[T], *, fallback: str = "training_images") -> 
     back (20%, at least 2); fewer are all trained on and evaluated on (images or examples)."""
     if len(items) < HOLD_BACK_MIN_IMAGES:
         return list(items), list(items), fallback
-    held = [item for i, item in enumerate(items) if i % HOLD_BACK_EVERY == HOLD_BACK_EVERY - 1]
-    kept = [item for i, item in enumerate(items) if i % HOLD_BACK_EVERY != HOLD_BACK_EVERY - 1]
-    return kept, held, "held_back"
+    return *hold_back(items, every=HOLD_BACK_EVERY), "held_back"
+
+
+def hold_back(items: Sequence[T], *, every: int) -> tuple[list[T], list[T]]:
+    """(kept, held): every `every`-th item (in order) is held back."""
+    held = [item for i, item in enumerate(items) if i % every == every - 1]
+    kept = [item for i, item in enumerate(items) if i % every != every - 1]
+    return kept, held
 
 
 def plateaued(losses: Sequence[float], *, patience: int, min_delta: float) -> bool:
