@@ -1,15 +1,18 @@
 """Default-job benchmark: how many steps a job without `steps` runs, token init vs booster init.
 
-    python -m models.booster.default_jobs [--split val] [--seeds 3] [--json bench/results/default_jobs.json]
+    python -m models.booster.default_jobs [--split val] [--groups world families] [--seeds 3] \
+        [--json bench/results/default_jobs.json]
 
 Per concept, seed and mode (textual_inversion, pivotal), through the real `train()` with the
 registry's defaults (the service's learning rates, `max_steps` caps, the stopping rule):
 - a default job from the token and one from the booster (guarded start): steps run, stop reason,
   wall time, and the final held-out loss (views never uploaded);
 - a 400-step token run (the old fixed default) as the quality reference.
+Groups, reported apart: `world` (the split's shape-world concepts) and `families` (concepts of the
+families the booster never trained on, as in models/booster/benchmark.py).
 Reported as medians (and min-max) over concepts and seeds: booster steps / token steps, and each
 default job's held-out loss relative to the 400-step run. `--eval-every/--patience/--min-delta/
---min-steps` try another stopping rule (choose it on --split dev, report on val).
+--min-steps/--probe-steps` try another stopping rule (choose it on --split dev, report on val).
 """
 
 from __future__ import annotations
@@ -19,14 +22,15 @@ import json
 import statistics
 import tempfile
 import time
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from models.booster.benchmark import FAMILY_SEED, Item, family_items, world_items
+from models.booster.families import HELD_OUT_FAMILIES
 from models.booster.resolver import registered_booster
-from models.reference.concepts import BenchmarkConcept, benchmark_concepts
 from models.registry import Registry, load_registry
 from models.trainer.base_model import load_base, pick_device
 from models.trainer.config import StopRule, TrainConfig
@@ -40,7 +44,7 @@ REFERENCE_STEPS = 400
 
 def run_job(
     base_model: str,
-    item: BenchmarkConcept,
+    item: Item,
     *,
     mode: str,
     init: str,
@@ -68,7 +72,7 @@ def run_job(
         started = time.perf_counter()
         result = train(
             config,
-            item.views(),
+            item.views,
             Path(out),
             registry=registry,
             booster=registered_booster(registry),
@@ -77,6 +81,7 @@ def run_job(
         wall = time.perf_counter() - started
     return {
         "concept": item.name,
+        "group": item.group,
         "mode": mode,
         "init": init,
         "seed": seed,
@@ -95,30 +100,39 @@ def spread(values: list[float]) -> dict[str, float]:
 
 
 def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    """Per mode: medians and ranges of steps, wall time, and loss relative to the 400-step run."""
+    """Per group and mode ("world/pivotal"): medians and ranges of steps, wall time, and loss
+    relative to the 400-step run."""
     summary: dict[str, Any] = {}
-    for mode in MODES:
-        keyed = {(r["concept"], r["seed"], r["init"]): r for r in runs if r["mode"] == mode}
-        pairs = [
-            (keyed[(c, s, "token")], keyed[(c, s, "booster")], keyed[(c, s, "reference")])
-            for (c, s, i) in keyed
-            if i == "token" and (c, s, "booster") in keyed and (c, s, "reference") in keyed
-        ]
-        if not pairs:
-            continue
-        summary[mode] = {
-            "runs": len(pairs),
-            "token_steps": spread([t["steps"] for t, _, _ in pairs]),
-            "booster_steps": spread([b["steps"] for _, b, _ in pairs]),
-            "booster_over_token_steps": spread([b["steps"] / t["steps"] for t, b, _ in pairs]),
-            "token_loss_vs_400": spread([t["held_out_loss"] / r["held_out_loss"] - 1 for t, _, r in pairs]),
-            "booster_loss_vs_400": spread([b["held_out_loss"] / r["held_out_loss"] - 1 for _, b, r in pairs]),
-            "token_wall_s": spread([t["wall_s"] for t, _, _ in pairs]),
-            "booster_wall_s": spread([b["wall_s"] for _, b, _ in pairs]),
-            "booster_start_won": sum(b["init_used"] == "booster" for _, b, _ in pairs),
-            "stop_reasons": sorted({x["stop_reason"] for t, b, _ in pairs for x in (t, b)}),
-        }
+    for group in dict.fromkeys(r.get("group", "world") for r in runs):
+        for mode in MODES:
+            summary_of = _summarise([r for r in runs if r.get("group", "world") == group and r["mode"] == mode])
+            if summary_of:
+                summary[f"{group}/{mode}"] = summary_of
     return summary
+
+
+def _summarise(runs: list[dict[str, Any]]) -> dict[str, Any] | None:
+    keyed = {(r["concept"], r["seed"], r["init"]): r for r in runs}
+    pairs = [
+        (keyed[(c, s, "token")], keyed[(c, s, "booster")], keyed[(c, s, "reference")])
+        for (c, s, i) in keyed
+        if i == "token" and (c, s, "booster") in keyed and (c, s, "reference") in keyed
+    ]
+    if not pairs:
+        return None
+    return {
+        "runs": len(pairs),
+        "token_steps": spread([t["steps"] for t, _, _ in pairs]),
+        "booster_steps": spread([b["steps"] for _, b, _ in pairs]),
+        "booster_over_token_steps": spread([b["steps"] / t["steps"] for t, b, _ in pairs]),
+        "token_loss_vs_400": spread([t["held_out_loss"] / r["held_out_loss"] - 1 for t, _, r in pairs]),
+        "booster_loss_vs_400": spread([b["held_out_loss"] / r["held_out_loss"] - 1 for _, b, r in pairs]),
+        "booster_within_1pct_of_400": sum(b["held_out_loss"] <= 1.01 * r["held_out_loss"] for _, b, r in pairs),
+        "token_wall_s": spread([t["wall_s"] for t, _, _ in pairs]),
+        "booster_wall_s": spread([b["wall_s"] for _, b, _ in pairs]),
+        "booster_start_won": sum(b["init_used"] == "booster" for _, b, _ in pairs),
+        "stop_reasons": sorted({x["stop_reason"] for t, b, _ in pairs for x in (t, b)}),
+    }
 
 
 def table(summary: dict[str, Any]) -> str:
@@ -127,12 +141,12 @@ def table(summary: dict[str, Any]) -> str:
         return f"{f(d['median'])} [{f(d['min'])}, {f(d['max'])}]"
 
     lines = [
-        f"{'mode':<18} {'token steps':<22} {'booster steps':<22} {'booster/token':<26} "
+        f"{'group/mode':<26} {'token steps':<22} {'booster steps':<22} {'booster/token':<26} "
         f"{'token loss vs 400':<30} {'booster loss vs 400':<30}"
     ]
     for mode, s in summary.items():
         lines.append(
-            f"{mode:<18} {fmt(s['token_steps']):<22} {fmt(s['booster_steps']):<22} "
+            f"{mode:<26} {fmt(s['token_steps']):<22} {fmt(s['booster_steps']):<22} "
             f"{fmt(s['booster_over_token_steps']):<26} {fmt(s['token_loss_vs_400'], True):<30} "
             f"{fmt(s['booster_loss_vs_400'], True):<30}"
         )
@@ -142,8 +156,16 @@ def table(summary: dict[str, Any]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--base-model", default="leap-tiny")
-    parser.add_argument("--split", default="val", choices=("dev", "val"))
-    parser.add_argument("--concepts", type=int, default=0, help="first N concepts of the split (0: all)")
+    parser.add_argument("--split", default="val", choices=("dev", "val"), help="the world's concepts")
+    parser.add_argument("--concepts", type=int, default=0, help="first N world concepts of the split (0: all)")
+    parser.add_argument(
+        "--groups",
+        nargs="+",
+        default=["world"],
+        choices=("world", "families"),
+        help="families: held out of booster training",
+    )
+    parser.add_argument("--per-family", type=int, default=1, help="concepts per held-out family")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--modes", default=",".join(MODES))
     parser.add_argument("--no-reference", action="store_true", help="skip the 400-step runs (reuse --json's)")
@@ -151,6 +173,7 @@ def main() -> None:
     parser.add_argument("--patience", type=int, default=StopRule.patience)
     parser.add_argument("--min-delta", type=float, default=StopRule.min_delta)
     parser.add_argument("--min-steps", type=int, default=StopRule.min_steps)
+    parser.add_argument("--probe-steps", type=int, default=StopRule.probe_steps, help="0: no probe")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
@@ -161,16 +184,20 @@ def main() -> None:
         patience=args.patience,
         min_delta=args.min_delta,
         min_steps=args.min_steps,
+        probe_steps=args.probe_steps,
     )
-    items = benchmark_concepts(args.split)
-    items = items[: args.concepts] if args.concepts else items
+    items: list[Item] = []
+    if "world" in args.groups:
+        items += world_items(args.split, args.concepts or 1000)
+    if "families" in args.groups:
+        items += family_items(HELD_OUT_FAMILIES, args.per_family, FAMILY_SEED, "families")
     registry = load_registry()
     base = load_base(resolve_base_model(args.base_model, registry), pick_device())
     previous = json.loads(args.json.read_text()) if args.json and args.json.exists() else {}
     references = {(r["concept"], r["mode"], r["seed"]): r for r in previous.get("runs", []) if r["init"] == "reference"}
     runs: list[dict[str, Any]] = []
     for item in items:
-        held_out = HeldOutLoss(base, item.held_out_views())
+        held_out = HeldOutLoss(base, item.held_out)
         for mode in args.modes.split(","):
             for seed in range(args.seeds):
                 for init in ("token", "booster"):
@@ -215,12 +242,7 @@ def main() -> None:
             "base_model": args.base_model,
             "split": args.split,
             "seeds": args.seeds,
-            "rule": {
-                "eval_every": rule.eval_every,
-                "patience": rule.patience,
-                "min_delta": rule.min_delta,
-                "min_steps": rule.min_steps,
-            },
+            "rule": asdict(rule),
             "device": str(base.device),
             "summary": summary,
             "runs": runs,

@@ -26,7 +26,8 @@ TEXT_RECIPE: dict[str, dict[str, Any]] = {
     "pivotal": {"max_steps": 300, "embedding_lr": 1e-2, "pivot_embedding_lr": 1e-3, "lora_lr": 1e-3, "batch_size": 4},
 }
 
-TEXT_STOP_RULE = StopRule(eval_every=10, patience=3, min_delta=0.005, min_steps=20)
+# No probe: the text booster starts from a retrieved word, which still needs training (README).
+TEXT_STOP_RULE = StopRule(eval_every=10, patience=3, min_delta=0.005, min_steps=20, probe_steps=0)
 """The text trainer's plateau rule (models/trainer/stopping.py): an evaluation of up to 16 examples
 costs a few training steps, so it runs every 10 steps; a phase stops after 30 steps without a 0.5%
 improvement, and not before 20 steps."""

@@ -26,12 +26,17 @@ RESERVED_NAMES = ("learned_embeds", "pytorch_lora_weights")
 class StopRule:
     """When a job without `steps` stops (models/trainer/stopping.py): evaluate every `eval_every`
     steps; stop once the last `patience` evaluations improve on the best before them by no more
-    than `min_delta` (relative), but not before `min_steps` (counted per pivotal phase)."""
+    than `min_delta` (relative), but not before `min_steps` (counted per pivotal phase).
+
+    A start the guard took from a prediction (the booster's) is probed instead: one evaluation after
+    `probe_steps` steps; if it is no better than the start by `min_delta`, the first phase is done
+    (the prediction was already where training would end). 0 turns the probe off."""
 
     eval_every: int = 5
     patience: int = 3
     min_delta: float = 0.005
     min_steps: int = 10
+    probe_steps: int = 4
 
 
 def check_mode_init_token(mode: str, modes: tuple[Mode, ...], init: str, inits: tuple[Init, ...], token: str) -> None:
@@ -56,8 +61,16 @@ def check_steps_and_rule(steps: int | None, max_steps: int | None, rule: StopRul
         raise InvalidConfigError(
             "max_steps", "give steps (exactly that many) or max_steps (stop when done, at most that many), not both"
         )
-    if rule.eval_every < 1 or rule.patience < 1 or rule.min_steps < 0 or not 0.0 <= rule.min_delta < 1.0:
-        raise InvalidConfigError("stopping", "eval_every and patience >= 1, min_steps >= 0, min_delta in [0, 1)")
+    if (
+        rule.eval_every < 1
+        or rule.patience < 1
+        or rule.min_steps < 0
+        or rule.probe_steps < 0
+        or not 0.0 <= rule.min_delta < 1.0
+    ):
+        raise InvalidConfigError(
+            "stopping", "eval_every and patience >= 1, min_steps and probe_steps >= 0, min_delta in [0, 1)"
+        )
 
 
 class Tunable(Protocol):

@@ -3,6 +3,8 @@
 With `steps` unset, the trainer evaluates the concept every `eval_every` steps on the same noises,
 timesteps and latents each time, and stops once the last `patience` evaluations brought no relative
 improvement above `min_delta` over the best before them (after `min_steps`), or at `max_steps`.
+A start predicted by a booster is probed after `probe_steps` instead of waiting out `min_steps`:
+the rule's floor is there for token starts, which can sit on a flat stretch before they move.
 Uploads of 10 or more images hold every 5th one back for this evaluation; smaller sets are
 evaluated on their training images (still a fixed grid, so successive values compare exactly).
 The same evaluation scores the candidate starts of the guard (models/trainer/guard.py).
@@ -70,16 +72,19 @@ class Plateau(Generic[S]):
         ... a new phase:  plateau.new_phase(done)
     """
 
-    def __init__(self, rule: StopRule, first_loss: float, first_state: S) -> None:
+    def __init__(self, rule: StopRule, first_loss: float, first_state: S, *, probe: bool = False) -> None:
         self.rule = rule
         self.curve: list[tuple[int, float]] = [(0, first_loss)]
         self.best_loss, self.best_step, self.best_state = first_loss, 0, first_state
         self._phase_losses = [first_loss]
         self._phase_start = 0
+        # A predicted start: one evaluation after probe_steps decides whether the first phase has anything to do.
+        self.probe_step = rule.probe_steps if probe and rule.probe_steps > 0 else None
 
     def due(self, done: int, *, last: bool = False) -> bool:
-        """Whether to evaluate after `done` steps (every eval_every, and at a phase's or the run's end)."""
-        return last or done % self.rule.eval_every == 0
+        """Whether to evaluate after `done` steps (every eval_every, the probe's step, and at a phase's
+        or the run's end)."""
+        return last or done % self.rule.eval_every == 0 or done == self.probe_step
 
     def record(self, done: int, loss: float, state: Callable[[], S]) -> bool:
         """Add an evaluation (`state()` is taken only when it is the best so far); True when the
@@ -89,6 +94,8 @@ class Plateau(Generic[S]):
         if loss < self.best_loss:
             self.best_loss, self.best_step, self.best_state = loss, done, state()
         rule = self.rule
+        if done == self.probe_step and self._phase_start == 0:
+            return plateaued(self._phase_losses, patience=1, min_delta=rule.min_delta)
         return done - self._phase_start >= rule.min_steps and plateaued(
             self._phase_losses, patience=rule.patience, min_delta=rule.min_delta
         )
@@ -103,6 +110,7 @@ class Plateau(Generic[S]):
         return {
             "rule": asdict(self.rule),
             **extra,
+            "probe_step": self.probe_step,
             "best_step": self.best_step,
             "best_loss": self.best_loss,
             "curve": [[step, loss] for step, loss in self.curve],

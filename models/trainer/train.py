@@ -305,9 +305,10 @@ def _optimizer(
 
 
 def _plateau(config: TrainConfig, concept: ConceptModel, start: _Start, evaluate: _Evaluation) -> Plateau[InitialState]:
-    """The stopping rule's tracker, from the start's score (the guard's, where it scored one)."""
+    """The stopping rule's tracker, from the start's score (the guard's, where it scored one); a start
+    the guard took from the booster is probed (StopRule.probe_steps)."""
     first = start.scores[start.winner] if start.scores and start.winner else round(evaluate(concept), 6)
-    return Plateau(config.stopping, first, snapshot(concept))
+    return Plateau(config.stopping, first, snapshot(concept), probe=start.used == "booster")
 
 
 def _steps(

@@ -4,6 +4,7 @@ and jobs that stop when done (max_steps, the plateau rule, explicit steps honour
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 import torch
@@ -14,7 +15,7 @@ from models.trainer.concept import InitialState
 from models.trainer.config import StopRule, TrainConfig
 from models.trainer.errors import InvalidConfigError
 from models.trainer.guard import choose_start, describe_scores
-from models.trainer.stopping import plateaued, split_for_eval
+from models.trainer.stopping import Plateau, plateaued, split_for_eval
 from models.trainer.train import train
 
 REGISTRY = load_registry()
@@ -138,3 +139,61 @@ def test_steps_and_max_steps_are_exclusive(leap_tiny):
     with pytest.raises(InvalidConfigError) as error:
         TrainConfig(base_model=leap_tiny, steps=5, max_steps=10).validate()
     assert error.value.field == "max_steps"
+
+
+def test_a_predicted_start_is_probed_once_and_the_usual_rule_follows():
+    rule = StopRule(eval_every=5, patience=3, min_delta=0.005, min_steps=10, probe_steps=4)
+    assert not Plateau(rule, 1.0, "start").due(4)  # a token start waits out min_steps
+    done = Plateau(rule, 1.0, "start", probe=True)
+    assert done.due(4) and done.record(4, 0.996, lambda: "after 4")  # not 0.5% better: done
+    assert done.best_state == "after 4" and done.report()["probe_step"] == 4
+    worse = Plateau(rule, 1.0, "start", probe=True)
+    assert worse.record(4, 1.02, lambda: "after 4") and worse.best_state == "start"
+    better = Plateau(rule, 1.0, "start", probe=True)
+    assert not better.record(4, 0.9, lambda: "after 4")  # better: trains on
+    assert not better.record(5, 0.9, lambda: "after 5")  # by the usual rule: min_steps first
+    assert better.record(15, 0.9, lambda: "after 15") is False and better.record(20, 0.9, lambda: "") is True
+    assert not Plateau(replace(rule, probe_steps=0), 1.0, "start", probe=True).due(4)
+
+
+def test_a_booster_start_is_probed_after_four_steps_and_kept_when_they_gain_nothing(
+    leap_tiny, concept_images, tmp_path
+):
+    # A "booster" that predicts what 40 steps of textual inversion learn.
+    train(
+        TrainConfig(base_model=leap_tiny, mode="textual_inversion", init="token", steps=40, seed=1),
+        concept_images,
+        tmp_path / "learned",
+        registry=REGISTRY,
+    )
+    learned = _vectors(tmp_path / "learned")
+
+    def resolver(base, images, cfg):
+        return InitialState(embedding=learned, name="learned")
+
+    def job(mode: str, rule: StopRule, name: str):
+        config = TrainConfig(base_model=leap_tiny, mode=mode, init="booster", max_steps=200, seed=0, stopping=rule)
+        return train(config, concept_images, tmp_path / name, registry=REGISTRY, booster=resolver)
+
+    # Where 4 steps gain less than min_delta (here 20%), the start was the end: the job stops and keeps it.
+    demanding = StopRule(min_delta=0.2)
+    ti = job("textual_inversion", demanding, "ti")
+    assert ti.init_used == "booster" and [step for step, _ in ti.eval_curve] == [0, 4]
+    assert ti.steps == 4 and ti.stop_reason == "converged" and ti.manifest["stopping"]["probe_step"] == 4
+    # It keeps the better of the two (here the 4-step state, less than 20% better than the start).
+    assert ti.eval_curve[1][1] < ti.eval_curve[0][1] and ti.manifest["stopping"]["best_step"] == 4
+    # Pivotal: the probe ends the embedding phase; LoRA then trains by the usual rule (min_steps 10).
+    pivotal = job("pivotal", demanding, "pivotal")
+    assert pivotal.manifest["pivot_step"] == 4 and pivotal.steps >= 4 + 10
+    # Where they gain more (the default 0.5%), the job trains on by the usual rule.
+    usual = job("textual_inversion", StopRule(), "usual")
+    assert usual.eval_curve[1][0] == 4 and usual.eval_curve[1][1] < usual.eval_curve[0][1] * 0.995
+    assert usual.steps >= 10 and usual.eval_curve[2][0] == 5
+    # A token start is not probed: it waits out min_steps, evaluating every 5 steps.
+    token = train(
+        TrainConfig(base_model=leap_tiny, mode="textual_inversion", init="token", max_steps=200, seed=0),
+        concept_images,
+        tmp_path / "token",
+        registry=REGISTRY,
+    )
+    assert token.eval_curve[1][0] == 5 and token.manifest["stopping"]["probe_step"] is None
