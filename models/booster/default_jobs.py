@@ -233,7 +233,7 @@ def main() -> None:
                     }
                     print(json.dumps({k: v for k, v in reference.items() if k != "curve"}), flush=True)
                 if reference is not None:
-                    runs.append(reference)
+                    runs.append({**reference, "group": item.group})
     summary = summarise(runs)
     print(table(summary))
     if args.json:
