@@ -42,12 +42,18 @@ class RegisteredModel:
     to the registry file, or a hub id. With `gguf` set, the hub id the GGUF was made from."""
     resolution: int = 0
     """Image models: the training resolution in pixels; 0 for text models."""
-    booster_path: Path | None = None
+    boosters: tuple[Path, ...] = ()
+    """Booster folders for init=booster. Image models may list several: the guard scores each one's
+    start against the token. Text models use the first."""
     defaults: dict[str, Any] = field(default_factory=dict)
     description: str = ""
     kind: Kind = Kind.IMAGE
     gguf: GgufSource | None = None
     """Text models: load from this GGUF (converted once into the data directory) instead of `path`."""
+
+    @property
+    def booster_path(self) -> Path | None:
+        return self.boosters[0] if self.boosters else None
 
     @property
     def has_booster(self) -> bool:
@@ -80,6 +86,7 @@ def load_registry(path: Path | None = None) -> Registry:
     models: dict[str, RegisteredModel] = {}
     for model_id, entry in (raw.get("models") or {}).items():
         booster = entry.get("booster")
+        boosters = [booster] if isinstance(booster, str) else list(booster or [])
         raw_kind = entry.get("kind", Kind.IMAGE.value)
         if raw_kind not in KINDS:
             raise ValueError(f"{path}: model {model_id!r} has kind {raw_kind!r}, not one of {', '.join(KINDS)}")
@@ -90,7 +97,7 @@ def load_registry(path: Path | None = None) -> Registry:
             path=_resolve(base, entry["path"]),
             # Image models need their resolution; text models have none.
             resolution=int(entry["resolution"]) if kind == Kind.IMAGE else int(entry.get("resolution", 0)),
-            booster_path=Path(_resolve(base, booster)) if booster else None,
+            boosters=tuple(Path(_resolve(base, folder)) for folder in boosters),
             defaults=dict(entry.get("defaults") or {}),
             description=entry.get("description", ""),
             kind=kind,

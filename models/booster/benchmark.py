@@ -18,8 +18,9 @@ Protocol, per mode and token-vector count:
    + 2%) and its steps to it; a booster-init run with the same recipe (to the full length, so final
    losses compare) counts its steps to the same target (reaching it at step 0 counts as 1 step, for
    either run, so a concept the token already meets at step 0 scores 1x at best). Two booster variants:
-   `booster` starts exactly from the prediction (unguarded), `booster+guard` is init=booster through
-   the trainer's guarded start (token, booster, booster/token midpoint scored on the job's images).
+   `booster` starts exactly from the main booster's prediction (unguarded), `booster+guard` is
+   init=booster through the trainer's guarded start (the token and every registered booster's start,
+   with their midpoints, scored on the job's images; with --booster, that folder only).
 4. Reported: medians over concepts (each concept's median over seeds) with quartiles, zero-step
    (start) and final held-out losses of both, and per concept whether the booster's start or its
    final loss is worse than the token's (final: by more than 1%).
@@ -43,7 +44,7 @@ from PIL import Image
 
 from models.booster.families import HELD_OUT_FAMILIES, draw_family_concept, render_family
 from models.booster.network import load_booster
-from models.booster.resolver import checked_booster, initial_state_from, registered_booster_path
+from models.booster.resolver import checked_booster, initial_state_from, registered_booster, registered_booster_path
 from models.reference.concepts import benchmark_concepts
 from models.registry import Registry, load_registry
 from models.trainer.base_model import load_base, pick_device
@@ -419,6 +420,8 @@ def main() -> None:
         parser.error(f"no booster registered for {args.base_model}: give --booster")
     use_lora = {"auto": None, "yes": True, "no": False}[args.use_lora]
     resolver = booster_resolver(Path(directory), use_lora, registry)
+    # Guarded runs start as the service's jobs do: every registered booster is a candidate (without --booster).
+    guarded_resolver = resolver if args.booster or args.use_lora != "auto" else registered_booster(registry)
     groups: dict[str, list[Item]] = {}
     notes: list[str] = []
     for group in args.groups:
@@ -524,7 +527,7 @@ def main() -> None:
                                 args.base_model,
                                 item,
                                 init="booster",
-                                resolver=resolver if guarded else None,
+                                resolver=guarded_resolver if guarded else None,
                                 state_from=None if guarded else resolver,
                                 **common,
                             )

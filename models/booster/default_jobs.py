@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from models.booster.benchmark import FAMILY_SEED, Item, family_items, world_items
+from models.booster.benchmark import FAMILY_SEED, Item, Resolver, booster_resolver, family_items, world_items
 from models.booster.families import HELD_OUT_FAMILIES
 from models.booster.resolver import registered_booster
 from models.registry import Registry, load_registry
@@ -53,6 +53,7 @@ def run_job(
     rule: StopRule,
     held_out: HeldOutLoss,
     registry: Registry,
+    booster: Resolver,
 ) -> dict[str, Any]:
     """One training; its steps, stop reason, wall time and final held-out loss."""
     final: dict[str, float] = {}
@@ -75,7 +76,7 @@ def run_job(
             item.views,
             Path(out),
             registry=registry,
-            booster=registered_booster(registry),
+            booster=booster,
             on_finish=on_finish,
         )
         wall = time.perf_counter() - started
@@ -174,6 +175,7 @@ def main() -> None:
     parser.add_argument("--min-delta", type=float, default=StopRule.min_delta)
     parser.add_argument("--min-steps", type=int, default=StopRule.min_steps)
     parser.add_argument("--probe-steps", type=int, default=StopRule.probe_steps, help="0: no probe")
+    parser.add_argument("--booster", type=Path, help="only this booster folder (default: every registered one)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
@@ -192,6 +194,7 @@ def main() -> None:
     if "families" in args.groups:
         items += family_items(HELD_OUT_FAMILIES, args.per_family, FAMILY_SEED, "families")
     registry = load_registry()
+    booster = booster_resolver(args.booster, None, registry) if args.booster else registered_booster(registry)
     base = load_base(resolve_base_model(args.base_model, registry), pick_device())
     previous = json.loads(args.json.read_text()) if args.json and args.json.exists() else {}
     references = {(r["concept"], r["mode"], r["seed"]): r for r in previous.get("runs", []) if r["init"] == "reference"}
@@ -212,6 +215,7 @@ def main() -> None:
                             rule=rule,
                             held_out=held_out,
                             registry=registry,
+                            booster=booster,
                         )
                     )
                     print(json.dumps({k: v for k, v in runs[-1].items() if k != "curve"}), flush=True)
@@ -228,6 +232,7 @@ def main() -> None:
                             rule=rule,
                             held_out=held_out,
                             registry=registry,
+                            booster=booster,
                         ),
                         "init": "reference",
                     }
@@ -241,6 +246,7 @@ def main() -> None:
         report = {
             "base_model": args.base_model,
             "split": args.split,
+            "booster": str(args.booster) if args.booster else "registered",
             "seeds": args.seeds,
             "rule": asdict(rule),
             "device": str(base.device),

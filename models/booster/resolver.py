@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Sequence
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 
@@ -29,12 +30,18 @@ _loaded: dict[Path, Booster] = {}
 _lock = threading.Lock()
 
 
-def registered_booster_path(base: BaseComponents, registry: Registry) -> Path | None:
-    """The booster folder registered for this base model (matched by its source path or id)."""
+def registered_booster_paths(base: BaseComponents, registry: Registry) -> list[Path]:
+    """The booster folders registered for this base model (matched by its source path or id), first
+    the main one; empty without one."""
     for entry in registry.models.values():
         if entry.path in (base.source, str(Path(base.source).resolve())) and entry.has_booster:
-            return entry.booster_path
-    return None
+            return [folder for folder in entry.boosters if (folder / "booster.safetensors").is_file()]
+    return []
+
+
+def registered_booster_path(base: BaseComponents, registry: Registry) -> Path | None:
+    """The main booster folder registered for this base model, or None."""
+    return next(iter(registered_booster_paths(base, registry)), None)
 
 
 def checked_booster(directory: Path, base: BaseComponents, registry: Registry) -> Booster:
@@ -86,16 +93,21 @@ def predict(
 
 def booster_initial_state(
     base: BaseComponents, images: Sequence[Image.Image], config: TrainConfig, registry: Registry
-) -> InitialState | None:
-    """The booster's starting point for this job, or None where the base model has no booster."""
-    directory = registered_booster_path(base, registry)
-    if directory is None:
+) -> list[InitialState] | None:
+    """Each registered booster's starting point for this job (the main one named "booster", others
+    by their folder), or None where the base model has no booster."""
+    directories = registered_booster_paths(base, registry)
+    if not directories:
         return None
-    try:
-        booster = checked_booster(directory, base, registry)
-    except BaseModelError as error:
-        raise foreign_booster(error, what="booster", base_model=config.base_model_name) from error
-    return initial_state_from(booster, images, config)
+    states = []
+    for index, directory in enumerate(directories):
+        try:
+            booster = checked_booster(directory, base, registry)
+        except BaseModelError as error:
+            raise foreign_booster(error, what="booster", base_model=config.base_model_name) from error
+        state = initial_state_from(booster, images, config)
+        states.append(state if index == 0 else replace(state, name=directory.name))
+    return states
 
 
 def registered_booster(registry: Registry) -> BoosterResolver:

@@ -67,8 +67,8 @@ def test_pivotal_starts_from_the_booster_prediction(tiny_booster, random_tiny, c
     winner = min(result.init_scores, key=result.init_scores.__getitem__)
     saved = load_file(str(tmp_path / "out" / "learned_embeds.safetensors"))["<leap>"]
     torch.testing.assert_close(saved, starts[winner], atol=1e-5, rtol=0)
-    state = booster_initial_state(base, concept_images, config, registry)
-    assert state is not None and state.unet_lora is not None
+    [state] = booster_initial_state(base, concept_images, config, registry) or []
+    assert state.unet_lora is not None
     assert set(state.unet_lora) == set(lora)
 
 
@@ -77,7 +77,7 @@ def test_a_different_lora_rank_uses_the_embedding_only(tiny_booster, random_tiny
     registry = load_registry(tmp_path / "registry.yaml")
     result = train(config, concept_images, tmp_path, registry=registry, booster=registered_booster(registry))
     assert result.init_scores and "embedding only" in result.init_note or result.init_used == "token"
-    state = booster_initial_state(load_base(random_tiny, pick_device("cpu")), concept_images, config, registry)
+    [state] = booster_initial_state(load_base(random_tiny, pick_device("cpu")), concept_images, config, registry) or []
     assert state is not None and state.unet_lora is None and state.note.startswith("embedding only")
 
 
@@ -101,13 +101,12 @@ def test_multi_vector_jobs_get_distinct_predicted_vectors_or_a_plain_note(random
     assert two.shape == (2, base.embedding_width) and not note
     assert (two[0] - two[1]).abs().max() > 1e-2
     config = TrainConfig(base_model="random-tiny", mode="textual_inversion", init="booster", num_vectors=2)
-    state = booster_initial_state(base, concept_images, config, registered)
-    assert state is not None and "copied" not in state.note
+    [state] = booster_initial_state(base, concept_images, config, registered) or []
+    assert "copied" not in state.note
     torch.testing.assert_close(state.embedding, two)
 
     config.num_vectors = 3
-    state = booster_initial_state(base, concept_images, config, registered)
-    assert state is not None
+    [state] = booster_initial_state(base, concept_images, config, registered) or []
     assert "distinct vectors for 1, 2 vector(s) only" in state.note and "all 3 slots" in state.note
     one, _, _ = predict(booster, concept_images, 1)
     torch.testing.assert_close(state.embedding, one.repeat(3, 1))
@@ -120,6 +119,29 @@ def test_multi_vector_jobs_get_distinct_predicted_vectors_or_a_plain_note(random
         booster=registered_booster(registered),
     )
     assert result.init_used in ("booster", "token")
+
+
+def test_a_registry_may_list_several_boosters_and_the_guard_scores_each(
+    tiny_booster, random_tiny, concept_images, tmp_path
+):
+    second = make_booster(load_base(random_tiny, pick_device("cpu")), "random-tiny", rank=4, image_size=32)
+    with torch.no_grad():
+        second.embedding_head.bias.sub_(0.5)
+    second.save(tmp_path / "second")
+    folders = [str(tmp_path / "booster"), str(tmp_path / "second")]
+    registry = {
+        "default": "random-tiny",
+        "models": {"random-tiny": {"path": random_tiny, "resolution": 32, "booster": folders}},
+    }
+    (tmp_path / "two.yaml").write_text(yaml.safe_dump(registry))
+    registered = load_registry(tmp_path / "two.yaml")
+    assert registered.get("random-tiny").booster_path == tmp_path / "booster"  # the main one (text models use it)
+    config = TrainConfig(base_model="random-tiny", mode="textual_inversion", init="booster", steps=1, batch_size=1)
+    result = train(
+        config, concept_images, tmp_path / "out", registry=registered, booster=registered_booster(registered)
+    )
+    assert list(result.init_scores) == ["token", "booster", "booster/token midpoint", "second", "second/token midpoint"]
+    assert result.init_note.startswith(f"guarded start: {min(result.init_scores, key=result.init_scores.get)} scored")
 
 
 def test_a_booster_for_another_base_model_fails_clearly(tiny_booster, leap_tiny, concept_images, tmp_path):
@@ -143,19 +165,25 @@ def test_the_committed_leap_tiny_booster_fits_leap_tiny_and_reads_the_images(lea
     Whether it speeds training up is measured by models.booster.benchmark, not here."""
     from pathlib import Path
 
-    from models.booster.resolver import checked_booster, registered_booster_path
+    from models.booster.resolver import checked_booster, registered_booster_path, registered_booster_paths
     from models.reference.concepts import benchmark_concepts
 
     base = load_base(leap_tiny, pick_device("cpu"))
     directory = registered_booster_path(base, REGISTRY)
     assert directory is not None
-    assert sum(p.stat().st_size for p in Path(directory).iterdir()) <= 10 * 2**20
+    folders = registered_booster_paths(base, REGISTRY)
+    assert folders[0] == directory and [folder.name for folder in folders] == ["leap-tiny", "leap-tiny-world"]
+    assert sum(p.stat().st_size for folder in folders for p in Path(folder).iterdir()) <= 10 * 2**20
     booster = checked_booster(directory, base, REGISTRY)
     first, second = benchmark_concepts("dev")[:2]
     config = TrainConfig(base_model="leap-tiny", mode="pivotal")
-    state_a = booster_initial_state(base, first.views(), config, REGISTRY)
-    state_b = booster_initial_state(base, second.views(), config, REGISTRY)
-    assert state_a is not None and state_b is not None
+    state_a, world_a = booster_initial_state(base, first.views(), config, REGISTRY) or []
+    state_b, world_b = booster_initial_state(base, second.views(), config, REGISTRY) or []
+    # The guard scores both: the family-trained booster as "booster", the world specialist by its folder.
+    assert (state_a.name, world_a.name) == ("booster", "leap-tiny-world")
+    assert world_a.unet_lora is None and world_a.note.startswith("embedding only: the world specialist")
+    assert (world_a.embedding - world_b.embedding).abs().max() > 1e-3
+    assert (world_a.embedding - state_a.embedding).abs().max() > 1e-3
     assert torch.isfinite(state_a.embedding).all()
     assert (state_a.embedding - state_b.embedding).abs().max() > 1e-3
     # No trained LoRA head (booster.json `use_lora` false, measured on the held-out families): pivotal jobs
@@ -164,9 +192,12 @@ def test_the_committed_leap_tiny_booster_fits_leap_tiny_and_reads_the_images(lea
     assert state_a.note.startswith("embedding only")
     # Distinct vectors for 1, 2 and 4; other counts are told they get copies.
     assert booster.supported_vectors() == [1, 2, 4]
-    four = booster_initial_state(base, first.views(), TrainConfig(base_model="leap-tiny", num_vectors=4), REGISTRY)
+    four, world_four = booster_initial_state(
+        base, first.views(), TrainConfig(base_model="leap-tiny", num_vectors=4), REGISTRY
+    ) or [None, None]
     assert four is not None and four.embedding.shape == (4, 64) and "copied" not in four.note
     assert (four.embedding[0] - four.embedding[3]).abs().max() > 1e-3
+    assert world_four is not None and "copied into all 4 slots" in world_four.note  # it has no 4-vector head
 
 
 def test_the_committed_booster_starts_closer_to_the_optimum_than_the_token(leap_tiny):

@@ -69,8 +69,8 @@ def write_registry_with_tiny_llama(
         entry: dict = {"kind": model.kind.value, "path": model.path, "description": model.description}
         if model.kind == "image":
             entry["resolution"] = model.resolution
-        if model.booster_path is not None:
-            entry["booster"] = str(model.booster_path)
+        if model.boosters:
+            entry["booster"] = [str(folder) for folder in model.boosters]
         if model.gguf is not None:
             entry["gguf"] = {"package": model.gguf.package, "file": model.gguf.file}
         entry["defaults"] = dict(model.defaults)
