@@ -274,7 +274,8 @@ class TrainingState(BaseModel):
     init_scores: dict[str, float] | None = Field(
         None,
         description="init=booster: the guard's loss of each candidate start (token, booster, booster+lora, "
-        "booster/token midpoint) on the job's images; the lowest started.",
+        "booster/token midpoint; where the base model registers several boosters, the others' starts are "
+        "named by their folder, e.g. leap-tiny-world) on the job's images; the lowest started.",
     )
     stop_reason: StopReason | None = Field(
         None,

@@ -35,7 +35,12 @@ def registered_booster_paths(base: BaseComponents, registry: Registry) -> list[P
     the main one; empty without one."""
     for entry in registry.models.values():
         if entry.path in (base.source, str(Path(base.source).resolve())) and entry.has_booster:
-            return [folder for folder in entry.boosters if (folder / "booster.safetensors").is_file()]
+            found = [folder for folder in entry.boosters if (folder / "booster.safetensors").is_file()]
+            if len(found) < len(entry.boosters):
+                logger.warning(
+                    "%s: booster folders without weights skipped: %s", entry.id, set(entry.boosters) - set(found)
+                )
+            return found
     return []
 
 
