@@ -77,14 +77,14 @@ def test_guard_starts_from_the_token_when_the_boosters_start_is_worse(leap_tiny,
     assert torch.allclose(starts["embedding"][0], _word(load_base(leap_tiny, pick_device()), "object"))
 
 
+def _learned_in_40_steps(leap_tiny, concept_images, out_dir):
+    config = TrainConfig(base_model=leap_tiny, mode="textual_inversion", init="token", steps=40, seed=1)
+    return train(config, concept_images, out_dir, registry=REGISTRY)
+
+
 def test_guard_starts_from_the_booster_when_it_is_better(leap_tiny, concept_images, tmp_path):
     # A "booster" that predicts what 40 steps of textual inversion learn: a better start than the token.
-    learned = train(
-        TrainConfig(base_model=leap_tiny, mode="textual_inversion", init="token", steps=40, seed=1),
-        concept_images,
-        tmp_path / "learned",
-        registry=REGISTRY,
-    )
+    learned = _learned_in_40_steps(leap_tiny, concept_images, tmp_path / "learned")
     good = _vectors(tmp_path / "learned")
 
     def resolver(base, images, cfg):
@@ -160,12 +160,7 @@ def test_a_booster_start_is_probed_after_four_steps_and_kept_when_they_gain_noth
     leap_tiny, concept_images, tmp_path
 ):
     # A "booster" that predicts what 40 steps of textual inversion learn.
-    train(
-        TrainConfig(base_model=leap_tiny, mode="textual_inversion", init="token", steps=40, seed=1),
-        concept_images,
-        tmp_path / "learned",
-        registry=REGISTRY,
-    )
+    _learned_in_40_steps(leap_tiny, concept_images, tmp_path / "learned")
     learned = _vectors(tmp_path / "learned")
 
     def resolver(base, images, cfg):
