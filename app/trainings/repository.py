@@ -158,11 +158,12 @@ def _queue_positions_query() -> Select[Any]:
 
 
 def queue_positions(session: Session, trainings: list[Training]) -> dict[uuid.UUID, int]:
-    """The queue positions (see _queue_position) of these queued trainings, in one query."""
+    """The queue positions (see _queue_position) of these queued trainings, in one query. One that a
+    worker claimed since it was read is no longer queued when counted: it gets none."""
     if not trainings:
         return {}
     rows = session.execute(_queue_positions_query(), {"training_ids": [training.id for training in trainings]})
-    return {training_id: int(position) for training_id, position in rows}
+    return {training_id: int(position) for training_id, position in rows if position is not None}
 
 
 def artifacts_for(session: Session, training_ids: list[uuid.UUID]) -> dict[uuid.UUID, list[Artifact]]:

@@ -181,6 +181,19 @@ def test_a_text_trainings_progress_total_is_its_models_default_steps(client, dat
     assert created["progress"]["total"] == 200  # the bundled registry's smollm2-135m token cap (max_steps)
 
 
+def test_a_training_claimed_after_it_was_read_as_queued_gets_no_queue_position(client, database, settings):
+    # An Idempotency-Key replay reads the training (queued), then counts its place in the queue. A
+    # worker that claimed it in between left the count NULL, and the replay answered 500 (seen in CI).
+    tenant = make_tenant(database)
+    created = submit(client, tenant).json()
+    with unit_of_work(database.session_factory) as session:
+        training = repository.get(session, uuid.UUID(created["id"]))
+        assert training is not None and training.status == "queued"
+        with unit_of_work(database.session_factory) as other:
+            assert lifecycle.claim(other, training_id=training.id, worker_id="w", settings=settings)
+        assert repository.queue_positions(session, [training]) == {}
+
+
 def test_queue_position_counts_every_tenants_queue_in_claim_order(client, database, settings):
     first, second = make_tenant(database, name="first"), make_tenant(database, name="second")
     a1 = submit(client, first).json()
