@@ -75,7 +75,8 @@ def schedule(steps: int, every: int) -> list[int]:
     return sorted(p for p in points if p <= steps)
 
 
-def world_items(split: str, count: int) -> list[Item]:
+def world_items(split: str, count: int | None = None) -> list[Item]:
+    """The first `count` concepts of the world's `split` (None: all)."""
     return [
         Item(b.name, "world" if split == "val" else "dev", b.views(), b.held_out_views())
         for b in benchmark_concepts(split)[:count]

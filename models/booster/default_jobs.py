@@ -104,6 +104,7 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """Per group and mode ("world/pivotal"): medians and ranges of steps, wall time, and loss
     relative to the 400-step run."""
     summary: dict[str, Any] = {}
+    # Runs written before groups existed (reused references, committed results) are the world's.
     for group in dict.fromkeys(r.get("group", "world") for r in runs):
         for mode in MODES:
             summary_of = _summarise([r for r in runs if r.get("group", "world") == group and r["mode"] == mode])
@@ -190,7 +191,7 @@ def main() -> None:
     )
     items: list[Item] = []
     if "world" in args.groups:
-        items += world_items(args.split, args.concepts or 1000)
+        items += world_items(args.split, args.concepts or None)
     if "families" in args.groups:
         items += family_items(HELD_OUT_FAMILIES, args.per_family, FAMILY_SEED, "families")
     registry = load_registry()
