@@ -7,7 +7,12 @@
   ComfyUI's embedding loaders read; its file name is the prompt word there
 - <name>_lora.safetensors: kohya/webui LoRA keys with per-module `.alpha` = the trained alpha and
   kohya/modelspec metadata, plus the embedding bundled as `bundle_emb.<token>.string_to_param.*`
-  (A1111 >= 1.5 reads it; ComfyUI drops it and needs <name>.safetensors)
+  (A1111 >= 1.5 reads it; ComfyUI drops it and needs <name>.safetensors). A UNet with SD's layout
+  (two layers per block) gets kohya's usual `lora_unet_down_blocks_...` names; any other layout
+  (leap-tiny's one layer per block) gets the LDM names (`lora_unet_input_blocks_...`,
+  `lora_unet_middle_block_...`, `lora_unet_output_blocks_...`), because A1111 converts diffusers
+  names with SD's fixed block arithmetic and would land them on other modules, while both A1111
+  (its `lora_unet` -> `diffusion_model` fallback) and ComfyUI (its LDM key map) read LDM names as is
 - manifest.json: what produced the files, with their sha256
 """
 
@@ -53,6 +58,8 @@ class BaseDescription:
     text_width: int
     prediction_type: str
     resolution: int
+    layers_per_block: tuple[int, ...] = (2, 2, 2, 2)
+    """The UNet's layers per down block (diffusers' `layers_per_block`, one per block); SD 1.x/2.x: 2 each."""
 
 
 def architecture(base: BaseDescription) -> tuple[str, str]:
@@ -132,6 +139,44 @@ def _folded(lora: dict[str, torch.Tensor], scale: float) -> dict[str, torch.Tens
     return {k: v * scale if re.search(r"\.lora_B\b", k) else v for k, v in lora.items()}
 
 
+SD_LAYERS_PER_BLOCK = 2
+_UNET_ATTENTION = re.compile(r"^(down_blocks|up_blocks)\.(\d+)\.attentions\.(\d+)\.(.+)$")
+
+
+def ldm_unet_module(name: str, layers_per_block: tuple[int, ...]) -> str:
+    """The LDM (original Stable Diffusion) name of a diffusers UNet attention module, e.g.
+    down_blocks.1.attentions.0.proj_in -> input_blocks.3.1.proj_in with one layer per block.
+
+    LDM numbers the input blocks after conv_in (input_blocks.0): each down block's layers, then its
+    downsampler; the output blocks run the up blocks in order, each with one layer more than its
+    down block (up block x mirrors down block n-1-x). Within a block, .0 is the resnet and .1 the
+    attention."""
+    if name.startswith("mid_block.attentions.0."):
+        return "middle_block.1." + name.removeprefix("mid_block.attentions.0.")
+    match = _UNET_ATTENTION.match(name)
+    if match is None:
+        raise ValueError(f"{name} is not a UNet attention module")
+    kind, block, layer, rest = match.group(1), int(match.group(2)), int(match.group(3)), match.group(4)
+    if kind == "down_blocks":
+        index = 1 + sum(layers + 1 for layers in layers_per_block[:block]) + layer
+        return f"input_blocks.{index}.1.{rest}"
+    up_layers = [layers + 1 for layers in reversed(layers_per_block)]
+    index = sum(up_layers[:block]) + layer
+    return f"output_blocks.{index}.1.{rest}"
+
+
+def _webui_unet_keys(unet_lora: dict[str, torch.Tensor], base: BaseDescription) -> dict[str, torch.Tensor]:
+    """The UNet's peft LoRA tensors renamed to LDM module names where the layout is not SD's (see the
+    module docstring); SD's layout keeps diffusers' names, which kohya's converter writes as usual."""
+    if all(layers == SD_LAYERS_PER_BLOCK for layers in base.layers_per_block):
+        return unet_lora
+    renamed = {}
+    for key, value in unet_lora.items():
+        module, _, tensor = key.rpartition(".lora_")
+        renamed[f"{ldm_unet_module(module, base.layers_per_block)}.lora_{tensor}"] = value
+    return renamed
+
+
 def save_concept(
     out_dir: Path,
     *,
@@ -173,7 +218,7 @@ def save_concept(
     )
     artifacts.append(artifact(out_dir / LORA_FILE, "lora"))
 
-    peft_keys = {f"unet.{k}": v for k, v in unet_lora.items()}
+    peft_keys = {f"unet.{k}": v for k, v in _webui_unet_keys(unet_lora, base).items()}
     peft_keys.update({f"text_encoder.{k}": v for k, v in (text_encoder_lora or {}).items()})
     # SD 1.x/2.x webui files name the one text encoder "lora_te_" (lora_te1_/te2_ are SDXL's).
     kohya = {k.replace("lora_te1_", "lora_te_", 1): v for k, v in convert_state_dict_to_kohya(peft_keys).items()}

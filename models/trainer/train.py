@@ -377,6 +377,7 @@ def _save(
         text_width=base.embedding_width,
         prediction_type=base.noise_scheduler.config.prediction_type,
         resolution=resolution,
+        layers_per_block=_layers_per_block(base.unet.config),
     )
     return save_concept(
         out_dir,
@@ -389,6 +390,13 @@ def _save(
         rank=config.lora_rank,
         base=described,
     )
+
+
+def _layers_per_block(unet_config: Any) -> tuple[int, ...]:
+    """diffusers' `layers_per_block` (one number for every block, or one per block) as one per block."""
+    layers = unet_config.layers_per_block
+    count = len(unet_config.down_block_types)
+    return tuple(int(value) for value in layers) if isinstance(layers, list | tuple) else (int(layers),) * count
 
 
 def _manifest(

@@ -2,6 +2,7 @@
 ComfyUI read, file names and the kohya/modelspec metadata, and no server path in the manifest."""
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -93,17 +94,187 @@ def test_diffusers_file_loads_at_the_trained_scale(leap_tiny, scaled_run):
     torch.testing.assert_close(prediction(pipeline, "a photo of a <leap>"), seen["prediction"], atol=2e-5, rtol=1e-4)
 
 
-def test_webui_file_gives_the_trained_deltas_by_the_kohya_convention(scaled_run):
-    """A1111 and ComfyUI both apply alpha / rank (rank = lora_down's rows) to up @ down."""
+def test_webui_file_gives_the_trained_deltas_by_the_kohya_convention(leap_tiny, scaled_run):
+    """A1111 and ComfyUI both apply alpha / rank (rank = lora_down's rows) to up @ down; the UNet's
+    keys are read through ComfyUI's map (they are LDM names for leap-tiny's layout)."""
     _, result, seen = scaled_run
     tensors = load_file(str(webui_lora_path(result)))
+    comfy = comfyui_unet_key_map(leap_tiny_ldm_config(leap_tiny))
+    ldm_to_diffusers = {
+        ldm: diffusers for diffusers, ldm in comfy_unet_to_diffusers(leap_tiny_ldm_config(leap_tiny)).items()
+    }
+
+    def trained_name(key: str) -> str:
+        if not key.startswith("lora_unet_"):
+            return key
+        diffusers = ldm_to_diffusers[comfy[key].removeprefix("diffusion_model.")].removesuffix(".weight")
+        return kohya_name(diffusers, "lora_unet")
+
     deltas = seen["deltas"]
-    assert deltas and {k.rsplit(".", 2)[0] for k in tensors if k.endswith(".lora_down.weight")} == set(deltas)
-    for module, expected in deltas.items():
+    written = {k.split(".")[0]: trained_name(k.split(".")[0]) for k in tensors if k.endswith(".lora_down.weight")}
+    assert deltas and set(written.values()) == set(deltas)
+    for module, name in written.items():
+        expected = deltas[name]
         down, up = tensors[f"{module}.lora_down.weight"], tensors[f"{module}.lora_up.weight"]
         alpha = float(tensors[f"{module}.alpha"])
         assert alpha == ALPHA and down.shape[0] == RANK
         torch.testing.assert_close(alpha / down.shape[0] * (up @ down), expected, atol=1e-6, rtol=1e-5)
+
+
+# How the two webuis find the module a kohya key patches, re-implemented from reading their code:
+# ComfyUI's comfy/utils.py unet_to_diffusers (the LDM name of each diffusers UNet weight for a UNet
+# config) and comfy/lora.py model_lora_keys_unet (lora_unet_<LDM or diffusers name, "." -> "_">);
+# A1111's extensions-builtin/Lora/networks.py load_network: convert_diffusers_name_to_compvis (SD's
+# fixed block arithmetic), then the model's module names ("." -> "_"), then "lora_unet" ->
+# "diffusion_model" for keys that are LDM names already.
+ATTENTION_WEIGHTS = ("proj_in.weight", "proj_out.weight", "norm.weight")
+TRANSFORMER_WEIGHTS = tuple(
+    f"{attention}.{projection}.weight"
+    for attention in ("attn1", "attn2")
+    for projection in ("to_q", "to_k", "to_v", "to_out.0")
+) + ("ff.net.0.proj.weight", "ff.net.2.weight", "norm1.weight", "norm2.weight", "norm3.weight")
+RESNET_WEIGHTS = {"in_layers.2": "conv1", "out_layers.3": "conv2", "emb_layers.1": "time_emb_proj"}
+
+
+def leap_tiny_ldm_config(leap_tiny: str) -> dict:
+    """The UNet config ComfyUI would detect for leap-tiny in LDM form (per-layer transformer depths)."""
+    unet = json.loads((Path(leap_tiny) / "unet" / "config.json").read_text())
+    blocks = len(unet["down_block_types"])
+    layers = unet["layers_per_block"]
+    down = [1 if kind.startswith("CrossAttn") else 0 for kind in unet["down_block_types"] for _ in range(layers)]
+    up = [1 if kind.startswith("CrossAttn") else 0 for kind in unet["up_block_types"] for _ in range(layers + 1)]
+    return {
+        "num_res_blocks": [layers] * blocks,
+        "channel_mult": list(range(1, blocks + 1)),
+        "transformer_depth": down,
+        "transformer_depth_output": list(reversed(up)),  # ComfyUI pops it from the end, up_blocks.0 first
+        "transformer_depth_middle": 1,
+    }
+
+
+def comfy_unet_to_diffusers(config: dict) -> dict[str, str]:
+    """diffusers UNet weight -> LDM weight, as ComfyUI's unet_to_diffusers numbers the blocks."""
+    num_res_blocks, blocks = config["num_res_blocks"], len(config["channel_mult"])
+    depth, depth_out = list(config["transformer_depth"]), list(config["transformer_depth_output"])
+    mapping: dict[str, str] = {}
+    for x in range(blocks):
+        n = 1 + (num_res_blocks[x] + 1) * x
+        for i in range(num_res_blocks[x]):
+            for ldm, diffusers in RESNET_WEIGHTS.items():
+                mapping[f"down_blocks.{x}.resnets.{i}.{diffusers}.weight"] = f"input_blocks.{n}.0.{ldm}.weight"
+            if depth.pop(0) > 0:
+                for name in ATTENTION_WEIGHTS:
+                    mapping[f"down_blocks.{x}.attentions.{i}.{name}"] = f"input_blocks.{n}.1.{name}"
+                for name in TRANSFORMER_WEIGHTS:
+                    mapping[f"down_blocks.{x}.attentions.{i}.transformer_blocks.0.{name}"] = (
+                        f"input_blocks.{n}.1.transformer_blocks.0.{name}"
+                    )
+            n += 1
+        mapping[f"down_blocks.{x}.downsamplers.0.conv.weight"] = f"input_blocks.{n}.0.op.weight"
+    for name in ATTENTION_WEIGHTS:
+        mapping[f"mid_block.attentions.0.{name}"] = f"middle_block.1.{name}"
+    for t in range(config["transformer_depth_middle"]):
+        for name in TRANSFORMER_WEIGHTS:
+            mapping[f"mid_block.attentions.0.transformer_blocks.{t}.{name}"] = (
+                f"middle_block.1.transformer_blocks.{t}.{name}"
+            )
+    reversed_blocks = list(reversed(num_res_blocks))
+    for x in range(blocks):
+        n = (reversed_blocks[x] + 1) * x
+        for i in range(reversed_blocks[x] + 1):
+            for ldm, diffusers in RESNET_WEIGHTS.items():
+                mapping[f"up_blocks.{x}.resnets.{i}.{diffusers}.weight"] = f"output_blocks.{n}.0.{ldm}.weight"
+            if depth_out.pop() > 0:
+                for name in ATTENTION_WEIGHTS:
+                    mapping[f"up_blocks.{x}.attentions.{i}.{name}"] = f"output_blocks.{n}.1.{name}"
+                for name in TRANSFORMER_WEIGHTS:
+                    mapping[f"up_blocks.{x}.attentions.{i}.transformer_blocks.0.{name}"] = (
+                        f"output_blocks.{n}.1.transformer_blocks.0.{name}"
+                    )
+            n += 1
+    return mapping
+
+
+def comfyui_unet_key_map(config: dict) -> dict[str, str]:
+    """ComfyUI's model_lora_keys_unet: kohya module key -> the model weight it patches."""
+    key_map = {}
+    diffusers_to_ldm = comfy_unet_to_diffusers(config)
+    for ldm in diffusers_to_ldm.values():  # the LDM model's own state-dict keys
+        key_map["lora_unet_" + ldm.removesuffix(".weight").replace(".", "_")] = f"diffusion_model.{ldm}"
+    for diffusers, ldm in diffusers_to_ldm.items():
+        key_map["lora_unet_" + diffusers.removesuffix(".weight").replace(".", "_")] = f"diffusion_model.{ldm}"
+    return key_map
+
+
+def a1111_convert_diffusers_name_to_compvis(key: str) -> str:
+    """The UNet part of A1111's convert_diffusers_name_to_compvis (SD 1.x's three layers per block)."""
+    suffixes = {"conv1": "in_layers_2", "conv2": "out_layers_3", "time_emb_proj": "emb_layers_1"}
+    if match := re.match(r"lora_unet_down_blocks_(\d+)_(attentions|resnets)_(\d+)_(.+)", key):
+        block, kind, layer, rest = int(match[1]), match[2], int(match[3]), match[4]
+        rest = suffixes.get(rest, rest) if kind == "resnets" else rest
+        return f"diffusion_model_input_blocks_{1 + block * 3 + layer}_{1 if kind == 'attentions' else 0}_{rest}"
+    if match := re.match(r"lora_unet_mid_block_(attentions|resnets)_(\d+)_(.+)", key):
+        kind, layer, rest = match[1], int(match[2]), match[3]
+        return f"diffusion_model_middle_block_{1 if kind == 'attentions' else layer * 2}_{rest}"
+    if match := re.match(r"lora_unet_up_blocks_(\d+)_(attentions|resnets)_(\d+)_(.+)", key):
+        block, kind, layer, rest = int(match[1]), match[2], int(match[3]), match[4]
+        rest = suffixes.get(rest, rest) if kind == "resnets" else rest
+        return f"diffusion_model_output_blocks_{block * 3 + layer}_{1 if kind == 'attentions' else 0}_{rest}"
+    return key
+
+
+def a1111_module(key: str, modules: dict[str, str]) -> str | None:
+    """The LDM module A1111's load_network patches with `key` (None: "failed to match keys")."""
+    found = modules.get(a1111_convert_diffusers_name_to_compvis(key))
+    if found is None and "lora_unet" in key:
+        found = modules.get(key.replace("lora_unet", "diffusion_model"))
+    return found
+
+
+def test_webui_lora_keys_land_on_the_trained_modules_in_a1111_and_comfyui(leap_tiny, scaled_run):
+    """leap-tiny has one layer per block: its LDM names are written, and both webuis map every key to
+    the LDM module of the diffusers module that was trained (up_blocks.1 included)."""
+    _, result, seen = scaled_run
+    config = leap_tiny_ldm_config(leap_tiny)
+    diffusers_to_ldm = comfy_unet_to_diffusers(config)
+    ldm_to_diffusers = {ldm.removesuffix(".weight"): d.removesuffix(".weight") for d, ldm in diffusers_to_ldm.items()}
+    comfy = comfyui_unet_key_map(config)
+    a1111_modules = {"diffusion_model_" + ldm.replace(".", "_"): ldm for ldm in ldm_to_diffusers}
+    trained = {name.removeprefix("lora_unet_") for name in seen["deltas"] if name.startswith("lora_unet_")}
+    keys = {
+        key.split(".")[0]
+        for key in load_file(str(webui_lora_path(result)))
+        if key.startswith("lora_unet_") and key.endswith(".lora_down.weight")
+    }
+    assert keys and all(re.match(r"lora_unet_(input_blocks|middle_block|output_blocks)_", key) for key in keys)
+    landed = set()
+    for key in keys:
+        via_comfy = comfy[key].removeprefix("diffusion_model.").removesuffix(".weight")
+        via_a1111 = a1111_module(key, a1111_modules)
+        assert via_a1111 == via_comfy, key
+        landed.add(ldm_to_diffusers[via_comfy].replace(".", "_"))
+    assert landed == trained
+    assert any(name.startswith("up_blocks_1_attentions_1_") for name in landed)
+    assert any(name.startswith("mid_block_attentions_0_") for name in landed)
+
+    # The diffusers-style name kohya's converter writes for SD: A1111's SD arithmetic puts leap-tiny's
+    # up_blocks.1.attentions.0 on output_blocks.3, which is up_blocks.1.attentions.1.
+    wrong = a1111_module("lora_unet_up_blocks_1_attentions_0_transformer_blocks_0_attn1_to_q", a1111_modules)
+    assert ldm_to_diffusers[wrong] == "up_blocks.1.attentions.1.transformer_blocks.0.attn1.to_q"
+
+
+def test_ldm_names_follow_the_layers_per_block_and_sd_layouts_keep_kohyas_names():
+    from models.trainer.export import BaseDescription, _webui_unet_keys, ldm_unet_module
+
+    lora = {"up_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q.lora_A.weight": torch.zeros(1)}
+    sd15 = BaseDescription("sd15", 768, "epsilon", 512)
+    assert list(_webui_unet_keys(lora, sd15)) == list(lora)  # A1111's arithmetic is right for SD's layout
+    tiny = BaseDescription("leap-tiny", 64, "epsilon", 32, layers_per_block=(1, 1))
+    assert list(_webui_unet_keys(lora, tiny)) == ["output_blocks.2.1.transformer_blocks.0.attn1.to_q.lora_A.weight"]
+    assert ldm_unet_module("up_blocks.1.attentions.0.proj_in", (2, 2, 2, 2)) == "output_blocks.3.1.proj_in"
+    assert ldm_unet_module("down_blocks.2.attentions.1.proj_in", (2, 2, 2, 2)) == "input_blocks.8.1.proj_in"
+    assert ldm_unet_module("up_blocks.1.attentions.0.proj_in", (1, 1)) == "output_blocks.2.1.proj_in"
+    assert ldm_unet_module("mid_block.attentions.0.proj_in", (1, 1)) == "middle_block.1.proj_in"
 
 
 def test_webui_embedding_file_is_what_a1111_and_comfyui_embedding_loaders_read(leap_tiny, scaled_run):
