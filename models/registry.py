@@ -50,6 +50,11 @@ class RegisteredModel:
     kind: Kind = Kind.IMAGE
     gguf: GgufSource | None = None
     """Text models: load from this GGUF (converted once into the data directory) instead of `path`."""
+    preview_prompts: tuple[str, ...] = ()
+    """Prompts of a succeeded training's previews, `{token}` standing for its token; empty: the
+    trainer's defaults (models/previews.py)."""
+    preview_steps: int = 25
+    """Image models: the sampler's denoising steps for previews."""
 
     @property
     def booster_path(self) -> Path | None:
@@ -78,6 +83,14 @@ def _resolve(base: Path, value: str) -> str:
     return str(local) if local.exists() or value.startswith(".") else value
 
 
+def _preview_prompts(path: Path, model_id: str, value: Any) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, list) or not all(isinstance(item, str) and "{token}" in item for item in value):
+        raise ValueError(f"{path}: model {model_id!r} preview_prompts must be a list of prompts that contain {{token}}")
+    return tuple(value)
+
+
 def load_registry(path: Path | None = None) -> Registry:
     """Read a registry YAML file: `path`, else the bundled one (never the environment)."""
     path = path or DEFAULT_REGISTRY_PATH
@@ -102,6 +115,8 @@ def load_registry(path: Path | None = None) -> Registry:
             description=entry.get("description", ""),
             kind=kind,
             gguf=GgufSource(package=str(gguf["package"]), file=str(gguf["file"])) if gguf else None,
+            preview_prompts=_preview_prompts(path, model_id, entry.get("preview_prompts")),
+            preview_steps=int(entry.get("preview_steps", 25)),
         )
     default_id = raw.get("default") or next(iter(models), "")
     if default_id not in models:

@@ -92,16 +92,19 @@ def sample_images(
     *,
     steps: int = 25,
     guidance_scale: float = 7.0,
+    batch_size: int = 8,
 ) -> list[Image.Image]:
-    """One image per (prompt, seed), each from its own CPU generator so batches don't matter."""
+    """One image per (prompt, seed), prompt-major, each from its own CPU generator so batches don't
+    matter; up to batch_size images per pipeline call (one call costs about the same at any small size)."""
+    pairs = [(prompt, seed) for prompt in prompts for seed in seeds]
     images: list[Image.Image] = []
-    for prompt in prompts:
-        generators = [torch.Generator().manual_seed(seed) for seed in seeds]
+    for start in range(0, len(pairs), batch_size):
+        chunk = pairs[start : start + batch_size]
         output = pipeline(
-            [prompt] * len(seeds),
+            [prompt for prompt, _ in chunk],
             num_inference_steps=steps,
             guidance_scale=guidance_scale,
-            generator=generators,
+            generator=[torch.Generator().manual_seed(seed) for _, seed in chunk],
             output_type="pil",
         )
         images.extend(output.images)
