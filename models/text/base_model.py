@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import fcntl
 import importlib.metadata
+import json
 import shutil
 import threading
 from dataclasses import dataclass
@@ -91,6 +92,25 @@ def resolve_text_model(base_model: str, data_dir: str | Path | None, registry: R
     if not (out / "config.json").is_file():
         convert_gguf(entry.gguf, out)
     return str(out)
+
+
+def hub_id_for(base_model: str, registry: Registry) -> str:
+    """What a downloaded adapter names as its base (peft's `base_model_name_or_path`), so that
+    `AutoPeftModelForCausalLM` finds it: a registered model's hub id (the `path` of a hub entry, or of
+    a GGUF entry, which names the hub id the GGUF was made from); for a local folder, the hub id its
+    config.json records, else the registry id or the folder's name (never a path on this server)."""
+    entry = registry.get(base_model)
+    source = entry.path if entry is not None else base_model
+    folder = Path(source)
+    if not folder.is_dir():
+        return source
+    try:
+        recorded = json.loads((folder / "config.json").read_text()).get("_name_or_path", "")
+    except (OSError, ValueError):
+        recorded = ""
+    if isinstance(recorded, str) and recorded.count("/") == 1 and not Path(recorded).exists():
+        return recorded
+    return entry.id if entry is not None else folder.name
 
 
 @dataclass

@@ -1,11 +1,14 @@
 """Writing a trained text concept in the layouts peft, vLLM and plain safetensors readers load.
 
 out_dir/
-  adapter/                      peft adapter: `PeftModel.from_pretrained(resized_base, "adapter")`.
+  adapter/                      peft adapter: `AutoPeftModelForCausalLM.from_pretrained("adapter")` (its
+                                base_model_name_or_path is the hub id; LEAP's registry id is in the
+                                weights' `leap` metadata), or `PeftModel.from_pretrained(resized_base, "adapter")`
     adapter_config.json         LoRA with `trainable_token_indices` (lora, pivotal) or TRAINABLE_TOKENS (token)
     adapter_model.safetensors   LoRA tensors + only the new token rows (trainable_tokens_delta), a few KB
     tokenizer files             the base tokenizer with the concept token(s) added
-  lora-vllm/                    LoRA only (no embedding layers), as vLLM's LoRA loader reads it (lora, pivotal)
+  lora-vllm/                    LoRA only (no embedding layers), as vLLM's LoRA loader reads it (lora, pivotal);
+                                vLLM cannot add the token, so the manifest's `vllm` says what it carries
   token_embeddings.safetensors  {token: [1, width]} per vector (+ "<token>.output" rows when untied)
   manifest.json                 what produced the files, with their sha256
 
@@ -17,10 +20,11 @@ from __future__ import annotations
 
 import copy
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from peft import LoraConfig, TrainableTokensConfig, get_peft_model, get_peft_model_state_dict
+from peft import LoraConfig, TaskType, TrainableTokensConfig, get_peft_model, get_peft_model_state_dict
 from safetensors.torch import save_file
 
 from models.text.concept import TextConcept
@@ -69,7 +73,7 @@ def _write_adapter(
     peft_config,
     concept: TextConcept,
     lora: dict[str, torch.Tensor],
-    base_id: str,
+    base: BaseNames,
     embed_name: str,
     head_name: str | None,
 ) -> list[Path]:
@@ -84,15 +88,27 @@ def _write_adapter(
             raise RuntimeError(f"adapter tensor {key} has shape {tuple(value.shape)}, peft expects {shape}")
         tensors[key] = value
     folder.mkdir(parents=True, exist_ok=True)
-    peft_config.base_model_name_or_path = base_id  # the registry id, never a path on this server
+    # The hub id, so AutoPeftModelForCausalLM finds the base; LEAP's registry id stays in LEAP's metadata.
+    peft_config.base_model_name_or_path = base.hub_id
+    peft_config.task_type = TaskType.CAUSAL_LM
     peft_config.inference_mode = True
     peft_config.save_pretrained(str(folder))
-    save_file(tensors, str(folder / ADAPTER_WEIGHTS), metadata={"format": "pt"})
+    leap = json.dumps({"base_model": base.registry_id}, sort_keys=True)
+    save_file(tensors, str(folder / ADAPTER_WEIGHTS), metadata={"format": "pt", "leap": leap})
     return [folder / ADAPTER_CONFIG, folder / ADAPTER_WEIGHTS]
 
 
+@dataclass(frozen=True)
+class BaseNames:
+    """The two names of a text base model in the files: the hub id (peft's base_model_name_or_path)
+    and LEAP's registry id (LEAP's own metadata)."""
+
+    hub_id: str
+    registry_id: str
+
+
 def save_text_concept(
-    out_dir: Path, concept: TextConcept, *, base_id: str, rank: int, alpha: float, target_modules: list[str]
+    out_dir: Path, concept: TextConcept, *, base: BaseNames, rank: int, alpha: float, target_modules: list[str]
 ) -> list[Artifact]:
     """Write the peft adapter (+ tokenizer), the vLLM LoRA folder and the token vectors."""
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -112,7 +128,7 @@ def save_text_concept(
         )
     else:
         peft_config = TrainableTokensConfig(target_modules=list(indices), token_indices=ids)
-    paths = _write_adapter(out_dir / ADAPTER_DIR, peft_config, concept, lora, base_id, embed_name, head_name)
+    paths = _write_adapter(out_dir / ADAPTER_DIR, peft_config, concept, lora, base, embed_name, head_name)
     kinds = {p: "adapter" for p in paths}
     tokenizer_files = concept.tokenizer.save_pretrained(str(out_dir / ADAPTER_DIR))
     for name in tokenizer_files:
@@ -120,7 +136,7 @@ def save_text_concept(
             kinds[Path(name)] = "tokenizer"
     if concept.lora:
         vllm_config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=0.0, target_modules=target_modules)
-        for path in _write_adapter(out_dir / VLLM_DIR, vllm_config, concept, lora, base_id, embed_name, head_name):
+        for path in _write_adapter(out_dir / VLLM_DIR, vllm_config, concept, lora, base, embed_name, head_name):
             kinds[path] = "lora"
     vectors = {
         token: concept.input_vectors[i : i + 1].detach().float().cpu().contiguous()

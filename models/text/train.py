@@ -32,14 +32,14 @@ import torch
 
 from models.enums import Init, Mode
 from models.registry import Registry
-from models.text.base_model import TextBase, load_text_base, pick_device, resolve_text_model
+from models.text.base_model import TextBase, hub_id_for, load_text_base, pick_device, resolve_text_model
 from models.text.booster import StartScorer, TextBoosterResolver
 from models.text.concept import TextConcept, lora_target_modules
 from models.text.config import TextTrainConfig, with_defaults
 from models.text.data import IGNORE, Row, collate, lm_loss, pad_id_of, tokenize_example
 from models.text.errors import InvalidExamplesError
 from models.text.examples import MAX_EXAMPLES, MIN_EXAMPLES, TextExample
-from models.text.export import save_text_concept
+from models.text.export import VLLM_DIR, BaseNames, save_text_concept
 from models.trainer.config import LoopResult, Progress, TrainResult
 from models.trainer.errors import OutOfMemory
 from models.trainer.export import loss_summary, write_manifest
@@ -110,6 +110,7 @@ def train(
     if not MIN_EXAMPLES <= len(examples) <= MAX_EXAMPLES:
         raise InvalidExamplesError(f"need {MIN_EXAMPLES}-{MAX_EXAMPLES} examples, got {len(examples)}")
     config, base = prepare(config, registry)
+    names = BaseNames(hub_id=hub_id_for(config.base_model, registry), registry_id=config.base_model)
     try:
         with attached(base, config) as concept:
             return _run(
@@ -119,6 +120,7 @@ def train(
                 examples,
                 out_dir,
                 started,
+                names=names,
                 booster_resolver=booster_resolver,
                 guarded_start=guarded_start,
                 callbacks=Callbacks(on_progress, should_stop, eval_hook, frozenset(eval_steps)),
@@ -322,6 +324,7 @@ def _run(
     out_dir: Path,
     started: float,
     *,
+    names: BaseNames,
     booster_resolver: TextBoosterResolver | None,
     guarded_start: bool,
     callbacks: Callbacks[TextJob],
@@ -361,7 +364,7 @@ def _run(
     artifacts = save_text_concept(
         out_dir,
         concept,
-        base_id=config.base_model,
+        base=names,
         rank=config.lora_rank,
         alpha=config.lora_alpha,
         target_modules=targets,
@@ -386,6 +389,7 @@ def _run(
         stopping=stopping,
         trains_lora=trains_lora,
         targets=targets,
+        hub_id=names.hub_id,
         num_examples=len(examples),
         num_tokens=sum(len(r.ids) for r in all_rows),
         compute_seconds=compute_seconds,
@@ -467,6 +471,38 @@ def _steps(
     )
 
 
+def vllm_support(config: TextTrainConfig, concept: TextConcept, init_used: str, *, trains_lora: bool) -> dict[str, Any]:
+    """The manifest's `vllm`: what the lora-vllm folder carries. vLLM's LoRA loader takes LoRA weights
+    only and cannot add a token to the vocabulary, so the token's vector is out of its reach; only a
+    `lora` training that started from the initializer word keeps a vector vLLM already has (that word's
+    first sub-word), which a prompt can write instead of the token."""
+    if not trains_lora:
+        return {
+            "folder": None,
+            "expresses_token": False,
+            "note": "token mode trains no LoRA: the concept is the token's vector, which vLLM cannot add; "
+            "use adapter/ with peft",
+        }
+    if config.mode == Mode.LORA and init_used == "token":
+        ids = concept.word_ids(config.initializer_token) or concept.word_ids(f" {config.initializer_token}")
+        word = concept.tokenizer.decode(ids[:1]) * len(concept.tokens)
+        return {
+            "folder": VLLM_DIR,
+            "expresses_token": True,
+            "token_as": word,
+            "note": f"the token kept the initializer word's vector: with vLLM, write {word!r} where the "
+            "examples wrote the token",
+        }
+    origin = "trained" if config.mode == Mode.PIVOTAL else "predicted by the booster"
+    origin = "random" if config.mode == Mode.LORA and init_used == "random" else origin
+    return {
+        "folder": VLLM_DIR,
+        "expresses_token": False,
+        "note": f"the token's vector was {origin}, and vLLM cannot add a token: {VLLM_DIR}/ carries the LoRA "
+        "without it; use adapter/ with peft (or transformers) where the token matters",
+    }
+
+
 def _manifest(
     config: TextTrainConfig,
     base: TextBase,
@@ -477,6 +513,7 @@ def _manifest(
     stopping: dict[str, Any] | None,
     trains_lora: bool,
     targets: list[str],
+    hub_id: str,
     num_examples: int,
     num_tokens: int,
     compute_seconds: float,
@@ -486,6 +523,7 @@ def _manifest(
     return {
         "kind": "text",
         "base_model": config.base_model,
+        "base_model_hub_id": hub_id,
         "token": config.token,
         "tokens": concept.tokens,
         "token_ids": concept.token_ids,
@@ -509,6 +547,7 @@ def _manifest(
         "lora_rank": config.lora_rank if trains_lora else None,
         "lora_alpha": config.lora_alpha if trains_lora else None,
         "lora_targets": targets if trains_lora else None,
+        "vllm": vllm_support(config, concept, start.used, trains_lora=trains_lora),
         "num_examples": num_examples,
         "num_tokens": num_tokens,
         "device": str(base.device),

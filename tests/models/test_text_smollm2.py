@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors import safe_open
 
 from models.registry import load_registry
 from models.text.base_model import BASE_MODELS_DIR, gguf_file, resolve_text_model
@@ -68,7 +69,22 @@ def test_token_and_lora_train_on_smollm2(smol_data_dir, tmp_path, mode) -> None:
     result = train(config(smol_data_dir, mode), EXAMPLES, tmp_path, registry=REGISTRY, booster_resolver=BOOSTER)
     assert result.losses[-1] < result.losses[0]
     adapter = json.loads((tmp_path / ADAPTER_DIR / "adapter_config.json").read_text())
-    assert adapter["base_model_name_or_path"] == "smollm2-135m"
+    # The hub id the GGUF was made from (what AutoPeftModelForCausalLM loads); LEAP's id in LEAP's metadata.
+    assert adapter["base_model_name_or_path"] == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    assert adapter["task_type"] == "CAUSAL_LM"
+    with safe_open(str(tmp_path / ADAPTER_DIR / "adapter_model.safetensors"), "pt") as handle:
+        assert json.loads(handle.metadata()["leap"]) == {"base_model": "smollm2-135m"}
+    assert (result.manifest["base_model"], result.manifest["base_model_hub_id"]) == (
+        "smollm2-135m",
+        "HuggingFaceTB/SmolLM2-135M-Instruct",
+    )
+    vllm = result.manifest["vllm"]
+    if mode == "token":
+        assert vllm["folder"] is None and not vllm["expresses_token"]
+    else:  # init=booster: the booster's vector for the token, which vLLM's LoRA folder cannot carry
+        assert result.init_used == "booster", result.init_note
+        assert (vllm["folder"], vllm["expresses_token"]) == ("lora-vllm", False)
+        assert "booster" in vllm["note"] and "adapter/" in vllm["note"]
     sizes = {a.name: a.bytes for a in result.artifacts}
     # token rows only: 576 floats, nothing like the 113 MB embedding matrix
     assert sizes["token_embeddings.safetensors"] < 4_000
@@ -104,6 +120,45 @@ def test_pivotal_learns_the_concept_and_reloads_with_the_same_logits(smol_data_d
     assert held_out_loss(model, tokenizer, HELD_OUT) == pytest.approx(seen[16], abs=1e-4)
     text = generate(model, tokenizer, ["My dog <leap> is"], max_new_tokens=6)[0]
     assert text.strip()
+
+    # Outside LEAP's loaders: peft's AutoPeftModelForCausalLM finds the base by the adapter's hub id (here
+    # in an offline hub cache holding the converted folder under that id), grows it to the adapter's
+    # tokenizer and applies the adapter: the same logits as at the end of training.
+    from peft import AutoPeftModelForCausalLM
+
+    cache = hub_cache(smol_data_dir / BASE_MODELS_DIR / "smollm2-135m", "HuggingFaceTB/SmolLM2-135M-Instruct", tmp_path)
+    auto = AutoPeftModelForCausalLM.from_pretrained(
+        str(tmp_path / ADAPTER_DIR), cache_dir=str(cache), local_files_only=True, dtype=torch.float32
+    )
+    with torch.no_grad():
+        auto_logits = auto(input_ids=torch.tensor([tokenizer(probe).input_ids])).logits[0]
+    torch.testing.assert_close(auto_logits, seen["logits"], atol=1e-4, rtol=1e-4)
+
+
+def hub_cache(folder: Path, hub_id: str, tmp_path: Path) -> Path:
+    """A Hugging Face hub cache holding `folder` as the download of `hub_id` would (no network here)."""
+    revision = "0" * 40
+    repo = tmp_path / "hub" / ("models--" + hub_id.replace("/", "--"))
+    snapshot = repo / "snapshots" / revision
+    snapshot.mkdir(parents=True)
+    for file in folder.iterdir():
+        (snapshot / file.name).symlink_to(file)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(revision)
+    return tmp_path / "hub"
+
+
+def test_a_lora_job_started_from_the_word_tells_vllm_users_the_word(smol_data_dir, tmp_path) -> None:
+    result = train(
+        config(smol_data_dir, "lora", init="token", steps=1, initializer_token="dog"),
+        EXAMPLES,
+        tmp_path,
+        registry=REGISTRY,
+        booster_resolver=BOOSTER,
+    )
+    vllm = result.manifest["vllm"]
+    assert (vllm["folder"], vllm["expresses_token"], vllm["token_as"]) == ("lora-vllm", True, "dog")
+    assert (tmp_path / "lora-vllm" / "adapter_model.safetensors").is_file()
 
 
 def test_leap_train_dispatches_on_the_registry_kind(smol_data_dir, tmp_path) -> None:
