@@ -10,6 +10,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
+from app.public_url import request_base_url
 from app.settings import Settings
 from app.storage import Storage
 from app.trainings.presenter import ArtifactLinks
@@ -34,16 +35,15 @@ RegistryDep = Annotated[Registry, Depends(get_registry)]
 
 
 def artifact_links(request: Request) -> ArtifactLinks:
-    """Presigns artifact URLs; local files are served by this API, so links use its public URL.
-    A training's own `urls` use LEAP_PUBLIC_URL only, so that its webhooks (sent without a request)
-    carry the same ones."""
+    """Presigns artifact URLs and bases a training's `urls`: LEAP_PUBLIC_URL, else the address this
+    request was sent to (app.public_url), so every link a client gets is absolute."""
     settings: Settings = request.app.state.settings
-    base_url = settings.public_url or str(request.base_url)
+    base_url = request_base_url(request, settings)
     return ArtifactLinks(
         storage=request.app.state.storage,
         ttl=settings.artifact_url_ttl,
-        base_url=base_url,
-        public_url=settings.public_url,
+        base_url=base_url + "/",
+        public_url=base_url,
     )
 
 

@@ -156,13 +156,24 @@ _HTTP_CODES = {
 }
 
 
+_PYDANTIC_PREFIXES = ("Value error, ", "Assertion failed, ")
+
+
+def plain_message(message: str) -> str:
+    """A pydantic error message without the "Value error, " prefix it puts before a validator's own text."""
+    for prefix in _PYDANTIC_PREFIXES:
+        if message.startswith(prefix):
+            return message[len(prefix) :]
+    return message
+
+
 def _problem(item: Any) -> dict[str, str]:
     """{field, message} of one pydantic error; a body that is not JSON names `body`."""
     if item.get("type") == "json_invalid":
         detail = (item.get("ctx") or {}).get("error", "")
         return {"field": "body", "message": f"not valid JSON ({detail} at position {item['loc'][-1]})"}
     parts = [str(part) for part in item.get("loc", ()) if part not in ("body", "query")]
-    return {"field": ".".join(parts), "message": item.get("msg", "")}
+    return {"field": ".".join(parts), "message": plain_message(item.get("msg", ""))}
 
 
 def install_error_handlers(app: FastAPI) -> None:

@@ -56,8 +56,12 @@ class Settings(BaseSettings):
     s3_public_endpoint_url: str | None = None
     """Endpoint written into presigned URLs when clients reach storage by another name (compose)."""
     public_url: str | None = None
-    """Base URL clients reach the API at: the base of links to local files (default: the request's own)
-    and of a training's `urls` and Location header (default: none, they are paths such as /v1/trainings/<id>)."""
+    """Base URL clients reach the API at: the base of a training's `urls`, its Location header, its
+    webhooks' links and links to local files. Default: the address each request was sent to (as a
+    trusted proxy forwarded it, see trusted_proxies), kept with each training for its webhooks."""
+    trusted_proxies: list[str] = []
+    """CIDRs of reverse proxies whose X-Forwarded-Proto, X-Forwarded-Host and X-Forwarded-Prefix are
+    believed when LEAP_PUBLIC_URL is unset, e.g. ["10.0.0.0/8"]; from other clients they are ignored."""
 
     admin_token: SecretStr = SecretStr(DEV_ADMIN_TOKEN)
     """Authorises admin operations (issue 6 adds the admin API)."""
@@ -80,6 +84,9 @@ class Settings(BaseSettings):
     max_text_file_bytes: int = 8 * 1024 * 1024
     """The examples of a text training: one .txt or .jsonl file, and all its files together."""
     max_metadata_bytes: int = 16 * 1024
+    max_json_body_bytes: int = 32 * 1024 * 1024
+    """A submission sent as application/json (its files as base64 data URIs, read whole): larger sets go
+    as multipart/form-data or by URL. LEAP_MAX_UPLOAD_BYTES bounds it too."""
     upload_decode_concurrency: int = 1
     """Images decoded at once per API process (each up to max_image_pixels x 3 bytes of memory)."""
     max_steps: int = 20_000

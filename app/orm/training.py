@@ -132,6 +132,9 @@ class Training(Base, TrainingFacts):
     webhook_events_filter: Mapped[list[str] | None] = mapped_column(JSONType, nullable=True)
     """The event types sent to webhook_url (sorted); None: every training event."""
     metadata_: Mapped[dict[str, Any]] = mapped_column("metadata", JSONType, default=dict)
+    api_base_url: Mapped[str | None] = mapped_column(Text, nullable=True)
+    """The API's address as the submitting client reached it (LEAP_PUBLIC_URL when set): the base of
+    the absolute `urls` of its webhooks, which are sent without a request to take it from."""
     inputs: Mapped[list[dict[str, Any]]] = mapped_column(JSONType, default=list)
     """[{name, key, bytes, sha256}] of the stored input files (clean PNG copies of the images, or text
     example files as uploaded), in upload order."""

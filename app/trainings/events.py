@@ -24,7 +24,8 @@ def event_type(training: Training) -> str:
 def event_data(session: Session, training: Training, settings: Settings) -> dict[str, Any]:
     """The `data` of training.* events: exactly the API's Training (presenter.present), as JSON; its
     artifacts without links (those expire, and a payload may be redelivered later: GET urls.get)."""
-    return presenter.webhook_data(session, training, public_url=settings.public_url)
+    # Always absolute: LEAP_PUBLIC_URL, else the address the training was submitted at.
+    return presenter.webhook_data(session, training, public_url=settings.public_url or training.api_base_url)
 
 
 def _emit(session: Session, training: Training, settings: Settings) -> None:

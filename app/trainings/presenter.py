@@ -28,7 +28,8 @@ class ArtifactLinks:
     base_url: str
     """Base of local-file download links: LEAP_PUBLIC_URL, else the request's own."""
     public_url: str | None = None
-    """LEAP_PUBLIC_URL: the base of a training's `urls` and of Location; None: they are paths."""
+    """The base of a training's `urls` and of Location (LEAP_PUBLIC_URL, else the request's own);
+    None: they are paths."""
 
     def link(self, artifact: Artifact) -> tuple[str, datetime]:
         expires_at = utcnow() + self.ttl
@@ -39,7 +40,7 @@ class ArtifactLinks:
 
 
 def training_url(training_id: uuid.UUID | str, public_url: str | None) -> str:
-    """The training's own URL (its Location): absolute under LEAP_PUBLIC_URL, else a path."""
+    """The training's own URL (its Location): absolute under a base URL, else a path."""
     return f"{(public_url or '').rstrip('/')}/v1/trainings/{training_id}"
 
 

@@ -61,6 +61,7 @@ _request_body = {
         "content": {
             "multipart/form-data": {"schema": _form_schema(schemas.TrainingRequest)},
             "application/x-www-form-urlencoded": {"schema": _form_schema(schemas.TrainingFieldsRequest)},
+            "application/json": {"schema": _form_schema(schemas.TrainingJsonRequest)},
         },
     }
 }
@@ -77,7 +78,7 @@ _request_body = {
             "description": "Accepted and queued; Location points at the training.",
             "headers": {
                 "Location": {
-                    "description": "The training's URL, as in urls.get: absolute under LEAP_PUBLIC_URL, else a path",
+                    "description": "The training's absolute URL, as in urls.get",
                     "schema": {"type": "string"},
                 },
                 "Idempotent-Replayed": {
@@ -130,6 +131,7 @@ async def create_training(
                 settings=settings,
                 storage=storage,
                 registry=registry,
+                api_base_url=links.public_url,
             )
             return service.present(session, [training], links=links)[0], created
 

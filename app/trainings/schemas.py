@@ -196,6 +196,28 @@ class TrainingRequest(TrainingFieldsRequest):
     )
 
 
+class TrainingJsonRequest(TrainingForm):
+    """application/json body of POST /v1/trainings (documentation only; parsed by uploads.py): the form's
+    fields with their JSON types, inputs by URL or as base64 data URIs. The same checks and limits as
+    multipart, the whole body within LEAP_MAX_JSON_BODY_BYTES."""
+
+    images_url: str | list[str] | None = Field(
+        None, description="As in multipart: one URL (a .zip, as Replicate's input_images) or an array of them."
+    )
+    examples_url: str | list[str] | None = Field(None, description="As in multipart: one URL or an array of them.")
+    images: list[str] | None = Field(
+        None,
+        description="Image models, for small sets: 2-50 images (or one .zip) as base64 data URIs, "
+        "e.g. data:image/png;base64,iVBOR...",
+    )
+    examples: list[str] | None = Field(
+        None,
+        description="Text models: .txt examples (data:text/plain;base64,...) or one .jsonl "
+        "(data:application/jsonl;base64,...) as base64 data URIs.",
+    )
+    metadata: dict[str, Any] | None = Field(None, description="A JSON object stored with the training.")  # type: ignore[assignment]
+
+
 class Progress(BaseModel):
     step: int
     total: int | None = Field(
@@ -242,7 +264,8 @@ class Artifact(BaseModel):
 
 
 class TrainingUrls(BaseModel):
-    """The training's endpoints: absolute under LEAP_PUBLIC_URL when it is set, else paths on this API."""
+    """The training's endpoints, absolute: under LEAP_PUBLIC_URL when it is set, else the address the
+    request (for webhooks: the submission) was sent to, as a trusted proxy forwarded it."""
 
     get: str = Field(description="GET: the training.")
     cancel: str | None = Field(description="POST: cancel it; null once it finished.")

@@ -18,7 +18,14 @@ from sqlalchemy.orm import Session
 from app import task_names
 from app.db import Database, on_rollback, read_in_thread
 from app.enums import TrainingStatus
-from app.errors import IdempotencyKeyReused, NotFound, RateLimited, ServiceUnavailable, ValidationFailed
+from app.errors import (
+    IdempotencyKeyReused,
+    NotFound,
+    RateLimited,
+    ServiceUnavailable,
+    ValidationFailed,
+    plain_message,
+)
 from app.ids import id_or_404
 from app.orm import Training
 from app.orm.base import utcnow
@@ -57,7 +64,10 @@ def _parse_form(fields: dict[str, str], registry: Registry, settings: Settings) 
         form = schemas.TrainingForm.model_validate(fields)
     except ValidationError as error:
         problems = [
-            {"field": ".".join(str(part) for part in item["loc"]) or "form", "message": item["msg"]}
+            {
+                "field": ".".join(str(part) for part in item["loc"]) or "form",
+                "message": _form_message(item, fields, registry),
+            }
             for item in error.errors()
         ]
         first = problems[0]
@@ -79,6 +89,16 @@ def _parse_form(fields: dict[str, str], registry: Registry, settings: Settings) 
     if form.metadata is not None and len(json.dumps(form.metadata)) > settings.max_metadata_bytes:
         raise ValidationFailed(f"metadata: over {settings.max_metadata_bytes} bytes", details={"field": "metadata"})
     return form
+
+
+def _form_message(item: Any, fields: dict[str, str], registry: Registry) -> str:
+    """A form field's problem as the caller should read it: without pydantic's prefix, and for an
+    unknown mode, the modes of the chosen base model's kind only (token is not an image mode)."""
+    if tuple(item["loc"]) == ("mode",) and item["type"] == "enum":
+        model = registry.get(fields.get("base_model") or registry.default_id)
+        if model is not None:
+            return f"{fields.get('mode')!r} is not a mode of {model.id}; use {', '.join(_modes(model.kind))}"
+    return plain_message(item["msg"])
 
 
 def _modes(kind: str) -> tuple[Mode, ...]:
@@ -155,8 +175,10 @@ def create_training(
     settings: Settings,
     storage: Storage,
     registry: Registry,
+    api_base_url: str | None = None,
 ) -> tuple[Training, bool]:
-    """Validate everything, store the inputs, write the row and its outbox message.
+    """Validate everything, store the inputs, write the row and its outbox message. api_base_url is
+    the API's address as the client reached it: the base of the links in the training's webhooks.
 
     The base model's kind decides the inputs: images (stored as clean copies) for an image model,
     .txt files or one .jsonl (stored as uploaded) for a text model. Returns (training, created);
@@ -195,6 +217,7 @@ def create_training(
         stored=stored,
         steps=steps,
         estimated_units=estimated_units,
+        api_base_url=api_base_url,
     )
     raced = _insert_or_replay(session, values, principal=principal, fingerprint=fingerprint, storage=storage)
     if raced is not None:
@@ -234,9 +257,12 @@ def _collect_inputs(
             )
         hashes = [hashlib.sha256(data).hexdigest() for _, data in text_files]
         return _Inputs(collected=None, text_files=text_files, example_count=len(examples), hashes=hashes)
-    text_uploads.refuse_text_for_image_model(submission.files, submission.examples, model)
-    with fetch.naming(_url_field(submission)):
-        collected = uploads.collect_images(submission.files, settings)
+    url_field = _url_field(submission)
+    text_uploads.refuse_text_for_image_model(
+        submission.files, submission.examples, model, field=url_field or uploads.IMAGES_FIELD
+    )
+    with fetch.naming(url_field):
+        collected = uploads.collect_images(submission.files, settings, field=url_field or uploads.IMAGES_FIELD)
         hashes = [image.sha256() for image in collected.images]
     return _Inputs(collected=collected, text_files=[], example_count=None, hashes=hashes)
 
@@ -299,6 +325,7 @@ def _row_values(
     stored: list[dict[str, Any]],
     steps: int,
     estimated_units: int,
+    api_base_url: str | None,
 ) -> dict[str, Any]:
     """The new row: queued, with the caller's choices and its stored inputs."""
     return {
@@ -316,6 +343,7 @@ def _row_values(
         "webhook_url": form.webhook_url,
         "webhook_events_filter": form.webhook_events_filter,
         "metadata_": form.metadata or {},
+        "api_base_url": api_base_url,
         "inputs": stored,
         "skipped_files": inputs.collected.skipped if inputs.collected is not None else [],
         "image_count": inputs.image_count,

@@ -14,6 +14,7 @@ from app.trainings.uploads import EXAMPLES_FIELD, IMAGES_FIELD, UploadedFile
 from models.registry import RegisteredModel
 from models.text.errors import InvalidExamplesError
 from models.text.examples import JSONL_SUFFIX, MAX_EXAMPLES, MIN_EXAMPLES, TEXT_SUFFIX, TextExample, parse_text_files
+from models.trainer.images import IMAGE_SUFFIXES
 
 TEXT_SUFFIXES = frozenset({TEXT_SUFFIX, JSONL_SUFFIX})
 
@@ -23,26 +24,37 @@ def _suffix(name: str) -> str:
 
 
 def refuse_text_for_image_model(
-    images: list[UploadedFile], examples: list[UploadedFile], model: RegisteredModel
+    images: list[UploadedFile], examples: list[UploadedFile], model: RegisteredModel, *, field: str = IMAGES_FIELD
 ) -> None:
-    """422 invalid_images when text examples are sent to an image model, naming the file."""
-    text_files = examples or [upload for upload in images if _suffix(upload.filename) in TEXT_SUFFIXES]
+    """422 invalid_images when text examples are sent to an image model, naming the file and the
+    field it came in (images, examples, or images_url when it was fetched)."""
+    text_files = [upload for upload in images if _suffix(upload.filename) in TEXT_SUFFIXES]
+    field = field if text_files else EXAMPLES_FIELD
+    text_files = text_files or examples
     if text_files:
         name = text_files[0].filename
         raise InvalidImages(
-            f"{name}: text examples were sent, but {model.id} is an image model; send {model.id} images "
+            f"{field}: {name} is a text file, but {model.id} is an image model; send {model.id} images "
             f"in the '{IMAGES_FIELD}' field, or choose a text base model (kind text in GET /v1/models)",
-            details={"file": name, "base_model": model.id, "kind": model.kind},
+            details={"file": name, "field": field, "base_model": model.id, "kind": model.kind},
         )
 
 
-def _refuse_images_for_text_model(images: list[UploadedFile], model: RegisteredModel) -> None:
-    if images:
-        name = images[0].filename
+def _refuse_images_for_text_model(
+    images: list[UploadedFile], examples: list[UploadedFile], model: RegisteredModel
+) -> None:
+    """422 invalid_examples when images are sent to a text model (in `images`, or as image files in
+    `examples`), worded as the refusal of text sent to an image model."""
+    field, sent = IMAGES_FIELD, images
+    if not sent:
+        field, sent = EXAMPLES_FIELD, [upload for upload in examples if _suffix(upload.filename) in IMAGE_SUFFIXES]
+    if sent:
+        name = sent[0].filename
         raise InvalidExamples(
-            f"{name}: sent in the '{IMAGES_FIELD}' field, but {model.id} is a text model; send .txt files "
-            f"(one example each) or one .jsonl file in the '{EXAMPLES_FIELD}' field",
-            details={"file": name, "field": IMAGES_FIELD, "base_model": model.id, "kind": model.kind},
+            f"{field}: {name} is an image, but {model.id} is a text model; send {model.id} text examples "
+            f"(.txt files, one example each, or one .jsonl file) in the '{EXAMPLES_FIELD}' field, or choose an "
+            f"image base model (kind image in GET /v1/models)",
+            details={"file": name, "field": field, "base_model": model.id, "kind": model.kind},
         )
 
 
@@ -73,7 +85,7 @@ def collect_examples(
 
     Raises 422 invalid_examples naming the file (and line) for anything the trainer could not use,
     except the exact token limit, which needs the tokenizer and is checked by the worker."""
-    _refuse_images_for_text_model(images, model)
+    _refuse_images_for_text_model(images, examples, model)
     if not examples:
         raise InvalidExamples(
             f"no examples: send {MIN_EXAMPLES}-{MAX_EXAMPLES} .txt files or one .jsonl file in the "
@@ -85,7 +97,7 @@ def collect_examples(
     try:
         parsed = parse_text_files(files, token=token)
     except InvalidExamplesError as error:
-        details: dict[str, object] = {"file": error.file}
+        details: dict[str, object] = {"file": error.file} if error.file else {"field": EXAMPLES_FIELD}
         if error.line is not None:
             details["line"] = error.line
         raise InvalidExamples(error.message, details=details) from error

@@ -5,10 +5,13 @@ Nothing here touches the database or storage: a request that fails these checks 
 
 from __future__ import annotations
 
+import base64
+import binascii
 import contextlib
 import functools
 import hashlib
 import io
+import json
 import re
 import tempfile
 import threading
@@ -89,6 +92,8 @@ class Submission:
     files: list[UploadedFile] = field(default_factory=list)
     examples: list[UploadedFile] = field(default_factory=list)
     urls: dict[str, list[str]] = field(default_factory=dict)
+    downloaded: bool = False
+    """The URLs' files are in `files` / `examples` (app.trainings.fetch fetched them)."""
 
     def close(self) -> None:
         for upload in (*self.files, *self.examples):
@@ -137,24 +142,147 @@ async def _read_fields_only(request: Request, settings: Settings) -> Submission:
     return submission
 
 
+def _refuse_declared_size(request: Request, limit: int) -> None:
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(
+            f"request body of {declared} bytes is over the limit of {limit} bytes", details={"limit": limit}
+        )
+
+
+async def _read_json(request: Request, settings: Settings) -> Submission:
+    """An application/json body: the same fields as the form, with inputs as URLs (images_url,
+    examples_url: one string or a list) or as base64 data URIs (images, examples: a list), each
+    decoded into a spooled file and then checked exactly as an uploaded file is."""
+    limit = min(settings.max_json_body_bytes, settings.max_upload_bytes)
+    _refuse_declared_size(request, limit)
+    body = bytearray()
+    async for chunk in _limited(request.stream(), limit):
+        body += chunk
+    try:
+        value = json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValidationFailed(f"body: not valid JSON ({error})"[:300], details={"field": "body"}) from error
+    del body
+    if not isinstance(value, dict):
+        raise ValidationFailed(
+            f"body: must be a JSON object of the training's fields, got {_json_type(value)}", details={"field": "body"}
+        )
+    submission = Submission()
+    try:
+        for name, item in value.items():
+            _add_json_field(submission, name, item)
+    except BaseException:
+        submission.close()
+        raise
+    return submission
+
+
+def _json_type(value: object) -> str:
+    names = {dict: "an object", list: "an array", str: "a string", bool: "a boolean", type(None): "null"}
+    return names.get(type(value), "a number")
+
+
+def _add_json_field(submission: Submission, name: str, value: object) -> None:
+    """One member of a JSON submission, as the multipart part(s) it stands for."""
+    if NUL in name:
+        raise ValidationFailed(f"body: a field name {NUL_MESSAGE}", details={"field": "body"})
+    if value is None:
+        return  # as if left out
+    if name in (IMAGES_FIELD, EXAMPLES_FIELD):
+        items = value if isinstance(value, list) else None
+        if items is None or not all(isinstance(item, str) for item in items):
+            raise ValidationFailed(
+                f"{name}: must be an array of base64 data URIs (data:image/png;base64,...); send URLs in '{name}_url'",
+                details={"field": name},
+            )
+        if len(items) > MAX_FILES:
+            raise ValidationFailed(f"{name}: at most {MAX_FILES} files", details={"field": name})
+        target = submission.files if name == IMAGES_FIELD else submission.examples
+        for index, item in enumerate(items):
+            target.append(_data_uri_file(name, index, item))
+        return
+    if name in URL_FIELDS:
+        urls = [value] if isinstance(value, str) else value
+        if not isinstance(urls, list) or not all(isinstance(url, str) for url in urls):
+            raise ValidationFailed(f"{name}: must be a URL or an array of URLs", details={"field": name})
+        if len(urls) > MAX_IMAGES:
+            raise ValidationFailed(f"{name}: at most {MAX_IMAGES} URLs", details={"field": name})
+        submission.urls.setdefault(name, []).extend(urls)
+        return
+    if isinstance(value, str):
+        text = value
+    elif isinstance(value, bool):
+        text = "true" if value else "false"
+    else:
+        # Numbers as JSON writes them (5, 0.0001); metadata and webhook_events_filter as JSON text,
+        # which the form's own parsing reads.
+        text = json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    _add_field(submission, name, text)
+
+
+_DATA_URI = re.compile(r"data:(?P<type>[\w.+-]+/[\w.+-]+)?(?P<params>(;[\w.+-]+=[^;,]*)*)(?P<base64>;base64)?,", re.I)
+
+
+def _data_uri_file(field: str, index: int, uri: str) -> UploadedFile:
+    """A base64 data URI as a spooled file named after its index and type (image-3.png)."""
+    match = _DATA_URI.match(uri[:300])
+    if match is None or not match.group("base64"):
+        raise ValidationFailed(
+            f"{field}[{index}]: not a base64 data URI (data:<type>;base64,<data>)",
+            details={"field": field, "index": index},
+        )
+    try:
+        data = base64.b64decode(uri[match.end() :], validate=True)
+    except (binascii.Error, ValueError) as error:
+        raise ValidationFailed(
+            f"{field}[{index}]: invalid base64 ({error})", details={"field": field, "index": index}
+        ) from error
+    media_type = (match.group("type") or "").lower()
+    suffix = _DATA_SUFFIXES.get(media_type, "")
+    stem = "image" if field == IMAGES_FIELD else "example"
+    if not suffix and field == EXAMPLES_FIELD:
+        suffix = ".txt"
+    spooled = tempfile.SpooledTemporaryFile(max_size=_CHUNK)  # noqa: SIM115 - Submission.close() closes it
+    spooled.write(data)
+    spooled.seek(0)
+    return UploadedFile(filename=f"{stem}-{index}{suffix}", file=spooled, size=len(data))
+
+
+_DATA_SUFFIXES = {
+    "image/png": ".png",
+    "image/jpeg": ".jpg",
+    "image/jpg": ".jpg",
+    "image/webp": ".webp",
+    "image/gif": ".gif",
+    "image/bmp": ".bmp",
+    "image/tiff": ".tiff",
+    "application/zip": ".zip",
+    "application/x-zip-compressed": ".zip",
+    "text/plain": ".txt",
+    "application/jsonl": ".jsonl",
+    "application/x-ndjson": ".jsonl",
+    "application/json": ".jsonl",
+}
+
+
 async def read_submission(request: Request, settings: Settings) -> Submission:
     """Parse multipart/form-data, refusing oversized bodies while they stream in; file parts are
     spooled to temporary files, never held whole in memory. The caller closes the submission.
 
-    A body of text fields only (inputs by URL) may also come as application/x-www-form-urlencoded."""
-    content_type = request.headers.get("content-type", "")
-    if content_type.lower().startswith("application/x-www-form-urlencoded"):
+    A body of text fields only (inputs by URL) may also come as application/x-www-form-urlencoded,
+    and any submission as application/json (files as base64 data URIs, for small sets)."""
+    content_type = request.headers.get("content-type", "").lower()
+    if content_type.startswith("application/x-www-form-urlencoded"):
         return await _read_fields_only(request, settings)
-    if not content_type.lower().startswith("multipart/form-data"):
+    if content_type.startswith("application/json"):
+        return await _read_json(request, settings)
+    if not content_type.startswith("multipart/form-data"):
         raise UnsupportedMediaType(
-            "send multipart/form-data with the images in the 'images' field (or their URL in 'images_url')"
+            "send multipart/form-data with the images in the 'images' field (or their URL in 'images_url'), "
+            "or application/json"
         )
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > settings.max_upload_bytes:
-        raise PayloadTooLarge(
-            f"request body of {declared} bytes is over the limit of {settings.max_upload_bytes} bytes",
-            details={"limit": settings.max_upload_bytes},
-        )
+    _refuse_declared_size(request, settings.max_upload_bytes)
     parser = _Parser(
         request.headers,
         _limited(request.stream(), settings.max_upload_bytes),
@@ -332,7 +460,8 @@ def _read_zip(upload: UploadedFile, settings: Settings) -> CollectedImages:
     entries = [entry for entry in files if not _junk_zip_entry(entry)]
     if len(entries) > MAX_IMAGES:
         raise InvalidImages(
-            f"need {MIN_IMAGES}-{MAX_IMAGES} images, the zip holds {len(entries)}", details={"count": len(entries)}
+            f"need {MIN_IMAGES}-{MAX_IMAGES} images, the zip holds {len(entries)}",
+            details={"count": len(entries), "file": upload.filename},
         )
     declared_total = 0
     for entry in entries:
@@ -367,13 +496,14 @@ def _file_image(upload: UploadedFile) -> InputImage:
     return InputImage(upload.filename, open_file)
 
 
-def collect_images(files: list[UploadedFile], settings: Settings) -> CollectedImages:
+def collect_images(files: list[UploadedFile], settings: Settings, *, field: str = IMAGES_FIELD) -> CollectedImages:
     """The submission's images: repeated image files, or the image entries of one zip (other
-    entries skipped); counts, sizes and zip entry names checked, nothing decoded yet."""
+    entries skipped); counts, sizes and zip entry names checked, nothing decoded yet. A refusal
+    of the whole set names `field` (images, or images_url when they were fetched)."""
     if not files:
         raise InvalidImages(
             f"no images: send {MIN_IMAGES}-{MAX_IMAGES} files in the '{IMAGES_FIELD}' field or a single .zip",
-            details={"count": 0},
+            details={"count": 0, "field": IMAGES_FIELD},
         )
     zips = [upload for upload in files if _is_zip(upload)]
     if zips and len(files) > 1:
@@ -390,7 +520,10 @@ def collect_images(files: list[UploadedFile], settings: Settings) -> CollectedIm
     count = len(collected.images)
     if not MIN_IMAGES <= count <= MAX_IMAGES:
         skipped = f" (skipped as not images: {', '.join(collected.skipped[:10])})" if collected.skipped else ""
-        raise InvalidImages(f"need {MIN_IMAGES}-{MAX_IMAGES} images, got {count}{skipped}", details={"count": count})
+        raise InvalidImages(
+            f"{field}: need {MIN_IMAGES}-{MAX_IMAGES} images, got {count}{skipped}",
+            details={"count": count, "field": field},
+        )
     return collected
 
 

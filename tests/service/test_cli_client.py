@@ -160,11 +160,11 @@ def test_a_file_that_is_not_an_image_is_named_in_the_error(leap, tmp_path):
     assert "object at 0x" not in result.stderr
 
 
-def test_submit_shows_the_planned_total_from_the_start(leap, images):
+def test_submit_shows_the_planned_total_from_the_start(leap, images, api_url):
     result = leap("submit", str(images), "--steps", "20000", "--timeout", "3")
     assert result.returncode == ExitCode.TIMEOUT, result.stderr
     training_id = result.stdout.strip()
     assert "/20000 steps" in result.stderr and "None" not in result.stderr, result.stderr
     status = json.loads(leap("status", training_id, "--json").stdout)
-    assert status["progress"]["total"] == 20000 and status["urls"]["get"] == f"/v1/trainings/{training_id}"
+    assert status["progress"]["total"] == 20000 and status["urls"]["get"] == f"{api_url}/v1/trainings/{training_id}"
     assert leap("cancel", training_id, "--wait", "--timeout", "60").stdout.strip() == "canceled"

@@ -164,7 +164,7 @@ def test_a_corrupted_artifact_fails_its_checksum_and_is_not_kept(leap, worker, s
     assert not (tmp_path / artifact.name).exists() and not list(tmp_path.glob("*.part"))
 
 
-def test_submit_sends_a_webhook_events_filter_list_and_reads_the_new_fields(leap):
+def test_submit_sends_a_webhook_events_filter_list_and_reads_the_new_fields(leap, api_url):
     training = leap.submit(
         SAMPLES[:2],
         steps=3,
@@ -173,7 +173,7 @@ def test_submit_sends_a_webhook_events_filter_list_and_reads_the_new_fields(leap
     )
     assert training.webhook_events_filter == ["training.succeeded", "training.failed"]
     assert training.object == "training" and training.progress.total == 3
-    assert training.urls.get == f"/v1/trainings/{training.id}" and training.urls.cancel is not None
+    assert training.urls.get == f"{api_url}/v1/trainings/{training.id}" and training.urls.cancel is not None
     assert training.queue_position is not None and training.queue_position >= 1
     leap.cancel(training.id)
     canceled = leap.wait(training.id, timeout=60)  # at once if still queued; a worker may have claimed it

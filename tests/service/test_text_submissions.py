@@ -338,8 +338,8 @@ BAD_TEXT_INPUTS: dict[str, tuple[Any, ...]] = {
         TEXT,
         422,
         "invalid_examples",
-        ("photo.png", ".txt or .jsonl"),
-        {"file": "photo.png"},
+        ("examples: photo.png is an image", "is a text model", "choose an image base model"),
+        {"file": "photo.png", "field": "examples"},
     ),
     "examples sent to an image model": (
         lambda: text_files(3),
