@@ -26,6 +26,7 @@ from app.storage import make_storage
 from app.storage.routes import router as files_router
 from app.tenants.auth import make_key_cache
 from app.tenants.rate_limit import make_rate_limiter
+from app.trainings.download_slots import make_download_slots
 from app.trainings.routes import router as trainings_router
 from app.trainings.stream import make_event_hub
 from app.usage.routes import router as usage_router
@@ -70,6 +71,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.event_hub = event_hub
     app.state.stream_open_slots = asyncio.Semaphore(max(1, settings.database_pool_size // 2))
     app.state.rate_limiter = make_rate_limiter(settings)
+    app.state.download_slots = make_download_slots(settings)
     app.state.verified_keys = make_key_cache(settings, app.state.rate_limiter)
 
     metrics_registry = CollectorRegistry()

@@ -26,7 +26,8 @@ class Readiness(BaseModel):
 
 
 @router.get("/healthz", response_model=Health, summary="Liveness: the process answers")
-def healthz() -> Health:
+async def healthz() -> Health:
+    # On the event loop: liveness must not wait for a thread that busy synchronous routes hold.
     return Health(status="ok")
 
 

@@ -10,14 +10,14 @@ from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
 from sqlalchemy.orm import Session
-from starlette.concurrency import run_in_threadpool
 
-from app.db import read, read_in_thread, unit_of_work
+from app.db import read_in_thread
 from app.deps import ArtifactLinksDep, RegistryDep, SettingsDep, StorageDep, artifact_links
 from app.enums import TrainingStatus
 from app.errors import error_responses
 from app.tenants.auth import PrincipalDep, SessionDep, bearer, resolve_principal_on_loop
 from app.trainings import logs, schemas, service, stream, uploads
+from app.validation import INT32_MAX
 
 router = APIRouter(prefix="/v1/trainings", tags=["trainings"])
 
@@ -109,33 +109,17 @@ async def create_training(
         ),
     ] = None,
 ) -> schemas.Training:
-    # The key is checked (above) before the body is read. The unit of work then runs in one
-    # worker-thread call, commit included, so the tenant's row lock is never held across a hop
-    # back to the event loop (which serialised one tenant's submissions under load).
-    database = request.app.state.database
-
-    def create() -> tuple[schemas.Training, bool]:
-        # On a read connection: no transaction is held open while the inputs download and decode.
-        read(
-            database,
-            lambda session: service.refuse_at_limits(
-                session, principal=principal, idempotency_key=idempotency_key, settings=settings
-            ),
-        )
-        with unit_of_work(database.session_factory) as session:
-            training, created = service.create_training(
-                session,
-                principal=principal,
-                submission=submission,
-                idempotency_key=idempotency_key,
-                settings=settings,
-                storage=storage,
-                registry=registry,
-                api_base_url=links.public_url,
-            )
-            return service.present(session, [training], links=links)[0], created
-
-    view, created = await run_in_threadpool(create)
+    view, created = await service.submit_training(
+        request.app.state.database,
+        principal=principal,
+        submission=submission,
+        idempotency_key=idempotency_key,
+        settings=settings,
+        storage=storage,
+        registry=registry,
+        links=links,
+        downloads=request.app.state.download_slots,
+    )
     response.headers["Location"] = view.urls.get
     if not created:
         response.headers["Idempotent-Replayed"] = "true"
@@ -214,7 +198,9 @@ def training_logs(
     training_id: str,
     principal: PrincipalDep,
     session: SessionDep,
-    after: Annotated[int, Query(ge=0, description="Only lines with a larger seq: next_after of the last page")] = 0,
+    after: Annotated[
+        int, Query(ge=0, le=INT32_MAX, description="Only lines with a larger seq: next_after of the last page")
+    ] = 0,
     limit: Annotated[int, Query(ge=1, le=logs.MAX_PAGE_SIZE)] = 100,
 ) -> schemas.TrainingLogPage:
     return service.training_logs(session, principal=principal, training_id=training_id, after=after, limit=limit)
@@ -261,7 +247,9 @@ async def stream_training(
     settings: SettingsDep,
     last_event_id: Annotated[
         int | None,
-        Header(alias="Last-Event-ID", ge=0, description="Resume: the seq of the last log event received."),
+        Header(
+            alias="Last-Event-ID", ge=0, le=INT32_MAX, description="Resume: the seq of the last log event received."
+        ),
     ] = None,
 ) -> StreamingResponse:
     hub = request.app.state.event_hub

@@ -2,21 +2,22 @@
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import json
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from dataclasses import field as dataclass_field
 from pathlib import PurePosixPath
 from typing import Any
 
+import anyio
+import anyio.to_thread
 from pydantic import ValidationError
 from sqlalchemy.orm import Session
 
 from app import task_names
-from app.db import Database, on_rollback, read_in_thread
+from app.db import Database, on_rollback, read_in_thread, unit_of_work
 from app.enums import TrainingStatus
 from app.errors import (
     IdempotencyKeyReused,
@@ -27,15 +28,28 @@ from app.errors import (
     plain_message,
 )
 from app.ids import id_or_404
-from app.orm import Training
+from app.orm import Tenant, Training
 from app.orm.base import utcnow
 from app.orm.training import TrainingRecord
 from app.outbox import service as outbox
+from app.pagination import decode_cursor, encode_cursor
 from app.settings import Settings
 from app.storage import Storage, StorageError
 from app.tenants import service as tenants
 from app.tenants.service import Principal
-from app.trainings import events, fetch, jobs, logs, presenter, repository, schemas, text_uploads, uploads
+from app.trainings import (
+    captions,
+    events,
+    fetch,
+    jobs,
+    logs,
+    presenter,
+    repository,
+    schemas,
+    text_uploads,
+    uploads,
+)
+from app.trainings.download_slots import DownloadSlots, Slot, slot_ttl_seconds
 from app.trainings.presenter import ArtifactLinks
 from app.usage import service as usage
 from app.webhooks import service as webhooks
@@ -160,6 +174,8 @@ class _Inputs:
     text_files: list[tuple[str, bytes]]
     example_count: int | None
     hashes: list[str]
+    captions: list[str | None] = dataclass_field(default_factory=list)
+    """An image training's caption of each image (None: the preset's templates)."""
 
     @property
     def image_count(self) -> int:
@@ -229,14 +245,116 @@ def create_training(
 
 
 def refuse_at_limits(
-    session: Session, *, principal: Principal, idempotency_key: str | None, settings: Settings
-) -> None:
+    session: Session,
+    *,
+    principal: Principal,
+    idempotency_key: str | None,
+    settings: Settings,
+    downloads: DownloadSlots | None = None,
+) -> bool:
     """429 or 402 for a tenant already at its limits, before a submission's inputs are downloaded,
     decoded or stored (create_training checks the job's own estimate under the lock once they are
-    known). A request whose Idempotency-Key is known goes on, to be replayed or refused with 409."""
+    known); the tenant's submissions still downloading count as trainings. A request whose
+    Idempotency-Key is known goes on, to be replayed or refused with 409: returns True for it."""
     key = _check_idempotency_key(idempotency_key)
-    if key is None or repository.find_by_idempotency_key(session, tenant_id=principal.tenant_id, key=key) is None:
-        _check_limits(session, principal=principal, settings=settings, estimated_units=0, lock=False)
+    if key is not None and repository.find_by_idempotency_key(session, tenant_id=principal.tenant_id, key=key):
+        return True
+    downloading = downloads.count(str(principal.tenant_id)) if downloads is not None else 0
+    _check_limits(
+        session, principal=principal, settings=settings, estimated_units=0, lock=False, downloading=downloading
+    )
+    return False
+
+
+@dataclass(frozen=True)
+class _Admission:
+    kind: str
+    slot: Slot | None
+
+
+def _admit(
+    session: Session,
+    *,
+    principal: Principal,
+    submission: uploads.Submission,
+    idempotency_key: str | None,
+    settings: Settings,
+    registry: Registry,
+    downloads: DownloadSlots,
+) -> _Admission:
+    """Check the form and the tenant's limits before anything is downloaded; a submission with
+    input URLs takes one of the tenant's download slots (429 when its trainings and downloads fill
+    its concurrency limit)."""
+    form = _parse_form(submission.fields, registry, settings)
+    model = registry.get(form.base_model or registry.default_id)
+    assert model is not None  # _parse_form refused unknown ids
+    _check_kind_fields(form, model)
+    field = fetch.url_field(submission, kind=model.kind)
+    replay = refuse_at_limits(
+        session, principal=principal, idempotency_key=idempotency_key, settings=settings, downloads=downloads
+    )
+    if field is None or replay:
+        return _Admission(kind=model.kind, slot=None)
+    tenant_id = str(principal.tenant_id)
+    _, active, limit = _concurrency(session, principal=principal, settings=settings, lock=False)
+    slot = downloads.acquire(tenant_id, room=limit - active, ttl_seconds=slot_ttl_seconds(settings))
+    if slot is None:
+        _refuse_concurrency(active, downloads.count(tenant_id), limit, settings)
+    return _Admission(kind=model.kind, slot=slot)
+
+
+async def submit_training(
+    database: Database,
+    *,
+    principal: Principal,
+    submission: uploads.Submission,
+    idempotency_key: str | None,
+    settings: Settings,
+    storage: Storage,
+    registry: Registry,
+    links: ArtifactLinks,
+    downloads: DownloadSlots,
+) -> tuple[schemas.Training, bool]:
+    """A submission from the API: checked against the tenant's limits, its input URLs downloaded
+    on the event loop (holding a download slot), then create_training in one unit of work on a
+    worker thread, commit included. Returns (training view, created)."""
+
+    def admit(session: Session) -> _Admission:
+        return _admit(
+            session,
+            principal=principal,
+            submission=submission,
+            idempotency_key=idempotency_key,
+            settings=settings,
+            registry=registry,
+            downloads=downloads,
+        )
+
+    def create() -> tuple[schemas.Training, bool]:
+        # The tenant's row lock is taken and released within this one thread call, never held
+        # across a hop back to the event loop (which serialised one tenant's submissions under load).
+        with unit_of_work(database.session_factory) as session:
+            training, created = create_training(
+                session,
+                principal=principal,
+                submission=submission,
+                idempotency_key=idempotency_key,
+                settings=settings,
+                storage=storage,
+                registry=registry,
+                api_base_url=links.public_url,
+            )
+            return present(session, [training], links=links)[0], created
+
+    # On a read connection: no transaction is held open while the inputs download and decode.
+    admission = await read_in_thread(database, admit)
+    try:
+        await fetch.download_inputs(submission, kind=admission.kind, settings=settings)
+        return await anyio.to_thread.run_sync(create)
+    finally:
+        if admission.slot is not None:
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(downloads.release, admission.slot)
 
 
 def _url_field(submission: uploads.Submission) -> str | None:
@@ -264,7 +382,11 @@ def _collect_inputs(
     with fetch.naming(url_field):
         collected = uploads.collect_images(submission.files, settings, field=url_field or uploads.IMAGES_FIELD)
         hashes = [image.sha256() for image in collected.images]
-    return _Inputs(collected=collected, text_files=[], example_count=None, hashes=hashes)
+    names = [image.name for image in collected.images]
+    image_captions = captions.captions_for_images(names, collected.captions, form.captions)
+    if any(image_captions):  # the fingerprint covers caption files as it covers images
+        hashes.append(hashlib.sha256(json.dumps(image_captions).encode()).hexdigest())
+    return _Inputs(collected=collected, text_files=[], example_count=None, hashes=hashes, captions=image_captions)
 
 
 def _replay_if_known(
@@ -309,6 +431,9 @@ def _store(
             session, training_id=training_id, files=inputs.text_files, hashes=inputs.hashes, storage=storage
         )
     _record_sources(stored, fetch.source_urls(submission))
+    for item, caption in zip(stored, inputs.captions, strict=False):
+        if caption:
+            item["caption"] = caption
     return stored
 
 
@@ -340,6 +465,8 @@ def _row_values(
         "init": form.init,
         "token": token,
         "parameters": form.hyperparameters(),
+        "priority": form.priority or 0,
+        "caption_count": sum(1 for caption in inputs.captions if caption),
         "webhook_url": form.webhook_url,
         "webhook_events_filter": form.webhook_events_filter,
         "metadata_": form.metadata or {},
@@ -455,14 +582,9 @@ def _store_inputs(
     return inputs
 
 
-def _check_limits(
-    session: Session, *, principal: Principal, settings: Settings, estimated_units: int, lock: bool
-) -> None:
-    """429 when the tenant already has its limit of queued + running trainings, 402 when the
-    estimate would pass its monthly quota.
-
-    With lock=True the tenant row is locked for the rest of the transaction, so concurrent
-    submissions are counted one after another."""
+def _concurrency(session: Session, *, principal: Principal, settings: Settings, lock: bool) -> tuple[Tenant, int, int]:
+    """(tenant, queued + running trainings, its limit). With lock=True the tenant row is locked
+    for the rest of the transaction, so concurrent submissions are counted one after another."""
     if lock:
         tenant = tenants.lock_tenant(session, principal.tenant_id)
     else:
@@ -470,13 +592,34 @@ def _check_limits(
     limit = tenant.max_concurrent_trainings
     if limit is None:
         limit = settings.max_concurrent_trainings
-    active = repository.count_active(session, tenant_id=principal.tenant_id)
-    if active >= limit:
-        raise RateLimited(
-            f"this tenant already has {active} queued or running trainings (limit {limit}); retry once one finishes",
-            retry_after_seconds=int(settings.concurrency_retry_after.total_seconds()),
-            details={"active_trainings": active, "limit": limit},
-        )
+    return tenant, repository.count_active(session, tenant_id=principal.tenant_id), limit
+
+
+def _refuse_concurrency(active: int, downloading: int, limit: int, settings: Settings) -> None:
+    busy = f"{active} queued or running trainings" + (
+        f" and {downloading} submissions downloading their inputs" if downloading else ""
+    )
+    raise RateLimited(
+        f"this tenant already has {busy} (limit {limit}); retry once one finishes",
+        retry_after_seconds=int(settings.concurrency_retry_after.total_seconds()),
+        details={"active_trainings": active, "downloading": downloading, "limit": limit},
+    )
+
+
+def _check_limits(
+    session: Session,
+    *,
+    principal: Principal,
+    settings: Settings,
+    estimated_units: int,
+    lock: bool,
+    downloading: int = 0,
+) -> None:
+    """429 when the tenant already has its limit of queued + running trainings (and `downloading`
+    submissions), 402 when the estimate would pass its monthly quota."""
+    tenant, active, limit = _concurrency(session, principal=principal, settings=settings, lock=lock)
+    if active + downloading >= limit:
+        _refuse_concurrency(active, downloading, limit, settings)
     usage.check_quota(
         session, tenant_id=principal.tenant_id, monthly_unit_limit=tenant.monthly_unit_limit, estimated=estimated_units
     )
@@ -507,30 +650,16 @@ async def poll_training(
     return presenter.record_view(record, public_url=links.public_url, links=links)
 
 
-def _encode_cursor(training: TrainingRecord) -> str:
-    raw = json.dumps([training.created_at.isoformat(), str(training.id)]).encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def _decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        created_at, training_id = json.loads(raw)
-        return datetime.fromisoformat(created_at), uuid.UUID(training_id)
-    except (ValueError, TypeError) as error:
-        raise ValidationFailed("cursor: not a cursor returned by this API", details={"field": "cursor"}) from error
-
-
 def list_trainings(
     session: Session, *, principal: Principal, status: str | None, cursor: str | None, limit: int
 ) -> tuple[list[TrainingRecord], str | None]:
     """The caller's trainings, newest first, one page at a time."""
-    before = _decode_cursor(cursor) if cursor else None
+    before = decode_cursor(cursor) if cursor else None
     rows = repository.records_for_tenant(
         session, tenant_id=principal.tenant_id, status=status, before=before, limit=limit + 1
     )
     page = rows[:limit]
-    return page, (_encode_cursor(page[-1]) if len(rows) > limit else None)
+    return page, (encode_cursor(page[-1].created_at, page[-1].id) if len(rows) > limit else None)
 
 
 def cancel_training(session: Session, *, principal: Principal, training_id: str, settings: Settings) -> Training:

@@ -36,6 +36,7 @@ from app.errors import (
     ValidationFailed,
 )
 from app.settings import Settings
+from app.trainings import captions
 from app.validation import NUL, NUL_MESSAGE
 from models.trainer.errors import InvalidImagesError
 from models.trainer.images import IMAGE_SUFFIXES, MAX_IMAGES, MIN_IMAGES, decode_image_file
@@ -382,10 +383,12 @@ class InputImage:
 
 @dataclass
 class CollectedImages:
-    """The images to train on, and the zip entries skipped as not images (in zip order)."""
+    """The images to train on, the zip entries skipped as not images (in zip order), and the captions
+    of caption files sent beside the images (app/trainings/captions.py), by image name."""
 
     images: list[InputImage]
     skipped: list[str] = field(default_factory=list)
+    captions: dict[str, str] = field(default_factory=dict)
 
 
 @contextlib.contextmanager
@@ -456,8 +459,10 @@ def _read_zip(upload: UploadedFile, settings: Settings) -> CollectedImages:
                 details={"file": entry.orig_filename},
             )
     files = [entry for entry in entries if not entry.is_dir()]
-    skipped = [entry.filename for entry in files if _junk_zip_entry(entry)]
     entries = [entry for entry in files if not _junk_zip_entry(entry)]
+    caption_entries = {entry.filename: entry for entry in files if _caption_zip_entry(entry)}
+    paired = captions.pair_caption_files(caption_entries, [entry.filename for entry in entries])
+    skipped = [entry.filename for entry in files if _junk_zip_entry(entry) and entry.filename not in paired]
     if len(entries) > MAX_IMAGES:
         raise InvalidImages(
             f"need {MIN_IMAGES}-{MAX_IMAGES} images, the zip holds {len(entries)}",
@@ -485,7 +490,20 @@ def _read_zip(upload: UploadedFile, settings: Settings) -> CollectedImages:
     def opener(entry: zipfile.ZipInfo) -> Callable[[], ContextManager[IO[bytes]]]:
         return lambda: archive.open(entry)
 
-    return CollectedImages([InputImage(entry.filename, opener(entry), seekable=False) for entry in entries], skipped)
+    images = [InputImage(entry.filename, opener(entry), seekable=False) for entry in entries]
+    found = {}
+    for name, image in paired.items():
+        with _reading(name), archive.open(caption_entries[name]) as handle:
+            text = captions.caption_text(name, handle.read(captions.MAX_CAPTION_FILE_BYTES + 1))
+        if text:
+            found[image] = text
+    return CollectedImages(images, skipped, found)
+
+
+def _caption_zip_entry(info: zipfile.ZipInfo) -> bool:
+    """A .txt entry that may caption an image (not a resource fork or a hidden file)."""
+    base = info.filename.rsplit("/", 1)[-1]
+    return captions.is_caption_file(base) and not info.filename.startswith("__MACOSX/") and not base.startswith(".")
 
 
 def _file_image(upload: UploadedFile) -> InputImage:
@@ -511,12 +529,7 @@ def collect_images(files: list[UploadedFile], settings: Settings, *, field: str 
             "send either image files or a single .zip, not several files with a zip among them",
             details={"file": zips[0].filename},
         )
-    if zips:
-        collected = _read_zip(zips[0], settings)
-    else:
-        for upload in files:
-            _check_file_size(upload.filename, upload.size, settings)
-        collected = CollectedImages([_file_image(upload) for upload in files])
+    collected = _read_zip(zips[0], settings) if zips else _collect_files(files, settings)
     count = len(collected.images)
     if not MIN_IMAGES <= count <= MAX_IMAGES:
         skipped = f" (skipped as not images: {', '.join(collected.skipped[:10])})" if collected.skipped else ""
@@ -525,6 +538,33 @@ def collect_images(files: list[UploadedFile], settings: Settings, *, field: str 
             details={"count": count, "field": field},
         )
     return collected
+
+
+def _collect_files(files: list[UploadedFile], settings: Settings) -> CollectedImages:
+    """Image files, and caption files named after them (photo.png and photo.txt)."""
+    caption_files = {upload.filename: upload for upload in files if captions.is_caption_file(upload.filename)}
+    images = [upload for upload in files if upload.filename not in caption_files]
+    for upload in images:
+        _check_file_size(upload.filename, upload.size, settings)
+    paired = captions.pair_caption_files(caption_files, [upload.filename for upload in images])
+    for name in caption_files:
+        if name not in paired:
+            raise InvalidImages(
+                f"{IMAGES_FIELD}: {name} names no image; a caption file takes its image's name (photo.png, photo.txt)",
+                details={"file": name, "field": IMAGES_FIELD},
+            )
+    found = {}
+    for name, image in paired.items():
+        upload = caption_files[name]
+        if upload.size > captions.MAX_CAPTION_FILE_BYTES:
+            raise InvalidImages(
+                f"{name}: caption file is over {captions.MAX_CAPTION_FILE_BYTES} bytes",
+                details={"file": name, "field": IMAGES_FIELD},
+            )
+        text = captions.caption_text(name, upload.read_all())
+        if text:
+            found[image] = text
+    return CollectedImages([_file_image(upload) for upload in images], captions=found)
 
 
 @functools.cache
