@@ -105,8 +105,10 @@ class Settings(BaseSettings):
     """How long a presigned artifact URL stays valid."""
     artifact_retention: timedelta = timedelta(days=7)
     """Artifacts and inputs of finished trainings are deleted after this."""
-    orphan_input_grace: timedelta = timedelta(hours=1)
-    """Stored inputs with no training row (the API died mid-submission) are deleted once this old."""
+    orphan_input_grace: timedelta = timedelta(minutes=10)
+    """Stored inputs with no training row (the API died mid-submission) are deleted once this old.
+    A submission commits within seconds of storing its last input, so this only needs to cover that
+    and the clock difference between the API and the storage."""
 
     # Workers.
     queue: str = "gpu"

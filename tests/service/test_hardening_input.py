@@ -28,7 +28,9 @@ from app.db import unit_of_work
 from app.main import create_app
 from app.orm import Tenant, Training, WebhookAttempt, WebhookDelivery, WebhookEndpoint
 from app.orm.base import utcnow
+from app.settings import Settings
 from app.storage import make_storage
+from app.validation import INT32_MAX
 from app.webhooks import delivery as delivery_module
 from app.webhooks import service as webhooks
 from models.trainer.images import ImageSource, decode_image
@@ -564,3 +566,36 @@ def test_concurrent_large_uploads_keep_api_memory_flat(database, settings):
     sent = 3 * sum(len(data) for data in images) / 1024 / 1024
     assert peak - baseline < 80, f"RSS {baseline:.0f} -> {peak:.0f} MiB for {sent:.0f} MiB sent"
     assert after - baseline < 25, f"RSS {baseline:.0f} -> {after:.0f} MiB after the uploads"
+
+
+def test_orphan_inputs_of_a_killed_submission_go_within_minutes_by_default(database, settings, tmp_path):
+    from app.trainings import orphans
+
+    assert Settings().orphan_input_grace <= timedelta(minutes=10)
+    storage = make_storage(settings.model_copy(update={"storage_url": f"file://{tmp_path}"}))
+    orphan = uuid.uuid4()
+    storage.put_bytes(f"trainings/{orphan}/inputs/00-a.png", b"left by a killed API")
+    later = utcnow() + timedelta(minutes=15)
+    defaults = settings.model_copy(update={"orphan_input_grace": Settings().orphan_input_grace})
+    with unit_of_work(database.session_factory) as session:
+        assert orphans.purge_orphan_inputs(session, storage=storage, settings=defaults, now=later) == [orphan]
+
+
+@pytest.mark.parametrize("after", [INT32_MAX + 1, 2**63, 10**30])
+def test_log_cursor_past_the_column_range_is_a_422_naming_it(client, database, after):
+    tenant = make_tenant(database)
+    training_id = submit(client, tenant).json()["id"]
+    response = client.get(f"/v1/trainings/{training_id}/logs", params={"after": after}, headers=tenant.headers)
+    error = assert_error(response, 422, "validation_error", "after")
+    assert error["details"]["field"] == "after" or "after" in str(error["details"])
+    largest = client.get(f"/v1/trainings/{training_id}/logs", params={"after": INT32_MAX}, headers=tenant.headers)
+    assert largest.status_code == 200 and largest.json()["data"] == []
+
+
+def test_last_event_id_past_the_column_range_is_a_422_naming_it(client, database):
+    tenant = make_tenant(database)
+    training_id = submit(client, tenant).json()["id"]
+    headers = tenant.headers | {"Last-Event-ID": str(INT32_MAX + 1)}
+    assert_error(
+        client.get(f"/v1/trainings/{training_id}/stream", headers=headers), 422, "validation_error", "Last-Event-ID"
+    )
