@@ -5,6 +5,7 @@ torch and the trainer are imported only inside the task, never when this module 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import shutil
 import sys
@@ -22,7 +23,8 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 from app import task_names
 from app.storage import StorageError
 from app.trainings import lifecycle, logs
-from app.trainings.jobs import artifacts_prefix, build_config, build_text_config
+from app.trainings.jobs import artifacts_prefix, build_config, build_text_config, preview_plan
+from models.previews import Previews, record
 from models.text.examples import parse_text_files
 from models.trainer.config import Progress, TrainResult
 from models.trainer.errors import TrainerError, TrainingCanceled
@@ -170,7 +172,8 @@ def _run_training(runtime: WorkerRuntime, training_id: str) -> None:
     if claimed is None:
         logger.info("training %s: nothing to claim (finished, canceled or running elsewhere)", training_id)
         return
-    logger.info("training %s: claimed (attempt %d)", training_id, claimed.attempts)
+    # The tenant's best queued training, which may be another than the message's (a higher priority).
+    logger.info("training %s: claimed (attempt %d)", claimed.id, claimed.attempts)
     work_dir = runtime.settings.resolved_work_dir / f"{claimed.id}-{claimed.attempts}"
     heartbeat = Heartbeat(runtime, claimed.id)
     heartbeat.start()
@@ -199,6 +202,7 @@ def _execute(runtime: WorkerRuntime, claimed: lifecycle.ClaimedTraining, work_di
         result = train(
             config, inputs, work_dir / "out", on_progress=heartbeat.report, should_stop=heartbeat.should_stop
         )
+        result, previews = _render_previews(runtime, claimed, config, result, heartbeat)
     except TrainingCanceled:
         heartbeat.stop()
         if heartbeat.lost.is_set():
@@ -241,7 +245,47 @@ def _execute(runtime: WorkerRuntime, claimed: lifecycle.ClaimedTraining, work_di
                 usage=usage_so_far(),
             )
         return
-    _store_result(runtime, claimed, result, heartbeat)
+    _store_result(runtime, claimed, result, heartbeat, previews)
+
+
+def _render_previews(
+    runtime: WorkerRuntime, claimed: lifecycle.ClaimedTraining, config: Any, result: TrainResult, heartbeat: Heartbeat
+) -> tuple[TrainResult, Previews | None]:
+    """Previews rendered from the files the training just wrote (so they prove those files load), added
+    to its artifacts and manifest. Their time is not in result.compute_seconds: it is not billed."""
+    plan = preview_plan(
+        base_model=claimed.base_model, token=claimed.token, parameters=claimed.parameters, registry=runtime.registry
+    )
+    if plan is None:
+        return result, None
+    if claimed.kind == "text":
+        from models.text.preview import render_text_previews  # torch: imported by the task, not at import
+
+        previews = render_text_previews(
+            config.base_model,
+            result.out_dir,
+            registry=runtime.registry,
+            prompts=plan.prompts,
+            data_dir=config.data_dir,
+            device=config.device,
+            should_stop=heartbeat.should_stop,
+        )
+    else:
+        from models.trainer.preview import render_image_previews
+
+        previews = render_image_previews(
+            config.base_model,
+            result.out_dir,
+            token=claimed.token,
+            prompts=plan.prompts,
+            steps=plan.steps,
+            device=config.device,
+            mixed_precision=config.mixed_precision,
+            should_stop=heartbeat.should_stop,
+        )
+    logger.info("training %s: %d previews in %.2fs", claimed.id, len(previews.prompts), previews.seconds)
+    artifacts = record(result.out_dir, result.manifest, result.artifacts, previews)
+    return dataclasses.replace(result, artifacts=artifacts), previews
 
 
 def _prepare_images(
@@ -263,6 +307,9 @@ def _prepare_images(
     trainer = partial(
         load_trainer(runtime.settings.trainer), registry=runtime.registry, booster=registered_booster(runtime.registry)
     )
+    captions = [item.get("caption") for item in claimed.inputs]
+    if any(captions):  # only then: a trainer (LEAP_TRAINER) need not take captions otherwise
+        trainer = partial(trainer, captions=captions)
     return trainer, config, images
 
 
@@ -307,11 +354,17 @@ def _retry(runtime: WorkerRuntime, claimed: lifecycle.ClaimedTraining, message: 
 
 
 def _content_type(name: str) -> str:
+    if name.endswith(".png"):
+        return "image/png"
     return "application/json" if name.endswith(".json") else "application/octet-stream"
 
 
 def _store_result(
-    runtime: WorkerRuntime, claimed: lifecycle.ClaimedTraining, result: TrainResult, heartbeat: Heartbeat
+    runtime: WorkerRuntime,
+    claimed: lifecycle.ClaimedTraining,
+    result: TrainResult,
+    heartbeat: Heartbeat,
+    previews: Previews | None = None,
 ) -> None:
     """Upload the artifacts, then record them with the usage in one transaction (or clean up)."""
     started = time.monotonic()
@@ -365,6 +418,7 @@ def _store_result(
                 init_scores=result.init_scores,
                 stop_reason=result.stop_reason,
                 eval_curve=result.eval_curve,
+                previews=previews.summary() if previews is not None else None,
             )
         else:
             recorded = False

@@ -125,6 +125,8 @@ class Training(Base, TrainingFacts):
     """converged | max_steps | steps | canceled."""
     eval_curve: Mapped[list[list[float]] | None] = mapped_column(JSONType, nullable=True)
     """[[step, loss], ...] of the fixed evaluation a training without `steps` stops by."""
+    previews: Mapped[dict[str, Any] | None] = mapped_column(JSONType, nullable=True)
+    """What its previews showed (models.previews.Previews.summary()); None when off or not succeeded."""
     token: Mapped[str] = mapped_column(String(40))
     parameters: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
     """Hyperparameters the caller set (steps, learning rates, ...); the rest are the model's defaults."""

@@ -4,9 +4,11 @@ the trainer's config. Imports only the torch-free parts of models."""
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass
 from typing import Any
 
 from models.enums import Kind
+from models.previews import fill, prompt_templates
 from models.registry import Registry
 from models.text.config import TextTrainConfig
 from models.trainer.config import TrainConfig
@@ -17,6 +19,36 @@ from models.trainer.errors import InvalidConfigError
 # transient failure runs before newly submitted ones. The embedded filesystem broker ignores them.
 RECOVERED_PRIORITY = 0
 NEW_PRIORITY = 3
+
+PREVIEW_FIELDS = ("previews", "preview_prompts")
+"""Submission fields kept in a training's parameters that are about its previews, not the trainer."""
+
+
+@dataclass(frozen=True)
+class PreviewPlan:
+    """What a succeeded training previews: its prompts (the token filled in) and, for images, the
+    sampler's steps (the registry's preview_steps)."""
+
+    prompts: list[str]
+    steps: int
+
+
+def preview_plan(*, base_model: str, token: str, parameters: dict[str, Any], registry: Registry) -> PreviewPlan | None:
+    """The training's previews: the caller's preview_prompts, else the model's; None with previews=false."""
+    entry = registry.get(base_model)
+    if entry is None or parameters.get("previews") is False:
+        return None
+    templates = prompt_templates(entry, parameters.get("preview_prompts"))
+    return PreviewPlan(prompts=fill(templates, token), steps=entry.preview_steps)
+
+
+def trainer_parameters(parameters: dict[str, Any]) -> dict[str, Any]:
+    """The parameters the trainer's config takes (the preview fields left out)."""
+    return {name: value for name, value in parameters.items() if name not in PREVIEW_FIELDS}
+
+
+CONFIG_NAMES = {"train_text_encoder": "train_text_encoder_lora"}
+"""The API's names of trainer options that the image trainer's config names otherwise."""
 
 
 def inputs_prefix(training_id: uuid.UUID) -> str:
@@ -45,7 +77,7 @@ def build_config(
         token=token,
         mode=mode,  # type: ignore[arg-type]
         init=init,  # type: ignore[arg-type]
-        **parameters,
+        **{CONFIG_NAMES.get(name, name): value for name, value in trainer_parameters(parameters).items()},
     )
     config.validate()
     return config
@@ -72,7 +104,7 @@ def build_text_config(
         mode=mode,  # type: ignore[arg-type]
         init=init,  # type: ignore[arg-type]
         data_dir=data_dir,
-        **parameters,
+        **trainer_parameters(parameters),
     )
     config.validate()
     return config

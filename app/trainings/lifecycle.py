@@ -157,6 +157,7 @@ def complete(
     init_scores: dict[str, float] | None = None,
     stop_reason: str | None = None,
     eval_curve: list[tuple[int, float]] | None = None,
+    previews: dict[str, Any] | None = None,
 ) -> bool:
     """running -> succeeded with its artifacts and usage, in the caller's one transaction."""
     now = utcnow()
@@ -172,6 +173,7 @@ def complete(
             "init_scores": init_scores or None,
             "stop_reason": stop_reason,
             "eval_curve": [[step, loss] for step, loss in eval_curve] if eval_curve else None,
+            "previews": previews,
             "progress_step": usage.steps,
             "progress_total": usage.steps,
             "progress_eta_s": 0.0,

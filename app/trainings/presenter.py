@@ -105,12 +105,32 @@ def _view(
     links: ArtifactLinks | None,
 ) -> schemas.Training:
     state = schemas.TrainingState.model_validate(training)
+    artifact_views = [_artifact_view(artifact, links) for artifact in artifacts]
     return schemas.Training.model_validate(
         {
             **dict(state),
             "queue_position": queue_position,
-            "artifacts": [_artifact_view(artifact, links) for artifact in artifacts],
+            "artifacts": artifact_views,
+            "previews": _linked_previews(state.previews, artifact_views),
             "urls": training_urls(training, public_url),
+        }
+    )
+
+
+def _linked_previews(previews: schemas.Previews | None, artifacts: list[schemas.Artifact]) -> schemas.Previews | None:
+    """The previews with their pictures' artifact URLs (the same presigned links, or null as theirs are)."""
+    if previews is None:
+        return None
+    by_name = {artifact.name: artifact for artifact in artifacts}
+
+    def linked(image: schemas.PreviewImage) -> schemas.PreviewImage:
+        found = by_name.get(image.name)
+        return image.model_copy(update={"url": found.url, "expires_at": found.expires_at}) if found else image
+
+    return previews.model_copy(
+        update={
+            "grid": linked(previews.grid) if previews.grid else None,
+            "images": [linked(image) for image in previews.images],
         }
     )
 

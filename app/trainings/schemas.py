@@ -14,6 +14,7 @@ from app.enums import TrainingStatus
 from app.validation import RequestModel
 from app.webhooks.schemas import TRAINING_EVENT_TYPES, TrainingEventType
 from models.enums import Init, Kind, Mode, StopReason
+from models.previews import MAX_PROMPT_CHARS, MAX_PROMPTS, TOKEN_FIELD
 from models.trainer.config import TOKEN_PATTERN
 
 TEXT_ONLY_FIELDS = ("max_length", "lora_targets")
@@ -26,6 +27,22 @@ WEBHOOK_EVENTS_FILTER_DESCRIPTION = (
     "training.canceled). Only together with webhook_url; default: all of them. The tenant's registered "
     "webhook endpoints keep their own event_types."
 )
+
+
+def parse_prompt_list(value: Any) -> Any:
+    """preview_prompts as sent: a JSON array of strings, or text with one prompt per line (a multipart
+    part is text; prompts may hold commas)."""
+    if value is None or isinstance(value, list):
+        return value
+    if not isinstance(value, str):
+        raise ValueError("must be a JSON array of prompts, or prompts one per line")
+    text = value.strip()
+    if text.startswith("["):
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"not a JSON array ({error.msg})") from error
+    return [line.strip() for line in text.splitlines() if line.strip()]
 
 
 def parse_event_list(value: Any) -> Any:
@@ -114,6 +131,41 @@ class TrainingForm(RequestModel):
     webhook_events_filter: list[TrainingEventType] | None = Field(None, description=WEBHOOK_EVENTS_FILTER_DESCRIPTION)
     metadata: Json[dict[str, Any]] | None = Field(None, description="A JSON object stored with the training.")
 
+    previews: bool | None = Field(
+        None,
+        description="Default true: once it succeeded, the worker loads the files it wrote and renders previews "
+        "(image models: preview.png, a base vs. fine-tuned grid, and preview-N.png per prompt; text models: "
+        "previews.json, base and fine-tuned completions). Their time is not billed. false: none.",
+    )
+    preview_prompts: list[str] | None = Field(
+        None,
+        min_length=1,
+        max_length=MAX_PROMPTS,
+        description=f"The previews' prompts (at most {MAX_PROMPTS}, {MAX_PROMPT_CHARS} characters each), each "
+        "naming the concept as {token} or as the token itself; a JSON array, or one prompt per line. Default: "
+        "the base model's (GET /v1/models).",
+    )
+
+    @field_validator("preview_prompts", mode="before")
+    @classmethod
+    def _prompt_list(cls, value: Any) -> Any:
+        return parse_prompt_list(value)
+
+    @field_validator("preview_prompts")
+    @classmethod
+    def _prompts_name_the_token(cls, value: list[str] | None, info: ValidationInfo) -> list[str] | None:
+        if value is None:
+            return None
+        if info.data.get("previews") is False:
+            raise ValueError("not together with previews=false")
+        token = info.data.get("token")
+        for index, prompt in enumerate(value):
+            if not prompt.strip() or len(prompt) > MAX_PROMPT_CHARS:
+                raise ValueError(f"prompt {index + 1} must have 1-{MAX_PROMPT_CHARS} characters")
+            if TOKEN_FIELD not in prompt and not (token and token in prompt):
+                raise ValueError(f"prompt {index + 1} must name the concept as {TOKEN_FIELD} or as the token")
+        return value
+
     @field_validator("webhook_events_filter", mode="before")
     @classmethod
     def _event_list(cls, value: Any) -> Any:
@@ -150,6 +202,7 @@ class TrainingForm(RequestModel):
             "seed",
         )
         names += TEXT_ONLY_FIELDS
+        names += ("previews", "preview_prompts")
         return {name: getattr(self, name) for name in names if getattr(self, name) is not None}
 
 
@@ -263,6 +316,43 @@ class Artifact(BaseModel):
     expires_at: datetime | None = Field(description="When url stops working; null when url is.")
 
 
+class PreviewImage(BaseModel):
+    prompt: str
+    name: str = Field(description="The artifact holding it (preview.png, preview-1.png, ...).")
+    url: str | None = Field(None, description="Its artifact's presigned URL; null where the artifacts' are.")
+    expires_at: datetime | None = None
+
+
+class PreviewSample(BaseModel):
+    prompt: str
+    base: str = Field(description="The base model's greedy completion.")
+    fine_tuned: str = Field(description="The completion with the trained files loaded.")
+
+
+class Previews(BaseModel):
+    """What a succeeded training rendered from the files it wrote (not billed)."""
+
+    seconds: float = Field(description="Wall time of the previews on the worker (loading, sampling, writing).")
+    prompts: list[str] = Field(description="The prompts, with the token filled in.")
+    seeds: list[int] | None = Field(None, description="Image models: one sample per seed and prompt, per model.")
+    steps: int | None = Field(None, description="Image models: the sampler's denoising steps.")
+    grid: PreviewImage | None = Field(
+        None, description="Image models: preview.png, base model and fine-tuned rows per prompt, a column per seed."
+    )
+    images: list[PreviewImage] = Field(
+        default_factory=list, description="Image models: the fine-tuned samples of each prompt, one file each."
+    )
+    samples: list[PreviewSample] = Field(
+        default_factory=list, description="Text models: each prompt's completion before and after (previews.json)."
+    )
+
+    @field_validator("grid", mode="before")
+    @classmethod
+    def _grid_file(cls, value: Any) -> Any:
+        # The row keeps the grid's file name; the API shows it as an image like the others.
+        return {"prompt": "", "name": value} if isinstance(value, str) else value
+
+
 class TrainingUrls(BaseModel):
     """The training's endpoints, absolute: under LEAP_PUBLIC_URL when it is set, else the address the
     request (for webhooks: the submission) was sent to, as a trusted proxy forwarded it."""
@@ -336,6 +426,11 @@ class TrainingState(BaseModel):
     error: TrainingError | None
     usage: Usage | None
     artifacts: list[Artifact] = Field(default_factory=list)
+    previews: Previews | None = Field(
+        None,
+        description="Once it succeeded with previews on: the pictures (image) or completions (text) rendered "
+        "from the trained files; null otherwise.",
+    )
     attempts: int
     webhook_url: str | None
     webhook_events_filter: list[str] | None = Field(

@@ -1,0 +1,154 @@
+"""Previews of image trainings in a real worker process (Redis, Postgres, moto S3) on leap-tiny:
+artifacts rendered from the written files, listed in the API with presigned URLs and in the
+webhook payload, in the manifest with their time, not billed, and off with previews=false."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import uuid
+from urllib.parse import parse_qs, urlparse
+
+import httpx
+import pytest
+from PIL import Image
+from sqlalchemy import select
+
+from app.orm import UsageRecord, WebhookEvent
+from app.usage import prices
+from models.trainer.preview import LABEL_WIDTH, cell_size
+
+from .factories import make_tenant, submit
+from .helpers import assert_error, stored_keys, wait_status
+from .processes import WorkerProcess
+
+
+@pytest.fixture(scope="module")
+def gpu_worker(settings):  # type: ignore[no-untyped-def]
+    worker = WorkerProcess(settings, queues=settings.queue)
+    yield worker
+    worker.stop()
+
+
+def _succeeded_payload(database, training_id: str) -> dict:  # type: ignore[no-untyped-def]
+    with database.session_factory() as session:
+        rows = session.scalars(select(WebhookEvent).where(WebhookEvent.type == "training.succeeded"))
+        (payload,) = [row.payload["data"] for row in rows if row.payload["data"]["id"] == training_id]
+    return payload
+
+
+def _png(url: str) -> tuple[bytes, Image.Image]:
+    response = httpx.get(url, timeout=30)
+    assert response.status_code == 200 and response.headers["content-disposition"].startswith("attachment;")
+    image = Image.open(io.BytesIO(response.content))
+    image.load()
+    return response.content, image
+
+
+def test_image_training_previews_are_signed_artifacts_in_the_api_webhook_and_manifest_and_not_billed(
+    client, database, settings, gpu_worker
+):
+    tenant = make_tenant(database)
+    prompts = ["a photo of {token}", "{token} on a plain background", "a close-up picture of {token}"]
+    response = submit(client, tenant, data={"steps": "4", "preview_prompts": json.dumps(prompts)})
+    assert response.status_code == 202, response.text
+    training_id = response.json()["id"]
+    body = wait_status(client, tenant, training_id, {"succeeded", "failed"}, timeout=120)
+    assert body["status"] == "succeeded", (body, gpu_worker.log()[-3000:])
+    token = body["token"]
+
+    previews = body["previews"]
+    assert previews["prompts"] == [prompt.replace("{token}", token) for prompt in prompts]
+    assert previews["seeds"] == [0, 1] and previews["steps"] == 10 and previews["seconds"] > 0
+    by_name = {artifact["name"]: artifact for artifact in body["artifacts"]}
+    assert by_name["preview.png"]["kind"] == "preview_grid"
+    assert [by_name[f"preview-{i}.png"]["kind"] for i in (1, 2, 3)] == ["preview"] * 3
+    assert [image["name"] for image in previews["images"]] == ["preview-1.png", "preview-2.png", "preview-3.png"]
+    assert [image["prompt"] for image in previews["images"]] == previews["prompts"]
+
+    # Signed like the other artifacts: the same presigned query, the same attachment download.
+    signed = set(parse_qs(urlparse(by_name["learned_embeds.safetensors"]["url"]).query))
+    assert "X-Amz-Signature" in signed
+    cell = cell_size(32)
+    for image, size in [(previews["grid"], (LABEL_WIDTH + 2 * cell, 2 * 3 * cell))] + [
+        (item, (2 * cell, cell)) for item in previews["images"]
+    ]:
+        artifact = by_name[image["name"]]
+        assert image["url"] == artifact["url"] and set(parse_qs(urlparse(image["url"]).query)) == signed
+        data, picture = _png(image["url"])
+        assert picture.format == "PNG" and picture.size == size
+        assert hashlib.sha256(data).hexdigest() == artifact["sha256"] and len(data) == artifact["bytes"]
+    assert sorted(key for key in stored_keys(settings) if "/artifacts/" in key) == sorted(
+        f"leap/trainings/{training_id}/artifacts/{name}" for name in by_name
+    )
+
+    manifest = httpx.get(by_name["manifest.json"]["url"], timeout=30).json()
+    assert manifest["previews"]["prompts"] == previews["prompts"]
+    assert manifest["previews"]["seconds"] == previews["seconds"]
+    assert {"preview.png", "preview-1.png", "preview-3.png"} <= set(manifest["files"])
+    # Not billed: the usage is the training's own steps and compute time, without the previews'.
+    assert body["usage"]["steps"] == 4
+    assert body["usage"]["compute_seconds"] == pytest.approx(manifest["timings"]["total_seconds"], abs=0.01)
+    with database.session_factory() as session:
+        record = session.scalars(select(UsageRecord).where(UsageRecord.training_id == uuid.UUID(training_id))).one()
+    assert record.steps == 4
+    assert record.billable_units == prices.billable_units(
+        settings.price_table,
+        kind="image",
+        mode="pivotal",
+        base_model="leap-tiny",
+        steps=4,
+        images=3,
+        examples=0,
+        device_class="cpu",
+    )
+
+    # The webhook payload lists them as it lists the other artifacts (links are fetched fresh by GET).
+    payload = _succeeded_payload(database, training_id)
+    assert {artifact["name"] for artifact in payload["artifacts"]} == set(by_name)
+    assert all(artifact["url"] is None for artifact in payload["artifacts"])
+    assert payload["previews"]["prompts"] == previews["prompts"]
+    assert payload["previews"]["grid"]["name"] == "preview.png" and payload["previews"]["grid"]["url"] is None
+
+
+def test_previews_false_renders_none(client, database, settings, gpu_worker):
+    tenant = make_tenant(database)
+    training_id = submit(client, tenant, data={"steps": "2", "previews": "false"}).json()["id"]
+    body = wait_status(client, tenant, training_id, {"succeeded", "failed"}, timeout=120)
+    assert body["status"] == "succeeded", (body, gpu_worker.log()[-3000:])
+    assert body["previews"] is None and body["parameters"]["previews"] is False
+    assert not [a for a in body["artifacts"] if a["name"].startswith("preview")]
+    manifest = httpx.get(next(a["url"] for a in body["artifacts"] if a["name"] == "manifest.json"), timeout=30).json()
+    assert "previews" not in manifest and not [name for name in manifest["files"] if name.endswith(".png")]
+    assert _succeeded_payload(database, training_id)["previews"] is None
+
+
+@pytest.mark.parametrize(
+    ("data", "mention"),
+    [
+        ({"preview_prompts": '["a photo of a cat"]'}, "{token}"),
+        ({"preview_prompts": '["a photo of {token}"]', "previews": "false"}, "previews=false"),
+        ({"preview_prompts": json.dumps(["{token}"] * 9)}, "preview_prompts"),
+        ({"preview_prompts": '["a photo of {token}"'}, "JSON array"),
+    ],
+)
+def test_bad_preview_prompts_are_refused_naming_the_field(client, database, settings, data, mention):
+    tenant = make_tenant(database)
+    response = submit(client, tenant, data=data)
+    body = assert_error(response, 422, "validation_error", mention)
+    assert "preview_prompts" in json.dumps(body)
+
+
+def test_preview_prompts_one_per_line_and_the_token_itself(client, database, settings):
+    tenant = make_tenant(database)
+    response = submit(
+        client, tenant, data={"token": "<kit>", "preview_prompts": "a photo of <kit>, smiling\n{token} at dusk\n"}
+    )
+    assert response.status_code == 202, response.text
+    assert response.json()["parameters"]["preview_prompts"] == ["a photo of <kit>, smiling", "{token} at dusk"]
+    models = client.get("/v1/models", headers=tenant.headers).json()["data"]
+    assert next(m for m in models if m["id"] == "leap-tiny")["preview_prompts"] == [
+        "a photo of {token}",
+        "a close-up picture of {token}",
+    ]
