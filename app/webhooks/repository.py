@@ -7,7 +7,7 @@ from collections import defaultdict
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import select, tuple_
 from sqlalchemy.orm import Session
 
 from app.db import insert_ignoring_conflict, lock_by_id, lock_due
@@ -97,9 +97,12 @@ def list_deliveries(
     endpoint_id: uuid.UUID | None,
     training_id: uuid.UUID | None,
     limit: int,
+    before: tuple[datetime, uuid.UUID] | None = None,
 ) -> list[WebhookDelivery]:
-    """Newest first."""
+    """Newest first; with `before` (created_at, id), only those listed after that one."""
     query = select(WebhookDelivery).where(WebhookDelivery.tenant_id == tenant_id)
+    if before is not None:
+        query = query.where(tuple_(WebhookDelivery.created_at, WebhookDelivery.id) < tuple_(*before))
     if endpoint_id is not None:
         query = query.where(WebhookDelivery.endpoint_id == endpoint_id)
     if training_id is not None:

@@ -125,12 +125,13 @@ def list_deliveries(
     session: SessionDep,
     endpoint_id: Annotated[str | None, Query(description="Only this endpoint's")] = None,
     training_id: Annotated[str | None, Query(description="Only this training's")] = None,
+    cursor: Annotated[str | None, Query(description="next_cursor of the previous page")] = None,
     limit: Annotated[int, Query(ge=1, le=service.MAX_PAGE_SIZE)] = 50,
 ) -> schemas.DeliveryList:
-    deliveries = service.list_deliveries(
-        session, principal=principal, endpoint_id=endpoint_id, training_id=training_id, limit=limit
+    deliveries, next_cursor = service.list_deliveries(
+        session, principal=principal, endpoint_id=endpoint_id, training_id=training_id, limit=limit, cursor=cursor
     )
-    return schemas.DeliveryList(data=deliveries)
+    return schemas.DeliveryList(data=deliveries, next_cursor=next_cursor)
 
 
 @router.get(

@@ -108,3 +108,4 @@ class Delivery(DeliveryRow):
 
 class DeliveryList(BaseModel):
     data: list[Delivery]
+    next_cursor: str | None = Field(description="Pass as `cursor` for the next (older) page; null at the end.")

@@ -17,6 +17,7 @@ from app.ids import id_or_404
 from app.orm import WebhookDelivery, WebhookEndpoint, WebhookEvent
 from app.orm.base import utcnow
 from app.outbox import service as outbox
+from app.pagination import decode_cursor, encode_cursor
 from app.settings import Settings
 from app.tenants.service import Principal
 from app.webhooks import repository, schemas, signing, ssrf
@@ -201,17 +202,22 @@ def list_deliveries(
     endpoint_id: str | None,
     training_id: str | None,
     limit: int,
-) -> list[schemas.Delivery]:
-    """The caller's deliveries with their attempts, newest first."""
+    cursor: str | None = None,
+) -> tuple[list[schemas.Delivery], str | None]:
+    """The caller's deliveries with their attempts, newest first, one page at a time (and the
+    cursor of the next page, None at the end)."""
     endpoint = get_endpoint(session, principal=principal, endpoint_id=endpoint_id) if endpoint_id is not None else None
     deliveries = repository.list_deliveries(
         session,
         tenant_id=principal.tenant_id,
         endpoint_id=endpoint.id if endpoint is not None else None,
         training_id=id_or_404(training_id, "training") if training_id else None,
-        limit=limit,
+        limit=limit + 1,
+        before=decode_cursor(cursor) if cursor else None,
     )
-    return present(session, deliveries)
+    page = deliveries[:limit]
+    next_cursor = encode_cursor(page[-1].created_at, page[-1].id) if len(deliveries) > limit else None
+    return present(session, page), next_cursor
 
 
 def get_delivery(session: Session, *, principal: Principal, delivery_id: str) -> WebhookDelivery:

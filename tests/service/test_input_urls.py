@@ -457,3 +457,15 @@ def test_url_encoded_body_over_its_limit_is_refused(api, database, settings):  #
     response = api.post("/v1/trainings", data={"token": "x" * 1024 * 1024}, headers=tenant.headers)
     assert_error(response, 413, "payload_too_large", "over the limit")
     assert_nothing_stored(database, settings)
+
+
+def test_a_text_file_given_as_images_url_names_images_url(api, database, settings, files_server):  # type: ignore[no-untyped-def]
+    tenant = make_tenant(database)
+    files_server.on("/notes.txt", Reply(body=b"<leap> a caption", headers={"content-type": "text/plain"}))
+    files_server.on("/b.png", Reply(body=png_bytes()))
+    response = post_fields(
+        api, tenant, [("images_url", f"{files_server.url}/notes.txt"), ("images_url", f"{files_server.url}/b.png")]
+    )
+    error = assert_error(response, 422, "invalid_images", "images_url:", "is a text file", "image model")
+    assert error["details"]["field"] == "images_url"
+    assert_nothing_stored(database, settings)

@@ -408,7 +408,7 @@ def test_a_trainings_webhook_data_is_exactly_its_api_representation_and_its_filt
     assert got["artifacts"][0]["url"] and got["artifacts"][0]["expires_at"].endswith("Z")
     got["artifacts"][0].update(url=None, expires_at=None)
     assert bodies["training.succeeded"]["data"] == got
-    assert got["urls"]["cancel"] is None and got["urls"]["get"] == f"/v1/trainings/{training_id}"
+    assert got["urls"]["cancel"] is None and got["urls"]["get"] == f"http://testserver/v1/trainings/{training_id}"
 
     # The training's own URL got only the event its filter names; the tenant's endpoint got them all.
     (own,) = receiver.at("/own")
