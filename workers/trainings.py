@@ -172,8 +172,7 @@ def _run_training(runtime: WorkerRuntime, training_id: str) -> None:
     if claimed is None:
         logger.info("training %s: nothing to claim (finished, canceled or running elsewhere)", training_id)
         return
-    # The tenant's best queued training, which may be another than the message's (a higher priority).
-    logger.info("training %s: claimed (attempt %d)", claimed.id, claimed.attempts)
+    logger.info("training %s: claimed (attempt %d)", training_id, claimed.attempts)
     work_dir = runtime.settings.resolved_work_dir / f"{claimed.id}-{claimed.attempts}"
     heartbeat = Heartbeat(runtime, claimed.id)
     heartbeat.start()
@@ -307,9 +306,6 @@ def _prepare_images(
     trainer = partial(
         load_trainer(runtime.settings.trainer), registry=runtime.registry, booster=registered_booster(runtime.registry)
     )
-    captions = [item.get("caption") for item in claimed.inputs]
-    if any(captions):  # only then: a trainer (LEAP_TRAINER) need not take captions otherwise
-        trainer = partial(trainer, captions=captions)
     return trainer, config, images
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from app.base_models.schemas import BaseModelInfo
-from models.enums import Kind
 from models.previews import prompt_templates
 from models.registry import Registry
 from models.text.config import MODES as TEXT_MODES
@@ -19,7 +18,7 @@ def list_base_models(registry: Registry) -> list[BaseModelInfo]:
             kind=model.kind,
             modes=list(TEXT_MODES if model.kind == "text" else IMAGE_MODES),
             description=model.description,
-            resolution=model.resolution if model.kind == Kind.IMAGE else None,
+            resolution=model.resolution,
             has_booster=model.has_booster,
             default=model.id == registry.default_id,
             defaults=dict(model.defaults),

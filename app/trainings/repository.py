@@ -8,7 +8,7 @@ from collections import defaultdict
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, FromClause, Select, bindparam, case, delete, func, select, tuple_, update
+from sqlalchemy import ColumnElement, FromClause, Select, bindparam, case, delete, func, or_, select, tuple_, update
 from sqlalchemy import inspect as sa_inspect
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Dialect
@@ -52,52 +52,32 @@ def count_active(session: Session, *, tenant_id: uuid.UUID) -> int:
     return int(session.scalar(query) or 0)
 
 
-def _claim_order(columns: Any) -> tuple[Any, ...]:
-    """The order a tenant's queued trainings are claimed in: trainings put back after a claim (attempts
-    > 0, broker priority RECOVERED_PRIORITY) first, then the highest priority, then the oldest."""
-    return (case((columns.attempts > 0, 0), else_=1), columns.priority.desc(), columns.created_at, columns.id)
-
-
 def _queue_position(training: FromClause) -> ColumnElement[Any]:
-    """1-based place of a queued `training` row in the whole queue, in the order workers claim them;
-    NULL when it is not queued.
+    """1-based place of a queued `training` row in the whole queue, in the order workers claim
+    them: trainings put back after a claim (attempts > 0, broker priority RECOVERED_PRIORITY) before
+    new ones, each group oldest first; NULL when it is not queued. Two counts, each a range of the
+    partial index of queued rows (attempts, created_at, id), however long the history grows."""
+    ahead = Training.__table__.alias("ahead")
+    before = tuple_(ahead.c.created_at, ahead.c.id) < tuple_(training.c.created_at, training.c.id)
 
-    Broker messages are wake-ups served oldest first (recovered ones before new ones), each claiming
-    its tenant's best queued training (_claim_order). So a tenant's queued trainings keep the places
-    their submissions took in the queue (its "slots", oldest first), and its k-th training by claim
-    order takes its k-th slot. Computed over the queued rows only (a partial index), however long
-    the history grows."""
-    queued_rows = Training.__table__.alias("queued_rows")
-    columns = queued_rows.c
-    recovered_first = case((columns.attempts > 0, 0), else_=1)
-    by_arrival = (recovered_first, columns.created_at, columns.id)
-    queued = (
-        select(
-            columns.id,
-            columns.tenant_id,
-            func.row_number().over(partition_by=columns.tenant_id, order_by=_claim_order(columns)).label("rank"),
-            func.row_number().over(partition_by=columns.tenant_id, order_by=by_arrival).label("slot"),
-            func.row_number().over(order_by=by_arrival).label("place"),
+    def count(*conditions: Any) -> Any:
+        return (
+            select(func.count())
+            .select_from(ahead)
+            .where(ahead.c.status == TrainingStatus.QUEUED, *conditions)
+            .scalar_subquery()
         )
-        .where(columns.status == TrainingStatus.QUEUED)
-        .subquery()
-    )
-    own, slot = queued.alias("own"), queued.alias("slot")
-    place = (
-        select(slot.c.place)
-        .select_from(own.join(slot, (slot.c.tenant_id == own.c.tenant_id) & (slot.c.slot == own.c.rank)))
-        .where(own.c.id == training.c.id)
-        .scalar_subquery()
-    )
-    return case((training.c.status == TrainingStatus.QUEUED, place), else_=None)
+
+    recovered_ahead = count(ahead.c.attempts > 0, or_(training.c.attempts == 0, before))
+    new_ahead = count(ahead.c.attempts == 0, training.c.attempts == 0, before)
+    return case((training.c.status == TrainingStatus.QUEUED, recovered_ahead + new_ahead + 1), else_=None)
 
 
 # What the API shows of a training (app.trainings.schemas.TrainingState): the columns a record
 # carries. Fewer columns cost less to describe and decode on every poll.
 _VIEW_COLUMNS = (
     "id", "status", "base_model", "kind", "mode", "init", "init_used", "init_note", "init_scores",
-    "stop_reason", "eval_curve", "previews", "token", "parameters", "priority", "caption_count", "webhook_url",
-    "webhook_events_filter",
+    "stop_reason", "eval_curve", "previews", "token", "parameters", "webhook_url", "webhook_events_filter",
     "metadata_", "inputs", "skipped_files", "image_count", "example_count", "progress_step",
     "progress_total", "progress_loss", "progress_eta_s", "attempts", "cancel_requested_at",
     "error_code", "error_message", "usage_steps", "usage_compute_seconds", "usage_device",
@@ -234,22 +214,10 @@ def request_cancel_if_running(session: Session, *, training_id: uuid.UUID, now: 
 def claim(
     session: Session, *, training_id: uuid.UUID, worker_id: str, now: datetime, lease: timedelta
 ) -> Training | None:
-    """queued -> running for this worker, atomically: the best queued training (_claim_order) of the
-    tenant of `training_id`, which is that training unless the tenant queued one of higher priority
-    since; None when the tenant has none queued. A message is only a wake-up and every queued training
-    has one, so each message claims one of the tenant's and none is left behind."""
-    tenant = select(Training.tenant_id).where(Training.id == training_id).scalar_subquery()
-    best = (
-        select(Training.id)
-        .where(Training.tenant_id == tenant, Training.status == TrainingStatus.QUEUED)
-        .order_by(*_claim_order(Training.__table__.c))
-        .limit(1)
-        .with_for_update(skip_locked=True)
-        .scalar_subquery()
-    )
+    """queued -> running for this worker, atomically; None if it is not queued any more."""
     statement = (
         update(Training)
-        .where(Training.id == best, Training.status == TrainingStatus.QUEUED)
+        .where(Training.id == training_id, Training.status == TrainingStatus.QUEUED)
         .values(
             status=TrainingStatus.RUNNING,
             worker_id=worker_id,
@@ -261,8 +229,9 @@ def claim(
         )
         .returning(Training.id)
     )
-    claimed = session.execute(statement).first()
-    return None if claimed is None else get(session, claimed[0])
+    if session.execute(statement).first() is None:
+        return None
+    return get(session, training_id)
 
 
 def heartbeat(
