@@ -18,7 +18,9 @@ class BaseModelInfo(BaseModel):
         description="Training modes of this kind: image pivotal, textual_inversion, lora; text pivotal, token, lora."
     )
     description: str
-    resolution: int = Field(description="Training resolution in pixels of an image model; 0 for a text model.")
+    resolution: int | None = Field(
+        description="Training resolution in pixels of an image model; null for a text model."
+    )
     has_booster: bool = Field(description="Whether init=booster has a trained booster for this model.")
     default: bool = Field(description="Used when a training names no base_model.")
     defaults: dict[str, Any] = Field(description="Hyperparameter defaults for this model.")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from app.base_models.schemas import BaseModelInfo
+from models.enums import Kind
 from models.previews import prompt_templates
 from models.registry import Registry
 from models.text.config import MODES as TEXT_MODES
@@ -18,7 +19,7 @@ def list_base_models(registry: Registry) -> list[BaseModelInfo]:
             kind=model.kind,
             modes=list(TEXT_MODES if model.kind == "text" else IMAGE_MODES),
             description=model.description,
-            resolution=model.resolution,
+            resolution=model.resolution if model.kind == Kind.IMAGE else None,
             has_booster=model.has_booster,
             default=model.id == registry.default_id,
             defaults=dict(model.defaults),
