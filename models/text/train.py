@@ -43,7 +43,7 @@ from models.text.export import VLLM_DIR, BaseNames, save_text_concept
 from models.trainer.config import LoopResult, Progress, TrainResult
 from models.trainer.errors import OutOfMemory
 from models.trainer.export import loss_summary, write_manifest
-from models.trainer.loop import Callbacks, Steps, run_steps
+from models.trainer.loop import Callbacks, Start, Steps, run_steps
 from models.trainer.stopping import HOLD_BACK_MIN_IMAGES, Plateau, hold_back, split_for_eval
 
 EvalHook = Callable[[int, "TextJob"], None]
@@ -96,6 +96,7 @@ def train(
     eval_hook: EvalHook | None = None,
     eval_steps: Collection[int] = (),
     guarded_start: bool = True,
+    on_start: Callable[[Start], None] | None = None,
 ) -> TrainResult:
     """Train one text concept and write its artifacts to out_dir.
 
@@ -123,7 +124,7 @@ def train(
                 names=names,
                 booster_resolver=booster_resolver,
                 guarded_start=guarded_start,
-                callbacks=Callbacks(on_progress, should_stop, eval_hook, frozenset(eval_steps)),
+                callbacks=Callbacks(on_progress, should_stop, eval_hook, frozenset(eval_steps), on_start=on_start),
             )
     except torch.cuda.OutOfMemoryError as error:
         raise OutOfMemory(
@@ -316,6 +317,13 @@ class _Start:
     guard: dict | None
 
 
+def _guard_scores(guard: dict | None) -> dict[str, float] | None:
+    """The guard's loss of each candidate start, named as the image trainer names them."""
+    if guard is None:
+        return None
+    return {"token": guard["token_loss"], "booster": guard["booster_loss"]}
+
+
 def _run(
     config: TextTrainConfig,
     base: TextBase,
@@ -347,6 +355,7 @@ def _run(
     start = _Start(
         *_initialise(config, base, concept, trained_examples, rows, booster_resolver, generator, guarded_start)
     )
+    callbacks.started(Start(start.used, start.note, _guard_scores(start.guard)))
     start_state = _snapshot(concept)
     evaluate = HeldOutLoss(base, eval_rows, pad_id_of(concept.tokenizer)) if auto else None
     plateau = Plateau(config.stopping, round(evaluate(), 6), start_state) if evaluate else None

@@ -21,6 +21,18 @@ J = TypeVar("J")
 S = TypeVar("S")
 
 
+@dataclass(frozen=True)
+class Start:
+    """How a run starts, told to `on_start` once it is decided (the guard included), before step 1."""
+
+    used: str
+    """booster | token | random | state"""
+    note: str = ""
+    """Why it differs from the requested init, or which start the guard chose and why."""
+    scores: dict[str, float] | None = None
+    """The guard's loss of each candidate start (init=booster)."""
+
+
 @dataclass
 class Callbacks(Generic[J]):
     """The caller's hooks into a run; `J` is what the trainer shows them of a running job."""
@@ -30,6 +42,12 @@ class Callbacks(Generic[J]):
     eval_hook: Callable[[int, J], None] | None = None
     eval_steps: frozenset[int] = frozenset()
     on_finish: Callable[[J], None] | None = None
+    on_start: Callable[[Start], None] | None = None
+
+    def started(self, start: Start) -> None:
+        """Tell on_start how the run starts."""
+        if self.on_start is not None:
+            self.on_start(start)
 
 
 @dataclass
