@@ -14,6 +14,7 @@ import argparse
 import io
 import json
 import os
+import shutil
 import signal
 import socket
 import statistics
@@ -87,6 +88,7 @@ def main() -> None:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=30)
         log.close()
+        shutil.rmtree(data_dir, ignore_errors=True)
     summary = {init: {"wall_s_median": statistics.median(r["wall_s"] for r in runs if r["init"] == init),
                       "steps_median": statistics.median(r["steps"] for r in runs if r["init"] == init)}
                for init in ("booster", "token")}

@@ -35,12 +35,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import io
 import itertools
-import json
 import os
 import random
 import secrets
+import shutil
 import signal
 import socket
 import statistics
@@ -56,7 +57,6 @@ from typing import Any
 
 import httpx
 import psycopg
-import redis
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -64,6 +64,7 @@ sys.path.insert(0, str(ROOT))
 
 from app.db import upgrade_database  # noqa: E402
 from app.settings import DEV_ADMIN_TOKEN, Settings  # noqa: E402
+from bench.scratch import own_redis, work_dir, write_results  # noqa: E402
 
 
 @dataclass
@@ -384,6 +385,7 @@ def measure_overhead(runs: int, steps: int) -> dict[str, Any]:
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=60)
+        shutil.rmtree(data_dir, ignore_errors=True)
     return {"steps": steps, "cold": rows[0], "warm": rows[1:]}
 
 
@@ -395,12 +397,12 @@ def main() -> int:
     parser.add_argument("--images", type=int, default=4, help="images per submission")
     parser.add_argument("--keys", type=int, default=200, help="API keys sharing the load (600 requests/min each)")
     parser.add_argument("--pg-admin", default="postgresql://postgres@127.0.0.1:5432/postgres")
-    parser.add_argument("--redis", default="redis://127.0.0.1:6379/14")
+    parser.add_argument("--redis", default=None, help="an empty Redis DB to use (default: a private redis-server)")
     parser.add_argument("--overhead", type=int, default=4, help="embedded-default training runs (0: skip)")
     parser.add_argument("--overhead-steps", type=int, default=2, help="steps per overhead run")
     parser.add_argument("--sse-streams", type=int, default=200, help="concurrent SSE streams (0: skip the phase)")
     parser.add_argument("--sse-seconds", type=float, default=60.0, help="how long the streams are held open")
-    parser.add_argument("--json", type=Path, default=ROOT / "bench" / "results" / "load.json")
+    parser.add_argument("--json", type=Path, default=None, help="write the results here (default: print only)")
     args = parser.parse_args()
 
     load_start = round(os.getloadavg()[0], 2)
@@ -408,8 +410,18 @@ def main() -> int:
     with psycopg.connect(args.pg_admin, autocommit=True) as connection:
         connection.execute(f'CREATE DATABASE "{name}"')
     database_url = args.pg_admin.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://", 1) + f"/{name}"
-    redis.Redis.from_url(args.redis).flushdb()
-    workdir = Path(tempfile.mkdtemp(prefix="leap-bench-"))
+    with contextlib.ExitStack() as scratch:
+        args.redis = scratch.enter_context(own_redis(args.redis))
+        workdir = scratch.enter_context(work_dir("leap-bench-"))
+        phases, sse, peak_rss, peak_process_rss = run_api_phases(args, database_url, workdir, name)
+    report(args, phases, sse, peak_rss, peak_process_rss, load_start)
+    return 0
+
+
+def run_api_phases(
+    args: argparse.Namespace, database_url: str, workdir: Path, name: str
+) -> tuple[list[Phase], dict[str, Any] | None, float, float]:
+    """The API on `database_url` (dropped afterwards): the load phases and the SSE phase."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("LEAP_")} | {
         "LEAP_DATABASE_URL": database_url,
         "LEAP_BROKER_URL": args.redis,
@@ -453,7 +465,18 @@ def main() -> int:
         api.wait(timeout=30)
         with psycopg.connect(args.pg_admin, autocommit=True) as connection:
             connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        redis.Redis.from_url(args.redis).flushdb()
+    return phases, sse, peak_rss, peak_process_rss
+
+
+def report(
+    args: argparse.Namespace,
+    phases: list[Phase],
+    sse: dict[str, Any] | None,
+    peak_rss: float,
+    peak_process_rss: float,
+    load_start: float,
+) -> None:
+    """Print the table and write --json."""
 
     rows = [phase.summary() for phase in phases]
     header = (
@@ -510,10 +533,7 @@ def main() -> int:
             "load_average_1m_end": round(os.getloadavg()[0], 2),
         },
     }
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {args.json}")
-    return 0
+    write_results(args.json, result)
 
 
 if __name__ == "__main__":

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import math
 import os
@@ -40,7 +41,6 @@ import socket
 import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import uuid
@@ -61,6 +61,7 @@ from app.settings import Settings  # noqa: E402
 from app.storage import make_storage  # noqa: E402
 from app.tenants import service as tenants  # noqa: E402
 from app.trainings import lifecycle, repository  # noqa: E402
+from bench.scratch import own_redis, work_dir, write_results  # noqa: E402
 from models.registry import load_registry  # noqa: E402
 from models.trainer.config import Progress  # noqa: E402
 from workers.runtime import WorkerRuntime  # noqa: E402
@@ -328,7 +329,6 @@ def _rss_mb(pid: int) -> float:
 
 def main() -> int:
     import psycopg
-    import redis
 
     from app.db import upgrade_database
 
@@ -338,8 +338,8 @@ def main() -> int:
     parser.add_argument("--updates", type=int, default=20, help="progress writes per training")
     parser.add_argument("--api-workers", type=int, default=2)
     parser.add_argument("--pg-admin", default="postgresql://postgres@127.0.0.1:5432/postgres")
-    parser.add_argument("--redis", default="redis://127.0.0.1:6379/13")
-    parser.add_argument("--json", type=Path, default=ROOT / "bench" / "results" / "sse.json")
+    parser.add_argument("--redis", default=None, help="an empty Redis DB to use (default: a private redis-server)")
+    parser.add_argument("--json", type=Path, default=None, help="write the results here (default: print only)")
     args = parser.parse_args()
 
     load_start = round(os.getloadavg()[0], 2)
@@ -347,8 +347,9 @@ def main() -> int:
     with psycopg.connect(args.pg_admin, autocommit=True) as connection:
         connection.execute(f'CREATE DATABASE "{name}"')
     database_url = args.pg_admin.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://", 1) + f"/{name}"
-    redis.Redis.from_url(args.redis).flushdb()
-    workdir = Path(tempfile.mkdtemp(prefix="leap-sse-"))
+    scratch = contextlib.ExitStack()
+    args.redis = scratch.enter_context(own_redis(args.redis))
+    workdir = scratch.enter_context(work_dir("leap-sse-"))
     env = {k: v for k, v in os.environ.items() if not k.startswith("LEAP_")} | {
         "LEAP_DATABASE_URL": database_url,
         "LEAP_BROKER_URL": args.redis,
@@ -402,7 +403,7 @@ def main() -> int:
             api.kill()
         with psycopg.connect(args.pg_admin, autocommit=True) as connection:
             connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        redis.Redis.from_url(args.redis).flushdb()
+        scratch.close()  # the private Redis and the work folder
 
     result["api_peak_rss_mb"] = round(peak_rss, 1)
     result["config"] = {
@@ -416,9 +417,7 @@ def main() -> int:
         "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
     }
     print(json.dumps(result, indent=2))
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {args.json}")
+    write_results(args.json, result)
     ok = result["errors"] == 0 and result["missed_events"] == 0 and result["streams_completed"] == args.streams
     return 0 if ok else 1
 

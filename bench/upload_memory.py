@@ -14,6 +14,7 @@ Target: peak <= 300 MiB, and back to the first baseline after each round. No wor
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import json
 import math
@@ -21,7 +22,6 @@ import os
 import secrets
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -30,7 +30,6 @@ from pathlib import Path
 import httpx
 import numpy as np
 import psycopg
-import redis
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -39,6 +38,7 @@ sys.path.insert(0, str(ROOT))
 from app.db import upgrade_database  # noqa: E402
 from app.settings import Settings  # noqa: E402
 from app.tenants.local_key import ensure_local_key  # noqa: E402
+from bench.scratch import own_redis, work_dir  # noqa: E402
 
 MIB = 1024 * 1024
 
@@ -107,7 +107,7 @@ def main() -> int:
     parser.add_argument("--decode-concurrency", type=int, default=None, help="LEAP_UPLOAD_DECODE_CONCURRENCY")
     parser.add_argument("--settle", type=float, default=5.0, help="idle seconds before reading the after-RSS")
     parser.add_argument("--pg-admin", default="postgresql://postgres@127.0.0.1:5432/postgres")
-    parser.add_argument("--redis", default="redis://127.0.0.1:6379/13")
+    parser.add_argument("--redis", default=None, help="an empty Redis DB to use (default: a private redis-server)")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
 
@@ -124,8 +124,9 @@ def main() -> int:
     with psycopg.connect(args.pg_admin, autocommit=True) as connection:
         connection.execute(f'CREATE DATABASE "{name}"')
     database_url = args.pg_admin.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://", 1) + f"/{name}"
-    redis.Redis.from_url(args.redis).flushdb()
-    workdir = Path(tempfile.mkdtemp(prefix="leap-membench-"))
+    scratch = contextlib.ExitStack()
+    args.redis = scratch.enter_context(own_redis(args.redis))
+    workdir = scratch.enter_context(work_dir("leap-membench-"))
     env = {k: v for k, v in os.environ.items() if not k.startswith("LEAP_")} | {
         "LEAP_DATABASE_URL": database_url,
         "LEAP_BROKER_URL": args.redis,
@@ -190,7 +191,7 @@ def main() -> int:
         api.wait(timeout=30)
         with psycopg.connect(args.pg_admin, autocommit=True) as connection:
             connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        redis.Redis.from_url(args.redis).flushdb()
+        scratch.close()  # the private Redis and the work folder
     result = {
         "kind": args.kind,
         "concurrency": args.concurrency,

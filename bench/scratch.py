@@ -1,0 +1,78 @@
+"""What a benchmark may touch: a Redis of its own, a work folder it deletes, results only where told.
+
+    with own_redis(args.redis) as redis_url, work_dir("leap-bench-") as workdir: ...
+
+Without --redis a private redis-server runs on a free port, its data in a temporary folder, and
+stops with the benchmark. A --redis URL given is used only if its database is empty (nothing in it
+to lose); it is never flushed: the keys the service wrote there expire or stay for the owner."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import redis
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextlib.contextmanager
+def own_redis(url: str | None) -> Iterator[str]:
+    """A Redis URL the benchmark may fill: a private server (url None) or `url` if its DB is empty."""
+    if url is not None:
+        keys = redis.Redis.from_url(url).dbsize()
+        if keys:
+            raise SystemExit(f"refusing {url}: its database holds {keys} keys (give an empty one, or no --redis)")
+        yield url
+        return
+    folder = Path(tempfile.mkdtemp(prefix="leap-bench-redis-"))
+    port = _free_port()
+    server = subprocess.Popen(
+        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--dir", str(folder), "--save", "",
+         "--appendonly", "no"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    private = f"redis://127.0.0.1:{port}/0"
+    try:
+        for _ in range(100):
+            with contextlib.suppress(redis.ConnectionError):
+                if redis.Redis.from_url(private).ping():
+                    break
+            time.sleep(0.05)
+        yield private
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def work_dir(prefix: str) -> Iterator[Path]:
+    """A temporary folder for the run, deleted afterwards."""
+    folder = Path(tempfile.mkdtemp(prefix=prefix))
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def write_results(path: Path | None, result: dict[str, Any]) -> None:
+    """Write the JSON only when --json names a file."""
+    if path is None:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {path}")
