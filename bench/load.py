@@ -3,7 +3,7 @@
     .venv/bin/python bench/load.py [--duration 15] [--concurrency 16] [--api-workers 2] [--sse-streams 200]
         [--overhead 0]
 
-Starts its own API (`leap api`, default settings) on a throwaway Postgres database with Redis as
+Starts its own API (`leap api`, default settings) on a throwaway Postgres database with a private Redis as
 the broker and local-disk storage. As an operator would, it creates the bench tenant through the
 admin API with a raised concurrent-trainings limit (submissions stay queued: no worker runs) and
 --keys API keys; each request takes the next key, so the default per-key rate limit (600/min)
@@ -14,7 +14,8 @@ cores the API runs on), POSTs through httpx. For each phase it reports req/s, p5
 latency, errors (by status), the API's CPU per request (utime+stime of the uvicorn supervisor and
 workers from /proc/<pid>/stat, delta over the phase / requests) and cores used, the bench
 client's own CPU per request, the machine's idle CPU during the phase and its 1-minute load
-average at the end. Prints a table and writes JSON, also with the peak RSS of the API processes.
+average at the end. Prints a table and, with --json PATH, writes JSON, also with the peak RSS of the API
+processes.
 Targets (issues 5 and 15, 2 cores): polls <= 1.0 ms API CPU each, >= 500/s with p99 < 100 ms;
 >= 50 submissions/s with p99 < 500 ms; zero errors; API RSS <= 300 MB.
 
