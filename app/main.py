@@ -30,6 +30,7 @@ from app.trainings.download_slots import make_download_slots
 from app.trainings.routes import router as trainings_router
 from app.trainings.stream import make_event_hub
 from app.usage.routes import router as usage_router
+from app.version import install_version
 from app.webhooks.routes import router as webhooks_router
 from models.registry import load_registry
 from workers.celery_app import create_celery, make_sender, queue_depth
@@ -79,6 +80,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.metrics_registry = metrics_registry
     app.add_middleware(OptionsMiddleware)
     app.add_middleware(HttpMetricsMiddleware, registry=metrics_registry)
+    install_version(app)
 
     install_error_handlers(app)
     app.include_router(trainings_router)

@@ -7,9 +7,10 @@ import logging
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 from sqlalchemy import text
 
+from app import __version__
 from workers.celery_app import check_broker
 
 logger = logging.getLogger(__name__)
@@ -18,6 +19,7 @@ router = APIRouter(tags=["health"])
 
 class Health(BaseModel):
     status: str
+    version: str = Field(description="The LEAP version that answered (also in the X-LEAP-Version header).")
 
 
 class Readiness(BaseModel):
@@ -28,7 +30,7 @@ class Readiness(BaseModel):
 @router.get("/healthz", response_model=Health, summary="Liveness: the process answers")
 async def healthz() -> Health:
     # On the event loop: liveness must not wait for a thread that busy synchronous routes hold.
-    return Health(status="ok")
+    return Health(status="ok", version=__version__)
 
 
 @router.get(

@@ -4,13 +4,23 @@ from __future__ import annotations
 
 from fastapi.testclient import TestClient
 
+from app import __version__
 from app.main import create_app
 
 from .factories import make_tenant, submit
 
 
-def test_healthz_answers(client):
-    assert client.get("/healthz").json() == {"status": "ok"}
+def test_healthz_answers_with_the_version(client):
+    response = client.get("/healthz")
+    assert response.json() == {"status": "ok", "version": __version__}
+    assert response.headers["X-LEAP-Version"] == __version__
+
+
+def test_every_answer_carries_the_version_header(client):
+    # Errors and preflights too: a client reporting a problem can always say which server answered.
+    assert client.get("/v1/trainings").headers["X-LEAP-Version"] == __version__  # 401
+    assert client.get("/v1/no-such-path").headers["X-LEAP-Version"] == __version__  # 404
+    assert client.options("/v1/trainings").headers["X-LEAP-Version"] == __version__  # 204
 
 
 def test_readyz_checks_database_broker_and_storage(client):
