@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from app import __version__
 from app.ids import uuid_or_none
 from app.settings import Settings, get_settings
 from app.tenants.local_key import ensure_local_key, local_key_path
@@ -29,6 +30,21 @@ tenants_cli = typer.Typer(help="Create and list tenants (admin).", no_args_is_he
 keys_cli = typer.Typer(help="Create, list and revoke API keys (admin).", no_args_is_help=True)
 cli.add_typer(tenants_cli, name="tenants")
 cli.add_typer(keys_cli, name="keys")
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"leap {__version__}")
+        raise typer.Exit()
+
+
+@cli.callback()
+def _options(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_print_version, is_eager=True, help="Print LEAP's version and exit.")
+    ] = False,
+) -> None:
+    """LEAP: fine-tune Stable Diffusion on a few images, as a service."""
 
 
 def _settings() -> Settings:
