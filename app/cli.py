@@ -19,6 +19,7 @@ import typer
 
 from app import __version__
 from app.ids import uuid_or_none
+from app.parent_watch import PARENT_PID_ENV, exit_with_parent
 from app.settings import Settings, get_settings
 from app.tenants.local_key import ensure_local_key, local_key_path
 
@@ -131,6 +132,7 @@ def worker(
                 f"error: LEAP_DATA_DIR {settings.data_dir} cannot be created for beat's schedule: {error}", err=True
             )
             raise typer.Exit(2) from None
+    exit_with_parent()  # started by `leap serve`: killed with its pool once serve is gone
     app = create_celery(settings)
     app.worker_main(worker_argv(queues, concurrency=concurrency, pool=pool, beat=beat, loglevel=loglevel))
 
@@ -156,6 +158,8 @@ def serve(
     # The training worker imports the trainer and loads the default base model at start; other
     # models (e.g. a text model, converted from its GGUF on first use) load when first trained.
     preload = json.dumps([load_registry(settings.model_registry).default_id])
+    # Each worker kills itself and its pool processes once serve is gone (app.parent_watch).
+    os.environ[PARENT_PID_ENV] = str(os.getpid())
     children = [
         _start_child(
             [sys.executable, "-m", "app.cli", "worker", "--queues", settings.queue, "--loglevel", "warning"],

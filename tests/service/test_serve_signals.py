@@ -12,6 +12,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from app.tenants.local_key import read_local_key
+
+from .factories import image_files
 from .helpers import REPO_ROOT, alive, free_port, pool_children, wait_for
 
 
@@ -27,8 +30,9 @@ def descendants(pid: int) -> set[int]:
     return found
 
 
-def start_serve(data_dir: Path) -> tuple[subprocess.Popen[bytes], set[int]]:
-    """`leap serve` on the embedded default in `data_dir`, once its workers, pool and beat are up."""
+def start_serve(data_dir: Path) -> tuple[subprocess.Popen[bytes], set[int], str]:
+    """`leap serve` on the embedded default in `data_dir`, once its workers, pool and beat are up:
+    the process, its descendants and its URL."""
     port = free_port()
     env = {key: value for key, value in os.environ.items() if not key.startswith("LEAP_")}
     env |= {"LEAP_DATA_DIR": str(data_dir), "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"}
@@ -53,12 +57,12 @@ def start_serve(data_dir: Path) -> tuple[subprocess.Popen[bytes], set[int]]:
 
     wait_for(ready, timeout=90, interval=0.5, message="leap serve and its workers")
     assert process.poll() is None, (data_dir / "serve.log").read_text()
-    return process, descendants(process.pid)
+    return process, descendants(process.pid), f"http://127.0.0.1:{port}"
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_serve_stops_everything_it_started_on_a_signal(tmp_path, signum):
-    process, started = start_serve(tmp_path)
+    process, started, _ = start_serve(tmp_path)
     try:
         process.send_signal(signum)
         process.wait(timeout=60)
@@ -74,7 +78,7 @@ def test_serve_stops_everything_it_started_on_a_signal(tmp_path, signum):
 
 
 def test_serve_killed_hard_takes_its_workers_along(tmp_path):
-    process, started = start_serve(tmp_path)
+    process, started, _ = start_serve(tmp_path)
     try:
         process.kill()
         process.wait(timeout=10)
@@ -85,5 +89,36 @@ def test_serve_killed_hard_takes_its_workers_along(tmp_path):
         )
     finally:
         for pid in started:
+            if alive(pid):
+                os.kill(pid, signal.SIGKILL)
+
+
+def test_serve_killed_hard_mid_training_takes_the_training_along(tmp_path):
+    # SIGTERM alone (the kernel's parent-death signal) makes Celery finish the task first: this
+    # training would run for minutes with no API. The workers' own watch kills them and their pool.
+    process, started, url = start_serve(tmp_path)
+    headers = {"Authorization": f"Bearer {read_local_key(tmp_path)}"}
+    try:
+        response = httpx.post(
+            f"{url}/v1/trainings", files=image_files(2), data={"steps": "5000"}, headers=headers, timeout=30
+        )
+        assert response.status_code == 202, response.text
+        training = f"{url}/v1/trainings/{response.json()['id']}"
+
+        def training_steps() -> bool:
+            body = httpx.get(training, headers=headers, timeout=5).json()
+            return body["status"] == "running" and (body.get("progress") or {}).get("step", 0) > 0
+
+        wait_for(training_steps, timeout=90, interval=0.5, message="the training to run")
+        pool = {pid for pid in descendants(process.pid) if pid not in started} | started
+        process.kill()
+        process.wait(timeout=10)
+        wait_for(
+            lambda: not [pid for pid in pool if alive(pid)],
+            timeout=15,
+            message=f"the training's processes to exit (left: {[pid for pid in pool if alive(pid)]})",
+        )
+    finally:
+        for pid in started | set(descendants(process.pid)):
             if alive(pid):
                 os.kill(pid, signal.SIGKILL)
