@@ -64,7 +64,7 @@ class Settings(BaseSettings):
     believed when LEAP_PUBLIC_URL is unset, e.g. ["10.0.0.0/8"]; from other clients they are ignored."""
 
     admin_token: SecretStr = SecretStr(DEV_ADMIN_TOKEN)
-    """Authorises admin operations (issue 6 adds the admin API)."""
+    """Authorises the admin API (`/v1/admin/...`)."""
     signing_secret: SecretStr = SecretStr(DEV_SIGNING_SECRET)
     """Signs the expiring download URLs of local-disk storage."""
 
@@ -141,8 +141,8 @@ class Settings(BaseSettings):
     a JSON list, those model ids (`leap serve`: the default model only)."""
 
     # Training logs and live events (GET /v1/trainings/{id}/logs and /stream).
-    log_progress_interval: timedelta = timedelta(seconds=10)
-    """At most one trainer progress line in a training's log per interval (plus its first and last)."""
+    log_progress_steps: int = 50
+    """A trainer progress line in a training's log at the first step, every this many steps, and the last."""
     log_max_lines: int = 2000
     """Lines kept per training; progress lines stop 50 short of it so the final notes still fit."""
     log_message_max_chars: int = 2000
@@ -230,7 +230,6 @@ class Settings(BaseSettings):
         "input_url_deadline",
         "billing_retry_backoff",
         "billing_retry_backoff_max",
-        "log_progress_interval",
         "stream_keepalive",
         "stream_poll_interval",
         mode="before",

@@ -6,6 +6,7 @@ torch and the trainer are imported only inside the task, never when this module 
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import logging
 import shutil
 import sys
@@ -15,7 +16,7 @@ import uuid
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from celery import Task, shared_task
 from sqlalchemy.exc import InterfaceError, OperationalError
@@ -30,6 +31,9 @@ from models.trainer.config import Progress, TrainResult
 from models.trainer.errors import TrainerError, TrainingCanceled
 from models.trainer.images import ImageSource, decode_images
 from workers.runtime import WorkerRuntime, get_runtime, load_trainer, parse_task_id
+
+if TYPE_CHECKING:
+    from models.trainer.loop import Start  # imports torch: the task imports it, not this module
 
 logger = logging.getLogger(__name__)
 
@@ -68,7 +72,12 @@ class Heartbeat:
         self._stop = threading.Event()
         self._latest: Progress | None = None
         self._written: Progress | None = None
-        self._logged_at: float | None = None
+        # Progress lines for the log, made as the trainer reports steps and written with the next
+        # heartbeat (or the final transaction): a run shorter than one heartbeat logs its steps too.
+        self._lines: list[logs.LogLine] = []
+        self._lines_lock = threading.Lock()
+        self._logged_step = 0
+        self.start_logged = False
         self._thread = threading.Thread(target=self._loop, name=f"lease-{training_id}", daemon=True)
 
     def start(self) -> None:
@@ -82,8 +91,49 @@ class Heartbeat:
             self._thread.join(timeout=10)
 
     def report(self, progress: Progress) -> None:
-        """The trainer's on_progress callback."""
+        """The trainer's on_progress callback: the latest progress, and a log line at the first step,
+        every LEAP_LOG_PROGRESS_STEPS steps and the last."""
         self._latest = progress
+        every = max(self.runtime.settings.log_progress_steps, 1)
+        last = progress.total is not None and progress.step >= progress.total
+        if self._logged_step == 0 or progress.step % every == 0 or last:
+            self._add_line(progress)
+
+    def _add_line(self, progress: Progress) -> None:
+        line = logs.progress_line(progress.step, progress.total, _finite(progress.loss), _finite(progress.eta_s))
+        with self._lines_lock:
+            self._lines.append(line)
+            self._logged_step = progress.step
+
+    def _take_lines(self) -> list[logs.LogLine]:
+        with self._lines_lock:
+            lines, self._lines = self._lines, []
+        return lines
+
+    def final_lines(self) -> list[logs.LogLine]:
+        """The progress lines not written yet, ending with the step the run stopped at (a run that
+        stops before its planned total has not logged it): for the final transaction."""
+        latest = self._latest
+        if latest is not None and latest.step != self._logged_step:
+            self._add_line(latest)
+        return self._take_lines()
+
+    def record_start(self, start: Start) -> None:
+        """The trainer's on_start callback: the start it took, shown and logged now. A failure to
+        write it is not the run's: complete() writes it again."""
+        try:
+            with self.runtime.unit_of_work() as session:
+                self.start_logged = lifecycle.record_start(
+                    session,
+                    training_id=self.training_id,
+                    worker_id=self.runtime.worker_id,
+                    settings=self.runtime.settings,
+                    init_used=start.used,
+                    init_note=start.note,
+                    init_scores=start.scores,
+                )
+        except Exception:
+            logger.warning("training %s: could not record its start", self.training_id, exc_info=True)
 
     def should_stop(self) -> bool:
         """The trainer's should_stop callback (checked every step)."""
@@ -103,37 +153,27 @@ class Heartbeat:
                 "loss": _finite(latest.loss),
                 "eta_s": _finite(latest.eta_s),
             }
-        log_lines = self._progress_log(latest) if progress is not None and latest is not None else None
-        with self.runtime.unit_of_work() as session:
-            state = lifecycle.renew_lease(
-                session,
-                training_id=self.training_id,
-                worker_id=self.runtime.worker_id,
-                settings=self.runtime.settings,
-                progress=progress,
-                log_lines=log_lines,
-            )
+        log_lines = self._take_lines()
+        try:
+            with self.runtime.unit_of_work() as session:
+                state = lifecycle.renew_lease(
+                    session,
+                    training_id=self.training_id,
+                    worker_id=self.runtime.worker_id,
+                    settings=self.runtime.settings,
+                    progress=progress,
+                    log_lines=log_lines,
+                )
+        except BaseException:
+            with self._lines_lock:
+                self._lines[:0] = log_lines  # written with the next heartbeat
+            raise
         self._written = latest
-        if log_lines:
-            self._logged_at = time.monotonic()
         if not state.held:
             logger.warning("training %s: lease lost, stopping", self.training_id)
             self.lost.set()
         elif state.cancel_requested:
             self.cancel_requested.set()
-
-    def _progress_log(self, latest: Progress) -> list[logs.LogLine] | None:
-        """A progress line for the log with this write: the first, then one per log_progress_interval,
-        and the last step; the writes in between only update the row (and the live stream)."""
-        interval = self.runtime.settings.log_progress_interval.total_seconds()
-        due = (
-            self._logged_at is None
-            or time.monotonic() - self._logged_at >= interval
-            or (latest.total is not None and latest.step >= latest.total)
-        )
-        if not due:
-            return None
-        return [logs.progress_line(latest.step, latest.total, _finite(latest.loss), _finite(latest.eta_s))]
 
     def _loop(self) -> None:
         interval = self.runtime.settings.progress_interval.total_seconds()
@@ -143,6 +183,13 @@ class Heartbeat:
             except Exception:
                 # The lease outlives a few missed renewals; the sweeper handles a long outage.
                 logger.warning("training %s: lease renewal failed", self.training_id, exc_info=True)
+
+
+def _start_callback(train: Callable[..., TrainResult], heartbeat: Heartbeat) -> dict[str, Any]:
+    """on_start for a trainer that takes it (LEAP_TRAINER may name one that does not)."""
+    parameters = inspect.signature(train).parameters.values()
+    takes = any(item.name == "on_start" or item.kind is inspect.Parameter.VAR_KEYWORD for item in parameters)
+    return {"on_start": heartbeat.record_start} if takes else {}
 
 
 def _finite(value: float | None) -> float | None:
@@ -172,7 +219,8 @@ def _run_training(runtime: WorkerRuntime, training_id: str) -> None:
     if claimed is None:
         logger.info("training %s: nothing to claim (finished, canceled or running elsewhere)", training_id)
         return
-    logger.info("training %s: claimed (attempt %d)", training_id, claimed.attempts)
+    # The tenant's best queued training, which may be another than the message's (a higher priority).
+    logger.info("training %s: claimed (attempt %d)", claimed.id, claimed.attempts)
     work_dir = runtime.settings.resolved_work_dir / f"{claimed.id}-{claimed.attempts}"
     heartbeat = Heartbeat(runtime, claimed.id)
     heartbeat.start()
@@ -199,7 +247,12 @@ def _execute(runtime: WorkerRuntime, claimed: lifecycle.ClaimedTraining, work_di
         work_dir.mkdir(parents=True, exist_ok=True)
         started = time.monotonic()
         result = train(
-            config, inputs, work_dir / "out", on_progress=heartbeat.report, should_stop=heartbeat.should_stop
+            config,
+            inputs,
+            work_dir / "out",
+            on_progress=heartbeat.report,
+            should_stop=heartbeat.should_stop,
+            **_start_callback(train, heartbeat),
         )
         result, previews = _render_previews(runtime, claimed, config, result, heartbeat)
     except TrainingCanceled:
@@ -208,7 +261,12 @@ def _execute(runtime: WorkerRuntime, claimed: lifecycle.ClaimedTraining, work_di
             return
         with runtime.unit_of_work() as session:
             lifecycle.cancel(
-                session, training_id=claimed.id, worker_id=worker_id, settings=settings, usage=usage_so_far()
+                session,
+                training_id=claimed.id,
+                worker_id=worker_id,
+                settings=settings,
+                usage=usage_so_far(),
+                progress_lines=heartbeat.final_lines(),
             )
         logger.info("training %s: canceled", claimed.id)
         return
@@ -223,6 +281,7 @@ def _execute(runtime: WorkerRuntime, claimed: lifecycle.ClaimedTraining, work_di
                 message=error.message,
                 settings=settings,
                 usage=usage_so_far() if heartbeat.last_step else None,
+                progress_lines=heartbeat.final_lines(),
             )
         logger.info("training %s: failed with %s: %s", claimed.id, error.code, error.message)
         return
@@ -306,6 +365,9 @@ def _prepare_images(
     trainer = partial(
         load_trainer(runtime.settings.trainer), registry=runtime.registry, booster=registered_booster(runtime.registry)
     )
+    captions = [item.get("caption") for item in claimed.inputs]
+    if any(captions):  # only then: a trainer (LEAP_TRAINER) need not take captions otherwise
+        trainer = partial(trainer, captions=captions)
     return trainer, config, images
 
 
@@ -398,7 +460,12 @@ def _store_result(
         )
         if state.held and state.cancel_requested:
             lifecycle.cancel(
-                session, training_id=claimed.id, worker_id=runtime.worker_id, settings=runtime.settings, usage=usage
+                session,
+                training_id=claimed.id,
+                worker_id=runtime.worker_id,
+                settings=runtime.settings,
+                usage=usage,
+                progress_lines=heartbeat.final_lines(),
             )
             recorded = False
         elif state.held:
@@ -415,6 +482,8 @@ def _store_result(
                 stop_reason=result.stop_reason,
                 eval_curve=result.eval_curve,
                 previews=previews.summary() if previews is not None else None,
+                progress_lines=heartbeat.final_lines(),
+                start_logged=heartbeat.start_logged,
             )
         else:
             recorded = False

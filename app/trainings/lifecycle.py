@@ -135,13 +135,46 @@ def renew_lease(
 
 
 def _usage_values(usage: UsageRecord | None) -> dict[str, Any]:
+    """The usage columns, and the progress step set to the steps billed: the last heartbeat may have
+    written an earlier step than the one the trainer stopped at, and both must say the same."""
     if usage is None:
         return {}
     return {
         "usage_steps": usage.steps,
         "usage_compute_seconds": usage.compute_seconds,
         "usage_device": usage.device,
+        "progress_step": usage.steps,
     }
+
+
+def start_note(init_used: str, init_note: str) -> str:
+    """The log line of the start a run took (and why)."""
+    return f"started from {init_used}" + (f": {init_note}" if init_note else "")
+
+
+def record_start(
+    session: Session,
+    *,
+    training_id: uuid.UUID,
+    worker_id: str,
+    settings: Settings,
+    init_used: str,
+    init_note: str = "",
+    init_scores: dict[str, float] | None = None,
+) -> bool:
+    """The trainer decided how the run starts (the guard included): shown by GET and logged now, while it
+    runs, not only once it finished (a canceled run keeps them too). False when the lease was lost."""
+    recorded = repository.update_running(
+        session,
+        training_id=training_id,
+        worker_id=worker_id,
+        values={"init_used": init_used, "init_note": init_note or None, "init_scores": init_scores or None},
+    )
+    if recorded:
+        logs.append(
+            session, training_id=training_id, lines=[logs.info(start_note(init_used, init_note))], settings=settings
+        )
+    return recorded
 
 
 def complete(
@@ -158,8 +191,11 @@ def complete(
     stop_reason: str | None = None,
     eval_curve: list[tuple[int, float]] | None = None,
     previews: dict[str, Any] | None = None,
+    progress_lines: list[logs.LogLine] | None = None,
+    start_logged: bool = False,
 ) -> bool:
-    """running -> succeeded with its artifacts and usage, in the caller's one transaction."""
+    """running -> succeeded with its artifacts and usage, in the caller's one transaction; with the
+    trainer's progress lines not yet written, and the start's note unless record_start logged it."""
     now = utcnow()
     finished = repository.finish(
         session,
@@ -204,14 +240,23 @@ def complete(
         live.publish_after_commit(
             session, settings=settings, training_id=training_id, event="progress", data=live.progress_data(final, now)
         )
+        _log_progress(session, training_id, progress_lines, settings)
+        notes = _outcome_notes(init_used, init_note, stop_reason, usage, len(artifacts))
         _announce(
             session,
             training_id=training_id,
             settings=settings,
             status=TrainingStatus.SUCCEEDED,
-            lines=_outcome_notes(init_used, init_note, stop_reason, usage, len(artifacts)),
+            lines=notes[1:] if start_logged else notes,
         )
     return finished
+
+
+def _log_progress(
+    session: Session, training_id: uuid.UUID, lines: list[logs.LogLine] | None, settings: Settings
+) -> None:
+    if lines:
+        logs.append(session, training_id=training_id, lines=lines, settings=settings, progress=True)
 
 
 def _announce(
@@ -231,7 +276,7 @@ def _last_loss(session: Session, training_id: uuid.UUID) -> float | None:
 def _outcome_notes(
     init_used: str, init_note: str, stop_reason: str | None, usage: UsageRecord, artifacts: int
 ) -> list[logs.LogLine]:
-    start = f"started from {init_used}" + (f": {init_note}" if init_note else "")
+    start = start_note(init_used, init_note)
     reasons: dict[str, str] = {
         StopReason.CONVERGED: "its evaluation loss stopped improving",
         StopReason.MAX_STEPS: "it reached max_steps",
@@ -254,6 +299,7 @@ def fail(
     message: str,
     settings: Settings,
     usage: UsageRecord | None = None,
+    progress_lines: list[logs.LogLine] | None = None,
 ) -> bool:
     """running -> failed with an error code; no artifacts are listed."""
     finished = repository.finish(
@@ -269,13 +315,20 @@ def fail(
         },
     )
     if finished:
+        _log_progress(session, training_id, progress_lines, settings)
         lines = [logs.error(f"failed ({code}): {message}")]
         _announce(session, training_id=training_id, settings=settings, status=TrainingStatus.FAILED, lines=lines)
     return finished
 
 
 def cancel(
-    session: Session, *, training_id: uuid.UUID, worker_id: str, settings: Settings, usage: UsageRecord | None = None
+    session: Session,
+    *,
+    training_id: uuid.UUID,
+    worker_id: str,
+    settings: Settings,
+    usage: UsageRecord | None = None,
+    progress_lines: list[logs.LogLine] | None = None,
 ) -> bool:
     """running -> canceled, once the worker has stopped."""
     finished = repository.finish(
@@ -289,6 +342,7 @@ def cancel(
         },
     )
     if finished:
+        _log_progress(session, training_id, progress_lines, settings)
         steps = f" after {usage.steps} steps" if usage is not None else ""
         lines = [logs.warning(f"canceled while running{steps}")]
         _announce(session, training_id=training_id, settings=settings, status=TrainingStatus.CANCELED, lines=lines)

@@ -257,6 +257,17 @@ def heartbeat(
     return None if row is None else (True, row[0])
 
 
+def update_running(session: Session, *, training_id: uuid.UUID, worker_id: str, values: dict[str, Any]) -> bool:
+    """Write columns of a running training, only if this worker still holds the lease."""
+    statement = (
+        update(Training)
+        .where(Training.id == training_id, Training.worker_id == worker_id, Training.status == TrainingStatus.RUNNING)
+        .values(**values)
+        .returning(Training.id)
+    )
+    return session.execute(statement).first() is not None
+
+
 def finish(session: Session, *, training_id: uuid.UUID, worker_id: str, values: dict[str, Any]) -> bool:
     """running -> a final state, only if this worker still holds the lease."""
     statement = (

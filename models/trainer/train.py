@@ -37,7 +37,7 @@ from models.trainer.errors import BaseModelError, InvalidImagesError, OutOfMemor
 from models.trainer.export import BaseDescription, loss_summary, save_concept, write_manifest
 from models.trainer.guard import BoosterResolver, Candidate, candidates, describe_scores, guarded_start, snapshot
 from models.trainer.images import MAX_IMAGES, MIN_IMAGES
-from models.trainer.loop import Callbacks, Steps, run_steps
+from models.trainer.loop import Callbacks, Start, Steps, run_steps
 from models.trainer.loss import denoising_loss
 from models.trainer.stopping import Plateau, SeededEval, split_for_eval
 
@@ -97,6 +97,7 @@ def train(
     eval_hook: EvalHook | None = None,
     eval_steps: Collection[int] = (),
     on_finish: Callable[[Job], None] | None = None,
+    on_start: Callable[[Start], None] | None = None,
 ) -> TrainResult:
     """Train one concept and write its artifacts to out_dir (`on_finish` sees the final state first).
 
@@ -114,6 +115,7 @@ def train(
         eval_hook=eval_hook,
         eval_steps=frozenset(eval_steps),
         on_finish=on_finish,
+        on_start=on_start,
     )
     try:
         with _attached(base, config) as concept:
@@ -224,6 +226,7 @@ def _run(
     )
     evaluate = _Evaluation(base, eval_images, resolution, templates[0], config.seed)
     start = _initialise(config, base, concept, images, initial_state, booster, generator, evaluate)
+    callbacks.started(Start(start.used, start.note, dict(start.scores) if start.scores else None))
     latents = encode_images(base, train_images, resolution=resolution, flip=config.flip)
     optimizer, lora_parameters = _optimizer(config, concept, trains_lora)
     plateau = _plateau(config, concept, start, evaluate) if auto else None

@@ -23,7 +23,7 @@ from app.settings import Settings
 from app.trainings import lifecycle, logs
 
 from .factories import make_tenant, submit
-from .helpers import assert_error, settings_env, wait_status
+from .helpers import assert_error, assert_init_reported, settings_env, wait_progress, wait_status
 from .processes import ApiProcess, WorkerProcess
 
 
@@ -280,16 +280,32 @@ def _images():  # type: ignore[no-untyped-def]
     return image_files(2)
 
 
+def test_a_cancel_reports_the_steps_it_bills(client, database, settings):  # type: ignore[no-untyped-def]
+    tenant = make_tenant(database)
+    training_id = submit(client, tenant, data={"steps": "100"}).json()["id"]
+    parsed = uuid.UUID(training_id)
+    with unit_of_work(database.session_factory) as session:
+        assert lifecycle.claim(session, training_id=parsed, worker_id="w", settings=settings) is not None
+    with unit_of_work(database.session_factory) as session:
+        # The last heartbeat wrote step 50; the trainer stopped at step 51.
+        progress = {"step": 50, "total": 100, "loss": 0.5, "eta_s": 3.0}
+        lifecycle.renew_lease(session, training_id=parsed, worker_id="w", settings=settings, progress=progress)
+    with unit_of_work(database.session_factory) as session:
+        usage = lifecycle.UsageRecord(steps=51, compute_seconds=2.0, device="cpu")
+        assert lifecycle.cancel(session, training_id=parsed, worker_id="w", settings=settings, usage=usage)
+    body = client.get(f"/v1/trainings/{training_id}", headers=tenant.headers).json()
+    assert body["status"] == "canceled"
+    assert body["usage"]["steps"] == body["progress"]["step"] == 51
+
+
 # --- a real worker (last: once started, it runs every training submitted after it) ---------
 
 
 @pytest.fixture(scope="module")
 def logging_worker(settings):  # type: ignore[no-untyped-def]
-    # Every progress write also writes a log line, so a few steps give several lines.
+    # A progress line every 3 steps (and the first and the last), so a few steps give several lines.
     worker = WorkerProcess(
-        settings.model_copy(
-            update={"log_progress_interval": timedelta(0), "progress_interval": timedelta(seconds=0.05)}
-        ),
+        settings.model_copy(update={"log_progress_steps": 3, "progress_interval": timedelta(seconds=0.05)}),
         queues=settings.queue,
     )
     yield worker
@@ -309,7 +325,8 @@ def test_real_training_logs_claim_progress_start_and_outcome_in_pages(client, da
     assert page.json()["next_after"] == lines[-1]["seq"]
     messages = [line["message"] for line in lines]
     assert messages[0].startswith("claimed by worker ") and messages[0].endswith("(attempt 1)"), messages
-    assert any(message.startswith("step ") and "/8 loss " in message for message in messages), messages
+    steps = [message.split(" loss ")[0] for message in messages if message.startswith("step ")]
+    assert steps == ["step 1/8", "step 3/8", "step 6/8", "step 8/8"], messages
     assert any(message.startswith(f"started from {body['init_used']}") for message in messages), messages
     assert "stopped after 8 steps: the requested steps ran out" in messages, messages
     assert messages[-1].startswith(f"succeeded with {len(body['artifacts'])} artifacts in "), messages
@@ -323,3 +340,31 @@ def test_real_training_logs_claim_progress_start_and_outcome_in_pages(client, da
     assert [line["seq"] for line in second["data"]] == [3, 4]
     end = client.get(f"/v1/trainings/{training_id}/logs", params={"after": 10_000}, headers=tenant.headers).json()
     assert end == {"data": [], "next_after": 10_000}
+
+
+def test_start_is_shown_while_running_and_usage_matches_progress_after_cancel(  # type: ignore[no-untyped-def]
+    client, database, settings, logging_worker
+):
+    tenant = make_tenant(database)
+    # 20,000 steps of leap-tiny take many minutes on a CPU: only a cancel ends it within the test.
+    training_id = submit(client, tenant, data={"steps": "20000"}).json()["id"]
+    running = wait_progress(client, tenant, training_id)
+    # The guard decided before the first step: GET shows its choice while the training runs.
+    assert running["status"] == "running"
+    assert_init_reported(running["init_used"], running["init_note"])
+    if running["init_used"] == "booster":
+        assert running["init_scores"] and "token" in running["init_scores"]
+    client.post(f"/v1/trainings/{training_id}/cancel", headers=tenant.headers)
+    body = wait_status(client, tenant, training_id, {"canceled", "failed", "succeeded"}, timeout=20)
+    assert body["status"] == "canceled"
+    # Billed and reported alike.
+    assert body["usage"]["steps"] == body["progress"]["step"] > 0
+    assert body["init_used"] == running["init_used"]
+    messages = [
+        line["message"]
+        for line in client.get(f"/v1/trainings/{training_id}/logs", headers=tenant.headers).json()["data"]
+    ]
+    assert sum(message.startswith(f"started from {running['init_used']}") for message in messages) == 1, messages
+    assert messages[-1] == f"canceled while running after {body['usage']['steps']} steps", messages
+    step_lines = [message for message in messages if message.startswith("step ")]
+    assert step_lines[0].startswith("step 1/20000") and step_lines[-1].startswith(f"step {body['usage']['steps']}/")
