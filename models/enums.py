@@ -13,6 +13,13 @@ class Kind(StrEnum):
     TEXT = "text"
 
 
+class Family(StrEnum):
+    """An image base model's architecture: SD 1.x/2.x (one CLIP text encoder) or SDXL (two)."""
+
+    SD = "sd"
+    SDXL = "sdxl"
+
+
 class Mode(StrEnum):
     PIVOTAL = "pivotal"
     TEXTUAL_INVERSION = "textual_inversion"

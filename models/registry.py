@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from models.enums import Kind
+from models.enums import Family, Kind
 
 PACKAGE_ROOT = Path(__file__).resolve().parent
 DEFAULT_REGISTRY_PATH = PACKAGE_ROOT / "registry.yaml"
@@ -55,6 +55,8 @@ class RegisteredModel:
     trainer's defaults (models/previews.py)."""
     preview_steps: int = 25
     """Image models: the sampler's denoising steps for previews."""
+    family: Family | None = None
+    """Image models: sd (SD 1.x/2.x) or sdxl; None: read from the pipeline's model_index.json."""
 
     @property
     def booster_path(self) -> Path | None:
@@ -105,6 +107,9 @@ def load_registry(path: Path | None = None) -> Registry:
             raise ValueError(f"{path}: model {model_id!r} has kind {raw_kind!r}, not one of {', '.join(KINDS)}")
         kind = Kind(raw_kind)
         gguf = entry.get("gguf")
+        family = entry.get("family")
+        if family is not None and family not in tuple(Family):
+            raise ValueError(f"{path}: model {model_id!r} has family {family!r}, not one of {', '.join(Family)}")
         models[model_id] = RegisteredModel(
             id=model_id,
             path=_resolve(base, entry["path"]),
@@ -117,6 +122,7 @@ def load_registry(path: Path | None = None) -> Registry:
             gguf=GgufSource(package=str(gguf["package"]), file=str(gguf["file"])) if gguf else None,
             preview_prompts=_preview_prompts(path, model_id, entry.get("preview_prompts")),
             preview_steps=int(entry.get("preview_steps", 25)),
+            family=Family(family) if family is not None else None,
         )
     default_id = raw.get("default") or next(iter(models), "")
     if default_id not in models:

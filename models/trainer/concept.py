@@ -157,6 +157,11 @@ class ConceptModel:
         ).input_ids.to(self.base.device)
         return self.base.text_encoder(ids)[0]
 
+    def conditioning(self, prompts: list[str], size: tuple[int, int]) -> tuple[torch.Tensor, dict | None]:
+        """The UNet's text conditioning for images of `size` (height, width) in pixels: the hidden
+        states and the added conditions (SDXL's pooled embeddings and time ids; None here)."""
+        return self.encode_prompts(prompts), None
+
     def close(self) -> None:
         """Remove hooks and adapters: the shared base is left exactly as loaded."""
         self._placeholders.remove()

@@ -26,7 +26,12 @@ def denoising_loss(
 ) -> torch.Tensor:
     """The diffusion training loss of a concept on latents."""
     noisy = base.noise_scheduler.add_noise(latents, noise, timesteps)
-    hidden = concept.encode_prompts(prompts)
-    prediction = base.unet(noisy.to(base.weight_dtype), timesteps, hidden.to(base.weight_dtype)).sample
+    pixels = 2 ** (len(base.vae.config.block_out_channels) - 1)
+    hidden, added = concept.conditioning(prompts, (latents.shape[-2] * pixels, latents.shape[-1] * pixels))
+    if added is not None:
+        added = {name: value.to(base.weight_dtype) for name, value in added.items()}
+    prediction = base.unet(
+        noisy.to(base.weight_dtype), timesteps, hidden.to(base.weight_dtype), added_cond_kwargs=added
+    ).sample
     target = denoising_target(base.noise_scheduler, latents, noise, timesteps)
     return F.mse_loss(prediction.float(), target.float())

@@ -39,6 +39,7 @@ from models.trainer.guard import BoosterResolver, Candidate, candidates, describ
 from models.trainer.images import MAX_IMAGES, MIN_IMAGES
 from models.trainer.loop import Callbacks, Start, Steps, run_steps
 from models.trainer.loss import denoising_loss
+from models.trainer.sdxl import SDXLConcept, concept_model, save_sdxl_concept
 from models.trainer.stopping import Plateau, SeededEval, split_for_eval
 
 EvalHook = Callable[[int, "Job"], None]
@@ -55,17 +56,19 @@ class Job:
 
 @contextlib.contextmanager
 def _attached(base: BaseComponents, config: TrainConfig) -> Iterator[ConceptModel]:
-    concept = ConceptModel(base, token=config.token, num_vectors=config.num_vectors)
+    concept = concept_model(base, token=config.token, num_vectors=config.num_vectors)
     try:
         if config.gradient_checkpointing:
             base.unet.enable_gradient_checkpointing()
-            base.text_encoder.gradient_checkpointing_enable()
+            for encoder in base.text_encoders:
+                encoder.gradient_checkpointing_enable()
         yield concept
     finally:
         concept.close()
         if config.gradient_checkpointing:
             base.unet.disable_gradient_checkpointing()
-            base.text_encoder.gradient_checkpointing_disable()
+            for encoder in base.text_encoders:
+                encoder.gradient_checkpointing_disable()
 
 
 def prepare(config: TrainConfig, registry: Registry) -> tuple[TrainConfig, BaseComponents]:
@@ -76,7 +79,9 @@ def prepare(config: TrainConfig, registry: Registry) -> tuple[TrainConfig, BaseC
     device = pick_device(config.device)
     source = resolve_base_model(config.base_model, registry)
     try:
-        base = load_base(source, device, weight_dtype_for(config.mixed_precision, device))
+        entry = registry.get(config.base_model)
+        family = entry.family if entry else None
+        base = load_base(source, device, weight_dtype_for(config.mixed_precision, device), family=family)
     except BaseModelError as error:
         # The message reaches API clients: it names the model as outputs do, not by its folder here.
         assert config.base_model_name is not None
@@ -373,8 +378,18 @@ def _save(
     out_dir: Path, config: TrainConfig, base: BaseComponents, concept: ConceptModel, resolution: int
 ) -> list[Artifact]:
     """The concept's diffusers and A1111/ComfyUI files."""
-    unet_lora, te_lora = concept.lora_state()
     assert config.base_model_name is not None and config.lora_alpha is not None
+    if isinstance(concept, SDXLConcept):
+        return save_sdxl_concept(
+            out_dir,
+            concept,
+            name=config.output_name,
+            base_name=config.base_model_name,
+            lora_alpha=config.lora_alpha,
+            rank=config.lora_rank,
+            resolution=resolution,
+        )
+    unet_lora, te_lora = concept.lora_state()
     described = BaseDescription(
         name=config.base_model_name,
         text_width=base.embedding_width,
