@@ -7,7 +7,6 @@ those (and factories.py, receivers.py), never from each other or from this file.
 from __future__ import annotations
 
 import os
-import random
 import subprocess
 import sys
 import time
@@ -30,7 +29,7 @@ from .helpers import BUCKET, free_port, outbox_relay, s3_client, throwaway_datab
 from .processes import ApiProcess, WorkerProcess
 from .receivers import Receiver
 
-REDIS_BASE = os.environ.get("LEAP_TEST_REDIS", "redis://127.0.0.1:6379")
+REDIS_URL = os.environ.get("LEAP_TEST_REDIS")
 TABLES = ("artifacts", "trainings", "api_keys", "tenants", "outbox_messages")
 
 
@@ -41,13 +40,39 @@ def postgres_url() -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
-def redis_url() -> Iterator[str]:
-    # A database of its own (1-15), flushed before and after, so queues start empty.
-    url = f"{REDIS_BASE}/{random.randint(1, 15)}"
-    client = redis.Redis.from_url(url)
-    client.flushdb()
-    yield url
-    client.flushdb()
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A Redis the suite owns: a private redis-server, or LEAP_TEST_REDIS if that database is empty.
+
+    Tests empty it between tests, so it must hold nothing of anyone else's: the machine's shared Redis
+    is never used (or flushed) unless named, and then only when empty."""
+    if REDIS_URL is not None:
+        keys = redis.Redis.from_url(REDIS_URL).dbsize()
+        if keys:
+            pytest.exit(f"LEAP_TEST_REDIS={REDIS_URL} holds {keys} keys; give the suite an empty database")
+        yield REDIS_URL
+        return
+    port = free_port()
+    folder = tmp_path_factory.mktemp("redis")
+    server = subprocess.Popen(
+        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--dir", str(folder), "--save", "",
+         "--appendonly", "no"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    url = f"redis://127.0.0.1:{port}/0"
+
+    def up() -> bool:
+        try:
+            return bool(redis.Redis.from_url(url).ping())
+        except redis.ConnectionError:
+            return False
+
+    try:
+        wait_for(up, timeout=30, message="redis-server")
+        yield url
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
 
 
 @pytest.fixture(scope="session")
