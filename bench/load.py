@@ -16,7 +16,7 @@ workers from /proc/<pid>/stat, delta over the phase / requests) and cores used, 
 client's own CPU per request, the machine's idle CPU during the phase and its 1-minute load
 average at the end. Prints a table and, with --json PATH, writes JSON, also with the peak RSS of the API
 processes.
-Targets (issues 5 and 15, 2 cores): polls <= 1.0 ms API CPU each, >= 500/s with p99 < 100 ms;
+Targets (2 cores): polls <= 1.0 ms API CPU each, >= 500/s with p99 < 100 ms;
 >= 50 submissions/s with p99 < 500 ms; zero errors; API RSS <= 300 MB.
 
 Then (unless --sse-streams 0) bench/sse_phase.py's phase on the same API: --sse-streams (200)

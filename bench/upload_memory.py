@@ -1,4 +1,4 @@
-"""Memory of the API under concurrent maximum-size uploads (issue 14, item 10).
+"""Memory of the API under concurrent maximum-size uploads.
 
     .venv/bin/python bench/upload_memory.py [--kind bytes|pixels] [--concurrency 3] [--rounds 3]
 

@@ -1,4 +1,4 @@
-"""Bad input found by an outside audit (issue 14): NUL characters, integer overflows, numbers as
+"""Bad input found by an outside audit: NUL characters, integer overflows, numbers as
 dates, garbled signatures and bodies, invalid webhook hosts. Each gets a 4xx naming the field, and
 nothing is stored."""
 
