@@ -1,11 +1,11 @@
 """Train a booster for one base model.
 
     python -m models.booster.targets --families outlined twocolour checker stripes gradient noise blobs rings \
-        --out runs/h11-targets-n1                                      # 1. fitted targets (+ --num-vectors 2, 4)
-    python -m models.booster.train_booster --base-model leap-tiny --targets runs/h11-targets-n1 \
-        --vector-targets runs/h11-targets-n2 runs/h11-targets-n4 --teacher PREVIOUS_BOOSTER \
+        --out runs/targets-n1                                          # 1. fitted targets (+ --num-vectors 2, 4)
+    python -m models.booster.train_booster --base-model leap-tiny --targets runs/targets-n1 \
+        --vector-targets runs/targets-n2 runs/targets-n4 --teacher models/booster/weights/leap-tiny-world \
         --denoise-weight 0 --embedding-weight 1 --sets 32 --input-views 8 --target-views 0 --steps 1000 \
-        --no-lora "why"                                                 # 2. regression (README: the exact recipe)
+        --no-lora "why"                                  # 2. regression (docs/base-models.md: the exact recipe)
     python -m models.booster.train_booster --base-model leap-tiny --targets runs/booster-targets/leap-tiny \
         --init-from models/booster/weights/leap-tiny --train-only lora --sets 8 --input-views 8 \
         --target-views 4 --steps 2400 --work-dir runs/booster-lora-leap-tiny
