@@ -22,7 +22,6 @@ already fitted are kept.
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import time
 from collections.abc import Sequence
@@ -36,7 +35,7 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
-from models.booster.apply import BatchedConcepts, per_row_denoising_loss, word_embedding
+from models.booster.apply import PlaceholderTokenizers, per_row_denoising_loss, word_embedding
 from models.booster.dataset import load_sets
 from models.booster.families import FAMILIES, HELD_OUT_FAMILIES, TRAIN_FAMILIES, draw_family_concept, render_family
 from models.reference.concepts import benchmark_concepts
@@ -65,11 +64,9 @@ def fit_embeddings(
 ) -> tuple[torch.Tensor, list[float]]:
     """Fitted token vectors per image set ([sets, width], or [sets, num_vectors, width] when num_vectors > 1)
     and each set's mean loss over the last quarter."""
-    tokenizer = copy.deepcopy(base.tokenizer)
     tokens = placeholder_tokens(TOKEN, num_vectors)
-    tokenizer.add_tokens(tokens)
-    token_ids = [tokenizer.convert_tokens_to_ids(token) for token in tokens]
-    batched = BatchedConcepts(base, token_ids, {})
+    tokenizers = PlaceholderTokenizers(base, tokens)
+    batched = tokenizers.batched(base, {})
     generator = torch.Generator().manual_seed(seed)
     sets = len(image_sets)
     latents = [encode_images(base, images, resolution=base.resolution, flip=True) for images in image_sets]
@@ -91,13 +88,7 @@ def fit_embeddings(
                 OBJECT_TEMPLATES[int(i)].format(" ".join(tokens))
                 for i in torch.randint(0, len(OBJECT_TEMPLATES), (batch.shape[0],), generator=generator)
             ]
-            ids = tokenizer(
-                prompts,
-                padding="max_length",
-                max_length=tokenizer.model_max_length,
-                truncation=True,
-                return_tensors="pt",
-            ).input_ids.to(base.device)
+            ids = tokenizers(prompts, base.device)
             noise = torch.randn(batch.shape, generator=generator).to(base.device)
             timesteps = torch.randint(
                 0, base.noise_scheduler.config.num_train_timesteps, (batch.shape[0],), generator=generator

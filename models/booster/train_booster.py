@@ -37,13 +37,10 @@ start every benchmark pivotal run within 2% of its best. Resumable from --work-d
 from __future__ import annotations
 
 import argparse
-import copy
 import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
-
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -52,6 +49,7 @@ from tqdm import tqdm
 
 from models.booster.apply import (
     BatchedConcepts,
+    PlaceholderTokenizers,
     base_fingerprint,
     lora_layout,
     per_row_denoising_loss,
@@ -241,7 +239,7 @@ class _Run:
     booster: Booster
     teacher: Booster | None
     device: torch.device
-    tokenizer: Any
+    tokenizer: PlaceholderTokenizers
     batched: BatchedConcepts
     sampler: SetSampler
 
@@ -345,9 +343,7 @@ def _denoising_loss(
     prompts = [
         OBJECT_TEMPLATES[int(i)].format(TOKEN) for i in rng.integers(0, len(OBJECT_TEMPLATES), size=latents.shape[0])
     ]
-    ids = tokenizer(
-        prompts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt"
-    ).input_ids.to(device)
+    ids = tokenizer(prompts, device)
     noise = torch.randn(latents.shape, generator=generator).to(device)
     timesteps = torch.randint(
         0, base.noise_scheduler.config.num_train_timesteps, (latents.shape[0],), generator=generator
@@ -414,9 +410,8 @@ def main() -> None:
     start, earlier_seconds = _resume(checkpoint, booster, optimizer)
     args.work_dir.mkdir(parents=True, exist_ok=True)
 
-    tokenizer = copy.deepcopy(base.tokenizer)
-    tokenizer.add_tokens([TOKEN])
-    batched = BatchedConcepts(base, tokenizer.convert_tokens_to_ids(TOKEN), booster.config.lora_layout)
+    tokenizer = PlaceholderTokenizers(base, [TOKEN])
+    batched = tokenizer.batched(base, booster.config.lora_layout)
     views = args.input_views + args.target_views
     sampler = SetSampler(
         base,

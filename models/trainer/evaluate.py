@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-from diffusers import DDIMScheduler, StableDiffusionPipeline
+from diffusers import DDIMScheduler, StableDiffusionPipeline, StableDiffusionXLPipeline
 from PIL import Image
 
 from models.trainer.base_model import BaseComponents
@@ -69,7 +69,19 @@ class HeldOutLoss:
 
 
 def pipeline_for(base: BaseComponents, concept: ConceptModel | None = None) -> StableDiffusionPipeline:
-    """A sampling pipeline over the shared modules (with the concept's token when given)."""
+    """A sampling pipeline over the shared modules (with the concept's token when given); SDXL's for SDXL."""
+    if base.text_encoder_2 is not None:
+        pipeline = StableDiffusionXLPipeline(
+            vae=base.vae,
+            text_encoder=base.text_encoder,
+            text_encoder_2=base.text_encoder_2,
+            unet=base.unet,
+            tokenizer=concept.tokenizer if concept else base.tokenizer,
+            tokenizer_2=getattr(concept, "tokenizer_2", None) or base.tokenizer_2,
+            scheduler=DDIMScheduler.from_config(base.noise_scheduler.config),
+        )
+        pipeline.set_progress_bar_config(disable=True)
+        return pipeline  # type: ignore[return-value]  # the same call interface as SD's
     pipeline = StableDiffusionPipeline(
         vae=base.vae,
         text_encoder=base.text_encoder,

@@ -70,6 +70,16 @@ def time_ids(size: tuple[int, int], batch: int, device: torch.device) -> torch.T
     return torch.tensor([[height, width, 0, 0, height, width]], dtype=torch.float32, device=device).repeat(batch, 1)
 
 
+def encode(base: BaseComponents, ids: torch.Tensor, ids_2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(hidden states [batch, seq, 768 + 1280], pooled [batch, 1280]) as StableDiffusionXLPipeline.encode_prompt
+    computes them: both encoders' penultimate layers side by side, bigG's projected pooled output."""
+    assert base.text_encoder_2 is not None
+    first = base.text_encoder(ids, output_hidden_states=True)
+    second = base.text_encoder_2(ids_2, output_hidden_states=True)
+    hidden = torch.cat([first.hidden_states[-2], second.hidden_states[-2].to(first.hidden_states[-2])], dim=-1)
+    return hidden, second.text_embeds
+
+
 def split_text_encoder_lora(
     tensors: dict[str, torch.Tensor] | None,
 ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
@@ -188,11 +198,7 @@ class SDXLConcept(ConceptModel):
         ).input_ids.to(self.base.device)
 
     def _encode(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        first = self.base.text_encoder(self._ids(self.tokenizer, prompts), output_hidden_states=True)
-        second = self.text_encoder_2(self._ids(self.tokenizer_2, prompts), output_hidden_states=True)
-        # As StableDiffusionXLPipeline.encode_prompt: both penultimate layers, bigG's projected pool.
-        hidden = torch.cat([first.hidden_states[-2], second.hidden_states[-2].to(first.hidden_states[-2])], dim=-1)
-        return hidden, second.text_embeds
+        return encode(self.base, self._ids(self.tokenizer, prompts), self._ids(self.tokenizer_2, prompts))
 
     def encode_prompts(self, prompts: list[str]) -> torch.Tensor:
         return self._encode(prompts)[0]

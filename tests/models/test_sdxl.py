@@ -335,3 +335,15 @@ def test_kohya_keys_name_both_encoders_apart():
         "lora_te2_text_model_self_attn_q_proj.lora_down.weight",
         "lora_te2_text_model_self_attn_q_proj.alpha",
     }
+
+
+def test_a_job_without_steps_stops_by_its_evaluation_and_keeps_its_best_state(tiny_sdxl, concept_images, tmp_path):
+    from models.trainer.config import StopRule
+
+    rule = StopRule(eval_every=2, patience=1, min_delta=0.5, min_steps=2)
+    config = TrainConfig(base_model=tiny_sdxl, mode="pivotal", max_steps=12, stopping=rule, lora_rank=2)
+    result = train(config, concept_images, tmp_path, registry=REGISTRY)
+    assert result.stop_reason == "converged" and result.steps < 12  # min_delta 50%: no evaluation improves that much
+    stopping = result.manifest["stopping"]
+    assert stopping["curve"][0][0] == 0 and len(stopping["curve"]) >= 2
+    assert stopping["best_loss"] == min(loss for _, loss in stopping["curve"])
