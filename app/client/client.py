@@ -130,8 +130,9 @@ class NoInputs(ClientError):
 
 
 def input_files(source: Path | str) -> list[Path]:
-    """The files to upload from a path: a file as it is; a folder's images (.png, .jpg, ... or .zip),
-    or, when it has none, its text examples (.txt, .jsonl), sorted by name. Hidden files are skipped."""
+    """The files to upload from a path: a file as it is; a folder's images (.png, .jpg, ... or .zip) with
+    their caption files (photo.txt beside photo.png), or, when it has none, its text examples (.txt,
+    .jsonl), sorted by name. Hidden files are skipped."""
     source = Path(source)
     if source.is_file():
         return [source]
@@ -142,19 +143,36 @@ def input_files(source: Path | str) -> list[Path]:
     texts = [path for path in files if path.suffix.lower() in TEXT_SUFFIXES]
     if not images and not texts:
         raise NoInputs(f"no images (.png, .jpg, .webp, ... or .zip) or text examples (.txt, .jsonl) in {source}")
-    return images or texts
+    if images:
+        stems = {path.stem for path in images}
+        return sorted(images + [path for path in texts if path.suffix.lower() == ".txt" and path.stem in stems])
+    return texts
 
 
-def _part(item: InputFile) -> tuple[str, tuple[str, bytes, str]]:
-    """A multipart file part: .txt and .jsonl files go in the `examples` field, anything else in `images`."""
-    if isinstance(item, tuple):
-        name, data = item
-    else:
-        path = Path(item)
-        name, data = path.name, path.read_bytes()
-    field = "examples" if Path(name).suffix.lower() in TEXT_SUFFIXES else "images"
+def _parts(inputs: Iterable[InputFile]) -> list[tuple[str, tuple[str, bytes, str]]]:
+    """Multipart file parts: .txt and .jsonl files go in the `examples` field, anything else in `images`,
+    except a .txt named after an image among them (photo.png, photo.txt): that image's caption."""
+    named = [
+        (item[0], item[1]) if isinstance(item, tuple) else (Path(item).name, Path(item).read_bytes()) for item in inputs
+    ]
+    image_stems = {Path(name).stem for name, _ in named if Path(name).suffix.lower() not in TEXT_SUFFIXES}
+    return [
+        _part(name, data, caption=Path(name).suffix.lower() == ".txt" and Path(name).stem in image_stems)
+        for name, data in named
+    ]
+
+
+def _part(name: str, data: bytes, *, caption: bool) -> tuple[str, tuple[str, bytes, str]]:
+    field = "examples" if Path(name).suffix.lower() in TEXT_SUFFIXES and not caption else "images"
     content_type = mimetypes.guess_type(name)[0] or "application/octet-stream"
     return (field, (name, data, content_type))
+
+
+def _form_value(value: str | int | float | dict[str, Any] | list[Any]) -> str:
+    """A form field as text: JSON for a dict or list, true/false for a bool."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return json.dumps(value) if isinstance(value, dict | list) else str(value)
 
 
 def artifact_path(folder: Path, name: str) -> Path:
@@ -261,22 +279,23 @@ class LeapClient:
         idempotency_key: str | None = None,
         images_url: str | Iterable[str] | None = None,
         examples_url: str | Iterable[str] | None = None,
-        **form: str | int | float | dict[str, Any] | list[str] | None,
+        **form: str | int | float | dict[str, Any] | list[Any] | None,
     ) -> Training:
         """POST /v1/trainings with form fields such as steps=400, mode="pivotal", token="<leap>",
-        base_model="smollm2-135m", metadata={...}, webhook_url=..., webhook_events_filter=["training.succeeded"]
-        (a dict or list is sent as JSON). `inputs`: a folder (its images or .zip, else its .txt/.jsonl
-        examples), or files: image paths or one .zip for an image model, .txt paths or one
-        .jsonl for a text model, or (name, bytes) pairs (.txt/.jsonl names are sent as examples).
+        base_model="smollm2-135m", metadata={...}, webhook_url=..., webhook_events_filter=["training.succeeded"],
+        batch_size=2, lora_alpha=8, train_text_encoder=True, preset="person", priority=5,
+        captions={"photo.png": "[trigger] on a beach"} (a dict or list is sent as JSON; a bool as true/false).
+        `inputs`: a folder (its images or .zip, with photo.txt captions beside photo.png, else its .txt/.jsonl
+        examples), or files: image paths (and their caption .txt files) or one .zip for an image model, .txt
+        paths or one .jsonl for a text model, or (name, bytes) pairs (.txt/.jsonl names are sent as examples,
+        except a .txt named after an image among them: its caption).
         Instead of files, `images_url` (a .zip's URL, or one URL per image) or `examples_url`: the
         server downloads them."""
         if isinstance(inputs, Path | str):
             inputs = input_files(inputs)
-        files = [_part(item) for item in inputs]
+        files = _parts(inputs)
         data: dict[str, str | list[str]] = {
-            name: json.dumps(value) if isinstance(value, dict | list) else str(value)
-            for name, value in form.items()
-            if value is not None
+            name: _form_value(value) for name, value in form.items() if value is not None
         }
         for name, urls in (("images_url", images_url), ("examples_url", examples_url)):
             if urls is not None:

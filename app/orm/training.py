@@ -8,6 +8,7 @@ from datetime import datetime
 from typing import Any, Protocol
 
 from sqlalchemy import (
+    Boolean,
     CheckConstraint,
     Float,
     ForeignKey,
@@ -17,6 +18,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     Uuid,
+    false,
     text,
 )
 from sqlalchemy.orm import Mapped, mapped_column
@@ -102,6 +104,15 @@ class Training(Base, TrainingFacts):
             postgresql_where=text(f"status = '{TrainingStatus.QUEUED.value}'"),
             sqlite_where=text(f"status = '{TrainingStatus.QUEUED.value}'"),
         ),
+        # A claim picks the tenant's best queued training; queue_position ranks them within the tenant.
+        Index(
+            "ix_trainings_queued_tenant",
+            "tenant_id",
+            "created_at",
+            "id",
+            postgresql_where=text(f"status = '{TrainingStatus.QUEUED.value}'"),
+            sqlite_where=text(f"status = '{TrainingStatus.QUEUED.value}'"),
+        ),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=new_id)
@@ -130,6 +141,13 @@ class Training(Base, TrainingFacts):
     token: Mapped[str] = mapped_column(String(40))
     parameters: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
     """Hyperparameters the caller set (steps, learning rates, ...); the rest are the model's defaults."""
+    priority: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    """Among the tenant's queued trainings, higher is claimed first (then older)."""
+    caption_count: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    """Images with a caption (their captions are in `inputs`)."""
+    wake_up_used: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    """Whether its run message was processed (repository.claim): a queued training whose message claimed
+    a training of higher priority waits for the tenant's next message. Reset when it is put back."""
     webhook_url: Mapped[str | None] = mapped_column(Text, nullable=True)
     webhook_events_filter: Mapped[list[str] | None] = mapped_column(JSONType, nullable=True)
     """The event types sent to webhook_url (sorted); None: every training event."""

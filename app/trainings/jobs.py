@@ -47,6 +47,10 @@ def trainer_parameters(parameters: dict[str, Any]) -> dict[str, Any]:
     return {name: value for name, value in parameters.items() if name not in PREVIEW_FIELDS}
 
 
+CONFIG_NAMES = {"train_text_encoder": "train_text_encoder_lora"}
+"""The API's names of trainer options that the image trainer's config names otherwise."""
+
+
 def inputs_prefix(training_id: uuid.UUID) -> str:
     return f"trainings/{training_id}/inputs"
 
@@ -73,7 +77,7 @@ def build_config(
         token=token,
         mode=mode,  # type: ignore[arg-type]
         init=init,  # type: ignore[arg-type]
-        **trainer_parameters(parameters),
+        **{CONFIG_NAMES.get(name, name): value for name, value in trainer_parameters(parameters).items()},
     )
     config.validate()
     return config

@@ -8,7 +8,7 @@ from collections import defaultdict
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, FromClause, Select, bindparam, case, delete, func, or_, select, tuple_, update
+from sqlalchemy import ColumnElement, FromClause, Select, bindparam, case, delete, func, select, tuple_, update
 from sqlalchemy import inspect as sa_inspect
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Dialect
@@ -52,32 +52,55 @@ def count_active(session: Session, *, tenant_id: uuid.UUID) -> int:
     return int(session.scalar(query) or 0)
 
 
+_CLAIM_TRIES = 5
+
+
+def _claim_order(columns: Any) -> tuple[Any, ...]:
+    """The order a tenant's queued trainings are claimed in: the highest priority first, then trainings
+    put back after a claim (attempts > 0, broker priority RECOVERED_PRIORITY), then the oldest."""
+    return (columns.priority.desc(), case((columns.attempts > 0, 0), else_=1), columns.created_at, columns.id)
+
+
 def _queue_position(training: FromClause) -> ColumnElement[Any]:
-    """1-based place of a queued `training` row in the whole queue, in the order workers claim
-    them: trainings put back after a claim (attempts > 0, broker priority RECOVERED_PRIORITY) before
-    new ones, each group oldest first; NULL when it is not queued. Two counts, each a range of the
-    partial index of queued rows (attempts, created_at, id), however long the history grows."""
-    ahead = Training.__table__.alias("ahead")
-    before = tuple_(ahead.c.created_at, ahead.c.id) < tuple_(training.c.created_at, training.c.id)
+    """1-based place of a queued `training` row in the whole queue, in the order workers claim them;
+    NULL when it is not queued.
 
-    def count(*conditions: Any) -> Any:
-        return (
-            select(func.count())
-            .select_from(ahead)
-            .where(ahead.c.status == TrainingStatus.QUEUED, *conditions)
-            .scalar_subquery()
+    Broker messages are wake-ups served oldest first (recovered ones before new ones), each claiming
+    its tenant's best queued training (_claim_order). So a tenant's queued trainings keep the places
+    their submissions took in the queue (its "slots", oldest first), and its k-th training by claim
+    order takes its k-th slot. Computed over the queued rows only (a partial index), however long
+    the history grows."""
+    queued_rows = Training.__table__.alias("queued_rows")
+    columns = queued_rows.c
+    recovered_first = case((columns.attempts > 0, 0), else_=1)
+    by_arrival = (recovered_first, columns.created_at, columns.id)
+    queued = (
+        select(
+            columns.id,
+            columns.tenant_id,
+            func.row_number().over(partition_by=columns.tenant_id, order_by=_claim_order(columns)).label("rank"),
+            func.row_number().over(partition_by=columns.tenant_id, order_by=by_arrival).label("slot"),
+            func.row_number().over(order_by=by_arrival).label("place"),
         )
-
-    recovered_ahead = count(ahead.c.attempts > 0, or_(training.c.attempts == 0, before))
-    new_ahead = count(ahead.c.attempts == 0, training.c.attempts == 0, before)
-    return case((training.c.status == TrainingStatus.QUEUED, recovered_ahead + new_ahead + 1), else_=None)
+        .where(columns.status == TrainingStatus.QUEUED)
+        .subquery()
+    )
+    own, slot = queued.alias("own"), queued.alias("slot")
+    place = (
+        select(slot.c.place)
+        .select_from(own.join(slot, (slot.c.tenant_id == own.c.tenant_id) & (slot.c.slot == own.c.rank)))
+        .where(own.c.id == training.c.id)
+        .scalar_subquery()
+    )
+    return case((training.c.status == TrainingStatus.QUEUED, place), else_=None)
 
 
 # What the API shows of a training (app.trainings.schemas.TrainingState): the columns a record
 # carries. Fewer columns cost less to describe and decode on every poll.
 _VIEW_COLUMNS = (
     "id", "status", "base_model", "kind", "mode", "init", "init_used", "init_note", "init_scores",
-    "stop_reason", "eval_curve", "previews", "token", "parameters", "webhook_url", "webhook_events_filter",
+    "stop_reason", "eval_curve", "previews", "token", "parameters", "priority", "caption_count", "webhook_url",
+    "webhook_events_filter",
     "metadata_", "inputs", "skipped_files", "image_count", "example_count", "progress_step",
     "progress_total", "progress_loss", "progress_eta_s", "attempts", "cancel_requested_at",
     "error_code", "error_message", "usage_steps", "usage_compute_seconds", "usage_device",
@@ -157,6 +180,12 @@ def _queue_positions_query() -> Select[Any]:
     )
 
 
+def queue_position(session: Session, training_id: uuid.UUID) -> int | None:
+    """The training's queue position (see _queue_position); None once it is not queued."""
+    row = session.execute(_queue_positions_query(), {"training_ids": [training_id]}).first()
+    return None if row is None or row[1] is None else int(row[1])
+
+
 def queue_positions(session: Session, trainings: list[Training]) -> dict[uuid.UUID, int]:
     """The queue positions (see _queue_position) of these queued trainings, in one query. One that a
     worker claimed since it was read is no longer queued when counted: it gets none."""
@@ -211,27 +240,61 @@ def request_cancel_if_running(session: Session, *, training_id: uuid.UUID, now: 
     return session.execute(statement).first() is not None
 
 
+def _claim_candidate(session: Session, *, training_id: uuid.UUID, tenant_id: uuid.UUID) -> uuid.UUID | None:
+    """The training `training_id`'s message claims (see claim), or None when the tenant has none queued."""
+    queued = select(Training.id, Training.priority, Training.wake_up_used).where(
+        Training.tenant_id == tenant_id, Training.status == TrainingStatus.QUEUED
+    )
+    best = session.execute(queued.order_by(*_claim_order(Training.__table__.c)).limit(1)).first()
+    if best is None:
+        return None
+    own = session.execute(queued.where(Training.id == training_id)).first()
+    lost_its_message = best.wake_up_used and best.id != training_id
+    if own is not None and own.priority == best.priority and not lost_its_message:
+        return own.id
+    return best.id
+
+
 def claim(
     session: Session, *, training_id: uuid.UUID, worker_id: str, now: datetime, lease: timedelta
 ) -> Training | None:
-    """queued -> running for this worker, atomically; None if it is not queued any more."""
-    statement = (
+    """queued -> running for this worker, atomically, on `training_id`'s run message; None when the
+    message was processed before (a duplicate or late one) or there is nothing to claim.
+
+    A message is a wake-up for its tenant: it claims the tenant's best queued training (_claim_order).
+    Its own training, while queued, goes first among those of its priority, unless one of them lost its
+    message to a higher priority (an older one, whose message claimed that training): so a higher
+    priority overtakes, an overtaken training is claimed by the tenant's next message, and each message
+    claims at most one training, so none is left without a message."""
+    used = session.execute(
         update(Training)
-        .where(Training.id == training_id, Training.status == TrainingStatus.QUEUED)
-        .values(
-            status=TrainingStatus.RUNNING,
-            worker_id=worker_id,
-            lease_expires_at=now + lease,
-            attempts=Training.attempts + 1,
-            started_at=func.coalesce(Training.started_at, now),
-            progress_step=0,
-            progress_updated_at=now,
-        )
-        .returning(Training.id)
-    )
-    if session.execute(statement).first() is None:
+        .where(Training.id == training_id, Training.wake_up_used.is_(False))
+        .values(wake_up_used=True)
+        .returning(Training.tenant_id)
+    ).first()
+    if used is None:
         return None
-    return get(session, training_id)
+    for _ in range(_CLAIM_TRIES):
+        candidate = _claim_candidate(session, training_id=training_id, tenant_id=used[0])
+        if candidate is None:
+            return None
+        statement = (
+            update(Training)
+            .where(Training.id == candidate, Training.status == TrainingStatus.QUEUED)
+            .values(
+                status=TrainingStatus.RUNNING,
+                worker_id=worker_id,
+                lease_expires_at=now + lease,
+                attempts=Training.attempts + 1,
+                started_at=func.coalesce(Training.started_at, now),
+                progress_step=0,
+                progress_updated_at=now,
+            )
+            .returning(Training.id)
+        )
+        if session.execute(statement).first() is not None:
+            return get(session, candidate)
+    return None  # pragma: no cover - other workers claimed every candidate first, _CLAIM_TRIES times
 
 
 def heartbeat(
@@ -296,6 +359,7 @@ def requeue_transient(
             status=TrainingStatus.QUEUED,
             worker_id=None,
             lease_expires_at=None,
+            wake_up_used=False,  # its new run message claims it
             error_message=message,
             transient_failures=Training.transient_failures + 1,
             transient_failing_since=func.coalesce(Training.transient_failing_since, now),
@@ -335,7 +399,7 @@ def requeue_expired(session: Session, *, now: datetime, max_attempts: int) -> li
     statement = (
         update(Training)
         .where(_expired(now), _crashed_claims() < max_attempts)
-        .values(status=TrainingStatus.QUEUED, worker_id=None, lease_expires_at=None)
+        .values(status=TrainingStatus.QUEUED, worker_id=None, lease_expires_at=None, wake_up_used=False)
         .returning(Training.id)
     )
     return [row[0] for row in session.execute(statement)]

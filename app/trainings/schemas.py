@@ -11,14 +11,27 @@ from urllib.parse import urlparse
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, Json, ValidationInfo, field_validator
 
 from app.enums import TrainingStatus
+from app.trainings.captions import parse_captions_field
 from app.validation import RequestModel
 from app.webhooks.schemas import TRAINING_EVENT_TYPES, TrainingEventType
 from models.enums import Init, Kind, Mode, StopReason
 from models.previews import MAX_PROMPT_CHARS, MAX_PROMPTS, TOKEN_FIELD
+from models.trainer.captions import CAPTION_PLACEHOLDERS, MAX_CAPTION_CHARS
 from models.trainer.config import TOKEN_PATTERN
 
 TEXT_ONLY_FIELDS = ("max_length", "lora_targets")
-IMAGE_ONLY_FIELDS: tuple[str, ...] = ()  # every image option applies to text models too
+IMAGE_ONLY_FIELDS = ("preset", "train_text_encoder", "captions")
+PRIORITY_RANGE = (-100, 100)
+CAPTIONS_DESCRIPTION = (
+    "Image models: per-image captions, as a JSON object {image file name: caption} or a JSON array in image "
+    "order (null for an image without one); they replace the .txt caption files sent beside the images "
+    "(photo.png and photo.txt, in the zip or as parts of images) for the images they name. An image's caption "
+    "is its training prompt instead of the preset's templates. The token goes where the caption writes the token "
+    "itself or one of "
+    + ", ".join(CAPTION_PLACEHOLDERS)
+    + " ([trigger] and [token] in any case, TOK as a word); a caption that writes none of them gets the token "
+    f'in front ("<token>, a dog on the beach"). At most {MAX_CAPTION_CHARS} characters each.'
+)
 
 WEBHOOK_EVENTS_FILTER_DESCRIPTION = (
     "The events sent to this training's webhook_url, among "
@@ -110,6 +123,37 @@ class TrainingForm(RequestModel):
     lora_rank: int | None = Field(None, ge=1, le=128)
     num_vectors: int | None = Field(None, ge=1, le=16, description="Embedding vectors behind the token.")
     seed: int | None = Field(None, ge=0, le=2**32 - 1)
+    batch_size: int | None = Field(
+        None, ge=1, le=64, description="Images (or text examples) per optimisation step; default per model."
+    )
+    lora_alpha: float | None = Field(
+        None,
+        gt=0,
+        le=1024,
+        description="lora and pivotal: the LoRA's scale is lora_alpha / lora_rank; default: lora_rank (scale 1). "
+        "The exported files reproduce the trained scale.",
+    )
+    train_text_encoder: bool | None = Field(
+        None,
+        validation_alias=AliasChoices("train_text_encoder", "lora_text_encoder"),
+        description="Image models, lora and pivotal: LoRA on the text encoder too (also accepted as "
+        "lora_text_encoder); its layers are in both LoRA files. Default false: the UNet only.",
+    )
+    preset: Literal["object", "person", "style"] | None = Field(
+        None,
+        description="Image models: what the images show, which picks the prompt templates of uncaptioned images "
+        '(and the initializer word): object ("a photo of a <token>", the default), person ("a portrait of '
+        '<token>") or style ("a painting in the style of <token>").',
+    )
+    captions: dict[str, str] | list[str | None] | None = Field(None, description=CAPTIONS_DESCRIPTION)
+    priority: int | None = Field(
+        None,
+        ge=PRIORITY_RANGE[0],
+        le=PRIORITY_RANGE[1],
+        description=f"{PRIORITY_RANGE[0]} to {PRIORITY_RANGE[1]}, default 0: among this tenant's queued trainings, "
+        "workers claim higher priorities first, then older ones. It never moves a training ahead of other "
+        "tenants' trainings.",
+    )
     max_length: int | None = Field(
         None,
         ge=8,
@@ -130,7 +174,6 @@ class TrainingForm(RequestModel):
     )
     webhook_events_filter: list[TrainingEventType] | None = Field(None, description=WEBHOOK_EVENTS_FILTER_DESCRIPTION)
     metadata: Json[dict[str, Any]] | None = Field(None, description="A JSON object stored with the training.")
-
     previews: bool | None = Field(
         None,
         description="Default true: once it succeeded, the worker loads the files it wrote and renders previews "
@@ -171,6 +214,18 @@ class TrainingForm(RequestModel):
     def _event_list(cls, value: Any) -> Any:
         return parse_event_list(value)
 
+    @field_validator("captions", mode="before")
+    @classmethod
+    def _captions(cls, value: Any) -> Any:
+        return None if value is None else parse_captions_field(value)
+
+    @field_validator("train_text_encoder")
+    @classmethod
+    def _with_a_lora(cls, value: bool | None, info: ValidationInfo) -> bool | None:
+        if value and info.data.get("mode") == Mode.TEXTUAL_INVERSION:
+            raise ValueError("textual_inversion trains no LoRA; use mode lora or pivotal")
+        return value
+
     @field_validator("webhook_events_filter")
     @classmethod
     def _with_webhook_url(cls, value: list[str] | None, info: ValidationInfo) -> list[str] | None:
@@ -200,6 +255,10 @@ class TrainingForm(RequestModel):
             "lora_rank",
             "num_vectors",
             "seed",
+            "batch_size",
+            "lora_alpha",
+            "train_text_encoder",
+            "preset",
         )
         names += TEXT_ONLY_FIELDS
         names += ("previews", "preview_prompts")
@@ -400,6 +459,10 @@ class TrainingState(BaseModel):
     )
     token: str
     parameters: dict[str, Any] = Field(description="Hyperparameters given at submission.")
+    priority: int = Field(0, description="Its priority among the tenant's queued trainings (higher first, then older).")
+    caption_count: int = Field(
+        0, description="Images of an image training that have a caption (from the captions field or .txt files)."
+    )
     image_count: int = Field(description="Images of an image training; 0 for a text training.")
     input_urls: list[str] = Field(
         default_factory=list,
@@ -420,7 +483,8 @@ class TrainingState(BaseModel):
         None,
         description="While queued: its place in the whole queue (every tenant's queued trainings), 1 = the next "
         "a free worker claims, in the order workers claim them (trainings put back after a worker was lost "
-        "first, then oldest first); null once it is not queued.",
+        "first, then oldest first; within a tenant, a higher priority takes the place of the tenant's next "
+        "training); null once it is not queued.",
     )
     progress: Progress
     error: TrainingError | None

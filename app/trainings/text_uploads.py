@@ -10,6 +10,7 @@ from pathlib import PurePosixPath
 
 from app.errors import InvalidExamples, InvalidImages, PayloadTooLarge
 from app.settings import Settings
+from app.trainings import captions
 from app.trainings.uploads import EXAMPLES_FIELD, IMAGES_FIELD, UploadedFile
 from models.registry import RegisteredModel
 from models.text.errors import InvalidExamplesError
@@ -29,6 +30,10 @@ def refuse_text_for_image_model(
     """422 invalid_images when text examples are sent to an image model, naming the file and the
     field it came in (images, examples, or images_url when it was fetched)."""
     text_files = [upload for upload in images if _suffix(upload.filename) in TEXT_SUFFIXES]
+    # A .txt named after an image beside it is that image's caption (app/trainings/captions.py).
+    image_names = [upload.filename for upload in images if not captions.is_caption_file(upload.filename)]
+    paired = captions.pair_caption_files([upload.filename for upload in text_files], image_names)
+    text_files = [upload for upload in text_files if upload.filename not in paired]
     field = field if text_files else EXAMPLES_FIELD
     text_files = text_files or examples
     if text_files:

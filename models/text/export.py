@@ -29,7 +29,11 @@ from safetensors.torch import save_file
 
 from models.text.concept import TextConcept
 from models.trainer.config import Artifact
-from models.trainer.export import artifact, write_manifest  # noqa: F401  (manifest shared with the image side)
+from models.trainer.export import (  # noqa: F401  (manifest shared with the image side)
+    artifact,
+    save_safetensors,
+    write_manifest,
+)
 
 ADAPTER_DIR = "adapter"
 VLLM_DIR = "lora-vllm"
@@ -94,7 +98,7 @@ def _write_adapter(
     peft_config.inference_mode = True
     peft_config.save_pretrained(str(folder))
     leap = json.dumps({"base_model": base.registry_id}, sort_keys=True)
-    save_file(tensors, str(folder / ADAPTER_WEIGHTS), metadata={"format": "pt", "leap": leap})
+    save_safetensors(tensors, folder / ADAPTER_WEIGHTS, {"format": "pt", "leap": leap})  # sorted: reproducible
     return [folder / ADAPTER_CONFIG, folder / ADAPTER_WEIGHTS]
 
 

@@ -46,7 +46,12 @@ def train_command(
     initializer_token: Annotated[str | None, typer.Option(help="Word the token starts from (text default: thing)")] = (
         None
     ),
-    concept: Annotated[str, typer.Option(help="object | style (caption templates)")] = "object",
+    preset: Annotated[
+        str,
+        typer.Option(
+            "--preset", "--concept", help="object | person | style: the prompt templates of uncaptioned images"
+        ),
+    ] = "object",
     steps: Annotated[int | None, typer.Option(help="Run exactly this many steps (default: stop when done).")] = None,
     max_steps: Annotated[int | None, typer.Option(help="Without --steps: the cap (stop when done).")] = None,
     num_vectors: int = 1,
@@ -114,7 +119,7 @@ def train_command(
         )
         return
     from models.booster.resolver import registered_booster
-    from models.trainer.images import decode_images, read_image_dir
+    from models.trainer.images import decode_images, read_captions, read_image_dir
     from models.trainer.train import train
 
     # Without --name the token stays <leap>, as before names existed; the files are then leap*.safetensors.
@@ -126,7 +131,7 @@ def train_command(
         mode=mode,  # type: ignore[arg-type]
         init=init,  # type: ignore[arg-type]
         initializer_token=initializer_token,
-        concept=concept,  # type: ignore[arg-type]
+        preset=preset,  # type: ignore[arg-type]
         num_vectors=num_vectors,
         steps=steps,
         max_steps=max_steps,
@@ -145,10 +150,17 @@ def train_command(
     )
     with _exit_on_trainer_error():
         config.validate()
-        images = decode_images(read_image_dir(images_dir))
+        sources = read_image_dir(images_dir)
+        images = decode_images(sources)
         bar, on_progress = _progress_bar()
         result = train(
-            config, images, out, registry=registry, booster=registered_booster(registry), on_progress=on_progress
+            config,
+            images,
+            out,
+            registry=registry,
+            booster=registered_booster(registry),
+            on_progress=on_progress,
+            captions=read_captions(images_dir, sources),
         )
         bar.close()
     typer.echo(

@@ -12,7 +12,8 @@ from models.enums import IMAGE_MODES, INITS, Init, Mode, StopReason
 from models.trainer.errors import InvalidConfigError
 
 MODES = IMAGE_MODES
-Concept = Literal["object", "style"]
+Preset = Literal["object", "person", "style"]
+PRESETS: tuple[str, ...] = ("object", "person", "style")
 Precision = Literal["no", "fp16", "bf16"]
 
 TOKEN_PATTERN = re.compile(r"^<[A-Za-z0-9_\-]{1,32}>$")
@@ -131,9 +132,10 @@ class TrainConfig:
     """booster: the booster registered for base_model (falls back to token); token: copy
     initializer_token's embedding (diffusers' default); random: small random vectors."""
     initializer_token: str | None = None
-    """Word whose embedding starts the new token; default "object" or "style" by concept."""
-    concept: Concept = "object"
-    """Selects the caption templates."""
+    """Word whose embedding starts the new token; default "object", "person" or "style" by preset."""
+    preset: Preset = "object"
+    """What the images show, which picks the prompt templates of uncaptioned images: object ("a photo
+    of a <token>"), person ("a portrait of <token>") or style ("a painting in the style of <token>")."""
     num_vectors: int = 1
     steps: int | None = None
     """Run exactly this many optimisation steps (pivotal: both phases together). Unset: stop when done."""
@@ -171,6 +173,8 @@ class TrainConfig:
         if self.output_name.lower() in RESERVED_NAMES:
             field_name = "name" if self.name is not None else "token"
             raise InvalidConfigError(field_name, f"{self.output_name!r} would name a file like diffusers' own files")
+        if self.preset not in PRESETS:
+            raise InvalidConfigError("preset", f"must be one of {', '.join(PRESETS)}, got {str(self.preset)!r}")
         check_tuning(self, max_rank=128)
         if self.batch_size is not None and not 1 <= self.batch_size <= 64:
             raise InvalidConfigError("batch_size", "must be between 1 and 64")

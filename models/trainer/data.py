@@ -60,6 +60,23 @@ STYLE_TEMPLATES = (
     "a large painting in the style of {}",
 )
 
+# DreamBooth-style prompts for one particular person (no article: a person is not "a" kind of thing).
+PERSON_TEMPLATES = (
+    "a photo of {}",
+    "a portrait of {}",
+    "a close-up photo of {}",
+    "a headshot of {}",
+    "a candid photo of {}",
+    "a cropped photo of {}",
+    "a good photo of {}",
+    "a bright photo of {}",
+    "a photo of {} smiling",
+    "a photo of {} outdoors",
+    "a photo of {} looking at the camera",
+    "a full-body photo of {}",
+)
+PRESET_TEMPLATES = {"object": OBJECT_TEMPLATES, "person": PERSON_TEMPLATES, "style": STYLE_TEMPLATES}
+
 
 def images_to_tensor(images: Sequence[Image.Image], resolution: int) -> torch.Tensor:
     """Centre-crop, resize and scale to [-1, 1], NCHW float32."""
@@ -115,5 +132,6 @@ def encode_images(
     return LatentSet(mean, std, flipped_mean, flipped_std)
 
 
-def caption_templates(concept: str) -> tuple[str, ...]:
-    return STYLE_TEMPLATES if concept == "style" else OBJECT_TEMPLATES
+def caption_templates(preset: str) -> tuple[str, ...]:
+    """The prompt templates of a preset (object, person or style)."""
+    return PRESET_TEMPLATES[preset]

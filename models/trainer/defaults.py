@@ -76,7 +76,7 @@ def with_defaults(config: TrainConfig, registry: Registry) -> TrainConfig:
     per_mode = {**SD_RECIPE[config.mode], **registered_defaults(config.base_model, registry).get(config.mode, {})}
     filled = fill_unset(config, per_mode)
     if filled.initializer_token is None:
-        filled = replace(filled, initializer_token="style" if config.concept == "style" else "object")
+        filled = replace(filled, initializer_token=config.preset)
     if filled.lora_alpha is None:
         filled = replace(filled, lora_alpha=float(filled.lora_rank))
     if filled.base_model_name is None:

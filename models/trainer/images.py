@@ -103,6 +103,16 @@ def read_image_dir(directory: Path) -> list[ImageSource]:
     return [ImageSource(name=path.name, data=path.read_bytes()) for path in paths]
 
 
+def read_captions(directory: Path, sources: Sequence[ImageSource]) -> list[str | None]:
+    """Each image's caption: the text of the .txt file with the image's stem beside it (photo.png ->
+    photo.txt), None where there is none."""
+    captions: list[str | None] = []
+    for source in sources:
+        path = directory / f"{Path(source.name).stem}.txt"
+        captions.append(path.read_text(encoding="utf-8").strip() if path.is_file() else None)
+    return captions
+
+
 def center_crop_resize(image: Image.Image, resolution: int) -> Image.Image:
     """Centre-crop to a square and resize to `resolution` (the model's native size)."""
     side = min(image.size)

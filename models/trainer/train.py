@@ -29,6 +29,7 @@ from PIL import Image
 from models.enums import Init, Mode
 from models.registry import Registry
 from models.trainer.base_model import BaseComponents, load_base, pick_device, weight_dtype_for
+from models.trainer.captions import MAX_CAPTION_CHARS, caption_template
 from models.trainer.concept import ConceptModel, InitialState
 from models.trainer.config import Artifact, LoopResult, Progress, TrainConfig, TrainResult
 from models.trainer.data import LatentSet, caption_templates, encode_images
@@ -102,15 +103,20 @@ def train(
     eval_hook: EvalHook | None = None,
     eval_steps: Collection[int] = (),
     on_finish: Callable[[Job], None] | None = None,
+    captions: Sequence[str | None] | None = None,
     on_start: Callable[[Start], None] | None = None,
 ) -> TrainResult:
     """Train one concept and write its artifacts to out_dir (`on_finish` sees the final state first).
+
+    `captions` (one per image, None for none) replace the preset's prompt templates for their images;
+    each places the token as models.trainer.data.caption_template says.
 
     `registry` names the base models and their defaults; `booster` gives init=booster its candidates
     (models.booster.resolver.registered_booster(registry)); without one the run starts from the token."""
     started = time.perf_counter()
     if not MIN_IMAGES <= len(images) <= MAX_IMAGES:
         raise InvalidImagesError(f"need {MIN_IMAGES}-{MAX_IMAGES} images, got {len(images)}")
+    templates = image_templates(captions, len(images), config.token)
     config, base = prepare(config, registry)
     resolution = config.resolution or base.resolution
     assert (config.steps or config.max_steps) is not None and config.batch_size is not None
@@ -132,6 +138,7 @@ def train(
                 out_dir,
                 resolution,
                 started,
+                captions=templates,
                 initial_state=initial_state,
                 booster=booster,
                 callbacks=callbacks,
@@ -141,6 +148,19 @@ def train(
             f"out of GPU memory at batch size {config.batch_size}, resolution {resolution}; "
             "try mixed precision or gradient checkpointing"
         ) from error
+
+
+def image_templates(captions: Sequence[str | None] | None, count: int, token: str) -> list[str | None]:
+    """Each image's prompt template from its caption (None: the preset's templates); a caption list
+    that does not match the images, or a caption that is too long, is refused naming the image."""
+    if captions is None:
+        return [None] * count
+    if len(captions) != count:
+        raise InvalidImagesError(f"{len(captions)} captions for {count} images")
+    for index, caption in enumerate(captions):
+        if caption is not None and len(caption) > MAX_CAPTION_CHARS:
+            raise InvalidImagesError(f"caption of image {index + 1} is over {MAX_CAPTION_CHARS} characters")
+    return [caption_template(caption, token) if caption and caption.strip() else None for caption in captions]
 
 
 class _Evaluation:
@@ -157,6 +177,20 @@ class _Evaluation:
             base, images, resolution, prompt, seed = self.args
             self._eval = SeededEval(base, images, resolution=resolution, prompt=prompt, seed=seed)
         return self._eval(concept)
+
+
+@dataclass(frozen=True)
+class _Prompts:
+    """The prompt templates of the training images: an image's caption, else one of the preset's."""
+
+    templates: tuple[str, ...]
+    captions: list[str | None]
+    """Per training image (in the latents' order): its caption as a template, or None."""
+
+    def template(self, image: int, choice: int) -> str:
+        """The template for `image`; `choice` picks among the preset's (drawn for every image, so a
+        run without captions draws exactly as before)."""
+        return self.captions[image] or self.templates[choice]
 
 
 @dataclass
@@ -186,7 +220,7 @@ def _initialise(
         concept.init_random(generator)
         return _Start("random")
     assert config.initializer_token is not None
-    concept.init_from_token(config.initializer_token)
+    concept.init_from_token(_initializer(config, concept))
     if config.init != Init.BOOSTER:
         return _Start("token")
     resolved = booster(base, images, config) if booster else None
@@ -196,6 +230,15 @@ def _initialise(
     found = candidates(concept.embedding.detach().clone(), states, has_lora=bool(concept.unet_lora))
     winner, scores = guarded_start(concept, found, evaluate)
     return _Start(_used(winner), _note(winner, scores), scores, winner.name)
+
+
+def _initializer(config: TrainConfig, concept: ConceptModel) -> str:
+    """The initializer word; the person preset's default word falls back to "object" in a vocabulary
+    where "person" is not one token (leap-tiny's)."""
+    assert config.initializer_token is not None
+    word = config.initializer_token
+    single = len(concept.tokenizer(word, add_special_tokens=False).input_ids) == 1
+    return "object" if config.preset == "person" and word == "person" and not single else word
 
 
 def _used(winner: Candidate) -> str:
@@ -216,6 +259,7 @@ def _run(
     resolution: int,
     started: float,
     *,
+    captions: list[str | None],
     initial_state: InitialState | None,
     booster: BoosterResolver | None,
     callbacks: Callbacks[Job],
@@ -224,11 +268,12 @@ def _run(
     torch.manual_seed(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
     trains_lora = _set_up_lora(config, concept)
-    templates = caption_templates(config.concept)
+    templates = caption_templates(config.preset)
     # Held-back uploads only where the run stops by evaluation; a fixed step count trains on all.
-    train_images, eval_images, eval_source = (
-        split_for_eval(images) if auto else (list(images), list(images), "training_images")
-    )
+    pairs = list(zip(images, captions, strict=True))
+    train_pairs, eval_pairs, eval_source = split_for_eval(pairs) if auto else (pairs, pairs, "training_images")
+    train_images, train_captions = [image for image, _ in train_pairs], [caption for _, caption in train_pairs]
+    eval_images = [image for image, _ in eval_pairs]
     evaluate = _Evaluation(base, eval_images, resolution, templates[0], config.seed)
     start = _initialise(config, base, concept, images, initial_state, booster, generator, evaluate)
     callbacks.started(Start(start.used, start.note, dict(start.scores) if start.scores else None))
@@ -240,7 +285,7 @@ def _run(
         base,
         concept,
         latents,
-        templates,
+        _Prompts(templates, train_captions),
         generator,
         optimizer,
         lora_parameters,
@@ -268,6 +313,7 @@ def _run(
         trains_lora=trains_lora,
         resolution=resolution,
         num_images=len(images),
+        num_captions=sum(caption is not None for caption in captions),
         compute_seconds=compute_seconds,
     )
     artifacts.append(write_manifest(out_dir, manifest, artifacts))
@@ -324,7 +370,7 @@ def _steps(
     base: BaseComponents,
     concept: ConceptModel,
     latents: LatentSet,
-    templates: tuple[str, ...],
+    prompts: _Prompts,
     generator: torch.Generator,
     optimizer: torch.optim.AdamW,
     lora_parameters: list[torch.nn.Parameter],
@@ -340,7 +386,7 @@ def _steps(
     )
 
     def step() -> float:
-        loss = _step(base, concept, latents, templates, config, generator, autocast)
+        loss = _step(base, concept, latents, prompts, config, generator, autocast)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         return loss
@@ -428,6 +474,7 @@ def _manifest(
     trains_lora: bool,
     resolution: int,
     num_images: int,
+    num_captions: int,
     compute_seconds: float,
 ) -> dict[str, Any]:
     """manifest.json's content (plain strings and numbers only)."""
@@ -456,6 +503,10 @@ def _manifest(
         "lora_alpha": config.lora_alpha if trains_lora else None,
         "resolution": resolution,
         "num_images": num_images,
+        "num_captions": num_captions,
+        "preset": config.preset,
+        "batch_size": config.batch_size,
+        "train_text_encoder_lora": config.train_text_encoder_lora if trains_lora else None,
         "device": str(base.device),
         # The server's folder of the model stays on the server (base_model_name names it).
         "config": {**config.to_dict(), "base_model": config.base_model_name},
@@ -472,7 +523,7 @@ def _step(
     base: BaseComponents,
     concept: ConceptModel,
     latents: LatentSet,
-    templates: tuple[str, ...],
+    prompts: _Prompts,
     config: TrainConfig,
     generator: torch.Generator,
     autocast,
@@ -480,9 +531,9 @@ def _step(
     assert config.batch_size is not None
     index = torch.randint(0, len(latents), (config.batch_size,), generator=generator)
     flip = torch.rand(config.batch_size, generator=generator) < 0.5
-    prompts = [
-        concept.prompt(templates[int(i)])
-        for i in torch.randint(0, len(templates), (config.batch_size,), generator=generator)
+    drawn = torch.randint(0, len(prompts.templates), (config.batch_size,), generator=generator)
+    texts = [
+        concept.prompt(prompts.template(int(image), int(choice))) for image, choice in zip(index, drawn, strict=True)
     ]
     sample = latents.sample(index, flip, generator).to(base.device)
     noise = torch.randn(sample.shape, generator=generator).to(base.device)
@@ -490,6 +541,6 @@ def _step(
         0, base.noise_scheduler.config.num_train_timesteps, (config.batch_size,), generator=generator
     ).to(base.device)
     with autocast:
-        loss = denoising_loss(base, concept, sample, prompts, noise, timesteps)
+        loss = denoising_loss(base, concept, sample, texts, noise, timesteps)
     loss.backward()
     return float(loss.detach())

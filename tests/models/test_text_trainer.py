@@ -142,7 +142,8 @@ def test_every_artifact_reloads_into_a_fresh_base_with_the_trained_logits(
     by_hand = PeftModel.from_pretrained(fresh_base(base, tokenizer), tmp_path / ADAPTER_DIR)
     assert_same(probe_logits(by_hand, tokenizer, expand), live["logits"])
     adapter_config = json.loads((tmp_path / ADAPTER_DIR / "adapter_config.json").read_text())
-    assert adapter_config["base_model_name_or_path"] == base
+    # A local folder that records no hub id: its name, never a path on the machine that trained.
+    assert adapter_config["base_model_name_or_path"] == Path(base).name
 
     # 2. the small token file + the LoRA-only folder, assembled by hand
     rows = load_file(str(tmp_path / TOKENS_FILE))
