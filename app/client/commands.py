@@ -132,10 +132,24 @@ def _print_json(value: Any) -> None:
     typer.echo(json.dumps(value, indent=2, default=str))
 
 
+def _captions_option(value: str | None) -> str | None:
+    """--captions as JSON text: given inline, or the content of the .json file it names."""
+    if value is None or value.lstrip().startswith(("{", "[")):
+        return value
+    path = Path(value)
+    if not path.is_file():
+        raise fail(ExitCode.USAGE, "validation_error", f"--captions: {value} is neither JSON nor a file")
+    return path.read_text(encoding="utf-8")
+
+
 def _check_form(form: dict[str, Any]) -> None:
     """Check the options by the API's own rules before anything is uploaded: a bad one is a usage error
     (exit 2) naming the option, not a refusal after the upload."""
-    fields = {name: str(value) for name, value in form.items() if value is not None}
+    fields = {
+        name: str(value).lower() if isinstance(value, bool) else str(value)
+        for name, value in form.items()
+        if value is not None
+    }
     try:
         TrainingForm.model_validate(fields)
     except ValidationError as error:
@@ -257,6 +271,30 @@ def submit_command(
     num_vectors: Annotated[int | None, typer.Option()] = None,
     max_length: Annotated[int | None, typer.Option(help="Text models: token limit per example.")] = None,
     lora_targets: Annotated[str | None, typer.Option(help="Text models: attention (default) or attention+mlp.")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Images (or examples) per step (default per model).")] = None,
+    lora_alpha: Annotated[float | None, typer.Option(help="The LoRA's scale is alpha / rank (default: the rank).")] = (
+        None
+    ),
+    train_text_encoder: Annotated[
+        bool | None,
+        typer.Option(
+            "--train-text-encoder/--no-train-text-encoder", help="Image models: LoRA on the text encoder too."
+        ),
+    ] = None,
+    preset: Annotated[
+        str | None, typer.Option(help="Image models: object (default), person or style: the prompt templates.")
+    ] = None,
+    captions: Annotated[
+        str | None,
+        typer.Option(
+            help="Image models: captions as JSON ({image name: caption} or an array in image order) or a .json "
+            "file of them; [trigger], [token] or TOK in a caption becomes the token. Caption files beside the "
+            "images (photo.txt for photo.png) are sent without this."
+        ),
+    ] = None,
+    priority: Annotated[
+        int | None, typer.Option(help="-100 to 100 (default 0): your queued trainings run by priority, then age.")
+    ] = None,
     webhook_url: Annotated[str | None, typer.Option(help="Told about state changes.")] = None,
     webhook_events_filter: Annotated[
         str | None,
@@ -303,6 +341,12 @@ def submit_command(
         "num_vectors": num_vectors,
         "max_length": max_length,
         "lora_targets": lora_targets,
+        "batch_size": batch_size,
+        "lora_alpha": lora_alpha,
+        "train_text_encoder": train_text_encoder,
+        "preset": preset,
+        "captions": _captions_option(captions),
+        "priority": priority,
         "webhook_url": webhook_url,
         "webhook_events_filter": webhook_events_filter,
         "metadata": metadata,
