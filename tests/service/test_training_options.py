@@ -5,19 +5,22 @@ tenant's queued trainings are claimed by priority, then age (real Postgres)."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import uuid
 from datetime import UTC, datetime, timedelta
 
 import pytest
 from sqlalchemy import update
 
+from app.client.commands import ExitCode
 from app.db import unit_of_work
 from app.orm import Training
 from app.trainings import jobs, lifecycle, repository
 from models.registry import load_registry
 
 from .factories import TEXT_MODEL, make_tenant, png_bytes, submit, text_files, zip_bytes
-from .helpers import assert_error
+from .helpers import assert_error, settings_env
 
 REGISTRY = load_registry()
 
@@ -243,3 +246,32 @@ def test_a_requeued_training_is_claimed_by_its_new_message(database, settings):
     with unit_of_work(database.session_factory) as session:
         again = lifecycle.claim(session, training_id=training_id, worker_id="w2", settings=settings)
         assert again is not None and again.id == training_id and again.attempts == 2
+
+
+def test_leap_submit_sends_the_options_and_caption_files(settings, api_url, database, tmp_path):
+    folder = tmp_path / "set"
+    folder.mkdir()
+    (folder / "a.png").write_bytes(_png(1))
+    (folder / "a.txt").write_text("[trigger] on grass\n")
+    (folder / "b.png").write_bytes(_png(2))
+    (folder / "notes.txt").write_text("names no image: not sent")
+    env = settings_env(settings) | {"LEAP_URL": api_url, "LEAP_API_KEY": make_tenant(database).key}
+
+    def leap(*args: str) -> subprocess.CompletedProcess[str]:
+        command = [sys.executable, "-m", "app.cli", "submit", str(folder), "--no-wait", "--json", *args]
+        return subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+
+    options = ("--preset", "style", "--batch-size", "2", "--lora-alpha", "8", "--train-text-encoder")
+    done = leap(*options, "--priority", "3", "--captions", '{"b.png": "TOK at night"}')
+    assert done.returncode == 0, done.stderr
+    training = json.loads(done.stdout)
+    assert training["parameters"] == {"batch_size": 2, "lora_alpha": 8.0, "train_text_encoder": True, "preset": "style"}
+    assert (training["priority"], training["caption_count"], training["image_count"]) == (3, 2, 2)
+    for args, mention in (
+        (("--preset", "cartoon"), "--preset: "),
+        (("--mode", "textual_inversion", "--train-text-encoder"), "--train-text-encoder: "),
+    ):
+        refused = leap(*args)  # checked before anything is uploaded
+        assert refused.returncode == ExitCode.USAGE and refused.stderr.startswith(
+            f"error: validation_error: {mention}"
+        ), refused.stderr
