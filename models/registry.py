@@ -57,6 +57,14 @@ class RegisteredModel:
     """Image models: the sampler's denoising steps for previews."""
     family: Family | None = None
     """Image models: sd (SD 1.x/2.x) or sdxl; None: read from the pipeline's model_index.json."""
+    min_image_side: int = 0
+    """Image models: the shortest side, in pixels, an uploaded image may have; 0: half the resolution
+    (a smaller image would be scaled up more than twofold to the training resolution)."""
+
+    @property
+    def smallest_image_side(self) -> int:
+        """The shortest image side this model accepts (image models; 0 for text models)."""
+        return self.min_image_side or self.resolution // 2
 
     @property
     def booster_path(self) -> Path | None:
@@ -123,6 +131,7 @@ def load_registry(path: Path | None = None) -> Registry:
             preview_prompts=_preview_prompts(path, model_id, entry.get("preview_prompts")),
             preview_steps=int(entry.get("preview_steps", 25)),
             family=Family(family) if family is not None else None,
+            min_image_side=int(entry.get("min_image_side", 0)),
         )
     default_id = raw.get("default") or next(iter(models), "")
     if default_id not in models:

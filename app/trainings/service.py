@@ -216,7 +216,7 @@ def create_training(
     token = form.token or (TEXT_TOKEN if model.kind == Kind.TEXT else default_token(training_id))
     steps = _planned_steps(base_model=model.id, token=token, form=form, kind=model.kind, registry=registry)
     estimated_units = _estimate(settings, form, model, steps, inputs)
-    stored = _store(session, training_id, submission, inputs, storage, settings)
+    stored = _store(session, training_id, submission, inputs, storage, settings, min_side=model.smallest_image_side)
     # The tenant's row is locked only now, for the few statements left: submissions of one tenant
     # queue behind each other for milliseconds, not for each other's decoding and uploads.
     _check_limits(session, principal=principal, settings=settings, estimated_units=estimated_units, lock=True)
@@ -421,10 +421,14 @@ def _store(
     inputs: _Inputs,
     storage: Storage,
     settings: Settings,
+    *,
+    min_side: int,
 ) -> list[dict[str, Any]]:
-    """Store the inputs (clean copies of images, text files as uploaded) with the URL each came from."""
+    """Store the inputs (clean copies of images, text files as uploaded) with the URL each came from;
+    images below the base model's `min_side` are refused before anything is stored."""
     if inputs.collected is not None:
-        with fetch.naming(_url_field(submission)), uploads.clean_copies(inputs.collected.images, settings) as copies:
+        copies_of = uploads.clean_copies(inputs.collected.images, settings, min_side=min_side)
+        with fetch.naming(_url_field(submission)), copies_of as copies:
             stored = _store_inputs(session, training_id=training_id, copies=copies, storage=storage)
     else:
         stored = _store_text_inputs(

@@ -591,7 +591,7 @@ def _file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _re_encode(image: InputImage, path: Path, settings: Settings) -> CleanCopy:
+def _re_encode(image: InputImage, path: Path, settings: Settings, min_side: int) -> CleanCopy:
     # At most LEAP_UPLOAD_DECODE_CONCURRENCY images are decoded at once in this process: a decoded
     # image may take LEAP_MAX_IMAGE_PIXELS x 3 bytes, and concurrent uploads must not add that up.
     with _decode_slots(settings.upload_decode_concurrency):
@@ -600,6 +600,13 @@ def _re_encode(image: InputImage, path: Path, settings: Settings) -> CleanCopy:
                 decoded = decode_image_file(image.name, file, max_pixels=settings.max_image_pixels)
             except InvalidImagesError as error:
                 raise InvalidImages(error.message, details={"file": error.file}) from error
+        if min(decoded.size) < min_side:
+            width, height = decoded.size
+            raise InvalidImages(
+                f"{image.name}: image is {width}x{height}, below the {min_side} px on its shortest side "
+                "that this base model needs",
+                details={"file": image.name, "min_side": min_side},
+            )
         decoded.info.clear()  # no ICC profile, EXIF or text chunks carried into the copy
         decoded.save(path, format="PNG", compress_level=1)
         del decoded
@@ -607,12 +614,16 @@ def _re_encode(image: InputImage, path: Path, settings: Settings) -> CleanCopy:
 
 
 @contextlib.contextmanager
-def clean_copies(images: list[InputImage], settings: Settings) -> Iterator[list[CleanCopy]]:
+def clean_copies(images: list[InputImage], settings: Settings, *, min_side: int = 0) -> Iterator[list[CleanCopy]]:
     """Decode every image fully (pixel bombs refused before decoding), one at a time, and re-encode
     each as a plain RGB PNG in a temporary folder, deleted on exit: whatever else an upload carried
-    (trailing data, metadata, a second format) is gone, and nothing is stored unless all decode."""
+    (trailing data, metadata, a second format) is gone, and nothing is stored unless all decode
+    (and have at least `min_side` pixels on their shortest side: the base model's minimum)."""
     with tempfile.TemporaryDirectory(prefix="leap-inputs-") as folder:
-        yield [_re_encode(image, Path(folder) / f"{index:02d}.png", settings) for index, image in enumerate(images)]
+        yield [
+            _re_encode(image, Path(folder) / f"{index:02d}.png", settings, min_side)
+            for index, image in enumerate(images)
+        ]
 
 
 def storage_name(index: int, name: str, suffix: str = ".png") -> str:

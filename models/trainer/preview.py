@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import textwrap
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -18,6 +19,7 @@ from pathlib import Path
 
 from diffusers import StableDiffusionPipeline
 from PIL import Image, ImageDraw
+from safetensors.torch import load_file
 
 from models.previews import Previews
 from models.trainer.base_model import BaseComponents, load_base, pick_device, weight_dtype_for
@@ -73,28 +75,56 @@ def draw_row(images: Sequence[Image.Image], cell: int) -> Image.Image:
     return row
 
 
+# SDXL's embedding file holds one tensor per encoder, each loaded with its tokenizer.
+SDXL_EMBEDDINGS = (("clip_l", "text_encoder", "tokenizer"), ("clip_g", "text_encoder_2", "tokenizer_2"))
+
+
 @contextlib.contextmanager
 def loaded_concept(pipeline: StableDiffusionPipeline, folder: Path, token: str) -> Iterator[StableDiffusionPipeline]:
     """The pipeline with the folder's embedding and LoRA loaded by diffusers; on exit the LoRA is
-    unloaded and the text encoder's embedding table is the one it had (the tokenizer is a copy)."""
-    text_encoder = pipeline.text_encoder
-    embeddings = text_encoder.get_input_embeddings()
-    weight, rows, vocab_size = embeddings.weight.data, embeddings.num_embeddings, text_encoder.config.vocab_size
-    pipeline.tokenizer = copy.deepcopy(pipeline.tokenizer)
+    unloaded and each text encoder's embedding table is the one it had (the tokenizers are copies)."""
+    sdxl = getattr(pipeline, "text_encoder_2", None) is not None
+    names = [(encoder, tokenizer) for _, encoder, tokenizer in SDXL_EMBEDDINGS[: 2 if sdxl else 1]]
+    saved = []
+    for encoder_name, tokenizer_name in names:
+        encoder = getattr(pipeline, encoder_name)
+        table = encoder.get_input_embeddings()
+        saved.append((encoder, table, table.weight.data, table.num_embeddings, encoder.config.vocab_size))
+        setattr(pipeline, tokenizer_name, copy.deepcopy(getattr(pipeline, tokenizer_name)))
+        # The new rows get the trained vectors: fitting a distribution to the whole table for their first
+        # values (transformers' mean_resizing) would be wasted time.
+        encoder.resize_token_embeddings = functools.partial(encoder.resize_token_embeddings, mean_resizing=False)
     has_lora = (folder / LORA_FILE).is_file()
     try:
         try:
-            pipeline.load_textual_inversion(str(folder / EMBEDDING_FILE), token=token)
+            _load_embedding(pipeline, folder / EMBEDDING_FILE, token, sdxl=sdxl)
             if has_lora:
-                pipeline.load_lora_weights(str(folder), weight_name=LORA_FILE, adapter_name=ADAPTER_NAME)
+                pipeline.load_lora_weights(
+                    str(folder), weight_name=LORA_FILE, adapter_name=ADAPTER_NAME, low_cpu_mem_usage=True
+                )
         except (OSError, ValueError, KeyError, RuntimeError) as error:
             raise PreviewError(f"the trained files did not load in diffusers: {error}") from error
         yield pipeline
     finally:
         if has_lora:
             pipeline.unload_lora_weights()
-        embeddings.weight.data, embeddings.num_embeddings = weight, rows
-        text_encoder.config.vocab_size = vocab_size
+        for encoder, embeddings, weight, rows, vocab_size in saved:
+            del encoder.resize_token_embeddings
+            embeddings.weight.data, embeddings.num_embeddings = weight, rows
+            encoder.config.vocab_size = vocab_size
+
+
+def _load_embedding(pipeline: StableDiffusionPipeline, path: Path, token: str, *, sdxl: bool) -> None:
+    """diffusers' load_textual_inversion: the file as is (SD), or its clip_l / clip_g tensors into each
+    encoder (SDXL), as a user loads them."""
+    if not sdxl:
+        pipeline.load_textual_inversion(str(path), token=token)
+        return
+    tensors = load_file(str(path))
+    for key, encoder, tokenizer in SDXL_EMBEDDINGS:
+        pipeline.load_textual_inversion(
+            tensors[key], token=token, text_encoder=getattr(pipeline, encoder), tokenizer=getattr(pipeline, tokenizer)
+        )
 
 
 def render_image_previews(

@@ -347,3 +347,18 @@ def test_a_job_without_steps_stops_by_its_evaluation_and_keeps_its_best_state(ti
     stopping = result.manifest["stopping"]
     assert stopping["curve"][0][0] == 0 and len(stopping["curve"]) >= 2
     assert stopping["best_loss"] == min(loss for _, loss in stopping["curve"])
+
+
+def test_previews_load_the_sdxl_files_and_leave_both_encoders_as_loaded(tiny_sdxl, pivotal_run, tmp_path):
+    from models.trainer.preview import render_image_previews
+
+    result, _ = pivotal_run
+    base = load_base(tiny_sdxl, pick_device("cpu"))
+    before = base_weights(base)
+    previews = render_image_previews(
+        tiny_sdxl, result.out_dir, token="<leap>", prompts=["a photo of <leap>"], seeds=(0,), steps=2, out_dir=tmp_path
+    )
+    assert (tmp_path / previews.grid).is_file() and previews.images[0]["name"] == "preview-1.png"
+    after = base_weights(base)
+    assert after.keys() == before.keys() and all(torch.equal(after[k], before[k]) for k in before)
+    assert len(base.tokenizer) == len(base.tokenizer_2) == base.text_encoder.config.vocab_size
