@@ -87,7 +87,9 @@ def webui_lora_path(result) -> Path:
 
 
 def test_diffusers_file_loads_at_the_trained_scale(leap_tiny, scaled_run):
+    """Text-encoder LoRA included (train_text_encoder): the loaded pipeline predicts what training did."""
     out, _, seen = scaled_run
+    assert any(key.startswith("text_encoder.") for key in load_file(str(out / "pytorch_lora_weights.safetensors")))
     pipeline = StableDiffusionPipeline.from_pretrained(leap_tiny)
     pipeline.load_textual_inversion(str(out / "learned_embeds.safetensors"))
     pipeline.load_lora_weights(str(out))
