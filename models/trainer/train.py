@@ -189,7 +189,7 @@ class _Prompts:
 
     def template(self, image: int, choice: int) -> str:
         """The template for `image`; `choice` picks among the preset's (drawn for every image, so a
-        run without captions draws exactly as before)."""
+        run draws the same numbers with or without captions)."""
         return self.captions[image] or self.templates[choice]
 
 
