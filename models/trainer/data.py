@@ -111,6 +111,9 @@ def encode_images(
     base: BaseComponents, images: Sequence[Image.Image], *, resolution: int, flip: bool, batch_size: int = 8
 ) -> LatentSet:
     """Encode once per job: the images never change, only the sampled latent and flip do."""
+    # At most 8 images of 512 px per VAE call: the fp32 VAE's activations at 1024 px (SDXL) would
+    # otherwise take more memory than the training steps do.
+    batch_size = max(1, min(batch_size, batch_size * 512 * 512 // (resolution * resolution)))
     scale = float(base.vae.config.scaling_factor)
     shift = getattr(base.vae.config, "shift_factor", None) or 0.0
 
