@@ -10,6 +10,7 @@ import sys
 import uuid
 from datetime import UTC, datetime, timedelta
 
+import httpx
 import pytest
 from sqlalchemy import update
 
@@ -20,7 +21,8 @@ from app.trainings import jobs, lifecycle, repository
 from models.registry import load_registry
 
 from .factories import TEXT_MODEL, make_tenant, png_bytes, submit, text_files, zip_bytes
-from .helpers import assert_error, settings_env
+from .helpers import assert_error, settings_env, wait_status
+from .processes import WorkerProcess
 
 REGISTRY = load_registry()
 
@@ -275,3 +277,35 @@ def test_leap_submit_sends_the_options_and_caption_files(settings, api_url, data
         assert refused.returncode == ExitCode.USAGE and refused.stderr.startswith(
             f"error: validation_error: {mention}"
         ), refused.stderr
+
+
+@pytest.fixture(scope="module")
+def worker(settings):  # type: ignore[no-untyped-def]
+    worker = WorkerProcess(settings, queues=settings.queue)
+    yield worker
+    worker.stop()
+
+
+def test_a_real_worker_trains_with_the_options_and_the_captions(client, database, worker):
+    tenant = make_tenant(database)
+    archive = zip_bytes({"a.png": _png(1), "a.txt": b"[trigger] on grass", "b.png": _png(2)})
+    data = {
+        "steps": "2",
+        "mode": "lora",
+        "init": "token",
+        "batch_size": "2",
+        "lora_alpha": "8",
+        "train_text_encoder": "true",
+        "preset": "style",
+        "previews": "false",
+    }
+    created = submit(client, tenant, files=[("images", ("set.zip", archive, "application/zip"))], data=data).json()
+    body = wait_status(client, tenant, created["id"], {"succeeded", "failed"}, timeout=120)
+    assert body["status"] == "succeeded", (body, worker.log()[-3000:])
+    artifacts = {artifact["name"]: artifact for artifact in body["artifacts"]}
+    manifest = httpx.get(artifacts["manifest.json"]["url"]).json()
+    assert (manifest["num_captions"], manifest["preset"], manifest["batch_size"]) == (1, "style", 2)
+    assert (manifest["lora_alpha"], manifest["train_text_encoder_lora"]) == (8.0, True)
+    webui = next(artifact for artifact in body["artifacts"] if artifact["kind"] == "webui")
+    header = httpx.get(webui["url"]).content
+    assert b"lora_te_text_model_encoder_layers_0_self_attn_q_proj.lora_down.weight" in header
