@@ -154,6 +154,8 @@ class Settings(BaseSettings):
     """A comment line is sent on an idle stream this often, so proxies keep it open."""
     stream_poll_interval: timedelta = timedelta(seconds=0.5)
     """Without Redis: how often each API process reads the streamed trainings' progress and logs."""
+    stream_queue_interval: timedelta = timedelta(seconds=1)
+    """How often a stream of a queued training reads its queue position (sent when it changed)."""
 
     # Tenancy: rate and concurrency limits.
     rate_limit_requests: int = 600
@@ -232,6 +234,7 @@ class Settings(BaseSettings):
         "billing_retry_backoff_max",
         "stream_keepalive",
         "stream_poll_interval",
+        "stream_queue_interval",
         mode="before",
     )
     @classmethod

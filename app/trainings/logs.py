@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
@@ -18,7 +19,7 @@ from sqlalchemy.orm import Session
 from app.orm import TrainingLog
 from app.orm.base import utcnow
 from app.settings import Settings
-from app.trainings import live
+from app.trainings import live, presenter
 
 PROGRESS_RESERVE = 50
 """Lines kept free for notes once progress lines have filled the log."""
@@ -98,12 +99,19 @@ def append(
 def status_changed(
     session: Session, *, training_id: uuid.UUID, status: str, settings: Settings, lines: list[LogLine]
 ) -> None:
-    """After an UPDATE of the training's status: its log notes, and a live `status` event (streams
-    read the training again and send it whole)."""
-    append(session, training_id=training_id, lines=lines, settings=settings)
-    live.publish_after_commit(
-        session, settings=settings, training_id=training_id, event="status", data={"status": status}
-    )
+    """After an UPDATE of the training's status: its log notes, and a live `status` event carrying the
+    training as this transition left it (streams send it as is: a requeue shows as queued even when a
+    worker claimed the training again before the stream read it)."""
+    rows = append(session, training_id=training_id, lines=lines, settings=settings)
+    if settings.resolved_events_redis_url is None:
+        return  # nothing is published; the streams' poller reads the rows
+    data: dict[str, Any] = {"status": status}
+    state = presenter.state_data(session, training_id)
+    if state is not None:
+        # The log's last seq with this change: a stream whose snapshot already holds it skips it.
+        data["training"] = state
+        data["log_seq"] = rows[-1].seq if rows else last_seq(session, training_id)
+    live.publish_after_commit(session, settings=settings, training_id=training_id, event="status", data=data)
 
 
 def _cut(message: str, limit: int) -> str:

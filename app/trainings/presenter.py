@@ -9,9 +9,10 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from app.enums import TrainingStatus
+from app.enums import FINISHED_STATUSES, TrainingStatus
 from app.orm import Artifact, Training
 from app.orm.base import utcnow
 from app.orm.training import TrainingRecord
@@ -44,10 +45,12 @@ def training_url(training_id: uuid.UUID | str, public_url: str | None) -> str:
     return f"{(public_url or '').rstrip('/')}/v1/trainings/{training_id}"
 
 
-def training_urls(training: Training | TrainingRecord, public_url: str | None) -> schemas.TrainingUrls:
+def training_urls(
+    training: Training | TrainingRecord | schemas.TrainingState, public_url: str | None
+) -> schemas.TrainingUrls:
     """Its endpoints; cancel and stream only while it has not finished (as Replicate does)."""
     base = training_url(training.id, public_url)
-    active = not training.finished
+    active = training.status not in FINISHED_STATUSES
     return schemas.TrainingUrls(
         get=base,
         cancel=f"{base}/cancel" if active else None,
@@ -85,6 +88,26 @@ def record_view(record: TrainingRecord, *, public_url: str | None, links: Artifa
     """present() of a record whose status has no artifacts to show (not succeeded): no query."""
     assert record.status != TrainingStatus.SUCCEEDED, "a succeeded training's artifacts need present()"
     return _view(record, [], record.queue_position, public_url, links)
+
+
+def state_data(session: Session, training_id: uuid.UUID) -> dict[str, Any] | None:
+    """The training as this transaction leaves it, queue position included, as JSON: what a live
+    `status` event carries, so that a stream shows each state change itself, not a later re-read."""
+    query = select(Training).where(Training.id == training_id).execution_options(populate_existing=True)
+    training = session.scalars(query).one_or_none()
+    if training is None:
+        return None
+    state = schemas.TrainingState.model_validate(training)
+    if training.status == TrainingStatus.QUEUED:
+        state.queue_position = repository.queue_position(session, training.id)
+    return state.model_dump(mode="json", exclude={"artifacts", "urls"})
+
+
+def state_view(data: dict[str, Any], *, public_url: str | None) -> schemas.Training:
+    """A status event's state_data as the API's Training (no artifacts: not for a succeeded training)."""
+    state = schemas.TrainingState.model_validate(data)
+    assert state.status != TrainingStatus.SUCCEEDED, "a succeeded training's artifacts need present()"
+    return schemas.Training.model_validate({**dict(state), "artifacts": [], "urls": training_urls(state, public_url)})
 
 
 def _position(training: Training | TrainingRecord, positions: dict[uuid.UUID, int]) -> int | None:

@@ -223,10 +223,12 @@ def streamed_training(training_id: str, principal: PrincipalDep, session: Sessio
 _STREAM_DESCRIPTION = (
     "Server-sent events (text/event-stream). First `event: status` with the training as GET returns "
     "it; then `event: progress` (`{step, total, loss, eta_s, at}`, every progress update the worker "
-    "writes), `event: log` (`{seq, at, level, message}`, with `id: <seq>`) and `event: status` (the "
-    "whole training again) on each state change. The stream ends after a final status (succeeded, "
-    "failed, canceled). A comment line (`: keepalive`) is sent when idle. Reconnect with "
-    "`Last-Event-ID: <seq>` to receive the log lines after that seq."
+    "writes), `event: log` (`{seq, at, level, message}`, with `id: <seq>`), `event: queue` "
+    "(`{queue_position, at}`, while queued, each time its place in the queue changes) and `event: status` "
+    "(the whole training again, as the change left it) on each state change, a requeue included. The "
+    "stream ends after a final status (succeeded, failed, canceled). A comment line (`: keepalive`) is "
+    "sent when idle. Reconnect with `Last-Event-ID: <seq>` to receive the log lines after that seq "
+    "first, then the status."
 )
 
 
@@ -259,6 +261,7 @@ async def stream_training(
         training_id=training_id,
         links=links,
         keepalive_seconds=settings.stream_keepalive.total_seconds(),
+        queue_seconds=settings.stream_queue_interval.total_seconds(),
         last_event_id=last_event_id,
         recheck_on_keepalive=isinstance(hub, stream.RedisEventHub),
     )

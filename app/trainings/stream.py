@@ -31,10 +31,11 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 
-from app.enums import FINISHED_STATUSES
+from app.enums import FINISHED_STATUSES, TrainingStatus
 from app.orm import Training
+from app.orm.base import utcnow
 from app.settings import Settings
-from app.trainings import live, logs, repository, schemas, service
+from app.trainings import live, logs, presenter, repository, schemas, service
 from app.trainings.presenter import ArtifactLinks
 
 logger = logging.getLogger(__name__)
@@ -307,6 +308,12 @@ def read_snapshot(
         )
 
 
+def read_queue_position(session_factory: sessionmaker[Session], training_id: uuid.UUID) -> int | None:
+    """The training's queue position now; None once it is not queued (run in the thread pool)."""
+    with session_factory() as session:
+        return repository.queue_position(session, training_id)
+
+
 def read_log_lines(session_factory: sessionmaker[Session], training_id: uuid.UUID, after: int) -> list[dict[str, Any]]:
     with session_factory() as session:
         return [logs.line_data(row) for row in logs.page(session, training_id=training_id, after=after, limit=500)]
@@ -316,6 +323,19 @@ def format_event(event: str, data: dict[str, Any], event_id: int | None = None) 
     """One server-sent event: `id:` (log events only, the line's seq), `event:` and one `data:` line."""
     head = f"id: {event_id}\n" if event_id is not None else ""
     return f"{head}event: {event}\ndata: {json.dumps(data, separators=(',', ':'), default=str)}\n\n"
+
+
+def _transition_view(data: dict[str, Any], links: ArtifactLinks) -> schemas.Training | None:
+    """A status event's training (published by the transition) as the API shows it; None when the
+    event carries none, or a final status, which the stream reads from the row with its artifacts
+    and the log lines written with it (a finished row no longer changes)."""
+    state = data.get("training")
+    if not isinstance(state, dict) or state.get("status") in FINISHED_STATUSES:
+        return None
+    try:
+        return presenter.state_view(state, public_url=links.public_url)
+    except ValueError:
+        return None
 
 
 def _parse_time(value: Any) -> datetime | None:
@@ -336,6 +356,8 @@ class TrainingStream:
     keepalive_seconds: float
     last_event_id: int | None = None
     recheck_on_keepalive: bool = True
+    queue_seconds: float = 1.0
+    """While queued: how often the queue position is read (a `queue` event when it changed)."""
 
     async def _snapshot(self) -> Snapshot | None:
         return await run_in_threadpool(read_snapshot, self.session_factory, self.training_id, self.links)
@@ -352,30 +374,49 @@ class TrainingStream:
                 after = line["seq"]
 
     async def events(self) -> AsyncIterator[str]:
-        """The text of the stream: a status event, then progress, log and status events; ends after a
-        final status."""
+        """The text of the stream: a status event, then progress, log, queue and status events; ends
+        after a final status. Resumed (Last-Event-ID), the missed log lines come before the first
+        status, so a client that stops at a final status has them all."""
         snapshot, subscription = await self.hub.open(self.training_id, self._snapshot)
         try:
             if snapshot is None:
                 return
             yield f"retry: {RETRY_MS}\n\n"
-            yield format_event("status", snapshot.training.model_dump(mode="json"))
-            sent_seq = snapshot.log_seq
             if self.last_event_id is not None and self.last_event_id < snapshot.log_seq:
-                # Resumed: the lines this client missed, up to the snapshot.
                 async for line in self._lines_after(self.last_event_id, until=snapshot.log_seq):
                     yield format_event("log", line, line["seq"])
+            yield format_event("status", snapshot.training.model_dump(mode="json"))
+            sent_seq = snapshot.log_seq
             if snapshot.status in FINISHED_STATUSES:
                 return
             status, progress_at = snapshot.status, snapshot.progress_updated_at
+            position, shown_seq = snapshot.training.queue_position, snapshot.log_seq
+            loop = asyncio.get_running_loop()
+            written_at = loop.time()
             while True:
+                queued = status == TrainingStatus.QUEUED
+                wait = min(self.keepalive_seconds, self.queue_seconds) if queued else self.keepalive_seconds
+                event, data = "", {}
                 try:
-                    event, data = await asyncio.wait_for(subscription.queue.get(), timeout=self.keepalive_seconds)
+                    event, data = await asyncio.wait_for(subscription.queue.get(), timeout=wait)
                 except TimeoutError:
-                    yield ": keepalive\n\n"
-                    if not self.recheck_on_keepalive:
-                        continue
-                    event, data = "resync", {}
+                    if queued:
+                        current = await run_in_threadpool(read_queue_position, self.session_factory, self.training_id)
+                        if current is not None and current != position:
+                            position, written_at = current, loop.time()
+                            yield format_event("queue", {"queue_position": current, "at": live.iso(utcnow())})
+                            continue
+                        if current is None:
+                            event, data = "resync", {}  # claimed or canceled: the row says which
+                    if event != "resync":
+                        if loop.time() - written_at < self.keepalive_seconds:
+                            continue
+                        written_at = loop.time()
+                        yield ": keepalive\n\n"
+                        if not self.recheck_on_keepalive:
+                            continue
+                        event, data = "resync", {}
+                written_at = loop.time()
                 if event == "progress":
                     at = _parse_time(data.get("at"))
                     if at is not None and progress_at is not None and at <= progress_at:
@@ -391,15 +432,25 @@ class TrainingStream:
                             yield format_event("log", line, line["seq"])
                     sent_seq = seq
                     yield format_event("log", data, seq)
-                else:  # status or resync: the row decides
+                elif event == "status" and _transition_view(data, self.links) is not None:
+                    # A state change as its transaction left it (not a later read of the row, which
+                    # may have moved on: a requeue then a claim would show as running only).
+                    if int(data.get("log_seq") or 0) <= shown_seq:
+                        continue  # already in what this stream showed
+                    view = _transition_view(data, self.links)
+                    assert view is not None
+                    status, position, shown_seq = view.status, view.queue_position, int(data["log_seq"])
+                    yield format_event("status", view.model_dump(mode="json"))
+                else:  # a status without its state, a final status, or a resync: the row decides
                     fresh = await self._snapshot()
                     if fresh is None:
                         return
                     async for line in self._lines_after(sent_seq, until=fresh.log_seq):
                         sent_seq = line["seq"]
                         yield format_event("log", line, line["seq"])
+                    shown_seq = max(shown_seq, fresh.log_seq)
                     if event == "status" or fresh.status != status:
-                        status = fresh.status
+                        status, position = fresh.status, fresh.training.queue_position
                         progress_at = fresh.progress_updated_at or progress_at
                         yield format_event("status", fresh.training.model_dump(mode="json"))
                     if fresh.status in FINISHED_STATUSES:

@@ -4,6 +4,7 @@ or, on the embedded default, by the API's database poller."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
@@ -20,10 +21,12 @@ import pytest
 from app.client import LeapClient
 from app.db import create_database, unit_of_work, upgrade_database
 from app.settings import Settings
-from app.trainings import lifecycle, logs
+from app.storage import make_storage
+from app.trainings import lifecycle, logs, stream
+from app.trainings.presenter import ArtifactLinks
 
 from .factories import make_tenant, submit
-from .helpers import assert_error, assert_init_reported, settings_env, wait_progress, wait_status
+from .helpers import assert_error, assert_init_reported, settings_env, wait_for, wait_progress, wait_status
 from .processes import ApiProcess, WorkerProcess
 
 
@@ -178,11 +181,11 @@ def test_stream_sends_snapshot_every_progress_event_logs_and_final_status_then_c
     check_stream(received, steps=12)
     full = received[0][1]
     final = client.get(f"/v1/trainings/{training_id}", headers=tenant.headers).json()
-    url = final["urls"]["get"]
+    url = f"{api_url}/v1/trainings/{training_id}"  # the stream's own address: absolute links
     assert full == final | {
         "status": "queued",
         "queue_position": 1,
-        "urls": final["urls"] | {"cancel": f"{url}/cancel", "stream": f"{url}/stream"},
+        "urls": {"get": url, "cancel": f"{url}/cancel", "stream": f"{url}/stream", "logs": f"{url}/logs"},
         "progress": full["progress"],
         "started_at": None,
         "finished_at": None,
@@ -192,7 +195,8 @@ def test_stream_sends_snapshot_every_progress_event_logs_and_final_status_then_c
         "usage": None,
     }
 
-    # Resuming after log line 3 replays the lines after it, then ends (the training is finished).
+    # Resuming after log line 3 replays the lines after it, then the final status, and ends: a
+    # client that closes on the final status has every line.
     with httpx.stream(
         "GET",
         f"{api_url}/v1/trainings/{training_id}/stream",
@@ -200,9 +204,109 @@ def test_stream_sends_snapshot_every_progress_event_logs_and_final_status_then_c
         timeout=30,
     ) as response:
         resumed = list(read_events(response))
-    assert resumed[0][0] == "status" and resumed[0][1]["status"] == "succeeded"
+    assert resumed[-1][0] == "status" and resumed[-1][1]["status"] == "succeeded"
     total_lines = len([item for item in received if item[0] == "log"])
-    assert [data["seq"] for event, data, _ in resumed[1:]] == list(range(4, total_lines + 1))
+    assert [data["seq"] for event, data, _ in resumed[:-1]] == list(range(4, total_lines + 1))
+    assert {event for event, _, _ in resumed[:-1]} == {"log"}
+
+
+def test_stream_of_a_queued_training_sends_its_queue_position_as_it_moves(client, database, settings, api_url):
+    tenant = make_tenant(database)
+    ahead = submit(client, tenant).json()["id"]
+    training_id = submit(client, tenant).json()["id"]
+
+    def claim_the_one_ahead() -> None:
+        time.sleep(0.3)
+        with unit_of_work(database.session_factory) as session:
+            assert lifecycle.claim(session, training_id=uuid.UUID(ahead), worker_id="w", settings=settings)
+
+    def cancel_once_first() -> None:
+        wait_for(lambda: any(event == "queue" for event, _, _ in received), timeout=20, message="a queue event")
+        client.post(f"/v1/trainings/{training_id}/cancel", headers=tenant.headers)
+
+    received: list = []
+    canceler = threading.Thread(target=cancel_once_first)
+    with httpx.stream(
+        "GET", f"{api_url}/v1/trainings/{training_id}/stream", headers=tenant.headers, timeout=30
+    ) as response:
+        for item in read_events(response):
+            received.append(item)
+            if len(received) == 1:
+                threading.Thread(target=claim_the_one_ahead).start()
+                canceler.start()
+    canceler.join(timeout=30)
+    assert received[0][0] == "status" and received[0][1]["queue_position"] == 2, received[0]
+    queue = [data for event, data, _ in received if event == "queue"]
+    assert [item["queue_position"] for item in queue] == [1] and queue[0]["at"].endswith("Z")
+    assert received[-1][0] == "status" and received[-1][1]["status"] == "canceled"
+
+
+def test_stream_shows_a_requeue_even_when_a_worker_claims_it_again_at_once(client, database, settings):
+    """Every state change reaches the stream as its transaction left it: here all of them are
+    committed before the stream reads its events, so a stream that read the row again on each would
+    show only the final state."""
+    tenant = make_tenant(database)
+    training_id = submit(client, tenant, data={"steps": "3"}).json()["id"]
+    parsed = uuid.UUID(training_id)
+    url = settings.resolved_events_redis_url
+    assert url is not None
+    links = ArtifactLinks(
+        storage=make_storage(settings),
+        ttl=timedelta(minutes=5),
+        base_url="http://leap.test/",
+        public_url="http://leap.test",
+    )
+
+    def transitions() -> None:
+        with unit_of_work(database.session_factory) as session:
+            assert lifecycle.claim(session, training_id=parsed, worker_id="w1", settings=settings)
+        with unit_of_work(database.session_factory) as session:
+            outcome = lifecycle.retry_or_fail(
+                session, training_id=parsed, worker_id="w1", settings=settings, message="storage down"
+            )
+            assert outcome == "requeued"
+        with unit_of_work(database.session_factory) as session:
+            assert lifecycle.claim(session, training_id=parsed, worker_id="w2", settings=settings)
+        with unit_of_work(database.session_factory) as session:
+            usage = lifecycle.UsageRecord(steps=3, compute_seconds=1.0, device="cpu")
+            assert lifecycle.complete(
+                session,
+                training_id=parsed,
+                worker_id="w2",
+                artifacts=[],
+                usage=usage,
+                settings=settings,
+                init_used="token",
+            )
+
+    async def read() -> list[tuple[str, dict[str, Any]]]:
+        hub = stream.RedisEventHub(url)
+        events = stream.TrainingStream(
+            hub=hub,
+            session_factory=database.session_factory,
+            training_id=parsed,
+            links=links,
+            keepalive_seconds=5,
+        ).events()
+        received = []
+        try:
+            async for text in events:
+                if text.startswith("event: status"):
+                    received.append(("status", json.loads(text.split("data: ", 1)[1])))
+                    if len(received) == 1:
+                        transitions()  # all committed (and published) before the stream reads on
+        finally:
+            await hub.stop()
+        return received
+
+    received = asyncio.run(asyncio.wait_for(read(), timeout=30))
+    shown = [(data["status"], data["attempts"]) for _, data in received]
+    assert shown == [("queued", 0), ("running", 1), ("queued", 1), ("running", 2), ("succeeded", 2)], shown
+    requeued = received[2][1]
+    assert (
+        requeued["queue_position"] == 1
+        and requeued["urls"]["stream"] == f"http://leap.test/v1/trainings/{training_id}/stream"
+    )
 
 
 def test_stream_of_a_finished_training_sends_its_status_and_closes(client, database, settings, api_url):
