@@ -362,3 +362,15 @@ def test_previews_load_the_sdxl_files_and_leave_both_encoders_as_loaded(tiny_sdx
     after = base_weights(base)
     assert after.keys() == before.keys() and all(torch.equal(after[k], before[k]) for k in before)
     assert len(base.tokenizer) == len(base.tokenizer_2) == base.text_encoder.config.vocab_size
+
+
+def test_the_documented_sdxl_registry_entry_registers_an_sdxl_model(tmp_path):
+    """docs/base-models.md's entry, as written, is a valid registry with SDXL's family and image minimum."""
+    page = (Path(__file__).resolve().parents[2] / "docs" / "base-models.md").read_text()
+    section = page.split("## Registering SDXL", 1)[1]
+    block = re.search(r"```yaml\n(.*?)```", section, re.S)
+    assert block is not None
+    (tmp_path / "registry.yaml").write_text(block.group(1))
+    entry = load_registry(tmp_path / "registry.yaml").models["sdxl"]
+    assert entry.family == Family.SDXL and entry.resolution == 1024 and entry.smallest_image_side == 512
+    assert entry.defaults["pivotal"]["embedding_lr"] == 5e-4 and entry.defaults["lora"]["batch_size"] == 1
