@@ -37,6 +37,11 @@ def gzip_bomb() -> bytes:
     return body + compressor.flush()
 
 
+class _QuietServer(ThreadingHTTPServer):
+    def handle_error(self, request: object, client_address: object) -> None:
+        pass  # a client hanging up on a bomb or a drip is the expected end
+
+
 class HostileServer:
     """/slow-headers: a status line, then one header byte every 0.2 s, never a blank line.
     /drip/<n>: headers with Content-Length n, then one body byte every 0.2 s.
@@ -75,7 +80,7 @@ class HostileServer:
             def log_message(self, *args: object) -> None:
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server = _QuietServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()

@@ -97,6 +97,7 @@ def test_serve_killed_hard_mid_training_takes_the_training_along(tmp_path):
     # SIGTERM alone (the kernel's parent-death signal) makes Celery finish the task first: this
     # training would run for minutes with no API. The workers' own watch kills them and their pool.
     process, started, url = start_serve(tmp_path)
+    pool = set(started)
     headers = {"Authorization": f"Bearer {read_local_key(tmp_path)}"}
     try:
         response = httpx.post(
@@ -110,7 +111,7 @@ def test_serve_killed_hard_mid_training_takes_the_training_along(tmp_path):
             return body["status"] == "running" and (body.get("progress") or {}).get("step", 0) > 0
 
         wait_for(training_steps, timeout=90, interval=0.5, message="the training to run")
-        pool = {pid for pid in descendants(process.pid) if pid not in started} | started
+        pool |= descendants(process.pid)
         process.kill()
         process.wait(timeout=10)
         wait_for(
@@ -119,6 +120,6 @@ def test_serve_killed_hard_mid_training_takes_the_training_along(tmp_path):
             message=f"the training's processes to exit (left: {[pid for pid in pool if alive(pid)]})",
         )
     finally:
-        for pid in started | set(descendants(process.pid)):
+        for pid in pool:
             if alive(pid):
                 os.kill(pid, signal.SIGKILL)
