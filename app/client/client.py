@@ -44,6 +44,34 @@ class Unreachable(ClientError):
     """The server could not be reached, or kept answering 429/503, after every retry."""
 
 
+@dataclass(frozen=True)
+class RetryNotice:
+    """A request about to be sent again: why (the server's answer, or the connection error) and how
+    long the client waits first (at least the Retry-After the server asked for)."""
+
+    method: str
+    url: str
+    status_code: int | None
+    """429 or 503; None when the server could not be reached."""
+    code: str
+    message: str
+    wait_seconds: float
+    retry_after: float | None
+    """What the server's Retry-After asked for, in seconds."""
+    retry: int
+    """1 for the first retry, ... up to max_retries."""
+    max_retries: int
+
+    def describe(self) -> str:
+        """One line for a person: what happened, what the client waits for, and how many tries are left."""
+        asked = f", as Retry-After asks ({self.retry_after:g}s)" if self.retry_after else ""
+        status = f"{self.status_code} " if self.status_code else ""
+        return (
+            f"{status}{self.code}: {self.message} - retrying {self.method} {self.url} in {self.wait_seconds:.0f}s"
+            f"{asked} (retry {self.retry} of {self.max_retries})"
+        )
+
+
 class WaitTimeout(ClientError):
     """wait() gave up before the training finished; `training` is its last known state."""
 
@@ -204,8 +232,10 @@ class LeapClient:
         poll_interval_max: float = 5.0,
         transport: httpx.BaseTransport | None = None,
         sleep: Callable[[float], None] = time.sleep,
+        on_retry: Callable[[RetryNotice], None] | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
+        self.on_retry = on_retry
         self.max_retries = max_retries
         self.backoff = backoff
         self.backoff_max = backoff_max
@@ -251,18 +281,43 @@ class LeapClient:
             except httpx.TransportError as error:
                 if attempt >= self.max_retries:
                     raise Unreachable(f"{method} {url}: {type(error).__name__}: {error}") from error
-                self._sleep(self._delay(attempt, None))
+                self._wait(attempt, method, url, None, "unreachable", f"{type(error).__name__}: {error}")
                 attempt += 1
                 continue
             if response.status_code not in RETRY_STATUSES:
                 return response
+            if stream:
+                response.read()
+            refusal = _api_error(response)
             if attempt >= self.max_retries:
-                if stream:
-                    response.read()
-                raise _api_error(response)
+                if not attempt:
+                    raise refusal
+                message = f"{refusal.message} (gave up after {attempt} retries)"
+                raise ApiError(refusal.status_code, refusal.code, message, refusal.details)
             response.close()
-            self._sleep(self._delay(attempt, response))
+            self._wait(attempt, method, url, response, refusal.code, refusal.message)
             attempt += 1
+
+    def _wait(
+        self, attempt: int, method: str, url: str, response: httpx.Response | None, code: str, message: str
+    ) -> None:
+        """Sleep before retry attempt + 1, having told on_retry why and for how long."""
+        delay = self._delay(attempt, response)
+        if self.on_retry is not None:
+            self.on_retry(
+                RetryNotice(
+                    method=method,
+                    url=url,
+                    status_code=response.status_code if response is not None else None,
+                    code=code,
+                    message=message,
+                    wait_seconds=delay,
+                    retry_after=retry_after_seconds(response) if response is not None else None,
+                    retry=attempt + 1,
+                    max_retries=self.max_retries,
+                )
+            )
+        self._sleep(delay)
 
     def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         response = self._send(self._http, method, path, **kwargs)

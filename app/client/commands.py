@@ -7,6 +7,7 @@ tab-separated rows, or JSON with --json); progress and errors go to stderr as `e
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable
 from enum import IntEnum
 from functools import wraps
@@ -17,7 +18,16 @@ import typer
 from pydantic import ValidationError
 from rich.console import Console
 
-from app.client.client import ApiError, ChecksumMismatch, LeapClient, NoInputs, Unreachable, WaitTimeout, input_files
+from app.client.client import (
+    ApiError,
+    ChecksumMismatch,
+    LeapClient,
+    NoInputs,
+    RetryNotice,
+    Unreachable,
+    WaitTimeout,
+    input_files,
+)
 from app.client.progress import state_text, steps_text
 from app.enums import TrainingStatus
 from app.tenants.local_key import LOCAL_KEY_FILE, read_local_key
@@ -125,7 +135,19 @@ def open_client(url: str, api_key: str | None, *, data_dir: Path) -> LeapClient:
         api_key = read_local_key(data_dir)
     if not api_key:
         raise fail(ExitCode.USAGE, "no_api_key", "set LEAP_API_KEY or pass --api-key")
-    return LeapClient(url, api_key, poll_interval_max=2.0)
+    retries = os.environ.get("LEAP_MAX_RETRIES", "")
+    return LeapClient(
+        url,
+        api_key,
+        poll_interval_max=2.0,
+        max_retries=int(retries) if retries.isdigit() else 5,
+        on_retry=_say_retry,
+    )
+
+
+def _say_retry(notice: RetryNotice) -> None:
+    """A busy or unreachable server: say what the command waits for, instead of waiting silently."""
+    typer.echo(f"waiting: {notice.describe()}", err=True)
 
 
 def _print_json(value: Any) -> None:

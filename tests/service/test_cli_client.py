@@ -8,6 +8,7 @@ import json
 import shutil
 import subprocess
 import sys
+import uuid
 
 import pytest
 
@@ -16,6 +17,7 @@ from app.client.commands import ExitCode
 from .factories import make_tenant, png_bytes
 from .helpers import REPO_ROOT, assert_init_reported, settings_env, wait_for
 from .processes import WorkerProcess
+from .receivers import Reply
 
 SAMPLES = sorted((REPO_ROOT / "models" / "reference" / "samples").glob("*.png"))[:3]
 
@@ -168,3 +170,18 @@ def test_submit_shows_the_planned_total_from_the_start(leap, images, api_url):
     status = json.loads(leap("status", training_id, "--json").stdout)
     assert status["progress"]["total"] == 20000 and status["urls"]["get"] == f"{api_url}/v1/trainings/{training_id}"
     assert leap("cancel", training_id, "--wait", "--timeout", "60").stdout.strip() == "canceled"
+
+
+def test_a_busy_server_is_waited_for_out_loud_then_given_up_on_with_its_message(leap, receiver):  # type: ignore[no-untyped-def]
+    body = {"error": {"code": "rate_limited", "message": "over 600 requests per 60s", "details": {}}}
+    receiver.default = Reply(429, json.dumps(body).encode(), {"Retry-After": "1", "content-type": "application/json"})
+    result = leap("status", str(uuid.uuid4()), LEAP_URL=receiver.url, LEAP_MAX_RETRIES="2")
+    assert result.returncode == ExitCode.UNREACHABLE, result.stderr
+    waits = [line for line in result.stderr.splitlines() if line.startswith("waiting: ")]
+    assert len(waits) == 2, result.stderr
+    assert "429 rate_limited: over 600 requests per 60s" in waits[0]
+    assert "as Retry-After asks (1s)" in waits[0] and "(retry 1 of 2)" in waits[0] and "(retry 2 of 2)" in waits[1]
+    assert result.stderr.strip().splitlines()[-1] == (
+        "error: rate_limited: over 600 requests per 60s (gave up after 2 retries)"
+    )
+    assert len(receiver.requests) == 3
