@@ -1,17 +1,19 @@
 """`leap demo`: the embedded service end to end, over HTTP, the way a client would use it.
 
 Starts `leap serve`, submits the bundled sample images, follows progress live, downloads and
-verifies the artifacts, then renders a before/after grid (base model vs. fine-tuned, same
-prompts and seeds). The grid is the only part that imports torch, in this client process.
+verifies the artifacts (the worker's previews among them), then renders a larger before/after grid
+(base model vs. fine-tuned, same prompts and seeds, more of them) with the same preview code. The
+grid is the only part that imports torch, in this client process.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
-import textwrap
+import tempfile
 import time
 from pathlib import Path
 
@@ -19,6 +21,7 @@ import httpx
 from rich.console import Console
 
 from app.client import ApiError, LeapClient
+from app.client.previews import preview_path
 from app.client.progress import follow
 from app.enums import TrainingStatus
 from app.settings import get_settings
@@ -26,6 +29,7 @@ from app.tenants.local_key import ensure_local_key
 
 SAMPLES_DIR = Path(__file__).resolve().parent.parent / "models" / "reference" / "samples"
 PROMPTS = ("a photo of {token}", "a close-up picture of {token}")
+"""The grid's prompts; `{token}` is the training's token, as in preview_prompts."""
 SEEDS = (0, 1, 2, 3)
 
 console = Console()
@@ -55,38 +59,26 @@ def _wait_ready(base_url: str, server: subprocess.Popen[bytes], timeout: float =
 
 
 def _grid(base_model: str, artifacts: Path, token: str, out: Path) -> None:
-    """Base model vs. fine-tuned: rows are prompts (before, after), columns are seeds."""
-    import torch
-    from PIL import Image, ImageDraw
-
+    """Base model vs. fine-tuned from the downloaded files: rows are prompts (before, after), columns
+    are seeds; the workers' preview code at the demo's prompts, seeds and 25 sampling steps."""
+    from models.previews import fill
     from models.registry import load_registry
-    from models.trainer.base_model import load_base
-    from models.trainer.evaluate import pipeline_for, sample_images
+    from models.trainer.preview import GRID_FILE, render_image_previews
 
     entry = load_registry(get_settings().model_registry).get(base_model)
     if entry is None:
         raise RuntimeError(f"{base_model} is not in the model registry")
-    base = load_base(entry.path, torch.device("cpu"))
-    pipeline = pipeline_for(base)
-    prompts = [prompt.format(token=token) for prompt in PROMPTS]
-    before = sample_images(pipeline, prompts, SEEDS)
-    if (artifacts / "learned_embeds.safetensors").is_file():
-        pipeline.load_textual_inversion(str(artifacts / "learned_embeds.safetensors"), token=token)
-    if (artifacts / "pytorch_lora_weights.safetensors").is_file():
-        pipeline.load_lora_weights(str(artifacts), weight_name="pytorch_lora_weights.safetensors")
-    after = sample_images(pipeline, prompts, SEEDS)
-
-    cell, label = 128, 200
-    grid = Image.new("RGB", (label + cell * len(SEEDS), cell * 2 * len(prompts)), "white")
-    draw = ImageDraw.Draw(grid)
-    for row_index, prompt in enumerate(prompts):
-        for half, (name, images) in enumerate((("base", before), ("fine-tuned", after))):
-            top = (row_index * 2 + half) * cell
-            wrapped = textwrap.fill(prompt, width=30)
-            draw.text((6, top + cell // 2 - 16), f"{name}:\n{wrapped}", fill="black")
-            for column, image in enumerate(images[row_index * len(SEEDS) : (row_index + 1) * len(SEEDS)]):
-                grid.paste(image.resize((cell, cell), Image.Resampling.NEAREST), (label + column * cell, top))
-    grid.save(out)
+    with tempfile.TemporaryDirectory() as folder:
+        render_image_previews(
+            entry.path,
+            artifacts,
+            token=token,
+            prompts=fill(PROMPTS, token),
+            seeds=SEEDS,
+            device="cpu",
+            out_dir=Path(folder),
+        )
+        shutil.move(Path(folder) / GRID_FILE, out)
 
 
 def run_demo(*, steps: int | None, out: Path, port: int) -> int:
@@ -127,11 +119,14 @@ def run_demo(*, steps: int | None, out: Path, port: int) -> int:
             client.download(training, folder)
             for artifact in training.artifacts:
                 console.print(f"  {artifact.kind:<10} {artifact.name}  {artifact.bytes} bytes  sha256 ok")
+            preview = preview_path(training, folder)
+            if preview is not None and training.previews is not None:
+                console.print(f"preview (rendered by the worker in {training.previews.seconds:.2f}s): {preview}")
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=60)
+    console.print("rendering a larger before/after grid (base vs. fine-tuned, same prompts and seeds)...")
     grid_path = out / f"{training.id}-grid.png"
-    console.print("rendering before/after grid (base vs. fine-tuned, same prompts and seeds)...")
     _grid(training.base_model, folder, training.token, grid_path)
-    console.print(f"artifacts: {folder}\ngrid: {grid_path}")
+    console.print(f"artifacts: {folder}\npreview: {preview}\ngrid: {grid_path}")
     return 0

@@ -28,6 +28,7 @@ from app.client.client import (
     WaitTimeout,
     input_files,
 )
+from app.client.previews import open_file, preview_path, sample_lines
 from app.client.progress import state_text, steps_text
 from app.enums import TrainingStatus
 from app.tenants.local_key import LOCAL_KEY_FILE, read_local_key
@@ -73,6 +74,8 @@ def fail(code: ExitCode, error_code: str, message: str) -> typer.Exit:
 
 def option_name(field: str) -> str:
     """The command-line option of an API field: max_steps -> --max-steps."""
+    if field == "preview_prompts":
+        return "--preview-prompt"  # repeated, one prompt each
     return "--" + field.replace("_", "-").lower()
 
 
@@ -241,7 +244,7 @@ def _unsuccessful(training: Training) -> typer.Exit:
     return fail(ExitCode.TRAINING_UNSUCCESSFUL, training.status, f"training {training.id} {training.status} ({detail})")
 
 
-def _download(client: LeapClient, training: Training, out: Path | None, as_json: bool) -> None:
+def _download(client: LeapClient, training: Training, out: Path | None, as_json: bool, open_preview: bool) -> None:
     folder = out if out is not None else Path("leap-out") / training.id
     paths = client.download(training, folder)
     if not as_json:
@@ -249,6 +252,24 @@ def _download(client: LeapClient, training: Training, out: Path | None, as_json:
             typer.echo(str(path))
     for artifact in training.artifacts:
         stderr.print(f"  {artifact.kind:<10} {artifact.name}  {artifact.bytes} bytes  sha256 ok")
+    _show_previews(training, folder, open_preview)
+
+
+def _show_previews(training: Training, folder: Path, open_preview: bool) -> None:
+    """Say where the previews are (a text training's completions are printed too); --open shows them."""
+    path = preview_path(training, folder)
+    if path is None:
+        if open_preview:
+            stderr.print("no previews to open: this training was submitted with previews off")
+        return
+    for line in sample_lines(training):
+        stderr.print(line, markup=False, highlight=False)
+    stderr.print(f"preview: {path}", markup=False, highlight=False)
+    if open_preview:
+        if open_file(path):
+            stderr.print(f"opened {path.name} in the default viewer")
+        else:
+            stderr.print(f"no viewer to open {path.name} on this machine; copy it to one with a display")
 
 
 @_client_errors
@@ -326,6 +347,19 @@ def submit_command(
         ),
     ] = None,
     metadata: Annotated[str | None, typer.Option(help="A JSON object stored with the training.")] = None,
+    previews: Annotated[
+        bool | None,
+        typer.Option(
+            "--previews/--no-previews", help="Render previews from the trained files once it succeeds (default on)."
+        ),
+    ] = None,
+    preview_prompt: Annotated[
+        list[str] | None,
+        typer.Option(help="A preview prompt naming the concept as {token} (repeat it; default: the model's)."),
+    ] = None,
+    open_preview: Annotated[
+        bool, typer.Option("--open", help="Open the downloaded preview in the default viewer, where there is one.")
+    ] = False,
     idempotency_key: Annotated[
         str | None, typer.Option(help="Re-running with the same key returns the same training.")
     ] = None,
@@ -372,6 +406,8 @@ def submit_command(
         "webhook_url": webhook_url,
         "webhook_events_filter": webhook_events_filter,
         "metadata": metadata,
+        "previews": previews,
+        "preview_prompts": json.dumps(preview_prompt) if preview_prompt else None,
     }
     _check_form(form)
     files = _inputs(inputs) if inputs is not None else []
@@ -400,7 +436,7 @@ def submit_command(
                 f"{training.usage.device}; init {training.init_used}"
                 + (f" ({training.init_note})" if training.init_note else "")
             )
-        _download(client, training, out, as_json)
+        _download(client, training, out, as_json, open_preview)
         if as_json:
             _print_json(training.model_dump(mode="json"))
 
@@ -467,13 +503,16 @@ def download_command(
     api_key: KeyOption = None,
     data_dir: DataDirOption = DEFAULT_DATA_DIR,
     out: Annotated[Path | None, typer.Option(help="Artifacts folder (default: leap-out/<id>).")] = None,
+    open_preview: Annotated[
+        bool, typer.Option("--open", help="Open the downloaded preview in the default viewer, where there is one.")
+    ] = False,
 ) -> None:
     """Download a succeeded training's artifacts, verifying each sha256; prints each file's path."""
     with open_client(url, api_key, data_dir=data_dir) as client:
         training = client.get(training_id)
         if training.status != TrainingStatus.SUCCEEDED:
             raise _unsuccessful(training)
-        _download(client, training, out, as_json=False)
+        _download(client, training, out, as_json=False, open_preview=open_preview)
 
 
 @_client_errors

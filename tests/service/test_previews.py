@@ -7,6 +7,10 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
+import shutil
+import subprocess
+import sys
 import uuid
 from urllib.parse import parse_qs, urlparse
 
@@ -15,12 +19,13 @@ import pytest
 from PIL import Image
 from sqlalchemy import select
 
+from app.client.previews import open_file
 from app.orm import UsageRecord, WebhookEvent
 from app.usage import prices
 from models.trainer.preview import LABEL_WIDTH, cell_size
 
 from .factories import make_tenant, submit
-from .helpers import assert_error, stored_keys, wait_status
+from .helpers import REPO_ROOT, assert_error, settings_env, stored_keys, wait_for, wait_status
 from .processes import WorkerProcess
 
 
@@ -60,7 +65,7 @@ def test_image_training_previews_are_signed_artifacts_in_the_api_webhook_and_man
 
     previews = body["previews"]
     assert previews["prompts"] == [prompt.replace("{token}", token) for prompt in prompts]
-    assert previews["seeds"] == [0, 1] and previews["steps"] == 10 and previews["seconds"] > 0
+    assert previews["seeds"] == [0, 1] and previews["steps"] == 6 and previews["seconds"] > 0
     by_name = {artifact["name"]: artifact for artifact in body["artifacts"]}
     assert by_name["preview.png"]["kind"] == "preview_grid"
     assert [by_name[f"preview-{i}.png"]["kind"] for i in (1, 2, 3)] == ["preview"] * 3
@@ -152,3 +157,47 @@ def test_preview_prompts_one_per_line_and_the_token_itself(client, database, set
         "a photo of {token}",
         "a close-up picture of {token}",
     ]
+
+
+def test_leap_submit_prints_the_preview_and_opens_it_in_the_desktop_viewer(
+    settings, api_url, database, gpu_worker, tmp_path
+):
+    images = tmp_path / "images"
+    images.mkdir()
+    for sample in sorted((REPO_ROOT / "models" / "reference" / "samples").glob("*.png"))[:3]:
+        shutil.copy(sample, images / sample.name)
+    # The desktop's viewer is the edge: a stand-in xdg-open that notes what it was asked to open.
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    opened = tmp_path / "opened.txt"
+    viewer = bin_dir / "xdg-open"
+    viewer.write_text(f'#!/bin/sh\necho "$1" > {opened}\n')
+    viewer.chmod(0o755)
+    env = settings_env(settings) | {
+        "LEAP_URL": api_url,
+        "LEAP_API_KEY": make_tenant(database).key,
+        "PATH": f"{bin_dir}:{os.environ['PATH']}",
+        "DISPLAY": ":0",
+    }
+    result = subprocess.run(
+        [sys.executable, "-m", "app.cli", "submit", str(images), "--steps", "2", "--out", "out", "--open"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, (result.stderr, gpu_worker.log()[-3000:])
+    assert "out/preview.png" in result.stdout.split()
+    assert "preview: out/preview.png" in result.stderr and "opened preview.png" in result.stderr
+    wait_for(opened.is_file, timeout=10, message="the viewer to be started")
+    assert opened.read_text().strip() == "out/preview.png"
+    with Image.open(tmp_path / "out" / "preview.png") as grid:
+        assert grid.format == "PNG"
+
+
+def test_open_says_so_where_there_is_no_viewer(monkeypatch, tmp_path):
+    monkeypatch.delenv("DISPLAY", raising=False)
+    monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
+    monkeypatch.setattr(sys, "platform", "linux")
+    assert open_file(tmp_path / "preview.png") is False

@@ -1,0 +1,143 @@
+"""What previews cost on leap-tiny: default booster jobs on the embedded `leap serve`, previews on and off.
+
+    python bench/previews.py [--runs 5] [--json bench/results/previews.json]
+
+Starts `leap serve` (SQLite, local files, filesystem broker) in a temporary data directory with one
+torch thread, warms the worker with one job, then submits the first validation concept's 8 views as
+default jobs (no steps: they stop when done; init=booster) alternating previews on and off, and times
+POST -> status succeeded (polled every 100 ms). Reports each side's median wall time with its range,
+the previews' own time as the worker measured it (manifest `previews.seconds`), and both as a fraction
+of the median job without previews.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _files() -> list[tuple[str, tuple[str, bytes, str]]]:
+    from models.reference.concepts import benchmark_concepts
+
+    files = []
+    for index, image in enumerate(benchmark_concepts("val")[0].views()):
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG")
+        files.append(("images", (f"{index}.png", buffer.getvalue(), "image/png")))
+    return files
+
+
+def _serve(data_dir: Path) -> tuple[subprocess.Popen[bytes], str]:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LEAP_")}
+    env |= {"LEAP_DATA_DIR": str(data_dir), "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    log = (data_dir / "serve.log").open("wb")
+    server = subprocess.Popen(
+        [sys.executable, "-m", "app.cli", "serve", "--port", str(port)],
+        cwd=REPO,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(600):
+        try:
+            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                return server, url
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError("leap serve did not become ready")
+
+
+def _job(url: str, headers: dict[str, str], files: list, previews: bool) -> dict[str, Any]:
+    started = time.perf_counter()
+    data = {"init": "booster", "previews": str(previews).lower()}
+    response = httpx.post(f"{url}/v1/trainings", files=files, data=data, headers=headers, timeout=60)
+    response.raise_for_status()
+    training_id = response.json()["id"]
+    while True:
+        polled = httpx.get(f"{url}/v1/trainings/{training_id}", headers=headers, timeout=10)
+        body = polled.json()
+        if polled.status_code == 200 and body["status"] in ("succeeded", "failed", "canceled"):
+            break
+        time.sleep(0.1 if polled.status_code == 200 else 0.5)  # 429: the per-key rate limit
+    wall = time.perf_counter() - started
+    return {
+        "previews": previews,
+        "status": body["status"],
+        "wall_s": round(wall, 3),
+        "steps": body["usage"]["steps"] if body["usage"] else None,
+        "compute_seconds": body["usage"]["compute_seconds"] if body["usage"] else None,
+        "preview_seconds": body["previews"]["seconds"] if body.get("previews") else None,
+    }
+
+
+def _spread(values: list[float]) -> dict[str, float]:
+    return {"median": round(statistics.median(values), 3), "min": round(min(values), 3), "max": round(max(values), 3)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", type=int, default=5, help="jobs per side")
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args()
+    sys.path.insert(0, str(REPO))
+    files = _files()
+    data_dir = Path(tempfile.mkdtemp(prefix="leap-previews-"))
+    server, url = _serve(data_dir)
+    try:
+        headers = {"Authorization": f"Bearer {(data_dir / 'api-key').read_text().strip()}"}
+        warmup = _job(url, headers, files, True)
+        runs = [_job(url, headers, files, previews) for _ in range(args.runs) for previews in (True, False)]
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
+    assert all(run["status"] == "succeeded" for run in runs), runs
+    on = [run["wall_s"] for run in runs if run["previews"]]
+    off = [run["wall_s"] for run in runs if not run["previews"]]
+    preview = [run["preview_seconds"] for run in runs if run["previews"]]
+    baseline = statistics.median(off)
+    summary = {
+        "job_without_previews_wall_s": _spread(off),
+        "job_with_previews_wall_s": _spread(on),
+        "preview_seconds": _spread(preview),
+        "preview_fraction_of_job": round(statistics.median(preview) / baseline, 3),
+        "wall_increase_fraction": round((statistics.median(on) - baseline) / baseline, 3),
+        "billed_steps_same": sorted(run["steps"] for run in runs if run["previews"])
+        == sorted(run["steps"] for run in runs if not run["previews"]),
+    }
+    report = {
+        "command": "python bench/previews.py --runs " + str(args.runs),
+        "machine": f"{os.cpu_count()} CPUs, OMP_NUM_THREADS=1 in the worker",
+        "date": time.strftime("%Y-%m-%d"),
+        "base_model": "leap-tiny",
+        "warmup": warmup,
+        "runs": runs,
+        "summary": summary,
+    }
+    print(json.dumps(report, indent=2))
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
