@@ -26,7 +26,11 @@ from app.tenants.local_key import ensure_local_key, local_key_path
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
 
-cli = typer.Typer(help="LEAP: fine-tune Stable Diffusion on a few images, as a service.", no_args_is_help=True)
+ABOUT = (
+    "LEAP: fine-tune image models (Stable Diffusion) on a few images and language models on a few text "
+    "examples, as a service."
+)
+cli = typer.Typer(help=ABOUT, no_args_is_help=True)
 tenants_cli = typer.Typer(help="Create and list tenants (admin).", no_args_is_help=True)
 keys_cli = typer.Typer(help="Create, list and revoke API keys (admin).", no_args_is_help=True)
 cli.add_typer(tenants_cli, name="tenants")
@@ -45,7 +49,8 @@ def _options(
         bool, typer.Option("--version", callback=_print_version, is_eager=True, help="Print LEAP's version and exit.")
     ] = False,
 ) -> None:
-    """LEAP: fine-tune Stable Diffusion on a few images, as a service."""
+    """LEAP: fine-tune image models (Stable Diffusion) on a few images and language models on a few text
+    examples, as a service."""
 
 
 def _settings() -> Settings:
@@ -87,8 +92,21 @@ def api(
     )
 
 
-def worker_argv(queues: str, *, concurrency: int, pool: str, beat: bool, loglevel: str) -> list[str]:
+# Libraries' own chatter (model-loading progress bars, optional-dependency notices) kept out of a
+# quiet worker's output; its own log lines at `--loglevel` stay.
+QUIET_ENV = {
+    "TRANSFORMERS_VERBOSITY": "error",
+    "DIFFUSERS_VERBOSITY": "error",
+    "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+    "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1",
+}
+
+
+def worker_argv(
+    queues: str, *, concurrency: int, pool: str, beat: bool, loglevel: str, quiet: bool = False
+) -> list[str]:
     argv = [
+        *(["--quiet"] if quiet else []),  # celery's own option: no banner
         "worker",
         "-Q",
         queues,
@@ -117,8 +135,18 @@ def worker(
     pool: Annotated[str, typer.Option(help="Celery pool: prefork, solo or threads.")] = "prefork",
     beat: Annotated[bool, typer.Option(help="Also run the periodic scheduler (one per deployment).")] = False,
     loglevel: str = "info",
+    quiet: Annotated[
+        bool,
+        typer.Option(help="No banner, no warning about running as root, no model-loading notices or progress bars."),
+    ] = False,
 ) -> None:
     """Run a Celery worker (trainings on the gpu queue; the sweeper on the maintenance queue)."""
+    if quiet:
+        import warnings
+
+        os.environ.update(QUIET_ENV)
+        # Containers run as root on purpose; the warning is for hosts, and says so at length.
+        warnings.filterwarnings("ignore", message=".*superuser privileges.*")
     from workers.celery_app import create_celery
 
     settings = _settings()
@@ -134,20 +162,42 @@ def worker(
             raise typer.Exit(2) from None
     exit_with_parent()  # started by `leap serve`: killed with its pool once serve is gone
     app = create_celery(settings)
-    app.worker_main(worker_argv(queues, concurrency=concurrency, pool=pool, beat=beat, loglevel=loglevel))
+    app.worker_main(worker_argv(queues, concurrency=concurrency, pool=pool, beat=beat, loglevel=loglevel, quiet=quiet))
 
 
 @cli.command()
 def serve(
     host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+    data_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--data-dir",
+            help="Folder of the SQLite database, local artifacts, broker and API key (default: LEAP_DATA_DIR, "
+            "else .leap).",
+            show_default=False,
+        ),
+    ] = None,
+    verbose: Annotated[
+        int,
+        typer.Option(
+            "--verbose",
+            "-v",
+            count=True,
+            help="More output: -v the workers' banners, warnings and task lines; -vv also each HTTP request.",
+        ),
+    ] = 0,
 ) -> None:
-    """API + workers on this machine. With no configuration: SQLite, local files, a filesystem broker."""
+    """API + workers on this machine. With no configuration: SQLite, local files, a filesystem broker.
+    Quiet by default: the API key and address, then only warnings and errors."""
     import uvicorn
 
     from app.db import upgrade_database
     from app.main import create_app
 
+    if data_dir is not None:
+        os.environ["LEAP_DATA_DIR"] = str(data_dir)  # the workers read it too
+        get_settings.cache_clear()
     settings = _settings()
     upgrade_database(settings)
     if settings.is_embedded:
@@ -160,9 +210,10 @@ def serve(
     preload = json.dumps([load_registry(settings.model_registry).default_id])
     # Each worker kills itself and its pool processes once serve is gone (app.parent_watch).
     os.environ[PARENT_PID_ENV] = str(os.getpid())
+    worker_output = ["--loglevel", "info" if verbose else "warning", *([] if verbose else ["--quiet"])]
     children = [
         _start_child(
-            [sys.executable, "-m", "app.cli", "worker", "--queues", settings.queue, "--loglevel", "warning"],
+            [sys.executable, "-m", "app.cli", "worker", "--queues", settings.queue, *worker_output],
             env={**os.environ, "LEAP_PRELOAD_MODELS": preload},
         ),
         _start_child(
@@ -176,8 +227,7 @@ def serve(
                 "--pool",
                 "solo",
                 "--beat",
-                "--loglevel",
-                "warning",
+                *worker_output,
             ]
         ),
     ]
@@ -190,8 +240,8 @@ def serve(
             create_app(settings),
             host=host,
             port=port,
-            log_level="warning",
-            access_log=False,
+            log_level="info" if verbose > 1 else "warning",
+            access_log=verbose > 1,
             timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
         )
     finally:
