@@ -8,6 +8,7 @@ environment: the service passes `Settings.model_registry` (LEAP_MODEL_REGISTRY),
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -62,6 +63,14 @@ class RegisteredModel:
     (a smaller image would be scaled up more than twofold to the training resolution)."""
 
     @property
+    def image_family(self) -> Family | None:
+        """Image models: the registered family, else the one a local folder's model_index.json names
+        (None for a hub id that does not say, or a text model)."""
+        if self.kind != Kind.IMAGE:
+            return None
+        return self.family or folder_family(self.path)
+
+    @property
     def smallest_image_side(self) -> int:
         """The shortest image side this model accepts (image models; 0 for text models)."""
         return self.min_image_side or self.resolution // 2
@@ -82,6 +91,21 @@ class Registry:
 
     def get(self, model_id: str) -> RegisteredModel | None:
         return self.models.get(model_id)
+
+
+SDXL_PIPELINE = "StableDiffusionXLPipeline"
+
+
+def folder_family(path: str) -> Family | None:
+    """SDXL or SD from a local diffusers folder's model_index.json; None where there is none to read."""
+    index = Path(path) / "model_index.json"
+    if not index.is_file():
+        return Family.SD if Path(path).is_dir() else None  # components saved without an index: SD's layout
+    try:
+        class_name = json.loads(index.read_text()).get("_class_name")
+    except (OSError, ValueError):
+        return None
+    return Family.SDXL if class_name == SDXL_PIPELINE else Family.SD
 
 
 def _resolve(base: Path, value: str) -> str:

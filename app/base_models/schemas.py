@@ -6,7 +6,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from models.enums import Kind
+from models.enums import Family, Kind
 
 
 class BaseModelInfo(BaseModel):
@@ -20,6 +20,14 @@ class BaseModelInfo(BaseModel):
     description: str
     resolution: int | None = Field(
         description="Training resolution in pixels of an image model; null for a text model."
+    )
+    family: Family | None = Field(
+        description="An image model's architecture: sd (SD 1.x/2.x) or sdxl; null for a text model, or for an "
+        "image model given by hub id whose family is read when it is loaded."
+    )
+    min_image_side: int | None = Field(
+        description="The shortest side in pixels an uploaded image may have for this image model (smaller "
+        "images are refused with invalid_images); null for a text model."
     )
     has_booster: bool = Field(description="Whether init=booster has a trained booster for this model.")
     default: bool = Field(description="Used when a training names no base_model.")

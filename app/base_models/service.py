@@ -20,6 +20,8 @@ def list_base_models(registry: Registry) -> list[BaseModelInfo]:
             modes=list(TEXT_MODES if model.kind == "text" else IMAGE_MODES),
             description=model.description,
             resolution=model.resolution if model.kind == Kind.IMAGE else None,
+            family=model.image_family,
+            min_image_side=model.smallest_image_side if model.kind == Kind.IMAGE else None,
             has_booster=model.has_booster,
             default=model.id == registry.default_id,
             defaults=dict(model.defaults),

@@ -8,16 +8,16 @@ model_index.json's StableDiffusionXLPipeline.
 
 from __future__ import annotations
 
-import json
 import threading
 from dataclasses import dataclass
-from pathlib import Path
+from typing import Any
 
 import torch
 from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
 from models.enums import Family
+from models.registry import SDXL_PIPELINE, folder_family
 from models.trainer.errors import BaseModelError
 
 _DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -45,7 +45,7 @@ class BaseComponents:
         return Family.SDXL if self.text_encoder_2 is not None else Family.SD
 
     @property
-    def text_encoders(self) -> list[torch.nn.Module]:
+    def text_encoders(self) -> list[Any]:  # CLIPTextModel, then CLIPTextModelWithProjection
         return [encoder for encoder in (self.text_encoder, self.text_encoder_2) if encoder is not None]
 
     @property
@@ -81,19 +81,16 @@ def weight_dtype_for(mixed_precision: str, device: torch.device) -> torch.dtype:
 
 def detect_family(source: str) -> Family:
     """SDXL where model_index.json names StableDiffusionXLPipeline, else SD (a folder or a hub id)."""
-    index = Path(source) / "model_index.json"
+    family = folder_family(source)
+    if family is not None:
+        return family
     try:
-        if index.is_file():
-            class_name = json.loads(index.read_text()).get("_class_name")
-        elif Path(source).is_dir():
-            return Family.SD  # components saved without a pipeline index: SD's layout
-        else:
-            from diffusers import DiffusionPipeline
+        from diffusers import DiffusionPipeline
 
-            class_name = DiffusionPipeline.load_config(source).get("_class_name")
+        class_name = DiffusionPipeline.load_config(source).get("_class_name")
     except (OSError, ValueError) as error:
         raise BaseModelError(f"cannot load base model {source!r}: {error}") from error
-    return Family.SDXL if class_name == "StableDiffusionXLPipeline" else Family.SD
+    return Family.SDXL if class_name == SDXL_PIPELINE else Family.SD
 
 
 _cache: dict[tuple[str, str, torch.dtype], BaseComponents] = {}

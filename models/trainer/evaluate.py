@@ -81,7 +81,7 @@ def pipeline_for(base: BaseComponents, concept: ConceptModel | None = None) -> S
             scheduler=DDIMScheduler.from_config(base.noise_scheduler.config),
         )
         pipeline.set_progress_bar_config(disable=True)
-        return pipeline  # type: ignore[return-value]  # the same call interface as SD's
+        return pipeline  # the same call interface as SD's
     pipeline = StableDiffusionPipeline(
         vae=base.vae,
         text_encoder=base.text_encoder,

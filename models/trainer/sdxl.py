@@ -24,6 +24,7 @@ import copy
 import json
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import torch
 from diffusers import StableDiffusionXLPipeline
@@ -120,7 +121,7 @@ class SDXLConcept(ConceptModel):
         )
 
     @property
-    def text_encoder_2(self) -> torch.nn.Module:
+    def text_encoder_2(self) -> Any:  # CLIPTextModelWithProjection
         assert self.base.text_encoder_2 is not None
         return self.base.text_encoder_2
 

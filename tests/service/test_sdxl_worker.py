@@ -75,7 +75,7 @@ def test_sdxl_training_succeeds_in_a_real_worker_with_both_encoders_files(
 
     listed = sdxl_client.get("/v1/models", headers=tenant.headers).json()
     (model,) = [m for m in listed["data"] if m["id"] == TINY_SDXL]
-    assert model["resolution"] == 32
+    assert (model["resolution"], model["family"], model["min_image_side"]) == (32, "sdxl", 16)
 
 
 def test_images_below_the_models_minimum_side_are_refused_naming_the_file_and_nothing_is_stored(
