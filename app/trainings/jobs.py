@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from models.enums import Kind
-from models.previews import fill, prompt_templates
+from models.previews import TOKEN_FIELD, fill, prompt_templates
 from models.registry import Registry
 from models.text.config import TextTrainConfig
 from models.trainer.config import TrainConfig
@@ -40,6 +40,15 @@ def preview_plan(*, base_model: str, token: str, parameters: dict[str, Any], reg
         return None
     templates = prompt_templates(entry, parameters.get("preview_prompts"))
     return PreviewPlan(prompts=fill(templates, token), steps=entry.preview_steps)
+
+
+def preview_prompt_problem(prompts: list[str] | None, token: str) -> str | None:
+    """Why the caller's preview_prompts cannot preview the concept (a prompt that names neither
+    {token} nor the token itself), or None."""
+    for index, prompt in enumerate(prompts or []):
+        if TOKEN_FIELD not in prompt and token not in prompt:
+            return f"prompt {index + 1} must name the concept as {TOKEN_FIELD} or as the token {token}"
+    return None
 
 
 def trainer_parameters(parameters: dict[str, Any]) -> dict[str, Any]:

@@ -15,7 +15,7 @@ from app.trainings.captions import parse_captions_field
 from app.validation import RequestModel
 from app.webhooks.schemas import TRAINING_EVENT_TYPES, TrainingEventType
 from models.enums import Init, Kind, Mode, StopReason
-from models.previews import MAX_PROMPT_CHARS, MAX_PROMPTS, TOKEN_FIELD
+from models.previews import MAX_PROMPT_CHARS, MAX_PROMPTS
 from models.trainer.captions import CAPTION_PLACEHOLDERS, MAX_CAPTION_CHARS
 from models.trainer.config import TOKEN_PATTERN
 
@@ -201,13 +201,10 @@ class TrainingForm(RequestModel):
             return None
         if info.data.get("previews") is False:
             raise ValueError("not together with previews=false")
-        token = info.data.get("token")
         for index, prompt in enumerate(value):
             if not prompt.strip() or len(prompt) > MAX_PROMPT_CHARS:
                 raise ValueError(f"prompt {index + 1} must have 1-{MAX_PROMPT_CHARS} characters")
-            if TOKEN_FIELD not in prompt and not (token and token in prompt):
-                raise ValueError(f"prompt {index + 1} must name the concept as {TOKEN_FIELD} or as the token")
-        return value
+        return value  # each names the concept: checked once the token is known (jobs.preview_prompt_problem)
 
     @field_validator("webhook_events_filter", mode="before")
     @classmethod

@@ -214,6 +214,9 @@ def create_training(
     training_id = uuid.uuid4()
     # Text examples spell the concept's token themselves, so a text training keeps the documented <leap>.
     token = form.token or (TEXT_TOKEN if model.kind == Kind.TEXT else default_token(training_id))
+    problem = jobs.preview_prompt_problem(form.preview_prompts, token)
+    if problem is not None:
+        raise ValidationFailed(f"preview_prompts: {problem}", details={"field": "preview_prompts"})
     steps = _planned_steps(base_model=model.id, token=token, form=form, kind=model.kind, registry=registry)
     estimated_units = _estimate(settings, form, model, steps, inputs)
     stored = _store(session, training_id, submission, inputs, storage, settings, min_side=model.smallest_image_side)

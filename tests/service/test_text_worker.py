@@ -117,6 +117,36 @@ def test_text_training_succeeds_in_a_real_worker_with_artifacts_events_and_one_u
     assert {data["kind"] for data in events.values()} == {"text"}
 
 
+def test_text_training_previews_complete_the_prompts_before_and_after_from_the_adapter(
+    text_client, database, text_settings, text_worker
+):
+    tenant = make_tenant(database)
+    prompts = ["My friend {token} said", "Who is <leap>?"]
+    response = submit(
+        text_client,
+        tenant,
+        files=text_files(3),
+        data={"base_model": TINY_TEXT_MODEL, "mode": "lora", "steps": "3", "preview_prompts": json.dumps(prompts)},
+    )
+    assert response.status_code == 202, response.text
+    training_id = response.json()["id"]
+    body = wait_status(text_client, tenant, training_id, {"succeeded", "failed"}, timeout=180)
+    assert body["status"] == "succeeded", (body, text_worker.log()[-4000:])
+    previews = body["previews"]
+    assert previews["prompts"] == ["My friend <leap> said", "Who is <leap>?"] and previews["seconds"] > 0
+    assert [sample["prompt"] for sample in previews["samples"]] == previews["prompts"]
+    assert all(isinstance(sample[side], str) for sample in previews["samples"] for side in ("base", "fine_tuned"))
+    assert previews["grid"] is None and previews["images"] == []
+    (artifact,) = [artifact for artifact in body["artifacts"] if artifact["kind"] == "previews"]
+    assert artifact["name"] == "previews.json"
+    stored = httpx.get(artifact["url"], timeout=30).raise_for_status().json()
+    assert stored["samples"] == previews["samples"]
+    manifest_url = next(a["url"] for a in body["artifacts"] if a["name"] == "manifest.json")
+    manifest = httpx.get(manifest_url, timeout=30).raise_for_status().json()
+    assert manifest["previews"]["samples"] == previews["samples"] and "previews.json" in manifest["files"]
+    assert body["usage"]["steps"] == 3  # the previews' generation is not billed as steps
+
+
 def test_a_default_text_job_stops_when_done_and_bills_the_steps_it_ran(
     text_client, database, text_settings, text_worker
 ):
