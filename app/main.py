@@ -19,6 +19,7 @@ from app.errors import install_error_handlers
 from app.health.metrics import HttpMetricsMiddleware, TrainingCollector
 from app.health.routes import router as health_router
 from app.memory import release_large_buffers
+from app.openapi_strict import strict_parameters
 from app.options import OptionsMiddleware
 from app.outbox.sender import bind_sender
 from app.settings import Settings, get_settings
@@ -64,6 +65,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         database.dispose()
 
     app = FastAPI(title="LEAP", version=API_VERSION, description=DESCRIPTION, lifespan=lifespan)
+    generated_openapi = app.openapi
+    app.openapi = lambda: strict_parameters(generated_openapi())  # type: ignore[method-assign]
     app.state.settings = settings
     app.state.database = database
     app.state.storage = storage

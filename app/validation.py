@@ -15,8 +15,17 @@ NUL_MESSAGE = "must not contain a NUL character (\\u0000)"
 # The largest value of the database's Integer columns (32-bit on Postgres).
 INT32_MAX = 2**31 - 1
 
-# An int that is an int: JSON `false` or `1.0` is refused instead of being stored as 0 or 1.
-Int32 = Annotated[StrictInt, Field(ge=0, le=INT32_MAX)]
+
+def _integer(value: Any) -> Any:
+    # JSON Schema's integer includes 10.0 (a number with no fraction), so the spec's clients may send
+    # it; true/false, text and fractions are refused instead of being stored as 0, 1 or rounded.
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+# An int that is an int (or a number with no fraction), and fits the database's Integer columns.
+Int32 = Annotated[StrictInt, Field(ge=0, le=INT32_MAX), BeforeValidator(_integer)]
 
 
 _NUMBER = re.compile(r"\s*[-+]?\d+(\.\d*)?\s*")

@@ -103,7 +103,7 @@ def export_usage(
     _: AdminDep,
     session: SessionDep,
     start: Annotated[IsoDatetime, Query(description="Inclusive, ISO 8601")],
-    end: Annotated[IsoDatetime, Query(description="Exclusive, ISO 8601")],
+    end: Annotated[IsoDatetime, Query(description="Exclusive, ISO 8601; after start (equal: 422)")],
     tenant_id: Annotated[str | None, Query(description="One tenant; default: all")] = None,
     format: Annotated[Literal["json", "csv"], Query(description="json or csv")] = "json",
 ) -> usage_schemas.UsageExport | Response:

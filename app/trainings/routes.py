@@ -15,11 +15,16 @@ from app.db import read_in_thread
 from app.deps import ArtifactLinksDep, RegistryDep, SettingsDep, StorageDep, artifact_links
 from app.enums import TrainingStatus
 from app.errors import error_responses
+from app.openapi_strict import form_without_null
 from app.tenants.auth import PrincipalDep, SessionDep, bearer, resolve_principal_on_loop
 from app.trainings import logs, schemas, service, stream, uploads
 from app.validation import INT32_MAX
 
 router = APIRouter(prefix="/v1/trainings", tags=["trainings"])
+
+CURSOR_PATTERN = r"^[A-Za-z0-9_-]+$"
+"""A page cursor is unpadded URL-safe base64 (service._encode_cursor)."""
+MAX_CURSOR_LENGTH = 200
 
 # The polled routes authenticate by calling resolve_principal_on_loop, not through a dependency,
 # which costs FastAPI a dependency solve per request; openapi.yaml still says how.
@@ -59,8 +64,11 @@ _request_body = {
     "requestBody": {
         "required": True,
         "content": {
-            "multipart/form-data": {"schema": _form_schema(schemas.TrainingRequest)},
-            "application/x-www-form-urlencoded": {"schema": _form_schema(schemas.TrainingFieldsRequest)},
+            # A form field is text or absent, never null (JSON may send null).
+            "multipart/form-data": {"schema": form_without_null(_form_schema(schemas.TrainingRequest))},
+            "application/x-www-form-urlencoded": {
+                "schema": form_without_null(_form_schema(schemas.TrainingFieldsRequest))
+            },
             "application/json": {"schema": _form_schema(schemas.TrainingJsonRequest)},
         },
     }
@@ -137,7 +145,10 @@ async def list_trainings(
     request: Request,
     links: ArtifactLinksDep,
     status: Annotated[TrainingStatus | None, Query(description="Only trainings in this state")] = None,
-    cursor: Annotated[str | None, Query(description="next_cursor of the previous page")] = None,
+    cursor: Annotated[
+        str | None,
+        Query(description="next_cursor of the previous page", pattern=CURSOR_PATTERN, max_length=MAX_CURSOR_LENGTH),
+    ] = None,
     limit: Annotated[int, Query(ge=1, le=service.MAX_PAGE_SIZE)] = 20,
 ) -> Response:
     # Like a poll: the key checked from the event loop, then the query and serialisation in one

@@ -24,10 +24,15 @@ def get_usage(
     principal: PrincipalDep,
     session: SessionDep,
     start: Annotated[
-        IsoDatetime | None, Query(description="Inclusive, ISO 8601; default: this UTC month's start")
+        IsoDatetime | None,
+        Query(
+            description="Inclusive, ISO 8601; default: this UTC month's start. The period (with end or its "
+            "default) must be 1 second to 366 days long: otherwise a 422 names the parameter sent."
+        ),
     ] = None,
     end: Annotated[
-        IsoDatetime | None, Query(description="Exclusive, ISO 8601; default: start of next UTC month")
+        IsoDatetime | None,
+        Query(description="Exclusive, ISO 8601, after start; default: start of next UTC month"),
     ] = None,
     group_by: Annotated[schemas.GroupBy, Query(description="day (UTC) or base_model")] = "day",
 ) -> schemas.UsageReport:

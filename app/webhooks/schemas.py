@@ -23,8 +23,13 @@ EventType = Literal[TrainingEventType, "usage.recorded"]
 EVENT_TYPES: tuple[str, ...] = EventType.__args__  # type: ignore[attr-defined]
 
 
+# In the spec only: what the SSRF guard's first check accepts (an http(s) scheme and a host). The
+# server's own check refuses the rest with its clearer unsafe_url message.
+URL_SCHEMA = {"pattern": r"^[Hh][Tt][Tt][Pp][Ss]?://[^/?#\s]+", "minLength": 1}
+
+
 class EndpointCreate(RequestModel):
-    url: str = Field(max_length=2048, description="http(s) URL at a public address.")
+    url: str = Field(max_length=2048, json_schema_extra=URL_SCHEMA, description="http(s) URL at a public address.")
     description: str = Field("", max_length=200)
     event_types: list[EventType] = Field(default_factory=list, description="Events sent here; empty: all.")
 
@@ -32,7 +37,7 @@ class EndpointCreate(RequestModel):
 class EndpointUpdate(RequestModel):
     """Only the fields sent change. `enabled: true` re-enables a disabled endpoint."""
 
-    url: str | None = Field(None, max_length=2048)
+    url: str | None = Field(None, max_length=2048, json_schema_extra=URL_SCHEMA)
     description: str | None = Field(None, max_length=200)
     event_types: list[EventType] | None = None
     enabled: bool | None = None
