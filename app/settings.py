@@ -95,7 +95,7 @@ class Settings(BaseSettings):
     input_url_timeout: timedelta = timedelta(seconds=10)
     """Connecting to the server of an input URL, and each read from it."""
     input_url_deadline: timedelta = timedelta(seconds=120)
-    """The whole download of one input URL, redirects included."""
+    """The whole download of a submission's input URLs, all of them, redirects and headers included."""
     input_url_max_redirects: int = 5
     """Redirects followed per input URL (each hop's address is checked again)."""
     input_url_allowed_networks: list[str] = []

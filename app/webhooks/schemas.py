@@ -6,6 +6,7 @@ from datetime import datetime
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+from pydantic.json_schema import JsonDict
 
 from app.enums import WebhookDeliveryStatus
 from app.validation import Id, RequestModel
@@ -25,7 +26,7 @@ EVENT_TYPES: tuple[str, ...] = EventType.__args__  # type: ignore[attr-defined]
 
 # In the spec only: what the SSRF guard's first check accepts (an http(s) scheme and a host). The
 # server's own check refuses the rest with its clearer unsafe_url message.
-URL_SCHEMA = {"pattern": r"^[Hh][Tt][Tt][Pp][Ss]?://[^/?#\s]+", "minLength": 1}
+URL_SCHEMA: JsonDict = {"pattern": r"^[Hh][Tt][Tt][Pp][Ss]?://[^/?#\s]+", "minLength": 1}
 
 
 class EndpointCreate(RequestModel):
