@@ -102,6 +102,8 @@ class SDXLConcept(ConceptModel):
         self.width_1 = base.text_widths[0]
         super().__init__(base, token=token, num_vectors=num_vectors)
         self.text_encoder_2_lora = False
+        self._cached: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._cached_version = -1
         try:
             self.tokenizer_2 = copy.deepcopy(base.tokenizer_2)
             if any(t in self.tokenizer_2.get_vocab() for t in self.tokens):
@@ -199,6 +201,21 @@ class SDXLConcept(ConceptModel):
         ).input_ids.to(self.base.device)
 
     def _encode(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.embedding.requires_grad or self.text_encoder_lora or self.text_encoder_2_lora:
+            return self._encode_now(prompts)
+        # Nothing in the text path trains (LoRA on the UNet alone): each prompt's conditioning is
+        # computed once, until the token's vectors are set again (their version changes).
+        if self.embedding._version != self._cached_version:
+            self._cached, self._cached_version = {}, self.embedding._version
+        missing = [prompt for prompt in dict.fromkeys(prompts) if prompt not in self._cached]
+        if missing:
+            with torch.no_grad():
+                hidden, pooled = self._encode_now(missing)
+            self._cached.update({prompt: (hidden[i], pooled[i]) for i, prompt in enumerate(missing)})
+        rows = [self._cached[prompt] for prompt in prompts]
+        return torch.stack([hidden for hidden, _ in rows]), torch.stack([pooled for _, pooled in rows])
+
+    def _encode_now(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         return encode(self.base, self._ids(self.tokenizer, prompts), self._ids(self.tokenizer_2, prompts))
 
     def encode_prompts(self, prompts: list[str]) -> torch.Tensor:

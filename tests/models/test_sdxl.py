@@ -85,7 +85,7 @@ def run(tiny_sdxl, images, out_dir: Path, **options):
         seen["deltas"] = trained_deltas(job)
         seen["lora"] = job.concept.lora_state()
 
-    config = TrainConfig(base_model=tiny_sdxl, steps=4, seed=0, **options)
+    config = TrainConfig(base_model=tiny_sdxl, **{"steps": 4, "seed": 0, **options})
     result = train(config, images, out_dir, registry=REGISTRY, on_finish=capture)
     return result, seen
 
@@ -374,3 +374,28 @@ def test_the_documented_sdxl_registry_entry_registers_an_sdxl_model(tmp_path):
     entry = load_registry(tmp_path / "registry.yaml").models["sdxl"]
     assert entry.family == Family.SDXL and entry.resolution == 1024 and entry.smallest_image_side == 512
     assert entry.defaults["pivotal"]["embedding_lr"] == 5e-4 and entry.defaults["lora"]["batch_size"] == 1
+
+
+def test_lora_jobs_encode_each_prompt_once_and_train_as_without_the_cache(tiny_sdxl, concept_images, tmp_path):
+    """With nothing trainable in the text path (LoRA on the UNet alone), both encoders run once per
+    distinct prompt; the losses are those of encoding every step."""
+    base = load_base(tiny_sdxl, pick_device("cpu"))
+    rows: list[int] = []
+    handle = base.text_encoder_2.register_forward_hook(lambda module, args, output: rows.append(args[0].shape[0]))
+    try:
+        cached, _ = run(tiny_sdxl, concept_images, tmp_path / "cached", mode="lora", batch_size=4, steps=6)
+    finally:
+        handle.remove()
+    drawn = 6 * 4
+    assert sum(rows) < drawn  # repeated templates were not encoded again
+
+    def no_cache(self, prompts):
+        return SDXLConcept._encode_now(self, prompts)
+
+    original = SDXLConcept._encode
+    SDXLConcept._encode = no_cache  # type: ignore[method-assign]
+    try:
+        plain, _ = run(tiny_sdxl, concept_images, tmp_path / "plain", mode="lora", batch_size=4, steps=6)
+    finally:
+        SDXLConcept._encode = original  # type: ignore[method-assign]
+    assert plain.losses == pytest.approx(cached.losses, rel=1e-5)
