@@ -225,7 +225,7 @@ def test_every_response_links_the_trainings_endpoints_and_location_is_its_own(cl
     tenant = make_tenant(database)
     response = submit(client, tenant)
     created = response.json()
-    base = f"/v1/trainings/{created['id']}"
+    base = f"http://testserver/v1/trainings/{created['id']}"  # absolute, on the request's own address
     expected = {"get": base, "cancel": f"{base}/cancel", "stream": f"{base}/stream", "logs": f"{base}/logs"}
     assert created["urls"] == expected and response.headers["location"] == base
     assert _get(client, tenant, created["id"])["urls"] == expected
