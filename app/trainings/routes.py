@@ -243,12 +243,46 @@ _STREAM_DESCRIPTION = (
 )
 
 
+# One event of the stream, written as FastAPI writes its own server-sent events (`itemSchema`): the
+# event's name, and its `data` line, JSON of the schema that name says.
+_STREAM_EVENT: dict[str, Any] = {
+    "type": "object",
+    "required": ["event", "data"],
+    "properties": {
+        "event": {"type": "string", "enum": ["status", "progress", "log"]},
+        "id": {"type": "string", "description": "Log events: the line's seq (send it back as Last-Event-ID)."},
+        "data": {
+            "type": "string",
+            "contentMediaType": "application/json",
+            "contentSchema": {
+                "oneOf": [
+                    {"$ref": "#/components/schemas/Training"},
+                    {
+                        "title": "ProgressEvent",
+                        "type": "object",
+                        "required": ["step", "total", "loss", "eta_s", "at"],
+                        "properties": {
+                            "step": {"type": "integer"},
+                            "total": {"anyOf": [{"type": "integer"}, {"type": "null"}]},
+                            "loss": {"anyOf": [{"type": "number"}, {"type": "null"}]},
+                            "eta_s": {"anyOf": [{"type": "number"}, {"type": "null"}]},
+                            "at": {"type": "string", "format": "date-time"},
+                        },
+                    },
+                    {"$ref": "#/components/schemas/TrainingLogLine"},
+                ]
+            },
+        },
+    },
+}
+
+
 @router.get(
     "/{training_id}/stream",
     summary="Stream a training's progress, log lines and state changes",
     response_class=StreamingResponse,
     responses={
-        200: {"description": _STREAM_DESCRIPTION, "content": {"text/event-stream": {"schema": {"type": "string"}}}},
+        200: {"description": _STREAM_DESCRIPTION, "content": {"text/event-stream": {"itemSchema": _STREAM_EVENT}}},
         **error_responses(401, 404, 422, 429),
     },
 )
