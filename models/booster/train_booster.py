@@ -41,6 +41,7 @@ import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
 import numpy as np
 import torch
 import torch.nn.functional as F
