@@ -307,7 +307,10 @@ def test_leap_submit_of_texts_to_an_image_model_is_refused_with_the_api_error(
         timeout=120,
     )
     assert result.returncode == ExitCode.REFUSED, result.stderr
-    assert result.stderr.startswith("error: invalid_images: 0.txt: ") and "image model" in result.stderr
+    assert (
+        result.stderr.startswith("error: invalid_images: examples: 0.txt is a text file")
+        and "image model" in result.stderr
+    )
     assert result.stdout == ""
 
 
