@@ -609,7 +609,7 @@ def _refuse_concurrency(active: int, downloading: int, limit: int, settings: Set
     raise RateLimited(
         f"this tenant already has {busy} (limit {limit}); retry once one finishes",
         retry_after_seconds=int(settings.concurrency_retry_after.total_seconds()),
-        details={"active_trainings": active, "downloading": downloading, "limit": limit},
+        details={"active_trainings": active, "limit": limit} | ({"downloading": downloading} if downloading else {}),
     )
 
 
