@@ -324,7 +324,7 @@ class TrainingJsonRequest(TrainingForm):
         description="Text models: .txt examples (data:text/plain;base64,...) or one .jsonl "
         "(data:application/jsonl;base64,...) as base64 data URIs.",
     )
-    metadata: dict[str, Any] | None = Field(None, description="A JSON object stored with the training.")  # type: ignore[assignment]
+    metadata: dict[str, Any] | None = Field(None, description="A JSON object stored with the training.")
 
 
 class Progress(BaseModel):

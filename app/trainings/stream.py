@@ -396,7 +396,8 @@ class TrainingStream:
             while True:
                 queued = status == TrainingStatus.QUEUED
                 wait = min(self.keepalive_seconds, self.queue_seconds) if queued else self.keepalive_seconds
-                event, data = "", {}
+                event: str = ""
+                data: dict[str, Any] = {}
                 try:
                     event, data = await asyncio.wait_for(subscription.queue.get(), timeout=wait)
                 except TimeoutError:
