@@ -143,6 +143,13 @@ SD_LAYERS_PER_BLOCK = 2
 _UNET_ATTENTION = re.compile(r"^(down_blocks|up_blocks)\.(\d+)\.attentions\.(\d+)\.(.+)$")
 
 
+def unet_layers_per_block(unet_config: Any) -> tuple[int, ...]:
+    """diffusers' `layers_per_block` (one number for every block, or one per block) as one per down block."""
+    layers = unet_config.layers_per_block
+    count = len(unet_config.down_block_types)
+    return tuple(int(value) for value in layers) if isinstance(layers, list | tuple) else (int(layers),) * count
+
+
 def ldm_unet_module(name: str, layers_per_block: tuple[int, ...]) -> str:
     """The LDM (original Stable Diffusion) name of a diffusers UNet attention module, e.g.
     down_blocks.1.attentions.0.proj_in -> input_blocks.3.1.proj_in with one layer per block.

@@ -44,6 +44,7 @@ from models.trainer.export import (
     artifact,
     ldm_unet_module,
     save_safetensors,
+    unet_layers_per_block,
     webui_embedding_file,
     webui_lora_file,
 )
@@ -284,13 +285,6 @@ def webui_lora_metadata(
     }
 
 
-def layers_per_block(unet_config) -> tuple[int, ...]:
-    """diffusers' `layers_per_block` as one number per down block."""
-    layers = unet_config.layers_per_block
-    count = len(unet_config.down_block_types)
-    return tuple(int(value) for value in layers) if isinstance(layers, list | tuple) else (int(layers),) * count
-
-
 def kohya_keys(
     unet_lora: dict[str, torch.Tensor],
     text_encoder_lora: dict[str, torch.Tensor] | None,
@@ -361,7 +355,7 @@ def save_sdxl_concept(
     artifacts.append(artifact(out_dir / LORA_FILE, "lora"))
 
     webui = {f"bundle_emb.{token}.{key}": value for key, value in embeddings.items()}
-    kohya = kohya_keys(unet_lora, text_encoder_lora, layers=layers_per_block(base.unet.config), alpha=lora_alpha)
+    kohya = kohya_keys(unet_lora, text_encoder_lora, layers=unet_layers_per_block(base.unet.config), alpha=lora_alpha)
     webui.update({k: v.detach().float().cpu().contiguous() for k, v in kohya.items()})
     metadata = webui_lora_metadata(
         base_name=base_name,

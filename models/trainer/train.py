@@ -35,7 +35,7 @@ from models.trainer.config import Artifact, LoopResult, Progress, TrainConfig, T
 from models.trainer.data import LatentSet, caption_templates, encode_images
 from models.trainer.defaults import resolve_base_model, with_defaults
 from models.trainer.errors import BaseModelError, InvalidImagesError, OutOfMemory
-from models.trainer.export import BaseDescription, loss_summary, save_concept, write_manifest
+from models.trainer.export import BaseDescription, loss_summary, save_concept, unet_layers_per_block, write_manifest
 from models.trainer.guard import BoosterResolver, Candidate, candidates, describe_scores, guarded_start, snapshot
 from models.trainer.images import MAX_IMAGES, MIN_IMAGES
 from models.trainer.loop import Callbacks, Start, Steps, run_steps
@@ -441,7 +441,7 @@ def _save(
         text_width=base.embedding_width,
         prediction_type=base.noise_scheduler.config.prediction_type,
         resolution=resolution,
-        layers_per_block=_layers_per_block(base.unet.config),
+        layers_per_block=unet_layers_per_block(base.unet.config),
     )
     return save_concept(
         out_dir,
@@ -454,13 +454,6 @@ def _save(
         rank=config.lora_rank,
         base=described,
     )
-
-
-def _layers_per_block(unet_config: Any) -> tuple[int, ...]:
-    """diffusers' `layers_per_block` (one number for every block, or one per block) as one per block."""
-    layers = unet_config.layers_per_block
-    count = len(unet_config.down_block_types)
-    return tuple(int(value) for value in layers) if isinstance(layers, list | tuple) else (int(layers),) * count
 
 
 def _manifest(
