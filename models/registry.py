@@ -56,6 +56,8 @@ class RegisteredModel:
     trainer's defaults (models/previews.py)."""
     preview_steps: int = 25
     """Image models: the sampler's denoising steps for previews."""
+    preview_seeds: tuple[int, ...] = (0, 1)
+    """Image models: the seeds of previews, one picture per seed and prompt from each model."""
     family: Family | None = None
     """Image models: sd (SD 1.x/2.x) or sdxl; None: read from the pipeline's model_index.json."""
     min_image_side: int = 0
@@ -154,6 +156,7 @@ def load_registry(path: Path | None = None) -> Registry:
             gguf=GgufSource(package=str(gguf["package"]), file=str(gguf["file"])) if gguf else None,
             preview_prompts=_preview_prompts(path, model_id, entry.get("preview_prompts")),
             preview_steps=int(entry.get("preview_steps", 25)),
+            preview_seeds=tuple(int(seed) for seed in entry.get("preview_seeds", (0, 1))),
             family=Family(family) if family is not None else None,
             min_image_side=int(entry.get("min_image_side", 0)),
         )

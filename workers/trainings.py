@@ -337,6 +337,7 @@ def _render_previews(
             token=claimed.token,
             prompts=plan.prompts,
             steps=plan.steps,
+            seeds=plan.seeds,
             device=config.device,
             mixed_precision=config.mixed_precision,
             should_stop=heartbeat.should_stop,

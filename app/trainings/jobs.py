@@ -27,10 +27,11 @@ PREVIEW_FIELDS = ("previews", "preview_prompts")
 @dataclass(frozen=True)
 class PreviewPlan:
     """What a succeeded training previews: its prompts (the token filled in) and, for images, the
-    sampler's steps (the registry's preview_steps)."""
+    sampler's steps and seeds (the registry's preview_steps and preview_seeds)."""
 
     prompts: list[str]
     steps: int
+    seeds: tuple[int, ...]
 
 
 def preview_plan(*, base_model: str, token: str, parameters: dict[str, Any], registry: Registry) -> PreviewPlan | None:
@@ -39,7 +40,7 @@ def preview_plan(*, base_model: str, token: str, parameters: dict[str, Any], reg
     if entry is None or parameters.get("previews") is False:
         return None
     templates = prompt_templates(entry, parameters.get("preview_prompts"))
-    return PreviewPlan(prompts=fill(templates, token), steps=entry.preview_steps)
+    return PreviewPlan(prompts=fill(templates, token), steps=entry.preview_steps, seeds=entry.preview_seeds)
 
 
 def preview_prompt_problem(prompts: list[str] | None, token: str) -> str | None:

@@ -65,7 +65,7 @@ def test_image_training_previews_are_signed_artifacts_in_the_api_webhook_and_man
 
     previews = body["previews"]
     assert previews["prompts"] == [prompt.replace("{token}", token) for prompt in prompts]
-    assert previews["seeds"] == [0, 1] and previews["steps"] == 6 and previews["seconds"] > 0
+    assert previews["seeds"] == [0] and previews["steps"] == 6 and previews["seconds"] > 0
     by_name = {artifact["name"]: artifact for artifact in body["artifacts"]}
     assert by_name["preview.png"]["kind"] == "preview_grid"
     assert [by_name[f"preview-{i}.png"]["kind"] for i in (1, 2, 3)] == ["preview"] * 3
