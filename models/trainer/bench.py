@@ -33,9 +33,10 @@ MODES = ("textual_inversion", "lora", "pivotal")
 def build_sd15_random(directory: Path) -> Path:
     """Save a pipeline with SD 1.5's architecture (UNet, VAE, CLIP ViT-L/14 text) and random weights."""
     from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+    from transformers import CLIPTextModel, CLIPTokenizer
 
     from models.reference.tokenizer import write_tokenizer
+    from models.trainer.sdxl_random import clip_vit_l_config
 
     if (directory / "model_index.json").exists():
         return directory
@@ -43,21 +44,7 @@ def build_sd15_random(directory: Path) -> Path:
     config = json.loads((token_dir / "tokenizer_config.json").read_text())
     (token_dir / "tokenizer_config.json").write_text(json.dumps({**config, "model_max_length": 77}))
     tokenizer = CLIPTokenizer.from_pretrained(token_dir)
-    text_encoder = CLIPTextModel(
-        CLIPTextConfig(
-            vocab_size=49408,
-            hidden_size=768,
-            intermediate_size=3072,
-            num_hidden_layers=12,
-            num_attention_heads=12,
-            max_position_embeddings=77,
-            hidden_act="quick_gelu",
-            projection_dim=768,
-            bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=1,
-        )
-    )
+    text_encoder = CLIPTextModel(clip_vit_l_config(tokenizer))
     unet = UNet2DConditionModel(sample_size=64, cross_attention_dim=768)  # diffusers' defaults are SD 1.x's
     vae = AutoencoderKL(
         in_channels=3,

@@ -113,6 +113,44 @@ def build_tiny_sdxl(directory: Path, *, seed: int = 0) -> Path:
     )
 
 
+def _clip_text_config(
+    tokenizer: CLIPTokenizer,
+    *,
+    hidden_size: int,
+    intermediate_size: int,
+    num_hidden_layers: int,
+    num_attention_heads: int,
+    hidden_act: str,
+) -> CLIPTextConfig:
+    """A full-size CLIP text encoder's config: CLIP's 49408 words and 77 positions, a projection as wide
+    as the hidden states, the special tokens taken from `tokenizer`."""
+    return CLIPTextConfig(
+        vocab_size=49408,
+        hidden_size=hidden_size,
+        intermediate_size=intermediate_size,
+        num_hidden_layers=num_hidden_layers,
+        num_attention_heads=num_attention_heads,
+        max_position_embeddings=77,
+        hidden_act=hidden_act,
+        projection_dim=hidden_size,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=1,
+    )
+
+
+def clip_vit_l_config(tokenizer: CLIPTokenizer) -> CLIPTextConfig:
+    """CLIP ViT-L/14's text encoder config: SD 1.5's text encoder and SDXL's first."""
+    return _clip_text_config(
+        tokenizer,
+        hidden_size=768,
+        intermediate_size=3072,
+        num_hidden_layers=12,
+        num_attention_heads=12,
+        hidden_act="quick_gelu",
+    )
+
+
 def sdxl_unet(device: torch.device | str = "cpu") -> UNet2DConditionModel:
     """SDXL base 1.0's UNet (about 2.6B parameters), random weights."""
     with torch.device(device):
@@ -142,34 +180,15 @@ def build_sdxl_random(
     tokenizer = _tokenizer(directory, max_length=77)
     torch.manual_seed(0)
     with torch.device(device):
-        clip_l = CLIPTextModel(
-            CLIPTextConfig(
-                vocab_size=49408,
-                hidden_size=768,
-                intermediate_size=3072,
-                num_hidden_layers=12,
-                num_attention_heads=12,
-                max_position_embeddings=77,
-                hidden_act="quick_gelu",
-                projection_dim=768,
-                bos_token_id=tokenizer.bos_token_id,
-                eos_token_id=tokenizer.eos_token_id,
-                pad_token_id=1,
-            )
-        )
+        clip_l = CLIPTextModel(clip_vit_l_config(tokenizer))
         clip_g = CLIPTextModelWithProjection(
-            CLIPTextConfig(
-                vocab_size=49408,
+            _clip_text_config(
+                tokenizer,
                 hidden_size=1280,
                 intermediate_size=5120,
                 num_hidden_layers=32,
                 num_attention_heads=20,
-                max_position_embeddings=77,
                 hidden_act="gelu",
-                projection_dim=1280,
-                bos_token_id=tokenizer.bos_token_id,
-                eos_token_id=tokenizer.eos_token_id,
-                pad_token_id=1,
             )
         )
         vae = AutoencoderKL(
