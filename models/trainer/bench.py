@@ -33,17 +33,13 @@ MODES = ("textual_inversion", "lora", "pivotal")
 def build_sd15_random(directory: Path) -> Path:
     """Save a pipeline with SD 1.5's architecture (UNet, VAE, CLIP ViT-L/14 text) and random weights."""
     from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-    from transformers import CLIPTextModel, CLIPTokenizer
+    from transformers import CLIPTextModel
 
-    from models.reference.tokenizer import write_tokenizer
-    from models.trainer.sdxl_random import clip_vit_l_config
+    from models.trainer.sdxl_random import clip_vit_l_config, leap_tiny_tokenizer
 
     if (directory / "model_index.json").exists():
         return directory
-    token_dir = write_tokenizer(directory / "_tokenizer")
-    config = json.loads((token_dir / "tokenizer_config.json").read_text())
-    (token_dir / "tokenizer_config.json").write_text(json.dumps({**config, "model_max_length": 77}))
-    tokenizer = CLIPTokenizer.from_pretrained(token_dir)
+    tokenizer = leap_tiny_tokenizer(directory, max_length=77)
     text_encoder = CLIPTextModel(clip_vit_l_config(tokenizer))
     unet = UNet2DConditionModel(sample_size=64, cross_attention_dim=768)  # diffusers' defaults are SD 1.x's
     vae = AutoencoderKL(

@@ -22,7 +22,7 @@ TINY_WIDTHS = (32, 48)
 """The tiny pipeline's text encoder widths (SDXL: 768 and 1280)."""
 
 
-def _tokenizer(directory: Path, max_length: int | None = None) -> CLIPTokenizer:
+def leap_tiny_tokenizer(directory: Path, max_length: int | None = None) -> CLIPTokenizer:
     """leap-tiny's BPE tokenizer (SDXL's real ones are CLIP's 49408-word vocabulary)."""
     token_dir = write_tokenizer(directory / "_tokenizer")
     if max_length is not None:
@@ -54,7 +54,7 @@ def build_tiny_sdxl(directory: Path, *, seed: int = 0) -> Path:
     """Save a tiny random-weight StableDiffusionXLPipeline (32 px) to `directory`."""
     if (directory / "model_index.json").exists():
         return directory
-    tokenizer = _tokenizer(directory)
+    tokenizer = leap_tiny_tokenizer(directory)
     torch.manual_seed(seed)
     encoders = [
         model(
@@ -177,7 +177,7 @@ def build_sdxl_random(
     its weights initialised on `device` (a GPU makes it take seconds)."""
     if (directory / "model_index.json").exists():
         return directory
-    tokenizer = _tokenizer(directory, max_length=77)
+    tokenizer = leap_tiny_tokenizer(directory, max_length=77)
     torch.manual_seed(0)
     with torch.device(device):
         clip_l = CLIPTextModel(clip_vit_l_config(tokenizer))
