@@ -27,6 +27,9 @@ from pathlib import Path
 import httpx
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from bench.scratch import timed_training  # noqa: E402
 
 
 def main() -> None:
@@ -35,7 +38,6 @@ def main() -> None:
     parser.add_argument("--mode", default="pivotal")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
-    sys.path.insert(0, str(REPO))
     from models.reference.concepts import benchmark_concepts
 
     item = benchmark_concepts("val")[0]
@@ -52,8 +54,14 @@ def main() -> None:
     # Offline: the registry's text model is not fetched from the hub while the worker preloads.
     env |= {"LEAP_DATA_DIR": str(data_dir), "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     log = (data_dir / "serve.log").open("wb")
-    server = subprocess.Popen([sys.executable, "-m", "app.cli", "serve", "--port", str(port)], cwd=REPO, env=env,
-                              stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    server = subprocess.Popen(
+        [sys.executable, "-m", "app.cli", "serve", "--port", str(port)],
+        cwd=REPO,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         for _ in range(600):
@@ -66,21 +74,16 @@ def main() -> None:
         headers = {"Authorization": f"Bearer {(data_dir / 'api-key').read_text().strip()}"}
 
         def one(init: str) -> dict:
-            started = time.perf_counter()
-            response = httpx.post(f"{url}/v1/trainings", files=files, data={"init": init, "mode": args.mode},
-                                  headers=headers, timeout=60)
-            response.raise_for_status()
-            training_id = response.json()["id"]
-            while True:
-                polled = httpx.get(f"{url}/v1/trainings/{training_id}", headers=headers, timeout=10)
-                body = polled.json()
-                if polled.status_code == 200 and body["status"] in ("succeeded", "failed", "canceled"):
-                    break
-                time.sleep(0.1 if polled.status_code == 200 else 0.5)  # 429: the per-key rate limit
-            wall = time.perf_counter() - started
-            return {"init": init, "status": body["status"], "wall_s": round(wall, 3),
-                    "steps": body["usage"]["steps"] if body["usage"] else None, "stop_reason": body["stop_reason"],
-                    "init_used": body["init_used"], "compute_seconds": body["usage"]["compute_seconds"]}
+            body, wall = timed_training(url, headers, files, {"init": init, "mode": args.mode})
+            return {
+                "init": init,
+                "status": body["status"],
+                "wall_s": round(wall, 3),
+                "steps": body["usage"]["steps"] if body["usage"] else None,
+                "stop_reason": body["stop_reason"],
+                "init_used": body["init_used"],
+                "compute_seconds": body["usage"]["compute_seconds"],
+            }
 
         warm = one("booster")
         runs = [one(init) for _ in range(args.runs) for init in ("booster", "token")]
@@ -89,9 +92,13 @@ def main() -> None:
         server.wait(timeout=30)
         log.close()
         shutil.rmtree(data_dir, ignore_errors=True)
-    summary = {init: {"wall_s_median": statistics.median(r["wall_s"] for r in runs if r["init"] == init),
-                      "steps_median": statistics.median(r["steps"] for r in runs if r["init"] == init)}
-               for init in ("booster", "token")}
+    summary = {
+        init: {
+            "wall_s_median": statistics.median(r["wall_s"] for r in runs if r["init"] == init),
+            "steps_median": statistics.median(r["steps"] for r in runs if r["init"] == init),
+        }
+        for init in ("booster", "token")
+    }
     report = {"concept": item.name, "mode": args.mode, "warmup": warm, "runs": runs, "summary": summary}
     print(json.dumps(report, indent=2))
     if args.json:

@@ -29,6 +29,9 @@ from typing import Any
 import httpx
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from bench.scratch import timed_training  # noqa: E402
 
 
 def _files() -> list[tuple[str, tuple[str, bytes, str]]]:
@@ -69,18 +72,7 @@ def _serve(data_dir: Path) -> tuple[subprocess.Popen[bytes], str]:
 
 
 def _job(url: str, headers: dict[str, str], files: list, previews: bool) -> dict[str, Any]:
-    started = time.perf_counter()
-    data = {"init": "booster", "previews": str(previews).lower()}
-    response = httpx.post(f"{url}/v1/trainings", files=files, data=data, headers=headers, timeout=60)
-    response.raise_for_status()
-    training_id = response.json()["id"]
-    while True:
-        polled = httpx.get(f"{url}/v1/trainings/{training_id}", headers=headers, timeout=10)
-        body = polled.json()
-        if polled.status_code == 200 and body["status"] in ("succeeded", "failed", "canceled"):
-            break
-        time.sleep(0.1 if polled.status_code == 200 else 0.5)  # 429: the per-key rate limit
-    wall = time.perf_counter() - started
+    body, wall = timed_training(url, headers, files, {"init": "booster", "previews": str(previews).lower()})
     return {
         "previews": previews,
         "status": body["status"],
@@ -100,7 +92,6 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=5, help="jobs per side")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
-    sys.path.insert(0, str(REPO))
     files = _files()
     data_dir = Path(tempfile.mkdtemp(prefix="leap-previews-"))
     server, url = _serve(data_dir)

@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import redis
 
 
@@ -76,3 +77,20 @@ def write_results(path: Path | None, result: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {path}")
+
+
+def timed_training(
+    url: str, headers: dict[str, str], files: list, data: dict[str, str]
+) -> tuple[dict[str, Any], float]:
+    """POST a training to the API at `url`, then poll it every 100 ms until it has finished: its last
+    body and the seconds from the POST to then."""
+    started = time.perf_counter()
+    response = httpx.post(f"{url}/v1/trainings", files=files, data=data, headers=headers, timeout=60)
+    response.raise_for_status()
+    training_id = response.json()["id"]
+    while True:
+        polled = httpx.get(f"{url}/v1/trainings/{training_id}", headers=headers, timeout=10)
+        body = polled.json()
+        if polled.status_code == 200 and body["status"] in ("succeeded", "failed", "canceled"):
+            return body, time.perf_counter() - started
+        time.sleep(0.1 if polled.status_code == 200 else 0.5)  # 429: the per-key rate limit
