@@ -88,6 +88,27 @@ class Receiver:
         self.server.server_close()
 
 
+class LoopbackServer:
+    """A test HTTP server on a free loopback port, serving on a daemon thread until stop(). Handlers
+    that stall watch `stop_event`, which stop() sets before shutting the server down."""
+
+    def __init__(self) -> None:
+        self.stop_event = threading.Event()
+
+    def _serve(
+        self, handler: type[BaseHTTPRequestHandler], server_class: type[ThreadingHTTPServer] = ThreadingHTTPServer
+    ) -> None:
+        self.server = server_class(("127.0.0.1", 0), handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def stop(self) -> None:
+        self.stop_event.set()
+        self.server.shutdown()
+        self.server.server_close()
+
+
 class TcpProxy:
     """Forwards TCP connections to `upstream` (host, port) until `cut()`, which drops every open
     connection and refuses new ones (an outage), until `restore()`."""

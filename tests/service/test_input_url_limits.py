@@ -25,6 +25,7 @@ from app.trainings.download_slots import MemoryDownloadSlots
 from .factories import make_tenant
 from .helpers import assert_error, assert_nothing_stored
 from .processes import ApiProcess
+from .receivers import LoopbackServer
 from .test_input_urls import post_fields
 
 BOMB_BYTES = 1024 * 1024 * 1024  # 1 GiB of zeros: about 1 MB of gzip
@@ -42,13 +43,13 @@ class _QuietServer(ThreadingHTTPServer):
         pass  # a client hanging up on a bomb or a drip is the expected end
 
 
-class HostileServer:
+class HostileServer(LoopbackServer):
     """/slow-headers: a status line, then one header byte every 0.2 s, never a blank line.
     /drip/<n>: headers with Content-Length n, then one body byte every 0.2 s.
     /bomb.zip: a gzip bomb with Content-Encoding: gzip, whatever the client asked for."""
 
     def __init__(self, *, bomb: bytes = b"") -> None:
-        self.stop_event = threading.Event()
+        super().__init__()
         self.accept_encodings: list[str] = []
         server = self
 
@@ -80,15 +81,7 @@ class HostileServer:
             def log_message(self, *args: object) -> None:
                 pass
 
-        self.server = _QuietServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def stop(self) -> None:
-        self.stop_event.set()
-        self.server.shutdown()
-        self.server.server_close()
+        self._serve(Handler, _QuietServer)
 
 
 @pytest.fixture(scope="module")

@@ -7,12 +7,11 @@ import base64
 import socket
 import subprocess
 import sys
-import threading
 import time
 import uuid
 from collections.abc import Iterator
 from datetime import timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import pytest
 from fastapi.testclient import TestClient
@@ -28,14 +27,14 @@ from app.trainings import fetch
 from .factories import TEXT_MODEL, image_files, jsonl_bytes, make_tenant, png_bytes, zip_bytes
 from .helpers import ADMIN, assert_error, assert_nothing_stored, queued_messages, settings_env, stored_keys
 from .processes import ApiProcess
-from .receivers import Receiver, Reply
+from .receivers import LoopbackServer, Receiver, Reply
 
 
-class StreamingServer:
+class StreamingServer(LoopbackServer):
     """/endless: a chunked body with no Content-Length that never ends; /slow: headers, then silence."""
 
     def __init__(self) -> None:
-        self.stop_event = threading.Event()
+        super().__init__()
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -62,15 +61,7 @@ class StreamingServer:
             def log_message(self, *args: object) -> None:
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def stop(self) -> None:
-        self.stop_event.set()
-        self.server.shutdown()
-        self.server.server_close()
+        self._serve(Handler)
 
 
 @pytest.fixture(scope="module")
