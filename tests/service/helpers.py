@@ -21,6 +21,7 @@ from typing import Any
 import boto3
 import psycopg
 import redis
+from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
 from app.db import Database, unit_of_work
@@ -150,6 +151,23 @@ def assert_error(response, status: int, code: str, *mentions: str) -> dict:  # t
     for mention in mentions:
         assert mention in error["message"], (mention, error["message"])
     return error  # type: ignore[no-any-return]
+
+
+def post_fields(client: TestClient, tenant, fields: list[tuple[str, str]], *, headers=None, files=None):  # type: ignore[no-untyped-def]
+    """A submission of text fields only, as multipart/form-data with no file part (or with `files`)."""
+    if files is not None:
+        return client.post("/v1/trainings", data=dict(fields), files=files, headers=tenant.headers)
+    boundary = uuid.uuid4().hex
+    body = b"".join(
+        f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'.encode()
+        for name, value in fields
+    )
+    body += f"--{boundary}--\r\n".encode()
+    return client.post(
+        "/v1/trainings",
+        content=body,
+        headers=tenant.headers | {"content-type": f"multipart/form-data; boundary={boundary}"} | (headers or {}),
+    )
 
 
 def outbox_relay(settings: Settings, database: Database) -> Callable[[], None]:

@@ -23,10 +23,9 @@ from app.orm import Tenant
 from app.trainings.download_slots import MemoryDownloadSlots
 
 from .factories import make_tenant
-from .helpers import assert_error, assert_nothing_stored
+from .helpers import assert_error, assert_nothing_stored, post_fields
 from .processes import ApiProcess
 from .receivers import LoopbackServer
-from .test_input_urls import post_fields
 
 BOMB_BYTES = 1024 * 1024 * 1024  # 1 GiB of zeros: about 1 MB of gzip
 

@@ -25,7 +25,7 @@ from app.orm import Training
 from app.trainings import fetch
 
 from .factories import TEXT_MODEL, image_files, jsonl_bytes, make_tenant, png_bytes, zip_bytes
-from .helpers import ADMIN, assert_error, assert_nothing_stored, queued_messages, settings_env, stored_keys
+from .helpers import ADMIN, assert_error, assert_nothing_stored, post_fields, queued_messages, settings_env, stored_keys
 from .processes import ApiProcess
 from .receivers import LoopbackServer, Receiver, Reply
 
@@ -97,23 +97,6 @@ def strict_api(settings) -> Iterator[TestClient]:  # type: ignore[no-untyped-def
     assert settings.input_url_allowed_networks == []
     with TestClient(create_app(settings)) as test_client:
         yield test_client
-
-
-def post_fields(client: TestClient, tenant, fields: list[tuple[str, str]], *, headers=None, files=None):  # type: ignore[no-untyped-def]
-    """A submission of text fields only, as multipart/form-data with no file part (or with `files`)."""
-    if files is not None:
-        return client.post("/v1/trainings", data=dict(fields), files=files, headers=tenant.headers)
-    boundary = uuid.uuid4().hex
-    body = b"".join(
-        f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'.encode()
-        for name, value in fields
-    )
-    body += f"--{boundary}--\r\n".encode()
-    return client.post(
-        "/v1/trainings",
-        content=body,
-        headers=tenant.headers | {"content-type": f"multipart/form-data; boundary={boundary}"} | (headers or {}),
-    )
 
 
 def image_zip() -> bytes:
