@@ -6,12 +6,14 @@ those (and factories.py, receivers.py), never from each other or from this file.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
 from datetime import timedelta
+from pathlib import Path
 
 import httpx
 import psycopg
@@ -30,6 +32,14 @@ from .processes import ApiProcess, WorkerProcess
 from .receivers import Receiver
 
 REDIS_URL = os.environ.get("LEAP_TEST_REDIS")
+# The suite's Redis is started or checked the way the benchmarks' is (bench/ holds scripts, not a package).
+_scratch_spec = importlib.util.spec_from_file_location(
+    "bench_scratch", Path(__file__).parents[2] / "bench" / "scratch.py"
+)
+assert _scratch_spec is not None and _scratch_spec.loader is not None
+_scratch = importlib.util.module_from_spec(_scratch_spec)
+_scratch_spec.loader.exec_module(_scratch)
+own_redis = _scratch.own_redis
 TABLES = ("artifacts", "trainings", "api_keys", "tenants", "outbox_messages")
 
 
@@ -40,39 +50,13 @@ def postgres_url() -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
-def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def redis_url() -> Iterator[str]:
     """A Redis the suite owns: a private redis-server, or LEAP_TEST_REDIS if that database is empty.
 
     Tests empty it between tests, so it must hold nothing of anyone else's: the machine's shared Redis
     is never used (or flushed) unless named, and then only when empty."""
-    if REDIS_URL is not None:
-        keys = redis.Redis.from_url(REDIS_URL).dbsize()
-        if keys:
-            pytest.exit(f"LEAP_TEST_REDIS={REDIS_URL} holds {keys} keys; give the suite an empty database")
-        yield REDIS_URL
-        return
-    port = free_port()
-    folder = tmp_path_factory.mktemp("redis")
-    server = subprocess.Popen(
-        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--dir", str(folder), "--save", "",
-         "--appendonly", "no"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    url = f"redis://127.0.0.1:{port}/0"
-
-    def up() -> bool:
-        try:
-            return bool(redis.Redis.from_url(url).ping())
-        except redis.ConnectionError:
-            return False
-
-    try:
-        wait_for(up, timeout=30, message="redis-server")
+    with own_redis(REDIS_URL) as url:
         yield url
-    finally:
-        server.terminate()
-        server.wait(timeout=10)
 
 
 @pytest.fixture(scope="session")
