@@ -75,9 +75,9 @@ def test_image_training_previews_are_signed_artifacts_in_the_api_webhook_and_man
     # Signed like the other artifacts: the same presigned query, the same attachment download.
     signed = set(parse_qs(urlparse(by_name["learned_embeds.safetensors"]["url"]).query))
     assert "X-Amz-Signature" in signed
-    cell = cell_size(32)
-    for image, size in [(previews["grid"], (LABEL_WIDTH + 2 * cell, 2 * 3 * cell))] + [
-        (item, (2 * cell, cell)) for item in previews["images"]
+    cell, columns = cell_size(32), len(previews["seeds"])
+    for image, size in [(previews["grid"], (LABEL_WIDTH + columns * cell, 2 * 3 * cell))] + [
+        (item, (columns * cell, cell)) for item in previews["images"]
     ]:
         artifact = by_name[image["name"]]
         assert image["url"] == artifact["url"] and set(parse_qs(urlparse(image["url"]).query)) == signed

@@ -37,7 +37,10 @@ def test_smollm2_trains_in_every_mode_through_the_api(client, database, settings
         assert (body["kind"], body["usage"]["steps"]) == ("text", 2)
         artifacts = {artifact["name"]: artifact for artifact in body["artifacts"]}
         adapter_config = json.loads(httpx.get(artifacts["adapter/adapter_config.json"]["url"]).content)
-        assert adapter_config["base_model_name_or_path"] == TEXT_MODEL, (mode, adapter_config)
+        # peft's loaders find the base by its hub id; LEAP's registry id stays in the manifest.
+        hub_id = adapter_config["base_model_name_or_path"]
+        assert hub_id == "HuggingFaceTB/SmolLM2-135M-Instruct", (mode, adapter_config)
         manifest = json.loads(httpx.get(artifacts["manifest.json"]["url"]).content)
+        assert manifest["base_model"] == TEXT_MODEL, (mode, manifest)
         assert str(settings.data_dir) not in json.dumps(manifest), "a server path leaked into the manifest"
     assert (settings.data_dir / "base-models" / TEXT_MODEL / "config.json").is_file()

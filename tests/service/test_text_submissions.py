@@ -101,7 +101,7 @@ def test_models_listing_shows_each_models_kind_and_modes(client, database):
     assert models["leap-tiny"]["modes"] == ["textual_inversion", "lora", "pivotal"]
     assert models[TEXT_MODEL]["kind"] == "text"
     assert models[TEXT_MODEL]["modes"] == ["token", "lora", "pivotal"]
-    assert models[TEXT_MODEL]["resolution"] == 0
+    assert models[TEXT_MODEL]["resolution"] is None
 
 
 def test_text_training_is_billed_once_from_the_text_price_list(client, database, settings):
