@@ -11,25 +11,15 @@ POST -> status succeeded (polled every 100 ms).
 from __future__ import annotations
 
 import argparse
-import io
 import json
-import os
-import shutil
-import signal
-import socket
 import statistics
-import subprocess
 import sys
-import tempfile
-import time
 from pathlib import Path
-
-import httpx
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench.scratch import timed_training  # noqa: E402
+from bench.scratch import concept_files, embedded_serve, timed_training, write_results  # noqa: E402
 
 
 def main() -> None:
@@ -41,37 +31,8 @@ def main() -> None:
     from models.reference.concepts import benchmark_concepts
 
     item = benchmark_concepts("val")[0]
-    files = []
-    for index, image in enumerate(item.views()):
-        buffer = io.BytesIO()
-        image.save(buffer, format="PNG")
-        files.append(("images", (f"{index}.png", buffer.getvalue(), "image/png")))
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    data_dir = Path(tempfile.mkdtemp(prefix="leap-e2e-"))
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LEAP_")}
-    # Offline: the registry's text model is not fetched from the hub while the worker preloads.
-    env |= {"LEAP_DATA_DIR": str(data_dir), "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    log = (data_dir / "serve.log").open("wb")
-    server = subprocess.Popen(
-        [sys.executable, "-m", "app.cli", "serve", "--port", str(port)],
-        cwd=REPO,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(600):
-            try:
-                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
-        headers = {"Authorization": f"Bearer {(data_dir / 'api-key').read_text().strip()}"}
+    files = concept_files()
+    with embedded_serve("leap-e2e-") as (url, headers):
 
         def one(init: str) -> dict:
             body, wall = timed_training(url, headers, files, {"init": init, "mode": args.mode})
@@ -87,11 +48,6 @@ def main() -> None:
 
         warm = one("booster")
         runs = [one(init) for _ in range(args.runs) for init in ("booster", "token")]
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=30)
-        log.close()
-        shutil.rmtree(data_dir, ignore_errors=True)
     summary = {
         init: {
             "wall_s_median": statistics.median(r["wall_s"] for r in runs if r["init"] == init),
@@ -101,8 +57,7 @@ def main() -> None:
     }
     report = {"concept": item.name, "mode": args.mode, "warmup": warm, "runs": runs, "summary": summary}
     print(json.dumps(report, indent=2))
-    if args.json:
-        args.json.write_text(json.dumps(report, indent=2))
+    write_results(args.json, report)
 
 
 if __name__ == "__main__":

@@ -13,62 +13,18 @@ of the median job without previews.
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
-import signal
-import socket
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-import httpx
-
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench.scratch import timed_training  # noqa: E402
-
-
-def _files() -> list[tuple[str, tuple[str, bytes, str]]]:
-    from models.reference.concepts import benchmark_concepts
-
-    files = []
-    for index, image in enumerate(benchmark_concepts("val")[0].views()):
-        buffer = io.BytesIO()
-        image.save(buffer, format="PNG")
-        files.append(("images", (f"{index}.png", buffer.getvalue(), "image/png")))
-    return files
-
-
-def _serve(data_dir: Path) -> tuple[subprocess.Popen[bytes], str]:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LEAP_")}
-    env |= {"LEAP_DATA_DIR": str(data_dir), "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    log = (data_dir / "serve.log").open("wb")
-    server = subprocess.Popen(
-        [sys.executable, "-m", "app.cli", "serve", "--port", str(port)],
-        cwd=REPO,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(600):
-        try:
-            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                return server, url
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    raise RuntimeError("leap serve did not become ready")
+from bench.scratch import concept_files, embedded_serve, timed_training, write_results  # noqa: E402
 
 
 def _job(url: str, headers: dict[str, str], files: list, previews: bool) -> dict[str, Any]:
@@ -92,16 +48,10 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=5, help="jobs per side")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
-    files = _files()
-    data_dir = Path(tempfile.mkdtemp(prefix="leap-previews-"))
-    server, url = _serve(data_dir)
-    try:
-        headers = {"Authorization": f"Bearer {(data_dir / 'api-key').read_text().strip()}"}
+    files = concept_files()
+    with embedded_serve("leap-previews-") as (url, headers):
         warmup = _job(url, headers, files, True)
         runs = [_job(url, headers, files, previews) for _ in range(args.runs) for previews in (True, False)]
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=30)
     assert all(run["status"] == "succeeded" for run in runs), runs
     on = [run["wall_s"] for run in runs if run["previews"]]
     off = [run["wall_s"] for run in runs if not run["previews"]]
@@ -126,8 +76,7 @@ def main() -> None:
         "summary": summary,
     }
     print(json.dumps(report, indent=2))
-    if args.json:
-        args.json.write_text(json.dumps(report, indent=2) + "\n")
+    write_results(args.json, report)
 
 
 if __name__ == "__main__":

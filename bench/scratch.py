@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import shutil
+import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -94,3 +97,54 @@ def timed_training(
         if polled.status_code == 200 and body["status"] in ("succeeded", "failed", "canceled"):
             return body, time.perf_counter() - started
         time.sleep(0.1 if polled.status_code == 200 else 0.5)  # 429: the per-key rate limit
+
+
+def concept_files(split: str = "val") -> list[tuple[str, tuple[str, bytes, str]]]:
+    """The first benchmark concept of `split`, its views as PNG parts of a multipart submission."""
+    import io
+
+    from models.reference.concepts import benchmark_concepts
+
+    files = []
+    for index, image in enumerate(benchmark_concepts(split)[0].views()):
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG")
+        files.append(("images", (f"{index}.png", buffer.getvalue(), "image/png")))
+    return files
+
+
+@contextlib.contextmanager
+def embedded_serve(prefix: str) -> Iterator[tuple[str, dict[str, str]]]:
+    """`leap serve` (SQLite, local files, filesystem broker, one torch thread, offline) in a work folder
+    deleted afterwards: its URL and the local tenant's auth headers."""
+    repo = Path(__file__).resolve().parents[1]
+    with work_dir(prefix) as data_dir:
+        port = _free_port()
+        env = {key: value for key, value in os.environ.items() if not key.startswith("LEAP_")}
+        # Offline: the registry's text model is not fetched from the hub while the worker preloads.
+        env |= {"LEAP_DATA_DIR": str(data_dir), "PYTHONPATH": str(repo), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+        with (data_dir / "serve.log").open("wb") as log:
+            server = subprocess.Popen(
+                [sys.executable, "-m", "app.cli", "serve", "--port", str(port)],
+                cwd=repo,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+            url = f"http://127.0.0.1:{port}"
+            try:
+                _wait_ready(url)
+                yield url, {"Authorization": f"Bearer {(data_dir / 'api-key').read_text().strip()}"}
+            finally:
+                os.killpg(server.pid, signal.SIGTERM)
+                server.wait(timeout=30)
+
+
+def _wait_ready(url: str) -> None:
+    for _ in range(600):
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                return
+        time.sleep(0.1)
+    raise RuntimeError("leap serve did not become ready")
