@@ -15,14 +15,7 @@ if [ "${1:-}" = --wheels ]; then
 fi
 out=${1:-bench/results}
 mkdir -p "$out"
-if ls .whl/*.whl >/dev/null 2>&1; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
-  export PYTHONPATH=/tmp/site:$PWD
-else
-  export PYTHONPATH=$PWD
-fi
-export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+source "$(dirname "$0")/gpu_env.sh"
 python3 -c "import torch, diffusers, transformers, peft; print('torch', torch.__version__, 'diffusers', diffusers.__version__, 'transformers', transformers.__version__, 'peft', peft.__version__)"
 python3 -m models.trainer.sdxl_bench --pipeline /tmp/sdxl --steps "${STEPS:-20}" --warmup "${WARMUP:-5}" \
   --json "$out/trainer_speed_sdxl_bf16.json"
