@@ -248,13 +248,19 @@ class TextBooster(torch.nn.Module):
         return self.vocabulary_ids[top.indices].tolist(), top.values
 
     def start(
-        self, base: TextBase, examples: Sequence[TextExample], token: str, score: StartScorer
+        self,
+        base: TextBase,
+        examples: Sequence[TextExample],
+        token: str,
+        score: StartScorer,
+        extra: Sequence[tuple[str, torch.Tensor]] = (),
     ) -> tuple[torch.Tensor, str]:
         """The candidate start [width] with the lowest loss on `examples`, and a note naming it.
 
         Candidates: the regression's prediction, the retrieved words' input embeddings and their
-        softmax-weighted mean (weights from the retrieval scores)."""
+        softmax-weighted mean (weights from the retrieval scores), and `extra` (the meta booster's)."""
         candidates: list[tuple[str, torch.Tensor]] = [("regression", self.predict(base, examples, token).cpu())]
+        candidates += [(name, vector.cpu()) for name, vector in extra]
         ids, scores = self.retrieve(base, examples, token)
         if ids:
             weight = base.model.get_input_embeddings().weight
@@ -356,7 +362,16 @@ def text_booster_vectors(
         booster = checked_text_booster(directory, base)
     except BaseModelError as error:
         raise foreign_booster(error, what="text booster", base_model=config.base_model) from error
-    vector, note = booster.start(base, examples, config.token, score)
+    from models.text.meta_booster import checked_meta_booster, has_meta_booster  # it imports this module
+
+    extra = []
+    if has_meta_booster(directory):  # the meta-learned booster's prediction is one more candidate
+        try:
+            meta = checked_meta_booster(directory, base)
+        except BaseModelError as error:
+            raise foreign_booster(error, what="text booster", base_model=config.base_model) from error
+        extra.append(("meta booster", meta.predict(base, examples, config.token)))
+    vector, note = booster.start(base, examples, config.token, score, extra)
     if config.num_vectors > 1:
         note += f"; the booster {booster.config.num_vectors_note}"
     return vector.expand(config.num_vectors, -1).clone(), note
