@@ -9,6 +9,12 @@ parameter); `lora` trains peft LoRA with the token fixed at its initial value; `
 the token alone first, then LoRA with the token at a lower rate, as on the image side.
 The base model is loaded once per process and shared; a job never writes to it.
 
+Every run keeps the best state along its evaluation, never a worse one than it started from: a run
+with `steps` trains exactly that many on every example, evaluates them every `stopping.eval_every`
+steps (and at its end), and keeps its best evaluated state (the start included), so a rate that
+diverges or a start already at its best is not trained away. The manifest's `eval_losses` has the
+start, best and final losses and the best step.
+
 Without `steps` a run stops when done by the image trainer's rule (models/trainer/stopping.py):
 every `stopping.eval_every` steps it takes the loss of a fixed evaluation set (every 5th example
 held back from 10 examples on, at most EVAL_EXAMPLES of them in a fixed order) and stops on a
@@ -357,11 +363,13 @@ def _run(
     )
     callbacks.started(Start(start.used, start.note, _guard_scores(start.guard)))
     start_state = _snapshot(concept)
-    evaluate = HeldOutLoss(base, eval_rows, pad_id_of(concept.tokenizer)) if auto else None
-    plateau = Plateau(config.stopping, round(evaluate(), 6), start_state) if evaluate else None
+    # Both kinds of run keep their best evaluated state (run_steps restores it): a fixed step count
+    # evaluates the examples it trains on, a run that stops when done its evaluation split.
+    evaluate = HeldOutLoss(base, eval_rows, pad_id_of(concept.tokenizer))
+    plateau = Plateau(config.stopping, round(evaluate(), 6), start_state)
     steps = _steps(config, base, concept, rows, generator, trains_lora=trains_lora, evaluate=evaluate)
     if refit:
-        assert plateau is not None and config.max_steps is not None
+        assert config.max_steps is not None
         # The selection run only finds the step count: the caller's hooks see the rerun on every example.
         selection_config = replace(config, max_steps=config.max_steps // 2)
         selection = run_steps(steps, replace(callbacks, eval_hook=None), selection_config, plateau=plateau)
@@ -379,15 +387,11 @@ def _run(
         target_modules=targets,
     )
     compute_seconds = time.perf_counter() - started
-    stopping = (
-        plateau.report(
-            evaluated_on=eval_source,
-            eval_examples=len(eval_rows[:EVAL_EXAMPLES]),
-            training_examples=len(rows),
-            **({"refit_steps": plateau.best_step} if refit else {}),
-        )
-        if plateau
-        else None
+    stopping = plateau.report(
+        evaluated_on=eval_source,
+        eval_examples=len(eval_rows[:EVAL_EXAMPLES]),
+        training_examples=len(rows),
+        **({"refit_steps": plateau.best_step} if refit else {}),
     )
     manifest = _manifest(
         config,
@@ -415,7 +419,7 @@ def _run(
         compute_seconds=compute_seconds,
         losses=loop.losses,
         stop_reason=loop.stop_reason,
-        eval_curve=plateau.curve if plateau else [],
+        eval_curve=plateau.curve if auto else [],  # the API's curve is the stopping rule's; the manifest has both
     )
 
 
@@ -512,6 +516,24 @@ def vllm_support(config: TextTrainConfig, concept: TextConcept, init_used: str, 
     }
 
 
+def eval_losses(stopping: dict[str, Any]) -> dict[str, Any]:
+    """The manifest's `eval_losses`: the evaluation's loss at the start, at its best step and at the
+    last evaluated step, and which state the job kept (its best, or with `held_back_then_refit` the
+    rerun of best_step steps on every example, which has no held-back example left to score)."""
+    curve = stopping["curve"]
+    refit = stopping["evaluated_on"] == REFIT
+    return {
+        "evaluated_on": stopping["evaluated_on"],
+        "start": curve[0][1],
+        "best": stopping["best_loss"],
+        "best_step": stopping["best_step"],
+        "final": curve[-1][1],
+        "final_step": curve[-1][0],
+        "kept": "refit" if refit else "best",
+        "kept_loss": None if refit else stopping["best_loss"],
+    }
+
+
 def _manifest(
     config: TextTrainConfig,
     base: TextBase,
@@ -519,7 +541,7 @@ def _manifest(
     start: _Start,
     loop: LoopResult,
     *,
-    stopping: dict[str, Any] | None,
+    stopping: dict[str, Any],
     trains_lora: bool,
     targets: list[str],
     hub_id: str,
@@ -546,6 +568,7 @@ def _manifest(
         "max_steps": config.max_steps,
         "stop_reason": loop.stop_reason,
         "stopping": stopping,
+        "eval_losses": eval_losses(stopping),
         "pivot_step": loop.pivot_step,
         "seed": config.seed,
         "learning_rates": {

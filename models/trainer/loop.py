@@ -1,8 +1,10 @@
 """The step loop both trainers (image and text) run around their own optimisation step.
 
 It owns what the two share: pivotal phases (phase 1 trains the token alone, at most
-`pivot_fraction` of the steps), cancellation, progress reports, evaluation hooks and, for a run
-without `steps`, the stopping rule (models/trainer/stopping.py) that keeps the best evaluated state.
+`pivot_fraction` of the steps), cancellation, progress reports, evaluation hooks and the stopping
+rule (models/trainer/stopping.py) that keeps the best evaluated state: a run without `steps` stops
+by it; a run with `steps` (given a rule, as the text trainer gives one) runs them all and keeps its
+best evaluated state too.
 """
 
 from __future__ import annotations
@@ -88,16 +90,17 @@ def run_steps(
     plateau: Plateau[S] | None,
     pivot_at: int | None = None,
 ) -> LoopResult:
-    """Step until `steps` (exactly), or with a plateau rule until it says done or `max_steps`, ending on
-    the rule's best state. `pivot_at` replaces pivotal's `pivot_fraction` of the steps (a rerun of a
-    schedule another run found)."""
-    total = config.max_steps if plateau is not None else config.steps
-    assert total is not None
+    """Step until `steps` (exactly), or with a plateau rule and no `steps` until it says done or
+    `max_steps`; with a rule either ends on its best evaluated state. `pivot_at` replaces pivotal's
+    `pivot_fraction` of the steps (a rerun of a schedule another run found)."""
+    fixed = config.steps is not None
+    total = config.steps if fixed else config.max_steps
+    assert total is not None and (fixed or plateau is not None)
     pivotal, pivot_fraction, progress_every = config.mode == Mode.PIVOTAL, config.pivot_fraction, config.progress_every
     # With a rule, int(total * pivot_fraction) is the cap on phase 1.
     pivot_step = (pivot_at if pivot_at is not None else int(total * pivot_fraction)) if pivotal else 0
     losses: list[float] = []
-    stop_reason = StopReason.MAX_STEPS.value if plateau is not None else StopReason.STEPS.value
+    stop_reason = StopReason.STEPS.value if fixed else StopReason.MAX_STEPS.value
     in_pivot_phase = pivotal
     if callbacks.eval_hook is not None and 0 in callbacks.eval_steps:
         callbacks.eval_hook(0, steps.job())  # the starting point's quality, before any step
@@ -128,6 +131,7 @@ def run_steps(
             last=done == total,
             in_pivot_phase=in_pivot_phase,
             phase_ends=in_pivot_phase and done >= pivot_step,
+            stops=not fixed,
         )
         if outcome == "pivot":
             in_pivot_phase, pivot_step = False, done
@@ -148,13 +152,21 @@ def run_steps(
 
 
 def _observe(
-    steps: Steps[J, S], plateau: Plateau[S], done: int, *, last: bool, in_pivot_phase: bool, phase_ends: bool
+    steps: Steps[J, S],
+    plateau: Plateau[S],
+    done: int,
+    *,
+    last: bool,
+    in_pivot_phase: bool,
+    phase_ends: bool,
+    stops: bool = True,
 ) -> Literal["continue", "pivot", "converged"]:
     """Evaluate where the stopping rule is due: a converged (or capped) pivotal phase 1 hands over to
-    phase 2 from its best state ("pivot"); any other converged run stops ("converged")."""
+    phase 2 from its best state ("pivot"); any other converged run stops ("converged"). With
+    `stops=False` (a fixed step count) only the schedule ends a phase and nothing stops the run."""
     if not plateau.due(done, last=last or phase_ends):
         return "continue"
-    converged = plateau.record(done, round(steps.evaluate(), 6), steps.snapshot)
+    converged = plateau.record(done, round(steps.evaluate(), 6), steps.snapshot) and stops
     if in_pivot_phase and (converged or phase_ends):
         # Phase 1 is done: LoRA joins from the best vectors so far.
         steps.restore(plateau.best_state)

@@ -388,9 +388,15 @@ def test_ten_or_more_examples_hold_every_fifth_back_for_the_evaluation(tiny, tmp
     assert (stopping["evaluated_on"], stopping["eval_examples"], stopping["training_examples"]) == ("held_back", 2, 8)
     assert len(seen) == 8 and not {examples[4].text, examples[9].text} & set(seen)
     assert result.stop_reason == "converged" and result.steps < 400
-    # An explicit step count trains on every example and evaluates nothing.
+    # An explicit step count trains on every example and evaluates them (the API's curve stays the rule's).
     fixed = train(config(tiny, "lora", steps=3), examples, tmp_path / "fixed", registry=REGISTRY)
-    assert fixed.manifest["stopping"] is None and fixed.eval_curve == []
+    stopping = fixed.manifest["stopping"]
+    assert (stopping["evaluated_on"], stopping["eval_examples"], stopping["training_examples"]) == (
+        "training_examples",
+        10,
+        10,
+    )
+    assert fixed.eval_curve == []
 
 
 def test_four_to_nine_examples_find_the_step_count_on_a_held_back_one_then_rerun_it_on_all(tiny, tmp_path) -> None:
@@ -473,6 +479,27 @@ def test_max_steps_caps_a_text_job_and_explicit_steps_run_exactly(tiny, tmp_path
     exact = train(config(tiny, "token", steps=7), EXAMPLES, tmp_path / "exact", registry=REGISTRY)
     assert (exact.steps, exact.stop_reason, exact.eval_curve) == (7, "steps", [])
     assert exact.manifest["steps"] == 7 and exact.manifest["max_steps"] is None
+    # Evaluated at the start, every eval_every (10) steps and at the end, never stopped early.
+    assert [step for step, _ in exact.manifest["stopping"]["curve"]] == [0, 7]
     with pytest.raises(InvalidConfigError) as caught:
         TextTrainConfig(base_model=tiny, steps=5, max_steps=10).validate()
     assert caught.value.field == "max_steps"
+
+
+def test_a_fixed_step_run_keeps_its_start_when_training_only_makes_it_worse(tiny, tmp_path) -> None:
+    # A start already at its best: the token trained to convergence on these examples.
+    tuned = train(auto(tiny, "token", embedding_lr=0.05), EXAMPLES, tmp_path / "tuned", registry=REGISTRY)
+    optimum = load_file(tmp_path / "tuned" / TOKENS_FILE)["<leap>"]
+
+    def booster(base_, given, cfg, score):
+        return optimum.clone(), "the tuned token"
+
+    # Far too high a rate for the token: every step makes it worse, so the run keeps the start.
+    wrecking = config(tiny, "token", init="booster", steps=12, embedding_lr=1.0, stopping=QUICK)
+    result = train(wrecking, EXAMPLES, tmp_path / "fixed", registry=REGISTRY, booster_resolver=booster)
+    assert result.init_used == "booster" and result.steps == 12 and result.stop_reason == "steps"
+    assert torch.equal(load_file(tmp_path / "fixed" / TOKENS_FILE)["<leap>"], optimum.reshape(1, -1))
+    losses = result.manifest["eval_losses"]
+    assert losses["best_step"] == 0 and losses["best"] == losses["start"] < losses["final"]
+    assert (losses["final_step"], losses["kept"], losses["kept_loss"]) == (12, "best", losses["start"])
+    assert tuned.manifest["eval_losses"]["best"] < tuned.manifest["eval_losses"]["start"]
