@@ -33,7 +33,16 @@ import torch
 from models.registry import load_registry
 from models.text.base_model import load_text_base, resolve_text_model
 from models.text.booster import checked_text_booster, registered_text_booster_path
-from models.text.booster_data import INVENTED, PLACEHOLDER, split_words, vocabulary_words, whole_words, write_contexts
+from models.text.booster_data import (
+    INVENTED,
+    PLACEHOLDER,
+    InventedConcept,
+    WordConcept,
+    split_words,
+    vocabulary_words,
+    whole_words,
+    write_contexts,
+)
 from models.text.concept import TextConcept
 from models.text.data import collate, lm_loss, pad_id_of, tokenize_example
 from models.text.examples import TextExample
@@ -83,6 +92,7 @@ def main() -> None:
     meta = checked_meta_booster(args.meta or directory, base)
     _, held = split_words(vocabulary_words(base.tokenizer))
     held = whole_words(base.model, base.tokenizer, random.Random(1234).sample(held, 8 * (args.words + 1)))
+    concepts: list[tuple[str, WordConcept | InventedConcept]]
     concepts = [("word", c) for c in write_contexts(base.model, base.tokenizer, held[: args.words])]
     concepts += [("invented", c) for c in INVENTED[: args.invented]]
 

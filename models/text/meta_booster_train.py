@@ -1,7 +1,7 @@
 """Training the meta-learned text booster end to end through the frozen base model (CPU-friendly, resumable).
 
-    python -m models.text.meta_booster_train --data-dir ~/.cache/leap --words 400 --minutes 14 \
-        --work /tmp/leap-meta-booster --out models/text/weights/smollm2-135m
+    python -m models.text.meta_booster_train --data-dir ~/.cache/leap --words 320 --steps 1000 --minutes 7 \
+        --work /tmp/leap-meta-booster --out /tmp/leap-meta-booster/out2    # then again with --minutes 10.5
 
 Concepts come from the base model's own vocabulary (booster_data): each whole-word token's 8
 contexts, written by the model, with the word replaced by the concept token. Held-out words
@@ -291,15 +291,16 @@ def main() -> None:
         vectors = booster(gather(features, chosen, supports))
         pairs = zip(chosen, query_sets, strict=True)
         rows = [(i, e) for i, (c, q) in enumerate(pairs) for e in concepts[c].held_out(q)]
-        loss = query_loss(base, QueryBatch(tokenizer, token_id, rows, pad), vectors)
+        step_loss = query_loss(base, QueryBatch(tokenizer, token_id, rows, pad), vectors)
         optimizer.zero_grad()
-        loss.backward()
+        step_loss.backward()
         torch.nn.utils.clip_grad_norm_(booster.parameters(), 1.0)
         optimizer.step()
         state["step"] += 1
         e2e_seconds += time.perf_counter() - t
         if state["step"] % 10 == 0 or state["step"] <= 3:
-            print(f"step {state['step']}: query loss {float(loss):.4f} ({time.perf_counter() - t:.2f}s)", flush=True)
+            took = time.perf_counter() - t
+            print(f"step {state['step']}: query loss {float(step_loss):.4f} ({took:.2f}s)", flush=True)
         if state["step"] % args.eval_every == 0:
             value = validation_loss(base, booster, features[valid], valid_concepts, tokenizer, token_id)
             state["curve"].append([state["step"], round(value, 4)])
