@@ -6,6 +6,10 @@
 Each mode runs `--warmup` steps, then `--steps` timed steps through the real `train()` on
 `--batch-size` examples of about `--example-tokens` tokens; steps/s is the median of per-step
 rates from the progress callback.
+
+In-context learning, the alternative to training: the same request (one example's first half) timed
+with 4 examples in the prompt and with the trained token instead (median of 9 forward passes each),
+the prompt tokens and seconds a request saves, and how many requests repay 100 training steps.
 """
 
 from __future__ import annotations
@@ -109,6 +113,44 @@ def measure(
     }
 
 
+ICL_SHOTS = 4
+
+
+@torch.no_grad()
+def icl_request_cost(base_model: str, *, example_tokens: int, data_dir: str | None, registry: Registry) -> dict:
+    """Forward-pass time of one request with ICL_SHOTS examples in the prompt against the request alone
+    (which is what a trained token leaves: its vectors stand where the examples' word stood)."""
+    from models.text.base_model import load_text_base
+
+    base = load_text_base(resolve_text_model(base_model, data_dir, registry), pick_device())
+    examples = bench_examples(base.tokenizer, example_tokens)
+    context = "\n".join(e.full_text for e in examples[:ICL_SHOTS]) + "\n"
+    request = examples[ICL_SHOTS].full_text[: len(examples[ICL_SHOTS].full_text) // 2]
+
+    def median_seconds(text: str) -> tuple[int, float]:
+        ids = torch.tensor([base.tokenizer(text).input_ids], device=base.device)
+        timings = []
+        for _ in range(10):
+            started = time.perf_counter()
+            base.model(input_ids=ids)
+            if base.device.type == "cuda":
+                torch.cuda.synchronize()
+            timings.append(time.perf_counter() - started)
+        return int(ids.shape[1]), statistics.median(timings[1:])
+
+    with_examples, with_examples_s = median_seconds(context + request)
+    alone, alone_s = median_seconds(request)
+    return {
+        "shots": ICL_SHOTS,
+        "prompt_tokens_with_examples": with_examples,
+        "prompt_tokens_with_token": alone,
+        "prompt_tokens_saved": with_examples - alone,
+        "request_seconds_with_examples": with_examples_s,
+        "request_seconds_with_token": alone_s,
+        "request_seconds_saved": with_examples_s - alone_s,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--base-model", default="smollm2-135m")
@@ -145,13 +187,27 @@ def main() -> None:
         )
         for mode in args.modes
     ]
-    print(f"{'mode':8} {'device':7} {'batch':>5} {'tokens':>6} {'steps/s (median)':>17} {'peak memory':>12}")
+    icl = icl_request_cost(base_model, example_tokens=args.example_tokens, data_dir=args.data_dir, registry=registry)
+    saved = icl["request_seconds_saved"]
+    for row in rows:
+        rate = row["steps_per_second_median"]
+        row["requests_to_repay_100_steps"] = round(100 / rate / saved) if rate and saved > 0 else None
+    print(
+        f"{'mode':8} {'device':7} {'batch':>5} {'tokens':>6} {'steps/s (median)':>17} {'peak memory':>12} "
+        f"{'requests to repay 100 steps':>28}"
+    )
     for row in rows:
         rate = row["steps_per_second_median"]
         print(
             f"{row['mode']:8} {row['device']:7} {row['batch_size']:>5} {row['tokens_per_example']:>6} "
-            f"{rate if rate is None else round(rate, 2)!s:>17} {row['peak_memory_bytes'] / 2**20:>9.0f} MiB"
+            f"{rate if rate is None else round(rate, 2)!s:>17} {row['peak_memory_bytes'] / 2**20:>9.0f} MiB "
+            f"{row['requests_to_repay_100_steps']!s:>28}"
         )
+    print(
+        f"in-context learning: {icl['prompt_tokens_with_examples']} prompt tokens with {ICL_SHOTS} examples, "
+        f"{icl['prompt_tokens_with_token']} with the token; {icl['request_seconds_with_examples'] * 1000:.1f} ms "
+        f"against {icl['request_seconds_with_token'] * 1000:.1f} ms a request"
+    )
     report = {
         "benchmark": "text trainer speed",
         "base_model": "qwen2.5-0.5b-random" if args.qwen_random else args.base_model,
@@ -160,6 +216,7 @@ def main() -> None:
         "threads": torch.get_num_threads(),
         "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
         "results": rows,
+        "in_context_learning": icl,
     }
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(report, indent=2))
