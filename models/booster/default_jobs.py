@@ -8,11 +8,15 @@ registry's defaults (the service's learning rates, `max_steps` caps, the stoppin
 - a default job from the token and one from the booster (guarded start): steps run, stop reason,
   wall time, and the final held-out loss (views never uploaded);
 - a 400-step token run (the old fixed default) as the quality reference.
-Groups, reported apart: `world` (the split's shape-world concepts) and `families` (concepts of the
-families the booster never trained on, as in models/booster/benchmark.py).
+Groups, reported apart: `world` (the split's shape-world concepts), `families` (concepts of the
+families the booster never trained on, as in models/booster/benchmark.py) and `dev-families`
+(concepts of its training families, drawn apart: development concepts for choosing rules).
 Reported as medians (and min-max) over concepts and seeds: booster steps / token steps, and each
-default job's held-out loss relative to the 400-step run. `--eval-every/--patience/--min-delta/
---min-steps/--probe-steps` try another stopping rule (choose it on --split dev, report on val).
+default job's held-out loss relative to the 400-step run, and each booster job's final held-out loss
+relative to its token job's (the "never worse" check: how many end more than 1% worse).
+`--eval-every/--patience/--min-delta/--min-steps/--probe-steps/--warmup-steps` try another rule for
+booster starts (choose it on --split dev, report on val); `--reuse-token` takes the token jobs from
+--json's file (they do not depend on those options) and runs only the booster's.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ from typing import Any
 import torch
 
 from models.booster.benchmark import FAMILY_SEED, Item, Resolver, booster_resolver, family_items, world_items
-from models.booster.families import HELD_OUT_FAMILIES
+from models.booster.families import HELD_OUT_FAMILIES, TRAIN_FAMILIES
 from models.booster.resolver import registered_booster
 from models.registry import Registry, load_registry
 from models.trainer.base_model import load_base, pick_device
@@ -39,6 +43,7 @@ from models.trainer.evaluate import HeldOutLoss
 from models.trainer.train import Job, train
 
 MODES = ("textual_inversion", "pivotal")
+DEV_FAMILY_SEED = 1  # development concepts of the booster's training families, drawn apart from FAMILY_SEED's
 REFERENCE_STEPS = 400
 
 
@@ -54,6 +59,7 @@ def run_job(
     held_out: HeldOutLoss,
     registry: Registry,
     booster: Resolver,
+    warmup_steps: int = TrainConfig.warmup_steps,
 ) -> dict[str, Any]:
     """One training; its steps, stop reason, wall time and final held-out loss."""
     final: dict[str, float] = {}
@@ -68,6 +74,7 @@ def run_job(
         seed=seed,
         steps=steps,
         stopping=rule,
+        warmup_steps=warmup_steps,
     )
     with tempfile.TemporaryDirectory() as out:
         started = time.perf_counter()
@@ -113,6 +120,17 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return summary
 
 
+def never_worse(pairs: list[tuple[dict[str, Any], dict[str, Any]]]) -> dict[str, Any]:
+    """Each booster job's final held-out loss over its token job's: the spread, and how many end worse
+    (by anything, by more than 1%)."""
+    ratios = [b["held_out_loss"] / t["held_out_loss"] - 1 for t, b in pairs]
+    return {
+        "booster_loss_vs_token": spread(ratios),
+        "booster_worse_than_token": sum(r > 0 for r in ratios),
+        "booster_worse_by_1pct": sum(r > 0.01 for r in ratios),
+    }
+
+
 def _summarise(runs: list[dict[str, Any]]) -> dict[str, Any] | None:
     keyed = {(r["concept"], r["seed"], r["init"]): r for r in runs}
     pairs = [
@@ -121,7 +139,22 @@ def _summarise(runs: list[dict[str, Any]]) -> dict[str, Any] | None:
         if i == "token" and (c, s, "booster") in keyed and (c, s, "reference") in keyed
     ]
     if not pairs:
-        return None
+        # Without 400-step references (--no-reference): the token/booster comparison alone.
+        duos = [
+            (keyed[(c, s, "token")], keyed[(c, s, "booster")])
+            for (c, s, i) in keyed
+            if i == "token" and (c, s, "booster") in keyed
+        ]
+        if not duos:
+            return None
+        return {
+            "runs": len(duos),
+            "token_steps": spread([t["steps"] for t, _ in duos]),
+            "booster_steps": spread([b["steps"] for _, b in duos]),
+            "booster_over_token_steps": spread([b["steps"] / t["steps"] for t, b in duos]),
+            **never_worse(duos),
+            "booster_start_won": sum(b["init_used"] == "booster" for _, b in duos),
+        }
     return {
         "runs": len(pairs),
         "token_steps": spread([t["steps"] for t, _, _ in pairs]),
@@ -130,6 +163,7 @@ def _summarise(runs: list[dict[str, Any]]) -> dict[str, Any] | None:
         "token_loss_vs_400": spread([t["held_out_loss"] / r["held_out_loss"] - 1 for t, _, r in pairs]),
         "booster_loss_vs_400": spread([b["held_out_loss"] / r["held_out_loss"] - 1 for _, b, r in pairs]),
         "booster_within_1pct_of_400": sum(b["held_out_loss"] <= 1.01 * r["held_out_loss"] for _, b, r in pairs),
+        **never_worse([(t, b) for t, b, _ in pairs]),
         "token_wall_s": spread([t["wall_s"] for t, _, _ in pairs]),
         "booster_wall_s": spread([b["wall_s"] for _, b, _ in pairs]),
         "booster_start_won": sum(b["init_used"] == "booster" for _, b, _ in pairs),
@@ -144,13 +178,15 @@ def table(summary: dict[str, Any]) -> str:
 
     lines = [
         f"{'group/mode':<26} {'token steps':<22} {'booster steps':<22} {'booster/token':<26} "
-        f"{'token loss vs 400':<30} {'booster loss vs 400':<30}"
+        f"{'token loss vs 400':<30} {'booster loss vs 400':<30} {'booster loss vs token':<30} {'worse >1%':<9}"
     ]
     for mode, s in summary.items():
         lines.append(
             f"{mode:<26} {fmt(s['token_steps']):<22} {fmt(s['booster_steps']):<22} "
-            f"{fmt(s['booster_over_token_steps']):<26} {fmt(s['token_loss_vs_400'], True):<30} "
-            f"{fmt(s['booster_loss_vs_400'], True):<30}"
+            f"{fmt(s['booster_over_token_steps']):<26} "
+            f"{fmt(s['token_loss_vs_400'], True) if 'token_loss_vs_400' in s else '-':<30} "
+            f"{fmt(s['booster_loss_vs_400'], True) if 'booster_loss_vs_400' in s else '-':<30} "
+            f"{fmt(s['booster_loss_vs_token'], True):<30} {s['booster_worse_by_1pct']}/{s['runs']}"
         )
     return "\n".join(lines)
 
@@ -164,10 +200,11 @@ def main() -> None:
         "--groups",
         nargs="+",
         default=["world"],
-        choices=("world", "families"),
-        help="families: held out of booster training",
+        choices=("world", "families", "dev-families"),
+        help="families: held out of booster training; dev-families: concepts of its training families (development)",
     )
     parser.add_argument("--per-family", type=int, default=1, help="concepts per held-out family")
+    parser.add_argument("--dev-families", type=int, default=len(TRAIN_FAMILIES), help="first N training families")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--modes", default=",".join(MODES))
     parser.add_argument("--no-reference", action="store_true", help="skip the 400-step runs (reuse --json's)")
@@ -176,6 +213,8 @@ def main() -> None:
     parser.add_argument("--min-delta", type=float, default=StopRule.min_delta)
     parser.add_argument("--min-steps", type=int, default=StopRule.min_steps)
     parser.add_argument("--probe-steps", type=int, default=StopRule.probe_steps, help="0: no probe")
+    parser.add_argument("--warmup-steps", type=int, default=TrainConfig.warmup_steps, help="0: no warm-up")
+    parser.add_argument("--reuse-token", action="store_true", help="take the token jobs from --json's file")
     parser.add_argument("--booster", type=Path, help="only this booster folder (default: every registered one)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--json", type=Path, default=None)
@@ -194,17 +233,23 @@ def main() -> None:
         items += world_items(args.split, args.concepts or None)
     if "families" in args.groups:
         items += family_items(HELD_OUT_FAMILIES, args.per_family, FAMILY_SEED, "families")
+    if "dev-families" in args.groups:
+        items += family_items(TRAIN_FAMILIES[: args.dev_families], 1, DEV_FAMILY_SEED, "dev-families")
     registry = load_registry()
     booster = booster_resolver(args.booster, None, registry) if args.booster else registered_booster(registry)
     base = load_base(resolve_base_model(args.base_model, registry), pick_device())
     previous = json.loads(args.json.read_text()) if args.json and args.json.exists() else {}
     references = {(r["concept"], r["mode"], r["seed"]): r for r in previous.get("runs", []) if r["init"] == "reference"}
+    tokens = {(r["concept"], r["mode"], r["seed"]): r for r in previous.get("runs", []) if r["init"] == "token"}
     runs: list[dict[str, Any]] = []
     for item in items:
         held_out = HeldOutLoss(base, item.held_out)
         for mode in args.modes.split(","):
             for seed in range(args.seeds):
                 for init in ("token", "booster"):
+                    if init == "token" and args.reuse_token and (item.name, mode, seed) in tokens:
+                        runs.append(tokens[(item.name, mode, seed)])
+                        continue
                     runs.append(
                         run_job(
                             args.base_model,
@@ -217,6 +262,7 @@ def main() -> None:
                             held_out=held_out,
                             registry=registry,
                             booster=booster,
+                            warmup_steps=args.warmup_steps,
                         )
                     )
                     print(json.dumps({k: v for k, v in runs[-1].items() if k != "curve"}), flush=True)
@@ -250,6 +296,7 @@ def main() -> None:
             "booster": str(args.booster) if args.booster else "registered",
             "seeds": args.seeds,
             "rule": asdict(rule),
+            "warmup_steps": args.warmup_steps,
             "device": str(base.device),
             "summary": summary,
             "runs": runs,

@@ -100,18 +100,34 @@ def booster_initial_state(
     base: BaseComponents, images: Sequence[Image.Image], config: TrainConfig, registry: Registry
 ) -> list[InitialState] | None:
     """Each registered booster's starting point for this job (the main one named "booster", others
-    by their folder), or None where the base model has no booster."""
+    by their folder), or None where the base model has no booster.
+
+    A multi-vector job takes only the boosters with a head for its count where any has one: a booster
+    without one can only copy its single prediction into every slot, and the guard would then weigh a
+    copy against distinct vectors on a few views (the first such booster's note says which were left
+    out). Where none has a head, each offers its copy (the token's own multi-vector start is copies
+    of the initializer word) and the guard's margin decides."""
     directories = registered_booster_paths(base, registry)
     if not directories:
         return None
-    states = []
-    for index, directory in enumerate(directories):
+    loaded = []
+    for directory in directories:
         try:
-            booster = checked_booster(directory, base, registry)
+            loaded.append((directory, checked_booster(directory, base, registry)))
         except BaseModelError as error:
             raise foreign_booster(error, what="booster", base_model=config.base_model_name) from error
+    wanted = config.num_vectors
+    with_head = [(d, b) for d, b in loaded if wanted in b.supported_vectors()]
+    chosen = with_head or loaded
+    left_out = [d.name for d, b in loaded if wanted not in b.supported_vectors()] if with_head else []
+    states: list[InitialState] = []
+    for directory, booster in chosen:
         state = initial_state_from(booster, images, config)
-        states.append(state if index == 0 else replace(state, name=directory.name))
+        state = state if directory == directories[0] else replace(state, name=directory.name)
+        if left_out and not states:
+            extra = f"left out for {wanted} vectors (no head for that count): {', '.join(left_out)}"
+            state = replace(state, note="; ".join(part for part in (state.note, extra) if part))
+        states.append(state)
     return states
 
 

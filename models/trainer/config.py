@@ -29,15 +29,17 @@ class StopRule:
     steps; stop once the last `patience` evaluations improve on the best before them by no more
     than `min_delta` (relative), but not before `min_steps` (counted per pivotal phase).
 
-    A start the guard took from a prediction (the booster's) is probed instead: one evaluation after
-    `probe_steps` steps; if it is no better than the start by `min_delta`, the first phase is done
-    (the prediction was already where training would end). 0 turns the probe off."""
+    `probe_steps` > 0 probes a start the guard took from a prediction (the booster's) instead: one
+    evaluation after that many steps; if it is no better than the start by `min_delta`, the first
+    phase is done. Off by default (0): a good start's first steps gain little before they gain more,
+    so the probe ended booster jobs worse than token jobs; a predicted start warms up
+    (TrainConfig.warmup_steps) and then stops by the same rule as a token start."""
 
     eval_every: int = 5
     patience: int = 3
     min_delta: float = 0.005
     min_steps: int = 10
-    probe_steps: int = 4
+    probe_steps: int = 0
 
 
 def check_mode_init_token(mode: str, modes: tuple[Mode, ...], init: str, inits: tuple[Init, ...], token: str) -> None:
@@ -164,6 +166,11 @@ class TrainConfig:
     device: str | None = None
     """cuda / mps / cpu; None picks the best available."""
     progress_every: int = 1
+    warmup_steps: int = 5
+    """A start the guard took from a booster: its predicted parts (vectors, a predicted LoRA) train at
+    i/warmup_steps of their rate in their first steps (0: full rate at once). Adam's first steps move
+    every coordinate by about the full rate, which throws a good start away; token and random starts
+    always run at full rate."""
 
     def validate(self) -> None:
         """Raise InvalidConfigError naming the first bad field."""
@@ -182,6 +189,8 @@ class TrainConfig:
             raise InvalidConfigError("resolution", "must be a multiple of 8 between 16 and 2048")
         if self.progress_every < 1:
             raise InvalidConfigError("progress_every", "must be at least 1")
+        if not 0 <= self.warmup_steps <= 1000:
+            raise InvalidConfigError("warmup_steps", "must be between 0 and 1000")
         if self.mixed_precision not in ("no", "fp16", "bf16"):
             raise InvalidConfigError("mixed_precision", "must be no, fp16 or bf16")
 

@@ -23,8 +23,10 @@ def denoising_loss(
     prompts: list[str],
     noise: torch.Tensor,
     timesteps: torch.Tensor,
+    *,
+    per_sample: bool = False,
 ) -> torch.Tensor:
-    """The diffusion training loss of a concept on latents."""
+    """The diffusion training loss of a concept on latents (`per_sample`: one value per row)."""
     noisy = base.noise_scheduler.add_noise(latents, noise, timesteps)
     pixels = 2 ** (len(base.vae.config.block_out_channels) - 1)
     hidden, added = concept.conditioning(prompts, (latents.shape[-2] * pixels, latents.shape[-1] * pixels))
@@ -34,4 +36,6 @@ def denoising_loss(
         noisy.to(base.weight_dtype), timesteps, hidden.to(base.weight_dtype), added_cond_kwargs=added
     ).sample
     target = denoising_target(base.noise_scheduler, latents, noise, timesteps)
+    if per_sample:
+        return F.mse_loss(prediction.float(), target.float(), reduction="none").flatten(1).mean(dim=1)
     return F.mse_loss(prediction.float(), target.float())

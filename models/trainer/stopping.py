@@ -3,11 +3,11 @@
 With `steps` unset, the trainer evaluates the concept every `eval_every` steps on the same noises,
 timesteps and latents each time, and stops once the last `patience` evaluations brought no relative
 improvement above `min_delta` over the best before them (after `min_steps`), or at `max_steps`.
-A start predicted by a booster is probed after `probe_steps` instead of waiting out `min_steps`:
-the rule's floor is there for token starts, which can sit on a flat stretch before they move.
-Uploads of 10 or more images hold every 5th one back for this evaluation; smaller sets are
-evaluated on their training images (still a fixed grid, so successive values compare exactly).
-The same evaluation scores the candidate starts of the guard (models/trainer/guard.py).
+With `probe_steps` set (off by default), a start predicted by a booster is probed after that many
+steps instead of waiting out `min_steps`. Uploads of 10 or more images hold every 5th one back for
+this evaluation; smaller sets are evaluated on the trainer's augmentation of them (mirror images,
+posterior draws: still a fixed grid, so successive values compare exactly). The same evaluation
+scores the candidate starts of the guard (models/trainer/guard.py).
 
 The rule itself (`split_for_eval`, `plateaued`, `Plateau`) knows nothing of images: the text trainer
 (models/text/train.py) stops by it too, on the held-out loss of its examples.
@@ -119,7 +119,11 @@ class Plateau(Generic[S]):
 
 class SeededEval:
     """Denoising loss of a concept on fixed latents, noises and timesteps (at most `max_rows` pairs
-    of image and timestep, chosen once by `seed`): the same value for the same concept, every call."""
+    of view and timestep, chosen once by `seed`): the same value for the same concept, every call.
+
+    With `augment` the views are what the trainer's augmentation makes of the images: each image
+    and (with `flip`) its mirror image, each latent drawn once from the VAE's posterior rather than
+    its mean. That is the evaluation of a job whose uploads are too few to hold any back."""
 
     def __init__(
         self,
@@ -130,15 +134,24 @@ class SeededEval:
         prompt: str,
         seed: int = 0,
         max_rows: int = MAX_EVAL_ROWS,
+        augment: bool = False,
+        flip: bool = False,
     ) -> None:
         self.base = base
         self.prompt = prompt
-        means = encode_images(base, images, resolution=resolution, flip=False).mean
+        encoded = encode_images(base, images, resolution=resolution, flip=augment and flip)
+        means, stds = encoded.mean, encoded.std
+        if encoded.flipped_mean is not None and encoded.flipped_std is not None:
+            means, stds = torch.cat([means, encoded.flipped_mean]), torch.cat([stds, encoded.flipped_std])
         generator = torch.Generator().manual_seed(seed)
         pairs = [(view, t) for view in range(means.shape[0]) for t in EVAL_TIMESTEPS]
         if len(pairs) > max_rows:
             pairs = [pairs[int(i)] for i in torch.randperm(len(pairs), generator=generator)[:max_rows]]
-        self.latents = torch.stack([means[view] for view, _ in pairs]).to(base.device)
+        latents = torch.stack([means[view] for view, _ in pairs])
+        if augment:
+            spread = torch.stack([stds[view] for view, _ in pairs])
+            latents = latents + spread * torch.randn(latents.shape, generator=generator)
+        self.latents = latents.to(base.device)
         self.timesteps = torch.tensor([t for _, t in pairs], device=base.device)
         self.noise = torch.randn(self.latents.shape, generator=generator).to(base.device)
 
@@ -147,10 +160,16 @@ class SeededEval:
         return int(self.latents.shape[0])
 
     @torch.no_grad()
-    def __call__(self, concept: ConceptModel) -> float:
+    def per_row(self, concept: ConceptModel) -> torch.Tensor:
+        """The loss of every row (on the CPU), for paired comparisons of two states (the guard's)."""
         prompt = concept.prompt(self.prompt)
         with torch.autocast(
             self.base.device.type, dtype=self.base.weight_dtype, enabled=self.base.weight_dtype != torch.float32
         ):
-            loss = denoising_loss(self.base, concept, self.latents, [prompt] * self.rows, self.noise, self.timesteps)
-        return float(loss)
+            losses = denoising_loss(
+                self.base, concept, self.latents, [prompt] * self.rows, self.noise, self.timesteps, per_sample=True
+            )
+        return losses.float().cpu()
+
+    def __call__(self, concept: ConceptModel) -> float:
+        return float(self.per_row(concept).mean())

@@ -9,9 +9,12 @@ the LoRA and keeps moving the vectors at a lower rate (cloneofsimo/lora PTI, dif
 advanced_diffusion_training). The base pipeline is loaded once per process and shared.
 
 With init=booster the start is guarded (models/trainer/guard.py): the token and the candidates of
-the caller's `booster` resolver are scored on the job's images and the best one starts. Without
-`steps` a run stops when done (models/trainer/stopping.py, models/trainer/loop.py), at `max_steps`
-at the latest, and keeps its best state.
+the caller's `booster` resolver are scored on the job's evaluation views (held-back uploads, else the
+trainer's augmentation of them) and a candidate starts only where it beats the token by more than the
+scores' noise. A start the guard took from a booster warms up: its rates ramp up over `warmup_steps`
+(Adam's first full-rate steps would throw a good start away). Without `steps` a run stops when done
+(models/trainer/stopping.py, models/trainer/loop.py), at `max_steps` at the latest, and keeps its
+best evaluated state.
 """
 
 from __future__ import annotations
@@ -36,7 +39,16 @@ from models.trainer.data import LatentSet, caption_templates, encode_images
 from models.trainer.defaults import resolve_base_model, with_defaults
 from models.trainer.errors import BaseModelError, InvalidImagesError, OutOfMemory
 from models.trainer.export import BaseDescription, loss_summary, save_concept, unet_layers_per_block, write_manifest
-from models.trainer.guard import BoosterResolver, Candidate, candidates, describe_scores, guarded_start, snapshot
+from models.trainer.guard import (
+    BoosterResolver,
+    Candidate,
+    Gain,
+    candidates,
+    describe_scores,
+    guard_report,
+    guarded_start,
+    snapshot,
+)
 from models.trainer.images import MAX_IMAGES, MIN_IMAGES
 from models.trainer.loop import Callbacks, Start, Steps, run_steps
 from models.trainer.loss import denoising_loss
@@ -163,20 +175,49 @@ def image_templates(captions: Sequence[str | None] | None, count: int, token: st
     return [caption_template(caption, token) if caption and caption.strip() else None for caption in captions]
 
 
+HELD_BACK, AUGMENTED = "held_back", "augmented_views"
+
+
 class _Evaluation:
-    """The job's fixed, seeded evaluation, built on first use (the guard or automatic stopping)."""
+    """The job's fixed, seeded evaluation, built on first use (the guard or automatic stopping): its
+    held-back uploads, or (`augment`) the trainer's augmentation of uploads too few to hold any back."""
 
     def __init__(
-        self, base: BaseComponents, images: Sequence[Image.Image], resolution: int, prompt: str, seed: int
+        self,
+        base: BaseComponents,
+        images: Sequence[Image.Image],
+        resolution: int,
+        prompt: str,
+        seed: int,
+        *,
+        augment: bool,
+        flip: bool,
     ) -> None:
         self.args = (base, images, resolution, prompt, seed)
+        self.augment, self.flip = augment, flip
         self._eval: SeededEval | None = None
 
-    def __call__(self, concept: ConceptModel) -> float:
+    def _built(self) -> SeededEval:
         if self._eval is None:
             base, images, resolution, prompt, seed = self.args
-            self._eval = SeededEval(base, images, resolution=resolution, prompt=prompt, seed=seed)
-        return self._eval(concept)
+            self._eval = SeededEval(
+                base, images, resolution=resolution, prompt=prompt, seed=seed, augment=self.augment, flip=self.flip
+            )
+        return self._eval
+
+    @property
+    def views(self) -> str:
+        return AUGMENTED if self.augment else HELD_BACK
+
+    @property
+    def rows(self) -> int:
+        return self._built().rows
+
+    def per_row(self, concept: ConceptModel) -> torch.Tensor:
+        return self._built().per_row(concept)
+
+    def __call__(self, concept: ConceptModel) -> float:
+        return self._built()(concept)
 
 
 @dataclass(frozen=True)
@@ -200,6 +241,8 @@ class _Start:
     note: str = ""
     scores: dict[str, float] | None = None
     winner: str | None = None
+    guard: dict[str, Any] | None = None
+    """The manifest's `init_guard` (guard.guard_report)."""
 
 
 def _initialise(
@@ -212,7 +255,8 @@ def _initialise(
     generator: torch.Generator,
     evaluate: _Evaluation,
 ) -> _Start:
-    """Set the starting point: the given state, random, the token, or the guard's best candidate."""
+    """Set the starting point: the given state, random, the token, or the guard's best candidate
+    (`images`: what the booster may read, never the held-back views the guard scores on)."""
     if initial_state is not None:
         concept.init_from_state(initial_state)
         return _Start("state", initial_state.note)
@@ -228,8 +272,9 @@ def _initialise(
         return _Start("token", "no booster is registered for this base model; started from the initializer token")
     states = [resolved] if isinstance(resolved, InitialState) else list(resolved)
     found = candidates(concept.embedding.detach().clone(), states, has_lora=bool(concept.unet_lora))
-    winner, scores = guarded_start(concept, found, evaluate)
-    return _Start(_used(winner), _note(winner, scores), scores, winner.name)
+    winner, scores, gains = guarded_start(concept, found, evaluate.per_row)
+    guard = guard_report(winner.name, gains, views=evaluate.views, rows=evaluate.rows)
+    return _Start(_used(winner), _note(winner, scores, gains, evaluate.views), scores, winner.name, guard)
 
 
 def _initializer(config: TrainConfig, concept: ConceptModel) -> str:
@@ -245,8 +290,9 @@ def _used(winner: Candidate) -> str:
     return "token" if winner.name == "token" else "booster"
 
 
-def _note(winner: Candidate, scores: dict[str, float]) -> str:
-    note = describe_scores(winner.name, scores)
+def _note(winner: Candidate, scores: dict[str, float], gains: dict[str, Gain], views: str) -> str:
+    described = {HELD_BACK: "held-back uploads", AUGMENTED: "augmented views of the uploads"}[views]
+    note = describe_scores(winner.name, scores, gains, views=described)
     return f"{note}; {winner.state.note}" if winner.name != "token" and winner.state.note else note
 
 
@@ -269,13 +315,18 @@ def _run(
     generator = torch.Generator().manual_seed(config.seed)
     trains_lora = _set_up_lora(config, concept)
     templates = caption_templates(config.preset)
-    # Held-back uploads only where the run stops by evaluation; a fixed step count trains on all.
+    # One evaluation for the guard and the stopping rule: held-back uploads where there are enough,
+    # which the booster never reads; a fixed step count still trains on every upload.
     pairs = list(zip(images, captions, strict=True))
-    train_pairs, eval_pairs, eval_source = split_for_eval(pairs) if auto else (pairs, pairs, "training_images")
+    kept_pairs, eval_pairs, eval_source = split_for_eval(pairs, fallback=AUGMENTED)
+    train_pairs = kept_pairs if auto else pairs
     train_images, train_captions = [image for image, _ in train_pairs], [caption for _, caption in train_pairs]
     eval_images = [image for image, _ in eval_pairs]
-    evaluate = _Evaluation(base, eval_images, resolution, templates[0], config.seed)
-    start = _initialise(config, base, concept, images, initial_state, booster, generator, evaluate)
+    evaluate = _Evaluation(
+        base, eval_images, resolution, templates[0], config.seed, augment=eval_source == AUGMENTED, flip=config.flip
+    )
+    booster_images = [image for image, _ in kept_pairs]
+    start = _initialise(config, base, concept, booster_images, initial_state, booster, generator, evaluate)
     callbacks.started(Start(start.used, start.note, dict(start.scores) if start.scores else None))
     latents = encode_images(base, train_images, resolution=resolution, flip=config.flip)
     optimizer, lora_parameters = _optimizer(config, concept, trains_lora)
@@ -291,6 +342,7 @@ def _run(
         lora_parameters,
         trains_lora=trains_lora,
         evaluate=evaluate,
+        warmup=_warmup(config, start),
     )
     loop = run_steps(steps, callbacks, config, plateau=plateau)
     if callbacks.on_finish is not None:
@@ -365,6 +417,27 @@ def _plateau(config: TrainConfig, concept: ConceptModel, start: _Start, evaluate
     return Plateau(config.stopping, first, snapshot(concept), probe=start.used == "booster")
 
 
+@dataclass(frozen=True)
+class _Warmup:
+    """Which parameter groups ramp up their rate, over how many of their own steps."""
+
+    steps: int
+    embedding: bool
+    lora: bool
+
+    def scale(self, done: int) -> float:
+        """The share of the rate at a group's `done`-th step (1-based)."""
+        return min(1.0, done / self.steps) if self.steps > 0 else 1.0
+
+
+def _warmup(config: TrainConfig, start: _Start) -> _Warmup:
+    """A start the guard took from a booster ramps up its predicted parts: the vectors, and the LoRA
+    where the start predicted one (a fresh LoRA starts at zero, where full-rate steps are safe)."""
+    predicted = start.used == "booster"
+    predicted_lora = predicted and start.winner is not None and start.winner.endswith("+lora")
+    return _Warmup(config.warmup_steps, embedding=predicted, lora=predicted_lora)
+
+
 def _steps(
     config: TrainConfig,
     base: BaseComponents,
@@ -377,6 +450,7 @@ def _steps(
     *,
     trains_lora: bool,
     evaluate: _Evaluation,
+    warmup: _Warmup,
 ) -> Steps[Job, InitialState]:
     """The image trainer's side of the shared step loop (models/trainer/loop.py)."""
     autocast = (
@@ -385,10 +459,22 @@ def _steps(
         else contextlib.nullcontext()
     )
 
+    taken = {"embedding": 0, "lora": 0}  # each group's steps so far, for the warm-up
+
     def step() -> float:
         loss = _step(base, concept, latents, prompts, config, generator, autocast)
+        rates = [group["lr"] for group in optimizer.param_groups]
+        taken["embedding"] += 1
+        if warmup.embedding:
+            optimizer.param_groups[0]["lr"] *= warmup.scale(taken["embedding"])
+        if trains_lora and lora_parameters and lora_parameters[0].requires_grad:
+            taken["lora"] += 1
+            if warmup.lora:
+                optimizer.param_groups[1]["lr"] *= warmup.scale(taken["lora"])
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+        for group, rate in zip(optimizer.param_groups, rates, strict=True):
+            group["lr"] = rate
         return loss
 
     def set_phase(in_pivot_phase: bool) -> None:
@@ -481,6 +567,7 @@ def _manifest(
         "init_used": start.used,
         "init_note": start.note,
         "init_scores": start.scores,
+        "init_guard": start.guard,
         "steps": loop.done,
         "max_steps": config.max_steps,
         "stop_reason": loop.stop_reason,
@@ -492,6 +579,7 @@ def _manifest(
             "pivot_embedding": config.pivot_embedding_lr,
             "lora": config.lora_lr,
         },
+        "warmup_steps": config.warmup_steps if start.used == "booster" else 0,
         "lora_rank": config.lora_rank if trains_lora else None,
         "lora_alpha": config.lora_alpha if trains_lora else None,
         "resolution": resolution,

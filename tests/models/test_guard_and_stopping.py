@@ -1,5 +1,6 @@
-"""The guarded start (the token is always a candidate and wins when a booster's start is worse)
-and jobs that stop when done (max_steps, the plateau rule, explicit steps honoured)."""
+"""The guarded start (the token is always a candidate and wins unless a booster's start beats it by
+more than the evaluation's noise), the warm-up of a predicted start, and jobs that stop when done
+(max_steps, the plateau rule, explicit steps honoured)."""
 
 from __future__ import annotations
 
@@ -14,8 +15,8 @@ from models.registry import load_registry
 from models.trainer.concept import InitialState
 from models.trainer.config import StopRule, TrainConfig
 from models.trainer.errors import InvalidConfigError
-from models.trainer.guard import choose_start, describe_scores
-from models.trainer.stopping import Plateau, plateaued, split_for_eval
+from models.trainer.guard import Gain, choose_start, describe_scores, paired_gain
+from models.trainer.stopping import Plateau, SeededEval, plateaued, split_for_eval
 from models.trainer.train import train
 
 REGISTRY = load_registry()
@@ -25,6 +26,38 @@ def test_choose_start_takes_the_lowest_score_and_ties_go_to_the_token():
     assert choose_start({"token": 0.2, "booster": 0.1, "booster+lora": 0.15}) == "booster"
     assert choose_start({"token": 0.1, "booster": 0.1}) == "token"
     assert "token 0.10000" in describe_scores("token", {"token": 0.1, "booster": 0.3})
+
+
+def test_a_candidate_leaves_the_token_only_by_more_than_the_noise_of_the_paired_gain():
+    token = torch.tensor([0.10, 0.20, 0.30, 0.40])
+    hair = token - torch.tensor([0.002, -0.001, 0.001, 0.0005])  # lower on average, by a hair
+    clear = token * 0.9
+    gain = paired_gain(token, hair)
+    assert 0 < gain.mean < 2.5 * gain.standard_error
+    scores = {"token": float(token.mean()), "hair": float(hair.mean()), "clear": float(clear.mean())}
+    gains = {"hair": gain, "clear": paired_gain(token, clear)}
+    assert scores["hair"] < scores["token"] and choose_start({k: scores[k] for k in ("token", "hair")}) == "hair"
+    assert choose_start({k: scores[k] for k in ("token", "hair")}, gains) == "token"  # within the noise
+    assert choose_start(scores, gains) == "clear" and gains["clear"].clears()
+    # Ties and a candidate that clears the margin but scores no lower still go to the earlier one.
+    assert choose_start({"token": 0.1, "a": 0.09, "b": 0.09}, {"a": Gain(0.1, 0.01), "b": Gain(0.1, 0.01)}) == "a"
+    kept = describe_scores("token", {k: scores[k] for k in ("token", "hair")}, gains, views="held-back uploads")
+    assert "no candidate beat it on held-back uploads by more than 2.5 standard errors" in kept
+    assert "closest: hair" in kept
+    assert "clear beat the token" in describe_scores("clear", scores, gains, views="augmented views")
+
+
+def test_the_guard_evaluation_of_few_uploads_scores_their_augmented_views(leap_tiny, concept_images):
+    from models.trainer.base_model import load_base, pick_device
+
+    base = load_base(leap_tiny, pick_device("cpu"))
+    plain = SeededEval(base, concept_images, resolution=32, prompt="a photo of a {}", seed=0)
+    augmented = SeededEval(
+        base, concept_images, resolution=32, prompt="a photo of a {}", seed=0, augment=True, flip=True
+    )
+    assert augmented.rows == plain.rows == 32
+    # Mirror images and posterior draws: latents the uploads' own means are not.
+    assert not any(torch.allclose(row, mean) for row in augmented.latents for mean in plain.latents)
 
 
 def test_plateau_rule():
@@ -67,25 +100,32 @@ def test_guard_starts_from_the_token_when_the_boosters_start_is_worse(leap_tiny,
     scores = result.init_scores
     assert set(scores) == {"token", "booster", "booster/token midpoint"}
     assert scores["token"] < min(scores["booster/token midpoint"], scores["booster"])
-    assert result.init_used == "token" and "guarded start: token scored lowest" in result.init_note
+    assert result.init_used == "token" and "guarded start: the token: no candidate beat it" in result.init_note
     manifest = json.loads((tmp_path / "manifest.json").read_text())
     assert manifest["init_used"] == "token" and manifest["init_scores"] == scores
-    assert "token scored lowest" in manifest["init_note"]
+    assert "no candidate beat it on augmented views of the uploads" in manifest["init_note"]
+    guard = manifest["init_guard"]
+    assert guard["winner"] == "token" and guard["evaluated_on"] == "augmented_views" and guard["rows"] == 32
+    assert guard["gains"]["booster"]["mean"] < 0
     # It really started from the token: the initializer word's embedding, not the booster's.
     from models.trainer.base_model import load_base, pick_device
 
     assert torch.allclose(starts["embedding"][0], _word(load_base(leap_tiny, pick_device()), "object"))
 
 
-def _learned_in_40_steps(leap_tiny, concept_images, out_dir):
+@pytest.fixture(scope="module")
+def learned(leap_tiny, concept_images, tmp_path_factory) -> torch.Tensor:
+    """What 40 steps of textual inversion learn: the start a perfect booster would predict."""
+    out_dir = tmp_path_factory.mktemp("learned")
     config = TrainConfig(base_model=leap_tiny, mode="textual_inversion", init="token", steps=40, seed=1)
-    return train(config, concept_images, out_dir, registry=REGISTRY)
+    result = train(config, concept_images, out_dir, registry=REGISTRY)
+    assert result.stop_reason == "steps"
+    return _vectors(out_dir)
 
 
-def test_guard_starts_from_the_booster_when_it_is_better(leap_tiny, concept_images, tmp_path):
+def test_guard_starts_from_the_booster_when_it_is_better(leap_tiny, concept_images, learned, tmp_path):
     # A "booster" that predicts what 40 steps of textual inversion learn: a better start than the token.
-    learned = _learned_in_40_steps(leap_tiny, concept_images, tmp_path / "learned")
-    good = _vectors(tmp_path / "learned")
+    good = learned
 
     def resolver(base, images, cfg):
         return [
@@ -98,9 +138,9 @@ def test_guard_starts_from_the_booster_when_it_is_better(leap_tiny, concept_imag
     scores = result.init_scores
     assert list(scores) == ["token", "bad", "bad/token midpoint", "good", "good/token midpoint"]
     assert choose_start(scores) == "good" and scores["good"] < scores["token"] < scores["bad"]
-    assert result.init_used == "booster" and result.init_note.startswith("guarded start: good scored lowest")
+    assert result.init_used == "booster" and result.init_note.startswith("guarded start: good beat the token")
     assert result.init_note.endswith("; embedding only")
-    assert learned.stop_reason == "steps"
+    assert result.manifest["init_guard"]["winner"] == "good" and result.manifest["warmup_steps"] == 5
 
 
 def test_a_job_without_steps_stops_when_done_and_keeps_its_best_state(leap_tiny, concept_images, tmp_path):
@@ -116,7 +156,7 @@ def test_a_job_without_steps_stops_when_done_and_keeps_its_best_state(leap_tiny,
     assert manifest["steps"] == result.steps and manifest["stop_reason"] == "converged"
     assert stopping["curve"] == [list(point) for point in curve]
     assert stopping["best_loss"] == min(loss for _, loss in curve) < curve[0][1]
-    assert stopping["evaluated_on"] == "training_images" and stopping["eval_images"] == len(concept_images)
+    assert stopping["evaluated_on"] == "augmented_views" and stopping["eval_images"] == len(concept_images)
 
 
 def test_max_steps_caps_a_job_that_does_not_converge(leap_tiny, concept_images, tmp_path):
@@ -157,21 +197,26 @@ def test_a_predicted_start_is_probed_once_and_the_usual_rule_follows():
 
 
 def test_a_booster_start_is_probed_after_four_steps_and_kept_when_they_gain_nothing(
-    leap_tiny, concept_images, tmp_path
+    leap_tiny, concept_images, learned, tmp_path
 ):
     # A "booster" that predicts what 40 steps of textual inversion learn.
-    _learned_in_40_steps(leap_tiny, concept_images, tmp_path / "learned")
-    learned = _vectors(tmp_path / "learned")
-
     def resolver(base, images, cfg):
         return InitialState(embedding=learned, name="learned")
 
-    def job(mode: str, rule: StopRule, name: str):
-        config = TrainConfig(base_model=leap_tiny, mode=mode, init="booster", max_steps=200, seed=0, stopping=rule)
+    def job(mode: str, rule: StopRule, name: str, warmup_steps: int = 0):
+        config = TrainConfig(
+            base_model=leap_tiny,
+            mode=mode,
+            init="booster",
+            max_steps=200,
+            seed=0,
+            stopping=rule,
+            warmup_steps=warmup_steps,
+        )
         return train(config, concept_images, tmp_path / name, registry=REGISTRY, booster=resolver)
 
-    # Where 4 steps gain less than min_delta (here 20%), the start was the end: the job stops and keeps it.
-    demanding = StopRule(min_delta=0.2)
+    # With the probe on: where 4 steps gain less than min_delta (here 20%), the job stops and keeps the best.
+    demanding = StopRule(min_delta=0.2, probe_steps=4)
     ti = job("textual_inversion", demanding, "ti")
     assert ti.init_used == "booster" and [step for step, _ in ti.eval_curve] == [0, 4]
     assert ti.steps == 4 and ti.stop_reason == "converged" and ti.manifest["stopping"]["probe_step"] == 4
@@ -180,9 +225,9 @@ def test_a_booster_start_is_probed_after_four_steps_and_kept_when_they_gain_noth
     # Pivotal: the probe ends the embedding phase; LoRA then trains by the usual rule (min_steps 10).
     pivotal = job("pivotal", demanding, "pivotal")
     assert pivotal.manifest["pivot_step"] == 4 and pivotal.steps >= 4 + 10
-    # Where they gain more (the default 0.5%), the job trains on by the usual rule.
-    usual = job("textual_inversion", StopRule(), "usual")
-    assert usual.eval_curve[1][0] == 4 and usual.eval_curve[1][1] < usual.eval_curve[0][1] * 0.995
+    # Where they gain more (here 0.1%), the job trains on by the usual rule.
+    usual = job("textual_inversion", StopRule(probe_steps=4, min_delta=0.001), "usual")
+    assert usual.eval_curve[1][0] == 4 and usual.eval_curve[1][1] < usual.eval_curve[0][1] * 0.999
     assert usual.steps >= 10 and usual.eval_curve[2][0] == 5
     # A token start is not probed: it waits out min_steps, evaluating every 5 steps.
     token = train(
@@ -192,3 +237,97 @@ def test_a_booster_start_is_probed_after_four_steps_and_kept_when_they_gain_noth
         registry=REGISTRY,
     )
     assert token.eval_curve[1][0] == 5 and token.manifest["stopping"]["probe_step"] is None
+    # By default a booster start is not probed either: it warms up and stops by the token's rule, on
+    # its best evaluated state.
+    default = job("textual_inversion", StopRule(), "default", warmup_steps=5)
+    assert default.init_used == "booster" and default.manifest["stopping"]["probe_step"] is None
+    assert default.eval_curve[1][0] == 5 and default.steps >= 15
+    assert default.manifest["stopping"]["best_loss"] == min(loss for _, loss in default.eval_curve)
+
+
+def test_the_guard_keeps_the_token_when_the_predicted_lora_is_worse(leap_tiny, concept_images, tmp_path):
+    from peft import get_peft_model_state_dict
+
+    from models.trainer.concept import ADAPTER_NAME
+
+    def resolver(base, images, cfg):
+        # The token's own vector with a LoRA that is noise: only the LoRA differs from the token start.
+        fresh = get_peft_model_state_dict(base.unet, adapter_name=ADAPTER_NAME)
+        generator = torch.Generator().manual_seed(0)
+        bad = {key: 0.3 * torch.randn(value.shape, generator=generator) for key, value in fresh.items()}
+        return InitialState(embedding=_word(base, "object")[None], unet_lora=bad, note="a deliberately bad LoRA")
+
+    config = TrainConfig(base_model=leap_tiny, mode="pivotal", init="booster", steps=1, batch_size=1)
+    result = train(config, concept_images, tmp_path, registry=REGISTRY, booster=resolver)
+    scores = result.init_scores
+    assert list(scores) == ["token", "booster", "booster+lora", "booster/token midpoint"]
+    assert scores["booster+lora"] > scores["token"] == scores["booster"]
+    assert result.init_used == "token" and result.manifest["init_guard"]["gains"]["booster+lora"]["mean"] < 0
+    assert result.manifest["warmup_steps"] == 0  # a token start runs at full rate
+
+
+def test_a_booster_reads_only_the_uploads_the_guard_does_not_score_on(leap_tiny, concept_images, tmp_path):
+    uploads = (concept_images * 2)[:10]
+    read = []
+
+    def resolver(base, images, cfg):
+        read.append(len(images))
+        return InitialState(embedding=_word(base, "yellow")[None])
+
+    config = TrainConfig(base_model=leap_tiny, mode="textual_inversion", init="booster", steps=1, batch_size=1)
+    result = train(config, uploads, tmp_path, registry=REGISTRY, booster=resolver)
+    guard = result.manifest["init_guard"]
+    assert read == [8] and guard["evaluated_on"] == "held_back" and guard["rows"] == 20  # 2 views x 10 timesteps
+    assert "on held-back uploads" in result.init_note
+
+
+def _first_step(leap_tiny, concept_images, learned, out_dir, warmup_steps: int) -> float:
+    """How far one step moves a start the guard took from a booster (largest coordinate change)."""
+
+    def resolver(base, images, cfg):
+        return InitialState(embedding=learned, name="learned")
+
+    config = TrainConfig(
+        base_model=leap_tiny,
+        mode="textual_inversion",
+        init="booster",
+        steps=1,
+        batch_size=2,
+        embedding_lr=0.02,
+        warmup_steps=warmup_steps,
+    )
+    result = train(config, concept_images, out_dir, registry=REGISTRY, booster=resolver)
+    assert result.init_used == "booster"
+    return float((_vectors(out_dir) - learned).abs().max())
+
+
+def test_a_predicted_start_warms_up_instead_of_taking_full_rate_adam_steps(
+    leap_tiny, concept_images, learned, tmp_path
+):
+    full = _first_step(leap_tiny, concept_images, learned, tmp_path / "full", warmup_steps=0)
+    warm = _first_step(leap_tiny, concept_images, learned, tmp_path / "warm", warmup_steps=5)
+    # Adam's first step moves every coordinate by about the rate, whatever the gradient's size.
+    assert 0.015 < full < 0.025
+    assert warm == pytest.approx(full / 5, rel=0.1)
+
+
+def test_multi_vector_jobs_take_the_boosters_with_a_head_for_their_count(leap_tiny, concept_images):
+    from models.booster.resolver import booster_initial_state
+    from models.trainer.base_model import load_base, pick_device
+
+    base = load_base(leap_tiny, pick_device("cpu"))
+
+    def names(num_vectors: int) -> list[tuple[str, str]]:
+        config = TrainConfig(base_model="leap-tiny", mode="textual_inversion", num_vectors=num_vectors)
+        return [
+            (state.name, state.note) for state in booster_initial_state(base, concept_images, config, REGISTRY) or []
+        ]
+
+    assert [name for name, _ in names(1)] == ["booster", "leap-tiny-world"]
+    # leap-tiny's family booster has 2- and 4-vector heads; the world specialist would only copy one vector.
+    [(name, note)] = names(2)
+    assert name == "booster" and "left out for 2 vectors (no head for that count): leap-tiny-world" in note
+    # No booster has a 3-vector head: each offers its copy, and says so.
+    three = names(3)
+    assert [name for name, _ in three] == ["booster", "leap-tiny-world"]
+    assert all("copied into all 3 slots" in note for _, note in three)
