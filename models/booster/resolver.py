@@ -80,7 +80,7 @@ def predict(
     prediction copied into every slot, and the note says so."""
     pixels = images_to_tensor(images, booster.config.image_size)[None]
     hidden = booster.hidden(pixels)
-    lora = booster.lora_mean + booster.coefficient_head(hidden) @ booster.lora_basis
+    lora = booster.lora_up(hidden)
     wanted = num_vectors or booster.config.num_vectors
     note = ""
     if wanted in booster.supported_vectors():
@@ -148,12 +148,16 @@ def initial_state_from(
 
     if config.mode == Mode.TEXTUAL_INVERSION:
         return InitialState(embedding=vectors, note=noted())
-    if not use_lora:
-        return InitialState(embedding=vectors, note=noted(f"embedding only: {booster.config.use_lora_note}"))
     if config.lora_rank != booster.config.lora_rank:
         note = (
             f"embedding only: the booster predicts rank-{booster.config.lora_rank} LoRA, "
             f"the job asked for rank {config.lora_rank}"
         )
         return InitialState(embedding=vectors, note=noted(note))
-    return InitialState(embedding=vectors, unet_lora=lora, note=noted())
+    # The job trains from the booster's fixed A: B predicted, or zero for the embedding-only start.
+    fresh = booster.zero_lora()
+    if not use_lora:
+        note = f"embedding only: {booster.config.use_lora_note}"
+        return InitialState(embedding=vectors, note=noted(note), fresh_unet_lora=fresh)
+    scaled = booster.scaled_lora(lora, lora_alpha=config.lora_alpha)
+    return InitialState(embedding=vectors, unet_lora=scaled, note=noted(), fresh_unet_lora=fresh)

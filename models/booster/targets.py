@@ -35,15 +35,16 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
-from models.booster.apply import PlaceholderTokenizers, per_row_denoising_loss, word_embedding
+from models.booster.apply import Ids, PlaceholderTokenizers, per_row_denoising_loss, word_embedding
 from models.booster.dataset import load_sets
 from models.booster.families import FAMILIES, HELD_OUT_FAMILIES, TRAIN_FAMILIES, draw_family_concept, render_family
+from models.booster.network import Booster, load_booster
 from models.reference.concepts import benchmark_concepts
 from models.reference.world import COLOURS, PATTERNS, SHAPES, Concept, render
 from models.registry import load_registry
 from models.trainer.base_model import BaseComponents, load_base, pick_device
 from models.trainer.concept import placeholder_tokens
-from models.trainer.data import OBJECT_TEMPLATES, encode_images
+from models.trainer.data import OBJECT_TEMPLATES, LatentSet, encode_images, images_to_tensor
 from models.trainer.defaults import resolve_base_model
 
 INDEX_FILE = "targets.json"
@@ -78,21 +79,7 @@ def fit_embeddings(
     tail_losses = torch.zeros(sets)
     try:
         for step in range(steps):
-            sample = []
-            for latent in latents:
-                index = torch.randint(0, len(latent), (rows_per_set,), generator=generator)
-                flip = torch.rand(rows_per_set, generator=generator) < 0.5
-                sample.append(latent.sample(index, flip, generator))
-            batch = torch.cat(sample).to(base.device)
-            prompts = [
-                OBJECT_TEMPLATES[int(i)].format(" ".join(tokens))
-                for i in torch.randint(0, len(OBJECT_TEMPLATES), (batch.shape[0],), generator=generator)
-            ]
-            ids = tokenizers(prompts, base.device)
-            noise = torch.randn(batch.shape, generator=generator).to(base.device)
-            timesteps = torch.randint(
-                0, base.noise_scheduler.config.num_train_timesteps, (batch.shape[0],), generator=generator
-            ).to(base.device)
+            batch, ids, noise, timesteps = _training_batch(base, latents, tokenizers, tokens, rows_per_set, generator)
             batched.set(embedding, {}, rows_per_set=rows_per_set)
             per_row = per_row_denoising_loss(base, batch, ids, noise, timesteps)
             per_set = per_row.view(sets, rows_per_set).mean(1)
@@ -108,6 +95,83 @@ def fit_embeddings(
         batched.close()
     fitted = (average / max(averaged, 1)).cpu()
     return (fitted[:, 0] if num_vectors == 1 else fitted), (tail_losses / max(averaged, 1)).tolist()
+
+
+def _training_batch(
+    base: BaseComponents,
+    latents: Sequence[LatentSet],
+    tokenizers: PlaceholderTokenizers,
+    tokens: Sequence[str],
+    rows_per_set: int,
+    generator: torch.Generator,
+) -> tuple[torch.Tensor, Ids, torch.Tensor, torch.Tensor]:
+    """One step's rows, grouped per set as a job samples them: (latents, prompt ids, noise, timesteps)."""
+    sample = []
+    for latent in latents:
+        index = torch.randint(0, len(latent), (rows_per_set,), generator=generator)
+        flip = torch.rand(rows_per_set, generator=generator) < 0.5
+        sample.append(latent.sample(index, flip, generator))
+    batch = torch.cat(sample).to(base.device)
+    prompts = [
+        OBJECT_TEMPLATES[int(i)].format(" ".join(tokens))
+        for i in torch.randint(0, len(OBJECT_TEMPLATES), (batch.shape[0],), generator=generator)
+    ]
+    ids = tokenizers(prompts, base.device)
+    noise = torch.randn(batch.shape, generator=generator).to(base.device)
+    timesteps = torch.randint(
+        0, base.noise_scheduler.config.num_train_timesteps, (batch.shape[0],), generator=generator
+    ).to(base.device)
+    return batch, ids, noise, timesteps
+
+
+def fit_lora_up(
+    base: BaseComponents,
+    booster: Booster,
+    image_sets: Sequence[Sequence[Image.Image]],
+    embeddings: torch.Tensor,
+    *,
+    steps: int,
+    lr: float,
+    rows_per_set: int = 4,
+    seed: int = 0,
+    prior: float = 0.0,
+    average_from: float = 0.75,
+) -> tuple[torch.Tensor, list[float]]:
+    """Each set's LoRA up-projections (B, flat [sets, booster.config.lora_numel]) fitted on the booster's
+    fixed down-projections with the token held at `embeddings` ([sets, width]), and each set's mean
+    loss over the last quarter.
+
+    B starts at zero, as a booster-started job's does; with A shared, every fitted B lives in one space
+    (B A determines B), so their mean and principal components mean something. The L2 `prior` keeps
+    the many equally good B's near zero, as the embedding targets' prior does."""
+    tokens = placeholder_tokens(TOKEN, 1)
+    tokenizers = PlaceholderTokenizers(base, tokens)
+    batched = tokenizers.batched(base, booster.config.lora_layout)
+    generator = torch.Generator().manual_seed(seed)
+    sets = len(image_sets)
+    latents = [encode_images(base, images, resolution=base.resolution, flip=True) for images in image_sets]
+    fixed = booster.to(base.device)
+    up = torch.zeros(sets, booster.config.lora_numel, device=base.device, requires_grad=True)
+    optimizer = torch.optim.AdamW([up], lr=lr, weight_decay=0.0)
+    vectors = embeddings.reshape(sets, 1, -1).to(base.device)
+    average = torch.zeros_like(up)
+    averaged, tail = 0, int(steps * average_from)
+    tail_losses = torch.zeros(sets)
+    try:
+        for step in range(steps):
+            batch, ids, noise, timesteps = _training_batch(base, latents, tokenizers, tokens, rows_per_set, generator)
+            batched.set(vectors, fixed.unflatten_lora(up), rows_per_set=rows_per_set)
+            per_set = per_row_denoising_loss(base, batch, ids, noise, timesteps).view(sets, rows_per_set).mean(1)
+            (per_set.sum() + prior * up.pow(2).sum()).backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            if step >= tail:
+                average += up.detach()
+                averaged += 1
+                tail_losses += per_set.detach().cpu()
+    finally:
+        batched.close()
+    return (average / max(averaged, 1)).cpu(), (tail_losses / max(averaged, 1)).tolist()
 
 
 def is_benchmark_like(concept: Concept, excluded: list[Concept], distance: float = 80.0) -> bool:
@@ -182,6 +246,13 @@ def load_targets(directory: Path) -> tuple[list[dict], torch.Tensor]:
     return index["entries"][:done], embeddings
 
 
+def load_lora_targets(directory: Path) -> tuple[list[dict], torch.Tensor]:
+    """(entries, fitted up-projections [n, lora_numel]) of a LoRA target set (`--lora`)."""
+    index = json.loads((directory / INDEX_FILE).read_text())
+    lora_up = load_file(str(directory / "targets.safetensors"))["lora_up"]
+    return index["entries"][: lora_up.shape[0]], lora_up
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--base-model", default="leap-tiny")
@@ -209,6 +280,13 @@ def main() -> None:
         "--from-index",
         type=Path,
         help="fit the concepts of another target set's index (e.g. multi-vector fits of the same sets)",
+    )
+    parser.add_argument(
+        "--lora",
+        type=Path,
+        metavar="BOOSTER",
+        help="fit LoRA up-projections (B) on this booster's fixed down-projections instead, the token held "
+        "at the booster's prediction (use --lr 0.003, the LoRA rate, and a small --prior)",
     )
     parser.add_argument("--rows", type=int, default=4, help="noised samples per set per step")
     parser.add_argument("--seed", type=int, default=0)
@@ -244,17 +322,22 @@ def main() -> None:
             "rows": args.rows,
             "num_vectors": args.num_vectors,
             "families": families,
+            "lora_from": str(args.lora) if args.lora else None,
             "data": str(args.data) if args.data else "families",
             "entries": entries,
         }
         index_path.write_text(json.dumps(index))
     entries = index["entries"]
     words = dict(load_sets(args.data)) if args.data else {}
+    booster = load_booster(args.lora) if args.lora else None
+    key = "lora_up" if booster else "embeddings"
     fitted: list[torch.Tensor] = []
+    starts: list[torch.Tensor] = []
     losses: list[float] = []
     if weights_path.exists():
         done = load_file(str(weights_path))
-        fitted, losses = list(done["embeddings"]), done["losses"].tolist()
+        fitted, losses = list(done[key]), done["losses"].tolist()
+        starts = list(done["embeddings"]) if booster else []
     chunks = tqdm(
         range(len(fitted), len(entries), args.chunk),
         desc="fitting",
@@ -270,20 +353,42 @@ def main() -> None:
             else [render_entry(entry, seed, base.resolution) for seed in entry["seeds"]]
             for entry in chunk
         ]
-        embeddings, chunk_losses = fit_embeddings(
-            base,
-            image_sets,
-            steps=args.steps,
-            lr=args.lr,
-            prior=args.prior,
-            seed=args.seed * 7919 + start,
-            rows_per_set=args.rows,
-            num_vectors=args.num_vectors,
-        )
-        fitted += list(embeddings)
+        seed = args.seed * 7919 + start
+        if booster is None:
+            embeddings, chunk_losses = fit_embeddings(
+                base,
+                image_sets,
+                steps=args.steps,
+                lr=args.lr,
+                prior=args.prior,
+                seed=seed,
+                rows_per_set=args.rows,
+                num_vectors=args.num_vectors,
+            )
+            fitted += list(embeddings)
+            saved = {"embeddings": torch.stack(fitted)}
+        else:
+            with torch.no_grad():  # the job's start: the booster's prediction from the set's views
+                pixels = torch.stack([images_to_tensor(images, booster.config.image_size) for images in image_sets])
+                predicted = booster.vectors(booster.hidden(pixels), 1)[:, 0]
+            lora_up, chunk_losses = fit_lora_up(
+                base,
+                booster,
+                image_sets,
+                predicted,
+                steps=args.steps,
+                lr=args.lr,
+                prior=args.prior,
+                seed=seed,
+                rows_per_set=args.rows,
+            )
+            fitted += list(lora_up)
+            starts += list(predicted)
+            saved = {"lora_up": torch.stack(fitted), "embeddings": torch.stack(starts)}
         losses += chunk_losses
         tmp = weights_path.with_suffix(".tmp")
-        save_file({"embeddings": torch.stack(fitted).contiguous(), "losses": torch.tensor(losses)}, str(tmp))
+        saved = {name: value.contiguous() for name, value in saved.items()}
+        save_file({**saved, "losses": torch.tensor(losses)}, str(tmp))
         tmp.replace(weights_path)  # after every chunk: a rerun resumes
         chunks.set_postfix(loss=f"{sum(chunk_losses) / len(chunk_losses):.4f}")
     print(f"{len(fitted)} fitted targets in {args.out} ({time.time() - started:.0f} s)")

@@ -6,9 +6,11 @@
         --vector-targets runs/targets-n2 runs/targets-n4 --teacher models/booster/weights/leap-tiny-world \
         --denoise-weight 0 --embedding-weight 1 --sets 32 --input-views 8 --target-views 0 --steps 1000 \
         --no-lora "why"                                  # 2. regression (docs/base-models.md: the exact recipe)
-    python -m models.booster.train_booster --base-model leap-tiny --targets runs/booster-targets/leap-tiny \
-        --init-from models/booster/weights/leap-tiny --train-only lora --sets 8 --input-views 8 \
-        --target-views 4 --steps 2400 --work-dir runs/booster-lora-leap-tiny
+    python -m models.booster.targets --lora models/booster/weights/leap-tiny --families train --concepts 288 \
+        --chunk 96 --rows 2 --steps 150 --lr 0.003 --prior 0.001 --out runs/lora-targets   # 3. LoRA B targets
+    python -m models.booster.train_booster --base-model leap-tiny --init-from models/booster/weights/leap-tiny \
+        --train-only lora --lora-targets runs/lora-targets --targets runs/lora-targets --sets 8 --input-views 8 \
+        --target-views 4 --steps 600 --work-dir runs/booster-lora   # 4. LoRA head: PCA + ridge, then end to end
 
 Two losses, mixed by weights, over sets of images (never a benchmark concept):
 - regression of the predicted token vector onto a target: a concept's fitted textual-inversion
@@ -27,11 +29,14 @@ matters: unregularised fits were 10x the norm of a vocabulary vector and scatter
 near-identical concepts, and regression onto them failed.
 For SD 1.5 use word sets (--data, --world-share 0) or targets fitted on them (targets --data).
 
-The LoRA head is trained after, end to end (--init-from the regression booster, --train-only
-lora: the embedding path stays frozen), not onto fitted LoRAs: LoRA factors have no unique optimum
-(A, B rotate), so fitted ones make poor regression targets. On leap-tiny it lowers the zero-step
-held-out loss by about 0.5% (pivotal's best is no lower than textual inversion's there), enough to
-start every benchmark pivotal run within 2% of its best. Resumable from --work-dir.
+The LoRA head is set after the embedding path, which it leaves as it is (--init-from, --train-only
+lora). LoRA factors have no unique optimum (B A = (B R^-1)(R A)), so the booster fixes the
+down-projections A per base model (models.booster.network) and predicts only B: LoRA targets are B's
+fitted on that A (targets --lora), their principal components become the basis and a ridge regression
+from the set features the coefficients (--lora-targets); then --steps of the end-to-end denoising loss
+on views the booster did not see train the coefficient head and the mean B (the basis stays). Whether
+the prediction is shipped (use_lora) is decided by models.booster.lora_check on development concepts.
+Resumable from --work-dir.
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ from __future__ import annotations
 import argparse
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -58,7 +64,7 @@ from models.booster.apply import (
 )
 from models.booster.dataset import load_sets
 from models.booster.network import Booster, BoosterConfig, load_booster
-from models.booster.targets import draw_concept, load_targets, render_entry
+from models.booster.targets import draw_concept, load_lora_targets, load_targets, render_entry
 from models.reference.concepts import benchmark_concepts
 from models.reference.world import render
 from models.registry import load_registry
@@ -217,6 +223,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--init-from", type=Path, help="start from this trained booster (same base model)")
     parser.add_argument(
+        "--lora-targets",
+        type=Path,
+        help="fitted LoRA up-projections (targets --lora, on the --init-from booster): their principal "
+        "components become the LoRA basis and a ridge regression the coefficient head, before any steps "
+        "(with --train-only lora; --steps 0 stops there)",
+    )
+    parser.add_argument(
         "--train-only",
         choices=("all", "lora"),
         default="all",
@@ -249,13 +262,15 @@ def _build(
     args: argparse.Namespace, base: BaseComponents, device: torch.device, parser: argparse.ArgumentParser
 ) -> tuple[Booster, Booster | None]:
     """The booster to train (fresh, or from --init-from) and the --teacher, if any."""
-    vector_heads = sorted({int(load_targets(path)[1].shape[1]) for path in args.vector_targets})
+    vector_heads = {int(load_targets(path)[1].shape[1]) for path in args.vector_targets}
+    start_from = load_booster(args.init_from) if args.init_from is not None else None
+    if start_from is not None:  # its heads stay (a --train-only lora run trains none of them)
+        vector_heads |= set(start_from.config.vector_heads)
     booster = make_booster(
-        base, args.base_model, rank=args.rank, image_size=args.image_size, vector_heads=vector_heads
+        base, args.base_model, rank=args.rank, image_size=args.image_size, vector_heads=sorted(vector_heads)
     ).to(device)
     teacher = load_booster(args.teacher).to(device) if args.teacher else None
-    if args.init_from is not None:
-        start_from = load_booster(args.init_from)
+    if start_from is not None:
         if (start_from.config.base_fingerprint, start_from.config.lora_layout, start_from.config.image_size) != (
             booster.config.base_fingerprint,
             booster.config.lora_layout,
@@ -265,15 +280,90 @@ def _build(
                 f"--init-from {args.init_from} was trained for {start_from.config.base_model} "
                 f"(or another rank or image size), not for {args.base_model} as configured here"
             )
+        if not torch.equal(start_from.lora_down, booster.lora_down):
+            parser.error(f"--init-from {args.init_from} has other fixed LoRA down-projections than this base model's")
         booster.load_state_dict(start_from.state_dict(), strict=False)
+        booster.config.training = {"init_from_training": start_from.config.training}
     return booster, teacher
 
 
 def _trained_parameters(args: argparse.Namespace, booster: Booster) -> list[torch.nn.Parameter]:
-    """Everything, or (--train-only lora) the LoRA head alone."""
+    """Everything, or (--train-only lora) the LoRA head alone (with --lora-targets, its basis stays the
+    targets' principal components: the head learns coefficients and the mean)."""
     if args.train_only == "all":
         return list(booster.parameters())
-    return [booster.lora_mean, booster.lora_basis, *booster.coefficient_head.parameters()]
+    basis = [] if args.lora_targets else [booster.lora_basis]
+    return [booster.lora_mean, *basis, *booster.coefficient_head.parameters()]
+
+
+def set_features(booster: Booster, image_sets: Sequence[Sequence[Image.Image]]) -> torch.Tensor:
+    """The booster's pooled features ([sets, hidden_width]) of each image set, as a job's uploads give them."""
+    size = booster.config.image_size
+    with torch.no_grad():
+        return torch.cat([booster.hidden(images_to_tensor(images, size)[None]) for images in image_sets])
+
+
+def fit_lora_head(
+    booster: Booster,
+    features: torch.Tensor,
+    lora_up: torch.Tensor,
+    *,
+    ridges: Sequence[float] = (0.1, 1.0, 10.0, 100.0, 1000.0),
+    folds: int = 4,
+) -> dict[str, float]:
+    """Set the LoRA head from fitted up-projections ([sets, lora_numel], targets --lora) and the sets'
+    `features`: the mean and principal components of the targets become lora_mean and lora_basis
+    (scaled so each coefficient has unit variance), and the coefficient head is the ridge regression
+    of the targets' coefficients on the features (the ridge chosen by cross-validation over sets).
+
+    Returns how well it fits: the share of the targets' variance the basis spans, and, on sets held out
+    of each fold, the share the predicted coefficients explain (coefficients and full up-projections)."""
+    count, size = lora_up.shape[0], booster.config.basis_size
+    mean = lora_up.mean(0)
+    _, singular, directions = torch.linalg.svd(lora_up - mean, full_matrices=False)
+    scale = singular[:size] / math.sqrt(count)
+    basis = scale[:, None] * directions[:size]
+    coefficients = (lora_up - mean) @ directions[:size].T / scale
+
+    def solve(rows: torch.Tensor, ridge: float) -> tuple[torch.Tensor, torch.Tensor]:
+        x, y = features[rows], coefficients[rows]
+        x_mean, y_mean = x.mean(0), y.mean(0)
+        gram = (x - x_mean).T @ (x - x_mean) + ridge * torch.eye(x.shape[1])
+        weight = torch.linalg.solve(gram, (x - x_mean).T @ (y - y_mean))
+        return weight, y_mean - x_mean @ weight
+
+    order = torch.randperm(count, generator=torch.Generator().manual_seed(0))
+    scores: dict[float, tuple[float, float]] = {}
+    for ridge in ridges:
+        residual = torch.zeros(()), torch.zeros(())
+        for fold in range(folds):
+            held = order[fold::folds]
+            kept = order[torch.isin(order, held, invert=True)]
+            weight, bias = solve(kept, ridge)
+            predicted = features[held] @ weight + bias
+            residual = (
+                residual[0] + (predicted - coefficients[held]).pow(2).sum(),
+                residual[1] + (mean + predicted @ basis - lora_up[held]).pow(2).sum(),
+            )
+        scores[ridge] = (
+            1 - float(residual[0] / coefficients.pow(2).sum()),
+            1 - float(residual[1] / (lora_up - mean).pow(2).sum()),
+        )
+    best = max(scores, key=lambda ridge: scores[ridge][0])
+    weight, bias = solve(torch.arange(count), best)
+    with torch.no_grad():
+        booster.lora_mean.copy_(mean)
+        booster.lora_basis.copy_(basis)
+        booster.coefficient_head.weight.copy_(weight.T)
+        booster.coefficient_head.bias.copy_(bias)
+    spanned = float(singular[:size].pow(2).sum() / singular.pow(2).sum())
+    return {
+        "sets": count,
+        "basis_variance_share": round(spanned, 4),
+        "ridge": best,
+        "held_out_coefficient_r2": round(scores[best][0], 4),
+        "held_out_lora_r2": round(scores[best][1], 4),
+    }
 
 
 def _resume(checkpoint: Path, booster: Booster, optimizer: torch.optim.Optimizer) -> tuple[int, float]:
@@ -311,9 +401,9 @@ def _step_loss(run: _Run, rng: np.random.Generator, generator: torch.Generator) 
     inputs = torch.stack([images_to_tensor(images[:shown], args.image_size) for images, _, _ in drawn])
     hidden = booster.hidden(inputs.to(run.device))
     embedding = booster.vectors(hidden, booster.config.num_vectors)
-    lora_flat = booster.lora_mean + booster.coefficient_head(hidden) @ booster.lora_basis
     if args.train_only == "lora":
-        embedding = embedding.detach()
+        hidden, embedding = hidden.detach(), embedding.detach()
+    lora_flat = booster.lora_up(hidden)
     loss = torch.zeros((), device=run.device)
     if args.denoise_weight > 0:
         loss = loss + args.denoise_weight * _denoising_loss(run, drawn, embedding, lora_flat, rng, generator)
@@ -382,10 +472,21 @@ def _add_regression_loss(
     return loss
 
 
+def _fit_lora_head_from(directory: Path, booster: Booster, base: BaseComponents) -> dict[str, float]:
+    """fit_lora_head on a LoRA target set, from the views its targets were fitted on."""
+    entries, lora_up = load_lora_targets(directory)
+    views = [[render_entry(entry, seed, base.resolution) for seed in entry["seeds"]] for entry in entries]
+    return fit_lora_head(booster.cpu(), set_features(booster.cpu(), views), lora_up)
+
+
 def _save(args: argparse.Namespace, booster: Booster, wall_seconds: float) -> None:
     if args.no_lora:
         booster.config.use_lora, booster.config.use_lora_note = False, args.no_lora
-    booster.config.training = {**{k: str(v) for k, v in vars(args).items()}, "wall_seconds": round(wall_seconds, 1)}
+    booster.config.training = {
+        **booster.config.training,
+        **{k: str(v) for k, v in vars(args).items()},
+        "wall_seconds": round(wall_seconds, 1),
+    }
     booster.cpu().save(args.out)
     print(
         f"saved {args.out} ({sum(p.numel() for p in booster.parameters()) / 1e6:.2f}M parameters)"
@@ -396,8 +497,10 @@ def _save(args: argparse.Namespace, booster: Booster, wall_seconds: float) -> No
 def main() -> None:
     parser = _parser()
     args = parser.parse_args()
-    if args.denoise_weight <= 0 and args.targets is None and args.data is None:
+    if args.denoise_weight <= 0 and args.targets is None and args.data is None and args.lora_targets is None:
         parser.error("--denoise-weight 0 trains by regression only: give --targets or --data")
+    if args.lora_targets is not None and (args.init_from is None or args.train_only != "lora"):
+        parser.error("--lora-targets sets the LoRA head of a trained booster: give --init-from and --train-only lora")
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     started = time.time()
@@ -424,6 +527,9 @@ def main() -> None:
         vector_targets=args.vector_targets,
         teacher_share=args.teacher_share if teacher is not None else 0.0,
     )
+    if args.lora_targets is not None and start == 0:
+        booster.config.training["lora_head_fit"] = _fit_lora_head_from(args.lora_targets, booster, base)
+        print(f"LoRA head from {args.lora_targets}: {booster.config.training['lora_head_fit']}")
     run = _Run(args, base, booster, teacher, device, tokenizer, batched, sampler)
     rng = np.random.default_rng([args.seed, start])
     generator = torch.Generator().manual_seed(args.seed * 7919 + start)

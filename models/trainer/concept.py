@@ -35,6 +35,20 @@ class InitialState:
     """Recorded in the manifest next to the init, e.g. what part of a booster's prediction was used."""
     name: str = "booster"
     """Names this start among the guard's candidates when a booster resolver offers several."""
+    fresh_unet_lora: dict[str, torch.Tensor] | None = None
+    """The UNet LoRA to train from where this start's own LoRA is not taken (a booster's fixed
+    down-projections with zero up-projections): its embedding-only start then shares A with its
+    predicted LoRA. None: the job's freshly initialised LoRA."""
+
+    def embedding_only(self, embedding: torch.Tensor | None = None) -> InitialState:
+        """This start without its predicted LoRA (with `embedding` in place of its own, if given)."""
+        return InitialState(
+            embedding=self.embedding if embedding is None else embedding,
+            unet_lora=self.fresh_unet_lora,
+            note=self.note,
+            name=self.name,
+            fresh_unet_lora=self.fresh_unet_lora,
+        )
 
 
 def placeholder_tokens(token: str, num_vectors: int) -> list[str]:

@@ -143,11 +143,12 @@ def candidates(token_embedding: torch.Tensor, states: Sequence[InitialState], *,
     found = [Candidate(TOKEN, InitialState(embedding=token_embedding))]
     for state in states:
         name = state.name
-        found.append(Candidate(name, InitialState(embedding=state.embedding, note=state.note)))
+        # The embedding-only starts train from the booster's fixed LoRA A (zero B) where it has one.
+        found.append(Candidate(name, state.embedding_only()))
         if has_lora and (state.unet_lora or state.text_encoder_lora):
             found.append(Candidate(f"{name}+lora", state))
         blend = 0.5 * (token_embedding + state.embedding.to(token_embedding))
-        found.append(Candidate(f"{name}/token midpoint", InitialState(embedding=blend, note=state.note)))
+        found.append(Candidate(f"{name}/token midpoint", state.embedding_only(blend)))
     return found
 
 

@@ -187,10 +187,14 @@ def test_the_committed_leap_tiny_booster_fits_leap_tiny_and_reads_the_images(lea
     assert (world_a.embedding - state_a.embedding).abs().max() > 1e-3
     assert torch.isfinite(state_a.embedding).all()
     assert (state_a.embedding - state_b.embedding).abs().max() > 1e-3
-    # No trained LoRA head (booster.json `use_lora` false, measured on the held-out families): pivotal jobs
-    # start from the embedding and the trainer's fresh LoRA, and the manifest says so.
-    assert not booster.config.use_lora and state_a.unet_lora is None
-    assert state_a.note.startswith("embedding only")
+    # The family-trained booster predicts B on the base model's fixed A; the world specialist has no LoRA
+    # head, so its start trains from the same A with B = 0.
+    assert booster.config.use_lora and state_a.unet_lora is not None and state_b.unet_lora is not None
+    assert world_a.fresh_unet_lora is not None
+    for key, value in state_a.unet_lora.items():
+        if ".lora_A." in key:
+            assert torch.equal(value, world_a.fresh_unet_lora[key])
+    assert any((state_a.unet_lora[k] - state_b.unet_lora[k]).abs().max() > 1e-4 for k in state_a.unet_lora)
     # Distinct vectors for 1, 2 and 4; other counts are told they get copies.
     assert booster.supported_vectors() == [1, 2, 4]
     # The world specialist has no 4-vector head: a 4-vector job leaves it out rather than copy one vector.
