@@ -113,6 +113,10 @@ def test_a_tiny_sdxl_booster_trains_end_to_end_and_starts_jobs_through_the_guard
     config = TrainConfig(base_model="tiny-xl", mode="pivotal", init="booster", steps=2, lora_rank=2, batch_size=2)
     result = train(config, concept_images, tmp_path / "out", registry=registry, booster=registered_booster(registry))
     assert set(result.init_scores) == {"token", "booster", "booster+lora", "booster/token midpoint"}
-    winner = min(result.init_scores, key=result.init_scores.get)
-    assert result.init_note.startswith(f"guarded start: {winner} scored lowest")
+    winner = result.manifest["init_guard"]["winner"]
+    assert winner in result.init_scores and result.init_note.startswith("guarded start: ")
+    # The token is left only for a candidate that beats it beyond the margin, and then the lowest one.
+    if winner != "token":
+        assert f"{winner} beat the token" in result.init_note
+        assert result.init_scores[winner] == min(result.init_scores.values())
     assert result.manifest["init_used"] == ("token" if winner == "token" else "booster")
