@@ -10,6 +10,7 @@ saved as an ordinary transformers folder under `<data_dir>/base-models/<id>` on 
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import importlib.metadata
 import json
 import shutil
@@ -195,3 +196,11 @@ def path(model_id: str) -> None:
 
 if __name__ == "__main__":
     app()
+
+
+def text_fingerprint(base: TextBase) -> str:
+    """Identifies a causal LM's weights independent of dtype (a few rounded embedding rows + shape)."""
+    weight = base.model.get_input_embeddings().weight
+    rows = weight[torch.tensor([0, 1, 2, weight.shape[0] // 2, weight.shape[0] - 1])].detach().float().cpu()
+    text = f"{tuple(weight.shape)}:{torch.round(rows, decimals=2).tolist()}"
+    return hashlib.sha256(text.encode()).hexdigest()[:16]

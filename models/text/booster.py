@@ -28,7 +28,6 @@ The booster predicts one vector; a job with num_vectors > 1 starts every vector 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import threading
 from collections.abc import Callable, Sequence
@@ -41,9 +40,10 @@ from safetensors.torch import load_file, save_file
 
 from models.enums import Kind
 from models.registry import Registry
-from models.text.base_model import TextBase
+from models.text.base_model import TextBase, text_fingerprint
 from models.text.config import TextTrainConfig
 from models.text.examples import TextExample
+from models.text.meta_booster import checked_meta_booster, has_meta_booster
 from models.trainer.errors import BaseModelError, foreign_booster
 
 # The job's mean loss on `examples` with its token's vectors set to `vector` ([width]); the trainer
@@ -92,14 +92,6 @@ class TextBoosterConfig:
     num_vectors_note: str = "predicts one vector; a job with num_vectors > 1 starts every vector from it"
     training: dict = field(default_factory=dict)
     """How it was trained: words, examples per read, timings, validation figures."""
-
-
-def text_fingerprint(base: TextBase) -> str:
-    """Identifies a causal LM's weights independent of dtype (a few rounded embedding rows + shape)."""
-    weight = base.model.get_input_embeddings().weight
-    rows = weight[torch.tensor([0, 1, 2, weight.shape[0] // 2, weight.shape[0] - 1])].detach().float().cpu()
-    text = f"{tuple(weight.shape)}:{torch.round(rows, decimals=2).tolist()}"
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def default_middle_layer(base: TextBase) -> int:
@@ -362,8 +354,6 @@ def text_booster_vectors(
         booster = checked_text_booster(directory, base)
     except BaseModelError as error:
         raise foreign_booster(error, what="text booster", base_model=config.base_model) from error
-    from models.text.meta_booster import checked_meta_booster, has_meta_booster  # it imports this module
-
     extra = []
     if has_meta_booster(directory):  # the meta-learned booster's prediction is one more candidate
         try:

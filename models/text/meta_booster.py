@@ -36,8 +36,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from models.text.base_model import TextBase
-from models.text.booster import text_fingerprint
+from models.text.base_model import TextBase, text_fingerprint
 from models.text.examples import TextExample
 from models.trainer.errors import BaseModelError
 
