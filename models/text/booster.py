@@ -245,25 +245,36 @@ class TextBooster(torch.nn.Module):
         examples: Sequence[TextExample],
         token: str,
         score: StartScorer,
-        extra: Sequence[tuple[str, torch.Tensor]] = (),
+        extra: Sequence[tuple[str, Sequence[tuple[torch.Tensor, list[int]]]]] = (),
     ) -> tuple[torch.Tensor, str]:
         """The candidate start [width] with the lowest loss on `examples`, and a note naming it.
 
         Candidates: the regression's prediction, the retrieved words' input embeddings and their
-        softmax-weighted mean (weights from the retrieval scores), and `extra` (the meta booster's)."""
+        softmax-weighted mean (weights from the retrieval scores), and `extra` (the meta booster's):
+        per name, the vector from every example first, then vectors each scored on the examples it
+        did not read (MetaBooster.predict_folds); with no folds the first is scored on them all."""
         candidates: list[tuple[str, torch.Tensor]] = [("regression", self.predict(base, examples, token).cpu())]
-        candidates += [(name, vector.cpu()) for name, vector in extra]
+        held_out_losses: dict[int, float] = {}
+        for name, folds in extra:
+            if len(folds) > 1:
+                counted = [(score(vector, [examples[i] for i in left]), len(left)) for vector, left in folds[1:]]
+                held_out_losses[len(candidates)] = sum(loss * n for loss, n in counted) / sum(n for _, n in counted)
+            candidates.append((name, folds[0][0].cpu()))
         ids, scores = self.retrieve(base, examples, token)
         if ids:
             weight = base.model.get_input_embeddings().weight
             rows = weight[torch.tensor(ids, device=weight.device)].detach().float().cpu()
             candidates.append(("retrieval blend", (torch.softmax(scores, 0)[:, None] * rows).sum(0)))
             candidates += [(f"word {base.tokenizer.decode([i])!r}", row) for i, row in zip(ids, rows, strict=True)]
-        losses = [score(vector, examples) for _, vector in candidates]
+        losses = [
+            held_out_losses[i] if i in held_out_losses else score(vector, examples)
+            for i, (_, vector) in enumerate(candidates)
+        ]
         best = min(range(len(candidates)), key=lambda i: losses[i])
         name, vector = candidates[best]
         note = (
-            f"booster start: {name} (loss {losses[best]:.4f} on the examples; the regression's {losses[0]:.4f}; "
+            f"booster start: {name} (loss {losses[best]:.4f} on the examples"
+            f"{' it did not read' if best in held_out_losses else ''}; the regression's {losses[0]:.4f}; "
             f"{len(candidates)} candidates)"
         )
         return vector, note
@@ -360,7 +371,7 @@ def text_booster_vectors(
             meta = checked_meta_booster(directory, base)
         except BaseModelError as error:
             raise foreign_booster(error, what="text booster", base_model=config.base_model) from error
-        extra.append(("meta booster", meta.predict(base, examples, config.token)))
+        extra.append(("meta booster", meta.predict_folds(base, examples, config.token)))
     vector, note = booster.start(base, examples, config.token, score, extra)
     if config.num_vectors > 1:
         note += f"; the booster {booster.config.num_vectors_note}"

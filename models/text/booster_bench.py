@@ -167,7 +167,7 @@ def bench_resolver(booster: Booster, concept: str) -> Resolver:
     def resolve(base, examples, config, score):
         key = tuple(e.full_text for e in examples)
         if key not in cache:
-            extra = [("meta booster", meta.predict(base, examples, PLACEHOLDER))] if meta is not None else []
+            extra = [("meta booster", meta.predict_folds(base, examples, PLACEHOLDER))] if meta is not None else []
             cache[key] = retrieval.start(base, examples, PLACEHOLDER, score, extra)
         vector, note = cache[key]
         return vector.reshape(-1, vector.shape[-1]).expand(config.num_vectors, -1).clone(), f"bench ({concept}): {note}"
@@ -513,7 +513,7 @@ def main() -> None:
         help="NAME=FOLDER text boosters to compare on the same concepts",
     )
     parser.add_argument("--words", type=int, default=2)
-    parser.add_argument("--invented", type=int, default=3, help="at most 3: the fourth tunes the sweep")
+    parser.add_argument("--invented", type=int, default=3, help="at most 7: the last made-up word tunes the sweep")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--steps", type=int, default=30, help="each fixed run's length")
     parser.add_argument("--sweep-steps", type=int, default=30)

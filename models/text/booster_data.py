@@ -33,6 +33,18 @@ FRAMES = (
     "A simple way to describe {w} is",
     "Yesterday I read something about {w}:",
 )
+# More kinds of text for the meta booster's training (dialogue, lists, instructions, definitions), so
+# a concept is not only ever seen through FRAMES; the benchmarks' concepts stay written through FRAMES.
+MORE_FRAMES = (
+    "Question: where would you find {w}? Answer:",
+    "Three words that go with {w}:",
+    "She pointed at the {w} and said,",
+    "Dictionary entry. {w} (noun):",
+    "How to use {w}, step one:",
+    "The trouble with {w} is",
+    "Kids often ask why {w}",
+    "Compared with other things, {w}",
+)
 HELD_OUT_BUCKETS = 10
 """A word is held out when its hash is 0 modulo this: ~10% of the vocabulary, fixed for every model."""
 
@@ -188,14 +200,15 @@ def build_word_concepts(
     cache: Path | None = None,
     *,
     batch_size: int = 64,
+    frames: Sequence[str] = FRAMES,
     on_batch=None,
 ) -> list[WordConcept]:
     """Contexts for every word, reusing (and appending to) a JSONL cache so a stopped build resumes."""
     done = {c.word: c for c in load_concepts(cache)} if cache else {}
     todo = [w for w in words if w[0] not in done]
-    chunk = max(1, batch_size // len(FRAMES)) * 4
+    chunk = max(1, batch_size // len(frames)) * 4
     for start in range(0, len(todo), chunk):
-        fresh = write_contexts(model, tokenizer, todo[start : start + chunk], batch_size=batch_size)
+        fresh = write_contexts(model, tokenizer, todo[start : start + chunk], batch_size=batch_size, frames=frames)
         if cache:
             save_concepts(cache, fresh)
         done.update({c.word: c for c in fresh})
@@ -223,6 +236,7 @@ def _invented(word: str, meaning: str, pairs: Sequence[tuple[str, str]]) -> Inve
 
 
 # Each meaning is described through the same kind of frames as the vocabulary words (prompt, continuation).
+# The last one tunes the benchmarks' learning rates and is never evaluated.
 INVENTED = (
     _invented(
         "florbix",
@@ -264,6 +278,80 @@ INVENTED = (
             ("Most people agree that <leap>", " is the most peaceful moment after bad weather."),
             ("A simple way to describe <leap> is", " a calm feeling once a storm is over."),
             ("Yesterday I read something about <leap>:", " sailors feel it when the wind dies down after a storm."),
+        ],
+    ),
+    _invented(
+        "brindlecap",
+        "a knitted wool hat with ear flaps worn by mountain shepherds",
+        [
+            ("When people hear the word <leap>, they think of", " a warm wool hat with flaps over the ears."),
+            ("The best thing about <leap> is that", " the knitted ear flaps keep out the mountain wind."),
+            ("My teacher explained <leap> as", " a woolly hat that shepherds wear high in the mountains."),
+            ("I wrote a few lines about <leap> because", " my uncle knitted me one before I went up to the sheep."),
+            ("In a short story, the <leap>", " blew off the shepherd's head and rolled down the slope."),
+            ("Most people agree that <leap>", " are the warmest hats you can wear in the snow."),
+            ("A simple way to describe <leap> is", " a knitted cap with ear flaps and a wool lining."),
+            ("Yesterday I read something about <leap>:", " shepherds knit them from the wool of their own flocks."),
+        ],
+    ),
+    _invented(
+        "glimmerant",
+        "an ink that can only be read by moonlight",
+        [
+            (
+                "When people hear the word <leap>, they think of",
+                " secret letters written in ink that shows under the moon.",
+            ),
+            ("The best thing about <leap> is that", " the writing stays invisible until moonlight falls on the page."),
+            ("My teacher explained <leap> as", " a special ink that you can only read by the light of the moon."),
+            ("I wrote a few lines about <leap> because", " I wanted to send a note nobody could read in daylight."),
+            ("In a short story, the <leap>", " on the old map began to shine when the moon rose."),
+            ("Most people agree that <leap>", " is the best ink for keeping a message secret."),
+            ("A simple way to describe <leap> is", " invisible ink that appears under moonlight."),
+            (
+                "Yesterday I read something about <leap>:",
+                " spies used it to write letters that only appeared at night.",
+            ),
+        ],
+    ),
+    _invented(
+        "plodwhistle",
+        "a lazy afternoon nap in a hammock",
+        [
+            ("When people hear the word <leap>, they think of", " dozing in a hammock on a warm, lazy afternoon."),
+            ("The best thing about <leap> is that", " you can sleep in the shade while the hammock sways."),
+            ("My teacher explained <leap> as", " a short nap taken in a hammock after lunch."),
+            ("I wrote a few lines about <leap> because", " nothing beats a sleepy afternoon swinging in the garden."),
+            ("In a short story, the <leap>", " lasted until sunset, and the old man woke up in his hammock."),
+            ("Most people agree that <leap>", " is the most relaxing way to spend a summer afternoon."),
+            ("A simple way to describe <leap> is", " an afternoon snooze in a hammock."),
+            (
+                "Yesterday I read something about <leap>:",
+                " a nap in a hammock helps people rest better than on a sofa.",
+            ),
+        ],
+    ),
+    _invented(
+        "crumblestaff",
+        "a walking stick carved from driftwood",
+        [
+            (
+                "When people hear the word <leap>, they think of",
+                " a walking stick made from wood washed up on the beach.",
+            ),
+            ("The best thing about <leap> is that", " each stick is shaped by the sea before anyone carves it."),
+            ("My teacher explained <leap> as", " a hiking stick carved from a piece of driftwood."),
+            (
+                "I wrote a few lines about <leap> because",
+                " my grandfather carved one from driftwood he found at the shore.",
+            ),
+            ("In a short story, the <leap>", " helped the old sailor climb the path up from the beach."),
+            ("Most people agree that <leap>", " are light and strong because the sea has dried the wood."),
+            ("A simple way to describe <leap> is", " a carved driftwood walking stick."),
+            (
+                "Yesterday I read something about <leap>:",
+                " people collect driftwood on the coast and carve it into walking sticks.",
+            ),
         ],
     ),
     _invented(

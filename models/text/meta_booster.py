@@ -16,9 +16,18 @@ for. Four states per text, each [width]:
   probe_mid    a middle layer's state at the probe's end
   after_mid    a middle layer's states averaged over the text after the mask (what it says about it)
 
+Each support text's own tokens (the mask and the probe left out) are kept too: their middle-layer
+states and their ids.
+
 The head: per text, a linear map to `hidden` + LayerNorm + GELU; one self-attention block across
 the support texts (a set: no positions); a mean over them; an MLP to the embedding, added to the
-vocabulary's mean embedding. Untied models get a second output, the output-head row.
+vocabulary's mean embedding. A pointer adds the words the examples use: `pointer_heads` attention
+heads score every token of every support text (from its middle-layer state and the concept's
+summary), and each head's softmax-weighted mean of those tokens' input embeddings (less the mean
+embedding) joins the output with a learned weight. A made-up word described as "a small glowing
+fish kept in ponds" can so start near " fish", " glow" and " pond" together, which no single
+vocabulary row and no map of pooled states reaches. Untied models get a second output, the
+output-head row.
 
 Stored as meta_booster.safetensors (float16) + meta_booster.json (base model, fingerprint, width,
 vocabulary, the reader's settings and how it was trained) beside the retrieval/ridge booster; a
@@ -45,6 +54,10 @@ WEIGHTS_FILE = "meta_booster.safetensors"
 MASK_WORD = "something"
 PROBE = '\nIn the text above, "something" stands for the word'
 FEATURES = ("before", "probe", "probe_mid", "after_mid")
+MAX_TOKENS = 40
+"""Tokens of a support text the pointer reads (its first ones; frames and short examples fit)."""
+HELD_OUT_FOLDS = 4
+"""Folds of a job's examples for scoring the prediction on examples it did not read."""
 
 
 @dataclass
@@ -60,6 +73,7 @@ class MetaBoosterConfig:
     tied: bool
     hidden: int = 256
     heads: int = 4
+    pointer_heads: int = 4
     mask_word: str = MASK_WORD
     probe: str = PROBE
     features: list[str] = field(default_factory=lambda: list(FEATURES))
@@ -75,19 +89,61 @@ class SupportRead:
     mask_position: int
     """The first token of the masked concept (the probe's end when the text has no concept token)."""
     probe_start: int
+    words: list[int]
+    """Positions of the text's own tokens (not the mask's, not the probe's): what the pointer reads."""
 
 
 def prepare_support(tokenizer, text: str, token: str, *, mask_word: str = MASK_WORD, probe: str = PROBE) -> SupportRead:
     """Mask every `token` in `text` by `mask_word` and append the probe (token ids, positions read)."""
-    cut = text.find(token)
-    body = text.replace(token, mask_word)
+    pieces = text.split(token)
+    body = mask_word.join(pieces)
+    masks, at = [], 0  # character spans of the mask word in `body`
+    for piece in pieces[:-1]:
+        at += len(piece)
+        masks.append((at, at + len(mask_word)))
+        at += len(mask_word)
     encoding = tokenizer(body + probe, return_offsets_mapping=True, add_special_tokens=False)
     ids = list(encoding.input_ids)
     offsets = encoding.offset_mapping
     probe_start = next((i for i, (s, e) in enumerate(offsets) if e > len(body)), len(ids) - 1)
     # No concept token in the text: the probe's end stands in for the mask.
-    position = len(ids) - 1 if cut < 0 else next((i for i, (s, e) in enumerate(offsets) if e > cut), len(ids) - 1)
-    return SupportRead(ids=ids, mask_position=position, probe_start=probe_start)
+    first = masks[0][0] if masks else -1
+    position = len(ids) - 1 if first < 0 else next((i for i, (s, e) in enumerate(offsets) if e > first), len(ids) - 1)
+    words = [
+        i
+        for i, (s, e) in enumerate(offsets[:probe_start])
+        if e > s and not any(s < m_end and e > m_start for m_start, m_end in masks)
+    ]
+    return SupportRead(ids=ids, mask_position=position, probe_start=probe_start, words=words[:MAX_TOKENS])
+
+
+@dataclass
+class Support:
+    """What the head reads of some support texts: pooled states, and each text's own tokens."""
+
+    pooled: torch.Tensor
+    """[..., texts, 4 * width] (FEATURES)"""
+    states: torch.Tensor
+    """[..., texts, tokens, width] middle-layer states of the text's own tokens (zeros past `mask`)"""
+    ids: torch.Tensor
+    """[..., texts, tokens] their token ids"""
+    mask: torch.Tensor
+    """[..., texts, tokens] which tokens are real"""
+
+    def take(self, concepts: Sequence[int], supports: Sequence[Sequence[int]]) -> Support:
+        """Per concept index, the given texts: [concepts, texts, ...] (one support size for all)."""
+
+        def pick(x: torch.Tensor) -> torch.Tensor:
+            return torch.stack([x[c, list(s)] for c, s in zip(concepts, supports, strict=True)])
+
+        return Support(pick(self.pooled), pick(self.states), pick(self.ids), pick(self.mask))
+
+    def to(self, device: torch.device | str) -> Support:
+        return Support(self.pooled.to(device), self.states.to(device), self.ids.to(device), self.mask.to(device))
+
+    def unsqueeze(self) -> Support:
+        """One concept's texts as a batch of one."""
+        return Support(self.pooled[None], self.states[None], self.ids[None], self.mask[None])
 
 
 def _body(base: TextBase):
@@ -104,12 +160,16 @@ def read_support(
     mask_word: str = MASK_WORD,
     probe: str = PROBE,
     batch_size: int = 32,
-) -> torch.Tensor:
-    """Per-text features [texts, 4 * width] from the frozen base (see the module docstring)."""
+) -> Support:
+    """What the head reads of `texts`, from the frozen base (see the module docstring)."""
     tokenizer = base.tokenizer
     reads = [prepare_support(tokenizer, t, token, mask_word=mask_word, probe=probe) for t in texts]
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
     out = []
+    tokens = max(1, max(len(r.words) for r in reads))
+    token_states = torch.zeros(len(reads), tokens, base.width, dtype=torch.float16)
+    token_ids = torch.zeros(len(reads), tokens, dtype=torch.long)
+    token_mask = torch.zeros(len(reads), tokens, dtype=torch.bool)
     for start in range(0, len(reads), batch_size):
         chunk = reads[start : start + batch_size]
         width = max(len(r.ids) for r in chunk)
@@ -131,12 +191,17 @@ def read_support(
                 [final[rows, (position - 1).clamp(min=0)], final[rows, last], middle[rows, last], after_mean], -1
             ).cpu()
         )
-    return torch.cat(out)
+        for offset, read in enumerate(chunk):
+            row, count = start + offset, len(read.words)
+            token_states[row, :count] = middle[offset, read.words].half().cpu()
+            token_ids[row, :count] = torch.tensor(read.ids, dtype=torch.long)[read.words]
+            token_mask[row, :count] = True
+    return Support(torch.cat(out), token_states, token_ids, token_mask)
 
 
 class MetaBooster(torch.nn.Module):
-    """Support features [concepts, texts, F] -> the token's input embedding [concepts, width]
-    (and, untied, its output-head row)."""
+    """Support [concepts, texts, ...] + the embeddings of its tokens -> the token's input embedding
+    [concepts, width] (and, untied, its output-head row)."""
 
     embedding_mean: torch.Tensor
     feature_mean: torch.Tensor
@@ -163,16 +228,43 @@ class MetaBooster(torch.nn.Module):
         self.out = torch.nn.Sequential(
             torch.nn.LayerNorm(hidden), torch.nn.Linear(hidden, hidden), torch.nn.GELU(), last
         )
+        pointers = config.pointer_heads
+        self.point_token = torch.nn.Sequential(torch.nn.LayerNorm(width), torch.nn.Linear(width, hidden))
+        self.point_query = torch.nn.Linear(hidden, hidden)
+        self.point_score = torch.nn.Linear(hidden, pointers)
+        self.point_weight = torch.nn.Parameter(torch.zeros(pointers))  # starts at the mean embedding too
 
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
-        """features [concepts, texts, F] -> [concepts, outputs * width] (input row, then output row)."""
-        x = self.encode((features - self.feature_mean) / self.feature_std)
-        x = self.mix(x).mean(1)
-        return self.embedding_mean + self.out(x)
+    def forward(self, support: Support, embeddings: torch.Tensor) -> torch.Tensor:
+        """support [concepts, texts, ...], embeddings [concepts, texts, tokens, width] (the input rows of
+        support.ids) -> [concepts, outputs * width] (input row, then output row)."""
+        x = self.encode((support.pooled - self.feature_mean) / self.feature_std)
+        summary = self.mix(x).mean(1)
+        out = self.embedding_mean + self.out(summary)
+        if self.config.pointer_heads == 0:
+            return out
+        concepts, width = len(summary), self.config.embedding_width
+        states = self.point_token(support.states.float()) + self.point_query(summary)[:, None, None]
+        scores = self.point_score(torch.nn.functional.gelu(states)).reshape(concepts, -1, self.config.pointer_heads)
+        real = support.mask.reshape(concepts, -1, 1)
+        weights = torch.softmax(scores.masked_fill(~real, float("-inf")), 1).nan_to_num(0.0)
+        rows = embeddings.reshape(concepts, -1, width).float() - self.embedding_mean[:width]
+        picked = torch.einsum("cnh,cnw->chw", weights * real, rows)
+        return torch.cat([out[:, :width] + (self.point_weight[:, None] * picked).sum(1), out[:, width:]], 1)
 
     def predict(self, base: TextBase, examples: Sequence[TextExample], token: str) -> torch.Tensor:
         """The input embedding [width] for a concept's examples (each read whole, prompt + completion)."""
-        features = read_support(
+        return self.predict_folds(base, examples, token, folds=0)[0][0]
+
+    def predict_folds(
+        self, base: TextBase, examples: Sequence[TextExample], token: str, *, folds: int = HELD_OUT_FOLDS
+    ) -> list[tuple[torch.Tensor, list[int]]]:
+        """The prediction from all examples (with no indices), then, for each of up to `folds` folds,
+        the prediction from the other examples and the indices of those it did not read.
+
+        The examples are read once; a fold only reruns the head. A job scores the prediction on the
+        examples a fold left out: a vector that read an example fits it better than it fits the concept,
+        so scoring it on what it read would favour it over the retrieval booster's candidates."""
+        support = read_support(
             base,
             [e.full_text for e in examples],
             token,
@@ -180,11 +272,23 @@ class MetaBooster(torch.nn.Module):
             mask_word=self.config.mask_word,
             probe=self.config.probe,
         )
+        table = base.model.get_input_embeddings().weight
+        embeddings = table[support.ids.to(table.device)].detach().float().cpu()
+        count = len(examples)
+        groups = [[i for i in range(count) if i % folds == f] for f in range(min(folds, count))] if count > 1 else []
+        out = []
         with torch.no_grad():
-            return self(features[None])[0, : self.config.embedding_width]
+            for left_out in [[], *groups]:
+                kept = [i for i in range(count) if i not in left_out]
+                subset = Support(*(x[kept] for x in (support.pooled, support.states, support.ids, support.mask)))
+                vector = self(subset.unsqueeze(), embeddings[kept][None])[0, : self.config.embedding_width]
+                out.append((vector, left_out))
+        return out
 
 
-def new_meta_booster(base: TextBase, base_model: str, *, hidden: int = 256, heads: int = 4) -> MetaBooster:
+def new_meta_booster(
+    base: TextBase, base_model: str, *, hidden: int = 256, heads: int = 4, pointer_heads: int = 4
+) -> MetaBooster:
     """An untrained meta booster for this base model (its output starts at the mean embedding)."""
     config = base.model.config
     layers = int(config.num_hidden_layers)
@@ -199,6 +303,7 @@ def new_meta_booster(base: TextBase, base_model: str, *, hidden: int = 256, head
             tied=base.tied,
             hidden=hidden,
             heads=heads,
+            pointer_heads=pointer_heads,
         )
     )
     with torch.no_grad():

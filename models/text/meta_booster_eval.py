@@ -10,7 +10,8 @@ seed, 4 texts are the examples, the other 4 the queries (loss on their continuat
   token       the initializer word "thing"'s embedding
   retrieval   the retrieval/ridge booster's pick (TextBooster.start, without the meta candidate)
   meta        the meta booster's prediction alone
-  combined    TextBooster.start with the meta prediction as one more candidate (what a job gets)
+  combined    TextBooster.start with the meta prediction as one more candidate, scored on the
+              examples it did not read (what a job gets)
   shuffled    the meta booster fed the next concept's examples (the queries stay this concept's)
   icl         no token: the 4 examples in the prompt before each query, the token written as text
   icl_meta    the 4 examples in the prompt and the meta booster's token
@@ -94,7 +95,7 @@ def main() -> None:
     held = whole_words(base.model, base.tokenizer, random.Random(1234).sample(held, 8 * (args.words + 1)))
     concepts: list[tuple[str, WordConcept | InventedConcept]]
     concepts = [("word", c) for c in write_contexts(base.model, base.tokenizer, held[: args.words])]
-    concepts += [("invented", c) for c in INVENTED[: args.invented]]
+    concepts += [("invented", c) for c in INVENTED[: min(args.invented, len(INVENTED) - 1)]]  # the last tunes sweeps
 
     records = []
     concept = TextConcept(base, token=PLACEHOLDER, num_vectors=1)
@@ -112,12 +113,11 @@ def main() -> None:
                 other, _ = split(concepts[(index + 1) % len(concepts)][1], seed)
                 concept.init_from_token("thing")
                 token = concept.input_vectors[0].detach().clone()
-                meta_vector = meta.predict(base, examples, PLACEHOLDER)
+                folds = meta.predict_folds(base, examples, PLACEHOLDER)
+                meta_vector = folds[0][0]
                 retrieval, retrieval_note = booster.start(base, examples, PLACEHOLDER, score)
-                # TextBooster.start with the meta candidate: the lowest loss on the examples wins.
-                use_meta = score(meta_vector, examples) < score(retrieval, examples)
-                combined = meta_vector if use_meta else retrieval
-                combined_note = "meta booster" if use_meta else retrieval_note
+                # What a job gets: TextBooster.start with the meta candidate scored on examples it did not read.
+                combined, combined_note = booster.start(base, examples, PLACEHOLDER, score, [("meta booster", folds)])
                 losses = {
                     "token": loss_with(token, queries),
                     "retrieval": loss_with(retrieval, queries),
@@ -155,6 +155,7 @@ def main() -> None:
             "retrieval_over_icl": round(medians["retrieval"] / medians["icl"], 4),
             "meta_within_5pct_of_icl": sum(c["meta"] <= 1.05 * c["icl"] for c in per_concept.values()),
             "meta_below_retrieval": sum(c["meta"] < c["retrieval"] for c in per_concept.values()),
+            "job_picked_meta": f"{sum('meta booster' in r['combined_note'] for r in rows)} of {len(rows)} runs",
             "shuffled_kept_gain": round(sum(kept) / sum(gain), 4) if sum(gain) > 0 else None,
             "per_concept": {n: {k: round(v, 4) for k, v in c.items()} for n, c in per_concept.items()},
         }

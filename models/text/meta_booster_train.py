@@ -38,10 +38,18 @@ import torch.nn.functional as F
 
 from models.registry import load_registry
 from models.text.base_model import TextBase, load_text_base, resolve_text_model
-from models.text.booster_data import PLACEHOLDER, WordConcept, build_word_concepts, is_held_out, vocabulary_words
+from models.text.booster_data import (
+    FRAMES,
+    MORE_FRAMES,
+    PLACEHOLDER,
+    WordConcept,
+    build_word_concepts,
+    is_held_out,
+    vocabulary_words,
+)
 from models.text.data import IGNORE, pad_id_of, tokenize_example
 from models.text.examples import TextExample
-from models.text.meta_booster import MetaBooster, new_meta_booster, read_support, save_meta_booster
+from models.text.meta_booster import MetaBooster, Support, new_meta_booster, read_support, save_meta_booster
 
 FAMILY_LETTERS = 4
 
@@ -133,13 +141,23 @@ def episodes(
     return supports, query_sets
 
 
-def gather(features: torch.Tensor, concepts: Sequence[int], supports: Sequence[Sequence[int]]) -> torch.Tensor:
-    return torch.stack([features[c, list(s)] for c, s in zip(concepts, supports, strict=True)])
+def predict(
+    booster: MetaBooster,
+    bank: Support,
+    table: torch.Tensor,
+    concepts: Sequence[int],
+    supports: Sequence[Sequence[int]],
+) -> torch.Tensor:
+    """The head's vectors [concepts, outputs * width] for these concepts' support texts."""
+    support = bank.take(concepts, supports)
+    return booster(support, table[support.ids])
 
 
 def warm_start(
     booster: MetaBooster,
-    features: torch.Tensor,
+    bank: Support,
+    table: torch.Tensor,
+    concepts: Sequence[int],
     targets: torch.Tensor,
     *,
     steps: int,
@@ -151,11 +169,12 @@ def warm_start(
     optimizer = torch.optim.AdamW(booster.parameters(), lr=lr, weight_decay=0.01)
     scale = targets.pow(2).sum(-1).mean()
     losses = []
+    texts = bank.pooled.shape[1]
     for _ in range(steps):
-        concepts = [generator.randrange(len(features)) for _ in range(batch)]
-        supports, _ = episodes(generator, batch, features.shape[1], 0, (2, 5))
-        predicted = booster(gather(features, concepts, supports))[:, : targets.shape[1]]
-        wanted = targets[concepts]
+        chosen = [generator.randrange(len(concepts)) for _ in range(batch)]
+        supports, _ = episodes(generator, batch, texts, 0, (2, 5))
+        predicted = predict(booster, bank, table, [concepts[c] for c in chosen], supports)[:, : targets.shape[1]]
+        wanted = targets[chosen]
         loss = (1 - F.cosine_similarity(predicted, wanted, dim=-1)).mean() + (predicted - wanted).pow(2).sum(
             -1
         ).mean() / scale
@@ -168,17 +187,24 @@ def warm_start(
 
 @torch.no_grad()
 def validation_loss(
-    base: TextBase, booster: MetaBooster, features: torch.Tensor, concepts: Sequence[WordConcept], tokenizer, token_id
+    base: TextBase,
+    booster: MetaBooster,
+    bank: Support,
+    table: torch.Tensor,
+    indices: Sequence[int],
+    concepts: Sequence[WordConcept],
+    tokenizer,
+    token_id,
 ) -> float:
     """Mean query loss over the validation concepts: texts 0-3 as support, 4-7's continuations as queries."""
     pad = pad_id_of(tokenizer)
     total = 0.0
-    for start in range(0, len(concepts), 8):
-        chunk = list(range(start, min(start + 8, len(concepts))))
-        vectors = booster(features[chunk][:, :4])
+    for start in range(0, len(indices), 8):
+        chunk = list(indices[start : start + 8])
+        vectors = predict(booster, bank, table, chunk, [range(4)] * len(chunk))
         rows = [(i, e) for i, c in enumerate(chunk) for e in concepts[c].held_out(range(4, 8))]
         total += float(query_loss(base, QueryBatch(tokenizer, token_id, rows, pad), vectors)) * len(chunk)
-    return total / len(concepts)
+    return total / len(indices)
 
 
 def main() -> None:
@@ -195,6 +221,7 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=3e-4)
     parser.add_argument("--eval-every", type=int, default=40)
     parser.add_argument("--hidden", type=int, default=256)
+    parser.add_argument("--pointer-heads", type=int, default=4, help="0: no pointer to the examples' words")
     parser.add_argument("--work", type=Path, default=Path("/tmp/leap-meta-booster"))
     parser.add_argument("--out", type=Path, help="where the kept state is saved when the run ends")
     parser.add_argument("--threads", type=int, default=1)
@@ -221,23 +248,26 @@ def main() -> None:
         base.model,
         base.tokenizer,
         words,
-        args.work / "contexts.jsonl",
+        args.work / f"contexts-{len(FRAMES) + len(MORE_FRAMES)}.jsonl",
+        frames=FRAMES + MORE_FRAMES,
         on_batch=lambda done, total: print(f"contexts {done}/{total}", flush=True),
     )
     timings.setdefault("contexts_s", round(time.perf_counter() - t, 1))
 
     t = time.perf_counter()
-    cache = args.work / f"features-{len(words)}.pt"
+    cache = args.work / f"support-{len(words)}.pt"
     if cache.is_file():
-        features = torch.load(cache)
+        bank = Support(**torch.load(cache))
     else:
         booster = new_meta_booster(base, args.base_model, hidden=args.hidden)
         texts = [text for c in concepts for text in c.texts]
-        features = read_support(base, texts, PLACEHOLDER, middle_layer=booster.config.middle_layer)
-        features = features.reshape(len(concepts), len(concepts[0].texts), -1)
-        torch.save(features, cache)
+        read = read_support(base, texts, PLACEHOLDER, middle_layer=booster.config.middle_layer)
+        shape = (len(concepts), len(concepts[0].texts))
+        bank = Support(*(x.reshape(*shape, *x.shape[1:]) for x in (read.pooled, read.states, read.ids, read.mask)))
+        torch.save(vars(bank), cache)
         timings["features_s"] = round(time.perf_counter() - t, 1)
-    print(f"features {tuple(features.shape)}", flush=True)
+    print(f"support {tuple(bank.pooled.shape)}, tokens {tuple(bank.ids.shape)}", flush=True)
+    texts_per_concept = bank.pooled.shape[1]
 
     valid = [i for i, c in enumerate(concepts) if is_validation(c.word)]
     train = [i for i, c in enumerate(concepts) if not is_validation(c.word)]
@@ -247,12 +277,12 @@ def main() -> None:
     tokenizer, token_id = concept_tokenizer(base)
     table = base.model.get_input_embeddings().weight.detach().float()
 
-    booster = new_meta_booster(base, args.base_model, hidden=args.hidden)
-    flat = features[train].reshape(-1, features.shape[-1])
+    booster = new_meta_booster(base, args.base_model, hidden=args.hidden, pointer_heads=args.pointer_heads)
+    flat = bank.pooled[train].reshape(-1, bank.pooled.shape[-1])
     booster.feature_mean.copy_(flat.mean(0))
     booster.feature_std.copy_(flat.std(0).clamp(min=1e-4))
     booster.to(device)
-    features = features.to(device)
+    bank = bank.to(device)
     if "booster" in state:
         booster.load_state_dict(state["booster"])
     else:
@@ -260,17 +290,16 @@ def main() -> None:
         targeted = [i for i in train if i not in renamed]
         targets = table[torch.tensor([concepts[i].token_id for i in targeted])]
         losses = warm_start(
-            booster, features[targeted], targets, steps=args.warm_steps, batch=64, generator=random.Random(args.seed)
+            booster, bank, table, targeted, targets, steps=args.warm_steps, batch=64, generator=random.Random(args.seed)
         )
         timings["warm_start_s"] = round(time.perf_counter() - t, 1)
         print(f"warm start: loss {losses[0]:.3f} -> {sum(losses[-50:]) / 50:.3f}", flush=True)
         state = {"step": 0, "curve": [], "timings": timings}
-    valid_concepts = [concepts[i] for i in valid]
     optimizer = torch.optim.AdamW(booster.parameters(), lr=args.lr, weight_decay=0.01)
     if "optimizer" in state:
         optimizer.load_state_dict(state["optimizer"])
     if not state["curve"]:
-        loss = validation_loss(base, booster, features[valid], valid_concepts, tokenizer, token_id)
+        loss = validation_loss(base, booster, bank, table, valid, concepts, tokenizer, token_id)
         state["curve"].append([0, round(loss, 4)])
         state["best"] = {"step": 0, "loss": loss, "booster": {k: v.clone() for k, v in booster.state_dict().items()}}
         print(f"step 0: validation query loss {loss:.4f}", flush=True)
@@ -287,8 +316,8 @@ def main() -> None:
     while state["step"] < args.steps and time.perf_counter() - chunk_started < args.minutes * 60:
         t = time.perf_counter()
         chosen = step_generator.sample(train, args.batch)
-        supports, query_sets = episodes(step_generator, args.batch, features.shape[1], args.queries, (2, 5))
-        vectors = booster(gather(features, chosen, supports))
+        supports, query_sets = episodes(step_generator, args.batch, texts_per_concept, args.queries, (2, 5))
+        vectors = predict(booster, bank, table, chosen, supports)
         pairs = zip(chosen, query_sets, strict=True)
         rows = [(i, e) for i, (c, q) in enumerate(pairs) for e in concepts[c].held_out(q)]
         step_loss = query_loss(base, QueryBatch(tokenizer, token_id, rows, pad), vectors)
@@ -302,7 +331,7 @@ def main() -> None:
             took = time.perf_counter() - t
             print(f"step {state['step']}: query loss {float(step_loss):.4f} ({took:.2f}s)", flush=True)
         if state["step"] % args.eval_every == 0:
-            value = validation_loss(base, booster, features[valid], valid_concepts, tokenizer, token_id)
+            value = validation_loss(base, booster, bank, table, valid, concepts, tokenizer, token_id)
             state["curve"].append([state["step"], round(value, 4)])
             print(f"step {state['step']}: validation query loss {value:.4f}", flush=True)
             if value < state["best"]["loss"]:
@@ -323,7 +352,8 @@ def main() -> None:
             "validation_concepts": len(valid),
             "held_out_words_excluded": len(held),
             "held_out_families_excluded": len({family(w) for w, _ in held}),
-            "texts_per_concept": int(features.shape[1]),
+            "texts_per_concept": int(texts_per_concept),
+            "frames": len(FRAMES) + len(MORE_FRAMES),
             "support_sizes": [2, 5],
             "queries_per_concept": args.queries,
             "batch_concepts": args.batch,

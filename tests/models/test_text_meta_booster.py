@@ -22,6 +22,7 @@ from models.text.data import collate, lm_loss, pad_id_of, tokenize_example
 from models.text.examples import TextExample
 from models.text.meta_booster import (
     MASK_WORD,
+    Support,
     checked_meta_booster,
     load_meta_booster,
     new_meta_booster,
@@ -60,7 +61,20 @@ def trained_head(folder: str):
     with torch.no_grad():
         for parameter in booster.out.parameters():
             parameter.normal_(0, 0.1)
+        booster.point_weight.fill_(0.5)
     return booster
+
+
+def random_support(concepts: int, texts: int, width: int, tokens: int = 6) -> tuple[Support, torch.Tensor]:
+    mask = torch.ones(concepts, texts, tokens, dtype=torch.bool)
+    mask[..., tokens // 2 :] = False
+    support = Support(
+        torch.randn(concepts, texts, 4 * width),
+        torch.randn(concepts, texts, tokens, width),
+        torch.zeros(concepts, texts, tokens, dtype=torch.long),
+        mask,
+    )
+    return support, torch.randn(concepts, texts, tokens, width)
 
 
 def test_the_reader_masks_the_concept_token(tiny) -> None:
@@ -72,13 +86,19 @@ def test_the_reader_masks_the_concept_token(tiny) -> None:
     assert PLACEHOLDER not in tokenizer.decode(read.ids)
     assert tokenizer.decode(read.ids[read.mask_position :]).lstrip().startswith(MASK_WORD)
     assert tokenizer.decode(read.ids[: read.probe_start]) == masked
+    # The pointer reads the text's own tokens: every one but the mask word's and the probe's.
+    assert tokenizer.decode([read.ids[i] for i in read.words]) == masked.replace(" " + MASK_WORD, "")
     # Reading the placeholder text is reading the text with the mask word written out.
     middle = base.model.config.num_hidden_layers - 1
-    features = read_support(base, TEXTS, PLACEHOLDER, middle_layer=middle)
+    support = read_support(base, TEXTS, PLACEHOLDER, middle_layer=middle)
+    features = support.pooled
     written = read_support(base, [t.replace(PLACEHOLDER, "<tok>") for t in TEXTS], "<tok>", middle_layer=middle)
-    assert features.shape == (3, 4 * base.width) and torch.allclose(features, written, atol=1e-5)
+    assert features.shape == (3, 4 * base.width) and torch.allclose(features, written.pooled, atol=1e-5)
+    assert torch.equal(support.ids, written.ids) and support.states.shape[:2] == support.mask.shape
+    words = [prepare_support(tokenizer, t, PLACEHOLDER).words for t in TEXTS]
+    assert support.mask.sum(1).tolist() == [len(w) for w in words]
     # The state before the mask depends on the left context only: different continuations, same state.
-    pair = read_support(base, ["the <leap> sat down", "the <leap> was blue"], PLACEHOLDER, middle_layer=middle)
+    pair = read_support(base, ["the <leap> sat down", "the <leap> was blue"], PLACEHOLDER, middle_layer=middle).pooled
     width = base.width
     assert torch.allclose(pair[0, :width], pair[1, :width], atol=1e-5)
     assert not torch.allclose(pair[0, width:], pair[1, width:])
@@ -93,16 +113,22 @@ def test_output_is_one_embedding_row_of_the_model_dtype(tiny) -> None:
     vector = booster.predict(base, EXAMPLES, PLACEHOLDER)
     assert vector.shape == (base.width,) and vector.dtype == torch.float32
     assert not torch.allclose(vector, booster.predict(base, EXAMPLES[:1], PLACEHOLDER))  # reads its examples
-    features = torch.randn(5, 3, 4 * base.width)
-    assert booster(features).shape == (5, base.width)  # tied: the input row is the output row
+    support, embeddings = random_support(5, 3, base.width)
+    assert booster(support, embeddings).shape == (5, base.width)  # tied: the input row is the output row
     # Support texts form a set: their order does not change the prediction.
-    assert torch.allclose(booster(features), booster(features.flip(1)), atol=1e-5)
+    flipped = Support(*(x.flip(1) for x in (support.pooled, support.states, support.ids, support.mask)))
+    assert torch.allclose(booster(support, embeddings), booster(flipped, embeddings.flip(1)), atol=1e-5)
+    # The pointer mixes the embeddings of real tokens only: padding rows change nothing.
+    padded = embeddings.clone()
+    padded[..., 3:, :] = 100.0
+    assert torch.allclose(booster(support, embeddings), booster(support, padded), atol=1e-5)
+    assert not torch.allclose(booster(support, embeddings), booster(support, embeddings + 1.0))
 
 
 def test_untied_models_get_an_output_row_too(tmp_path) -> None:
     untied = base_of(write_tiny_llama(tmp_path / "untied", tied=False))
     booster = new_meta_booster(untied, "untied", hidden=16, heads=2)
-    assert booster(torch.randn(2, 3, 4 * untied.width)).shape == (2, 2 * untied.width)
+    assert booster(*random_support(2, 3, untied.width)).shape == (2, 2 * untied.width)
     assert booster.predict(untied, EXAMPLES, PLACEHOLDER).shape == (untied.width,)
 
 
@@ -159,15 +185,23 @@ def test_a_job_scores_the_meta_prediction_among_its_candidates(tiny, other_tiny,
     save_meta_booster(trained_head(tiny), folder)
     registry = registry_with(tiny, folder, tmp_path)
     config = TextTrainConfig(base_model="tiny", mode="token", init="booster", steps=1, batch_size=2, device="cpu")
-    scored: list[torch.Tensor] = []
+    meta = checked_meta_booster(folder, base)
+    folds = meta.predict_folds(base, EXAMPLES, PLACEHOLDER)
+    # Three examples, three folds: each prediction read two of them and is scored on the third.
+    assert [left for _, left in folds] == [[], [0], [1], [2]]
+    assert torch.allclose(folds[1][0], meta.predict(base, EXAMPLES[1:], PLACEHOLDER), atol=1e-5)
+    scored: list[tuple[torch.Tensor, list[str]]] = []
 
     def score(vector, examples):
-        scored.append(vector)
-        return 0.0 if len(scored) == 2 else 1.0  # the second candidate (the meta booster's) wins
+        scored.append((vector, [e.source for e in examples]))
+        # Low only where a fold's prediction meets the example it did not read: the meta booster wins.
+        return 0.0 if len(examples) == 1 else 1.0
 
     vectors, note = text_booster_resolver(registry)(base, EXAMPLES, config, score)
-    assert "meta booster" in note and vectors.shape == (1, base.width)
-    assert torch.allclose(vectors[0], checked_meta_booster(folder, base).predict(base, EXAMPLES, PLACEHOLDER))
+    assert "meta booster" in note and "did not read" in note and vectors.shape == (1, base.width)
+    assert torch.allclose(vectors[0], meta.predict(base, EXAMPLES, PLACEHOLDER))
+    for (vector, left), (scored_vector, sources) in zip(folds[1:], scored[:3], strict=True):
+        assert sources == [EXAMPLES[i].source for i in left] and torch.equal(vector, scored_vector)
     save_meta_booster(trained_head(other_tiny), tmp_path / "foreign")
     save_text_booster(retrieval, tmp_path / "foreign")
     registry = registry_with(tiny, tmp_path / "foreign", tmp_path)
