@@ -73,6 +73,30 @@ def split(concept, seed: int):
     return concept.examples(order[:SHOTS]), concept.held_out(order[SHOTS : 2 * SHOTS])
 
 
+def summary(rows: list[dict]) -> dict:
+    """Medians over concepts of each concept's median over seeds, and how the starts compare."""
+    per_concept: dict[str, dict[str, float]] = {}
+    for name in dict.fromkeys(r["concept"] for r in rows):
+        mine = [r for r in rows if r["concept"] == name]
+        per_concept[name] = {k: statistics.median(r[k] for r in mine) for k in STARTS}
+    medians = {k: round(statistics.median(c[k] for c in per_concept.values()), 4) for k in STARTS}
+    gain = [c["token"] - c["meta"] for c in per_concept.values()]
+    kept = [c["token"] - c["shuffled"] for c in per_concept.values()]
+    return {
+        "concepts": len(per_concept),
+        "median_loss": medians,
+        "mean_loss": {k: round(statistics.mean(c[k] for c in per_concept.values()), 4) for k in STARTS},
+        "meta_over_icl": round(medians["meta"] / medians["icl"], 4),
+        "combined_over_icl": round(medians["combined"] / medians["icl"], 4),
+        "retrieval_over_icl": round(medians["retrieval"] / medians["icl"], 4),
+        "meta_within_5pct_of_icl": sum(c["meta"] <= 1.05 * c["icl"] for c in per_concept.values()),
+        "meta_below_retrieval": sum(c["meta"] < c["retrieval"] for c in per_concept.values()),
+        "job_picked_meta": f"{sum('meta booster' in r['combined_note'] for r in rows)} of {len(rows)} runs",
+        "shuffled_kept_gain": round(sum(kept) / sum(gain), 4) if sum(gain) > 0 else None,
+        "per_concept": {n: {k: round(v, 4) for k, v in c.items()} for n, c in per_concept.items()},
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--base-model", default="smollm2-135m")
@@ -138,27 +162,6 @@ def main() -> None:
                 print(" ".join(f"{k}={v}" for k, v in record.items() if "note" not in k), flush=True)
     finally:
         concept.close()
-
-    def summary(rows: list[dict]) -> dict:
-        per_concept: dict[str, dict[str, float]] = {}
-        for name in dict.fromkeys(r["concept"] for r in rows):
-            mine = [r for r in rows if r["concept"] == name]
-            per_concept[name] = {k: statistics.median(r[k] for r in mine) for k in STARTS}
-        medians = {k: round(statistics.median(c[k] for c in per_concept.values()), 4) for k in STARTS}
-        gain = [c["token"] - c["meta"] for c in per_concept.values()]
-        kept = [c["token"] - c["shuffled"] for c in per_concept.values()]
-        return {
-            "concepts": len(per_concept),
-            "median_loss": medians,
-            "meta_over_icl": round(medians["meta"] / medians["icl"], 4),
-            "combined_over_icl": round(medians["combined"] / medians["icl"], 4),
-            "retrieval_over_icl": round(medians["retrieval"] / medians["icl"], 4),
-            "meta_within_5pct_of_icl": sum(c["meta"] <= 1.05 * c["icl"] for c in per_concept.values()),
-            "meta_below_retrieval": sum(c["meta"] < c["retrieval"] for c in per_concept.values()),
-            "job_picked_meta": f"{sum('meta booster' in r['combined_note'] for r in rows)} of {len(rows)} runs",
-            "shuffled_kept_gain": round(sum(kept) / sum(gain), 4) if sum(gain) > 0 else None,
-            "per_concept": {n: {k: round(v, 4) for k, v in c.items()} for n, c in per_concept.items()},
-        }
 
     result = {
         "command": "python -m models.text.meta_booster_eval "

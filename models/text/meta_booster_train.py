@@ -1,17 +1,18 @@
 """Training the meta-learned text booster end to end through the frozen base model (CPU-friendly, resumable).
 
-    python -m models.text.meta_booster_train --data-dir ~/.cache/leap --words 320 --steps 1000 --minutes 7 \
-        --work /tmp/leap-meta-booster --out /tmp/leap-meta-booster/out2    # then again with --minutes 10.5
+    python -m models.text.meta_booster_train --data-dir ~/.cache/leap --words 480 --warm-steps 1500 --steps 3000 \
+        --minutes 36 --work /tmp/leap-meta-booster --out /tmp/leap-meta-booster/out
 
-Concepts come from the base model's own vocabulary (booster_data): each whole-word token's 8
-contexts, written by the model, with the word replaced by the concept token. Held-out words
-(booster_data.is_held_out) and every word of their families (the same first four letters) are
-never read; a further slice of training families is kept for validation. Steps, each cached under
---work so a stopped run resumes:
+Concepts come from the base model's own vocabulary (booster_data): each whole-word token's 16
+contexts (booster_data.FRAMES and MORE_FRAMES), written by the model, with the word replaced by the
+concept token. Held-out words (booster_data.is_held_out) and every word of their families (the same
+first four letters) are never read; a further slice of training families is kept for validation.
+Steps, each cached under --work so a stopped run resumes:
 
-1. contexts (booster_data.build_word_concepts, the JSONL cache shared with booster_train);
-2. the frozen reader's features of every context (meta_booster.read_support), cached: the base is
-   frozen, so support texts are read once;
+1. contexts (booster_data.build_word_concepts, a JSONL cache);
+2. what the frozen reader makes of every context (meta_booster.read_support: pooled states, and each
+   text's tokens with their middle-layer states), cached: the base is frozen, so support texts are
+   read once;
 3. warm start (seconds): the head regresses the word's own input embedding (cosine + scaled MSE)
    from random support subsets; --renamed of the concepts are treated as invented words (renamed:
    no embedding exists for them) and get no target here, only the LM loss of step 4;
@@ -329,7 +330,7 @@ def main() -> None:
         e2e_seconds += time.perf_counter() - t
         if state["step"] % 10 == 0 or state["step"] <= 3:
             took = time.perf_counter() - t
-            print(f"step {state['step']}: query loss {float(step_loss):.4f} ({took:.2f}s)", flush=True)
+            print(f"step {state['step']}: query loss {float(step_loss.detach()):.4f} ({took:.2f}s)", flush=True)
         if state["step"] % args.eval_every == 0:
             value = validation_loss(base, booster, bank, table, valid, concepts, tokenizer, token_id)
             state["curve"].append([state["step"], round(value, 4)])

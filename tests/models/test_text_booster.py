@@ -32,6 +32,7 @@ from models.text.booster_data import (
 )
 from models.text.config import TextTrainConfig
 from models.text.examples import parse_text_files
+from models.text.meta_booster import checked_meta_booster
 from models.text.train import attached, start_scorer, train
 from models.trainer.errors import BaseModelError
 
@@ -282,7 +283,24 @@ def test_committed_booster_beats_the_generic_word_on_held_out_words(smol_data_di
             # and (for most words) every one of them.
             assert boosted < sum(others) / len(others), concept.word
             own_is_best += boosted < min(others)
-    assert own_is_best > len(concepts) / 2
+        assert own_is_best > len(concepts) / 2
+        # The meta booster shipped beside it: better than the generic word on every held-out word, and
+        # better from a word's own examples than from the next word's on most of them.
+        meta = checked_meta_booster(COMMITTED, base)
+        meta_starts = [meta.predict(base, split(c, seed=0)[0], PLACEHOLDER) for c in concepts]
+        own_beats_next = 0
+        for index, concept in enumerate(concepts):
+            held_out = split(concept, seed=0)[1]
+            attached_concept.init_from_token("thing")
+            generic = batch_loss(base.model, attached_concept.tokenizer, held_out)
+            losses = []
+            for start in (meta_starts[index], meta_starts[(index + 1) % len(concepts)]):
+                with torch.no_grad():
+                    attached_concept.input_vectors.copy_(start)
+                losses.append(batch_loss(base.model, attached_concept.tokenizer, held_out))
+            assert losses[0] < generic, concept.word
+            own_beats_next += losses[0] < losses[1]
+        assert own_beats_next > len(concepts) / 2
 
 
 def test_init_booster_on_smollm2_uses_the_registered_booster(smol_data_dir, tmp_path) -> None:
