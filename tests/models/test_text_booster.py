@@ -265,18 +265,24 @@ def test_committed_booster_beats_the_generic_word_on_held_out_words(smol_data_di
     concepts = write_contexts(base.model, base.tokenizer, [(w, i[0]) for w, i in ids.items()])
     config = TextTrainConfig(base_model="smollm2-135m", mode="token", device="cpu")
     with attached(base, config) as attached_concept:
+
+        def held_out_loss(start: torch.Tensor | None, held_out) -> float:
+            """The held-out texts' loss with the token at `start` (None: the generic word "thing")."""
+            with torch.no_grad():
+                if start is None:
+                    attached_concept.init_from_token("thing")
+                else:
+                    attached_concept.input_vectors.copy_(start)
+            return batch_loss(base.model, attached_concept.tokenizer, held_out)
+
         score = start_scorer(base, attached_concept, config.max_length)
         starts = [booster.start(base, split(c, seed=0)[0], PLACEHOLDER, score)[0] for c in concepts]
         own_is_best = 0
         for index, concept in enumerate(concepts):
             held_out = split(concept, seed=0)[1]
-            attached_concept.init_from_token("thing")
-            generic = batch_loss(base.model, attached_concept.tokenizer, held_out)
-            losses = []
-            for start in starts:  # its own examples' start first, then every other word's
-                with torch.no_grad():
-                    attached_concept.input_vectors.copy_(start)
-                losses.append(batch_loss(base.model, attached_concept.tokenizer, held_out))
+            generic = held_out_loss(None, held_out)
+            # Its own examples' start first, then every other word's.
+            losses = [held_out_loss(start, held_out) for start in starts]
             boosted, others = losses[index], losses[:index] + losses[index + 1 :]
             assert boosted < generic, concept.word
             # Concept-specific: other words' examples give this word a worse start than its own, on average
@@ -291,15 +297,9 @@ def test_committed_booster_beats_the_generic_word_on_held_out_words(smol_data_di
         own_beats_next = 0
         for index, concept in enumerate(concepts):
             held_out = split(concept, seed=0)[1]
-            attached_concept.init_from_token("thing")
-            generic = batch_loss(base.model, attached_concept.tokenizer, held_out)
-            losses = []
-            for start in (meta_starts[index], meta_starts[(index + 1) % len(concepts)]):
-                with torch.no_grad():
-                    attached_concept.input_vectors.copy_(start)
-                losses.append(batch_loss(base.model, attached_concept.tokenizer, held_out))
-            assert losses[0] < generic, concept.word
-            own_beats_next += losses[0] < losses[1]
+            own = held_out_loss(meta_starts[index], held_out)
+            assert own < held_out_loss(None, held_out), concept.word
+            own_beats_next += own < held_out_loss(meta_starts[(index + 1) % len(concepts)], held_out)
         assert own_beats_next > len(concepts) / 2
 
 
