@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -130,20 +130,13 @@ class Support:
     mask: torch.Tensor
     """[..., texts, tokens] which tokens are real"""
 
+    def map(self, function: Callable[[torch.Tensor], torch.Tensor]) -> Support:
+        """The same function of every field (an index over texts, a device move, a reshape)."""
+        return Support(function(self.pooled), function(self.states), function(self.ids), function(self.mask))
+
     def take(self, concepts: Sequence[int], supports: Sequence[Sequence[int]]) -> Support:
         """Per concept index, the given texts: [concepts, texts, ...] (one support size for all)."""
-
-        def pick(x: torch.Tensor) -> torch.Tensor:
-            return torch.stack([x[c, list(s)] for c, s in zip(concepts, supports, strict=True)])
-
-        return Support(pick(self.pooled), pick(self.states), pick(self.ids), pick(self.mask))
-
-    def to(self, device: torch.device | str) -> Support:
-        return Support(self.pooled.to(device), self.states.to(device), self.ids.to(device), self.mask.to(device))
-
-    def unsqueeze(self) -> Support:
-        """One concept's texts as a batch of one."""
-        return Support(self.pooled[None], self.states[None], self.ids[None], self.mask[None])
+        return self.map(lambda x: torch.stack([x[c, list(s)] for c, s in zip(concepts, supports, strict=True)]))
 
 
 def _body(base: TextBase):
@@ -271,7 +264,7 @@ class MetaBooster(torch.nn.Module):
             middle_layer=self.config.middle_layer,
             mask_word=self.config.mask_word,
             probe=self.config.probe,
-        )
+        ).map(lambda x: x[None])  # one concept
         table = base.model.get_input_embeddings().weight
         embeddings = table[support.ids.to(table.device)].detach().float().cpu()
         count = len(examples)
@@ -280,8 +273,7 @@ class MetaBooster(torch.nn.Module):
         with torch.no_grad():
             for left_out in [[], *groups]:
                 kept = [i for i in range(count) if i not in left_out]
-                subset = Support(*(x[kept] for x in (support.pooled, support.states, support.ids, support.mask)))
-                vector = self(subset.unsqueeze(), embeddings[kept][None])[0, : self.config.embedding_width]
+                vector = self(support.take([0], [kept]), embeddings[:, kept])[0, : self.config.embedding_width]
                 out.append((vector, left_out))
         return out
 

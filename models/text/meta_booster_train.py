@@ -264,7 +264,7 @@ def main() -> None:
         texts = [text for c in concepts for text in c.texts]
         read = read_support(base, texts, PLACEHOLDER, middle_layer=booster.config.middle_layer)
         shape = (len(concepts), len(concepts[0].texts))
-        bank = Support(*(x.reshape(*shape, *x.shape[1:]) for x in (read.pooled, read.states, read.ids, read.mask)))
+        bank = read.map(lambda x: x.reshape(*shape, *x.shape[1:]))
         torch.save(vars(bank), cache)
         timings["features_s"] = round(time.perf_counter() - t, 1)
     print(f"support {tuple(bank.pooled.shape)}, tokens {tuple(bank.ids.shape)}", flush=True)
@@ -283,7 +283,7 @@ def main() -> None:
     booster.feature_mean.copy_(flat.mean(0))
     booster.feature_std.copy_(flat.std(0).clamp(min=1e-4))
     booster.to(device)
-    bank = bank.to(device)
+    bank = bank.map(lambda x: x.to(device))
     if "booster" in state:
         booster.load_state_dict(state["booster"])
     else:

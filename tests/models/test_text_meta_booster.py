@@ -116,7 +116,7 @@ def test_output_is_one_embedding_row_of_the_model_dtype(tiny) -> None:
     support, embeddings = random_support(5, 3, base.width)
     assert booster(support, embeddings).shape == (5, base.width)  # tied: the input row is the output row
     # Support texts form a set: their order does not change the prediction.
-    flipped = Support(*(x.flip(1) for x in (support.pooled, support.states, support.ids, support.mask)))
+    flipped = support.map(lambda x: x.flip(1))
     assert torch.allclose(booster(support, embeddings), booster(flipped, embeddings.flip(1)), atol=1e-5)
     # The pointer mixes the embeddings of real tokens only: padding rows change nothing.
     padded = embeddings.clone()
